@@ -1,0 +1,18 @@
+//! # bothy-core
+//!
+//! Everything in Bothy that plain Rust can decide lives here: device-tree parsing and
+//! generation, stage-2 table construction, the virtual GIC, the PL011 model, PSCI/SMCCC
+//! decoding and the exit classification. The `hyp` binary is a thin shell that owns the
+//! instructions and system registers; it hands this crate exit descriptions and memory
+//! accessors (traits) and carries out what comes back.
+//!
+//! The crate is `no_std` + `alloc` so the same code runs at EL2 and in host unit tests.
+//! Nothing here touches a system register or dereferences a raw pointer.
+#![cfg_attr(not(any(test, feature = "std")), no_std)]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+pub mod region;
+
+pub use region::Region;
