@@ -1,0 +1,269 @@
+//! Physical memory bookkeeping: which ranges are free, and handing them out.
+//!
+//! At boot `hyp` computes [`free_regions`] from the DTB's memory nodes minus everything
+//! already in use (Bothy's image, the DTB, reserved-memory, guest images), and builds a
+//! [`RegionAllocator`] from it for translation tables, per-CPU stacks and guest RAM.
+//!
+//! Invariant: the allocator's free list is sorted, non-overlapping, non-adjacent (merged)
+//! and has no empty entries; an allocation is always carved wholly out of one entry, so
+//! handed-out ranges never overlap each other or anything reserved. Nothing is freed
+//! back yet (VMs are built once; reclaiming comes with VM teardown).
+
+use alloc::vec::Vec;
+
+use crate::Region;
+
+/// `memory` minus `reserved`: sorted, merged, without empty regions. Overlapping or
+/// duplicate `memory` entries (firmware DTBs have them) are merged first; reserved
+/// ranges outside memory are ignored.
+pub fn free_regions(memory: &[Region], reserved: &[Region]) -> Vec<Region> {
+    let mut free = normalize(memory);
+    for r in normalize(reserved) {
+        let mut next = Vec::with_capacity(free.len() + 1);
+        for f in free {
+            if !f.overlaps(&r) {
+                next.push(f);
+                continue;
+            }
+            if f.base < r.base {
+                next.push(Region::new(f.base, r.base - f.base));
+            }
+            if r.end() < f.end() {
+                next.push(Region::new(r.end(), f.end() - r.end()));
+            }
+        }
+        free = next;
+    }
+    free
+}
+
+/// Sorts, drops empty regions and merges overlapping or adjacent ones.
+fn normalize(regions: &[Region]) -> Vec<Region> {
+    let mut v: Vec<Region> = regions.iter().copied().filter(|r| r.size != 0).collect();
+    v.sort_unstable();
+    let mut out: Vec<Region> = Vec::with_capacity(v.len());
+    for r in v {
+        match out.last_mut() {
+            Some(last) if r.base <= last.end() => {
+                // Region::end saturates, so this cannot overflow.
+                last.size = last.size.max(r.end() - last.base);
+            }
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
+/// First-fit allocator over free physical ranges, handing out from the top of memory
+/// (keeps low memory, which DMA-limited devices and guest images prefer, for last).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RegionAllocator {
+    free: Vec<Region>,
+}
+
+impl RegionAllocator {
+    /// An allocator over `memory` minus `reserved` (see [`free_regions`]).
+    pub fn new(memory: &[Region], reserved: &[Region]) -> Self {
+        Self::from_free(free_regions(memory, reserved))
+    }
+
+    /// An allocator over already-free ranges (normalized here).
+    pub fn from_free(free: Vec<Region>) -> Self {
+        Self {
+            free: normalize(&free),
+        }
+    }
+
+    /// `size` bytes aligned to `align` (a power of two), from the highest free range that
+    /// fits. `None` if `size` is 0, `align` is not a power of two, or nothing fits.
+    /// Memory is not zeroed.
+    pub fn alloc(&mut self, size: u64, align: u64) -> Option<u64> {
+        if size == 0 || !align.is_power_of_two() {
+            return None;
+        }
+        for i in (0..self.free.len()).rev() {
+            let f = self.free[i];
+            let Some(base) = f.end().checked_sub(size).map(|b| b & !(align - 1)) else {
+                continue;
+            };
+            if base < f.base {
+                continue;
+            }
+            let (lo, hi) = (
+                Region::new(f.base, base - f.base),
+                Region::new(base + size, f.end() - (base + size)),
+            );
+            match (lo.size != 0, hi.size != 0) {
+                (true, true) => {
+                    self.free[i] = lo;
+                    self.free.insert(i + 1, hi);
+                }
+                (true, false) => self.free[i] = lo,
+                (false, true) => self.free[i] = hi,
+                (false, false) => {
+                    self.free.remove(i);
+                }
+            }
+            return Some(base);
+        }
+        None
+    }
+
+    /// The ranges still free, ascending.
+    pub fn free(&self) -> &[Region] {
+        &self.free
+    }
+
+    /// Total free bytes.
+    pub fn free_bytes(&self) -> u64 {
+        self.free.iter().map(|r| r.size).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn r(base: u64, size: u64) -> Region {
+        Region::new(base, size)
+    }
+
+    #[test]
+    fn subtraction_edges() {
+        let mem = [r(0x1000, 0x9000)]; // [0x1000, 0xa000)
+        assert_eq!(free_regions(&mem, &[]), vec![r(0x1000, 0x9000)]);
+        // Hole in the middle.
+        assert_eq!(
+            free_regions(&mem, &[r(0x3000, 0x1000)]),
+            vec![r(0x1000, 0x2000), r(0x4000, 0x6000)]
+        );
+        // Touching the start / the end exactly.
+        assert_eq!(
+            free_regions(&mem, &[r(0x1000, 0x1000)]),
+            vec![r(0x2000, 0x8000)]
+        );
+        assert_eq!(
+            free_regions(&mem, &[r(0x9000, 0x1000)]),
+            vec![r(0x1000, 0x8000)]
+        );
+        // Adjacent but not overlapping: nothing removed.
+        assert_eq!(
+            free_regions(&mem, &[r(0, 0x1000), r(0xa000, 0x10)]),
+            vec![r(0x1000, 0x9000)]
+        );
+        // Straddling both ends, covering all, empty reservation, reservation outside.
+        assert_eq!(
+            free_regions(&mem, &[r(0, 0x2000), r(0x9800, 0x1000)]),
+            vec![r(0x2000, 0x7800)]
+        );
+        assert_eq!(free_regions(&mem, &[r(0, 0x10_0000)]), vec![]);
+        assert_eq!(free_regions(&mem, &[r(0x3000, 0)]), vec![r(0x1000, 0x9000)]);
+        assert_eq!(
+            free_regions(&mem, &[r(0x10_0000, 0x1000)]),
+            vec![r(0x1000, 0x9000)]
+        );
+        // One reservation spanning two memory banks.
+        assert_eq!(
+            free_regions(&[r(0, 0x1000), r(0x2000, 0x1000)], &[r(0x800, 0x2000)]),
+            vec![r(0, 0x800), r(0x2800, 0x800)]
+        );
+        // Overlapping, duplicate and adjacent memory banks merge; empty ones vanish.
+        assert_eq!(
+            free_regions(
+                &[
+                    r(0x2000, 0x1000),
+                    r(0, 0x1800),
+                    r(0x1000, 0x1000),
+                    r(0, 0x1000),
+                    r(0x5000, 0)
+                ],
+                &[]
+            ),
+            vec![r(0, 0x3000)]
+        );
+        // Up to the top of the address space, without overflow.
+        assert_eq!(
+            free_regions(
+                &[r(u64::MAX - 0xfff, 0x1000)],
+                &[r(u64::MAX - 0x7ff, 0x800)]
+            ),
+            vec![r(u64::MAX - 0xfff, 0x800)]
+        );
+    }
+
+    #[test]
+    fn allocates_from_the_top_with_alignment() {
+        let mut a =
+            RegionAllocator::new(&[r(0x4000_0000, 0x100_0000)], &[r(0x40ff_0000, 0x1_0000)]);
+        // Top range is [0x4000_0000, 0x40ff_0000): 64 KiB from its top.
+        assert_eq!(a.alloc(0x1_0000, 0x1000), Some(0x40fe_0000));
+        // 2 MiB aligned 2 MiB: below, at 0x40c0_0000, leaving a hole above.
+        assert_eq!(a.alloc(0x20_0000, 0x20_0000), Some(0x40c0_0000));
+        assert_eq!(
+            a.free(),
+            &[r(0x4000_0000, 0xc0_0000), r(0x40e0_0000, 0x1e_0000)]
+        );
+        // The hole is used first for what fits.
+        assert_eq!(a.alloc(0x1000, 0x1000), Some(0x40fd_f000));
+        assert_eq!(a.alloc(0, 0x1000), None);
+        assert_eq!(a.alloc(0x1000, 3), None);
+        assert_eq!(a.alloc(0x1000, 0), None);
+    }
+
+    #[test]
+    fn exhaustion() {
+        let mut a = RegionAllocator::new(&[r(0x1000, 0x3000)], &[]);
+        assert_eq!(a.alloc(0x4000, 1), None);
+        assert_eq!(a.alloc(0x2000, 0x2000), Some(0x2000));
+        assert_eq!(a.alloc(0x2000, 1), None, "only 0x1000 bytes left");
+        assert_eq!(a.alloc(0x1000, 0x2000), None, "left range is misaligned");
+        assert_eq!(a.alloc(0x1000, 0x1000), Some(0x1000));
+        assert_eq!(a.free(), &[]);
+        assert_eq!(a.alloc(1, 1), None);
+        assert_eq!(RegionAllocator::default().alloc(1, 1), None);
+        // A range at the very bottom: end - size must not underflow.
+        let mut low = RegionAllocator::from_free(vec![r(0, 0x10)]);
+        assert_eq!(low.alloc(0x20, 1), None);
+        assert_eq!(low.alloc(0x10, 0x10), Some(0));
+    }
+
+    proptest! {
+        #[test]
+        fn allocations_are_disjoint_aligned_and_inside(
+            mem in prop::collection::vec((0u64..1 << 20, 1u64..1 << 16), 1..6),
+            res in prop::collection::vec((0u64..1 << 20, 0u64..1 << 14), 0..6),
+            reqs in prop::collection::vec((1u64..1 << 14, 0u32..14), 1..40),
+        ) {
+            let mem: Vec<Region> = mem.into_iter().map(|(b, s)| r(b, s)).collect();
+            let res: Vec<Region> = res.into_iter().map(|(b, s)| r(b, s)).collect();
+            let free = free_regions(&mem, &res);
+            // The free list is sorted, merged, inside memory and outside reservations.
+            for w in free.windows(2) {
+                prop_assert!(w[0].end() < w[1].base);
+            }
+            for f in &free {
+                prop_assert!(f.size > 0);
+                // Every byte lies in some bank (banks may have been merged).
+                let inside = (f.base..f.end()).step_by(0x100).chain([f.end() - 1])
+                    .all(|a| mem.iter().any(|m| m.contains(a)));
+                prop_assert!(inside);
+                prop_assert!(res.iter().all(|x| !x.overlaps(f)));
+            }
+            let total = RegionAllocator::from_free(free.clone()).free_bytes();
+            let mut a = RegionAllocator::from_free(free.clone());
+            let mut got: Vec<Region> = Vec::new();
+            for (size, align_log) in reqs {
+                let align = 1u64 << align_log;
+                if let Some(base) = a.alloc(size, align) {
+                    prop_assert_eq!(base % align, 0);
+                    let g = r(base, size);
+                    prop_assert!(free.iter().any(|f| f.contains_range(base, size)));
+                    prop_assert!(got.iter().all(|o| !o.overlaps(&g)));
+                    got.push(g);
+                }
+            }
+            prop_assert_eq!(a.free_bytes() + got.iter().map(|g| g.size).sum::<u64>(), total);
+        }
+    }
+}
