@@ -1,0 +1,7 @@
+//! Emulated devices: plain state machines driven by the MMIO exits `hyp` decodes
+//! (`read(offset, size)` / `write(offset, size, value)`), unit-tested without a VM. A
+//! device reports the level of its interrupt line; `hyp` forwards it to the vGIC.
+
+pub mod pl011;
+
+pub use pl011::{Pl011, Pl011Effect};

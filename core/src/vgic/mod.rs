@@ -1,0 +1,336 @@
+//! # The virtual GICv3
+//!
+//! One [`VGic`] per VM. The guest drives an emulated distributor (GICD) and one
+//! redistributor (GICR) per vCPU through trapped MMIO, sends SGIs by writing
+//! `ICC_SGI1R_EL1` (trapped), and takes/acknowledges/EOIs interrupts through the *hardware*
+//! virtual CPU interface (`ICC_*` served from the `ICH_LR<n>_EL2` list registers). This
+//! module is the bookkeeping between the two; `hyp` owns the instructions.
+//!
+//! ## Who calls what
+//! - MMIO exits: [`VGic::dist_read`]/[`VGic::dist_write`] and
+//!   [`VGic::redist_read`]/[`VGic::redist_write`] with the offset in the GICD window or in
+//!   the whole GICR region ([`VGic::REDIST_STRIDE`] per vCPU).
+//! - `ICC_SGI1R_EL1` trap: [`VGic::send_sgi`].
+//! - Devices and EL2 interrupts: [`VGic::set_spi_level`] (emulated level lines such as the
+//!   PL011), [`VGic::inject_hw`] (hardware-linked: virtual timer PPI 27 → physical 27).
+//! - Every call that can create work returns a [`VcpuMask`]: `hyp` IPIs those vCPUs that
+//!   run on other CPUs so they exit and flush.
+//! - Exit path of vCPU `v`: `if vgic.needs_flush(v) { vgic.sync(v, lrs); vgic.flush(v, lrs) }`
+//!   before the `eret`; a maintenance interrupt exit calls `sync` (flush follows as above).
+//! - `WFI` trap: `sync`, then [`VGic::has_pending`] decides whether to sleep.
+//!
+//! ## Where state lives, and the lock
+//! All interrupt state of the VM — the distributor, every redistributor, and each vCPU's
+//! *shadow* of which INTID sits in which of its LRs — is in one [`spin::Mutex`]. A VM has
+//! at most a handful of vCPUs, every critical section is a short scan, and MMIO/SGI traps
+//! are rare next to guest execution; one lock keeps the model free of lock-ordering rules
+//! (an SGI, an SPI routing change and a flush all touch two vCPUs' views at once).
+//!
+//! The hot path never takes it: each vCPU has one `AtomicU32` of flags, and
+//! [`VGic::needs_flush`] is a single `Acquire` load of it:
+//! - `WORK`: something may have become deliverable to (or must be withdrawn from) this
+//!   vCPU's LRs. Set (under the lock, after the state change) by whoever caused it; cleared
+//!   by `flush` under the lock *before* it scans, so a concurrent change is never lost.
+//! - `LRS_BUSY`: some LR holds an interrupt per our shadow. The guest completes interrupts
+//!   without exiting, so while this is set each exit syncs and frees what the guest is done
+//!   with; that keeps the shadow (and so `has_pending`, ISPENDR/ISACTIVER reads, and the
+//!   "already in an LR" rule) at most one exit stale.
+//!
+//! The list registers themselves are per physical CPU and only ever touched by the CPU
+//! running that vCPU (inside `flush`/`sync`), so no other vCPU can race with them; other
+//! vCPUs' writes that concern an LR are recorded in the interrupt and applied by the
+//! owner's next flush (see `lr.rs` and `irqregs.rs`).
+//!
+//! ## Model and simplifications
+//! - One security state (GICD_CTLR.DS = 1), affinity routing always on (ARE = 1), no LPIs
+//!   or ITS, no extended SPI/PPI ranges. Only group 1 is delivered (EnableGrp1 and
+//!   IGROUPR = 1 — the reset value, as with KVM); group 0 interrupts never reach an LR.
+//!   IGRPMODR/NSACR are RAZ/WI as the spec requires with DS = 1.
+//! - SPI routing: IROUTER.Aff0 = vCPU index with Aff1..3 = 0; IRM = 1 ("any") → vCPU 0;
+//!   other affinities route nowhere. SGIs: target index = RS * 16 + TargetList bit.
+//! - Priorities: 5 bits reach the LR (`priority & 0xF8`). When more interrupts are
+//!   deliverable than LRs, the best go first, a pending-only LR of lower priority may be
+//!   evicted, and ICH_HCR_EL2.UIE is set. Priority masking (PMR/BPR) is the hardware's.
+//! - Writes to ISPENDR/ICPENDR/ISACTIVER/ICACTIVER/ICENABLER for an interrupt sitting in
+//!   an LR: ICPENDR/ICACTIVER/disable are recorded and applied to the LR at the owner's
+//!   next flush (a not-yet-acknowledged LR of a disabled interrupt is withdrawn); ISPENDR
+//!   latches and merges (edge: pending+active in place); ISACTIVER is ignored. Reads show
+//!   software state OR'd with the LR state as of the last sync.
+//! - An interrupt made active by ISACTIVER (not through an LR) is not delivered until
+//!   ICACTIVER clears it. A level line that drops while its LR is pending is not withdrawn;
+//!   the guest may see one spurious interrupt (Linux tolerates it).
+//! - Hardware-linked interrupts (`inject_hw`) keep their link (`pINTID`) for good, like
+//!   KVM's timer; a second injection while the LR is still active waits for it to drain.
+
+mod access;
+mod dist;
+mod irq;
+mod irqregs;
+pub mod lr;
+mod mask;
+mod redist;
+mod sgi;
+mod state;
+#[cfg(test)]
+mod tests;
+
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use spin::Mutex;
+
+pub use lr::ListRegs;
+pub use mask::VcpuMask;
+pub use sgi::Sgi1r;
+
+use irq::Trigger;
+use state::State;
+
+/// SGIs are INTIDs 0-15, PPIs 16-31, SPIs from 32 (GICv3 spec §2.2).
+pub const NR_SGIS: usize = 16;
+pub const NR_PRIVATE: usize = 32;
+pub const SPI_BASE: u32 = 32;
+/// INTIDs 1020-1023 are special, so at most 988 SPIs.
+pub const MAX_SPIS: u32 = 988;
+/// ICH_VTR_EL2.ListRegs is 4 bits: at most 16 LRs.
+pub const MAX_LRS: usize = 16;
+/// The `VcpuMask` width.
+pub const MAX_VCPUS: usize = 64;
+
+/// GICD_IIDR / GICR_IIDR: ProductID 0x42 ('B'othy) [31:24], Implementer 0x43B [11:0] (the
+/// JEP106 code virtual GICs conventionally report, as KVM's and QEMU's do). The product ID
+/// matches none of the errata quirks in Linux's irq-gic-v3.c.
+pub const IIDR_VALUE: u32 = 0x42 << 24 | 0x43B;
+/// GICD_PIDR2 / GICR_PIDR2: ArchRev [7:4] = 3 (GICv3), JEDEC-assigned bit 3, JEP106 bits.
+pub const PIDR2_GICV3: u32 = 0x3B;
+/// CoreSight component ID registers CIDR0-3 (offsets 0xFFF0-0xFFFC).
+pub const ID_CIDR: [u32; 4] = [0x0D, 0xF0, 0x05, 0xB1];
+
+/// Per-vCPU flag bits read by `needs_flush` (see module docs).
+const FLAG_WORK: u32 = 1 << 0;
+const FLAG_LRS_BUSY: u32 = 1 << 1;
+
+/// The virtual GICv3 of one VM, shared by all its vCPUs' physical CPUs.
+pub struct VGic {
+    state: Mutex<State>,
+    flags: Vec<AtomicU32>,
+    nr_vcpus: usize,
+    nr_spis: u32,
+}
+
+impl VGic {
+    /// Size of the GICD window.
+    pub const DIST_SIZE: u64 = 0x1_0000;
+    /// Size of one vCPU's redistributor (RD_base + SGI_base frames).
+    pub const REDIST_STRIDE: u64 = 0x2_0000;
+
+    /// A vGIC for `nr_vcpus` vCPUs and `nr_spis` SPIs (INTIDs 32..32 + nr_spis; capped at
+    /// 988; GICD_TYPER reports it rounded up to a multiple of 32).
+    ///
+    /// # Panics
+    /// If `nr_vcpus` is 0 or above [`MAX_VCPUS`]: a configuration bug, not a guest action.
+    pub fn new(nr_vcpus: usize, nr_spis: u32) -> VGic {
+        assert!(
+            (1..=MAX_VCPUS).contains(&nr_vcpus),
+            "vGIC supports 1..={MAX_VCPUS} vCPUs"
+        );
+        let nr_spis = nr_spis.min(MAX_SPIS);
+        VGic {
+            state: Mutex::new(State::new(nr_vcpus, nr_spis)),
+            flags: (0..nr_vcpus).map(|_| AtomicU32::new(FLAG_WORK)).collect(),
+            nr_vcpus,
+            nr_spis,
+        }
+    }
+
+    pub fn nr_vcpus(&self) -> usize {
+        self.nr_vcpus
+    }
+
+    pub fn nr_spis(&self) -> u32 {
+        self.nr_spis
+    }
+
+    /// The size of the whole redistributor region.
+    pub fn redist_size(&self) -> u64 {
+        Self::REDIST_STRIDE * self.nr_vcpus as u64
+    }
+
+    /// Record new work for the vCPUs in `mask`; returns it for the caller to kick.
+    fn mark(&self, mask: VcpuMask) -> VcpuMask {
+        for vcpu in mask.iter() {
+            if let Some(flags) = self.flags.get(vcpu) {
+                flags.fetch_or(FLAG_WORK, Ordering::Release);
+            }
+        }
+        mask
+    }
+
+    fn set_busy(&self, vcpu: usize, busy: bool) {
+        if busy {
+            self.flags[vcpu].fetch_or(FLAG_LRS_BUSY, Ordering::Release);
+        } else {
+            self.flags[vcpu].fetch_and(!FLAG_LRS_BUSY, Ordering::Release);
+        }
+    }
+
+    /// A GICD read by `vcpu`; never panics, unknown offsets read as zero.
+    pub fn dist_read(&self, vcpu: usize, offset: u64, size: u8) -> u64 {
+        if offset >= Self::DIST_SIZE {
+            return 0;
+        }
+        let mut st = self.state.lock();
+        access::read(&mut dist::Dist { st: &mut st, vcpu }, offset, size)
+    }
+
+    /// A GICD write by `vcpu`; returns the vCPUs with new work.
+    pub fn dist_write(&self, vcpu: usize, offset: u64, size: u8, value: u64) -> VcpuMask {
+        if offset >= Self::DIST_SIZE {
+            return VcpuMask::EMPTY;
+        }
+        let mut st = self.state.lock();
+        let mask = access::write(&mut dist::Dist { st: &mut st, vcpu }, offset, size, value);
+        self.mark(mask)
+    }
+
+    /// Which redistributor `offset` (from the start of the GICR region) falls in.
+    fn redist_frame(&self, offset: u64) -> Option<(usize, u64)> {
+        let cpu = usize::try_from(offset / Self::REDIST_STRIDE).ok()?;
+        (cpu < self.nr_vcpus).then_some((cpu, offset % Self::REDIST_STRIDE))
+    }
+
+    /// A GICR read; the redistributor is chosen by the offset, not by the accessing vCPU.
+    pub fn redist_read(&self, _vcpu: usize, offset: u64, size: u8) -> u64 {
+        let Some((cpu, off)) = self.redist_frame(offset) else {
+            return 0;
+        };
+        let mut st = self.state.lock();
+        access::read(&mut redist::Redist { st: &mut st, cpu }, off, size)
+    }
+
+    /// A GICR write; returns the vCPUs with new work.
+    pub fn redist_write(&self, _vcpu: usize, offset: u64, size: u8, value: u64) -> VcpuMask {
+        let Some((cpu, off)) = self.redist_frame(offset) else {
+            return VcpuMask::EMPTY;
+        };
+        let mut st = self.state.lock();
+        let mask = access::write(&mut redist::Redist { st: &mut st, cpu }, off, size, value);
+        self.mark(mask)
+    }
+
+    /// The guest on `from_vcpu` wrote `icc_sgi1r` to ICC_SGI1R_EL1.
+    pub fn send_sgi(&self, from_vcpu: usize, icc_sgi1r: u64) -> VcpuMask {
+        let sgi = Sgi1r::decode(icc_sgi1r);
+        let targets = sgi.targets(from_vcpu, self.nr_vcpus);
+        let mut st = self.state.lock();
+        let mut kick = VcpuMask::EMPTY;
+        for vcpu in targets.iter() {
+            if let Some(irq) = st.irq_mut(vcpu, sgi.intid) {
+                irq.latch = true;
+                kick |= st.kick_for(vcpu, sgi.intid, true);
+            }
+        }
+        self.mark(kick)
+    }
+
+    /// Drive the input line of SPI `intid` (level-sensitive device such as the PL011). An
+    /// SPI configured edge-triggered latches on the rising edge. Repeating the current
+    /// level is a cheap no-op.
+    pub fn set_spi_level(&self, intid: u32, level: bool) -> VcpuMask {
+        let mut st = self.state.lock();
+        if !st.is_spi(intid) {
+            return VcpuMask::EMPTY;
+        }
+        let Some(irq) = st.irq_mut(0, intid) else {
+            return VcpuMask::EMPTY;
+        };
+        if irq.level == level {
+            return VcpuMask::EMPTY;
+        }
+        irq.level = level;
+        let edge = level && irq.trigger == Trigger::Edge;
+        irq.latch |= edge;
+        if !level {
+            return VcpuMask::EMPTY;
+        }
+        let kick = st.kick_for(0, intid, edge);
+        self.mark(kick)
+    }
+
+    /// A physical interrupt `phys_intid` that EL2 took (and left active) is to be seen by
+    /// the guest as `intid` (PPI of `vcpu`, or SPI) through a hardware-linked LR: the
+    /// guest's deactivation then deactivates the physical interrupt.
+    pub fn inject_hw(&self, vcpu: usize, intid: u32, phys_intid: u32) -> VcpuMask {
+        let mut st = self.state.lock();
+        if intid < SPI_BASE && vcpu >= self.nr_vcpus {
+            return VcpuMask::EMPTY;
+        }
+        let Some(irq) = st.irq_mut(vcpu, intid) else {
+            return VcpuMask::EMPTY;
+        };
+        irq.hw = Some(phys_intid);
+        irq.latch = true;
+        let kick = st.kick_for(vcpu, intid, true);
+        self.mark(kick)
+    }
+
+    /// For WFI: is there an interrupt `vcpu` could take (deliverable in software, or
+    /// pending in an LR as of the last sync)? Call `sync` first for an exact answer.
+    pub fn has_pending(&self, vcpu: usize) -> bool {
+        self.state.lock().has_pending_cpu(vcpu)
+    }
+
+    /// Before entering `vcpu`: fold back, reconcile and fill its LRs, and program
+    /// ICH_HCR_EL2 (En, plus UIE when interrupts are left waiting for an LR).
+    pub fn flush(&self, vcpu: usize, lrs: &mut impl ListRegs) {
+        if vcpu >= self.nr_vcpus {
+            return;
+        }
+        let mut st = self.state.lock();
+        self.flags[vcpu].fetch_and(!FLAG_WORK, Ordering::AcqRel);
+        let busy = st.flush_cpu(vcpu, lrs);
+        self.set_busy(vcpu, busy);
+    }
+
+    /// After an exit that may have changed LR state (maintenance interrupt, WFI, or just
+    /// `needs_flush`): interrupts the guest completed return to the model.
+    pub fn sync(&self, vcpu: usize, lrs: &mut impl ListRegs) {
+        if vcpu >= self.nr_vcpus {
+            return;
+        }
+        let mut st = self.state.lock();
+        if st.sync_cpu(vcpu, lrs) {
+            // A freed LR may let a waiting or re-asserted interrupt in.
+            self.flags[vcpu].fetch_or(FLAG_WORK, Ordering::Release);
+        }
+        let busy = st.cpus[vcpu].lrs.iter().any(Option::is_some);
+        self.set_busy(vcpu, busy);
+    }
+
+    /// The hot-path check: one atomic load. False = `sync` and `flush` would do nothing.
+    pub fn needs_flush(&self, vcpu: usize) -> bool {
+        self.flags
+            .get(vcpu)
+            .is_some_and(|f| f.load(Ordering::Acquire) != 0)
+    }
+
+    /// Reset one vCPU's redistributor and LRs (PSCI CPU_ON, VM reset). The hardware LRs are
+    /// zeroed by the next `flush` on that vCPU.
+    pub fn reset_vcpu(&self, vcpu: usize) {
+        if vcpu >= self.nr_vcpus {
+            return;
+        }
+        let mut st = self.state.lock();
+        st.reset_cpu(vcpu);
+        self.flags[vcpu].store(FLAG_WORK, Ordering::Release);
+    }
+
+    /// Reset the whole vGIC (VM reset): distributor, SPIs and every vCPU.
+    pub fn reset(&self) {
+        let mut st = self.state.lock();
+        *st = State::new(self.nr_vcpus, self.nr_spis);
+        for flags in &self.flags {
+            flags.store(FLAG_WORK, Ordering::Release);
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! The emulated redistributors (GICR): one 128 KiB block per vCPU, an RD_base frame
+//! (control, TYPER, WAKER) followed by an SGI_base frame at +64 KiB (the SGI/PPI register
+//! arrays). GICv3 spec §12.10 (RD_base) and §12.11 (SGI_base).
+//!
+//! Any vCPU may access any redistributor (Linux's `gic_populate_rdist` walks them all
+//! reading GICR_TYPER until it finds its own affinity or `Last`), so the frame is picked
+//! from the offset, never from the accessing vCPU. No LPIs: PROPBASER/PENDBASER are RAZ/WI
+//! and GICR_TYPER advertises neither PLPIS nor VLPIS nor DirectLPI.
+
+use super::access::{RegFile, Width};
+use super::irqregs::{self, BitReg, ICFGR, IPRIORITYR};
+use super::state::State;
+use super::{VcpuMask, ID_CIDR, IIDR_VALUE, NR_PRIVATE, PIDR2_GICV3};
+
+/// Offset of the SGI_base frame within one redistributor.
+pub const SGI_FRAME: u64 = 0x1_0000;
+
+// RD_base frame (§12.10).
+pub const GICR_CTLR: u64 = 0x0000;
+pub const GICR_IIDR: u64 = 0x0004;
+pub const GICR_TYPER: u64 = 0x0008;
+pub const GICR_STATUSR: u64 = 0x0010;
+pub const GICR_WAKER: u64 = 0x0014;
+pub const GICR_PROPBASER: u64 = 0x0070;
+pub const GICR_PENDBASER: u64 = 0x0078;
+pub const GICR_PIDR2: u64 = 0xFFE8;
+pub const GICR_CIDR0: u64 = 0xFFF0;
+
+/// GICR_WAKER (§12.10.28): Linux clears ProcessorSleep and polls ChildrenAsleep == 0.
+pub const WAKER_PROCESSOR_SLEEP: u32 = 1 << 1;
+pub const WAKER_CHILDREN_ASLEEP: u32 = 1 << 2;
+
+/// GICR_TYPER (§12.10.27).
+pub const TYPER_LAST: u64 = 1 << 4;
+pub const TYPER_PROCESSOR_NUMBER_SHIFT: u32 = 8;
+pub const TYPER_AFFINITY_SHIFT: u32 = 32;
+
+// SGI_base frame, relative to the redistributor (§12.11).
+const SGI_IPRIORITYR: u64 = SGI_FRAME + IPRIORITYR;
+const SGI_IPRIORITYR_END: u64 = SGI_IPRIORITYR + NR_PRIVATE as u64;
+/// GICR_ICFGR0 (SGIs, read-only edge) and GICR_ICFGR1 (PPIs).
+const SGI_ICFGR0: u64 = SGI_FRAME + ICFGR;
+const SGI_ICFGR1: u64 = SGI_FRAME + ICFGR + 4;
+
+/// One vCPU's redistributor (`cpu`), whoever accesses it.
+pub struct Redist<'a> {
+    pub st: &'a mut State,
+    pub cpu: usize,
+}
+
+impl Redist<'_> {
+    /// Affinity_Value = the vCPU's MPIDR affinity (Aff0 = index), Processor_Number = index.
+    fn typer(&self) -> u64 {
+        let cpu = self.cpu as u64;
+        let last = if self.cpu + 1 == self.st.nr_vcpus {
+            TYPER_LAST
+        } else {
+            0
+        };
+        cpu << TYPER_AFFINITY_SHIFT | (cpu & 0xffff) << TYPER_PROCESSOR_NUMBER_SHIFT | last
+    }
+}
+
+impl RegFile for Redist<'_> {
+    fn width(&self, offset: u64) -> Width {
+        match offset {
+            GICR_TYPER..GICR_STATUSR => Width::Dword,
+            GICR_PROPBASER..0x80 => Width::Dword,
+            SGI_IPRIORITYR..SGI_IPRIORITYR_END => Width::Byte,
+            _ => Width::Word,
+        }
+    }
+
+    fn read_byte(&mut self, offset: u64) -> u8 {
+        irqregs::read_priority(self.st, self.cpu, (offset - SGI_IPRIORITYR) as u32)
+    }
+
+    fn write_byte(&mut self, offset: u64, value: u8) -> VcpuMask {
+        irqregs::write_priority(self.st, self.cpu, (offset - SGI_IPRIORITYR) as u32, value);
+        VcpuMask::EMPTY
+    }
+
+    fn read_word(&mut self, offset: u64) -> u32 {
+        match offset {
+            // No LPIs, writes complete at once: EnableLPIs, RWP and UWP all 0.
+            GICR_CTLR | GICR_STATUSR => 0,
+            GICR_IIDR => IIDR_VALUE,
+            GICR_WAKER => {
+                if self.st.cpus[self.cpu].sleep {
+                    WAKER_PROCESSOR_SLEEP | WAKER_CHILDREN_ASLEEP
+                } else {
+                    0
+                }
+            }
+            GICR_PIDR2 => PIDR2_GICV3,
+            GICR_CIDR0..=0xFFFC => ID_CIDR[((offset - GICR_CIDR0) / 4) as usize],
+            SGI_ICFGR0 => irqregs::read_config(self.st, self.cpu, 0),
+            SGI_ICFGR1 => irqregs::read_config(self.st, self.cpu, 16),
+            _ => match offset.checked_sub(SGI_FRAME).and_then(BitReg::decode) {
+                // Only word 0 of each array exists in the SGI frame (32 private INTIDs).
+                Some((reg, 0)) => irqregs::read_bits(self.st, self.cpu, reg, 0),
+                // IGRPMODR0 and NSACR are RAZ/WI with DS = 1.
+                _ => 0,
+            },
+        }
+    }
+
+    fn write_word(&mut self, offset: u64, value: u32) -> VcpuMask {
+        match offset {
+            GICR_WAKER => {
+                self.st.cpus[self.cpu].sleep = value & WAKER_PROCESSOR_SLEEP != 0;
+                VcpuMask::EMPTY
+            }
+            SGI_ICFGR0 => VcpuMask::EMPTY,
+            SGI_ICFGR1 => irqregs::write_config(self.st, self.cpu, 16, value),
+            _ => match offset.checked_sub(SGI_FRAME).and_then(BitReg::decode) {
+                Some((reg, 0)) => irqregs::write_bits(self.st, self.cpu, reg, 0, value),
+                _ => VcpuMask::EMPTY,
+            },
+        }
+    }
+
+    fn read_dword(&mut self, offset: u64) -> u64 {
+        match offset {
+            GICR_TYPER => self.typer(),
+            // RAZ/WI: no LPI support.
+            GICR_PROPBASER | GICR_PENDBASER => 0,
+            _ => 0,
+        }
+    }
+}

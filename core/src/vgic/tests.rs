@@ -1,0 +1,716 @@
+//! Register-level scenarios replaying what Linux's GICv3 driver (irq-gic-v3.c) does,
+//! with a fake virtual CPU interface standing in for the ICH_LR<n>_EL2 registers and a
+//! fake guest that acknowledges and EOIs through it.
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use proptest::prelude::*;
+
+use super::dist::*;
+use super::irq::{LR_STATE_ACTIVE, LR_STATE_PENDING};
+use super::irqregs::*;
+use super::lr::*;
+use super::redist::*;
+use super::sgi::SGI1R_IRM;
+use super::*;
+
+/// A physical CPU's list registers plus the guest's view of them.
+struct FakeLrs {
+    lr: Vec<u64>,
+    hcr: u64,
+}
+
+impl FakeLrs {
+    fn new(n: usize) -> FakeLrs {
+        FakeLrs {
+            lr: vec![0; n],
+            hcr: 0,
+        }
+    }
+
+    fn valid(&self) -> Vec<u32> {
+        self.lr
+            .iter()
+            .filter(|&&v| lr_state(v) != 0)
+            .map(|&v| (v & LR_VINTID_MASK) as u32)
+            .collect()
+    }
+
+    /// The guest reads ICC_IAR1_EL1: highest-priority pending LR becomes active.
+    fn ack(&mut self) -> Option<u32> {
+        let i = (0..self.lr.len())
+            .filter(|&i| lr_state(self.lr[i]) & LR_STATE_PENDING != 0)
+            .filter(|&i| lr_state(self.lr[i]) & LR_STATE_ACTIVE == 0)
+            .min_by_key(|&i| (self.lr[i] >> LR_PRIORITY_SHIFT) & 0xff)?;
+        self.lr[i] =
+            (self.lr[i] & !(0b11 << LR_STATE_SHIFT)) | u64::from(LR_STATE_ACTIVE) << LR_STATE_SHIFT;
+        Some((self.lr[i] & LR_VINTID_MASK) as u32)
+    }
+
+    /// The guest writes ICC_EOIR1_EL1 (EOImode 0: drop priority and deactivate).
+    fn eoi(&mut self, intid: u32) {
+        for v in self.lr.iter_mut() {
+            if (*v & LR_VINTID_MASK) as u32 == intid && lr_state(*v) & LR_STATE_ACTIVE != 0 {
+                *v &= !(u64::from(LR_STATE_ACTIVE) << LR_STATE_SHIFT);
+            }
+        }
+    }
+
+    fn ack_eoi(&mut self) -> Option<u32> {
+        let intid = self.ack()?;
+        self.eoi(intid);
+        Some(intid)
+    }
+}
+
+impl ListRegs for FakeLrs {
+    fn count(&self) -> usize {
+        self.lr.len()
+    }
+    fn read(&self, i: usize) -> u64 {
+        self.lr[i]
+    }
+    fn write(&mut self, i: usize, v: u64) {
+        self.lr[i] = v;
+    }
+    fn elrsr(&self) -> u16 {
+        (0..self.lr.len())
+            .filter(|&i| lr_state(self.lr[i]) == 0 && (self.lr[i] & (LR_HW | LR_EOI)) != LR_EOI)
+            .fold(0, |acc, i| acc | 1 << i)
+    }
+    fn eisr(&self) -> u16 {
+        (0..self.lr.len())
+            .filter(|&i| lr_state(self.lr[i]) == 0 && (self.lr[i] & (LR_HW | LR_EOI)) == LR_EOI)
+            .fold(0, |acc, i| acc | 1 << i)
+    }
+    fn set_hcr(&mut self, v: u64) {
+        self.hcr = v;
+    }
+}
+
+const SGI: u64 = SGI_FRAME;
+const DEF_PRI_X4: u64 = 0xa0a0_a0a0;
+
+fn rd(cpu: usize) -> u64 {
+    cpu as u64 * VGic::REDIST_STRIDE
+}
+
+/// gic_dist_init() + gic_validate_dist_version(), as Linux 6.12 runs them on CPU 0.
+fn linux_dist_init(g: &VGic) -> u32 {
+    assert_eq!(g.dist_read(0, GICD_PIDR2, 4) & 0xf0, 0x30, "GICv3");
+    let typer = g.dist_read(0, GICD_TYPER, 4) as u32;
+    let nr_irqs = (32 * ((typer & 0x1f) + 1)).min(1020);
+    g.dist_read(0, GICD_TYPER2, 4);
+    g.dist_read(0, GICD_IIDR, 4);
+    g.dist_write(0, GICD_CTLR, 4, 0);
+    assert_eq!(g.dist_read(0, GICD_CTLR, 4) & (1 << 31), 0, "RWP clear");
+    for i in (32..nr_irqs).step_by(32) {
+        g.dist_write(0, IGROUPR + u64::from(i / 8), 4, 0xffff_ffff);
+    }
+    for i in (32..nr_irqs).step_by(16) {
+        g.dist_write(0, ICFGR + u64::from(i / 4), 4, 0);
+    }
+    for i in (32..nr_irqs).step_by(4) {
+        g.dist_write(0, IPRIORITYR + u64::from(i), 4, DEF_PRI_X4);
+    }
+    for i in (32..nr_irqs).step_by(32) {
+        g.dist_write(0, ICACTIVER + u64::from(i / 8), 4, 0xffff_ffff);
+        g.dist_write(0, ICENABLER + u64::from(i / 8), 4, 0xffff_ffff);
+    }
+    // DS = 1 ⇒ Linux sees "security disabled".
+    assert_ne!(g.dist_read(0, GICD_CTLR, 4) as u32 & CTLR_DS, 0);
+    g.dist_write(0, GICD_CTLR, 4, 0x13); // ARE_NS | ENABLE_G1A | ENABLE_G1
+    for i in 32..nr_irqs {
+        g.dist_write(0, GICD_IROUTER + 8 * u64::from(i), 8, 0); // boot CPU's affinity
+    }
+    nr_irqs
+}
+
+/// gic_populate_rdist() + gic_enable_redist() + gic_cpu_config() on `cpu`.
+fn linux_cpu_init(g: &VGic, cpu: usize) -> u64 {
+    let mut off = 0;
+    let rbase = loop {
+        assert_eq!(g.redist_read(cpu, off + GICR_PIDR2, 4) & 0xf0, 0x30);
+        let typer = g.redist_read(cpu, off + GICR_TYPER, 8);
+        if typer >> 32 == cpu as u64 {
+            break off;
+        }
+        assert_eq!(typer & TYPER_LAST, 0, "ran off the end looking for {cpu}");
+        off += VGic::REDIST_STRIDE;
+    };
+    g.redist_read(cpu, rbase + GICR_CTLR, 4);
+    let waker = g.redist_read(cpu, rbase + GICR_WAKER, 4);
+    g.redist_write(
+        cpu,
+        rbase + GICR_WAKER,
+        4,
+        waker & !u64::from(WAKER_PROCESSOR_SLEEP),
+    );
+    let mut polls = 0;
+    while g.redist_read(cpu, rbase + GICR_WAKER, 4) & u64::from(WAKER_CHILDREN_ASLEEP) != 0 {
+        polls += 1;
+        assert!(polls < 10, "redistributor never woke");
+    }
+    g.redist_write(cpu, rbase + SGI + IGROUPR, 4, 0xffff_ffff);
+    g.redist_write(cpu, rbase + SGI + ICACTIVER, 4, 0xffff_ffff);
+    g.redist_write(cpu, rbase + SGI + ICENABLER, 4, 0xffff_ffff);
+    for i in (0..32).step_by(4) {
+        g.redist_write(cpu, rbase + SGI + IPRIORITYR + i, 4, DEF_PRI_X4);
+    }
+    // gic_smp_init: the IPIs (SGIs 0-7) get unmasked one by one.
+    for sgi in 0..8 {
+        g.redist_write(cpu, rbase + SGI + ISENABLER, 4, 1 << sgi);
+    }
+    rbase
+}
+
+fn booted(nr_vcpus: usize, nr_spis: u32) -> VGic {
+    let g = VGic::new(nr_vcpus, nr_spis);
+    linux_dist_init(&g);
+    for cpu in 0..nr_vcpus {
+        linux_cpu_init(&g, cpu);
+    }
+    g
+}
+
+/// The exit path as hyp runs it.
+fn run_exit(g: &VGic, vcpu: usize, lrs: &mut FakeLrs) {
+    if g.needs_flush(vcpu) {
+        g.sync(vcpu, lrs);
+        g.flush(vcpu, lrs);
+    }
+}
+
+fn enable_spi(g: &VGic, intid: u32, vcpu: u64) {
+    g.dist_write(0, GICD_IROUTER + 8 * u64::from(intid), 8, vcpu);
+    g.dist_write(
+        0,
+        ISENABLER + u64::from(intid / 32) * 4,
+        4,
+        1 << (intid % 32),
+    );
+}
+
+fn sgi1r(intid: u64, target_list: u64) -> u64 {
+    intid << 24 | target_list
+}
+
+#[test]
+fn distributor_identifies_as_gicv3_single_security_state() {
+    let g = VGic::new(4, 64);
+    let nr_irqs = linux_dist_init(&g);
+    assert_eq!(nr_irqs, 96);
+    assert_eq!(g.dist_read(0, GICD_TYPER, 4), 2 | 3 << 5 | 9 << 19);
+    assert_eq!(g.dist_read(0, GICD_CTLR, 4), 0x53, "G0 | G1 | ARE | DS");
+    assert_eq!(g.dist_read(0, GICD_PIDR2, 4), 0x3B);
+    assert_eq!(g.dist_read(0, GICD_IIDR, 4), 0x4200_043B);
+    assert_eq!(g.dist_read(0, GICD_TYPER2, 4), 0);
+    assert_eq!(g.dist_read(0, 0xFFF0, 4), 0x0D);
+    // Stored state reads back.
+    assert_eq!(g.dist_read(0, IGROUPR + 4, 4), 0xffff_ffff);
+    assert_eq!(
+        g.dist_read(0, IGROUPR + 12, 4),
+        0,
+        "beyond the last SPI: RAZ"
+    );
+    assert_eq!(g.dist_read(0, IPRIORITYR + 33, 1), 0xa0);
+    assert_eq!(g.dist_read(0, IPRIORITYR + 32, 8), 0xa0a0_a0a0_a0a0_a0a0);
+}
+
+#[test]
+fn private_interrupt_registers_are_raz_wi_in_the_distributor() {
+    let g = VGic::new(2, 32);
+    g.dist_write(0, ISENABLER, 4, 0xffff_ffff);
+    g.dist_write(0, IPRIORITYR, 4, DEF_PRI_X4);
+    g.dist_write(0, ICFGR + 4, 4, 0xffff_ffff);
+    assert_eq!(g.dist_read(0, ISENABLER, 4), 0);
+    assert_eq!(g.dist_read(0, IPRIORITYR, 4), 0);
+    assert_eq!(g.dist_read(0, ICFGR + 4, 4), 0);
+    assert_eq!(g.dist_read(0, GICD_IROUTER, 8), 0);
+    // ... and they did not leak into the redistributor.
+    assert_eq!(g.redist_read(0, SGI + ISENABLER, 4), 0);
+}
+
+#[test]
+fn linux_finds_each_redistributor_and_wakes_it() {
+    let g = VGic::new(3, 32);
+    linux_dist_init(&g);
+    for cpu in 0..3 {
+        assert_eq!(
+            g.redist_read(cpu, rd(cpu) + GICR_WAKER, 4),
+            6,
+            "asleep at reset"
+        );
+        let rbase = linux_cpu_init(&g, cpu);
+        assert_eq!(rbase, rd(cpu));
+        assert_eq!(g.redist_read(cpu, rbase + GICR_WAKER, 4), 0);
+    }
+    let typer = |cpu| g.redist_read(0, rd(cpu) + GICR_TYPER, 8);
+    assert_eq!(typer(0), 0);
+    assert_eq!(typer(1), 1 << 32 | 1 << 8);
+    assert_eq!(typer(2), 2 << 32 | 2 << 8 | TYPER_LAST);
+    // 32-bit halves, as gic_read_typer does on 32-bit kernels.
+    assert_eq!(g.redist_read(0, rd(2) + GICR_TYPER + 4, 4), 2);
+    assert_eq!(g.redist_read(0, rd(2) + GICR_TYPER, 4), 2 << 8 | 0x10);
+    assert_eq!(g.redist_read(0, rd(1) + GICR_PIDR2, 4), 0x3B);
+    assert_eq!(
+        g.redist_read(0, 3 * VGic::REDIST_STRIDE, 4),
+        0,
+        "beyond the last"
+    );
+    // SGIs are fixed edge; PPIs default level and are programmable.
+    assert_eq!(g.redist_read(0, SGI + ICFGR, 4), 0xAAAA_AAAA);
+    g.redist_write(0, SGI + ICFGR, 4, 0);
+    assert_eq!(g.redist_read(0, SGI + ICFGR, 4), 0xAAAA_AAAA);
+    assert_eq!(g.redist_read(0, SGI + ICFGR + 4, 4), 0);
+    g.redist_write(0, SGI + ICFGR + 4, 4, 0x8000_0000);
+    assert_eq!(g.redist_read(0, SGI + ICFGR + 4, 4), 0x8000_0000);
+    assert_eq!(
+        g.redist_read(0, rd(1) + SGI + ICFGR + 4, 4),
+        0,
+        "banked per vCPU"
+    );
+    assert_eq!(g.redist_read(0, rd(1) + SGI + ISENABLER, 4), 0xff);
+}
+
+#[test]
+fn spi_routed_to_vcpu1_reaches_only_vcpu1() {
+    let g = booted(2, 64);
+    let (mut l0, mut l1) = (FakeLrs::new(4), FakeLrs::new(4));
+    run_exit(&g, 0, &mut l0);
+    run_exit(&g, 1, &mut l1);
+    assert!(
+        !g.needs_flush(0) && !g.needs_flush(1),
+        "nothing pending after boot"
+    );
+
+    enable_spi(&g, 40, 1);
+    assert_eq!(g.dist_read(0, GICD_IROUTER + 8 * 40, 8), 1);
+    assert_eq!(g.set_spi_level(40, true), VcpuMask::one(1));
+    assert_eq!(
+        g.set_spi_level(40, true),
+        VcpuMask::EMPTY,
+        "no change, no kick"
+    );
+    assert!(!g.needs_flush(0));
+    assert!(g.needs_flush(1));
+    assert!(g.has_pending(1) && !g.has_pending(0));
+    run_exit(&g, 1, &mut l1);
+    assert_eq!(
+        l1.lr[0],
+        40 | 0xa0 << LR_PRIORITY_SHIFT | LR_GROUP1 | LR_EOI | 1 << LR_STATE_SHIFT
+    );
+    assert_eq!(l1.hcr, HCR_EN);
+    assert_eq!(
+        g.dist_read(0, ISPENDR + 4, 4),
+        1 << 8,
+        "pending view includes the LR"
+    );
+    assert_eq!(l0.valid(), Vec::<u32>::new());
+}
+
+#[test]
+fn sgi_from_vcpu0_lands_in_vcpu1_lrs() {
+    let g = booted(2, 32);
+    let (mut l0, mut l1) = (FakeLrs::new(4), FakeLrs::new(4));
+    run_exit(&g, 0, &mut l0);
+    run_exit(&g, 1, &mut l1);
+
+    let kick = g.send_sgi(0, sgi1r(3, 0b10));
+    assert_eq!(kick, VcpuMask::one(1));
+    run_exit(&g, 0, &mut l0);
+    assert!(l0.valid().is_empty());
+    run_exit(&g, 1, &mut l1);
+    assert_eq!(
+        l1.lr[0],
+        3 | 0xa0 << LR_PRIORITY_SHIFT | LR_GROUP1 | 1 << LR_STATE_SHIFT,
+        "edge: no EOI maintenance"
+    );
+    assert!(
+        g.needs_flush(1),
+        "an occupied LR keeps the exit path syncing"
+    );
+    assert_eq!(l1.ack_eoi(), Some(3));
+    run_exit(&g, 1, &mut l1);
+    assert!(!g.needs_flush(1), "drained");
+    assert_eq!(l1.lr[0], 0);
+    assert!(!g.has_pending(1));
+}
+
+#[test]
+fn sgi_routing_modes() {
+    let g = booted(4, 32);
+    // IRM = 1: everyone but the sender.
+    assert_eq!(g.send_sgi(2, sgi1r(1, 0) | SGI1R_IRM), VcpuMask(0b1011));
+    // A non-zero Aff1 names CPUs that do not exist.
+    assert_eq!(g.send_sgi(0, sgi1r(1, 0b10) | 1 << 16), VcpuMask::EMPTY);
+    // RS = 1 starts at vCPU 16.
+    assert_eq!(g.send_sgi(0, sgi1r(1, 1) | 1 << 44), VcpuMask::EMPTY);
+    // To itself, and a disabled SGI (8) pends without a kick.
+    assert_eq!(g.send_sgi(0, sgi1r(2, 1)), VcpuMask::one(0));
+    assert_eq!(g.send_sgi(0, sgi1r(8, 0b10)), VcpuMask::EMPTY);
+    assert_eq!(
+        g.redist_read(0, rd(1) + SGI + ISPENDR, 4) & (1 << 8),
+        1 << 8
+    );
+    let d = Sgi1r::decode(0xff << 48 | 0xf << 44 | SGI1R_IRM | 5 << 24 | 0xff);
+    assert_eq!(
+        (d.intid, d.target_list, d.aff1, d.aff2, d.aff3, d.irm, d.rs),
+        (5, 0xff, 0, 0, 0xff, true, 0xf)
+    );
+}
+
+#[test]
+fn more_pending_than_lrs_goes_by_priority_with_underflow() {
+    let g = booted(1, 32);
+    let mut l = FakeLrs::new(4);
+    run_exit(&g, 0, &mut l);
+    // Six edge SPIs, priorities 0xF0, 0xE0, ..., 0xA0 (lower value = more urgent).
+    for (n, intid) in (32..38u32).enumerate() {
+        g.dist_write(0, ICFGR + u64::from(intid / 16) * 4, 4, 0xAAAA_AAAA);
+        g.dist_write(0, IPRIORITYR + u64::from(intid), 1, 0xF0 - 0x10 * n as u64);
+        enable_spi(&g, intid, 0);
+        g.dist_write(0, ISPENDR + 4, 4, 1 << (intid - 32));
+    }
+    run_exit(&g, 0, &mut l);
+    let mut got = l.valid();
+    got.sort();
+    assert_eq!(got, vec![34, 35, 36, 37], "the four most urgent");
+    assert_eq!(l.hcr, HCR_EN | HCR_UIE);
+    let order: Vec<u32> = (0..4).filter_map(|_| l.ack_eoi()).collect();
+    assert_eq!(order, vec![37, 36, 35, 34]);
+    run_exit(&g, 0, &mut l); // the underflow maintenance interrupt's exit
+    let mut got = l.valid();
+    got.sort();
+    assert_eq!(got, vec![32, 33]);
+    assert_eq!(l.hcr, HCR_EN, "everything fits again");
+}
+
+#[test]
+fn urgent_interrupt_evicts_a_pending_only_lr() {
+    let g = booted(1, 32);
+    let mut l = FakeLrs::new(2);
+    run_exit(&g, 0, &mut l);
+    for intid in [32, 33, 34] {
+        g.dist_write(0, IPRIORITYR + u64::from(intid), 1, 0xC0);
+        enable_spi(&g, intid, 0);
+        g.set_spi_level(intid, true);
+    }
+    run_exit(&g, 0, &mut l);
+    assert_eq!(l.valid(), vec![32, 33]);
+    assert_eq!(l.ack(), Some(32)); // 32 is active, 33 still only pending
+    g.dist_write(0, IPRIORITYR + 35, 1, 0x80);
+    enable_spi(&g, 35, 0);
+    assert_eq!(g.set_spi_level(35, true), VcpuMask::one(0));
+    run_exit(&g, 0, &mut l);
+    assert_eq!(l.valid(), vec![32, 35], "33 made room, 32 (active) stayed");
+    assert_eq!(l.hcr, HCR_EN | HCR_UIE);
+    assert_eq!(l.ack(), Some(35));
+}
+
+#[test]
+fn level_spi_is_reinjected_after_eoi_while_the_line_is_high() {
+    let g = booted(1, 32);
+    let mut l = FakeLrs::new(4);
+    enable_spi(&g, 33, 0);
+    g.set_spi_level(33, true);
+    run_exit(&g, 0, &mut l);
+    assert_eq!(l.valid(), vec![33]);
+    assert_ne!(l.lr[0] & LR_EOI, 0);
+    assert_eq!(l.ack_eoi(), Some(33));
+    assert_eq!(l.eisr(), 1, "EOI maintenance requested");
+    // Maintenance interrupt exit: hyp syncs; the line is still high.
+    g.sync(0, &mut l);
+    assert_eq!(l.eisr(), 0, "sync cleared the maintenance condition");
+    assert!(g.needs_flush(0));
+    g.flush(0, &mut l);
+    assert_eq!(l.valid(), vec![33], "re-injected");
+    // The device handler clears the cause; the line drops before the EOI.
+    assert_eq!(l.ack(), Some(33));
+    g.set_spi_level(33, false);
+    l.eoi(33);
+    run_exit(&g, 0, &mut l);
+    assert!(l.valid().is_empty());
+    assert!(!g.needs_flush(0));
+    assert!(!g.has_pending(0));
+}
+
+#[test]
+fn hw_timer_ppi_lr_bits_are_exact() {
+    let g = booted(2, 32);
+    let mut l = FakeLrs::new(4);
+    run_exit(&g, 1, &mut l);
+    // arch_timer: enable PPI 27 on vCPU 1 with Linux's default priority.
+    g.redist_write(1, rd(1) + SGI + ISENABLER, 4, 1 << 27);
+    assert_eq!(g.inject_hw(1, 27, 27), VcpuMask::one(1));
+    run_exit(&g, 1, &mut l);
+    let expect = 27 | 27 << 32 | 0xa0 << 48 | 1 << 60 | 1 << 61 | 1 << 62;
+    assert_eq!(l.lr[0], expect);
+    assert_eq!(l.lr[0] & LR_EOI, 0, "HW LRs carry pINTID, never EOI");
+    // The guest EOIs; the LR frees itself (ELRSR) and the physical IRQ is deactivated.
+    assert_eq!(l.ack_eoi(), Some(27));
+    assert_eq!(l.elrsr() & 1, 1);
+    run_exit(&g, 1, &mut l);
+    assert!(!g.needs_flush(1));
+    // Priority keeps only five bits.
+    g.redist_write(1, rd(1) + SGI + IPRIORITYR + 27, 1, 0xA7);
+    g.inject_hw(1, 27, 27);
+    run_exit(&g, 1, &mut l);
+    assert_eq!((l.lr[0] >> 48) & 0xff, 0xA0);
+}
+
+#[test]
+fn edge_repending_while_active_becomes_pending_and_active() {
+    let g = booted(1, 32);
+    let mut l = FakeLrs::new(4);
+    g.send_sgi(0, sgi1r(1, 1));
+    run_exit(&g, 0, &mut l);
+    assert_eq!(l.ack(), Some(1));
+    g.send_sgi(0, sgi1r(1, 1));
+    run_exit(&g, 0, &mut l);
+    assert_eq!(lr_state(l.lr[0]), LR_STATE_ACTIVE | LR_STATE_PENDING);
+    assert_eq!(l.valid(), vec![1], "never in two LRs");
+    l.eoi(1);
+    assert_eq!(l.ack_eoi(), Some(1), "second edge delivered");
+    run_exit(&g, 0, &mut l);
+    assert!(!g.needs_flush(0));
+}
+
+#[test]
+fn disable_and_clear_pending_withdraw_unacknowledged_lrs() {
+    let g = booted(1, 32);
+    let mut l = FakeLrs::new(4);
+    g.send_sgi(0, sgi1r(1, 1));
+    g.send_sgi(0, sgi1r(2, 1));
+    run_exit(&g, 0, &mut l);
+    assert_eq!(l.valid(), vec![1, 2]);
+    assert_eq!(g.redist_read(0, SGI + ISPENDR, 4), 0b110);
+    // Disable SGI 1: withdrawn but remembered; clear-pending SGI 2: gone.
+    assert_eq!(
+        g.redist_write(0, SGI + ICENABLER, 4, 1 << 1),
+        VcpuMask::one(0)
+    );
+    assert_eq!(
+        g.redist_write(0, SGI + ICPENDR, 4, 1 << 2),
+        VcpuMask::one(0)
+    );
+    run_exit(&g, 0, &mut l);
+    assert!(l.valid().is_empty());
+    assert_eq!(g.redist_read(0, SGI + ISPENDR, 4), 0b10);
+    g.redist_write(0, SGI + ISENABLER, 4, 1 << 1);
+    run_exit(&g, 0, &mut l);
+    assert_eq!(l.ack_eoi(), Some(1));
+    assert_eq!(l.ack(), None);
+}
+
+#[test]
+fn active_state_registers() {
+    let g = booted(1, 32);
+    let mut l = FakeLrs::new(4);
+    g.send_sgi(0, sgi1r(4, 1));
+    run_exit(&g, 0, &mut l);
+    assert_eq!(l.ack(), Some(4));
+    run_exit(&g, 0, &mut l);
+    assert_eq!(g.redist_read(0, SGI + ISACTIVER, 4), 1 << 4);
+    g.redist_write(0, SGI + ICACTIVER, 4, 1 << 4);
+    run_exit(&g, 0, &mut l);
+    assert!(
+        l.valid().is_empty(),
+        "deactivated from the distributor side"
+    );
+    // ISACTIVER outside an LR holds delivery back until ICACTIVER.
+    g.redist_write(0, SGI + ISACTIVER, 4, 1 << 5);
+    g.send_sgi(0, sgi1r(5, 1));
+    run_exit(&g, 0, &mut l);
+    assert!(l.valid().is_empty());
+    assert_eq!(g.redist_read(0, SGI + ISACTIVER, 4), 1 << 5);
+    g.redist_write(0, SGI + ICACTIVER, 4, 1 << 5);
+    run_exit(&g, 0, &mut l);
+    assert_eq!(l.valid(), vec![5]);
+}
+
+#[test]
+fn group_enable_gates_delivery() {
+    let g = VGic::new(1, 32);
+    let mut l = FakeLrs::new(4);
+    g.redist_write(0, SGI + ISENABLER, 4, 0xffff);
+    g.send_sgi(0, sgi1r(1, 1));
+    assert!(!g.has_pending(0), "EnableGrp1 off");
+    run_exit(&g, 0, &mut l);
+    assert!(l.valid().is_empty());
+    assert_eq!(g.dist_write(0, GICD_CTLR, 4, 0x12), VcpuMask::one(0));
+    assert!(g.has_pending(0));
+    run_exit(&g, 0, &mut l);
+    assert_eq!(l.valid(), vec![1]);
+    // Group 0 interrupts never reach the guest.
+    g.redist_write(0, SGI + IGROUPR, 4, !(1 << 2));
+    g.send_sgi(0, sgi1r(2, 1));
+    run_exit(&g, 0, &mut l);
+    assert_eq!(l.valid(), vec![1]);
+}
+
+#[test]
+fn reset_vcpu_wipes_its_lrs_and_redistributor() {
+    let g = booted(2, 32);
+    let mut l = FakeLrs::new(4);
+    enable_spi(&g, 32, 1);
+    g.set_spi_level(32, true);
+    g.send_sgi(0, sgi1r(1, 0b10));
+    run_exit(&g, 1, &mut l);
+    assert_eq!(l.valid(), vec![1, 32]);
+    g.reset_vcpu(1);
+    assert!(g.needs_flush(1));
+    assert_eq!(g.redist_read(0, rd(1) + GICR_WAKER, 4), 6);
+    assert_eq!(g.redist_read(0, rd(1) + SGI + ISENABLER, 4), 0);
+    run_exit(&g, 1, &mut l);
+    // The SPI (line still high) comes back; the SGI was lost with the reset.
+    assert_eq!(l.valid(), vec![32]);
+    assert_eq!(l.lr[1..], [0, 0, 0]);
+}
+
+#[test]
+fn odd_accesses_are_harmless() {
+    let g = booted(2, 32);
+    assert_eq!(g.dist_read(0, GICD_CTLR + 1, 4), 0, "misaligned");
+    assert_eq!(g.dist_read(0, GICD_CTLR, 3), 0, "bad size");
+    assert_eq!(g.dist_read(0, GICD_CTLR, 1), 0x53);
+    assert_eq!(
+        g.dist_read(0, GICD_TYPER, 8) >> 32,
+        0,
+        "TYPER2 in the upper half"
+    );
+    g.dist_write(0, GICD_CTLR, 1, 0);
+    assert_eq!(
+        g.dist_read(0, GICD_CTLR, 4),
+        0x53,
+        "byte writes to CTLR ignored"
+    );
+    // 8-byte write to two 32-bit registers.
+    g.dist_write(0, ISENABLER, 8, 0xffff_ffff_0000_0000);
+    assert_eq!(g.dist_read(0, ISENABLER + 4, 4), 0xffff_ffff);
+    // 32-bit halves of IROUTER.
+    g.dist_write(0, GICD_IROUTER + 8 * 32, 4, 1);
+    g.dist_write(0, GICD_IROUTER + 8 * 32 + 4, 4, 0);
+    assert_eq!(g.dist_read(0, GICD_IROUTER + 8 * 32, 8), 1);
+    g.dist_write(0, GICD_IROUTER + 8 * 33, 8, u64::MAX);
+    assert_eq!(g.dist_read(0, GICD_IROUTER + 8 * 33, 8), 0xff_80ff_ffff);
+    assert_eq!(g.dist_read(0, 0x1_0000, 4), 0, "outside the window");
+    assert_eq!(g.redist_read(0, u64::MAX - 3, 4), 0);
+    assert_eq!(g.inject_hw(7, 27, 27), VcpuMask::EMPTY);
+    assert_eq!(g.set_spi_level(1000, true), VcpuMask::EMPTY);
+    assert!(!g.needs_flush(9));
+}
+
+/// Every LR the fake holds is one the model knows about, and vice versa.
+fn check_consistent(g: &VGic, vcpu: usize, l: &FakeLrs) -> Result<(), TestCaseError> {
+    let st = g.state.lock();
+    for (i, &v) in l.lr.iter().enumerate() {
+        let shadow = st.cpus[vcpu].lrs[i];
+        if lr_state(v) != 0 {
+            prop_assert_eq!(shadow, Some((v & LR_VINTID_MASK) as u32));
+            let irq = st.irq(vcpu, shadow.unwrap()).unwrap();
+            prop_assert_eq!(irq.lr, Some(i as u8));
+            prop_assert_eq!(usize::from(irq.lr_vcpu), vcpu);
+        }
+    }
+    let mut seen = Vec::new();
+    for &v in &l.lr {
+        if lr_state(v) != 0 {
+            let intid = (v & LR_VINTID_MASK) as u32;
+            prop_assert!(!seen.contains(&intid), "INTID {} in two LRs", intid);
+            seen.push(intid);
+        }
+    }
+    Ok(())
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    DistRead(u64, u8),
+    DistWrite(u64, u8, u64),
+    RedistRead(u64, u8),
+    RedistWrite(u64, u8, u64),
+    Sgi(usize, u64),
+    Level(u32, bool),
+    Hw(usize, u32),
+    Guest(usize, u8),
+    Exit(usize),
+    Reset(usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let size = prop_oneof![Just(1u8), Just(2), Just(4), Just(8), 0u8..16];
+    let dist_off = prop_oneof![0u64..0x1000, 0x6000u64..0x6400, 0xFFC0u64..0x10010];
+    let redist_off = prop_oneof![0u64..0x100, 0x1_0000u64..0x1_0E00, 0u64..0x8_0000];
+    prop_oneof![
+        (dist_off.clone(), size.clone()).prop_map(|(o, s)| Op::DistRead(o, s)),
+        (dist_off, size.clone(), any::<u64>()).prop_map(|(o, s, v)| Op::DistWrite(o, s, v)),
+        (redist_off.clone(), size.clone()).prop_map(|(o, s)| Op::RedistRead(o, s)),
+        (redist_off, size, any::<u64>()).prop_map(|(o, s, v)| Op::RedistWrite(o, s, v)),
+        (0usize..4, any::<u64>()).prop_map(|(f, v)| Op::Sgi(f, v)),
+        (0u32..1100, any::<bool>()).prop_map(|(i, l)| Op::Level(i, l)),
+        (0usize..4, 0u32..100).prop_map(|(v, i)| Op::Hw(v, i)),
+        (0usize..3, 0u8..4).prop_map(|(v, a)| Op::Guest(v, a)),
+        (0usize..3).prop_map(Op::Exit),
+        (0usize..4).prop_map(Op::Reset),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn random_mmio_and_guest_activity_never_panics(
+        boot in any::<bool>(),
+        ops in proptest::collection::vec(op(), 0..300),
+    ) {
+        let g = if boot { booted(3, 64) } else { VGic::new(3, 64) };
+        let mut lrs = [FakeLrs::new(4), FakeLrs::new(2), FakeLrs::new(16)];
+        for op in ops {
+            match op {
+                Op::DistRead(o, s) => { g.dist_read(0, o, s); }
+                Op::DistWrite(o, s, v) => { g.dist_write(1, o, s, v); }
+                Op::RedistRead(o, s) => { g.redist_read(2, o, s); }
+                Op::RedistWrite(o, s, v) => { g.redist_write(0, o, s, v); }
+                Op::Sgi(f, v) => { g.send_sgi(f, v); }
+                Op::Level(i, l) => { g.set_spi_level(i, l); }
+                Op::Hw(v, i) => { g.inject_hw(v, i, i); }
+                Op::Guest(v, a) => {
+                    let l = &mut lrs[v];
+                    match a {
+                        0 => { l.ack(); }
+                        1 => { l.ack_eoi(); }
+                        2 => { g.sync(v, l); }
+                        _ => {
+                            let active: Vec<u32> = l.lr.iter()
+                                .filter(|&&x| lr_state(x) & LR_STATE_ACTIVE != 0)
+                                .map(|&x| (x & LR_VINTID_MASK) as u32).collect();
+                            for i in active { l.eoi(i); }
+                        }
+                    }
+                }
+                Op::Exit(v) => {
+                    run_exit(&g, v, &mut lrs[v]);
+                    check_consistent(&g, v, &lrs[v])?;
+                    g.has_pending(v);
+                }
+                Op::Reset(v) => g.reset_vcpu(v),
+            }
+        }
+        // Draining: a guest that acks and EOIs everything ends with empty LRs and,
+        // with the dist disabled, no further work.
+        g.dist_write(0, GICD_CTLR, 4, 0);
+        for (v, l) in lrs.iter_mut().enumerate() {
+            for _ in 0..64 {
+                run_exit(&g, v, l);
+                while l.ack_eoi().is_some() {}
+                let active: Vec<u32> = l.lr.iter()
+                    .filter(|&&x| lr_state(x) & LR_STATE_ACTIVE != 0)
+                    .map(|&x| (x & LR_VINTID_MASK) as u32).collect();
+                for i in active { l.eoi(i); }
+            }
+            run_exit(&g, v, l);
+            prop_assert!(l.valid().is_empty());
+            prop_assert!(!g.needs_flush(v));
+        }
+    }
+}
