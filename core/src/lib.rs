@@ -13,6 +13,16 @@
 
 extern crate alloc;
 
+pub mod abi;
+pub mod dev;
+pub mod exit;
+pub mod fdt;
+pub mod image;
+pub mod layout;
+pub mod linux;
+pub mod mem;
 pub mod region;
+pub mod vgic;
 
+pub use fdt::manifest;
 pub use region::Region;
