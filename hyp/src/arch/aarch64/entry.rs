@@ -1,0 +1,122 @@
+//! Entry: the arm64 `Image` header, self-relocation, stacks, and the jump to Rust.
+//!
+//! Any loader that boots an arm64 Linux kernel boots Bothy: the first 64 bytes
+//! are an `Image` header (booting.rst) with "place anywhere" set, and the code
+//! is linked at 0 as a static PIE. `primary_entry` finds where it runs with
+//! `adr`, patches every `R_AARCH64_RELATIVE` slot, zeroes .bss, and calls
+//! [`crate::boot_primary`] with the DTB pointer the loader left in x0. The MMU
+//! is off, so nothing before the relocation loop may load an absolute address.
+//! Secondary CPUs enter at `secondary_entry` (PSCI CPU_ON, context id = CPU
+//! index) and get their own stack.
+//!
+//! Each CPU's stack is 64 KiB inside `.stacks`; its top `GUEST_FRAME_SIZE`
+//! bytes hold the register frame of the vCPU that CPU runs (see vectors.rs), so
+//! Rust code starts below it.
+
+use core::arch::global_asm;
+
+/// Per-CPU stack size; must match the linker script's `.stacks` reservation.
+pub const STACK_SIZE: usize = 0x1_0000;
+pub const MAX_CPUS: usize = 8;
+
+global_asm!(
+    r#"
+    .section .text.head, "ax"
+    .global _start
+_start:
+    b       primary_entry           // code0
+    .long   0                       // code1
+    .quad   0                       // text_offset: any 2 MiB-aligned base
+    .quad   __image_size            // image_size (the CLI rewrites it to cover the payload)
+    .quad   0xa                     // flags: little-endian, 4 KiB pages, place anywhere
+    .quad   0                       // res2
+    .quad   0                       // res3
+    .quad   0                       // res4
+    .ascii  "ARM\x64"               // magic
+    .long   0                       // res5
+
+primary_entry:
+    mov     x19, x0                 // DTB physical address from the loader
+    adr     x20, _start             // where the loader actually put us
+
+    // Apply R_AARCH64_RELATIVE relocations: *(base + offset) = base + addend.
+    adrp    x1, __rela_start
+    add     x1, x1, :lo12:__rela_start
+    adrp    x2, __rela_end
+    add     x2, x2, :lo12:__rela_end
+1:  cmp     x1, x2
+    b.hs    2f
+    ldp     x3, x4, [x1], #16       // r_offset, r_info
+    ldr     x5, [x1], #8            // r_addend
+    cmp     w4, #1027               // R_AARCH64_RELATIVE
+    b.ne    1b
+    add     x5, x5, x20
+    str     x5, [x20, x3]
+    b       1b
+2:
+    adrp    x1, __bss_start
+    add     x1, x1, :lo12:__bss_start
+    adrp    x2, __bss_end
+    add     x2, x2, :lo12:__bss_end
+3:  cmp     x1, x2
+    b.hs    4f
+    stp     xzr, xzr, [x1], #16
+    b       3b
+4:
+    mov     x0, #0
+    bl      bothy_set_stack
+    mov     x0, x19
+    mov     x1, x20
+    bl      {boot_primary}
+5:  wfe
+    b       5b
+
+    .global secondary_entry
+secondary_entry:
+    mov     x19, x0                 // CPU index, passed as the PSCI context id
+    bl      bothy_set_stack
+    mov     x0, x19
+    bl      {boot_secondary}
+6:  wfe
+    b       6b
+
+// sp = top of CPU x0's stack, less the guest register frame kept there.
+// Clobbers x0-x2 only; returns with lr intact.
+bothy_set_stack:
+    adrp    x1, __stacks_start
+    add     x1, x1, :lo12:__stacks_start
+    add     x2, x0, #1
+    mov     x0, #{stack_size}
+    madd    x1, x2, x0, x1
+    sub     sp, x1, #{frame}
+    mov     x29, #0
+    ret
+"#,
+    boot_primary = sym crate::boot_primary,
+    boot_secondary = sym crate::boot_secondary,
+    stack_size = const STACK_SIZE,
+    frame = const super::vectors::GUEST_FRAME_SIZE,
+);
+
+extern "C" {
+    static secondary_entry: u8;
+    static __stacks_start: u8;
+    static _start_image: u8;
+    static _end: u8;
+}
+
+/// Physical address of `secondary_entry` (identity mapping: VA == PA).
+pub fn secondary_entry_address() -> u64 {
+    core::ptr::addr_of!(secondary_entry) as u64
+}
+
+/// Where this image starts and ends in memory (`_end` covers .bss and stacks).
+pub fn image_bounds() -> (u64, u64) {
+    (core::ptr::addr_of!(_start_image) as u64, core::ptr::addr_of!(_end) as u64)
+}
+
+/// Top of CPU `cpu`'s stack, where that CPU's guest register frame lives.
+pub fn stack_top(cpu: usize) -> u64 {
+    let base = core::ptr::addr_of!(__stacks_start) as u64;
+    base + ((cpu + 1) * STACK_SIZE) as u64
+}

@@ -1,0 +1,61 @@
+//! EL2's own translation (an identity map) and the stage-2 table memory.
+//!
+//! Table *layout* is decided in bothy_core::mem; this file supplies the
+//! physical memory the tables live in and flips the system registers.
+
+use super::mmio;
+use super::sysreg::*;
+use bothy_core::mem::{RegionAllocator, TableMemory};
+
+const PAGE: u64 = 4096;
+
+/// Page-table frames drawn from the frame allocator; VA == PA under Bothy's
+/// identity map, and before the MMU is on.
+pub struct Frames<'a> {
+    pub allocator: &'a mut RegionAllocator,
+}
+
+impl TableMemory for Frames<'_> {
+    fn alloc_table(&mut self) -> Option<u64> {
+        let pa = self.allocator.alloc(PAGE, PAGE)?;
+        mmio::zero_phys(pa, PAGE as usize);
+        Some(pa)
+    }
+    fn read(&self, table_pa: u64, index: usize) -> u64 {
+        mmio::read_table_entry(table_pa, index)
+    }
+    fn write(&mut self, table_pa: u64, index: usize, value: u64) {
+        mmio::write_table_entry(table_pa, index, value)
+    }
+}
+
+/// SCTLR_EL2: RES1 bits plus M (MMU), C (data cache), I (instruction cache), SA (stack alignment).
+const SCTLR_EL2_RES1: u64 = 0x30c5_0830;
+const SCTLR_M: u64 = 1 << 0;
+const SCTLR_C: u64 = 1 << 2;
+const SCTLR_SA: u64 = 1 << 3;
+const SCTLR_I: u64 = 1 << 12;
+
+/// Turn on EL2 translation with the given tables; identical on every CPU.
+pub fn enable(root: u64, tcr: u64, mair: u64) {
+    write_mair_el2(mair);
+    write_tcr_el2(tcr);
+    write_ttbr0_el2(root);
+    isb();
+    tlbi_all_local();
+    write_sctlr_el2(SCTLR_EL2_RES1 | SCTLR_M | SCTLR_C | SCTLR_SA | SCTLR_I);
+    isb();
+}
+
+/// The CPU's physical address size in bits (ID_AA64MMFR0_EL1.PARange).
+pub fn pa_bits() -> u32 {
+    match read_id_aa64mmfr0_el1() & 0xf {
+        0 => 32,
+        1 => 36,
+        2 => 40,
+        3 => 42,
+        4 => 44,
+        5 => 48,
+        _ => 52,
+    }
+}

@@ -1,0 +1,11 @@
+//! AArch64 EL2: entry, vectors, system registers, MMU, GIC, UART, firmware calls.
+pub mod entry;
+pub mod firmware;
+pub mod gic;
+pub mod heap;
+pub mod lr;
+pub mod mmio;
+pub mod mmu;
+pub mod sysreg;
+pub mod uart;
+pub mod vectors;

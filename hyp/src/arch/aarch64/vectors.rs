@@ -1,0 +1,186 @@
+//! EL2 exception vectors and the guest entry/exit path.
+//!
+//! This is Bothy's hot path, so it does as little as possible (DESIGN.md §4):
+//! an exit from the guest saves x0–x30, ELR_EL2 and SPSR_EL2 into a
+//! [`GuestFrame`] at the top of this CPU's stack, calls
+//! [`crate::exit::handle_exit`] with the exit kind and the frame, restores the
+//! frame and `eret`s. EL1 system registers, FP/SIMD (the hypervisor is built
+//! soft-float and never touches them) and the vGIC's list registers stay in
+//! the hardware. Because the frame sits at a fixed place per CPU, entering a
+//! guest for the first time is just "point sp at the frame and restore".
+//!
+//! Exceptions taken *at* EL2 are Bothy bugs: they print the syndrome and stop
+//! the machine; a guest can never cause one.
+
+use core::arch::global_asm;
+
+/// The guest's general-purpose state as saved on exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GuestFrame {
+    pub x: [u64; 31],
+    pub elr: u64,
+    pub spsr: u64,
+}
+
+/// Bytes reserved at the top of every CPU's stack for its [`GuestFrame`] (16-aligned).
+pub const GUEST_FRAME_SIZE: usize = 272;
+const _: () = assert!(core::mem::size_of::<GuestFrame>() <= GUEST_FRAME_SIZE);
+
+/// Why the guest left, as told by which vector was taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u64)]
+pub enum ExitKind {
+    Sync = 0,
+    Irq = 1,
+    Fiq = 2,
+    SError = 3,
+    /// Any exception from AArch32 state, which Bothy's guests may not use.
+    Aarch32 = 4,
+}
+
+impl ExitKind {
+    pub fn from_raw(raw: u64) -> Self {
+        match raw {
+            0 => Self::Sync,
+            1 => Self::Irq,
+            2 => Self::Fiq,
+            3 => Self::SError,
+            _ => Self::Aarch32,
+        }
+    }
+}
+
+global_asm!(
+    r#"
+.macro guest_vector kind
+    .balign 0x80
+    sub     sp, sp, #{frame}
+    stp     x0, x1, [sp, #0]
+    mov     x0, #\kind
+    b       bothy_guest_exit
+.endm
+
+.macro hyp_vector kind
+    .balign 0x80
+    mov     x0, #\kind
+    b       bothy_hyp_fault
+.endm
+
+    .section .text.vectors, "ax"
+    .balign 0x800
+    .global bothy_el2_vectors
+bothy_el2_vectors:
+    hyp_vector 0                    // current EL, SP_EL0
+    hyp_vector 1
+    hyp_vector 2
+    hyp_vector 3
+    hyp_vector 4                    // current EL, SP_ELx
+    hyp_vector 5
+    hyp_vector 6
+    hyp_vector 7
+    guest_vector 0                  // lower EL, AArch64: sync
+    guest_vector 1                  // irq
+    guest_vector 2                  // fiq
+    guest_vector 3                  // serror
+    guest_vector 4                  // lower EL, AArch32
+    guest_vector 4
+    guest_vector 4
+    guest_vector 4
+
+bothy_guest_exit:
+    stp     x2, x3, [sp, #16]
+    stp     x4, x5, [sp, #32]
+    stp     x6, x7, [sp, #48]
+    stp     x8, x9, [sp, #64]
+    stp     x10, x11, [sp, #80]
+    stp     x12, x13, [sp, #96]
+    stp     x14, x15, [sp, #112]
+    stp     x16, x17, [sp, #128]
+    stp     x18, x19, [sp, #144]
+    stp     x20, x21, [sp, #160]
+    stp     x22, x23, [sp, #176]
+    stp     x24, x25, [sp, #192]
+    stp     x26, x27, [sp, #208]
+    stp     x28, x29, [sp, #224]
+    mrs     x1, elr_el2
+    stp     x30, x1, [sp, #240]
+    mrs     x1, spsr_el2
+    str     x1, [sp, #256]
+    mov     x1, sp
+    bl      {handle_exit}
+
+bothy_guest_resume:
+    ldp     x30, x1, [sp, #240]
+    msr     elr_el2, x1
+    ldr     x1, [sp, #256]
+    msr     spsr_el2, x1
+    ldp     x2, x3, [sp, #16]
+    ldp     x4, x5, [sp, #32]
+    ldp     x6, x7, [sp, #48]
+    ldp     x8, x9, [sp, #64]
+    ldp     x10, x11, [sp, #80]
+    ldp     x12, x13, [sp, #96]
+    ldp     x14, x15, [sp, #112]
+    ldp     x16, x17, [sp, #128]
+    ldp     x18, x19, [sp, #144]
+    ldp     x20, x21, [sp, #160]
+    ldp     x22, x23, [sp, #176]
+    ldp     x24, x25, [sp, #192]
+    ldp     x26, x27, [sp, #208]
+    ldp     x28, x29, [sp, #224]
+    ldp     x0, x1, [sp, #0]
+    add     sp, sp, #{frame}
+    eret
+
+// enter_guest(frame): the frame is this CPU's (top of its stack); run it.
+    .global bothy_enter_guest
+bothy_enter_guest:
+    mov     sp, x0
+    b       bothy_guest_resume
+
+bothy_hyp_fault:
+    mrs     x1, esr_el2
+    mrs     x2, elr_el2
+    mrs     x3, far_el2
+    bl      {hyp_fault}
+7:  wfe
+    b       7b
+"#,
+    frame = const GUEST_FRAME_SIZE,
+    handle_exit = sym crate::exit::handle_exit,
+    hyp_fault = sym hyp_fault,
+);
+
+extern "C" {
+    static bothy_el2_vectors: u8;
+    fn bothy_enter_guest(frame: *mut GuestFrame) -> !;
+}
+
+/// Address for VBAR_EL2.
+pub fn vector_table() -> u64 {
+    core::ptr::addr_of!(bothy_el2_vectors) as u64
+}
+
+/// This CPU's guest frame: the top of its stack, which Rust code never uses.
+pub fn frame_of(cpu: usize) -> *mut GuestFrame {
+    (super::entry::stack_top(cpu) - GUEST_FRAME_SIZE as u64) as *mut GuestFrame
+}
+
+/// Load `frame` into this CPU's frame slot and run the guest. Never returns:
+/// every later exit starts afresh at the top of the stack.
+pub fn enter_guest(cpu: usize, frame: &GuestFrame) -> ! {
+    let slot = frame_of(cpu);
+    // SAFETY: `slot` is this CPU's reserved frame area (above any Rust stack
+    // frame, see entry.rs), aligned and sized for a GuestFrame; only this CPU uses it.
+    unsafe {
+        slot.write(*frame);
+        bothy_enter_guest(slot)
+    }
+}
+
+extern "C" fn hyp_fault(kind: u64, esr: u64, elr: u64, far: u64) -> ! {
+    crate::fatal(format_args!(
+        "exception at EL2 (vector {kind}): ESR_EL2={esr:#x} ELR_EL2={elr:#x} FAR_EL2={far:#x}"
+    ))
+}

@@ -1,0 +1,409 @@
+//! Running a vCPU: first entry, every exit, waiting, and stopping.
+//!
+//! [`handle_exit`] is called by the vector code with the guest's registers in
+//! a [`GuestFrame`]; whatever it leaves in the frame is what the guest resumes
+//! with. The ordinary path (a hypercall, an MMIO access, an interrupt) touches
+//! no EL1 register and takes no lock beyond the device model it talks to; the
+//! vGIC is only visited when `needs_flush` says it has work.
+//!
+//! A vCPU that is off (never started, CPU_OFF, VM powered off or resetting)
+//! waits *inside* this module in [`wait_for_start`], with its physical CPU in
+//! WFI, until PSCI CPU_ON or a reset gives it somewhere to start; it then
+//! rewrites the frame and returns, so the `eret` lands at the new entry point.
+
+use crate::arch::aarch64::lr::HwListRegs;
+use crate::arch::aarch64::vectors::{enter_guest, ExitKind, GuestFrame};
+use crate::arch::aarch64::{gic, sysreg};
+use crate::machine::{self, current_cpu, machine, Machine, KICK_SGI};
+use crate::println;
+use crate::vm::{RunState, Vm};
+use bothy_core::abi::{self, CallContext, Outcome, RETURN_SUCCESS};
+use bothy_core::exit::{decode, inject, sysreg as trapped, Exit, MmioAccess, SysRegAccess};
+use bothy_core::layout;
+use bothy_core::vgic::VcpuMask;
+
+/// SCTLR_EL1 at vCPU reset: RES1 bits only, so MMU and caches are off (booting.rst).
+const SCTLR_EL1_RESET: u64 = 0x30d0_0800;
+/// SCTLR_EL1.SPAN: when clear, exception entry to EL1 sets PSTATE.PAN.
+const SCTLR_EL1_SPAN: u64 = 1 << 23;
+const PSTATE_PAN: u64 = 1 << 22;
+/// MPIDR_EL1 bit 31 is RES1; Aff0 is the vCPU index.
+const VMPIDR_RES1: u64 = 1 << 31;
+const ICH_HCR_EN: u64 = 1;
+const INSTRUCTION_SIZE: u64 = 4;
+
+/// Run the vCPU pinned to this CPU (or park it forever if there is none).
+pub fn run_cpu(cpu: usize) -> ! {
+    let m = machine();
+    let Some((vm_index, vcpu)) = m.cpus[cpu].vcpu else {
+        loop {
+            sysreg::wfi();
+            drain_physical_irqs(m, None);
+        }
+    };
+    let vm = &m.vms[vm_index];
+    sysreg::write_vttbr_el2(vm.vttbr);
+    sysreg::write_vtcr_el2(vm.vtcr);
+    sysreg::write_vpidr_el2(sysreg::read_midr_el1());
+    sysreg::write_vmpidr_el2(VMPIDR_RES1 | vcpu as u64);
+    sysreg::write_cntvoff_el2(vm.cntvoff);
+    sysreg::isb();
+    sysreg::tlbi_all_local();
+    let mut frame = GuestFrame::default();
+    if vcpu == 0 {
+        boot_vcpu0(vm, &mut frame);
+    } else {
+        wait_for_start(m, vm, vcpu, &mut frame);
+    }
+    enter_guest(cpu, &frame)
+}
+
+/// Put vCPU 0 at the kernel entry with x0 = DTB, per the arm64 boot protocol.
+fn boot_vcpu0(vm: &Vm, frame: &mut GuestFrame) {
+    reset_vcpu_state(vm, 0);
+    *frame = GuestFrame::default();
+    frame.x[0] = vm.boot.dtb;
+    frame.elr = vm.boot.kernel;
+    frame.spsr = inject::SPSR_EL1H_MASKED;
+}
+
+/// Architectural reset of the EL1 and virtual-interface state this CPU holds for `vcpu`.
+fn reset_vcpu_state(vm: &Vm, vcpu: usize) {
+    sysreg::write_sctlr_el1(SCTLR_EL1_RESET);
+    sysreg::write_cpacr_el1(0);
+    sysreg::write_vbar_el1(0);
+    sysreg::write_cntv_ctl_el0(0);
+    sysreg::write_cntkctl_el1(0);
+    let mut lrs = HwListRegs::new();
+    for i in 0..bothy_core::vgic::ListRegs::count(&lrs) {
+        bothy_core::vgic::ListRegs::write(&mut lrs, i, 0);
+    }
+    sysreg::write_ich_vmcr_el2(0);
+    sysreg::write_ich_ap0r0_el2(0);
+    sysreg::write_ich_ap1r0_el2(0);
+    sysreg::write_ich_hcr_el2(ICH_HCR_EN);
+    // A timer interrupt the previous incarnation never EOIed stays active in the
+    // physical GIC and would block the next one.
+    gic::deactivate(machine().vtimer_intid);
+    vm.vgic.reset_vcpu(vcpu);
+    sysreg::isb();
+}
+
+/// Wait (in WFI) until this vCPU is given a start point, then set the frame up for it.
+fn wait_for_start(m: &Machine, vm: &Vm, vcpu: usize, frame: &mut GuestFrame) {
+    loop {
+        match vm.state() {
+            RunState::Running => {
+                if let Some((entry, context)) = vm.power.take_pending_start(vcpu) {
+                    reset_vcpu_state(vm, vcpu);
+                    *frame = GuestFrame::default();
+                    frame.x[0] = context;
+                    frame.elr = entry;
+                    frame.spsr = inject::SPSR_EL1H_MASKED;
+                    vm.power.mark_on(vcpu);
+                    return;
+                }
+                if vcpu == 0 && vm.power.state(0) == bothy_core::abi::PowerState::On {
+                    // Restarted by a VM reset.
+                    boot_vcpu0(vm, frame);
+                    return;
+                }
+            }
+            RunState::Resetting if vcpu == 0 => {
+                finish_reset(m, vm);
+                boot_vcpu0(vm, frame);
+                return;
+            }
+            _ => {}
+        }
+        sysreg::wfi();
+        drain_physical_irqs(m, Some((vm, vcpu)));
+    }
+}
+
+/// Called by the vector code on every exit from the guest.
+pub extern "C" fn handle_exit(kind: u64, frame: &mut GuestFrame) {
+    let m = machine();
+    let cpu = current_cpu();
+    let Some((vm_index, vcpu)) = m.cpus[cpu].vcpu else {
+        crate::fatal(format_args!("exit on CPU {cpu}, which runs no vCPU"))
+    };
+    let vm = &m.vms[vm_index];
+    match ExitKind::from_raw(kind) {
+        ExitKind::Sync => sync_exit(m, vm, vcpu, frame),
+        ExitKind::Irq | ExitKind::Fiq => drain_physical_irqs(m, Some((vm, vcpu))),
+        ExitKind::SError => println!("VM {}: vCPU {vcpu} raised an SError (ESR {:#x}); ignored", vm.name, sysreg::read_esr_el2()),
+        ExitKind::Aarch32 => crash_vm(m, vm, format_args!("vCPU {vcpu} entered AArch32, which Bothy does not run")),
+    }
+    if vm.state() != RunState::Running {
+        stop_vcpu(m, vm, vcpu, frame);
+    }
+    if vm.vgic.needs_flush(vcpu) {
+        let mut lrs = HwListRegs::new();
+        vm.vgic.sync(vcpu, &mut lrs);
+        vm.vgic.flush(vcpu, &mut lrs);
+    }
+}
+
+fn sync_exit(m: &Machine, vm: &Vm, vcpu: usize, frame: &mut GuestFrame) {
+    let esr = sysreg::read_esr_el2();
+    match decode(esr, sysreg::read_far_el2(), sysreg::read_hpfar_el2()) {
+        Exit::Hvc { .. } => smccc_call(m, vm, vcpu, frame),
+        Exit::Smc { .. } => {
+            frame.elr += INSTRUCTION_SIZE;
+            smccc_call(m, vm, vcpu, frame)
+        }
+        Exit::Wait { wfe } => {
+            frame.elr += INSTRUCTION_SIZE;
+            // WFE is a hint the guest may get back early; with one vCPU per CPU
+            // there is nobody to yield to. WFI sleeps until something is pending.
+            if !wfe {
+                wait_for_interrupt(m, vm, vcpu);
+            }
+        }
+        Exit::Mmio(access) => {
+            mmio(m, vm, vcpu, frame, access);
+        }
+        Exit::SysReg(access) => sysreg_access(m, vm, vcpu, frame, access),
+        Exit::BadDataAbort { far, .. } => {
+            let write = esr & (1 << 6) != 0;
+            inject_sync(frame, inject::data_abort_esr(inject::from_el0(frame.spsr), write), far)
+        }
+        Exit::BadInstructionAbort { far, .. } => {
+            inject_sync(frame, inject::instruction_abort_esr(inject::from_el0(frame.spsr)), far)
+        }
+        Exit::Other { .. } => inject_sync(frame, inject::undefined_esr(), 0),
+    }
+}
+
+/// PSCI and SMCCC from the guest (HVC, or trapped SMC).
+fn smccc_call(m: &Machine, vm: &Vm, vcpu: usize, frame: &mut GuestFrame) {
+    let mut regs = [0u64; 8];
+    regs.copy_from_slice(&frame.x[..8]);
+    let vcpus = vm.vcpus();
+    let mpidr_to_vcpu = |mpidr: u64| {
+        let index = (mpidr & 0xff_00ff_ffff) as usize;
+        (index < vcpus).then_some(index)
+    };
+    let ctx = CallContext { vcpu, power: &vm.power, ram: vm.ram, mpidr_to_vcpu: &mpidr_to_vcpu };
+    match abi::dispatch(&ctx, &regs) {
+        Outcome::Return(ret) => frame.x[..4].copy_from_slice(&ret),
+        Outcome::StartVcpu { target, ret } => {
+            frame.x[..4].copy_from_slice(&ret);
+            machine::kick(vm.vcpu_pcpu[target]);
+        }
+        Outcome::StopVcpu => {
+            vm.power.power_off(vcpu);
+            wait_for_start(m, vm, vcpu, frame);
+        }
+        Outcome::Suspend => {
+            frame.x[..4].copy_from_slice(&RETURN_SUCCESS);
+            wait_for_interrupt(m, vm, vcpu);
+        }
+        Outcome::SystemOff => {
+            if vm.leave_running(RunState::Off) {
+                println!("VM {} powered off", vm.name);
+                kick_all_but_me(vm);
+                machine::vm_stopped(vm);
+            }
+        }
+        Outcome::SystemReset => {
+            if vm.leave_running(RunState::Resetting) {
+                println!("VM {} is resetting", vm.name);
+                kick_all_but_me(vm);
+            }
+        }
+    }
+}
+
+fn kick_all_but_me(vm: &Vm) {
+    for &pcpu in &vm.vcpu_pcpu {
+        machine::kick(pcpu);
+    }
+}
+
+/// The VM is no longer running: this vCPU stops, and restarts only after a reset.
+fn stop_vcpu(m: &Machine, vm: &Vm, vcpu: usize, frame: &mut GuestFrame) {
+    if vm.state() == RunState::Resetting {
+        vm.power.power_off(vcpu);
+    }
+    wait_for_start(m, vm, vcpu, frame);
+}
+
+/// SYSTEM_RESET, on vCPU 0's CPU once every other vCPU has noticed: reload the
+/// images, reset the vGIC and power states, and run again.
+fn finish_reset(m: &Machine, vm: &Vm) {
+    // Other vCPUs notice on their kick; give them a bounded moment to leave the guest.
+    let deadline = sysreg::read_cntpct_el0() + sysreg::read_cntfrq_el0() / 100;
+    while (1..vm.vcpus()).any(|v| vm.power.state(v) != bothy_core::abi::PowerState::Off)
+        && sysreg::read_cntpct_el0() < deadline
+    {
+        core::hint::spin_loop();
+    }
+    vm.load_images();
+    vm.power.reset();
+    for v in 0..vm.vcpus() {
+        vm.vgic.reset_vcpu(v);
+    }
+    vm.set_state(RunState::Running);
+    let _ = m;
+    println!("VM {} restarted", vm.name);
+}
+
+fn crash_vm(m: &Machine, vm: &Vm, why: core::fmt::Arguments) {
+    if vm.leave_running(RunState::Crashed) {
+        println!("error: VM {} stopped: {why}", vm.name);
+        kick_all_but_me(vm);
+        let _ = m;
+        machine::vm_stopped(vm);
+    }
+}
+
+/// WFI: return at once if an interrupt is pending for the vCPU, otherwise
+/// sleep the physical CPU until one is (or the VM stops).
+fn wait_for_interrupt(m: &Machine, vm: &Vm, vcpu: usize) {
+    loop {
+        if vm.vgic.has_pending(vcpu) || vm.state() != RunState::Running {
+            return;
+        }
+        sysreg::wfi();
+        drain_physical_irqs(m, Some((vm, vcpu)));
+    }
+}
+
+/// Acknowledge and handle every pending physical interrupt on this CPU.
+fn drain_physical_irqs(m: &Machine, running: Option<(&Vm, usize)>) {
+    loop {
+        let intid = gic::acknowledge();
+        if intid == gic::SPURIOUS {
+            return;
+        }
+        gic::priority_drop(intid);
+        if intid == m.vtimer_intid {
+            if let Some((vm, vcpu)) = running {
+                // Hardware-linked: the guest's EOI deactivates the physical interrupt.
+                let kicks = vm.vgic.inject_hw(vcpu, intid, intid);
+                kick_vcpus(vm, kicks);
+                continue;
+            }
+            sysreg::write_cntv_ctl_el0(0);
+        } else if Some(intid) == m.uart_intid {
+            console_input(m);
+        }
+        // KICK_SGI needs nothing more: the caller re-examines its vCPU after this.
+        // The maintenance interrupt likewise: handle_exit syncs the list registers.
+        let _ = KICK_SGI;
+        gic::deactivate(intid);
+    }
+}
+
+/// Bytes from the physical UART go to the VM that has the console focus.
+fn console_input(m: &Machine) {
+    let Some(uart) = crate::console::uart() else { return };
+    let vm = &m.vms[m.focus.load(core::sync::atomic::Ordering::Relaxed) % m.vms.len()];
+    let mut model = vm.uart.lock();
+    while let Some(byte) = uart.getc() {
+        model.push_rx(byte);
+    }
+    let level = model.irq_level();
+    drop(model);
+    let kicks = vm.vgic.set_spi_level(layout::UART_SPI + 32, level);
+    kick_vcpus(vm, kicks);
+}
+
+fn kick_vcpus(vm: &Vm, mask: VcpuMask) {
+    for vcpu in mask.iter() {
+        if let Some(&pcpu) = vm.vcpu_pcpu.get(vcpu) {
+            machine::kick(pcpu);
+        }
+    }
+}
+
+/// Emulate a trapped access to the vGIC or the PL011; anything else aborts.
+fn mmio(m: &Machine, vm: &Vm, vcpu: usize, frame: &mut GuestFrame, access: MmioAccess) {
+    let ipa = access.ipa;
+    let value = if access.reg == 31 { 0 } else { frame.x[access.reg as usize] };
+    let redist = layout::gic_redist(vm.vcpus());
+    let mut kicks = VcpuMask::default();
+    let result: Option<u64> = if layout::GIC_DIST.contains(ipa) {
+        let offset = ipa - layout::GIC_DIST.base;
+        if access.write {
+            kicks = vm.vgic.dist_write(vcpu, offset, access.size, access.store_value(value));
+            None
+        } else {
+            Some(vm.vgic.dist_read(vcpu, offset, access.size))
+        }
+    } else if redist.contains(ipa) {
+        let offset = ipa - redist.base;
+        if access.write {
+            kicks = vm.vgic.redist_write(vcpu, offset, access.size, access.store_value(value));
+            None
+        } else {
+            Some(vm.vgic.redist_read(vcpu, offset, access.size))
+        }
+    } else if layout::UART.contains(ipa) {
+        uart_access(m, vm, access, value)
+    } else {
+        let write = access.write;
+        let far = sysreg::read_far_el2();
+        inject_sync(frame, inject::data_abort_esr(inject::from_el0(frame.spsr), write), far);
+        return;
+    };
+    if let Some(raw) = result {
+        if access.reg != 31 {
+            frame.x[access.reg as usize] = access.load_result(raw);
+        }
+    }
+    kick_vcpus(vm, kicks);
+    frame.elr += INSTRUCTION_SIZE;
+}
+
+fn uart_access(m: &Machine, vm: &Vm, access: MmioAccess, value: u64) -> Option<u64> {
+    let offset = access.ipa - layout::UART.base;
+    let mut model = vm.uart.lock();
+    let result = if access.write {
+        if let Some(byte) = model.write(offset, access.size, access.store_value(value) as u32).tx {
+            let tag = m.tag_output().then_some(vm.name.as_str());
+            crate::console::guest_byte(vm.index, tag, byte);
+        }
+        None
+    } else {
+        Some(u64::from(model.read(offset, access.size)))
+    };
+    let level = model.irq_level();
+    drop(model);
+    let kicks = vm.vgic.set_spi_level(layout::UART_SPI + 32, level);
+    kick_vcpus(vm, kicks);
+    result
+}
+
+/// Trapped system registers: SGIs go to the vGIC, the physical timer reads as
+/// zero and ignores writes, anything else is undefined for the guest.
+fn sysreg_access(_m: &Machine, vm: &Vm, vcpu: usize, frame: &mut GuestFrame, access: SysRegAccess) {
+    let value = if access.reg == 31 { 0 } else { frame.x[access.reg as usize] };
+    if access.is(trapped::ICC_SGI1R_EL1) && !access.read {
+        let kicks = vm.vgic.send_sgi(vcpu, value);
+        kick_vcpus(vm, kicks);
+    } else if access.is(trapped::ICC_ASGI1R_EL1) || access.is(trapped::ICC_SGI0R_EL1) {
+        // Group-0 / alternate-group SGIs: the guest has only group 1; ignore.
+    } else if access.is(trapped::CNTP_CTL_EL0) || access.is(trapped::CNTP_CVAL_EL0) || access.is(trapped::CNTP_TVAL_EL0) {
+        if access.read && access.reg != 31 {
+            frame.x[access.reg as usize] = 0;
+        }
+    } else {
+        inject_sync(frame, inject::undefined_esr(), 0);
+        return;
+    }
+    frame.elr += INSTRUCTION_SIZE;
+}
+
+/// Deliver a synchronous exception to the guest's EL1 vector, as the hardware would.
+fn inject_sync(frame: &mut GuestFrame, esr: u64, far: u64) {
+    sysreg::write_esr_el1(esr);
+    sysreg::write_far_el1(far);
+    sysreg::write_elr_el1(frame.elr);
+    sysreg::write_spsr_el1(frame.spsr);
+    let pan = if sysreg::read_sctlr_el1() & SCTLR_EL1_SPAN == 0 { PSTATE_PAN } else { frame.spsr & PSTATE_PAN };
+    frame.elr = sysreg::read_vbar_el1() + inject::vector_offset(frame.spsr);
+    frame.spsr = inject::SPSR_EL1H_MASKED | pan;
+}

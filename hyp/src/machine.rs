@@ -1,0 +1,259 @@
+//! The machine as Bothy runs it: physical CPUs, their pinned vCPUs, the VMs.
+//!
+//! Built once on the boot CPU ([`build`]) and then read-only (all mutable state
+//! inside is atomic or locked), so every CPU reads it without locking. Each
+//! physical CPU runs at most one vCPU, forever: no time-sharing yet, so no EL1
+//! context switch ever happens (DESIGN.md §4's cheapest case). CPUs without a
+//! vCPU park in WFI.
+
+use crate::arch::aarch64::{entry, firmware, gic, mmu, sysreg};
+use crate::vm::{self, BuildEnv, Vm};
+use crate::{exit, fatal, println};
+use alloc::vec::Vec;
+use bothy_core::fdt::platform::Platform;
+use bothy_core::manifest::Manifest;
+use bothy_core::mem::{build_el2_idmap, RegionAllocator};
+use bothy_core::Region;
+use core::sync::atomic::{AtomicUsize, Ordering};
+use spin::Once;
+
+/// Physical SGI one CPU sends another: "look at your vCPU" (new interrupt, CPU_ON, VM stop).
+pub const KICK_SGI: u32 = 0;
+/// PPIs are INTIDs 16..32; the device tree numbers them from 0.
+const PPI_BASE: u32 = 16;
+const SPI_BASE: u32 = 32;
+const MPIDR_AFFINITY_MASK: u64 = 0xff_00ff_ffff;
+
+pub struct PhysCpu {
+    pub mpidr: u64,
+    pub redist: u64,
+    /// (VM index, vCPU index) pinned to this CPU.
+    pub vcpu: Option<(usize, usize)>,
+}
+
+pub struct Machine {
+    pub cpus: Vec<PhysCpu>,
+    pub vms: Vec<Vm>,
+    pub gic_dist: u64,
+    /// Physical INTIDs Bothy handles.
+    pub vtimer_intid: u32,
+    pub maintenance_intid: u32,
+    pub uart_intid: Option<u32>,
+    /// VMs not yet powered off; at zero Bothy powers the machine off.
+    pub running_vms: AtomicUsize,
+    /// VM that receives console input.
+    pub focus: AtomicUsize,
+}
+
+impl Machine {
+    /// Tag guest output with the VM name only when several VMs share the console.
+    pub fn tag_output(&self) -> bool {
+        self.vms.len() > 1
+    }
+}
+
+/// What secondaries need to turn their MMU on before they can read [`MACHINE`].
+#[derive(Clone, Copy)]
+struct El2Tables {
+    root: u64,
+    tcr: u64,
+    mair: u64,
+}
+
+static MACHINE: Once<Machine> = Once::new();
+static EL2_TABLES: Once<El2Tables> = Once::new();
+
+pub fn machine() -> &'static Machine {
+    // Only reachable after build() (CPUs start running guests after it).
+    MACHINE.get().unwrap_or_else(|| fatal(format_args!("machine used before it was built")))
+}
+
+/// This CPU's index (kept in TPIDR_EL2 by [`setup_cpu`]).
+#[inline(always)]
+pub fn current_cpu() -> usize {
+    sysreg::read_tpidr_el2() as usize
+}
+
+pub fn build(platform: Platform, manifest: Manifest, payload_base: u64, payload_end: u64, dtb: Region) -> ! {
+    // 1. Memory Bothy may hand out: RAM minus firmware reservations, this image
+    //    with its payload, and the firmware DTB.
+    let (image_start, _) = entry::image_bounds();
+    let mut reserved = platform.reserved.clone();
+    reserved.push(Region::new(image_start, payload_end - image_start));
+    reserved.push(dtb);
+    let mut allocator = RegionAllocator::new(&platform.memory, &reserved);
+
+    // 2. EL2 identity map: RAM normal, the devices Bothy drives as device memory.
+    let uart = platform.uart.as_ref().map(|u| Region::new(u.base, u.size.max(0x1000)));
+    let mut devices: Vec<Region> = uart.into_iter().collect();
+    devices.push(platform.gic.dist);
+    devices.extend(platform.gic.redists.iter().copied());
+    let pa_bits = mmu::pa_bits();
+    let idmap = build_el2_idmap(&mut mmu::Frames { allocator: &mut allocator }, &platform.memory, &devices, pa_bits)
+        .unwrap_or_else(|e| fatal(format_args!("cannot build EL2 page tables: {e:?}")));
+    let tables = *EL2_TABLES.call_once(|| El2Tables { root: idmap.root, tcr: idmap.tcr, mair: idmap.mair });
+    mmu::enable(tables.root, tables.tcr, tables.mair);
+    // Secondaries read EL2_TABLES with their MMU (and caches) still off.
+    sysreg::clean_dcache_range(core::ptr::addr_of!(EL2_TABLES) as u64, core::mem::size_of::<Once<El2Tables>>() as u64);
+
+    // 3. Physical CPUs, boot CPU first; each needs its redistributor.
+    let boot_mpidr = sysreg::read_mpidr_el1() & MPIDR_AFFINITY_MASK;
+    let mut mpidrs: Vec<u64> = platform.cpus.iter().map(|c| c.mpidr & MPIDR_AFFINITY_MASK).collect();
+    match mpidrs.iter().position(|&m| m == boot_mpidr) {
+        Some(i) => mpidrs.swap(0, i),
+        None => fatal(format_args!("the boot CPU (MPIDR {boot_mpidr:#x}) is not in the device tree's /cpus")),
+    }
+    mpidrs.truncate(entry::MAX_CPUS);
+    let mut cpus = Vec::new();
+    for &mpidr in &mpidrs {
+        let redist = gic::find_redistributor(&platform.gic.redists, mpidr)
+            .unwrap_or_else(|| fatal(format_args!("no GICv3 redistributor for CPU MPIDR {mpidr:#x}")));
+        cpus.push(PhysCpu { mpidr, redist, vcpu: None });
+    }
+
+    // 4. Pin vCPUs to physical CPUs in manifest order.
+    let wanted: usize = manifest.vms.iter().map(|v| v.cpus as usize).sum();
+    if wanted > cpus.len() {
+        fatal(format_args!(
+            "the VMs need {wanted} vCPUs but this machine has {} CPUs; vCPUs are pinned 1:1 in this version",
+            cpus.len()
+        ));
+    }
+    let mut next_cpu = 0;
+    let mut plans = Vec::new();
+    for (vm_index, spec) in manifest.vms.iter().enumerate() {
+        let pcpus: Vec<usize> = (next_cpu..next_cpu + spec.cpus as usize).collect();
+        for (vcpu, &pcpu) in pcpus.iter().enumerate() {
+            cpus[pcpu].vcpu = Some((vm_index, vcpu));
+        }
+        next_cpu += spec.cpus as usize;
+        plans.push(pcpus);
+    }
+
+    // 5. Physical GIC, then the VMs.
+    gic::init_distributor(platform.gic.dist.base);
+    let mut env = BuildEnv { allocator: &mut allocator, payload_base, pa_bits, timer: platform.timer };
+    let mut vms = Vec::new();
+    for ((index, spec), pcpus) in manifest.vms.iter().enumerate().zip(plans) {
+        let vm = vm::build(index, spec, pcpus, &mut env).unwrap_or_else(|e| fatal(format_args!("{e}")));
+        println!(
+            "VM {} : {} vCPUs, {} MiB at {:#x}, kernel at IPA {:#x}{}",
+            vm.name,
+            vm.vcpus(),
+            vm.ram.size >> 20,
+            vm.ram_pa,
+            vm.boot.kernel,
+            vm.boot.initrd.map_or(alloc::string::String::new(), |r| alloc::format!(", initrd {} KiB", r.size >> 10))
+        );
+        vms.push(vm);
+    }
+    let uart_intid = platform.uart.as_ref().and_then(|u| u.spi).map(|spi| spi + SPI_BASE);
+    let running = vms.len();
+    MACHINE.call_once(|| Machine {
+        cpus,
+        vms,
+        gic_dist: platform.gic.dist.base,
+        vtimer_intid: platform.timer.virt + PPI_BASE,
+        maintenance_intid: platform.gic.maintenance_ppi.unwrap_or(9) + PPI_BASE,
+        uart_intid,
+        running_vms: AtomicUsize::new(running),
+        focus: AtomicUsize::new(0),
+    });
+    let m = machine();
+    if let (Some(intid), Some(uart)) = (m.uart_intid, crate::console::uart()) {
+        gic::enable_spi(m.gic_dist, intid, m.cpus[0].mpidr);
+        uart.enable_rx_interrupt();
+    }
+
+    // 6. Secondary CPUs, then this one.
+    let conduit = crate::firmware_conduit().unwrap_or(firmware::Conduit::Smc);
+    for (index, cpu) in m.cpus.iter().enumerate().skip(1) {
+        let status = firmware::cpu_on(conduit, cpu.mpidr, entry::secondary_entry_address(), index as u64);
+        if status != 0 {
+            println!("warning: PSCI CPU_ON of CPU {:#x} failed ({status})", cpu.mpidr);
+        }
+    }
+    setup_cpu(0);
+    exit::run_cpu(0)
+}
+
+pub fn secondary_main(cpu: usize) -> ! {
+    let Some(tables) = EL2_TABLES.get().copied() else { crate::halt_machine() };
+    mmu::enable(tables.root, tables.tcr, tables.mair);
+    setup_cpu(cpu);
+    exit::run_cpu(cpu)
+}
+
+// HCR_EL2 (Arm ARM D17.2.48): stage 2 on, physical IRQ/FIQ/SError to EL2,
+// trap WFI/WFE and SMC, broadcast maintenance inner shareable, AArch64 EL1,
+// and let the guest use pointer authentication without trapping.
+const HCR_VM: u64 = 1 << 0;
+const HCR_SWIO: u64 = 1 << 1;
+const HCR_FMO: u64 = 1 << 3;
+const HCR_IMO: u64 = 1 << 4;
+const HCR_AMO: u64 = 1 << 5;
+const HCR_FB: u64 = 1 << 9;
+const HCR_BSU_INNER: u64 = 1 << 10;
+const HCR_TWI: u64 = 1 << 13;
+const HCR_TWE: u64 = 1 << 14;
+const HCR_TSC: u64 = 1 << 19;
+const HCR_RW: u64 = 1 << 31;
+const HCR_APK: u64 = 1 << 40;
+const HCR_API: u64 = 1 << 41;
+pub const HCR_GUEST: u64 = HCR_VM
+    | HCR_SWIO
+    | HCR_FMO
+    | HCR_IMO
+    | HCR_AMO
+    | HCR_FB
+    | HCR_BSU_INNER
+    | HCR_TWI
+    | HCR_TWE
+    | HCR_TSC
+    | HCR_RW
+    | HCR_APK
+    | HCR_API;
+/// CPTR_EL2 (nVHE): RES1 bits only, so FP/SIMD, SVE and SME are not trapped.
+const CPTR_EL2_RES1: u64 = (1 << 13) | (1 << 9) | 0xff;
+/// CNTHCTL_EL2: EL1 may read the physical counter; the EL1 physical timer traps.
+const CNTHCTL_EL1PCTEN: u64 = 1 << 0;
+
+fn setup_cpu(cpu: usize) {
+    let m = machine();
+    sysreg::write_tpidr_el2(cpu as u64);
+    sysreg::write_vbar_el2(crate::arch::aarch64::vectors::vector_table());
+    sysreg::write_cptr_el2(CPTR_EL2_RES1);
+    // Let guests use the longest SVE/SME vector the CPU has.
+    if (sysreg::read_id_aa64pfr0_el1() >> 32) & 0xf != 0 {
+        sysreg::write_zcr_el2(0xf);
+    }
+    if (sysreg::read_id_aa64pfr1_el1() >> 24) & 0xf != 0 {
+        sysreg::write_smcr_el2((1 << 31) | 0xf);
+    }
+    // All PMU counters belong to the guest (HPMN = PMCR_EL0.N), nothing traps.
+    sysreg::write_mdcr_el2((sysreg::read_pmcr_el0() >> 11) & 0x1f);
+    sysreg::write_cnthctl_el2(CNTHCTL_EL1PCTEN);
+    sysreg::write_hcr_el2(HCR_GUEST);
+    sysreg::isb();
+    let mut private = 1 << KICK_SGI;
+    private |= 1 << m.maintenance_intid;
+    private |= 1 << m.vtimer_intid;
+    gic::init_cpu(m.cpus[cpu].redist, private);
+}
+
+/// Ask physical CPU `cpu` to look at its vCPU.
+pub fn kick(cpu: usize) {
+    if cpu != current_cpu() {
+        gic::send_sgi(machine().cpus[cpu].mpidr, KICK_SGI);
+    }
+}
+
+/// Called when a VM has stopped for good; powers off after the last one.
+pub fn vm_stopped(vm: &Vm) {
+    let m = machine();
+    if m.running_vms.fetch_sub(1, Ordering::AcqRel) == 1 {
+        println!("all VMs powered off");
+        crate::halt_machine();
+    }
+    let _ = vm;
+}

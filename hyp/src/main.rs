@@ -1,0 +1,181 @@
+//! # Bothy's EL2 binary
+//!
+//! A thin shell around bothy-core. Boot goes:
+//! 1. `entry.rs`: Image header, relocation, stack → [`boot_primary`] (x0 = DTB).
+//! 2. Check `CurrentEL`: only EL2 goes on; EL1/EL3 get a clear message.
+//! 3. Parse the firmware's device tree (memory, CPUs, GICv3, timer, UART,
+//!    PSCI); a missing or broken one is reported on the manifest's early console.
+//! 4. Frame allocator over free RAM; EL2 identity map; MMU and caches on.
+//! 5. Physical GIC; VMs from the manifest (stage-2, images, guest DTB, vGIC).
+//! 6. Secondary physical CPUs via PSCI CPU_ON; every CPU then runs the one vCPU
+//!    pinned to it (or parks), forever, in `exit.rs`.
+//!
+//! The code here decides *order*; bothy-core decides *what* (layouts, tables,
+//! device models) and `arch` executes it.
+#![no_std]
+#![no_main]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+extern crate alloc;
+
+mod arch;
+mod console;
+mod exit;
+mod machine;
+mod vm;
+
+use arch::aarch64::{entry, firmware, heap, mmio, sysreg};
+use bothy_core::fdt::platform::{Conduit as DtConduit, Platform, UartKind};
+use bothy_core::fdt::Fdt;
+use bothy_core::image::{payload_offset, PayloadHeader, PAYLOAD_HEADER_SIZE};
+use bothy_core::manifest::Manifest;
+use core::fmt;
+use core::sync::atomic::{AtomicU8, Ordering};
+
+/// How to power off when something goes wrong, once the device tree told us.
+static FIRMWARE_CONDUIT: AtomicU8 = AtomicU8::new(CONDUIT_UNKNOWN);
+const CONDUIT_UNKNOWN: u8 = 0;
+const CONDUIT_SMC: u8 = 1;
+const CONDUIT_HVC: u8 = 2;
+
+fn firmware_conduit() -> Option<firmware::Conduit> {
+    match FIRMWARE_CONDUIT.load(Ordering::Relaxed) {
+        CONDUIT_SMC => Some(firmware::Conduit::Smc),
+        CONDUIT_HVC => Some(firmware::Conduit::Hvc),
+        _ => None,
+    }
+}
+
+/// Report an unrecoverable error and stop the machine (power off if PSCI is known).
+pub fn fatal(args: fmt::Arguments) -> ! {
+    console::print(format_args!("error: {args}"));
+    halt_machine()
+}
+
+/// Power off through firmware if possible; otherwise wait forever, quietly.
+pub fn halt_machine() -> ! {
+    if let Some(conduit) = firmware_conduit() {
+        firmware::system_off(conduit);
+    }
+    loop {
+        sysreg::wfi();
+    }
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    fatal(format_args!("hypervisor panic: {info}"))
+}
+
+/// The payload (manifest + guest images) the CLI appended after the image.
+struct Payload {
+    base: u64,
+    header: PayloadHeader,
+}
+
+fn find_payload() -> Result<Payload, alloc::string::String> {
+    let (start, end) = entry::image_bounds();
+    let base = start + payload_offset(end - start);
+    let header = PayloadHeader::decode(mmio::phys_bytes(base, PAYLOAD_HEADER_SIZE))
+        .map_err(|e| alloc::format!("boot image at {start:#x} carries no usable payload: {e} (build it with `bothy image`)"))?;
+    Ok(Payload { base, header })
+}
+
+impl Payload {
+    fn manifest(&self) -> Result<Manifest, alloc::string::String> {
+        let bytes = mmio::phys_bytes(self.base + self.header.manifest_offset, self.header.manifest_size as usize);
+        Manifest::decode(bytes).map_err(|e| alloc::format!("manifest: {e}"))
+    }
+    fn end(&self) -> u64 {
+        self.base + self.header.total_size
+    }
+}
+
+/// The firmware's device tree, or why it is unusable.
+fn firmware_dtb(dtb: u64) -> Result<Fdt<'static>, alloc::string::String> {
+    const FDT_ALIGN: u64 = 8;
+    const FDT_HEADER: usize = 40;
+    const FDT_MAX: usize = 2 << 20;
+    if dtb == 0 {
+        return Err("no device tree: the loader passed x0 = 0 (boot Bothy like an arm64 Linux kernel, with a DTB in x0)".into());
+    }
+    if dtb % FDT_ALIGN != 0 {
+        return Err(alloc::format!("device tree address {dtb:#x} (x0) is not 8-byte aligned"));
+    }
+    let size = bothy_core::fdt::header_total_size(mmio::phys_bytes(dtb, FDT_HEADER))
+        .map_err(|e| alloc::format!("device tree at {dtb:#x}: {e}"))?;
+    if size > FDT_MAX {
+        return Err(alloc::format!("device tree at {dtb:#x} claims {size} bytes; the limit is 2 MiB"));
+    }
+    Fdt::new(mmio::phys_bytes(dtb, size)).map_err(|e| alloc::format!("device tree at {dtb:#x}: {e}"))
+}
+
+/// Entered from `entry.rs` on the boot CPU, MMU off, with the loader's x0.
+pub extern "C" fn boot_primary(dtb: u64, _load_base: u64) -> ! {
+    heap::init();
+    let el = (sysreg::read_current_el() >> 2) & 3;
+    let payload = find_payload();
+    let early_console = payload.as_ref().ok().and_then(|p| p.manifest().ok()).and_then(|m| m.early_console);
+
+    let platform = firmware_dtb(dtb).and_then(|fdt| {
+        Platform::discover(&fdt).map(|p| (fdt, p)).map_err(|e| alloc::format!("{e}"))
+    });
+    let (fdt, platform) = match platform {
+        Ok(found) => found,
+        Err(why) => {
+            if let Some(early) = early_console {
+                console::init(early.pl011_base);
+            }
+            fatal(format_args!("{why}"))
+        }
+    };
+    match platform.uart {
+        Some(ref uart) if uart.kind == UartKind::Pl011 => console::init(uart.base),
+        _ => {
+            if let Some(early) = early_console {
+                console::init(early.pl011_base);
+            }
+        }
+    }
+    if let Some(psci) = &platform.psci {
+        let conduit = match psci.conduit {
+            DtConduit::Smc => CONDUIT_SMC,
+            DtConduit::Hvc => CONDUIT_HVC,
+        };
+        FIRMWARE_CONDUIT.store(conduit, Ordering::Relaxed);
+    }
+    if platform.uart.as_ref().is_none_or(|u| u.kind != UartKind::Pl011) {
+        fatal(format_args!("the device tree's /chosen/stdout-path names no PL011 UART; Bothy needs one for its console"));
+    }
+    match el {
+        2 => {}
+        1 => fatal(format_args!(
+            "HYP mode not available: entered at EL1; the firmware must start Bothy at EL2 (QEMU: -machine virt,virtualization=on; U-Boot: boot with booti from EL2)"
+        )),
+        other => {
+            // PSCI at EL3 would be a call to ourselves: just stop.
+            FIRMWARE_CONDUIT.store(CONDUIT_UNKNOWN, Ordering::Relaxed);
+            fatal(format_args!(
+                "entered at EL{other}; Bothy must be started at non-secure EL2 (it does not drop from EL3 itself yet: use firmware such as TF-A or U-Boot that hands over at EL2)"
+            ))
+        }
+    }
+    let payload = payload.unwrap_or_else(|why| fatal(format_args!("{why}")));
+    let manifest = payload.manifest().unwrap_or_else(|why| fatal(format_args!("{why}")));
+    println!(
+        "Bothy {} at EL2: image {:#x}..{:#x}, device tree {:#x}, {} CPUs, {} MiB RAM",
+        env!("CARGO_PKG_VERSION"),
+        entry::image_bounds().0,
+        payload.end(),
+        dtb,
+        platform.cpus.len(),
+        platform.memory.iter().map(|r| r.size).sum::<u64>() >> 20
+    );
+    let dtb_region = bothy_core::Region::new(dtb, fdt.total_size() as u64);
+    machine::build(platform, manifest, payload.base, payload.end(), dtb_region)
+}
+
+/// Entered from `entry.rs` on a secondary CPU started by [`machine::build`].
+pub extern "C" fn boot_secondary(cpu: u64) -> ! {
+    machine::secondary_main(cpu as usize)
+}
