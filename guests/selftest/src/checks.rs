@@ -1,0 +1,502 @@
+//! The checks, in the order they run. Each returns `Ok(())` or a one-line reason; a
+//! check that faults unexpectedly or panics is abandoned by the runner (main.rs) and
+//! reported as failed, and the next one runs. Checks share state only where the
+//! hardware does: vCPU 1's power state and the GIC set up by `gic_init`.
+//!
+//! `cpu_on_bad_entry` runs last on purpose: an implementation that wrongly accepts the
+//! bad entry point (bare QEMU does) leaves vCPU 1 executing garbage.
+
+use core::sync::atomic::{AtomicBool, Ordering::*};
+
+use crate::arch::{self, mmio_read32, write_sysreg};
+use crate::exceptions::{
+    self, guarded, Fault, DFSC_EXT_ABORT, EC_DABT_CUR, EC_DABT_LOW, EC_UNKNOWN, ESR_FNV,
+};
+use crate::gic;
+use crate::msg::{bail, ensure, CheckResult};
+use crate::platform::*;
+use crate::psci::{self, call, call_raw, CallError};
+use crate::smp;
+use crate::uart::println;
+
+pub type Check = (&'static str, fn() -> CheckResult);
+
+pub static CHECKS: &[Check] = &[
+    ("boot_protocol", boot_protocol),
+    ("psci_version", psci_version),
+    ("smccc_version", smccc_version),
+    ("psci_features", psci_features),
+    ("unknown_hvc", unknown_hvc),
+    ("cpu_on_errors", cpu_on_errors),
+    ("affinity_info", affinity_info),
+    ("secondary_boot", secondary_boot),
+    ("gic_init", gic_init),
+    ("sgi_self", sgi_self),
+    ("ipi_between_vcpus", ipi_between_vcpus),
+    ("vtimer", vtimer),
+    ("wfi_returns", wfi_returns),
+    ("bad_access", bad_access),
+    ("bad_access_beyond_ipa", bad_access_beyond_ipa),
+    ("cpu_off", cpu_off),
+    ("cpu_on_again", cpu_on_again),
+    ("cpu_on_bad_entry", cpu_on_bad_entry),
+];
+
+const BOOT_MAGIC: u64 = 0xB07B_5E1F_7E57_0001;
+const BOOT_MAGIC_AGAIN: u64 = 0xB07B_5E1F_7E57_0002;
+const FDT_MAGIC: u32 = 0xd00d_feed;
+const IMAGE_ALIGN: usize = 2 << 20;
+const CNTV_CTL_ENABLE: u64 = 1;
+
+static GIC_READY: AtomicBool = AtomicBool::new(false);
+
+/// Readable form of a guarded call's failure for the messages below.
+fn hvc_fail(what: &str, e: CallError) -> crate::msg::Msg {
+    crate::msg::msg!("{what}: {e}")
+}
+
+fn boot_protocol() -> CheckResult {
+    let b = crate::boot_info();
+    let el = arch::current_el();
+    ensure!(el == 1, "running at EL{el}, expected EL1");
+    ensure!(
+        b.relocs_unknown == 0,
+        "{} relocations of unknown type in .rela.dyn",
+        b.relocs_unknown
+    );
+    ensure!(
+        b.base.is_multiple_of(IMAGE_ALIGN) && b.base >= RAM_BASE,
+        "image loaded at {:#x}: not 2 MiB aligned in RAM",
+        b.base
+    );
+    // Image header image_size (offset 16) against the linked size.
+    let hdr_size = mmio_read32(b.base + 16) as usize | (mmio_read32(b.base + 20) as usize) << 32;
+    ensure!(
+        hdr_size == b.size,
+        "header image_size {hdr_size:#x} != linked size {:#x}",
+        b.size
+    );
+    ensure!(
+        b.x1_x3 == 0,
+        "x1..x3 not zero at entry (OR = {:#x})",
+        b.x1_x3
+    );
+    ensure!(
+        b.dtb != 0 && b.dtb.is_multiple_of(8) && b.dtb >= RAM_BASE,
+        "x0 = {:#x} is not a DTB address in RAM",
+        b.dtb
+    );
+    let magic = u32::from_be(mmio_read32(b.dtb));
+    ensure!(
+        magic == FDT_MAGIC,
+        "no FDT magic at x0 = {:#x} (read {magic:#x})",
+        b.dtb
+    );
+    let dtb_size = u32::from_be(mmio_read32(b.dtb + 4)) as usize;
+    ensure!(
+        b.dtb + dtb_size <= b.base || b.dtb >= b.base + b.size,
+        "DTB [{:#x}, +{dtb_size:#x}) overlaps the image [{:#x}, +{:#x})",
+        b.dtb,
+        b.base,
+        b.size
+    );
+    Ok(())
+}
+
+fn psci_version() -> CheckResult {
+    let v = call(psci::PSCI_VERSION, 0, 0, 0).map_err(|e| hvc_fail("PSCI_VERSION", e))?;
+    let (major, minor) = ((v >> 16) & 0x7fff, v & 0xffff);
+    println!("# psci_version: {major}.{minor}");
+    ensure!(
+        v >= 0 && major >= 1,
+        "PSCI_VERSION = {v:#x} ({major}.{minor}), want >= 1.0"
+    );
+    Ok(())
+}
+
+fn smccc_version() -> CheckResult {
+    let v = call(psci::SMCCC_VERSION, 0, 0, 0).map_err(|e| hvc_fail("SMCCC_VERSION", e))?;
+    ensure!(
+        v == 0x1_0001 || (v >> 16 == 1 && v & 0xffff >= 1),
+        "SMCCC_VERSION = {v:#x}, want 1.1 (0x10001) or a later 1.x"
+    );
+    let f = call(psci::SMCCC_ARCH_FEATURES, psci::SMCCC_VERSION as u64, 0, 0)
+        .map_err(|e| hvc_fail("SMCCC_ARCH_FEATURES", e))?;
+    ensure!(f == 0, "SMCCC_ARCH_FEATURES(SMCCC_VERSION) = {f}, want 0");
+    Ok(())
+}
+
+fn psci_features() -> CheckResult {
+    let f = call(psci::PSCI_FEATURES, psci::PSCI_CPU_ON_64 as u64, 0, 0)
+        .map_err(|e| hvc_fail("PSCI_FEATURES(CPU_ON)", e))?;
+    ensure!(
+        f == 0,
+        "PSCI_FEATURES(CPU_ON_64) = {f} {}, want 0",
+        psci::name(f)
+    );
+    let f = call(psci::PSCI_FEATURES, psci::PSCI_UNKNOWN as u64, 0, 0)
+        .map_err(|e| hvc_fail("PSCI_FEATURES(0x840000ff)", e))?;
+    ensure!(
+        f == psci::NOT_SUPPORTED,
+        "PSCI_FEATURES(0x840000ff) = {f} {}, want -1 NOT_SUPPORTED",
+        psci::name(f)
+    );
+    Ok(())
+}
+
+fn unknown_hvc() -> CheckResult {
+    // Standard-hypervisor-service SMC64, vendor-hypervisor SMC32, and a non-SMCCC ID.
+    for id in [0xC600_1234u32, 0x8600_FFF0, 0x4242] {
+        let r = call_raw(id, 0, 0, 0).map_err(|e| hvc_fail("unknown function ID", e))?;
+        let x0 = r[0];
+        let ok = x0 == u64::MAX || (id & (1 << 30) == 0 && x0 as u32 == u32::MAX);
+        ensure!(
+            ok,
+            "HVC {id:#x} returned x0 = {x0:#x}, want -1 NOT_SUPPORTED"
+        );
+    }
+    Ok(())
+}
+
+fn cpu_on_errors() -> CheckResult {
+    let entry = smp::entry_point();
+    let r =
+        call(psci::PSCI_CPU_ON_64, BAD_MPIDR, entry, 0).map_err(|e| hvc_fail("CPU_ON(0x55)", e))?;
+    ensure!(
+        r == psci::INVALID_PARAMETERS,
+        "CPU_ON(MPIDR {BAD_MPIDR:#x}) = {r} {}, want -2 INVALID_PARAMETERS",
+        psci::name(r)
+    );
+    let r = call(psci::PSCI_CPU_ON_64, 0, entry, 0).map_err(|e| hvc_fail("CPU_ON(self)", e))?;
+    ensure!(
+        r == psci::ALREADY_ON,
+        "CPU_ON(self) = {r} {}, want -4 ALREADY_ON",
+        psci::name(r)
+    );
+    Ok(())
+}
+
+fn affinity(mpidr: u64) -> Result<i64, crate::msg::Msg> {
+    call(psci::PSCI_AFFINITY_INFO_64, mpidr, 0, 0).map_err(|e| hvc_fail("AFFINITY_INFO", e))
+}
+
+fn affinity_info() -> CheckResult {
+    let a = affinity(0)?;
+    ensure!(a == psci::AFF_ON, "AFFINITY_INFO(0) = {a}, want 0 ON");
+    let a = affinity(1)?;
+    ensure!(
+        a == psci::AFF_OFF,
+        "AFFINITY_INFO(1) before CPU_ON = {a}, want 1 OFF"
+    );
+    Ok(())
+}
+
+fn check_boot_report(magic: u64) -> CheckResult {
+    let ctx = smp::BOOT_CTX.load(Acquire);
+    ensure!(
+        ctx == magic,
+        "vCPU 1 entered with x0 = {ctx:#x}, want context_id {magic:#x}"
+    );
+    let mpidr = smp::BOOT_MPIDR.load(Acquire);
+    ensure!(
+        mpidr & 0xff == 1,
+        "vCPU 1 has MPIDR affinity {mpidr:#x}, want Aff0 = 1"
+    );
+    Ok(())
+}
+
+fn secondary_boot() -> CheckResult {
+    smp::start(BOOT_MAGIC)?;
+    check_boot_report(BOOT_MAGIC)?;
+    let a = affinity(1)?;
+    ensure!(
+        a == psci::AFF_ON,
+        "AFFINITY_INFO(1) after boot = {a}, want 0 ON"
+    );
+    let r = call(psci::PSCI_CPU_ON_64, 1, smp::entry_point(), 0)
+        .map_err(|e| hvc_fail("CPU_ON again", e))?;
+    ensure!(
+        r == psci::ALREADY_ON,
+        "second CPU_ON(1) = {r} {}, want -4 ALREADY_ON",
+        psci::name(r)
+    );
+    Ok(())
+}
+
+fn gic_init() -> CheckResult {
+    let rev = gic::arch_rev();
+    ensure!(
+        rev == 3 || rev == 4,
+        "GICD_PIDR2.ArchRev = {rev}, want 3 (GICv3)"
+    );
+    println!(
+        "# gic_init: GICD_PIDR2.ArchRev {rev}, GICD_TYPER {:#x}",
+        gic::dist_typer()
+    );
+    gic::dist_init()?;
+    gic::cpu_init(0)?;
+    // The interrupt checks need only vCPU 0's side; the topology check below may still fail.
+    GIC_READY.store(true, Release);
+    let (aff0, last0) = gic::rd_typer(0);
+    ensure!(
+        aff0 == 0 && !last0,
+        "GICR_TYPER frame 0: affinity {aff0:#x} Last {last0}, want 0 / false"
+    );
+    let (aff1, last1) = gic::rd_typer(1);
+    ensure!(
+        aff1 == 1 && last1,
+        "GICR_TYPER frame 1: affinity {aff1:#x} Last {last1}, want 1 / true"
+    );
+    Ok(())
+}
+
+fn need_gic() -> CheckResult {
+    ensure!(GIC_READY.load(Acquire), "needs gic_init, which failed");
+    Ok(())
+}
+
+/// Unmask IRQs on this vCPU and poll `cond` for up to `ms`.
+fn wait_irq(ms: u64, cond: impl FnMut() -> bool) -> bool {
+    arch::irqs_unmask();
+    let ok = arch::wait_until(ms, cond);
+    arch::irqs_mask();
+    ok
+}
+
+fn sgi_self() -> CheckResult {
+    need_gic()?;
+    const SGI: u32 = 1;
+    exceptions::clear_seen(0, SGI);
+    gic::send_sgi(SGI, 0);
+    ensure!(
+        wait_irq(1000, || exceptions::seen(0, SGI)),
+        "SGI {SGI} to self not taken within 1 s"
+    );
+    Ok(())
+}
+
+fn ipi_between_vcpus() -> CheckResult {
+    need_gic()?;
+    if !smp::in_wfi_mode() {
+        smp::command(smp::CMD_GIC_INIT, 0)?;
+    }
+    exceptions::clear_seen(1, smp::SGI_PING);
+    exceptions::clear_seen(0, smp::SGI_PONG);
+    gic::send_sgi(smp::SGI_PING, 1);
+    let ok = wait_irq(1000, || exceptions::seen(0, smp::SGI_PONG));
+    if !ok {
+        if !exceptions::seen(1, smp::SGI_PING) {
+            bail!(
+                "vCPU 1 did not take SGI {} within 1 s; {}",
+                smp::SGI_PING,
+                smp::why_silent()
+            );
+        }
+        bail!(
+            "vCPU 1 took SGI {} but vCPU 0 never got SGI {} back",
+            smp::SGI_PING,
+            smp::SGI_PONG
+        );
+    }
+    Ok(())
+}
+
+fn vtimer() -> CheckResult {
+    need_gic()?;
+    let freq = arch::counter_freq();
+    ensure!(freq != 0, "CNTFRQ_EL0 is 0");
+    exceptions::clear_timer_fired(0);
+    let deadline = arch::now() + freq / 1000;
+    write_sysreg!("cntv_cval_el0", deadline);
+    write_sysreg!("cntv_ctl_el0", CNTV_CTL_ENABLE);
+    arch::isb();
+    let fired = wait_irq(1000, || exceptions::timer_fired_at(0) != 0);
+    write_sysreg!("cntv_ctl_el0", 0);
+    ensure!(
+        fired,
+        "virtual timer IRQ (INTID {VTIMER_INTID}) not taken within 1 s of a 1 ms deadline"
+    );
+    ensure!(
+        exceptions::seen(0, VTIMER_INTID),
+        "timer handled but INTID {VTIMER_INTID} not recorded"
+    );
+    let at = exceptions::timer_fired_at(0);
+    ensure!(
+        at >= deadline,
+        "timer IRQ handled at CNTVCT {at:#x}, before the deadline {deadline:#x}"
+    );
+    println!(
+        "# vtimer: CNTFRQ {freq} Hz, IRQ handled {} us after the deadline",
+        (at - deadline) * 1_000_000 / freq
+    );
+    Ok(())
+}
+
+fn wfi_returns() -> CheckResult {
+    need_gic()?;
+    let freq = arch::counter_freq();
+    ensure!(freq != 0, "CNTFRQ_EL0 is 0");
+    // vCPU 1 (if up) wakes us with an SGI after 500 ms in case WFI never returns on its own.
+    let watchdog =
+        smp::in_wfi_mode() && smp::command(smp::CMD_WATCHDOG, arch::now() + freq / 2).is_ok();
+    if !watchdog {
+        println!(
+            "# wfi_returns: vCPU 1 unavailable, no watchdog: a hang here means WFI never returned"
+        );
+    }
+    exceptions::clear_seen(0, smp::SGI_WATCHDOG);
+    exceptions::clear_timer_fired(0);
+    let start = arch::now();
+    let deadline = start + freq * 5 / 1000;
+    write_sysreg!("cntv_cval_el0", deadline);
+    write_sysreg!("cntv_ctl_el0", CNTV_CTL_ENABLE);
+    arch::isb();
+    let mut wakeups = 0u32;
+    loop {
+        arch::irqs_mask();
+        if exceptions::timer_fired_at(0) != 0 || exceptions::seen(0, smp::SGI_WATCHDOG) {
+            break;
+        }
+        arch::wfi();
+        wakeups += 1;
+        arch::irqs_unmask();
+    }
+    write_sysreg!("cntv_ctl_el0", 0);
+    if watchdog {
+        let _ = smp::command(smp::CMD_WATCHDOG_CANCEL, 0);
+    }
+    let at = exceptions::timer_fired_at(0);
+    ensure!(
+        at != 0,
+        "WFI with a 5 ms timer pending did not return until vCPU 1's 500 ms watchdog SGI"
+    );
+    ensure!(
+        at >= deadline,
+        "timer IRQ at {at:#x} before the deadline {deadline:#x}"
+    );
+    println!(
+        "# wfi_returns: woke {} us after the 5 ms deadline, {wakeups} WFI wake-up(s)",
+        (at - deadline) * 1_000_000 / freq
+    );
+    Ok(())
+}
+
+fn describe_abort(f: &Fault) -> crate::msg::Msg {
+    crate::msg::msg!("{f}")
+}
+
+fn bad_access() -> CheckResult {
+    let (v, fault) = guarded(|| mmio_read32(UNMAPPED_IPA));
+    let Some(f) = fault else {
+        bail!("load from unmapped IPA {UNMAPPED_IPA:#x} returned {v:#x} without an abort");
+    };
+    if f.ec() == EC_UNKNOWN {
+        bail!(
+            "load from {UNMAPPED_IPA:#x} gave an UNDEFINED exception, want a data abort: {}",
+            describe_abort(&f)
+        );
+    }
+    ensure!(
+        f.ec() == EC_DABT_CUR,
+        "load from {UNMAPPED_IPA:#x}: EC {:#x}, want 0x25 (data abort, current EL): {f}",
+        f.ec()
+    );
+    ensure!(
+        f.fsc() == DFSC_EXT_ABORT,
+        "load from {UNMAPPED_IPA:#x}: DFSC {:#x}, want 0x10 (synchronous external abort): {f}",
+        f.fsc()
+    );
+    ensure!(
+        f.esr & ESR_FNV != 0 || f.far == UNMAPPED_IPA as u64,
+        "FAR_EL1 {:#x} != faulting address {UNMAPPED_IPA:#x}",
+        f.far
+    );
+    Ok(())
+}
+
+fn bad_access_beyond_ipa() -> CheckResult {
+    let (_, fault) = guarded(|| arch::mmio_write32(BEYOND_IPA, 0x5e1f));
+    let Some(f) = fault else {
+        bail!("store to {BEYOND_IPA:#x} completed without an abort");
+    };
+    println!(
+        "# bad_access_beyond_ipa: store to {BEYOND_IPA:#x} -> {f} (DFSC {:#x})",
+        f.fsc()
+    );
+    ensure!(
+        f.ec() == EC_DABT_CUR || f.ec() == EC_DABT_LOW,
+        "store to {BEYOND_IPA:#x}: EC {:#x}, want a data abort (0x25): {f}",
+        f.ec()
+    );
+    Ok(())
+}
+
+/// Poll AFFINITY_INFO(1) until OFF (it may report ON_PENDING/ON briefly after CPU_OFF).
+fn wait_vcpu1_off() -> CheckResult {
+    let mut last = 0;
+    let mut err = None;
+    let off = arch::wait_until(1000, || match affinity(1) {
+        Ok(a) => {
+            last = a;
+            a == psci::AFF_OFF
+        }
+        Err(e) => {
+            err = Some(e);
+            true
+        }
+    });
+    if let Some(e) = err {
+        return Err(e);
+    }
+    ensure!(
+        off,
+        "AFFINITY_INFO(1) still {last} 1 s after CPU_OFF, want 1 OFF"
+    );
+    if smp::OFF_RETURNED_SET.load(Acquire) {
+        bail!(
+            "CPU_OFF returned to vCPU 1 with {:#x}",
+            smp::OFF_RETURNED.load(Acquire)
+        );
+    }
+    Ok(())
+}
+
+fn turn_off_vcpu1() -> CheckResult {
+    smp::command(smp::CMD_OFF, 0)?;
+    smp::RUNNING.store(false, Release);
+    wait_vcpu1_off()
+}
+
+fn cpu_off() -> CheckResult {
+    turn_off_vcpu1()
+}
+
+fn cpu_on_again() -> CheckResult {
+    let a = affinity(1)?;
+    ensure!(
+        a == psci::AFF_OFF,
+        "precondition: AFFINITY_INFO(1) = {a}, want 1 OFF (cpu_off failed?)"
+    );
+    smp::start(BOOT_MAGIC_AGAIN)?;
+    check_boot_report(BOOT_MAGIC_AGAIN)?;
+    turn_off_vcpu1()
+}
+
+fn cpu_on_bad_entry() -> CheckResult {
+    let a = affinity(1)?;
+    ensure!(
+        a == psci::AFF_OFF,
+        "precondition: AFFINITY_INFO(1) = {a}, want 1 OFF"
+    );
+    let r = call(psci::PSCI_CPU_ON_64, 1, BAD_ENTRY, 0).map_err(|e| hvc_fail("CPU_ON", e))?;
+    ensure!(
+        r != psci::SUCCESS,
+        "CPU_ON(1, entry {BAD_ENTRY:#x} outside RAM) succeeded (vCPU 1 now runs at {BAD_ENTRY:#x}), want -9 INVALID_ADDRESS"
+    );
+    ensure!(
+        r == psci::INVALID_ADDRESS,
+        "CPU_ON(1, entry {BAD_ENTRY:#x}) = {r} {}, want -9 INVALID_ADDRESS",
+        psci::name(r)
+    );
+    Ok(())
+}

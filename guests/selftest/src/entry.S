@@ -1,0 +1,173 @@
+// Boot path of the selftest guest: arm64 Image header, primary and secondary entry,
+// self-relocation, .bss zeroing, stacks, and the check runner's setjmp/longjmp.
+//
+// Entered at EL1, MMU and D-cache off, x0 = DTB physical address, x1..x3 = 0 (Linux
+// arm64 boot protocol). The image is linked at 0 and may be loaded at any 2 MiB-aligned
+// address, so nothing here uses an absolute address: `adr`/`adrp` only, and the
+// R_AARCH64_RELATIVE entries of .rela.dyn are patched with the load base before Rust runs.
+// The MMU stays off for the whole run (see README.md): every data access is
+// Device-nGnRnE, so the target's +strict-align matters and cross-vCPU flags need only
+// plain loads/stores (ldar/stlr) and barriers, never exclusives.
+
+// SCTLR_EL1 with MMU, caches and alignment checks off; RES1 bits (EOS, TSCXT, EIS,
+// SPAN, nTLSMD, LSMAOE) set as Linux's INIT_SCTLR_EL1_MMU_OFF does.
+.equ SCTLR_EL1_MMU_OFF, 0x30d00800
+// CPACR_EL1.FPEN = 0b11: no FP/SIMD traps (the hard-float target uses q registers).
+.equ CPACR_EL1_FPEN, (3 << 20)
+.equ R_AARCH64_RELATIVE, 1027
+
+.section .text.head, "ax"
+.global _start
+_start:
+    b       primary_entry           // code0
+    .word   0                       // code1
+    .quad   0                       // text_offset
+    .quad   __image_size            // image_size, .bss included
+    .quad   0xa                     // flags: LE, 4 KiB pages, anywhere in RAM
+    .quad   0                       // res2
+    .quad   0                       // res3
+    .quad   0                       // res4
+    .ascii  "ARM\x64"               // magic
+    .word   0                       // res5 (no PE header)
+
+.section .text.boot, "ax"
+primary_entry:
+    msr     daifset, #0xf
+    mov     x19, x0                 // DTB
+    orr     x20, x1, x2
+    orr     x20, x20, x3            // nonzero: boot protocol violated
+    movz    x9, #(SCTLR_EL1_MMU_OFF & 0xffff)
+    movk    x9, #(SCTLR_EL1_MMU_OFF >> 16), lsl #16
+    msr     sctlr_el1, x9
+    isb
+
+    // Apply .rela.dyn: *(base + r_offset) = base + r_addend. Unknown types are counted.
+    adr     x21, _start             // load base (link address 0)
+    mov     x22, #0
+    adrp    x2, __rela_start
+    add     x2, x2, :lo12:__rela_start
+    adrp    x3, __rela_end
+    add     x3, x3, :lo12:__rela_end
+1:  cmp     x2, x3
+    b.hs    3f
+    ldr     x4, [x2]                // r_offset
+    ldr     x5, [x2, #8]            // r_info
+    ldr     x6, [x2, #16]           // r_addend
+    add     x2, x2, #24
+    and     x5, x5, #0xffffffff
+    cmp     x5, #R_AARCH64_RELATIVE
+    b.eq    2f
+    add     x22, x22, #1
+    b       1b
+2:  add     x6, x6, x21
+    str     x6, [x21, x4]
+    b       1b
+3:
+    // Zero .bss (16-byte aligned at both ends by link.ld); it holds the stacks.
+    adrp    x2, __bss_start
+    add     x2, x2, :lo12:__bss_start
+    adrp    x3, __bss_end
+    add     x3, x3, :lo12:__bss_end
+4:  cmp     x2, x3
+    b.hs    5f
+    stp     xzr, xzr, [x2], #16
+    b       4b
+5:
+    msr     spsel, #1
+    adrp    x9, stack0_top
+    add     x9, x9, :lo12:stack0_top
+    mov     sp, x9
+    bl      cpu_common_init
+
+    mov     x0, x19                 // dtb
+    mov     x1, x21                 // image base
+    mov     x2, x20                 // x1|x2|x3 at entry
+    mov     x3, x22                 // unknown relocation count
+    bl      selftest_main
+    b       park
+
+// PSCI CPU_ON entry of vCPU 1: x0 = context_id. The primary has already relocated
+// the image and zeroed .bss.
+.global secondary_entry
+secondary_entry:
+    msr     daifset, #0xf
+    mov     x19, x0
+    movz    x9, #(SCTLR_EL1_MMU_OFF & 0xffff)
+    movk    x9, #(SCTLR_EL1_MMU_OFF >> 16), lsl #16
+    msr     sctlr_el1, x9
+    isb
+    msr     spsel, #1
+    adrp    x9, stack1_top
+    add     x9, x9, :lo12:stack1_top
+    mov     sp, x9
+    bl      cpu_common_init
+    mov     x0, x19
+    bl      secondary_main
+    b       park
+
+// Per-vCPU EL1 setup shared by both entries; clobbers x9 only.
+cpu_common_init:
+    adrp    x9, vectors
+    add     x9, x9, :lo12:vectors
+    msr     vbar_el1, x9
+    mov     x9, #CPACR_EL1_FPEN
+    msr     cpacr_el1, x9
+    isb
+    ret
+
+.global park
+park:
+    msr     daifset, #0xf
+6:  wfi
+    b       6b
+
+// u64 run_guarded(extern "C" fn()): call it; return 0 when it returns, or 1 when
+// `check_recover` abandons it (unexpected exception or panic inside a check).
+// Primary vCPU only: one jump buffer.
+.global run_guarded
+run_guarded:
+    adrp    x9, jmp_buf
+    add     x9, x9, :lo12:jmp_buf
+    stp     x19, x20, [x9, #0]
+    stp     x21, x22, [x9, #16]
+    stp     x23, x24, [x9, #32]
+    stp     x25, x26, [x9, #48]
+    stp     x27, x28, [x9, #64]
+    stp     x29, x30, [x9, #80]
+    mov     x10, sp
+    str     x10, [x9, #96]
+    blr     x0
+    adrp    x9, jmp_buf
+    add     x9, x9, :lo12:jmp_buf
+    ldr     x30, [x9, #88]
+    mov     x0, #0
+    ret
+
+// Resume run_guarded's caller with 1. Reached by eret from the exception handler or
+// called from the panic handler.
+.global check_recover
+check_recover:
+    adrp    x9, jmp_buf
+    add     x9, x9, :lo12:jmp_buf
+    ldp     x19, x20, [x9, #0]
+    ldp     x21, x22, [x9, #16]
+    ldp     x23, x24, [x9, #32]
+    ldp     x25, x26, [x9, #48]
+    ldp     x27, x28, [x9, #64]
+    ldp     x29, x30, [x9, #80]
+    ldr     x10, [x9, #96]
+    mov     sp, x10
+    mov     x0, #1
+    ret
+
+.section .bss.boot, "aw", %nobits
+.balign 16
+jmp_buf:
+    .skip   112
+.balign 16
+stack0:
+    .skip   0x10000
+stack0_top:
+stack1:
+    .skip   0x8000
+stack1_top:

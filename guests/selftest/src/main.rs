@@ -1,0 +1,172 @@
+//! Bothy selftest guest: a bare-metal EL1 program, packaged as an arm64 Linux `Image`,
+//! that checks a hypervisor's behaviour from inside (PSCI/SMCCC over HVC, vCPU bring-up,
+//! GICv3 SGIs and IPIs, the virtual timer and WFI, aborts on bad IPAs) and prints one
+//! `TEST <name> ok` / `TEST <name> fail <why>` line per check, then
+//! `TEST summary: N passed, M failed`, then powers the VM off with PSCI SYSTEM_OFF.
+//! Lines starting with `#` are information only.
+//!
+//! Boot (entry.S): Image header, self-relocation of .rela.dyn (linked at 0, loaded at any
+//! 2 MiB-aligned address), .bss zeroing, stack, VBAR_EL1, FP/SIMD on; MMU stays off (see
+//! README.md). Each check runs under `run_guarded` (a setjmp), so an unexpected exception
+//! or a panic inside one check fails that check and the next one runs.
+
+#![no_std]
+#![no_main]
+#![deny(unsafe_op_in_unsafe_fn)]
+// `Msg` is a 248-byte inline buffer on purpose (no allocator); failures are rare.
+#![allow(clippy::result_large_err)]
+
+mod arch;
+mod checks;
+mod exceptions;
+mod gic;
+mod msg;
+mod platform;
+mod psci;
+mod smp;
+mod uart;
+
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicUsize, Ordering::*};
+
+use crate::msg::CheckResult;
+use crate::uart::println;
+
+core::arch::global_asm!(include_str!("entry.S"), options(raw));
+core::arch::global_asm!(include_str!("vectors.S"), options(raw));
+
+extern "C" {
+    /// Calls `f`; returns 0 when it returns, 1 when `check_recover` abandoned it.
+    fn run_guarded(f: extern "C" fn()) -> u64;
+    static _end: u8;
+}
+
+/// What entry.S found at boot.
+#[derive(Clone, Copy)]
+pub struct BootInfo {
+    pub dtb: usize,
+    pub base: usize,
+    pub size: usize,
+    pub x1_x3: u64,
+    pub relocs_unknown: u64,
+}
+
+/// A cell written once by the primary before anything else reads it.
+struct BootCell(UnsafeCell<BootInfo>);
+// SAFETY: written only in selftest_main before any check (or vCPU 1) runs; read-only after.
+unsafe impl Sync for BootCell {}
+
+static BOOT: BootCell = BootCell(UnsafeCell::new(BootInfo {
+    dtb: 0,
+    base: 0,
+    size: 0,
+    x1_x3: 0,
+    relocs_unknown: 0,
+}));
+static IMAGE_BASE: AtomicUsize = AtomicUsize::new(0);
+
+pub fn boot_info() -> BootInfo {
+    // SAFETY: see BootCell.
+    unsafe { *BOOT.0.get() }
+}
+
+pub fn image_base() -> usize {
+    IMAGE_BASE.load(Relaxed)
+}
+
+/// Index of the running check, and its result (primary vCPU only).
+static CURRENT: AtomicUsize = AtomicUsize::new(0);
+struct ResultCell(UnsafeCell<Option<CheckResult>>);
+// SAFETY: only the primary vCPU touches it, never from an exception handler.
+unsafe impl Sync for ResultCell {}
+static RESULT: ResultCell = ResultCell(UnsafeCell::new(None));
+
+extern "C" fn run_current() {
+    let (_, f) = checks::CHECKS[CURRENT.load(SeqCst)];
+    let r = f();
+    // SAFETY: see ResultCell.
+    unsafe { *RESULT.0.get() = Some(r) };
+}
+
+#[no_mangle]
+extern "C" fn selftest_main(dtb: usize, base: usize, x1_x3: u64, relocs_unknown: u64) -> ! {
+    // `_end` is a linker-script symbol; only its (PC-relative) address is used.
+    let end = core::ptr::addr_of!(_end) as usize;
+    // SAFETY: see BootCell; nothing else runs yet.
+    unsafe {
+        *BOOT.0.get() = BootInfo {
+            dtb,
+            base,
+            size: end - base,
+            x1_x3,
+            relocs_unknown,
+        }
+    };
+    IMAGE_BASE.store(base, Relaxed);
+    println!(
+        "# bothy selftest: EL{}, image at {base:#x} (+{:#x}), DTB at {dtb:#x}, MPIDR {:#x}, CNTFRQ {} Hz",
+        arch::current_el(),
+        end - base,
+        arch::mpidr_aff(),
+        arch::counter_freq()
+    );
+
+    let (mut passed, mut failed) = (0u32, 0u32);
+    for (i, (name, _)) in checks::CHECKS.iter().enumerate() {
+        CURRENT.store(i, SeqCst);
+        // SAFETY: see ResultCell.
+        unsafe { *RESULT.0.get() = None };
+        exceptions::IN_CHECK.store(true, SeqCst);
+        // SAFETY: run_current is a plain extern "C" fn; run_guarded restores our
+        // callee-saved registers and stack if the check is abandoned.
+        let abandoned = unsafe { run_guarded(run_current) } != 0;
+        exceptions::IN_CHECK.store(false, SeqCst);
+        arch::irqs_mask();
+        exceptions::clear_expect();
+        arch::write_sysreg!("cntv_ctl_el0", 0);
+
+        // SAFETY: see ResultCell.
+        let result = unsafe { (*RESULT.0.get()).take() };
+        match (abandoned, result) {
+            (false, Some(Ok(()))) => {
+                passed += 1;
+                println!("TEST {name} ok");
+            }
+            (false, Some(Err(why))) => {
+                failed += 1;
+                println!("TEST {name} fail {why}");
+            }
+            (false, None) => {
+                failed += 1;
+                println!("TEST {name} fail returned without a result");
+            }
+            (true, _) => {
+                failed += 1;
+                match exceptions::take_abort() {
+                    exceptions::Abort::Sync(f) => {
+                        println!("TEST {name} fail unexpected synchronous exception: {f}")
+                    }
+                    exceptions::Abort::Vector(k, f) => {
+                        println!("TEST {name} fail unexpected exception at vector {k}: {f}")
+                    }
+                    exceptions::Abort::Panic => {
+                        println!("TEST {name} fail panic (see '# panic' above)")
+                    }
+                }
+            }
+        }
+    }
+
+    println!("TEST summary: {passed} passed, {failed} failed");
+    let r = psci::hvc_raw(psci::PSCI_SYSTEM_OFF, 0, 0, 0);
+    println!("TEST system_off fail returned {:#x}", r[0]);
+    loop {
+        arch::wfi();
+    }
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    println!("# panic on vCPU {}: {info}", arch::cpu_id());
+    exceptions::panic_recover()
+}

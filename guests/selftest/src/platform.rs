@@ -1,0 +1,33 @@
+//! Guest physical (IPA) layout the selftest assumes: Bothy's guest layout, which mimics
+//! QEMU `virt`, so the same binary runs on bare QEMU (`-machine virt,gic-version=3 -smp 2`).
+//! The selftest deliberately does not read these from the DTB: a hypervisor that put a
+//! device elsewhere should fail loudly here.
+
+/// PL011 UART registers.
+pub const UART_BASE: usize = 0x0900_0000;
+/// GICv3 distributor (GICD_*).
+pub const GICD_BASE: usize = 0x0800_0000;
+/// First GICv3 redistributor; vCPU n's RD_base is `GICR_BASE + n * GICR_STRIDE`.
+pub const GICR_BASE: usize = 0x080A_0000;
+/// Size of one redistributor (RD_base + SGI_base frames, no VLPI frames).
+pub const GICR_STRIDE: usize = 0x2_0000;
+/// Offset of the SGI/PPI frame inside a redistributor.
+pub const GICR_SGI_OFFSET: usize = 0x1_0000;
+/// Start of guest RAM.
+pub const RAM_BASE: usize = 0x4000_0000;
+/// Number of vCPUs the selftest expects (MPIDR Aff0 = 0 and 1).
+pub const NR_VCPUS: usize = 2;
+/// Virtual timer PPI (INTID).
+pub const VTIMER_INTID: u32 = 27;
+/// UART SPI (INTID), documented only: the selftest does not use UART interrupts.
+#[allow(dead_code)]
+pub const UART_INTID: u32 = 33;
+
+/// An IPA with nothing mapped (inside the 4 GiB below RAM, between devices and RAM).
+pub const UNMAPPED_IPA: usize = 0x3000_0000;
+/// An address beyond any sane IPA size (47 bits).
+pub const BEYOND_IPA: usize = 0x7000_0000_0000;
+/// A CPU_ON entry point outside RAM.
+pub const BAD_ENTRY: u64 = 0x1000;
+/// MPIDR of a vCPU that does not exist.
+pub const BAD_MPIDR: u64 = 0x55;
