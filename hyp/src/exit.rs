@@ -14,7 +14,7 @@
 use crate::arch::aarch64::lr::HwListRegs;
 use crate::arch::aarch64::vectors::{enter_guest, ExitKind, GuestFrame};
 use crate::arch::aarch64::{gic, sysreg};
-use crate::machine::{self, current_cpu, machine, Machine, KICK_SGI};
+use crate::machine::{self, current_cpu, machine, Machine};
 use crate::println;
 use crate::vm::{RunState, Vm};
 use bothy_core::abi::{self, CallContext, Outcome, RETURN_SUCCESS};
@@ -139,9 +139,7 @@ pub extern "C" fn handle_exit(kind: u64, frame: &mut GuestFrame) {
         stop_vcpu(m, vm, vcpu, frame);
     }
     if vm.vgic.needs_flush(vcpu) {
-        let mut lrs = HwListRegs::new();
-        vm.vgic.sync(vcpu, &mut lrs);
-        vm.vgic.flush(vcpu, &mut lrs);
+        service_list_registers(vm, vcpu);
     }
 }
 
@@ -273,7 +271,10 @@ fn wait_for_interrupt(m: &Machine, vm: &Vm, vcpu: usize) {
 
 /// Acknowledge and handle every pending physical interrupt on this CPU.
 fn drain_physical_irqs(m: &Machine, running: Option<(&Vm, usize)>) {
-    loop {
+    // Level-sensitive sources re-assert at once if their cause is not removed;
+    // a bound keeps a misbehaving one from livelocking EL2.
+    const MAX_PER_DRAIN: usize = 64;
+    for _ in 0..MAX_PER_DRAIN {
         let intid = gic::acknowledge();
         if intid == gic::SPURIOUS {
             return;
@@ -287,14 +288,26 @@ fn drain_physical_irqs(m: &Machine, running: Option<(&Vm, usize)>) {
                 continue;
             }
             sysreg::write_cntv_ctl_el0(0);
+        } else if intid == m.maintenance_intid {
+            // The condition (EOI of a level interrupt, LR underflow) stays asserted
+            // until the list registers are folded back: do it now, not after the loop.
+            match running {
+                Some((vm, vcpu)) => service_list_registers(vm, vcpu),
+                None => sysreg::write_ich_hcr_el2(0),
+            }
         } else if Some(intid) == m.uart_intid {
             console_input(m);
         }
-        // KICK_SGI needs nothing more: the caller re-examines its vCPU after this.
-        // The maintenance interrupt likewise: handle_exit syncs the list registers.
-        let _ = KICK_SGI;
+        // KICK_SGI needs nothing more: the caller re-examines its vCPU afterwards.
         gic::deactivate(intid);
     }
+}
+
+/// Fold list-register state back into the vGIC and refill them.
+fn service_list_registers(vm: &Vm, vcpu: usize) {
+    let mut lrs = HwListRegs::new();
+    vm.vgic.sync(vcpu, &mut lrs);
+    vm.vgic.flush(vcpu, &mut lrs);
 }
 
 /// Bytes from the physical UART go to the VM that has the console focus.
