@@ -55,7 +55,7 @@ pub fn run_cpu(cpu: usize) -> ! {
     } else {
         wait_for_start(m, vm, vcpu, &mut frame);
     }
-    enter_guest(cpu, &frame)
+    enter_guest(m.cpus[cpu].index, &frame)
 }
 
 /// Put vCPU 0 at the kernel entry with x0 = DTB, per the arm64 boot protocol.

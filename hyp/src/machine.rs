@@ -25,6 +25,8 @@ const SPI_BASE: u32 = 32;
 const MPIDR_AFFINITY_MASK: u64 = 0xff_00ff_ffff;
 
 pub struct PhysCpu {
+    /// Position in the device tree's CPU order (boot CPU first).
+    pub index: usize,
     pub mpidr: u64,
     pub redist: u64,
     /// (VM index, vCPU index) pinned to this CPU.
@@ -68,7 +70,7 @@ pub fn machine() -> &'static Machine {
     MACHINE.get().unwrap_or_else(|| fatal(format_args!("machine used before it was built")))
 }
 
-/// This CPU's index (kept in TPIDR_EL2 by [`setup_cpu`]).
+/// This CPU's slot in [`Machine::cpus`] (kept in TPIDR_EL2 by [`setup_cpu`]).
 #[inline(always)]
 pub fn current_cpu() -> usize {
     sysreg::read_tpidr_el2() as usize
@@ -96,38 +98,46 @@ pub fn build(platform: Platform, manifest: Manifest, payload_base: u64, payload_
     // Secondaries read EL2_TABLES with their MMU (and caches) still off.
     sysreg::clean_dcache_range(core::ptr::addr_of!(EL2_TABLES) as u64, core::mem::size_of::<Once<El2Tables>>() as u64);
 
-    // 3. Physical CPUs, boot CPU first; each needs its redistributor.
+    // 3. Physical CPUs, boot CPU first. Secondaries are started now and only
+    //    those that check in within a bounded time get vCPUs.
     let boot_mpidr = sysreg::read_mpidr_el1() & MPIDR_AFFINITY_MASK;
     let mut mpidrs: Vec<u64> = platform.cpus.iter().map(|c| c.mpidr & MPIDR_AFFINITY_MASK).collect();
     match mpidrs.iter().position(|&m| m == boot_mpidr) {
         Some(i) => mpidrs.swap(0, i),
         None => fatal(format_args!("the boot CPU (MPIDR {boot_mpidr:#x}) is not in the device tree's /cpus")),
     }
-    mpidrs.truncate(entry::MAX_CPUS);
+    if mpidrs.len() > entry::MAX_CPUS {
+        println!("warning: using {} of the {} CPUs in the device tree", entry::MAX_CPUS, mpidrs.len());
+        mpidrs.truncate(entry::MAX_CPUS);
+    }
+    let online = start_secondaries(&mpidrs);
     let mut cpus = Vec::new();
-    for &mpidr in &mpidrs {
+    for (index, &mpidr) in mpidrs.iter().enumerate() {
+        if online & (1 << index) == 0 {
+            continue;
+        }
         let redist = gic::find_redistributor(&platform.gic.redists, mpidr)
             .unwrap_or_else(|| fatal(format_args!("no GICv3 redistributor for CPU MPIDR {mpidr:#x}")));
-        cpus.push(PhysCpu { mpidr, redist, vcpu: None });
+        cpus.push(PhysCpu { index, mpidr, redist, vcpu: None });
     }
 
-    // 4. Pin vCPUs to physical CPUs in manifest order.
+    // 4. Pin vCPUs to online physical CPUs in manifest order.
     let wanted: usize = manifest.vms.iter().map(|v| v.cpus as usize).sum();
     if wanted > cpus.len() {
         fatal(format_args!(
-            "the VMs need {wanted} vCPUs but this machine has {} CPUs; vCPUs are pinned 1:1 in this version",
+            "the VMs need {wanted} vCPUs but only {} CPUs are online; vCPUs are pinned 1:1 in this version",
             cpus.len()
         ));
     }
     let mut next_cpu = 0;
     let mut plans = Vec::new();
     for (vm_index, spec) in manifest.vms.iter().enumerate() {
-        let pcpus: Vec<usize> = (next_cpu..next_cpu + spec.cpus as usize).collect();
-        for (vcpu, &pcpu) in pcpus.iter().enumerate() {
-            cpus[pcpu].vcpu = Some((vm_index, vcpu));
+        let slots: Vec<usize> = (next_cpu..next_cpu + spec.cpus as usize).collect();
+        for (vcpu, &slot) in slots.iter().enumerate() {
+            cpus[slot].vcpu = Some((vm_index, vcpu));
         }
         next_cpu += spec.cpus as usize;
-        plans.push(pcpus);
+        plans.push(slots);
     }
 
     // 5. Physical GIC, then the VMs.
@@ -165,23 +175,66 @@ pub fn build(platform: Platform, manifest: Manifest, payload_base: u64, payload_
         uart.enable_rx_interrupt();
     }
 
-    // 6. Secondary CPUs, then this one.
-    let conduit = crate::firmware_conduit().unwrap_or(firmware::Conduit::Smc);
-    for (index, cpu) in m.cpus.iter().enumerate().skip(1) {
-        let status = firmware::cpu_on(conduit, cpu.mpidr, entry::secondary_entry_address(), index as u64);
-        if status != 0 {
-            println!("warning: PSCI CPU_ON of CPU {:#x} failed ({status})", cpu.mpidr);
-        }
-    }
+    // 6. Release the secondaries (waiting in secondary_main), then run this CPU.
+    sysreg::sev();
     setup_cpu(0);
     exit::run_cpu(0)
 }
 
-pub fn secondary_main(cpu: usize) -> ! {
+/// Bit per CPU index that has checked in from `secondary_main`.
+static ONLINE: AtomicUsize = AtomicUsize::new(1);
+
+/// PSCI CPU_ON every secondary and wait (bounded) for each to check in.
+fn start_secondaries(mpidrs: &[u64]) -> usize {
+    let conduit = crate::firmware_conduit().unwrap_or(firmware::Conduit::Smc);
+    let mut expected = 1;
+    for (index, &mpidr) in mpidrs.iter().enumerate().skip(1) {
+        let status = firmware::cpu_on(conduit, mpidr, entry::secondary_entry_address(), index as u64);
+        if status == 0 {
+            expected |= 1 << index;
+        } else {
+            println!("warning: CPU {mpidr:#x} not started: firmware PSCI CPU_ON returned {status}");
+        }
+    }
+    // Half a second of counter time is ages for a CPU to reach Rust.
+    let deadline = sysreg::read_cntpct_el0() + sysreg::read_cntfrq_el0() / 2;
+    while ONLINE.load(Ordering::Acquire) != expected && sysreg::read_cntpct_el0() < deadline {
+        core::hint::spin_loop();
+    }
+    let online = ONLINE.load(Ordering::Acquire);
+    for (index, &mpidr) in mpidrs.iter().enumerate() {
+        if expected & !online & (1 << index) != 0 {
+            println!("warning: CPU {mpidr:#x} accepted PSCI CPU_ON but never came up at EL2; not using it");
+        }
+    }
+    online
+}
+
+pub fn secondary_main(index: usize) -> ! {
     let Some(tables) = EL2_TABLES.get().copied() else { crate::halt_machine() };
+    let el = (sysreg::read_current_el() >> 2) & 3;
+    if el != 2 {
+        // Firmware started this CPU somewhere else: leave it out rather than run EL2 code at EL{el}.
+        loop {
+            sysreg::wfe();
+        }
+    }
     mmu::enable(tables.root, tables.tcr, tables.mair);
-    setup_cpu(cpu);
-    exit::run_cpu(cpu)
+    ONLINE.fetch_or(1 << index, Ordering::AcqRel);
+    let m = loop {
+        match MACHINE.get() {
+            Some(m) => break m,
+            None => sysreg::wfe(),
+        }
+    };
+    // A CPU that came up too late was not given an entry in the machine: park it.
+    let Some(slot) = m.cpus.iter().position(|c| c.index == index) else {
+        loop {
+            sysreg::wfi();
+        }
+    };
+    setup_cpu(slot);
+    exit::run_cpu(slot)
 }
 
 // HCR_EL2 (Arm ARM D17.2.48): stage 2 on, physical IRQ/FIQ/SError to EL2,

@@ -30,7 +30,7 @@ use bothy_core::fdt::Fdt;
 use bothy_core::image::{payload_offset, PayloadHeader, PAYLOAD_HEADER_SIZE};
 use bothy_core::manifest::Manifest;
 use core::fmt;
-use core::sync::atomic::{AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 /// How to power off when something goes wrong, once the device tree told us.
 static FIRMWARE_CONDUIT: AtomicU8 = AtomicU8::new(CONDUIT_UNKNOWN);
@@ -48,15 +48,30 @@ fn firmware_conduit() -> Option<firmware::Conduit> {
 
 /// Report an unrecoverable error and stop the machine (power off if PSCI is known).
 pub fn fatal(args: fmt::Arguments) -> ! {
+    // A fault while reporting (say, an SMC with no EL3 behind it) must not recurse.
+    if IN_FATAL.swap(true, Ordering::AcqRel) {
+        park_forever();
+    }
     console::print(format_args!("error: {args}"));
     halt_machine()
 }
 
-/// Power off through firmware if possible; otherwise wait forever, quietly.
+static IN_FATAL: AtomicBool = AtomicBool::new(false);
+
+/// Power off through firmware; without a device tree, at EL2, try the SMC
+/// conduit SMCCC prescribes. Returns only by parking forever.
 pub fn halt_machine() -> ! {
-    if let Some(conduit) = firmware_conduit() {
+    let conduit = firmware_conduit().or_else(|| {
+        let at_el2 = (sysreg::read_current_el() >> 2) & 3 == 2;
+        at_el2.then_some(firmware::Conduit::Smc)
+    });
+    if let Some(conduit) = conduit {
         firmware::system_off(conduit);
     }
+    park_forever()
+}
+
+fn park_forever() -> ! {
     loop {
         sysreg::wfi();
     }
@@ -84,7 +99,7 @@ fn find_payload() -> Result<Payload, alloc::string::String> {
 impl Payload {
     fn manifest(&self) -> Result<Manifest, alloc::string::String> {
         let bytes = mmio::phys_bytes(self.base + self.header.manifest_offset, self.header.manifest_size as usize);
-        Manifest::decode(bytes).map_err(|e| alloc::format!("manifest: {e}"))
+        Manifest::decode(bytes).map_err(|e| alloc::format!("{e}"))
     }
     fn end(&self) -> u64 {
         self.base + self.header.total_size
@@ -120,33 +135,23 @@ pub extern "C" fn boot_primary(dtb: u64, _load_base: u64) -> ! {
     let platform = firmware_dtb(dtb).and_then(|fdt| {
         Platform::discover(&fdt).map(|p| (fdt, p)).map_err(|e| alloc::format!("{e}"))
     });
-    let (fdt, platform) = match platform {
-        Ok(found) => found,
-        Err(why) => {
-            if let Some(early) = early_console {
-                console::init(early.pl011_base);
-            }
-            fatal(format_args!("{why}"))
-        }
-    };
-    match platform.uart {
-        Some(ref uart) if uart.kind == UartKind::Pl011 => console::init(uart.base),
-        _ => {
-            if let Some(early) = early_console {
-                console::init(early.pl011_base);
-            }
-        }
+
+    // A console first: the DTB's PL011, else the manifest's early console.
+    let dt_uart = platform.as_ref().ok().and_then(|(_, p)| p.uart.clone()).filter(|u| u.kind == UartKind::Pl011);
+    match (&dt_uart, early_console) {
+        (Some(uart), _) => console::init(uart.base),
+        (None, Some(early)) => console::init(early.pl011_base),
+        (None, None) => {}
     }
-    if let Some(psci) = &platform.psci {
+    if let Some(psci) = platform.as_ref().ok().and_then(|(_, p)| p.psci.clone()) {
         let conduit = match psci.conduit {
             DtConduit::Smc => CONDUIT_SMC,
             DtConduit::Hvc => CONDUIT_HVC,
         };
         FIRMWARE_CONDUIT.store(conduit, Ordering::Relaxed);
     }
-    if platform.uart.as_ref().is_none_or(|u| u.kind != UartKind::Pl011) {
-        fatal(format_args!("the device tree's /chosen/stdout-path names no PL011 UART; Bothy needs one for its console"));
-    }
+
+    // The exception level is the root cause whenever it is wrong: report it first.
     match el {
         2 => {}
         1 => fatal(format_args!(
@@ -159,6 +164,10 @@ pub extern "C" fn boot_primary(dtb: u64, _load_base: u64) -> ! {
                 "entered at EL{other}; Bothy must be started at non-secure EL2 (it does not drop from EL3 itself yet: use firmware such as TF-A or U-Boot that hands over at EL2)"
             ))
         }
+    }
+    let (fdt, platform) = platform.unwrap_or_else(|why| fatal(format_args!("{why}")));
+    if dt_uart.is_none() {
+        fatal(format_args!("the device tree's /chosen/stdout-path names no PL011 UART; Bothy needs one for its console"));
     }
     let payload = payload.unwrap_or_else(|why| fatal(format_args!("{why}")));
     let manifest = payload.manifest().unwrap_or_else(|why| fatal(format_args!("{why}")));

@@ -51,7 +51,7 @@ pub struct Vm {
     pub vgic: VGic,
     pub power: VcpuPower,
     pub uart: Mutex<Pl011>,
-    /// Physical CPU index of each vCPU (pinned 1:1).
+    /// Slot in `Machine::cpus` of the physical CPU running each vCPU (pinned 1:1).
     pub vcpu_pcpu: Vec<usize>,
     pub boot: BootPlan,
     state: AtomicU8,

@@ -140,6 +140,20 @@ pub fn wfi() {
     unsafe { core::arch::asm!("dsb sy", "wfi", options(nostack, preserves_flags)) };
 }
 
+/// Wait for an event (a `sev` from another CPU), e.g. while the boot CPU builds VMs.
+#[inline(always)]
+pub fn wfe() {
+    // SAFETY: waiting has no memory-safety effects.
+    unsafe { core::arch::asm!("wfe", options(nostack, preserves_flags)) };
+}
+
+/// Wake CPUs waiting in `wfe`.
+#[inline(always)]
+pub fn sev() {
+    // SAFETY: signalling an event has no memory-safety effects.
+    unsafe { core::arch::asm!("dsb sy", "sev", options(nostack, preserves_flags)) };
+}
+
 /// Invalidate all EL2 and stage-1/2 EL1 TLB entries on this CPU.
 pub fn tlbi_all_local() {
     // SAFETY: TLB maintenance only drops cached translations.
