@@ -2,6 +2,7 @@
 //! (`read(offset, size)` / `write(offset, size, value)`), unit-tested without a VM. A
 //! device reports the level of its interrupt line; `hyp` forwards it to the vGIC.
 
+pub mod console;
 pub mod pl011;
 
 pub use pl011::{Pl011, Pl011Effect};
