@@ -17,7 +17,11 @@ struct Console {
     at_line_start: bool,
 }
 
-static CONSOLE: Mutex<Console> = Mutex::new(Console { uart: None, last_vm: None, at_line_start: true });
+static CONSOLE: Mutex<Console> = Mutex::new(Console {
+    uart: None,
+    last_vm: None,
+    at_line_start: true,
+});
 
 impl Write for Console {
     fn write_str(&mut self, s: &str) -> fmt::Result {

@@ -132,8 +132,16 @@ pub extern "C" fn handle_exit(kind: u64, frame: &mut GuestFrame) {
     match ExitKind::from_raw(kind) {
         ExitKind::Sync => sync_exit(m, vm, vcpu, frame),
         ExitKind::Irq | ExitKind::Fiq => drain_physical_irqs(m, Some((vm, vcpu))),
-        ExitKind::SError => println!("VM {}: vCPU {vcpu} raised an SError (ESR {:#x}); ignored", vm.name, sysreg::read_esr_el2()),
-        ExitKind::Aarch32 => crash_vm(m, vm, format_args!("vCPU {vcpu} entered AArch32, which Bothy does not run")),
+        ExitKind::SError => println!(
+            "VM {}: vCPU {vcpu} raised an SError (ESR {:#x}); ignored",
+            vm.name,
+            sysreg::read_esr_el2()
+        ),
+        ExitKind::Aarch32 => crash_vm(
+            m,
+            vm,
+            format_args!("vCPU {vcpu} entered AArch32, which Bothy does not run"),
+        ),
     }
     if vm.state() != RunState::Running {
         stop_vcpu(m, vm, vcpu, frame);
@@ -165,11 +173,17 @@ fn sync_exit(m: &Machine, vm: &Vm, vcpu: usize, frame: &mut GuestFrame) {
         Exit::SysReg(access) => sysreg_access(m, vm, vcpu, frame, access),
         Exit::BadDataAbort { far, .. } => {
             let write = esr & (1 << 6) != 0;
-            inject_sync(frame, inject::data_abort_esr(inject::from_el0(frame.spsr), write), far)
+            inject_sync(
+                frame,
+                inject::data_abort_esr(inject::from_el0(frame.spsr), write),
+                far,
+            )
         }
-        Exit::BadInstructionAbort { far, .. } => {
-            inject_sync(frame, inject::instruction_abort_esr(inject::from_el0(frame.spsr)), far)
-        }
+        Exit::BadInstructionAbort { far, .. } => inject_sync(
+            frame,
+            inject::instruction_abort_esr(inject::from_el0(frame.spsr)),
+            far,
+        ),
         Exit::Other { .. } => inject_sync(frame, inject::undefined_esr(), 0),
     }
 }
@@ -183,7 +197,12 @@ fn smccc_call(m: &Machine, vm: &Vm, vcpu: usize, frame: &mut GuestFrame) {
         let index = (mpidr & 0xff_00ff_ffff) as usize;
         (index < vcpus).then_some(index)
     };
-    let ctx = CallContext { vcpu, power: &vm.power, ram: vm.ram, mpidr_to_vcpu: &mpidr_to_vcpu };
+    let ctx = CallContext {
+        vcpu,
+        power: &vm.power,
+        ram: vm.ram,
+        mpidr_to_vcpu: &mpidr_to_vcpu,
+    };
     match abi::dispatch(&ctx, &regs) {
         Outcome::Return(ret) => frame.x[..4].copy_from_slice(&ret),
         Outcome::StartVcpu { target, ret } => {
@@ -259,8 +278,13 @@ fn crash_vm(m: &Machine, vm: &Vm, why: core::fmt::Arguments) {
 
 /// WFI: return at once if an interrupt is pending for the vCPU, otherwise
 /// sleep the physical CPU until one is (or the VM stops).
+///
+/// The list registers are folded back first, every time: the guest may have
+/// completed interrupts without an exit (hardware-linked or edge ones), and
+/// until the model knows, it would not offer their next occurrence.
 fn wait_for_interrupt(m: &Machine, vm: &Vm, vcpu: usize) {
     loop {
+        service_list_registers(vm, vcpu);
         if vm.vgic.has_pending(vcpu) || vm.state() != RunState::Running {
             return;
         }
@@ -312,15 +336,19 @@ fn service_list_registers(vm: &Vm, vcpu: usize) {
 
 /// Bytes from the physical UART go to the VM that has the console focus.
 fn console_input(m: &Machine) {
-    let Some(uart) = crate::console::uart() else { return };
+    let Some(uart) = crate::console::uart() else {
+        return;
+    };
     let vm = &m.vms[m.focus.load(core::sync::atomic::Ordering::Relaxed) % m.vms.len()];
     let mut model = vm.uart.lock();
     while let Some(byte) = uart.getc() {
-        model.push_rx(byte);
+        model.input(byte);
     }
-    let level = model.irq_level();
+    // Under the UART lock, so concurrent accesses apply their levels in order.
+    let kicks = vm
+        .vgic
+        .set_spi_level(layout::UART_SPI + 32, model.irq_level());
     drop(model);
-    let kicks = vm.vgic.set_spi_level(layout::UART_SPI + 32, level);
     kick_vcpus(vm, kicks);
 }
 
@@ -335,13 +363,19 @@ fn kick_vcpus(vm: &Vm, mask: VcpuMask) {
 /// Emulate a trapped access to the vGIC or the PL011; anything else aborts.
 fn mmio(m: &Machine, vm: &Vm, vcpu: usize, frame: &mut GuestFrame, access: MmioAccess) {
     let ipa = access.ipa;
-    let value = if access.reg == 31 { 0 } else { frame.x[access.reg as usize] };
+    let value = if access.reg == 31 {
+        0
+    } else {
+        frame.x[access.reg as usize]
+    };
     let redist = layout::gic_redist(vm.vcpus());
     let mut kicks = VcpuMask::default();
     let result: Option<u64> = if layout::GIC_DIST.contains(ipa) {
         let offset = ipa - layout::GIC_DIST.base;
         if access.write {
-            kicks = vm.vgic.dist_write(vcpu, offset, access.size, access.store_value(value));
+            kicks = vm
+                .vgic
+                .dist_write(vcpu, offset, access.size, access.store_value(value));
             None
         } else {
             Some(vm.vgic.dist_read(vcpu, offset, access.size))
@@ -349,7 +383,9 @@ fn mmio(m: &Machine, vm: &Vm, vcpu: usize, frame: &mut GuestFrame, access: MmioA
     } else if redist.contains(ipa) {
         let offset = ipa - redist.base;
         if access.write {
-            kicks = vm.vgic.redist_write(vcpu, offset, access.size, access.store_value(value));
+            kicks = vm
+                .vgic
+                .redist_write(vcpu, offset, access.size, access.store_value(value));
             None
         } else {
             Some(vm.vgic.redist_read(vcpu, offset, access.size))
@@ -359,7 +395,11 @@ fn mmio(m: &Machine, vm: &Vm, vcpu: usize, frame: &mut GuestFrame, access: MmioA
     } else {
         let write = access.write;
         let far = sysreg::read_far_el2();
-        inject_sync(frame, inject::data_abort_esr(inject::from_el0(frame.spsr), write), far);
+        inject_sync(
+            frame,
+            inject::data_abort_esr(inject::from_el0(frame.spsr), write),
+            far,
+        );
         return;
     };
     if let Some(raw) = result {
@@ -375,7 +415,10 @@ fn uart_access(m: &Machine, vm: &Vm, access: MmioAccess, value: u64) -> Option<u
     let offset = access.ipa - layout::UART.base;
     let mut model = vm.uart.lock();
     let result = if access.write {
-        if let Some(byte) = model.write(offset, access.size, access.store_value(value) as u32).tx {
+        if let Some(byte) = model
+            .write(offset, access.size, access.store_value(value) as u32)
+            .tx
+        {
             let tag = m.tag_output().then_some(vm.name.as_str());
             crate::console::guest_byte(vm.index, tag, byte);
         }
@@ -383,9 +426,12 @@ fn uart_access(m: &Machine, vm: &Vm, access: MmioAccess, value: u64) -> Option<u
     } else {
         Some(u64::from(model.read(offset, access.size)))
     };
-    let level = model.irq_level();
+    // Under the UART lock: two vCPUs racing here must not apply stale levels
+    // out of order (that loses the interrupt).
+    let kicks = vm
+        .vgic
+        .set_spi_level(layout::UART_SPI + 32, model.irq_level());
     drop(model);
-    let kicks = vm.vgic.set_spi_level(layout::UART_SPI + 32, level);
     kick_vcpus(vm, kicks);
     result
 }
@@ -393,13 +439,20 @@ fn uart_access(m: &Machine, vm: &Vm, access: MmioAccess, value: u64) -> Option<u
 /// Trapped system registers: SGIs go to the vGIC, the physical timer reads as
 /// zero and ignores writes, anything else is undefined for the guest.
 fn sysreg_access(_m: &Machine, vm: &Vm, vcpu: usize, frame: &mut GuestFrame, access: SysRegAccess) {
-    let value = if access.reg == 31 { 0 } else { frame.x[access.reg as usize] };
+    let value = if access.reg == 31 {
+        0
+    } else {
+        frame.x[access.reg as usize]
+    };
     if access.is(trapped::ICC_SGI1R_EL1) && !access.read {
         let kicks = vm.vgic.send_sgi(vcpu, value);
         kick_vcpus(vm, kicks);
     } else if access.is(trapped::ICC_ASGI1R_EL1) || access.is(trapped::ICC_SGI0R_EL1) {
         // Group-0 / alternate-group SGIs: the guest has only group 1; ignore.
-    } else if access.is(trapped::CNTP_CTL_EL0) || access.is(trapped::CNTP_CVAL_EL0) || access.is(trapped::CNTP_TVAL_EL0) {
+    } else if access.is(trapped::CNTP_CTL_EL0)
+        || access.is(trapped::CNTP_CVAL_EL0)
+        || access.is(trapped::CNTP_TVAL_EL0)
+    {
         if access.read && access.reg != 31 {
             frame.x[access.reg as usize] = 0;
         }
@@ -416,7 +469,11 @@ fn inject_sync(frame: &mut GuestFrame, esr: u64, far: u64) {
     sysreg::write_far_el1(far);
     sysreg::write_elr_el1(frame.elr);
     sysreg::write_spsr_el1(frame.spsr);
-    let pan = if sysreg::read_sctlr_el1() & SCTLR_EL1_SPAN == 0 { PSTATE_PAN } else { frame.spsr & PSTATE_PAN };
+    let pan = if sysreg::read_sctlr_el1() & SCTLR_EL1_SPAN == 0 {
+        PSTATE_PAN
+    } else {
+        frame.spsr & PSTATE_PAN
+    };
     frame.elr = sysreg::read_vbar_el1() + inject::vector_offset(frame.spsr);
     frame.spsr = inject::SPSR_EL1H_MASKED | pan;
 }

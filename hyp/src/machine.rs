@@ -67,7 +67,9 @@ static EL2_TABLES: Once<El2Tables> = Once::new();
 
 pub fn machine() -> &'static Machine {
     // Only reachable after build() (CPUs start running guests after it).
-    MACHINE.get().unwrap_or_else(|| fatal(format_args!("machine used before it was built")))
+    MACHINE
+        .get()
+        .unwrap_or_else(|| fatal(format_args!("machine used before it was built")))
 }
 
 /// This CPU's slot in [`Machine::cpus`] (kept in TPIDR_EL2 by [`setup_cpu`]).
@@ -76,7 +78,13 @@ pub fn current_cpu() -> usize {
     sysreg::read_tpidr_el2() as usize
 }
 
-pub fn build(platform: Platform, manifest: Manifest, payload_base: u64, payload_end: u64, dtb: Region) -> ! {
+pub fn build(
+    platform: Platform,
+    manifest: Manifest,
+    payload_base: u64,
+    payload_end: u64,
+    dtb: Region,
+) -> ! {
     // 1. Memory Bothy may hand out: RAM minus firmware reservations, this image
     //    with its payload, and the firmware DTB.
     let (image_start, _) = entry::image_bounds();
@@ -86,28 +94,55 @@ pub fn build(platform: Platform, manifest: Manifest, payload_base: u64, payload_
     let mut allocator = RegionAllocator::new(&platform.memory, &reserved);
 
     // 2. EL2 identity map: RAM normal, the devices Bothy drives as device memory.
-    let uart = platform.uart.as_ref().map(|u| Region::new(u.base, u.size.max(0x1000)));
+    let uart = platform
+        .uart
+        .as_ref()
+        .map(|u| Region::new(u.base, u.size.max(0x1000)));
     let mut devices: Vec<Region> = uart.into_iter().collect();
     devices.push(platform.gic.dist);
     devices.extend(platform.gic.redists.iter().copied());
     let pa_bits = mmu::pa_bits();
-    let idmap = build_el2_idmap(&mut mmu::Frames { allocator: &mut allocator }, &platform.memory, &devices, pa_bits)
-        .unwrap_or_else(|e| fatal(format_args!("cannot build EL2 page tables: {e:?}")));
-    let tables = *EL2_TABLES.call_once(|| El2Tables { root: idmap.root, tcr: idmap.tcr, mair: idmap.mair });
+    let idmap = build_el2_idmap(
+        &mut mmu::Frames {
+            allocator: &mut allocator,
+        },
+        &platform.memory,
+        &devices,
+        pa_bits,
+    )
+    .unwrap_or_else(|e| fatal(format_args!("cannot build EL2 page tables: {e:?}")));
+    let tables = *EL2_TABLES.call_once(|| El2Tables {
+        root: idmap.root,
+        tcr: idmap.tcr,
+        mair: idmap.mair,
+    });
     mmu::enable(tables.root, tables.tcr, tables.mair);
     // Secondaries read EL2_TABLES with their MMU (and caches) still off.
-    sysreg::clean_dcache_range(core::ptr::addr_of!(EL2_TABLES) as u64, core::mem::size_of::<Once<El2Tables>>() as u64);
+    sysreg::clean_dcache_range(
+        core::ptr::addr_of!(EL2_TABLES) as u64,
+        core::mem::size_of::<Once<El2Tables>>() as u64,
+    );
 
     // 3. Physical CPUs, boot CPU first. Secondaries are started now and only
     //    those that check in within a bounded time get vCPUs.
     let boot_mpidr = sysreg::read_mpidr_el1() & MPIDR_AFFINITY_MASK;
-    let mut mpidrs: Vec<u64> = platform.cpus.iter().map(|c| c.mpidr & MPIDR_AFFINITY_MASK).collect();
+    let mut mpidrs: Vec<u64> = platform
+        .cpus
+        .iter()
+        .map(|c| c.mpidr & MPIDR_AFFINITY_MASK)
+        .collect();
     match mpidrs.iter().position(|&m| m == boot_mpidr) {
         Some(i) => mpidrs.swap(0, i),
-        None => fatal(format_args!("the boot CPU (MPIDR {boot_mpidr:#x}) is not in the device tree's /cpus")),
+        None => fatal(format_args!(
+            "the boot CPU (MPIDR {boot_mpidr:#x}) is not in the device tree's /cpus"
+        )),
     }
     if mpidrs.len() > entry::MAX_CPUS {
-        println!("warning: using {} of the {} CPUs in the device tree", entry::MAX_CPUS, mpidrs.len());
+        println!(
+            "warning: using {} of the {} CPUs in the device tree",
+            entry::MAX_CPUS,
+            mpidrs.len()
+        );
         mpidrs.truncate(entry::MAX_CPUS);
     }
     let online = start_secondaries(&mpidrs);
@@ -116,9 +151,17 @@ pub fn build(platform: Platform, manifest: Manifest, payload_base: u64, payload_
         if online & (1 << index) == 0 {
             continue;
         }
-        let redist = gic::find_redistributor(&platform.gic.redists, mpidr)
-            .unwrap_or_else(|| fatal(format_args!("no GICv3 redistributor for CPU MPIDR {mpidr:#x}")));
-        cpus.push(PhysCpu { index, mpidr, redist, vcpu: None });
+        let redist = gic::find_redistributor(&platform.gic.redists, mpidr).unwrap_or_else(|| {
+            fatal(format_args!(
+                "no GICv3 redistributor for CPU MPIDR {mpidr:#x}"
+            ))
+        });
+        cpus.push(PhysCpu {
+            index,
+            mpidr,
+            redist,
+            vcpu: None,
+        });
     }
 
     // 4. Pin vCPUs to online physical CPUs in manifest order.
@@ -142,10 +185,16 @@ pub fn build(platform: Platform, manifest: Manifest, payload_base: u64, payload_
 
     // 5. Physical GIC, then the VMs.
     gic::init_distributor(platform.gic.dist.base);
-    let mut env = BuildEnv { allocator: &mut allocator, payload_base, pa_bits, timer: platform.timer };
+    let mut env = BuildEnv {
+        allocator: &mut allocator,
+        payload_base,
+        pa_bits,
+        timer: platform.timer,
+    };
     let mut vms = Vec::new();
     for ((index, spec), pcpus) in manifest.vms.iter().enumerate().zip(plans) {
-        let vm = vm::build(index, spec, pcpus, &mut env).unwrap_or_else(|e| fatal(format_args!("{e}")));
+        let vm =
+            vm::build(index, spec, pcpus, &mut env).unwrap_or_else(|e| fatal(format_args!("{e}")));
         println!(
             "VM {} : {} vCPUs, {} MiB at {:#x}, kernel at IPA {:#x}{}",
             vm.name,
@@ -153,11 +202,20 @@ pub fn build(platform: Platform, manifest: Manifest, payload_base: u64, payload_
             vm.ram.size >> 20,
             vm.ram_pa,
             vm.boot.kernel,
-            vm.boot.initrd.map_or(alloc::string::String::new(), |r| alloc::format!(", initrd {} KiB", r.size >> 10))
+            vm.boot
+                .initrd
+                .map_or(alloc::string::String::new(), |r| alloc::format!(
+                    ", initrd {} KiB",
+                    r.size >> 10
+                ))
         );
         vms.push(vm);
     }
-    let uart_intid = platform.uart.as_ref().and_then(|u| u.spi).map(|spi| spi + SPI_BASE);
+    let uart_intid = platform
+        .uart
+        .as_ref()
+        .and_then(|u| u.spi)
+        .map(|spi| spi + SPI_BASE);
     let running = vms.len();
     MACHINE.call_once(|| Machine {
         cpus,
@@ -189,7 +247,12 @@ fn start_secondaries(mpidrs: &[u64]) -> usize {
     let conduit = crate::firmware_conduit().unwrap_or(firmware::Conduit::Smc);
     let mut expected = 1;
     for (index, &mpidr) in mpidrs.iter().enumerate().skip(1) {
-        let status = firmware::cpu_on(conduit, mpidr, entry::secondary_entry_address(), index as u64);
+        let status = firmware::cpu_on(
+            conduit,
+            mpidr,
+            entry::secondary_entry_address(),
+            index as u64,
+        );
         if status == 0 {
             expected |= 1 << index;
         } else {
@@ -211,7 +274,9 @@ fn start_secondaries(mpidrs: &[u64]) -> usize {
 }
 
 pub fn secondary_main(index: usize) -> ! {
-    let Some(tables) = EL2_TABLES.get().copied() else { crate::halt_machine() };
+    let Some(tables) = EL2_TABLES.get().copied() else {
+        crate::halt_machine()
+    };
     let el = (sysreg::read_current_el() >> 2) & 3;
     if el != 2 {
         // Firmware started this CPU somewhere else: leave it out rather than run EL2 code at EL{el}.

@@ -98,7 +98,10 @@ fn find_payload() -> Result<Payload, alloc::string::String> {
 
 impl Payload {
     fn manifest(&self) -> Result<Manifest, alloc::string::String> {
-        let bytes = mmio::phys_bytes(self.base + self.header.manifest_offset, self.header.manifest_size as usize);
+        let bytes = mmio::phys_bytes(
+            self.base + self.header.manifest_offset,
+            self.header.manifest_size as usize,
+        );
         Manifest::decode(bytes).map_err(|e| alloc::format!("{e}"))
     }
     fn end(&self) -> u64 {
@@ -114,15 +117,20 @@ fn firmware_dtb(dtb: u64) -> Result<Fdt<'static>, alloc::string::String> {
     if dtb == 0 {
         return Err("no device tree: the loader passed x0 = 0 (boot Bothy like an arm64 Linux kernel, with a DTB in x0)".into());
     }
-    if dtb % FDT_ALIGN != 0 {
-        return Err(alloc::format!("device tree address {dtb:#x} (x0) is not 8-byte aligned"));
+    if !dtb.is_multiple_of(FDT_ALIGN) {
+        return Err(alloc::format!(
+            "device tree address {dtb:#x} (x0) is not 8-byte aligned"
+        ));
     }
     let size = bothy_core::fdt::header_total_size(mmio::phys_bytes(dtb, FDT_HEADER))
         .map_err(|e| alloc::format!("device tree at {dtb:#x}: {e}"))?;
     if size > FDT_MAX {
-        return Err(alloc::format!("device tree at {dtb:#x} claims {size} bytes; the limit is 2 MiB"));
+        return Err(alloc::format!(
+            "device tree at {dtb:#x} claims {size} bytes; the limit is 2 MiB"
+        ));
     }
-    Fdt::new(mmio::phys_bytes(dtb, size)).map_err(|e| alloc::format!("device tree at {dtb:#x}: {e}"))
+    Fdt::new(mmio::phys_bytes(dtb, size))
+        .map_err(|e| alloc::format!("device tree at {dtb:#x}: {e}"))
 }
 
 /// Entered from `entry.rs` on the boot CPU, MMU off, with the loader's x0.
@@ -130,20 +138,30 @@ pub extern "C" fn boot_primary(dtb: u64, _load_base: u64) -> ! {
     heap::init();
     let el = (sysreg::read_current_el() >> 2) & 3;
     let payload = find_payload();
-    let early_console = payload.as_ref().ok().and_then(|p| p.manifest().ok()).and_then(|m| m.early_console);
+    let early_console = payload
+        .as_ref()
+        .ok()
+        .and_then(|p| p.manifest().ok())
+        .and_then(|m| m.early_console);
 
     let platform = firmware_dtb(dtb).and_then(|fdt| {
-        Platform::discover(&fdt).map(|p| (fdt, p)).map_err(|e| alloc::format!("{e}"))
+        Platform::discover(&fdt)
+            .map(|p| (fdt, p))
+            .map_err(|e| alloc::format!("{e}"))
     });
 
     // A console first: the DTB's PL011, else the manifest's early console.
-    let dt_uart = platform.as_ref().ok().and_then(|(_, p)| p.uart.clone()).filter(|u| u.kind == UartKind::Pl011);
+    let dt_uart = platform
+        .as_ref()
+        .ok()
+        .and_then(|(_, p)| p.uart)
+        .filter(|u| u.kind == UartKind::Pl011);
     match (&dt_uart, early_console) {
         (Some(uart), _) => console::init(uart.base),
         (None, Some(early)) => console::init(early.pl011_base),
         (None, None) => {}
     }
-    if let Some(psci) = platform.as_ref().ok().and_then(|(_, p)| p.psci.clone()) {
+    if let Some(psci) = platform.as_ref().ok().and_then(|(_, p)| p.psci) {
         let conduit = match psci.conduit {
             DtConduit::Smc => CONDUIT_SMC,
             DtConduit::Hvc => CONDUIT_HVC,
@@ -170,7 +188,9 @@ pub extern "C" fn boot_primary(dtb: u64, _load_base: u64) -> ! {
         fatal(format_args!("the device tree's /chosen/stdout-path names no PL011 UART; Bothy needs one for its console"));
     }
     let payload = payload.unwrap_or_else(|why| fatal(format_args!("{why}")));
-    let manifest = payload.manifest().unwrap_or_else(|why| fatal(format_args!("{why}")));
+    let manifest = payload
+        .manifest()
+        .unwrap_or_else(|why| fatal(format_args!("{why}")));
     println!(
         "Bothy {} at EL2: image {:#x}..{:#x}, device tree {:#x}, {} CPUs, {} MiB RAM",
         env!("CARGO_PKG_VERSION"),

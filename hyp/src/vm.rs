@@ -11,7 +11,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use bothy_core::abi::VcpuPower;
-use bothy_core::dev::pl011::Pl011;
+use bothy_core::dev::console::Console;
 use bothy_core::fdt::guest::{build_guest_dtb, GuestDtbConfig};
 use bothy_core::fdt::platform::TimerIrqs;
 use bothy_core::layout::{self, BootPlan};
@@ -50,7 +50,8 @@ pub struct Vm {
     pub ram_pa: u64,
     pub vgic: VGic,
     pub power: VcpuPower,
-    pub uart: Mutex<Pl011>,
+    /// The VM's PL011 and the console input waiting for it.
+    pub uart: Mutex<Console>,
     /// Slot in `Machine::cpus` of the physical CPU running each vCPU (pinned 1:1).
     pub vcpu_pcpu: Vec<usize>,
     pub boot: BootPlan,
@@ -75,7 +76,12 @@ impl Vm {
     /// Move from Running to `to`; false if someone else changed the state first.
     pub fn leave_running(&self, to: RunState) -> bool {
         self.state
-            .compare_exchange(RunState::Running as u8, to as u8, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(
+                RunState::Running as u8,
+                to as u8,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
             .is_ok()
     }
 
@@ -116,20 +122,42 @@ pub struct BuildEnv<'a> {
     pub timer: TimerIrqs,
 }
 
-pub fn build(index: usize, spec: &VmSpec, vcpu_pcpu: Vec<usize>, env: &mut BuildEnv) -> Result<Vm, String> {
+pub fn build(
+    index: usize,
+    spec: &VmSpec,
+    vcpu_pcpu: Vec<usize>,
+    env: &mut BuildEnv,
+) -> Result<Vm, String> {
     let name = &spec.name;
     let kernel_bytes = payload_bytes(env.payload_base, spec.kernel);
     let header = ImageHeader::parse(kernel_bytes).map_err(|e| format!("VM {name}: kernel: {e}"))?;
     let ram = Region::new(layout::RAM_BASE, spec.memory);
-    let boot = layout::plan_boot(ram, &header, spec.initrd.map(|r| r.size)).map_err(|e| format!("VM {name}: {e}"))?;
+    let boot = layout::plan_boot(ram, &header, spec.initrd.map(|r| r.size))
+        .map_err(|e| format!("VM {name}: {e}"))?;
 
     let ram_pa = env.allocator.alloc(spec.memory, RAM_ALIGN).ok_or_else(|| {
-        format!("VM {name}: no {} MiB block of free memory left for its RAM", spec.memory >> 20)
+        format!(
+            "VM {name}: no {} MiB block of free memory left for its RAM",
+            spec.memory >> 20
+        )
     })?;
-    let mut frames = Frames { allocator: env.allocator };
-    let mut stage2 = Stage2::new(&mut frames, IPA_BITS).map_err(|e| format!("VM {name}: stage-2: {e:?}"))?;
+    let mut frames = Frames {
+        allocator: env.allocator,
+    };
+    let mut stage2 =
+        Stage2::new(&mut frames, IPA_BITS).map_err(|e| format!("VM {name}: stage-2: {e:?}"))?;
     stage2
-        .map(&mut frames, ram.base, ram_pa, ram.size, S2Attr::Normal { read: true, write: true, exec: true })
+        .map(
+            &mut frames,
+            ram.base,
+            ram_pa,
+            ram.size,
+            S2Attr::Normal {
+                read: true,
+                write: true,
+                exec: true,
+            },
+        )
         .map_err(|e| format!("VM {name}: stage-2 map of RAM: {e:?}"))?;
     let vmid = (index + 1) as u16;
 
@@ -146,7 +174,10 @@ pub fn build(index: usize, spec: &VmSpec, vcpu_pcpu: Vec<usize>, env: &mut Build
         initrd: boot.initrd,
     });
     if dtb.len() as u64 > layout::DTB_MAX {
-        return Err(format!("VM {name}: generated device tree is {} bytes, over 2 MiB", dtb.len()));
+        return Err(format!(
+            "VM {name}: generated device tree is {} bytes, over 2 MiB",
+            dtb.len()
+        ));
     }
 
     let vm = Vm {
@@ -159,7 +190,7 @@ pub fn build(index: usize, spec: &VmSpec, vcpu_pcpu: Vec<usize>, env: &mut Build
         ram_pa,
         vgic: VGic::new(vcpus, layout::NR_SPIS),
         power: VcpuPower::new(vcpus),
-        uart: Mutex::new(Pl011::new()),
+        uart: Mutex::new(Console::new()),
         vcpu_pcpu,
         boot,
         state: AtomicU8::new(RunState::Running as u8),

@@ -112,7 +112,10 @@ pub fn secondary_entry_address() -> u64 {
 
 /// Where this image starts and ends in memory (`_end` covers .bss and stacks).
 pub fn image_bounds() -> (u64, u64) {
-    (core::ptr::addr_of!(_start_image) as u64, core::ptr::addr_of!(_end) as u64)
+    (
+        core::ptr::addr_of!(_start_image) as u64,
+        core::ptr::addr_of!(_end) as u64,
+    )
 }
 
 /// Top of CPU `cpu`'s stack, where that CPU's guest register frame lives.

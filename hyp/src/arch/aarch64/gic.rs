@@ -78,7 +78,10 @@ pub fn init_distributor(dist: u64) {
 pub fn enable_spi(dist: u64, intid: u32, mpidr: u64) {
     let route = (mpidr & 0xff_ffff) | (((mpidr >> 32) & 0xff) << 32);
     write64(dist + GICD_IROUTER + 8 * u64::from(intid), route);
-    write32(dist + GICD_ISENABLER + 4 * u64::from(intid / 32), 1 << (intid % 32));
+    write32(
+        dist + GICD_ISENABLER + 4 * u64::from(intid / 32),
+        1 << (intid % 32),
+    );
 }
 
 /// Find this CPU's redistributor among the device tree's regions.
@@ -95,7 +98,11 @@ pub fn find_redistributor(regions: &[bothy_core::Region], mpidr: u64) -> Option<
                 break;
             }
             // GICv4 redistributors have two more frames for vLPIs.
-            frame += if typer & GICR_TYPER_VLPIS != 0 { 2 * GICR_FRAME_STRIDE } else { GICR_FRAME_STRIDE };
+            frame += if typer & GICR_TYPER_VLPIS != 0 {
+                2 * GICR_FRAME_STRIDE
+            } else {
+                GICR_FRAME_STRIDE
+            };
         }
     }
     None
@@ -113,7 +120,10 @@ pub fn init_cpu(redist: u64, private_enable_mask: u32) {
     write32(sgi + GICD_ICPENDR, u32::MAX);
     write32(sgi + GICD_IGROUPR, u32::MAX);
     for reg in 0..8 {
-        write32(sgi + GICD_IPRIORITYR + reg * 4, DEFAULT_PRIORITY * 0x0101_0101);
+        write32(
+            sgi + GICD_IPRIORITYR + reg * 4,
+            DEFAULT_PRIORITY * 0x0101_0101,
+        );
     }
     write32(sgi + GICD_ISENABLER, private_enable_mask);
     wait_clear(redist + GICR_CTLR, GICR_CTLR_RWP);

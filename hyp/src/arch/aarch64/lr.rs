@@ -11,7 +11,9 @@ pub struct HwListRegs {
 impl HwListRegs {
     pub fn new() -> Self {
         // ICH_VTR_EL2.ListRegs holds the number of list registers minus one.
-        Self { count: (read_ich_vtr_el2() & 0x1f) as usize + 1 }
+        Self {
+            count: (read_ich_vtr_el2() & 0x1f) as usize + 1,
+        }
     }
 }
 

@@ -28,7 +28,11 @@ macro_rules! sysreg {
 sysreg!(read_current_el, _write_current_el_unused, "CurrentEL");
 sysreg!(read_mpidr_el1, _write_mpidr_unused, "mpidr_el1");
 sysreg!(read_midr_el1, _write_midr_unused, "midr_el1");
-sysreg!(read_id_aa64mmfr0_el1, _write_mmfr0_unused, "id_aa64mmfr0_el1");
+sysreg!(
+    read_id_aa64mmfr0_el1,
+    _write_mmfr0_unused,
+    "id_aa64mmfr0_el1"
+);
 sysreg!(read_id_aa64pfr0_el1, _write_pfr0_unused, "id_aa64pfr0_el1");
 sysreg!(read_id_aa64pfr1_el1, _write_pfr1_unused, "id_aa64pfr1_el1");
 sysreg!(read_pmcr_el0, _write_pmcr_unused, "pmcr_el0");
@@ -71,20 +75,36 @@ sysreg!(read_cntkctl_el1, write_cntkctl_el1, "cntkctl_el1");
 // GICv3 physical CPU interface (the EL1 names address the physical interface at EL2).
 sysreg!(read_icc_sre_el2, write_icc_sre_el2, "S3_4_C12_C9_5");
 sysreg!(read_icc_iar1_el1, _write_icc_iar1_unused, "S3_0_C12_C12_0");
-sysreg!(_read_icc_eoir1_unused, write_icc_eoir1_el1, "S3_0_C12_C12_1");
+sysreg!(
+    _read_icc_eoir1_unused,
+    write_icc_eoir1_el1,
+    "S3_0_C12_C12_1"
+);
 sysreg!(_read_icc_dir_unused, write_icc_dir_el1, "S3_0_C12_C11_1");
 sysreg!(read_icc_pmr_el1, write_icc_pmr_el1, "S3_0_C4_C6_0");
 sysreg!(read_icc_bpr1_el1, write_icc_bpr1_el1, "S3_0_C12_C12_3");
 sysreg!(read_icc_ctlr_el1, write_icc_ctlr_el1, "S3_0_C12_C12_4");
-sysreg!(read_icc_igrpen1_el1, write_icc_igrpen1_el1, "S3_0_C12_C12_7");
-sysreg!(_read_icc_sgi1r_unused, write_icc_sgi1r_el1, "S3_0_C12_C11_5");
+sysreg!(
+    read_icc_igrpen1_el1,
+    write_icc_igrpen1_el1,
+    "S3_0_C12_C12_7"
+);
+sysreg!(
+    _read_icc_sgi1r_unused,
+    write_icc_sgi1r_el1,
+    "S3_0_C12_C11_5"
+);
 
 // GICv3 virtualization control (ICH_*_EL2).
 sysreg!(read_ich_hcr_el2, write_ich_hcr_el2, "S3_4_C12_C11_0");
 sysreg!(read_ich_vtr_el2, _write_ich_vtr_unused, "S3_4_C12_C11_1");
 sysreg!(read_ich_misr_el2, _write_ich_misr_unused, "S3_4_C12_C11_2");
 sysreg!(read_ich_eisr_el2, _write_ich_eisr_unused, "S3_4_C12_C11_3");
-sysreg!(read_ich_elrsr_el2, _write_ich_elrsr_unused, "S3_4_C12_C11_5");
+sysreg!(
+    read_ich_elrsr_el2,
+    _write_ich_elrsr_unused,
+    "S3_4_C12_C11_5"
+);
 sysreg!(read_ich_vmcr_el2, write_ich_vmcr_el2, "S3_4_C12_C11_7");
 sysreg!(read_ich_ap0r0_el2, write_ich_ap0r0_el2, "S3_4_C12_C8_0");
 sysreg!(read_ich_ap1r0_el2, write_ich_ap1r0_el2, "S3_4_C12_C9_0");
@@ -157,7 +177,16 @@ pub fn sev() {
 /// Invalidate all EL2 and stage-1/2 EL1 TLB entries on this CPU.
 pub fn tlbi_all_local() {
     // SAFETY: TLB maintenance only drops cached translations.
-    unsafe { core::arch::asm!("dsb ishst", "tlbi alle2", "tlbi alle1", "dsb ish", "isb", options(nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!(
+            "dsb ishst",
+            "tlbi alle2",
+            "tlbi alle1",
+            "dsb ish",
+            "isb",
+            options(nostack, preserves_flags)
+        )
+    };
 }
 
 /// Clean data cache lines covering `[addr, addr + len)` to the point of
@@ -176,5 +205,12 @@ pub fn clean_dcache_range(addr: u64, len: u64) {
 /// Invalidate all instruction caches (inner shareable) after loading guest code.
 pub fn invalidate_icache_all() {
     // SAFETY: instruction-cache invalidation only drops cached instructions.
-    unsafe { core::arch::asm!("ic ialluis", "dsb ish", "isb", options(nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!(
+            "ic ialluis",
+            "dsb ish",
+            "isb",
+            options(nostack, preserves_flags)
+        )
+    };
 }
