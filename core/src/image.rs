@@ -49,7 +49,7 @@ pub fn payload_offset(hyp_mem_size: u64) -> u64 {
 pub const fn align_up(value: u64, align: u64) -> u64 {
     match value.checked_add(align - 1) {
         Some(v) => v & !(align - 1),
-        None => u64::MAX & !(align - 1),
+        None => !(align - 1),
     }
 }
 
@@ -219,7 +219,7 @@ impl PayloadHeader {
     /// Checks a blob reference (kernel, initrd) from the manifest: aligned, non-empty
     /// and wholly inside the payload after the header.
     pub fn check_ref(&self, offset: u64, size: u64) -> Result<(), ImageError> {
-        if offset % PAYLOAD_ALIGN != 0 {
+        if !offset.is_multiple_of(PAYLOAD_ALIGN) {
             return Err(ImageError::RefMisaligned { offset });
         }
         if size == 0 || !self.in_bounds(offset, size) {
@@ -369,7 +369,7 @@ mod tests {
             h.check_ref(100, 1),
             Err(ImageError::RefMisaligned { offset: 100 })
         );
-        assert!(h.check_ref(u64::MAX & !4095, 4096).is_err());
+        assert!(h.check_ref(!4095u64, 4096).is_err());
     }
 
     #[test]
@@ -378,7 +378,7 @@ mod tests {
         assert_eq!(payload_offset(1), 4096);
         assert_eq!(payload_offset(4096), 4096);
         assert_eq!(payload_offset(0x12_3001), 0x12_4000);
-        assert_eq!(payload_offset(u64::MAX), u64::MAX & !4095);
+        assert_eq!(payload_offset(u64::MAX), !4095u64);
     }
 
     #[test]

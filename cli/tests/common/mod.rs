@@ -1,0 +1,240 @@
+//! Test support: a console driver for QEMU and the shared fixtures of the QEMU tests.
+//!
+//! [`Console`] spawns a process with piped stdio, collects everything it prints on a
+//! reader thread, and lets a test `expect` text (with a deadline) and `send` lines,
+//! like a person at the terminal. Every run is bounded: `expect` and `wait` take
+//! timeouts, and dropping a `Console` kills the process, so a failing test never
+//! leaves QEMU behind. On failure the transcript tail is in the panic message.
+//!
+//! QEMU tests take [`qemu_lock`] so that only one QEMU runs at a time: the CI machine
+//! has two cores and a Linux boot under TCG wants both.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use wait_timeout::ChildExt;
+
+/// Bytes typed at once, and the pause after each burst (see [`Console::send`]).
+const TYPE_CHUNK: usize = 8;
+const TYPE_PAUSE: Duration = Duration::from_millis(100);
+
+/// Serializes QEMU runs within a test binary (cargo runs binaries one at a time).
+pub fn qemu_lock() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct Output {
+    bytes: Vec<u8>,
+    /// Streams (stdout, stderr) not yet at end of file.
+    open: usize,
+}
+
+pub struct Console {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    out: Arc<(Mutex<Output>, Condvar)>,
+    /// Everything before this byte offset has been matched already.
+    cursor: usize,
+    name: String,
+}
+
+impl Console {
+    /// Spawns `cmd` with stdin/stdout piped (stderr merged into the transcript too), in
+    /// a process group of its own so that killing it also kills what it started
+    /// (`bothy run` starts QEMU).
+    pub fn spawn(mut cmd: Command, name: &str) -> Self {
+        cmd.process_group(0)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name}: cannot spawn {cmd:?}: {e}"));
+        let streams: Vec<Box<dyn Read + Send>> = vec![
+            Box::new(child.stdout.take().expect("piped")),
+            Box::new(child.stderr.take().expect("piped")),
+        ];
+        let out = Arc::new((
+            Mutex::new(Output {
+                bytes: Vec::new(),
+                open: streams.len(),
+            }),
+            Condvar::new(),
+        ));
+        for mut s in streams {
+            let out = Arc::clone(&out);
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                loop {
+                    let n = s.read(&mut buf).unwrap_or(0);
+                    let (lock, cv) = &*out;
+                    let mut o = lock.lock().unwrap();
+                    if n == 0 {
+                        o.open -= 1;
+                        cv.notify_all();
+                        return;
+                    }
+                    o.bytes.extend_from_slice(&buf[..n]);
+                    cv.notify_all();
+                }
+            });
+        }
+        let stdin = child.stdin.take();
+        Self {
+            child,
+            stdin,
+            out,
+            cursor: 0,
+            name: name.to_string(),
+        }
+    }
+
+    /// Everything printed so far, lossily decoded.
+    pub fn transcript(&self) -> String {
+        String::from_utf8_lossy(&self.out.0.lock().unwrap().bytes).into_owned()
+    }
+
+    fn tail(&self) -> String {
+        let t = self.transcript();
+        let start = t.len().saturating_sub(6000);
+        let start = (start..t.len())
+            .find(|&i| t.is_char_boundary(i))
+            .unwrap_or(0);
+        t[start..].to_string()
+    }
+
+    /// Waits until `pattern` appears after the previous match; returns the text from
+    /// the previous match to the end of this one. Panics with the transcript tail on
+    /// timeout or if the process closes its output first.
+    pub fn expect(&mut self, pattern: &str, timeout: Duration) -> String {
+        match self.try_expect(&[pattern], timeout) {
+            Some((_, text)) => text,
+            None => panic!(
+                "{}: did not see {pattern:?} within {timeout:?}\n--- console tail ---\n{}",
+                self.name,
+                self.tail()
+            ),
+        }
+    }
+
+    /// Waits for the first of `patterns`; returns its index and the text up to it,
+    /// or None on timeout / end of output.
+    pub fn try_expect(&mut self, patterns: &[&str], timeout: Duration) -> Option<(usize, String)> {
+        let deadline = Instant::now() + timeout;
+        let (lock, cv) = &*self.out;
+        let mut o = lock.lock().unwrap();
+        loop {
+            let hay = &o.bytes[self.cursor.min(o.bytes.len())..];
+            let found = patterns
+                .iter()
+                .enumerate()
+                .filter_map(|(i, p)| find(hay, p.as_bytes()).map(|at| (at, i, p.len())))
+                .min();
+            if let Some((at, i, len)) = found {
+                let end = self.cursor + at + len;
+                let text = String::from_utf8_lossy(&o.bytes[self.cursor..end]).into_owned();
+                self.cursor = end;
+                return Some((i, text));
+            }
+            let now = Instant::now();
+            if o.open == 0 || now >= deadline {
+                return None;
+            }
+            o = cv.wait_timeout(o, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Types `line` and Enter, at typing speed: a UART (the emulated PL011 as much as
+    /// a real one) has a small receive FIFO, and a pasted burst longer than it may
+    /// lose characters while the guest is slow to drain it, so send small chunks.
+    pub fn send(&mut self, line: &str) {
+        let name = self.name.clone();
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        let text = format!("{line}\n");
+        for chunk in text.as_bytes().chunks(TYPE_CHUNK) {
+            stdin
+                .write_all(chunk)
+                .and_then(|_| stdin.flush())
+                .unwrap_or_else(|e| panic!("{name}: writing to the console: {e}"));
+            std::thread::sleep(TYPE_PAUSE);
+        }
+    }
+
+    /// Runs a shell command and returns its output: the command's output is bracketed
+    /// by markers that the echo of the typed line cannot contain (`$((..))` is only
+    /// expanded by the shell), so the result never picks up the echoed command.
+    pub fn run(&mut self, cmd: &str, timeout: Duration) -> String {
+        self.send(&format!(
+            "echo @@BEGIN$((6*7))@@; {cmd}; echo @@END$((6*7))@@"
+        ));
+        self.expect("@@BEGIN42@@", timeout);
+        let out = self.expect("@@END42@@", timeout);
+        out.trim_end_matches("@@END42@@").trim().replace('\r', "")
+    }
+
+    /// Waits for the process to exit; kills it and panics after `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        self.stdin.take();
+        match self.child.wait_timeout(timeout).expect("wait") {
+            Some(s) => s,
+            None => {
+                self.kill();
+                panic!(
+                    "{}: still running after {timeout:?}; killed\n--- console tail ---\n{}",
+                    self.name,
+                    self.tail()
+                )
+            }
+        }
+    }
+}
+
+impl Console {
+    /// SIGKILL to the whole process group, then reap the child.
+    fn kill(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Console {
+    fn drop(&mut self) {
+        // Also when the child has exited: a grandchild may still hold the group.
+        self.kill();
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() {
+        return Some(0);
+    }
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The `bothy` binary under test.
+pub fn bothy() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_bothy"))
+}
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// True when the hypervisor sources exist (the lead may still be writing them).
+pub fn hyp_present() -> bool {
+    repo().join("hyp/Cargo.toml").is_file()
+}

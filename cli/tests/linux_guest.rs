@@ -1,0 +1,101 @@
+//! Linux guest tests: Debian's arm64 kernel and the demo busybox initramfs, driven
+//! through the console like a person would (DESIGN.md §5.3).
+//!
+//! The same script runs twice: on bare QEMU (Linux at EL1, no hypervisor), which
+//! proves the harness, the kernel and the initramfs; and under Bothy via `bothy run`,
+//! which is the real test. Both need the guest artifacts from ./scripts/setup.sh.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use bothy_cli::cache::Cache;
+use bothy_cli::initramfs::{build_demo, PROMPT, READY_MARKER};
+use common::{bothy, qemu_lock, Console};
+
+const CMD: Duration = Duration::from_secs(60);
+
+fn artifacts() -> bothy_cli::cache::GuestArtifacts {
+    Cache::default_location()
+        .guest_artifacts()
+        .expect("guest artifacts (run ./scripts/setup.sh)")
+}
+
+/// The checks both variants share: boot to a shell, inspect the machine, power off.
+fn guest_script(c: &mut Console, boot: Duration) {
+    c.expect(READY_MARKER, boot);
+    c.expect(PROMPT, boot);
+
+    let cpus = c.run("grep -c ^processor /proc/cpuinfo", CMD);
+    assert!(cpus.ends_with('2'), "expected 2 CPUs, got {cpus:?}");
+
+    let psci = c.run("dmesg | grep -i psci", CMD);
+    assert!(psci.contains("PSCIv1"), "PSCI 1.x not detected:\n{psci}");
+    // Both bare QEMU at EL1 and Bothy answer PSCI over HVC; the DT says so.
+    let method = c.run(
+        "echo method=$(cat /sys/firmware/devicetree/base/psci/method)",
+        CMD,
+    );
+    assert!(method.contains("method=hvc"), "PSCI conduit: {method:?}");
+
+    let gic = c.run("dmesg | grep -i gicv3", CMD);
+    assert!(gic.contains("GICv3"), "no GICv3 in dmesg:\n{gic}");
+    let timer = c.run("dmesg | grep arch_timer", CMD);
+    assert!(
+        timer.contains("arch_timer: cp15 timer"),
+        "no architected timer in dmesg:\n{timer}"
+    );
+    let module = c.run("ls /lib/modules/*/kernel/drivers/virtio/", CMD);
+    assert!(module.contains("virtio_mmio.ko"), "{module}");
+
+    c.send("poweroff");
+}
+
+/// Linux directly on QEMU at EL1: the harness's known-good baseline.
+#[test]
+fn bare_qemu_linux_boots_to_shell_and_powers_off() {
+    let _q = qemu_lock();
+    let a = artifacts();
+    let dir = tempfile::tempdir().unwrap();
+    let initrd = dir.path().join("initramfs.cpio.gz");
+    std::fs::write(&initrd, build_demo(&a).unwrap()).unwrap();
+
+    let mut cmd = Command::new("qemu-system-aarch64");
+    cmd.args([
+        "-machine",
+        "virt,gic-version=3",
+        "-cpu",
+        "max,pauth-impdef=on",
+    ])
+    .args(["-smp", "2", "-m", "1G", "-nographic", "-nic", "none"])
+    .arg("-kernel")
+    .arg(&a.kernel)
+    .arg("-initrd")
+    .arg(&initrd)
+    .args(["-append", "console=ttyAMA0"]);
+    let mut c = Console::spawn(cmd, "bare QEMU");
+    guest_script(&mut c, Duration::from_secs(180));
+    c.expect("reboot: Power down", CMD);
+    let status = c.wait(CMD);
+    assert!(status.success(), "QEMU exited with {status}");
+}
+
+/// The demo under Bothy: `bothy run` builds the hypervisor and the image, the guest
+/// sees PSCI from Bothy over HVC, and `poweroff` ends the VM and then the machine.
+#[test]
+fn bothy_run_demo_linux_boots_to_shell_and_powers_off() {
+    let _q = qemu_lock();
+    assert!(common::hyp_present(), "hyp/ is missing");
+    let mut cmd = Command::new(bothy());
+    cmd.args(["run", "--timeout", "900"]);
+    let mut c = Console::spawn(cmd, "bothy run");
+    guest_script(&mut c, Duration::from_secs(600));
+    c.expect("bothy: all VMs powered off", CMD);
+    let status = c.wait(CMD);
+    assert!(
+        status.success(),
+        "bothy run exited with {status}\n{}",
+        c.transcript()
+    );
+}

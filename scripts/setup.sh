@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Bothy set-up: install what is missing, fetch the guest kernel and busybox.
+#
+# Idempotent: every step checks first and skips what is already present, so
+# demo.sh and test.sh can call it every time. apt-get update runs only when a
+# package is actually missing. Downloads go to the cache (gitignored):
+#   $BOTHY_CACHE, or <repo>/cache
+#     debs/                 the .deb files as downloaded
+#     linux/                linux-image-*-arm64 extracted (boot/vmlinuz-*, lib/modules/*)
+#     busybox/              busybox-static extracted (bin/busybox)
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cache="${BOTHY_CACHE:-$repo/cache}"
+
+say() { printf 'setup: %s\n' "$*"; }
+
+# Run as root directly, otherwise through sudo (CI machines are root).
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_updated=0
+apt_update_once() {
+    if [ "$apt_updated" -eq 0 ]; then
+        say "apt-get update"
+        as_root apt-get update -q
+        apt_updated=1
+    fi
+}
+
+# --- host packages -----------------------------------------------------------
+need_pkgs=()
+command -v qemu-system-aarch64 >/dev/null || need_pkgs+=(qemu-system-arm)
+command -v dtc >/dev/null || need_pkgs+=(device-tree-compiler)
+if [ "${#need_pkgs[@]}" -gt 0 ]; then
+    apt_update_once
+    say "installing ${need_pkgs[*]}"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need_pkgs[@]}"
+else
+    say "qemu-system-aarch64 and dtc present"
+fi
+
+# --- Rust targets --------------------------------------------------------------
+if command -v rustup >/dev/null; then
+    installed="$(cd "$repo" && rustup target list --installed)"
+    for t in aarch64-unknown-none-softfloat aarch64-unknown-none; do
+        if ! grep -qx "$t" <<<"$installed"; then
+            say "rustup target add $t"
+            (cd "$repo" && rustup target add "$t")
+        fi
+    done
+    say "rust targets present"
+else
+    say "rustup not found: install Rust from https://rustup.rs first" >&2
+    exit 1
+fi
+
+# --- guest artifacts from Debian's arm64 archive -----------------------------
+if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+    say "dpkg --add-architecture arm64"
+    as_root dpkg --add-architecture arm64
+    apt_updated=0
+    apt_update_once
+fi
+
+mkdir -p "$cache/debs"
+
+# The metapackage always points at the current point release; resolve it rather
+# than hard-coding a version that the archive will drop.
+resolve_kernel() {
+    apt-cache depends linux-image-6.12-arm64:arm64 2>/dev/null |
+        sed -n 's/^ *Depends: \(linux-image-[^:]*\).*/\1/p' | head -n1
+}
+kpkg="$(resolve_kernel)"
+if [ -z "$kpkg" ]; then
+    apt_update_once
+    kpkg="$(resolve_kernel)"
+fi
+if [ -z "$kpkg" ]; then
+    say "cannot resolve linux-image-6.12-arm64:arm64 (is the arm64 architecture enabled?)" >&2
+    exit 1
+fi
+
+# fetch PACKAGE DESTDIR: download the .deb (once) and extract it (once).
+fetch() {
+    local pkg="$1" dest="$2" deb
+    deb="$(ls "$cache/debs/${pkg}"_*_arm64.deb 2>/dev/null | head -n1 || true)"
+    if [ -z "$deb" ]; then
+        say "apt-get download $pkg:arm64 -> $cache/debs/"
+        if ! (cd "$cache/debs" && apt-get download -q "$pkg:arm64"); then
+            apt_update_once
+            (cd "$cache/debs" && apt-get download -q "$pkg:arm64")
+        fi
+        deb="$(ls "$cache/debs/${pkg}"_*_arm64.deb | head -n1)"
+    else
+        say "cached $(basename "$deb")"
+    fi
+    if [ ! -f "$dest/.extracted-$(basename "$deb")" ]; then
+        say "extracting $(basename "$deb") -> $dest"
+        rm -rf "$dest"
+        mkdir -p "$dest"
+        dpkg-deb -x "$deb" "$dest"
+        touch "$dest/.extracted-$(basename "$deb")"
+    fi
+}
+
+fetch "$kpkg" "$cache/linux"
+fetch busybox-static "$cache/busybox"
+
+say "guest kernel: $(ls "$cache"/linux/boot/vmlinuz-* | head -n1)"
+say "busybox:      $cache/busybox/bin/busybox"
+say "done"
