@@ -64,7 +64,7 @@ pub fn flatten_elf(elf: &[u8]) -> Result<Flat> {
     let len = end - base;
     ensure!(
         len <= MAX_FLAT,
-        "loadable segments span {len:#x} bytes from {base:#x}: too large for a hypervisor image"
+        "loadable segments span {len:#x} bytes from {base:#x}: too large for a flat image"
     );
     let mut bytes = vec![0u8; len as usize];
     for (addr, _, data) in segs {

@@ -33,18 +33,26 @@ fn le_u32(b: &[u8], at: usize) -> u32 {
 
 /// Turns a kernel file's bytes into a plain arm64 `Image`: passes one through, unpacks
 /// gzip and gzip EFI zboot, and explains anything else. `what` names the file in errors.
+const ELF_MAGIC: &[u8] = b"\x7fELF";
+
 pub fn load_kernel(bytes: Vec<u8>, what: &str) -> Result<Vec<u8>> {
     let image = if bytes.starts_with(&GZIP_MAGIC) {
         gunzip(&bytes).with_context(|| format!("{what}: decompressing gzip kernel"))?
     } else if bytes.len() >= 32 && bytes.starts_with(b"MZ") && &bytes[4..8] == ZBOOT_MAGIC {
         unzboot(&bytes).with_context(|| format!("{what}: unpacking EFI zboot kernel"))?
+    } else if bytes.starts_with(ELF_MAGIC) {
+        // A bare-metal guest linked as an ELF whose first bytes are an Image
+        // header: lay it out flat exactly like the hypervisor itself.
+        crate::flatten::flatten_elf(&bytes)
+            .with_context(|| format!("{what}: flattening ELF kernel"))?
+            .bytes
     } else {
         bytes
     };
     if let Err(e) = ImageHeader::parse(&image) {
         bail!(
             "{what}: {e}; pass an uncompressed arm64 `Image`, an `Image.gz` or a \
-             Debian/Ubuntu vmlinuz"
+             Debian/Ubuntu vmlinuz, or an ELF whose image starts with an Image header"
         );
     }
     Ok(image)

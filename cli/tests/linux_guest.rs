@@ -49,6 +49,38 @@ fn guest_script(c: &mut Console, boot: Duration) {
     let module = c.run("ls /lib/modules/*/kernel/drivers/virtio/", CMD);
     assert!(module.contains("virtio_mmio.ko"), "{module}");
 
+    // Idle past the kernel's 10 s hard-lockup threshold: the virtual timer must keep
+    // firing on both CPUs while they sit in WFI, and IPIs must flow both ways.
+    let idle = c.run(
+        "sleep 12; echo stalls=$(dmesg | grep -ciE 'hard LOCKUP|rcu.*stall')",
+        Duration::from_secs(120),
+    );
+    assert!(
+        idle.contains("stalls=0"),
+        "lockup or RCU stall reports:\n{idle}"
+    );
+    let irqs = c.run("cat /proc/interrupts", CMD);
+    for needle in [
+        "arch_timer",
+        "Rescheduling interrupts",
+        "Function call interrupts",
+    ] {
+        let line = irqs
+            .lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle} line:\n{irqs}"));
+        let counts: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .take(2)
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        assert!(
+            counts.len() == 2 && counts.iter().all(|&n| n > 0),
+            "{needle} not delivered on both CPUs:\n{line}"
+        );
+    }
+
     c.send("poweroff");
 }
 

@@ -20,10 +20,6 @@ use std::time::{Duration, Instant};
 
 use wait_timeout::ChildExt;
 
-/// Bytes typed at once, and the pause after each burst (see [`Console::send`]).
-const TYPE_CHUNK: usize = 8;
-const TYPE_PAUSE: Duration = Duration::from_millis(100);
-
 /// Serializes QEMU runs within a test binary (cargo runs binaries one at a time).
 pub fn qemu_lock() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
@@ -151,20 +147,15 @@ impl Console {
         }
     }
 
-    /// Types `line` and Enter, at typing speed: a UART (the emulated PL011 as much as
-    /// a real one) has a small receive FIFO, and a pasted burst longer than it may
-    /// lose characters while the guest is slow to drain it, so send small chunks.
+    /// Types `line` and Enter in one burst, like a paste: Bothy must buffer console
+    /// input beyond the PL011's 32-byte FIFO rather than drop it.
     pub fn send(&mut self, line: &str) {
         let name = self.name.clone();
         let stdin = self.stdin.as_mut().expect("stdin open");
-        let text = format!("{line}\n");
-        for chunk in text.as_bytes().chunks(TYPE_CHUNK) {
-            stdin
-                .write_all(chunk)
-                .and_then(|_| stdin.flush())
-                .unwrap_or_else(|e| panic!("{name}: writing to the console: {e}"));
-            std::thread::sleep(TYPE_PAUSE);
-        }
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .and_then(|_| stdin.flush())
+            .unwrap_or_else(|e| panic!("{name}: writing to the console: {e}"));
     }
 
     /// Runs a shell command and returns its output: the command's output is bracketed
@@ -237,4 +228,56 @@ pub fn repo() -> PathBuf {
 /// True when the hypervisor sources exist (the lead may still be writing them).
 pub fn hyp_present() -> bool {
     repo().join("hyp/Cargo.toml").is_file()
+}
+
+/// Builds the bare-metal selftest guest (guests/selftest) and returns its ELF;
+/// `bothy image` flattens ELFs itself.
+pub fn build_selftest_guest() -> PathBuf {
+    let dir = repo().join("guests/selftest");
+    let status = Command::new("cargo")
+        .args(["build", "--release", "--target", "aarch64-unknown-none"])
+        .current_dir(&dir)
+        .status()
+        .expect("cargo build of guests/selftest");
+    assert!(status.success(), "building guests/selftest failed");
+    dir.join("target/aarch64-unknown-none/release/selftest")
+}
+
+/// A system file with one selftest VM of `cpus` vCPUs, written into `dir`.
+pub fn selftest_system(dir: &Path, cpus: u32) -> PathBuf {
+    let guest = build_selftest_guest();
+    let system = format!(
+        "[[vm]]\nname = \"selftest\"\ncpus = {cpus}\nmemory = \"64M\"\nkernel = {:?}\n",
+        guest.display().to_string()
+    );
+    let path = dir.join("selftest.toml");
+    std::fs::write(&path, system).unwrap();
+    path
+}
+
+/// `bothy image` of the selftest system: a small Bothy image that boots in seconds.
+pub fn selftest_image(dir: &Path) -> PathBuf {
+    let system = selftest_system(dir, 2);
+    let img = dir.join("bothy-selftest.img");
+    let status = Command::new(bothy())
+        .arg("image")
+        .arg(&system)
+        .arg("-o")
+        .arg(&img)
+        .status()
+        .expect("bothy image");
+    assert!(
+        status.success(),
+        "bothy image of the selftest system failed"
+    );
+    img
+}
+
+/// QEMU virt with 2 CPUs and 1 GiB; `machine` extends `virt,gic-version=...` options.
+pub fn qemu(machine: &str) -> Command {
+    let mut cmd = Command::new("qemu-system-aarch64");
+    cmd.args(["-machine", machine])
+        .args(["-cpu", "max,pauth-impdef=on", "-smp", "2", "-m", "1G"])
+        .args(["-nographic", "-nic", "none"]);
+    cmd
 }
