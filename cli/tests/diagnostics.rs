@@ -41,6 +41,19 @@ fn edited_qemu_dtb(dir: &std::path::Path, edit: impl Fn(&str) -> String) -> std:
     out
 }
 
+/// QEMU with `img` placed by the generic loader, which starts CPU 0 at its first
+/// byte at the highest exception level with every register zero (so x0 = 0).
+fn loaded_without_dtb(machine: &str, img: &std::path::Path) -> Command {
+    let mut cmd = qemu(machine);
+    cmd.arg("-device")
+        .arg(format!(
+            "loader,file={},addr=0x40200000,force-raw=on",
+            img.display()
+        ))
+        .args(["-device", "loader,addr=0x40200000,cpu-num=0"]);
+    cmd
+}
+
 /// Runs QEMU on `cmd` and expects `message`; QEMU must then exit by itself with
 /// status 0 (Bothy powered the machine off) unless `stops_itself` is false.
 fn expect_message(cmd: Command, what: &str, message: &str, stops_itself: bool) {
@@ -64,13 +77,7 @@ fn no_device_tree_is_reported_on_the_early_console() {
     let dir = tempfile::tempdir().unwrap();
     let img = common::selftest_image(dir.path());
     // The generic loader sets the PC and leaves x0 = 0: no DTB at all.
-    let mut cmd = qemu("virt,virtualization=on,gic-version=3");
-    cmd.arg("-device")
-        .arg(format!(
-            "loader,file={},addr=0x40200000,force-raw=on",
-            img.display()
-        ))
-        .args(["-device", "loader,addr=0x40200000,cpu-num=0"]);
+    let cmd = loaded_without_dtb("virt,virtualization=on,gic-version=3", &img);
     expect_message(
         cmd,
         "no DTB",
@@ -142,13 +149,7 @@ fn entered_at_el3_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let img = common::selftest_image(dir.path());
     // With secure=on and no firmware, the generic loader starts the CPU at EL3.
-    let mut cmd = qemu("virt,secure=on,virtualization=on,gic-version=3");
-    cmd.arg("-device")
-        .arg(format!(
-            "loader,file={},addr=0x40200000,force-raw=on",
-            img.display()
-        ))
-        .args(["-device", "loader,addr=0x40200000,cpu-num=0"]);
+    let cmd = loaded_without_dtb("virt,secure=on,virtualization=on,gic-version=3", &img);
     // At EL3 there is no firmware below to power off through: Bothy reports and
     // parks the CPU; dropping the console ends QEMU.
     expect_message(

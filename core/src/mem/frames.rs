@@ -38,7 +38,7 @@ pub fn free_regions(memory: &[Region], reserved: &[Region]) -> Vec<Region> {
 }
 
 /// Sorts, drops empty regions and merges overlapping or adjacent ones.
-fn normalize(regions: &[Region]) -> Vec<Region> {
+pub(crate) fn normalize(regions: &[Region]) -> Vec<Region> {
     let mut v: Vec<Region> = regions.iter().copied().filter(|r| r.size != 0).collect();
     v.sort_unstable();
     let mut out: Vec<Region> = Vec::with_capacity(v.len());

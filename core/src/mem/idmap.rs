@@ -132,17 +132,7 @@ fn round_and_merge(regions: &[Region]) -> Result<Vec<Region>, MapError> {
             .ok_or(MapError::OutOfRange)?;
         v.push(Region::new(base, end - base));
     }
-    v.sort_unstable();
-    let mut out: Vec<Region> = Vec::with_capacity(v.len());
-    for r in v {
-        match out.last_mut() {
-            Some(last) if r.base <= last.end() => {
-                last.size = last.size.max(r.end() - last.base);
-            }
-            _ => out.push(r),
-        }
-    }
-    Ok(out)
+    Ok(super::frames::normalize(&v))
 }
 
 #[cfg(test)]
