@@ -336,20 +336,26 @@ fn service_list_registers(vm: &Vm, vcpu: usize) {
 
 /// Bytes from the physical UART go to the VM that has the console focus.
 fn console_input(m: &Machine) {
+    /// Ctrl-]: the byte that moves console input to the next VM (like telnet's escape).
+    const SWITCH_FOCUS: u8 = 0x1d;
     let Some(uart) = crate::console::uart() else {
         return;
     };
-    let vm = &m.vms[m.focus.load(core::sync::atomic::Ordering::Relaxed) % m.vms.len()];
-    let mut model = vm.uart.lock();
     while let Some(byte) = uart.getc() {
-        model.input(byte);
+        if byte == SWITCH_FOCUS && m.vms.len() > 1 {
+            machine::switch_focus(m);
+            continue;
+        }
+        let vm = &m.vms[m.focus.load(core::sync::atomic::Ordering::Relaxed) % m.vms.len()];
+        let mut console = vm.uart.lock();
+        console.input(byte);
+        // Under the UART lock, so concurrent accesses apply their levels in order.
+        let kicks = vm
+            .vgic
+            .set_spi_level(layout::UART_SPI + 32, console.irq_level());
+        drop(console);
+        kick_vcpus(vm, kicks);
     }
-    // Under the UART lock, so concurrent accesses apply their levels in order.
-    let kicks = vm
-        .vgic
-        .set_spi_level(layout::UART_SPI + 32, model.irq_level());
-    drop(model);
-    kick_vcpus(vm, kicks);
 }
 
 fn kick_vcpus(vm: &Vm, mask: VcpuMask) {

@@ -373,5 +373,25 @@ pub fn vm_stopped(vm: &Vm) {
         println!("all VMs powered off");
         crate::halt_machine();
     }
-    let _ = vm;
+    // Keep the console useful: input should not go to a VM that can no longer read it.
+    if m.focus.load(Ordering::Relaxed) == vm.index {
+        switch_focus(m);
+    }
+}
+
+/// Give console input to the next running VM after the focused one.
+pub fn switch_focus(m: &Machine) {
+    let from = m.focus.load(Ordering::Relaxed);
+    let next = (1..=m.vms.len())
+        .map(|step| (from + step) % m.vms.len())
+        .find(|&i| m.vms[i].state() == crate::vm::RunState::Running);
+    if let Some(next) = next {
+        m.focus.store(next, Ordering::Relaxed);
+        if m.vms.len() > 1 {
+            println!(
+                "console input goes to VM {} (Ctrl-] switches)",
+                m.vms[next].name
+            );
+        }
+    }
 }
