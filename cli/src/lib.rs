@@ -9,8 +9,10 @@
 //! Module map: [`config`] (system file), [`size`] (memory sizes), [`kimage`] (arm64
 //! Image header, kernel unpacking), [`flatten`] (ELF → flat binary), [`pack`] and
 //! [`manifest`] (the image layout), [`cpio`] and [`initramfs`] (demo guest userspace),
-//! [`cache`] (guest artifacts), [`hyp`] (building the hypervisor), [`qemu`] (running).
+//! [`cache`] (guest artifacts), [`hyp`] (building the hypervisor), [`qemu`] (running),
+//! [`bench`] (boot time, bare QEMU vs Bothy).
 
+pub mod bench;
 pub mod cache;
 pub mod config;
 pub mod cpio;

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use bothy_cli::cache::{repo_root, Cache};
 use bothy_cli::config::{Machine, SystemConfig, VmConfig};
 use bothy_cli::size::{format_size, parse_size, MIB};
-use bothy_cli::{flatten, hyp, initramfs, pack, qemu};
+use bothy_cli::{bench, flatten, hyp, initramfs, pack, qemu};
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
@@ -87,6 +87,30 @@ enum Cmd {
         #[arg(short, long)]
         output: PathBuf,
     },
+    /// Benchmarks (see docs/PERFORMANCE.md).
+    Bench {
+        #[command(subcommand)]
+        what: BenchCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Boot the demo Linux guest on bare QEMU and under Bothy, alternately, and print
+    /// the time to its /init marker and the ratio of the medians.
+    Boot {
+        /// Boots per configuration.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Also write the results as JSON to PATH.
+        #[arg(long, value_name = "PATH")]
+        json: Option<PathBuf>,
+        /// Fail a run that has not reached /init after this many seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 120)]
+        timeout: u64,
+        #[command(flatten)]
+        machine: MachineArgs,
+    },
 }
 
 fn parse_mem(s: &str) -> Result<u64, String> {
@@ -129,14 +153,7 @@ fn real_main() -> Result<()> {
             el1,
         } => {
             let tmp = tempfile::Builder::new().prefix("bothy-run-").tempdir()?;
-            let sys = match &system {
-                Some(p) => SystemConfig::load(p)?,
-                None => demo_system(tmp.path())?,
-            };
-            let packed = build_image(&sys, &machine, Some(&machine), Some(pack::QEMU_VIRT_PL011))?;
-            let image = tmp.path().join("bothy.img");
-            std::fs::write(&image, &packed.bytes)
-                .with_context(|| format!("writing {}", image.display()))?;
+            let (sys, image) = qemu_image(system.as_deref(), &machine, tmp.path())?;
             let m = qemu::Machine {
                 cpus: machine.smp,
                 memory: machine.mem,
@@ -164,7 +181,49 @@ fn real_main() -> Result<()> {
             let data = initramfs::build_demo(&a)?;
             std::fs::write(&output, data).with_context(|| format!("writing {}", output.display()))
         }
+        Cmd::Bench {
+            what:
+                BenchCmd::Boot {
+                    runs,
+                    json,
+                    timeout,
+                    machine,
+                },
+        } => {
+            let tmp = tempfile::Builder::new().prefix("bothy-bench-").tempdir()?;
+            let (sys, image) = qemu_image(None, &machine, tmp.path())?;
+            let vm = &sys.vms[0];
+            let setup = bench::Setup {
+                cpus: machine.smp,
+                memory: machine.mem,
+                image,
+                kernel: vm.kernel.clone(),
+                initrd: vm.initrd.clone(),
+                bootargs: vm.bootargs.clone(),
+            };
+            let report = bench::boot(&setup, runs, Duration::from_secs(timeout), json.as_deref())?;
+            print!("{}", report.render());
+            Ok(())
+        }
     }
+}
+
+/// What `bothy run` boots: SYSTEM.toml (the built-in demo when None) packed for QEMU
+/// virt into `dir`/bothy.img.
+fn qemu_image(
+    system: Option<&Path>,
+    machine: &MachineArgs,
+    dir: &Path,
+) -> Result<(SystemConfig, PathBuf)> {
+    let sys = match system {
+        Some(p) => SystemConfig::load(p)?,
+        None => demo_system(dir)?,
+    };
+    let packed = build_image(&sys, machine, Some(machine), Some(pack::QEMU_VIRT_PL011))?;
+    let image = dir.join("bothy.img");
+    std::fs::write(&image, &packed.bytes)
+        .with_context(|| format!("writing {}", image.display()))?;
+    Ok((sys, image))
 }
 
 /// The built-in demo: one Linux VM with the cached Debian kernel and a busybox

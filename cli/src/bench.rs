@@ -1,0 +1,642 @@
+//! `bothy bench boot`: the same Linux guest booted on bare QEMU and under Bothy,
+//! timed from spawning QEMU to the guest's `/init` marker.
+//!
+//! Both configurations use the demo guest (Debian kernel + busybox initramfs,
+//! `console=ttyAMA0`). `bare` hands kernel and initramfs to QEMU directly: Linux runs
+//! at EL1 and QEMU answers PSCI itself. `bothy` boots the packed Bothy image with
+//! `virtualization=on`, so the time includes Bothy's own boot, copying the guest's
+//! images into its RAM, and every trapped GIC and UART access of the guest. Runs
+//! alternate (bare, bothy, bare, ...) so that drift on the host affects both alike;
+//! the result is the ratio of the medians.
+//!
+//! Every run is bounded by a timeout; QEMU is started in a process group of its own,
+//! which is killed as a whole once the marker shows up (or the run fails), and with a
+//! parent-death signal, so an interrupted benchmark leaves no QEMU behind.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use serde::Serialize;
+
+use crate::initramfs::READY_MARKER;
+use crate::qemu::{self, QEMU};
+use crate::size::format_size;
+
+/// Console bytes kept for the error message of a failed run.
+const TAIL_BYTES: usize = 4096;
+
+/// Said next to every result: part of the ratio is QEMU's, not Bothy's.
+pub const EL2_NOTE: &str = "under TCG, virtualization=on (emulated EL2) costs something by \
+itself, even with no hypervisor running; the ratio includes that, Bothy's own boot and \
+copying the guest kernel into guest RAM";
+
+/// What is being compared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Config {
+    /// Linux directly on QEMU at EL1.
+    Bare,
+    /// Linux as a VM under Bothy, QEMU entering at EL2.
+    Bothy,
+}
+
+impl Config {
+    pub const ALL: [Config; 2] = [Config::Bare, Config::Bothy];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Config::Bare => "bare",
+            Config::Bothy => "bothy",
+        }
+    }
+}
+
+/// The guest and the machine, shared by both configurations.
+#[derive(Clone, Debug)]
+pub struct Setup {
+    pub cpus: u32,
+    pub memory: u64,
+    /// The packed Bothy image (hypervisor + the same kernel, initrd and bootargs).
+    pub image: PathBuf,
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub bootargs: String,
+}
+
+impl Setup {
+    /// The QEMU command line of one configuration, stdio not yet set.
+    pub fn command(&self, config: Config) -> Command {
+        let (el2, kernel, extra_args) = match config {
+            Config::Bare => {
+                let mut extra = Vec::new();
+                if let Some(i) = &self.initrd {
+                    extra.push("-initrd".to_string());
+                    extra.push(i.display().to_string());
+                }
+                extra.push("-append".to_string());
+                extra.push(self.bootargs.clone());
+                (false, &self.kernel, extra)
+            }
+            Config::Bothy => (true, &self.image, Vec::new()),
+        };
+        qemu::Machine {
+            cpus: self.cpus,
+            memory: self.memory,
+            el2,
+            extra_args,
+        }
+        .command(kernel)
+    }
+}
+
+/// Finds a marker in a byte stream that arrives in arbitrary chunks.
+#[derive(Clone, Debug)]
+pub struct MarkerScanner {
+    needle: Vec<u8>,
+    /// The last `needle.len() - 1` bytes seen: a match may start in them.
+    carry: Vec<u8>,
+    found: bool,
+}
+
+impl MarkerScanner {
+    pub fn new(marker: &str) -> Self {
+        assert!(!marker.is_empty(), "empty marker");
+        Self {
+            needle: marker.as_bytes().to_vec(),
+            carry: Vec::new(),
+            found: false,
+        }
+    }
+
+    /// Feeds the next chunk; true once the marker has been seen (and from then on).
+    pub fn feed(&mut self, chunk: &[u8]) -> bool {
+        if self.found {
+            return true;
+        }
+        let mut hay = std::mem::take(&mut self.carry);
+        hay.extend_from_slice(chunk);
+        self.found = hay.windows(self.needle.len()).any(|w| w == self.needle);
+        let keep = (self.needle.len() - 1).min(hay.len());
+        hay.drain(..hay.len() - keep);
+        self.carry = hay;
+        self.found
+    }
+}
+
+/// Median; the mean of the middle two for an even count. None when empty.
+pub fn median(xs: &[f64]) -> Option<f64> {
+    if xs.is_empty() {
+        return None;
+    }
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+/// `1.07x`.
+pub fn format_ratio(r: f64) -> String {
+    format!("{r:.2}x")
+}
+
+/// `boot to /init: bare 4.1 s, bothy 4.4 s, ratio 1.07x (median of 3)`.
+pub fn summary_line(bare: f64, bothy: f64, runs: usize) -> String {
+    format!(
+        "boot to /init: bare {bare:.1} s, bothy {bothy:.1} s, ratio {} (median of {runs})",
+        format_ratio(bothy / bare)
+    )
+}
+
+/// One configuration's results.
+#[derive(Clone, Debug, Serialize)]
+pub struct ConfigResult {
+    pub name: Config,
+    pub command: String,
+    pub seconds: Vec<f64>,
+    pub median: f64,
+    /// Per run: the share of the host's CPU time that went to processes other than
+    /// this run's QEMU (see [`Run::other_load`]).
+    pub other_load: Vec<f64>,
+}
+
+/// Where it ran.
+#[derive(Clone, Debug, Serialize)]
+pub struct MachineNote {
+    pub qemu: String,
+    pub host_cpus: usize,
+    pub smp: u32,
+    pub memory: String,
+}
+
+/// Above this share of the host's CPU time going elsewhere, a run is called noisy.
+pub const NOISY_LOAD: f64 = 0.05;
+
+/// The whole result, as printed and as written by `--json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub benchmark: &'static str,
+    pub marker: &'static str,
+    pub runs: usize,
+    pub machine: MachineNote,
+    pub configurations: Vec<ConfigResult>,
+    /// median(bothy) / median(bare).
+    pub ratio: f64,
+    pub summary: String,
+    pub note: &'static str,
+}
+
+impl Report {
+    fn new(machine: MachineNote, configurations: Vec<ConfigResult>, runs: usize) -> Self {
+        let med = |c: Config| {
+            configurations
+                .iter()
+                .find(|r| r.name == c)
+                .map_or(f64::NAN, |r| r.median)
+        };
+        let (bare, bothy) = (med(Config::Bare), med(Config::Bothy));
+        Self {
+            benchmark: "boot",
+            marker: READY_MARKER,
+            runs,
+            machine,
+            ratio: bothy / bare,
+            summary: summary_line(bare, bothy, runs),
+            note: EL2_NOTE,
+            configurations,
+        }
+    }
+
+    /// The table, the summary line, the machine and the note.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let runs: Vec<String> = (1..=self.runs).map(|i| format!("run {i}")).collect();
+        s += &format!("{:<14}", "configuration");
+        for r in &runs {
+            s += &format!("{r:>9}");
+        }
+        s += &format!("{:>9}\n", "median");
+        for c in &self.configurations {
+            s += &format!("{:<14}", c.name.name());
+            for t in &c.seconds {
+                s += &format!("{:>8.2}s", t);
+            }
+            s += &format!("{:>8.2}s\n", c.median);
+        }
+        s += &format!("\n{}\n", self.summary);
+        s += &format!(
+            "machine: {}, {} host CPUs, guest machine -smp {} -m {}\n",
+            self.machine.qemu, self.machine.host_cpus, self.machine.smp, self.machine.memory
+        );
+        let load = self
+            .configurations
+            .iter()
+            .flat_map(|c| c.other_load.iter().copied())
+            .fold(0.0, f64::max);
+        if load > NOISY_LOAD {
+            s += &format!(
+                "warning: other processes used up to {:.0}% of the host's CPU time during a \
+                 run; the times are noisy\n",
+                load * 100.0
+            );
+        }
+        s += &format!("note: {}\n", self.note);
+        s
+    }
+}
+
+/// Runs the benchmark: `runs` boots of each configuration, alternating.
+pub fn boot(setup: &Setup, runs: usize, timeout: Duration, json: Option<&Path>) -> Result<Report> {
+    ensure!(runs > 0, "--runs must be at least 1");
+    let machine = MachineNote {
+        qemu: qemu_version()?,
+        host_cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        smp: setup.cpus,
+        memory: format_size(setup.memory),
+    };
+    let mut results: Vec<Vec<Run>> = vec![Vec::new(); Config::ALL.len()];
+    for run in 1..=runs {
+        for (i, config) in Config::ALL.into_iter().enumerate() {
+            eprint!("bothy: bench boot: {} run {run}/{runs} ... ", config.name());
+            let t = time_to_marker(setup.command(config), READY_MARKER, timeout)
+                .with_context(|| format!("{} run {run}", config.name()));
+            let t = match t {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("failed");
+                    return Err(e);
+                }
+            };
+            let load = t
+                .other_load
+                .filter(|&l| l > NOISY_LOAD)
+                .map_or(String::new(), |l| {
+                    format!(" (other processes: {:.0}% of the CPUs)", l * 100.0)
+                });
+            eprintln!("{:.2} s{load}", t.time.as_secs_f64());
+            results[i].push(t);
+        }
+    }
+    let configurations = Config::ALL
+        .into_iter()
+        .zip(results)
+        .map(|(config, runs)| {
+            let seconds: Vec<f64> = runs.iter().map(|r| r.time.as_secs_f64()).collect();
+            ConfigResult {
+                name: config,
+                command: command_line(&setup.command(config)),
+                median: median(&seconds).expect("runs > 0"),
+                seconds,
+                other_load: runs.iter().map(|r| r.other_load.unwrap_or(0.0)).collect(),
+            }
+        })
+        .collect();
+    let report = Report::new(machine, configurations, runs);
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(report)
+}
+
+/// `qemu-system-aarch64 --version`, first line.
+pub fn qemu_version() -> Result<String> {
+    let out = Command::new(QEMU)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("running {QEMU} --version (run ./scripts/setup.sh)"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text.lines().next().unwrap_or("unknown").trim().to_string())
+}
+
+/// `(busy, total)` CPU time of the whole host from the first line of /proc/stat, in
+/// clock ticks (busy: everything but idle and iowait).
+pub fn parse_proc_stat(text: &str) -> Option<(u64, u64)> {
+    let line = text.lines().next()?;
+    let mut f = line.split_whitespace();
+    if f.next()? != "cpu" {
+        return None;
+    }
+    // user nice system idle iowait irq softirq steal (guest time is within user).
+    let v: Vec<u64> = f.take(8).map(|x| x.parse().ok()).collect::<Option<_>>()?;
+    if v.len() < 8 {
+        return None;
+    }
+    let idle = v[3] + v[4];
+    let total: u64 = v.iter().sum();
+    Some((total - idle, total))
+}
+
+/// utime + stime of a process (all its threads) from /proc/PID/stat, in clock ticks.
+pub fn parse_pid_stat(text: &str) -> Option<u64> {
+    // The command name may contain anything, even ')': fields start after the last.
+    let rest = &text[text.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state); utime and stime are fields 14 and 15.
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+fn host_cpu() -> Option<(u64, u64)> {
+    parse_proc_stat(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+fn process_cpu(pid: u32) -> Option<u64> {
+    parse_pid_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// The share of the host's CPU time between two /proc/stat samples that went to
+/// anything but `own` ticks.
+pub fn other_load(before: (u64, u64), after: (u64, u64), own: u64) -> Option<f64> {
+    let busy = after.0.checked_sub(before.0)?;
+    let total = after.1.checked_sub(before.1)?;
+    (total > 0).then(|| busy.saturating_sub(own) as f64 / total as f64)
+}
+
+/// The command as one could type it (arguments with spaces quoted).
+fn command_line(c: &Command) -> String {
+    std::iter::once(c.get_program())
+        .chain(c.get_args())
+        .map(|a| {
+            let a = a.to_string_lossy();
+            if a.contains(' ') {
+                format!("\"{a}\"")
+            } else {
+                a.into_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// One boot.
+#[derive(Clone, Debug)]
+pub struct Run {
+    /// From spawning QEMU to the marker.
+    pub time: Duration,
+    /// The share of the host's CPU time during the run that other processes used
+    /// (compilers, other QEMUs, ...): they compete with QEMU's vCPU threads. None
+    /// where /proc is not available.
+    pub other_load: Option<f64>,
+}
+
+enum Event {
+    Marker(Instant),
+    /// QEMU closed its console (it exited).
+    Closed,
+}
+
+/// Spawns `cmd` and returns the time until `marker` appears on its stdout. QEMU is
+/// killed in every case before this returns.
+pub fn time_to_marker(mut cmd: Command, marker: &str, timeout: Duration) -> Result<Run> {
+    // QEMU stays in bothy's process group, so Ctrl-C at the terminal stops it too;
+    // it starts no children, so killing it by PID below leaves nothing behind.
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let tail = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = mpsc::channel();
+    let cpu_before = host_cpu();
+    let start = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {QEMU} (run ./scripts/setup.sh to install it)"))?;
+    // Held open so that QEMU's console never sees end of input.
+    let stdin = child.stdin.take();
+    let mut readers = Vec::new();
+    let stdout: Box<dyn Read + Send> = Box::new(child.stdout.take().expect("piped"));
+    let stderr: Box<dyn Read + Send> = Box::new(child.stderr.take().expect("piped"));
+    for (stream, scan) in [(stdout, true), (stderr, false)] {
+        let tail = Arc::clone(&tail);
+        let tx = tx.clone();
+        let mut scanner = MarkerScanner::new(marker);
+        readers.push(std::thread::spawn(move || {
+            read_console(stream, scan.then_some(&mut scanner), &tail, &tx)
+        }));
+    }
+    drop(tx);
+    let left = (start + timeout).saturating_duration_since(Instant::now());
+    let result = match rx.recv_timeout(left) {
+        Ok(Event::Marker(at)) => {
+            let (host, own) = (host_cpu(), process_cpu(child.id()));
+            Ok(Run {
+                time: at - start,
+                other_load: cpu_before
+                    .zip(host)
+                    .zip(own)
+                    .and_then(|((b, a), own)| other_load(b, a, own)),
+            })
+        }
+        Ok(Event::Closed) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+            let status = child.wait().ok();
+            Err(failure(
+                &format!(
+                    "QEMU exited before the guest printed {marker:?} ({})",
+                    status.map_or("status unknown".into(), |s| s.to_string())
+                ),
+                &tail,
+            ))
+        }
+        Err(mpsc::RecvTimeoutError::Timeout) => Err(failure(
+            &format!(
+                "timed out after {} s without {marker:?}; QEMU was stopped",
+                timeout.as_secs()
+            ),
+            &tail,
+        )),
+    };
+    stop(&mut child);
+    drop(stdin);
+    for r in readers {
+        let _ = r.join();
+    }
+    result
+}
+
+/// Reads a console stream to its end, keeping the tail and reporting the marker once.
+fn read_console(
+    mut stream: Box<dyn Read + Send>,
+    mut scanner: Option<&mut MarkerScanner>,
+    tail: &Mutex<Vec<u8>>,
+    tx: &mpsc::Sender<Event>,
+) {
+    let mut buf = [0u8; 4096];
+    let mut reported = false;
+    loop {
+        let n = stream.read(&mut buf).unwrap_or(0);
+        if n == 0 {
+            if scanner.is_some() {
+                let _ = tx.send(Event::Closed);
+            }
+            return;
+        }
+        let now = Instant::now();
+        if let Some(s) = scanner.as_deref_mut() {
+            if !reported && s.feed(&buf[..n]) {
+                reported = true;
+                let _ = tx.send(Event::Marker(now));
+            }
+        }
+        let mut t = tail.lock().expect("tail lock");
+        t.extend_from_slice(&buf[..n]);
+        let excess = t.len().saturating_sub(TAIL_BYTES);
+        t.drain(..excess);
+    }
+}
+
+fn failure(what: &str, tail: &Mutex<Vec<u8>>) -> anyhow::Error {
+    let t = tail.lock().expect("tail lock");
+    let text = String::from_utf8_lossy(&t).replace('\r', "");
+    let text = match text.trim_end() {
+        "" => "(no output)",
+        t => t,
+    };
+    anyhow::anyhow!("{what}\n--- console tail ---\n{text}")
+}
+
+/// SIGKILL to the child's process group, then reap the child.
+fn stop(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[4.0]), Some(4.0));
+        assert_eq!(median(&[5.0, 1.0, 3.0]), Some(3.0));
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+    }
+
+    #[test]
+    fn ratio_and_summary() {
+        assert_eq!(format_ratio(1.0678), "1.07x");
+        assert_eq!(format_ratio(2.0), "2.00x");
+        assert_eq!(
+            summary_line(4.1, 4.4, 3),
+            "boot to /init: bare 4.1 s, bothy 4.4 s, ratio 1.07x (median of 3)"
+        );
+    }
+
+    #[test]
+    fn marker_in_chunks() {
+        let stream = b"[    1.0] Run /init as init process\r\nBOTHY-GUEST-READY 6.12 cpus=2\r\n";
+        // Index of the marker's last byte.
+        let last = stream
+            .windows(READY_MARKER.len())
+            .position(|w| w == READY_MARKER.as_bytes())
+            .unwrap()
+            + READY_MARKER.len()
+            - 1;
+        // Every split point into two chunks.
+        for cut in 0..=stream.len() {
+            let mut s = MarkerScanner::new(READY_MARKER);
+            assert_eq!(s.feed(&stream[..cut]), cut > last, "cut at {cut}");
+            assert!(s.feed(&stream[cut..]), "cut at {cut}");
+        }
+        // One byte at a time: found exactly when its last byte arrives.
+        let mut s = MarkerScanner::new(READY_MARKER);
+        let hits: Vec<bool> = stream.iter().map(|b| s.feed(&[*b])).collect();
+        assert_eq!(hits.iter().position(|&h| h), Some(last));
+        assert!(s.feed(b"more"), "stays found");
+
+        let mut s = MarkerScanner::new(READY_MARKER);
+        assert!(!s.feed(b"BOTHY-GUEST-"));
+        assert!(!s.feed(b"READ"));
+        assert!(!s.feed(b"\r\nY"));
+        assert!(!s.feed(b""));
+    }
+
+    #[test]
+    fn cpu_accounting() {
+        let stat = "cpu  100 5 50 1000 20 3 2 0 0 0\ncpu0 50 2 25 500 10 1 1 0 0 0\n";
+        assert_eq!(parse_proc_stat(stat), Some((160, 1180)));
+        assert_eq!(parse_proc_stat("cpu0 1 2 3\n"), None);
+        assert_eq!(parse_proc_stat(""), None);
+        let pid = "4242 (qemu-system-aar) S 1 4242 4242 0 -1 4194560 100 0 0 0 \
+                   730 41 0 0 20 0 7 0 1234 0 0";
+        assert_eq!(parse_pid_stat(pid), Some(771));
+        assert_eq!(
+            parse_pid_stat("1 (a) b) S 1 2 3 4 5 6 7 8 9 10 11 12 13"),
+            Some(23)
+        );
+        assert_eq!(parse_pid_stat("garbage"), None);
+        // 2 CPUs for 1 s at 100 ticks/s: 200 ticks, 150 busy, 120 of them QEMU's.
+        assert_eq!(other_load((0, 0), (150, 200), 120), Some(0.15));
+        assert_eq!(other_load((10, 10), (5, 5), 0), None);
+    }
+
+    #[test]
+    fn command_lines() {
+        let setup = Setup {
+            cpus: 2,
+            memory: 1 << 30,
+            image: "/t/bothy.img".into(),
+            kernel: "/c/vmlinuz".into(),
+            initrd: Some("/t/initramfs.cpio.gz".into()),
+            bootargs: "console=ttyAMA0".into(),
+        };
+        assert_eq!(
+            command_line(&setup.command(Config::Bare)),
+            "qemu-system-aarch64 -machine virt,virtualization=off,gic-version=3 \
+             -cpu max,pauth-impdef=on -smp 2 -m 1024M -nographic -nic none \
+             -kernel /c/vmlinuz -initrd /t/initramfs.cpio.gz -append console=ttyAMA0"
+        );
+        assert_eq!(
+            command_line(&setup.command(Config::Bothy)),
+            "qemu-system-aarch64 -machine virt,virtualization=on,gic-version=3 \
+             -cpu max,pauth-impdef=on -smp 2 -m 1024M -nographic -nic none \
+             -kernel /t/bothy.img"
+        );
+    }
+
+    #[test]
+    fn report_renders_table_and_ratio() {
+        let machine = MachineNote {
+            qemu: "QEMU emulator version 7.2.22".into(),
+            host_cpus: 2,
+            smp: 2,
+            memory: "1G".into(),
+        };
+        let configs = vec![
+            ConfigResult {
+                name: Config::Bare,
+                command: String::new(),
+                seconds: vec![4.0, 4.2, 4.1],
+                median: 4.1,
+                other_load: vec![0.0; 3],
+            },
+            ConfigResult {
+                name: Config::Bothy,
+                command: String::new(),
+                seconds: vec![4.4, 4.5, 4.3],
+                median: 4.4,
+                other_load: vec![0.01; 3],
+            },
+        ];
+        let r = Report::new(machine, configs, 3);
+        let text = r.render();
+        assert!(text.contains("ratio 1.07x (median of 3)"), "{text}");
+        assert!(text.contains("bothy             4.40s"), "{text}");
+        assert!(text.contains("virtualization=on"), "{text}");
+        assert!(!text.contains("warning"), "{text}");
+        let mut noisy = r.clone();
+        noisy.configurations[0].other_load[1] = 0.42;
+        let text = noisy.render();
+        assert!(text.contains("other processes used up to 42%"), "{text}");
+        let json: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["configurations"][1]["name"], "bothy");
+        assert!((json["ratio"].as_f64().unwrap() - 4.4 / 4.1).abs() < 1e-9);
+    }
+}
