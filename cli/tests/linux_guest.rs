@@ -131,3 +131,30 @@ fn bothy_run_demo_linux_boots_to_shell_and_powers_off() {
         c.transcript()
     );
 }
+
+/// `reboot` in the guest is PSCI SYSTEM_RESET: Bothy reloads the VM's images and
+/// starts it again (both vCPUs), while the machine itself keeps running.
+#[test]
+fn guest_reboot_restarts_the_vm_from_its_images() {
+    let _q = qemu_lock();
+    let mut cmd = Command::new(bothy());
+    cmd.args(["run", "--timeout", "900"]);
+    let mut c = Console::spawn(cmd, "bothy run (reboot)");
+    c.expect(READY_MARKER, Duration::from_secs(600));
+    c.expect(PROMPT, CMD);
+    c.run("echo before-reset > /marker", CMD);
+    c.send("reboot");
+    c.expect("bothy: VM linux0 is resetting", CMD);
+    c.expect("bothy: VM linux0 restarted", CMD);
+    c.expect(READY_MARKER, Duration::from_secs(600));
+    c.expect(PROMPT, CMD);
+    let after = c.run("cat /marker 2>&1; grep -c ^processor /proc/cpuinfo", CMD);
+    assert!(
+        !after.contains("before-reset"),
+        "state survived the reset:\n{after}"
+    );
+    assert!(after.ends_with('2'), "both vCPUs should be back:\n{after}");
+    c.send("poweroff");
+    c.expect("bothy: all VMs powered off", CMD);
+    assert!(c.wait(CMD).success(), "bothy run failed");
+}
