@@ -1,0 +1,122 @@
+//! EL1 exception handling for both vCPUs (vector table in `vectors.S`, which passes the
+//! CNTVCT_EL0 value read at the third instruction of the vector as `entry_ticks`).
+//!
+//! * IRQs: ICC_IAR1_EL1, then per INTID: the virtual timer records `entry_ticks` and is
+//!   disabled at the source (level-triggered); SGI `SGI_PING` on the second vCPU answers
+//!   with `SGI_PONG` to the primary; every INTID < 32 bumps a per-vCPU counter the
+//!   measuring loop polls. Then ICC_EOIR1_EL1 (EOImode 0).
+//! * Synchronous exceptions on the primary while `FAULT_OK` is set (during an op) are
+//!   recorded and skipped (ELR += 4): the op reports `failed` and the run continues.
+//!   Anything else is fatal: printed, then the vCPU parks (the primary powers off).
+//!
+//! Every word has a single writer at a time (the MMU is off: no exclusives).
+
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::*};
+
+use crate::arch::{self, read_sysreg, write_sysreg};
+use crate::gic;
+use crate::platform::VTIMER_INTID;
+use crate::uart::println;
+
+/// Saved context; layout shared with `vectors.S` (FRAME_SIZE = 800).
+#[repr(C)]
+pub struct Frame {
+    pub x: [u64; 31],
+    pub elr: u64,
+    pub spsr: u64,
+    pub fpcr: u64,
+    pub fpsr: u64,
+    _pad: u64,
+    _q: [u128; 32],
+}
+
+const _: () = assert!(core::mem::size_of::<Frame>() == 800);
+
+/// Vector offsets / 0x80 (Arm ARM D1.3.2).
+const KIND_SYNC_SPX: u64 = 4;
+const KIND_IRQ_SPX: u64 = 5;
+
+/// SGI the primary sends itself in `sgi_self`.
+pub const SGI_SELF: u32 = 1;
+/// SGI the primary sends the second vCPU in `ipi_roundtrip`.
+pub const SGI_PING: u32 = 2;
+/// SGI the second vCPU answers with.
+pub const SGI_PONG: u32 = 3;
+
+extern "C" {
+    fn park() -> !;
+}
+
+/// MPIDR affinity of the primary, set once at boot; the other vCPU is index 1.
+pub static PRIMARY_MPIDR: AtomicU64 = AtomicU64::new(0);
+
+pub fn cpu_index() -> usize {
+    usize::from(arch::mpidr_aff() != PRIMARY_MPIDR.load(Relaxed))
+}
+
+/// Per vCPU: how many times each INTID 0..31 was acknowledged.
+static COUNT: [[AtomicU32; 32]; 2] = [const { [const { AtomicU32::new(0) }; 32] }; 2];
+/// Per vCPU: `entry_ticks` of the last virtual timer IRQ (0: none since cleared).
+static TIMER_AT: [AtomicU64; 2] = [const { AtomicU64::new(0) }; 2];
+
+pub fn count(cpu: usize, intid: u32) -> &'static AtomicU32 {
+    &COUNT[cpu][intid as usize]
+}
+
+pub fn timer_at(cpu: usize) -> &'static AtomicU64 {
+    &TIMER_AT[cpu]
+}
+
+/// Primary: skip-and-record synchronous exceptions (set only while an op runs).
+pub static FAULT_OK: AtomicBool = AtomicBool::new(false);
+pub static FAULTS: AtomicU32 = AtomicU32::new(0);
+pub static LAST_ESR: AtomicU64 = AtomicU64::new(0);
+
+#[no_mangle]
+extern "C" fn el1_exception(frame: &mut Frame, kind: u64, entry_ticks: u64) {
+    let cpu = cpu_index();
+    match kind {
+        KIND_IRQ_SPX => irq(cpu, entry_ticks),
+        KIND_SYNC_SPX if cpu == 0 && FAULT_OK.load(Relaxed) => {
+            LAST_ESR.store(read_sysreg!("esr_el1"), Relaxed);
+            FAULTS.store(FAULTS.load(Relaxed) + 1, Release);
+            frame.elr += 4;
+        }
+        _ => {
+            println!(
+                "# fatal: vCPU {cpu}: unexpected exception at vector {kind}: ESR_EL1={:#x} \
+                 FAR_EL1={:#x} ELR_EL1={:#x} (image+{:#x})",
+                read_sysreg!("esr_el1"),
+                read_sysreg!("far_el1"),
+                frame.elr,
+                frame.elr.wrapping_sub(crate::image_base() as u64)
+            );
+            if cpu == 0 {
+                crate::power_off();
+            }
+            // SAFETY: parks this vCPU for good with interrupts masked.
+            unsafe { park() };
+        }
+    }
+}
+
+fn irq(cpu: usize, entry_ticks: u64) {
+    let iar = gic::ack();
+    let intid = iar & 0xff_ffff;
+    if intid >= gic::INTID_SPECIAL_FIRST {
+        return;
+    }
+    if intid == VTIMER_INTID {
+        // Level-triggered: disable at the source before EOI so it does not fire again.
+        write_sysreg!("cntv_ctl_el0", 0);
+        TIMER_AT[cpu].store(entry_ticks, Release);
+    }
+    if cpu == 1 && intid == SGI_PING {
+        gic::send_sgi(SGI_PONG, PRIMARY_MPIDR.load(Relaxed));
+    }
+    if intid < 32 {
+        let c = &COUNT[cpu][intid as usize];
+        c.store(c.load(Relaxed).wrapping_add(1), Release);
+    }
+    gic::eoi(iar);
+}
