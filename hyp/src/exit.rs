@@ -90,6 +90,8 @@ fn reset_vcpu_state(vm: &Vm, vcpu: usize) {
 }
 
 /// Wait (in WFI) until this vCPU is given a start point, then set the frame up for it.
+#[cold]
+#[inline(never)]
 fn wait_for_start(m: &Machine, vm: &Vm, vcpu: usize, frame: &mut GuestFrame) {
     loop {
         match vm.state() {
@@ -123,54 +125,70 @@ fn wait_for_start(m: &Machine, vm: &Vm, vcpu: usize, frame: &mut GuestFrame) {
 
 /// Called by the vector code on every exit from the guest.
 pub extern "C" fn handle_exit(kind: u64, frame: &mut GuestFrame) {
-    let m = machine();
-    let cpu = current_cpu();
-    let Some((vm_index, vcpu)) = m.cpus[cpu].vcpu else {
-        crate::fatal(format_args!("exit on CPU {cpu}, which runs no vCPU"))
+    let ctx = machine::this_cpu();
+    let Some(vm) = ctx.vm else {
+        crate::fatal(format_args!(
+            "exit on CPU {}, which runs no vCPU",
+            current_cpu()
+        ))
     };
-    let vm = &m.vms[vm_index];
-    match ExitKind::from_raw(kind) {
-        ExitKind::Sync => sync_exit(m, vm, vcpu, frame),
-        ExitKind::Irq | ExitKind::Fiq => drain_physical_irqs(m, Some((vm, vcpu))),
-        ExitKind::SError => println!(
-            "VM {}: vCPU {vcpu} raised an SError (ESR {:#x}); ignored",
-            vm.name,
-            sysreg::read_esr_el2()
-        ),
-        ExitKind::Aarch32 => crash_vm(
-            m,
-            vm,
-            format_args!("vCPU {vcpu} entered AArch32, which Bothy does not run"),
-        ),
+    let vcpu = ctx.vcpu;
+    // Hypercalls are the hottest exit: route them before anything else, so this
+    // function stays small (few callee-saved registers to spill).
+    if kind == ExitKind::Sync as u64 {
+        let esr = sysreg::read_esr_el2();
+        if bothy_core::exit::exception_class(esr) == bothy_core::exit::ec::HVC64 {
+            smccc_call(vm, vcpu, frame);
+        } else {
+            sync_exit(vm, vcpu, frame, esr);
+        }
+    } else {
+        async_exit(kind, vm, vcpu);
     }
     if vm.state() != RunState::Running {
-        stop_vcpu(m, vm, vcpu, frame);
+        stop_vcpu(machine(), vm, vcpu, frame);
     }
     if vm.vgic.needs_flush(vcpu) {
         service_list_registers(vm, vcpu);
     }
 }
 
-fn sync_exit(m: &Machine, vm: &Vm, vcpu: usize, frame: &mut GuestFrame) {
-    let esr = sysreg::read_esr_el2();
+/// Interrupts, SErrors and anything from AArch32.
+#[inline(never)]
+fn async_exit(kind: u64, vm: &Vm, vcpu: usize) {
+    match ExitKind::from_raw(kind) {
+        ExitKind::Sync => {}
+        ExitKind::Irq | ExitKind::Fiq => drain_physical_irqs(machine(), Some((vm, vcpu))),
+        ExitKind::SError => println!(
+            "VM {}: vCPU {vcpu} raised an SError (ESR {:#x}); ignored",
+            vm.name,
+            sysreg::read_esr_el2()
+        ),
+        ExitKind::Aarch32 => crash_vm(
+            vm,
+            format_args!("vCPU {vcpu} entered AArch32, which Bothy does not run"),
+        ),
+    }
+}
+
+#[inline(never)]
+fn sync_exit(vm: &Vm, vcpu: usize, frame: &mut GuestFrame, esr: u64) {
     match decode(esr, sysreg::read_far_el2(), sysreg::read_hpfar_el2()) {
-        Exit::Hvc { .. } => smccc_call(m, vm, vcpu, frame),
+        Exit::Hvc { .. } => smccc_call(vm, vcpu, frame),
         Exit::Smc { .. } => {
             frame.elr += INSTRUCTION_SIZE;
-            smccc_call(m, vm, vcpu, frame)
+            smccc_call(vm, vcpu, frame)
         }
         Exit::Wait { wfe } => {
             frame.elr += INSTRUCTION_SIZE;
             // WFE is a hint the guest may get back early; with one vCPU per CPU
             // there is nobody to yield to. WFI sleeps until something is pending.
             if !wfe {
-                wait_for_interrupt(m, vm, vcpu);
+                wait_for_interrupt(machine(), vm, vcpu);
             }
         }
-        Exit::Mmio(access) => {
-            mmio(m, vm, vcpu, frame, access);
-        }
-        Exit::SysReg(access) => sysreg_access(m, vm, vcpu, frame, access),
+        Exit::Mmio(access) => mmio(vm, vcpu, frame, access),
+        Exit::SysReg(access) => sysreg_access(vm, vcpu, frame, access),
         Exit::BadDataAbort { far, .. } => {
             let write = esr & (1 << 6) != 0;
             inject_sync(
@@ -189,9 +207,8 @@ fn sync_exit(m: &Machine, vm: &Vm, vcpu: usize, frame: &mut GuestFrame) {
 }
 
 /// PSCI and SMCCC from the guest (HVC, or trapped SMC).
-fn smccc_call(m: &Machine, vm: &Vm, vcpu: usize, frame: &mut GuestFrame) {
-    let mut regs = [0u64; 8];
-    regs.copy_from_slice(&frame.x[..8]);
+#[inline(always)]
+fn smccc_call(vm: &Vm, vcpu: usize, frame: &mut GuestFrame) {
     let vcpus = vm.vcpus();
     let mpidr_to_vcpu = |mpidr: u64| {
         let index = (mpidr & 0xff_00ff_ffff) as usize;
@@ -203,19 +220,25 @@ fn smccc_call(m: &Machine, vm: &Vm, vcpu: usize, frame: &mut GuestFrame) {
         ram: vm.ram,
         mpidr_to_vcpu: &mpidr_to_vcpu,
     };
-    match abi::dispatch(&ctx, &regs) {
-        Outcome::Return(ret) => frame.x[..4].copy_from_slice(&ret),
+    let (args, _) = frame.x.split_first_chunk::<8>().expect("31 registers");
+    match abi::dispatch(&ctx, args) {
+        Outcome::Return([x0, x1, x2, x3]) => {
+            frame.x[0] = x0;
+            frame.x[1] = x1;
+            frame.x[2] = x2;
+            frame.x[3] = x3;
+        }
         Outcome::StartVcpu { target, ret } => {
             frame.x[..4].copy_from_slice(&ret);
             machine::kick(vm.vcpu_pcpu[target]);
         }
         Outcome::StopVcpu => {
             vm.power.power_off(vcpu);
-            wait_for_start(m, vm, vcpu, frame);
+            wait_for_start(machine(), vm, vcpu, frame);
         }
         Outcome::Suspend => {
             frame.x[..4].copy_from_slice(&RETURN_SUCCESS);
-            wait_for_interrupt(m, vm, vcpu);
+            wait_for_interrupt(machine(), vm, vcpu);
         }
         Outcome::SystemOff => {
             if vm.leave_running(RunState::Off) {
@@ -240,6 +263,8 @@ fn kick_all_but_me(vm: &Vm) {
 }
 
 /// The VM is no longer running: this vCPU stops, and restarts only after a reset.
+#[cold]
+#[inline(never)]
 fn stop_vcpu(m: &Machine, vm: &Vm, vcpu: usize, frame: &mut GuestFrame) {
     if vm.state() == RunState::Resetting {
         vm.power.power_off(vcpu);
@@ -249,6 +274,8 @@ fn stop_vcpu(m: &Machine, vm: &Vm, vcpu: usize, frame: &mut GuestFrame) {
 
 /// SYSTEM_RESET, on vCPU 0's CPU once every other vCPU has noticed: reload the
 /// images, reset the vGIC and power states, and run again.
+#[cold]
+#[inline(never)]
 fn finish_reset(m: &Machine, vm: &Vm) {
     // Other vCPUs notice on their kick; give them a bounded moment to leave the guest.
     let deadline = sysreg::read_cntpct_el0() + sysreg::read_cntfrq_el0() / 100;
@@ -267,11 +294,12 @@ fn finish_reset(m: &Machine, vm: &Vm) {
     println!("VM {} restarted", vm.name);
 }
 
-fn crash_vm(m: &Machine, vm: &Vm, why: core::fmt::Arguments) {
+#[cold]
+#[inline(never)]
+fn crash_vm(vm: &Vm, why: core::fmt::Arguments) {
     if vm.leave_running(RunState::Crashed) {
         println!("error: VM {} stopped: {why}", vm.name);
         kick_all_but_me(vm);
-        let _ = m;
         machine::vm_stopped(vm);
     }
 }
@@ -282,6 +310,8 @@ fn crash_vm(m: &Machine, vm: &Vm, why: core::fmt::Arguments) {
 /// The list registers are folded back first, every time: the guest may have
 /// completed interrupts without an exit (hardware-linked or edge ones), and
 /// until the model knows, it would not offer their next occurrence.
+#[cold]
+#[inline(never)]
 fn wait_for_interrupt(m: &Machine, vm: &Vm, vcpu: usize) {
     loop {
         service_list_registers(vm, vcpu);
@@ -294,6 +324,8 @@ fn wait_for_interrupt(m: &Machine, vm: &Vm, vcpu: usize) {
 }
 
 /// Acknowledge and handle every pending physical interrupt on this CPU.
+#[cold]
+#[inline(never)]
 fn drain_physical_irqs(m: &Machine, running: Option<(&Vm, usize)>) {
     // Level-sensitive sources re-assert at once if their cause is not removed;
     // a bound keeps a misbehaving one from livelocking EL2.
@@ -328,6 +360,7 @@ fn drain_physical_irqs(m: &Machine, running: Option<(&Vm, usize)>) {
 }
 
 /// Fold list-register state back into the vGIC and refill them.
+#[inline(never)]
 fn service_list_registers(vm: &Vm, vcpu: usize) {
     let mut lrs = HwListRegs::new();
     vm.vgic.sync(vcpu, &mut lrs);
@@ -335,6 +368,8 @@ fn service_list_registers(vm: &Vm, vcpu: usize) {
 }
 
 /// Bytes from the physical UART go to the VM that has the console focus.
+#[cold]
+#[inline(never)]
 fn console_input(m: &Machine) {
     /// Ctrl-]: the byte that moves console input to the next VM (like telnet's escape).
     const SWITCH_FOCUS: u8 = 0x1d;
@@ -367,7 +402,7 @@ fn kick_vcpus(vm: &Vm, mask: VcpuMask) {
 }
 
 /// Emulate a trapped access to the vGIC or the PL011; anything else aborts.
-fn mmio(m: &Machine, vm: &Vm, vcpu: usize, frame: &mut GuestFrame, access: MmioAccess) {
+fn mmio(vm: &Vm, vcpu: usize, frame: &mut GuestFrame, access: MmioAccess) {
     let ipa = access.ipa;
     let value = if access.reg == 31 {
         0
@@ -397,7 +432,7 @@ fn mmio(m: &Machine, vm: &Vm, vcpu: usize, frame: &mut GuestFrame, access: MmioA
             Some(vm.vgic.redist_read(vcpu, offset, access.size))
         }
     } else if layout::UART.contains(ipa) {
-        uart_access(m, vm, access, value)
+        uart_access(machine(), vm, access, value)
     } else {
         let write = access.write;
         let far = sysreg::read_far_el2();
@@ -444,7 +479,7 @@ fn uart_access(m: &Machine, vm: &Vm, access: MmioAccess, value: u64) -> Option<u
 
 /// Trapped system registers: SGIs go to the vGIC, the physical timer reads as
 /// zero and ignores writes, anything else is undefined for the guest.
-fn sysreg_access(_m: &Machine, vm: &Vm, vcpu: usize, frame: &mut GuestFrame, access: SysRegAccess) {
+fn sysreg_access(vm: &Vm, vcpu: usize, frame: &mut GuestFrame, access: SysRegAccess) {
     let value = if access.reg == 31 {
         0
     } else {
@@ -470,6 +505,8 @@ fn sysreg_access(_m: &Machine, vm: &Vm, vcpu: usize, frame: &mut GuestFrame, acc
 }
 
 /// Deliver a synchronous exception to the guest's EL1 vector, as the hardware would.
+#[cold]
+#[inline(never)]
 fn inject_sync(frame: &mut GuestFrame, esr: u64, far: u64) {
     sysreg::write_esr_el1(esr);
     sysreg::write_far_el1(far);

@@ -63,6 +63,25 @@ struct El2Tables {
 }
 
 static MACHINE: Once<Machine> = Once::new();
+
+/// What the exit path needs about the CPU it runs on, without touching [`Machine`].
+pub struct CpuContext {
+    pub vm: Option<&'static Vm>,
+    pub vcpu: usize,
+}
+
+/// One per CPU slot; a power of two so indexing needs no bounds check.
+static CONTEXTS: [Once<CpuContext>; entry::MAX_CPUS] = [const { Once::new() }; entry::MAX_CPUS];
+const _: () = assert!(entry::MAX_CPUS.is_power_of_two());
+
+/// This CPU's context (set by [`setup_cpu`] before any guest runs).
+#[inline(always)]
+pub fn this_cpu() -> &'static CpuContext {
+    match CONTEXTS[current_cpu() & (entry::MAX_CPUS - 1)].get() {
+        Some(ctx) => ctx,
+        None => fatal(format_args!("CPU {} has no context", current_cpu())),
+    }
+}
 static EL2_TABLES: Once<El2Tables> = Once::new();
 
 pub fn machine() -> &'static Machine {
@@ -339,6 +358,11 @@ const CNTHCTL_EL1PCTEN: u64 = 1 << 0;
 fn setup_cpu(cpu: usize) {
     let m = machine();
     sysreg::write_tpidr_el2(cpu as u64);
+    let pinned = m.cpus[cpu].vcpu;
+    CONTEXTS[cpu].call_once(|| CpuContext {
+        vm: pinned.map(|(vm, _)| &m.vms[vm]),
+        vcpu: pinned.map_or(0, |(_, vcpu)| vcpu),
+    });
     sysreg::write_vbar_el2(crate::arch::aarch64::vectors::vector_table());
     sysreg::write_cptr_el2(CPTR_EL2_RES1);
     // Let guests use the longest SVE/SME vector the CPU has.

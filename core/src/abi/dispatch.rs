@@ -68,25 +68,32 @@ pub enum Interface {
     Psci,
 }
 
-/// Arguments of a call: `X1..X7`, already truncated to 32 bits for SMC32 IDs.
+/// Arguments of a call: `X1..X7`, truncated to 32 bits on access for SMC32 IDs.
+/// Borrowed, not copied: most calls read one argument or none.
 #[derive(Clone, Copy, Debug)]
-struct Args([u64; 7]);
+struct Args<'a> {
+    regs: &'a [u64; 8],
+    smc64: bool,
+}
 
-impl Args {
-    fn decode(id: FunctionId, regs: &[u64; 8]) -> Self {
-        let mut a = [0; 7];
-        a.copy_from_slice(&regs[1..]);
-        if !id.is_smc64() {
-            for x in &mut a {
-                *x &= u64::from(u32::MAX);
-            }
+impl<'a> Args<'a> {
+    #[inline(always)]
+    fn decode(id: FunctionId, regs: &'a [u64; 8]) -> Self {
+        Args {
+            regs,
+            smc64: id.is_smc64(),
         }
-        Args(a)
     }
 
     /// Argument `n` (1-based, as in `Xn`).
+    #[inline(always)]
     fn x(&self, n: usize) -> u64 {
-        self.0[n - 1]
+        let value = self.regs[n];
+        if self.smc64 {
+            value
+        } else {
+            value & u64::from(u32::MAX)
+        }
     }
 }
 
@@ -115,7 +122,7 @@ const fn call(id: u32, name: &'static str, interface: Interface, handler: Handle
 /// Every call Bothy answers for a guest. `SMCCC_ARCH_WORKAROUND_1/2/3` are absent on
 /// purpose: until `hyp` passes on what the host firmware implements, guests are told
 /// NOT_SUPPORTED rather than promised a mitigation that might not be there.
-pub static CALLS: &[Call] = &[
+const CALL_TABLE: [Call; N_CALLS] = [
     call(
         SMCCC_VERSION,
         "SMCCC_VERSION",
@@ -183,12 +190,68 @@ pub static CALLS: &[Call] = &[
     ),
 ];
 
+const N_CALLS: usize = 14;
+
+/// Every call Bothy answers, in declaration order (for docs and feature queries).
+pub static CALLS: &[Call] = &CALL_TABLE;
+
+/// Fast-call IDs of the two owners Bothy serves, by (SMC64, owner, function number):
+/// a direct index into [`CALL_TABLE`], derived from it at compile time so the
+/// declaration stays the single source of truth and the hot path never scans.
+const INDEX_FN_BITS: u32 = 5;
+const INDEX_LEN: usize = 1 << (INDEX_FN_BITS + 2);
+const NO_CALL: u8 = u8::MAX;
+
+/// ID bits [31:24] (fast, SMC64, owner) → which quarter of [`INDEX`] serves them.
+const PREFIX_SLOT: [u8; 256] = {
+    let mut slots = [NO_CALL; 256];
+    let fast = (smccc::FN_FAST_CALL >> smccc::FN_OWNER_SHIFT) as usize;
+    let smc64 = (smccc::FN_SMC64 >> smccc::FN_OWNER_SHIFT) as usize;
+    let arch = smccc::OWNER_ARCH as usize;
+    let standard = smccc::OWNER_STANDARD_SECURE as usize;
+    slots[fast | arch] = 0;
+    slots[fast | standard] = 1;
+    slots[fast | smc64 | arch] = 2;
+    slots[fast | smc64 | standard] = 3;
+    slots
+};
+
+#[inline(always)]
+const fn index_key(id: u32) -> Option<usize> {
+    let slot = PREFIX_SLOT[(id >> smccc::FN_OWNER_SHIFT) as usize];
+    let function = id & smccc::FN_NUMBER_MASK;
+    if slot == NO_CALL || function >= 1 << INDEX_FN_BITS {
+        return None;
+    }
+    Some(((slot as usize) << INDEX_FN_BITS) | function as usize)
+}
+
+const INDEX: [u8; INDEX_LEN] = {
+    let mut index = [NO_CALL; INDEX_LEN];
+    let mut i = 0;
+    while i < N_CALLS {
+        match index_key(CALL_TABLE[i].id) {
+            Some(key) => {
+                assert!(index[key] == NO_CALL, "two calls share an index slot");
+                index[key] = i as u8;
+            }
+            None => panic!("a declared call is outside the indexed ID space"),
+        }
+        i += 1;
+    }
+    index
+};
+
 /// The declaration of `id`, if Bothy implements it.
+#[inline]
 pub fn lookup(id: u32) -> Option<&'static Call> {
-    CALLS.iter().find(|c| c.id == id)
+    let slot = INDEX[index_key(id)?];
+    // The key ignores the reserved bits [23:16]; the full ID must still match.
+    CALL_TABLE.get(usize::from(slot)).filter(|c| c.id == id)
 }
 
 /// Handles one call. `regs` are the caller's `X0..X7`.
+#[inline]
 pub fn dispatch(ctx: &CallContext, regs: &[u64; 8]) -> Outcome {
     let id = FunctionId::from_x0(regs[0]);
     match lookup(id.0) {
@@ -722,5 +785,27 @@ mod tests {
             let c2 = CallContext { vcpu: 0, power: &p2, ram: RAM, mpidr_to_vcpu: &map };
             prop_assert_eq!(dispatch(&c1, &a), dispatch(&c2, &b));
         }
+    }
+}
+
+#[cfg(test)]
+mod index_tests {
+    use super::*;
+
+    #[test]
+    fn every_declared_call_is_found_by_its_exact_id_only() {
+        for call in CALLS {
+            assert_eq!(lookup(call.id).map(|c| c.name), Some(call.name));
+            // Reserved bits [23:16] set: a different (unknown) ID.
+            assert!(lookup(call.id | 1 << 16).is_none(), "{}", call.name);
+            // The yielding-call twin of a fast call is not declared.
+            assert!(
+                lookup(call.id & !smccc::FN_FAST_CALL).is_none(),
+                "{}",
+                call.name
+            );
+        }
+        assert!(lookup(0xC600_1234).is_none());
+        assert!(lookup(0x8400_001F).is_none());
     }
 }
