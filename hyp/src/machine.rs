@@ -124,6 +124,7 @@ pub fn build(
     let idmap = build_el2_idmap(
         &mut mmu::Frames {
             allocator: &mut allocator,
+            mmu_off: true,
         },
         &platform.memory,
         &devices,
@@ -135,6 +136,10 @@ pub fn build(
         tcr: idmap.tcr,
         mair: idmap.mair,
     });
+    // Everything Bothy wrote so far (relocations, .bss, heap, stacks) went to RAM
+    // with the MMU off; drop any stale lines the loader left for that range.
+    let (start, end) = entry::image_bounds();
+    sysreg::invalidate_dcache_range(start, end - start);
     mmu::enable(tables.root, tables.tcr, tables.mair);
     // Secondaries read EL2_TABLES with their MMU (and caches) still off.
     sysreg::clean_dcache_range(

@@ -143,6 +143,7 @@ pub fn build(
     })?;
     let mut frames = Frames {
         allocator: env.allocator,
+        mmu_off: false,
     };
     let mut stage2 =
         Stage2::new(&mut frames, IPA_BITS).map_err(|e| format!("VM {name}: stage-2: {e:?}"))?;

@@ -13,12 +13,18 @@ const PAGE: u64 = 4096;
 /// identity map, and before the MMU is on.
 pub struct Frames<'a> {
     pub allocator: &'a mut RegionAllocator,
+    /// Tables written before the MMU is on bypass the caches: invalidate each
+    /// new frame so no stale line shadows it when the walker reads through caches.
+    pub mmu_off: bool,
 }
 
 impl TableMemory for Frames<'_> {
     fn alloc_table(&mut self) -> Option<u64> {
         let pa = self.allocator.alloc(PAGE, PAGE)?;
         mmio::zero_phys(pa, PAGE as usize);
+        if self.mmu_off {
+            invalidate_dcache_range(pa, PAGE);
+        }
         Some(pa)
     }
     fn read(&self, table_pa: u64, index: usize) -> u64 {

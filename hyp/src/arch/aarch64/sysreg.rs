@@ -202,6 +202,21 @@ pub fn clean_dcache_range(addr: u64, len: u64) {
     dsb_sy();
 }
 
+/// Invalidate data cache lines covering `[addr, addr + len)` to the point of
+/// coherency. Only for memory written with the MMU off (non-cacheable), so
+/// that stale lines a loader left behind cannot shadow it once caches are on.
+pub fn invalidate_dcache_range(addr: u64, len: u64) {
+    const LINE: u64 = 64;
+    let mut line = addr & !(LINE - 1);
+    while line < addr + len {
+        // SAFETY: callers pass memory whose only valid copy is in RAM (written
+        // with the MMU off); dropping cached lines for it loses nothing.
+        unsafe { core::arch::asm!("dc ivac, {}", in(reg) line, options(nostack, preserves_flags)) };
+        line += LINE;
+    }
+    dsb_sy();
+}
+
 /// Invalidate all instruction caches (inner shareable) after loading guest code.
 pub fn invalidate_icache_all() {
     // SAFETY: instruction-cache invalidation only drops cached instructions.
