@@ -42,11 +42,16 @@ pub struct Dist<'a> {
     pub vcpu: usize,
 }
 
+/// GICD_TYPER for `nr_spis` SPIs and `nr_vcpus` vCPUs.
+pub fn gicd_typer(nr_spis: u32, nr_vcpus: usize) -> u32 {
+    let it_lines = nr_spis.div_ceil(32);
+    let cpus = (nr_vcpus.saturating_sub(1) as u32) & 0x7;
+    it_lines | cpus << TYPER_CPU_NUMBER_SHIFT | TYPER_IDBITS << TYPER_IDBITS_SHIFT
+}
+
 impl Dist<'_> {
     fn typer(&self) -> u32 {
-        let it_lines = self.st.nr_spis.div_ceil(32);
-        let cpus = (self.st.nr_vcpus.saturating_sub(1) as u32) & 0x7;
-        it_lines | cpus << TYPER_CPU_NUMBER_SHIFT | TYPER_IDBITS << TYPER_IDBITS_SHIFT
+        gicd_typer(self.st.nr_spis, self.st.nr_vcpus)
     }
 
     /// IROUTER offset → SPI INTID, if it names one this VM has.

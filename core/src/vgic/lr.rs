@@ -13,6 +13,14 @@
 //!   evict a lower-priority LR that is still only pending, and it sets ICH_HCR_EL2.UIE so
 //!   the underflow maintenance interrupt brings us back when LRs drain.
 //!
+//! Reconcile is a no-op for an LR whose interrupt is allowed (enabled, group 1 on), has no
+//! latch waiting and no clear request: nothing the guest does to the LR can change that.
+//! So only *dirty* LRs are reconciled: `kick_for` marks the LR of any interrupt it is
+//! called for (every register write, SGI, line change or injection ends there), and
+//! reconcile keeps an LR marked while it leaves a latch waiting or the interrupt not
+//! allowed, because then the guest moving the LR's state (say pending+active → pending)
+//! is enough for the next reconcile to act.
+//!
 //! A withdrawn or evicted interrupt goes back to software pending if it is edge-triggered
 //! or hardware-linked; a level-sensitive one is pending again only while its line is high
 //! (a software ISPENDR on it is lost — an accepted approximation).
@@ -24,8 +32,8 @@
 //! one keeps its latch until the LR frees, because HW=1 LRs cannot be pending+active.
 
 use super::irq::{Irq, Trigger, LR_STATE_ACTIVE, LR_STATE_PENDING};
-use super::state::State;
-use super::MAX_LRS;
+use super::state::{BitIter, State};
+use super::{MAX_LRS, SPI_BASE};
 
 /// The virtual CPU interface's list registers of the physical CPU running the vCPU.
 pub trait ListRegs {
@@ -84,9 +92,10 @@ pub fn encode(intid: u32, irq: &Irq) -> u64 {
     lr
 }
 
-/// The best `MAX_LRS` candidates by (LR priority, INTID), without allocating.
+/// The best `MAX_LRS` candidates by (LR priority, INTID), without allocating. A key is
+/// `priority << 16 | intid`, which orders exactly like the pair.
 struct Best {
-    items: [(u8, u32); MAX_LRS],
+    items: [u32; MAX_LRS],
     len: usize,
     total: usize,
 }
@@ -94,13 +103,14 @@ struct Best {
 impl Best {
     fn new() -> Best {
         Best {
-            items: [(0, 0); MAX_LRS],
+            items: [0; MAX_LRS],
             len: 0,
             total: 0,
         }
     }
 
-    fn offer(&mut self, key: (u8, u32), keep: usize) {
+    #[inline]
+    fn offer(&mut self, key: u32, keep: usize) {
         self.total += 1;
         if keep == 0 {
             return;
@@ -116,6 +126,15 @@ impl Best {
     }
 }
 
+fn key(intid: u32, irq: &Irq) -> u32 {
+    u32::from(irq.priority & LR_PRIORITY_MASK) << 16 | intid
+}
+
+/// Bits `0..n` of an LR bitmap.
+fn lr_mask(n: usize) -> u16 {
+    ((1u32 << n) - 1) as u16
+}
+
 impl State {
     /// The interrupt an LR of `vcpu` claims to hold, if the claim is consistent.
     fn lr_irq(&mut self, vcpu: usize, i: usize, intid: u32) -> Option<&mut Irq> {
@@ -123,28 +142,46 @@ impl State {
             .filter(|irq| irq.lr == Some(i as u8) && usize::from(irq.lr_vcpu) == vcpu)
     }
 
-    /// Forget LR `i` of `vcpu` (and zero the hardware register).
+    /// Forget LR `i` of `vcpu` (and zero the hardware register). The interrupt goes back
+    /// to software, and to the `pend` index if it is deliverable again.
     fn free_lr(&mut self, vcpu: usize, i: usize, lrs: &mut impl ListRegs) {
-        if let Some(intid) = self.cpus[vcpu].lrs[i].take() {
+        let grp1 = self.grp1;
+        let cpu = &mut self.cpus[vcpu];
+        cpu.occupied &= !(1 << i);
+        cpu.dirty &= !(1 << i);
+        if let Some(intid) = cpu.lrs[i].take() {
             if let Some(irq) = self.lr_irq(vcpu, i, intid) {
                 irq.lr = None;
                 irq.lr_state = 0;
                 irq.clear_pending_req = false;
                 irq.clear_active_req = false;
+                if irq.deliverable(grp1) {
+                    if intid < SPI_BASE {
+                        self.cpus[vcpu].set_pend(intid);
+                    } else {
+                        self.note(vcpu, intid);
+                    }
+                }
             }
         }
         lrs.write(i, 0);
     }
 
-    /// Fold LR state back into the model. Returns whether any LR was freed.
+    /// Fold LR state back into the model. Returns whether any LR was freed. Only occupied
+    /// LRs are looked at, and those ELRSR reports empty are not read.
     pub fn sync_cpu(&mut self, vcpu: usize, lrs: &mut impl ListRegs) -> bool {
         if vcpu >= self.nr_vcpus || self.cpus[vcpu].wipe_lrs {
             return false;
         }
         let n = lrs.count().min(MAX_LRS);
-        let empty = lrs.elrsr();
+        let occupied = self.cpus[vcpu].occupied & lr_mask(n);
+        if occupied == 0 {
+            return false;
+        }
+        let empty = lrs.elrsr() & occupied;
         let mut freed = false;
-        for i in 0..n {
+        for i in BitIter(u32::from(occupied)) {
+            let i = i as usize;
             let Some(intid) = self.cpus[vcpu].lrs[i] else {
                 continue;
             };
@@ -197,11 +234,20 @@ impl State {
                 irq.latch = false;
             }
         }
+        // With a latch still waiting, or the interrupt no longer allowed, a later reconcile
+        // may act once the guest moves the LR's state (say pending+active → pending) even
+        // though nobody touches the interrupt: keep the LR on the list.
+        let again = irq.latch || !allowed;
         if state == 0 {
             self.free_lr(vcpu, i, lrs);
-        } else if state != lr_state(old) {
+            return;
+        }
+        if state != lr_state(old) {
             irq.lr_state = state;
             lrs.write(i, with_state(old, state));
+        }
+        if again {
+            self.cpus[vcpu].dirty |= 1 << i;
         }
     }
 
@@ -217,13 +263,18 @@ impl State {
         irq.lr_vcpu = vcpu as u8;
         irq.lr_state = LR_STATE_PENDING;
         lrs.write(i, encode(intid, irq));
-        self.cpus[vcpu].lrs[i] = Some(intid);
+        let cpu = &mut self.cpus[vcpu];
+        cpu.lrs[i] = Some(intid);
+        cpu.occupied |= 1 << i;
+        cpu.dirty &= !(1 << i);
+        cpu.clear_pend(intid);
     }
 
     /// The occupied LR still only pending with the lowest priority worse than `prio`.
     fn eviction_victim(&self, vcpu: usize, n: usize, prio: u8) -> Option<usize> {
         let mut victim: Option<(u8, usize)> = None;
-        for i in 0..n {
+        for i in BitIter(u32::from(self.cpus[vcpu].occupied & lr_mask(n))) {
+            let i = i as usize;
             let Some(intid) = self.cpus[vcpu].lrs[i] else {
                 continue;
             };
@@ -238,6 +289,67 @@ impl State {
         victim.map(|(_, i)| i)
     }
 
+    /// Drop stale `pend` bits of `vcpu`; returns how many interrupts are deliverable to it
+    /// and the best one's key.
+    fn prune(&mut self, vcpu: usize) -> (usize, u32) {
+        let mut count = 0;
+        let mut first = u32::MAX;
+        let mut words = self.cpus[vcpu].pend_words;
+        while words != 0 {
+            let w = words.trailing_zeros();
+            words &= words - 1;
+            let bits = self.cpus[vcpu].pend[w as usize];
+            let mut live = bits;
+            for b in BitIter(bits) {
+                let intid = w * 32 + b;
+                match self.irq(vcpu, intid) {
+                    Some(irq) if self.deliverable_to(vcpu, intid) => {
+                        count += 1;
+                        first = first.min(key(intid, irq));
+                    }
+                    _ => live &= !(1 << b),
+                }
+            }
+            let cpu = &mut self.cpus[vcpu];
+            cpu.pend[w as usize] = live;
+            if live == 0 {
+                cpu.pend_words &= !(1 << w);
+            }
+        }
+        (count, first)
+    }
+
+    /// The best `keep` deliverable interrupts of `vcpu` (after `prune`: every bit is live).
+    fn best(&self, vcpu: usize, keep: usize) -> Best {
+        let mut best = Best::new();
+        let cpu = &self.cpus[vcpu];
+        for w in BitIter(cpu.pend_words) {
+            for b in BitIter(cpu.pend[w as usize]) {
+                let intid = w * 32 + b;
+                if let Some(irq) = self.irq(vcpu, intid) {
+                    best.offer(key(intid, irq), keep);
+                }
+            }
+        }
+        best
+    }
+
+    /// Put the interrupt with `key` into a free LR, or in place of a worse pending-only one.
+    /// Returns `None` when neither exists, else whether it evicted.
+    fn fill(&mut self, vcpu: usize, n: usize, key: u32, lrs: &mut impl ListRegs) -> Option<bool> {
+        let (prio, intid) = ((key >> 16) as u8, key & 0xffff);
+        let free = !self.cpus[vcpu].occupied & lr_mask(n);
+        let (slot, evicted) = if free != 0 {
+            (free.trailing_zeros() as usize, false)
+        } else {
+            let i = self.eviction_victim(vcpu, n, prio)?;
+            self.evict(vcpu, i, lrs);
+            (i, true)
+        };
+        self.place(vcpu, slot, intid, lrs);
+        Some(evicted)
+    }
+
     /// Sync, reconcile, fill. Returns whether any LR is left occupied.
     pub fn flush_cpu(&mut self, vcpu: usize, lrs: &mut impl ListRegs) -> bool {
         if vcpu >= self.nr_vcpus {
@@ -249,37 +361,39 @@ impl State {
                 lrs.write(i, 0);
             }
         }
-        self.sync_cpu(vcpu, lrs);
-        for i in 0..n {
-            self.reconcile(vcpu, i, lrs);
+        // `hyp` has usually just synced: with no LR left occupied there is nothing to read.
+        if self.cpus[vcpu].occupied != 0 {
+            self.sync_cpu(vcpu, lrs);
+        }
+        let cpu = &mut self.cpus[vcpu];
+        let dirty = core::mem::take(&mut cpu.dirty) & cpu.occupied;
+        for i in BitIter(u32::from(dirty & lr_mask(n))) {
+            self.reconcile(vcpu, i as usize, lrs);
         }
 
-        let mut best = Best::new();
-        for (intid, irq) in self.candidates(vcpu) {
-            best.offer((irq.priority & LR_PRIORITY_MASK, intid), n);
-        }
+        // Best first, as many as there are LRs (one candidate needs no sorting).
+        let (total, first) = self.prune(vcpu);
         let mut placed = 0;
         let mut evicted = false;
-        for &(prio, intid) in &best.items[..best.len] {
-            let slot = (0..n).find(|&i| self.cpus[vcpu].lrs[i].is_none());
-            let slot = match slot {
-                Some(i) => i,
-                None => match self.eviction_victim(vcpu, n, prio) {
-                    Some(i) => {
-                        self.evict(vcpu, i, lrs);
-                        evicted = true;
-                        i
-                    }
+        if total == 1 && n > 0 {
+            if let Some(e) = self.fill(vcpu, n, first, lrs) {
+                evicted = e;
+                placed = 1;
+            }
+        } else if total > 1 {
+            let best = self.best(vcpu, n);
+            for &key in &best.items[..best.len] {
+                match self.fill(vcpu, n, key, lrs) {
+                    Some(e) => evicted |= e,
                     None => break,
-                },
-            };
-            self.place(vcpu, slot, intid, lrs);
-            placed += 1;
+                }
+                placed += 1;
+            }
         }
 
-        let overflow = evicted || best.total > placed;
+        let overflow = evicted || total > placed;
         lrs.set_hcr(HCR_EN | if overflow { HCR_UIE } else { 0 });
-        self.cpus[vcpu].lrs[..n].iter().any(Option::is_some)
+        self.cpus[vcpu].occupied & lr_mask(n) != 0
     }
 
     /// Return a pending-only LR's interrupt to software to make room for a better one.
@@ -297,9 +411,11 @@ impl State {
         let Some(cpu) = self.cpus.get(vcpu) else {
             return false;
         };
-        let in_lr = cpu.lrs.iter().flatten().any(|&intid| {
-            self.irq(vcpu, intid)
-                .is_some_and(|irq| irq.lr_state & LR_STATE_PENDING != 0)
+        let in_lr = BitIter(u32::from(cpu.occupied)).any(|i| {
+            cpu.lrs[i as usize].is_some_and(|intid| {
+                self.irq(vcpu, intid)
+                    .is_some_and(|irq| irq.lr_state & LR_STATE_PENDING != 0)
+            })
         });
         in_lr || self.candidates(vcpu).next().is_some()
     }

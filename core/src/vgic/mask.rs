@@ -30,9 +30,26 @@ impl VcpuMask {
         vcpu < 64 && self.0 & (1 << vcpu) != 0
     }
 
-    /// The vCPU indices in ascending order.
+    /// The vCPU indices in ascending order (one step per set bit).
     pub fn iter(self) -> impl Iterator<Item = usize> {
-        (0..64).filter(move |&i| self.0 & (1u64 << i) != 0)
+        let mut bits = self.0;
+        core::iter::from_fn(move || {
+            if bits == 0 {
+                return None;
+            }
+            let i = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            Some(i)
+        })
+    }
+
+    /// vCPUs `0..n` (all 64 if `n >= 64`).
+    pub const fn first(n: usize) -> VcpuMask {
+        if n >= 64 {
+            VcpuMask(u64::MAX)
+        } else {
+            VcpuMask((1 << n) - 1)
+        }
     }
 }
 

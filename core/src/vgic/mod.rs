@@ -17,6 +17,8 @@
 //!   run on other CPUs so they exit and flush.
 //! - Exit path of vCPU `v`: `if vgic.needs_flush(v) { vgic.sync(v, lrs); vgic.flush(v, lrs) }`
 //!   before the `eret`; a maintenance interrupt exit calls `sync` (flush follows as above).
+//!   `flush` syncs by itself, so `flush` alone gives exactly the same result, with one
+//!   lock round trip less.
 //! - `WFI` trap: `sync`, then [`VGic::has_pending`] decides whether to sleep.
 //!
 //! ## Where state lives, and the lock
@@ -27,14 +29,31 @@
 //! (an SGI, an SPI routing change and a flush all touch two vCPUs' views at once).
 //!
 //! The hot path never takes it: each vCPU has one `AtomicU32` of flags, and
-//! [`VGic::needs_flush`] is a single `Acquire` load of it:
+//! [`VGic::needs_flush`] is a single `Acquire` load of it. The flags are only ever
+//! *written* with the lock held, so writers use a plain load and a `Release` store:
 //! - `WORK`: something may have become deliverable to (or must be withdrawn from) this
 //!   vCPU's LRs. Set (under the lock, after the state change) by whoever caused it; cleared
-//!   by `flush` under the lock *before* it scans, so a concurrent change is never lost.
+//!   by `flush` when it is done, still under the lock, so a concurrent change is never lost.
 //! - `LRS_BUSY`: some LR holds an interrupt per our shadow. The guest completes interrupts
 //!   without exiting, so while this is set each exit syncs and frees what the guest is done
 //!   with; that keeps the shadow (and so `has_pending`, ISPENDR/ISACTIVER reads, and the
 //!   "already in an LR" rule) at most one exit stale.
+//!
+//! ## What the exit path costs
+//! Nothing in `sync`/`flush`/`send_sgi`/`inject_hw` scans all interrupts or all LRs; the
+//! work is proportional to what changed (see the indexes in `state.rs`):
+//! - `sync` looks only at LRs the shadow says are occupied; one ELRSR read tells which of
+//!   them the guest has finished with, and only the others are read back.
+//! - `flush` reconciles only LRs marked dirty (the interrupt was touched, or an earlier
+//!   reconcile is still waiting for the guest to move the LR's state), finds candidates
+//!   in the per-vCPU pending index with `trailing_zeros`, and sorts only when more than
+//!   one interrupt is waiting.
+//! - SGIs and `inject_hw` touch one interrupt and set one index bit.
+//! - Reads of registers whose value never changes (GICD_TYPER/IIDR/TYPER2/STATUSR/PIDR2/
+//!   CIDRn, GICR_TYPER/IIDR/PIDR2) are answered without the lock.
+//!
+//! The results are those of the straightforward full scan the model describes; the
+//! indexes only skip work that could not change anything.
 //!
 //! The list registers themselves are per physical CPU and only ever touched by the CPU
 //! running that vCPU (inside `flush`/`sync`), so no other vCPU can race with them; other
@@ -106,7 +125,8 @@ pub const PIDR2_GICV3: u32 = 0x3B;
 /// CoreSight component ID registers CIDR0-3 (offsets 0xFFF0-0xFFFC).
 pub const ID_CIDR: [u32; 4] = [0x0D, 0xF0, 0x05, 0xB1];
 
-/// Per-vCPU flag bits read by `needs_flush` (see module docs).
+/// Per-vCPU flag bits read by `needs_flush` (see module docs). Only ever written with
+/// the state lock held, so a plain load + `Release` store updates them.
 const FLAG_WORK: u32 = 1 << 0;
 const FLAG_LRS_BUSY: u32 = 1 << 1;
 
@@ -157,27 +177,50 @@ impl VGic {
     }
 
     /// Record new work for the vCPUs in `mask`; returns it for the caller to kick.
+    /// Call with the state lock held (see `FLAG_WORK`).
     fn mark(&self, mask: VcpuMask) -> VcpuMask {
         for vcpu in mask.iter() {
             if let Some(flags) = self.flags.get(vcpu) {
-                flags.fetch_or(FLAG_WORK, Ordering::Release);
+                let old = flags.load(Ordering::Relaxed);
+                if old & FLAG_WORK == 0 {
+                    flags.store(old | FLAG_WORK, Ordering::Release);
+                }
             }
         }
         mask
     }
 
-    fn set_busy(&self, vcpu: usize, busy: bool) {
-        if busy {
-            self.flags[vcpu].fetch_or(FLAG_LRS_BUSY, Ordering::Release);
-        } else {
-            self.flags[vcpu].fetch_and(!FLAG_LRS_BUSY, Ordering::Release);
+    /// Set `vcpu`'s flags to `flags` (with the state lock held).
+    fn set_flags(&self, vcpu: usize, flags: u32) {
+        let f = &self.flags[vcpu];
+        if f.load(Ordering::Relaxed) != flags {
+            f.store(flags, Ordering::Release);
         }
+    }
+
+    /// GICD registers whose value never changes: read without the lock.
+    fn dist_const(&self, offset: u64) -> Option<u32> {
+        Some(match offset {
+            dist::GICD_TYPER => dist::gicd_typer(self.nr_spis, self.nr_vcpus),
+            dist::GICD_IIDR => IIDR_VALUE,
+            dist::GICD_TYPER2 | dist::GICD_STATUSR => 0,
+            dist::GICD_PIDR2 => PIDR2_GICV3,
+            dist::GICD_CIDR0..=0xFFFC if offset.is_multiple_of(4) => {
+                ID_CIDR[((offset - dist::GICD_CIDR0) / 4) as usize]
+            }
+            _ => return None,
+        })
     }
 
     /// A GICD read by `vcpu`; never panics, unknown offsets read as zero.
     pub fn dist_read(&self, vcpu: usize, offset: u64, size: u8) -> u64 {
         if offset >= Self::DIST_SIZE {
             return 0;
+        }
+        if size == 4 {
+            if let Some(v) = self.dist_const(offset) {
+                return u64::from(v);
+            }
         }
         let mut st = self.state.lock();
         access::read(&mut dist::Dist { st: &mut st, vcpu }, offset, size)
@@ -204,6 +247,15 @@ impl VGic {
         let Some((cpu, off)) = self.redist_frame(offset) else {
             return 0;
         };
+        // The identification registers, and GICR_TYPER, never change: no lock.
+        match (off, size) {
+            (redist::GICR_TYPER, 8) => return redist::gicr_typer(cpu, self.nr_vcpus),
+            (redist::GICR_TYPER, 4) => return redist::gicr_typer(cpu, self.nr_vcpus) & 0xffff_ffff,
+            (redist::GICR_TYPER_HI, 4) => return redist::gicr_typer(cpu, self.nr_vcpus) >> 32,
+            (redist::GICR_IIDR, 4) => return u64::from(IIDR_VALUE),
+            (redist::GICR_PIDR2, 4) => return u64::from(PIDR2_GICV3),
+            _ => {}
+        }
         let mut st = self.state.lock();
         access::read(&mut redist::Redist { st: &mut st, cpu }, off, size)
     }
@@ -222,13 +274,13 @@ impl VGic {
     pub fn send_sgi(&self, from_vcpu: usize, icc_sgi1r: u64) -> VcpuMask {
         let sgi = Sgi1r::decode(icc_sgi1r);
         let targets = sgi.targets(from_vcpu, self.nr_vcpus);
+        if targets.is_empty() {
+            return VcpuMask::EMPTY;
+        }
         let mut st = self.state.lock();
         let mut kick = VcpuMask::EMPTY;
         for vcpu in targets.iter() {
-            if let Some(irq) = st.irq_mut(vcpu, sgi.intid) {
-                irq.latch = true;
-                kick |= st.kick_for(vcpu, sgi.intid, true);
-            }
+            kick |= st.raise_private(vcpu, sgi.intid);
         }
         self.mark(kick)
     }
@@ -287,9 +339,9 @@ impl VGic {
             return;
         }
         let mut st = self.state.lock();
-        self.flags[vcpu].fetch_and(!FLAG_WORK, Ordering::AcqRel);
+        // Everyone who sets WORK holds the lock, so clearing it at the end loses nothing.
         let busy = st.flush_cpu(vcpu, lrs);
-        self.set_busy(vcpu, busy);
+        self.set_flags(vcpu, if busy { FLAG_LRS_BUSY } else { 0 });
     }
 
     /// After an exit that may have changed LR state (maintenance interrupt, WFI, or just
@@ -299,12 +351,15 @@ impl VGic {
             return;
         }
         let mut st = self.state.lock();
+        let mut flags = self.flags[vcpu].load(Ordering::Relaxed) & FLAG_WORK;
         if st.sync_cpu(vcpu, lrs) {
             // A freed LR may let a waiting or re-asserted interrupt in.
-            self.flags[vcpu].fetch_or(FLAG_WORK, Ordering::Release);
+            flags |= FLAG_WORK;
         }
-        let busy = st.cpus[vcpu].lrs.iter().any(Option::is_some);
-        self.set_busy(vcpu, busy);
+        if st.cpus[vcpu].occupied != 0 {
+            flags |= FLAG_LRS_BUSY;
+        }
+        self.set_flags(vcpu, flags);
     }
 
     /// The hot-path check: one atomic load. False = `sync` and `flush` would do nothing.

@@ -19,6 +19,8 @@ pub const SGI_FRAME: u64 = 0x1_0000;
 pub const GICR_CTLR: u64 = 0x0000;
 pub const GICR_IIDR: u64 = 0x0004;
 pub const GICR_TYPER: u64 = 0x0008;
+/// The upper 32-bit half of GICR_TYPER.
+pub const GICR_TYPER_HI: u64 = 0x000C;
 pub const GICR_STATUSR: u64 = 0x0010;
 pub const GICR_WAKER: u64 = 0x0014;
 pub const GICR_PROPBASER: u64 = 0x0070;
@@ -48,16 +50,17 @@ pub struct Redist<'a> {
     pub cpu: usize,
 }
 
+/// GICR_TYPER of vCPU `cpu`'s redistributor: Affinity_Value = the vCPU's MPIDR affinity
+/// (Aff0 = index), Processor_Number = index.
+pub fn gicr_typer(cpu: usize, nr_vcpus: usize) -> u64 {
+    let last = if cpu + 1 == nr_vcpus { TYPER_LAST } else { 0 };
+    let cpu = cpu as u64;
+    cpu << TYPER_AFFINITY_SHIFT | (cpu & 0xffff) << TYPER_PROCESSOR_NUMBER_SHIFT | last
+}
+
 impl Redist<'_> {
-    /// Affinity_Value = the vCPU's MPIDR affinity (Aff0 = index), Processor_Number = index.
     fn typer(&self) -> u64 {
-        let cpu = self.cpu as u64;
-        let last = if self.cpu + 1 == self.st.nr_vcpus {
-            TYPER_LAST
-        } else {
-            0
-        };
-        cpu << TYPER_AFFINITY_SHIFT | (cpu & 0xffff) << TYPER_PROCESSOR_NUMBER_SHIFT | last
+        gicr_typer(self.cpu, self.st.nr_vcpus)
     }
 }
 

@@ -45,22 +45,16 @@ impl Sgi1r {
 
     /// The vCPUs (of `nr_vcpus`) this request targets when sent by `from`.
     pub fn targets(&self, from: usize, nr_vcpus: usize) -> VcpuMask {
-        let mut mask = VcpuMask::EMPTY;
+        let all = VcpuMask::first(nr_vcpus).0;
         if self.irm {
-            for vcpu in (0..nr_vcpus).filter(|&v| v != from) {
-                mask |= VcpuMask::one(vcpu);
-            }
-            return mask;
+            return VcpuMask(all & !VcpuMask::one(from).0);
         }
         if self.aff1 != 0 || self.aff2 != 0 || self.aff3 != 0 {
-            return mask;
+            return VcpuMask::EMPTY;
         }
-        for bit in 0..16 {
-            let vcpu = usize::from(self.rs) * 16 + bit;
-            if self.target_list & (1 << bit) != 0 && vcpu < nr_vcpus {
-                mask |= VcpuMask::one(vcpu);
-            }
-        }
-        mask
+        // RS selects a block of 16; blocks from 4 on name vCPUs past the mask's 64.
+        let shift = u32::from(self.rs) * 16;
+        let list = u64::from(self.target_list).checked_shl(shift).unwrap_or(0);
+        VcpuMask(list & all)
     }
 }

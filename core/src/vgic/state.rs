@@ -4,6 +4,19 @@
 //! Everything here is reached through `VGic::state` (one `spin::Mutex` per VM); methods
 //! return the `VcpuMask` of vCPUs whose work changed, and `VGic` turns that into the
 //! per-vCPU atomic flags the hot path reads.
+//!
+//! ## Indexes kept so the exit path never scans every interrupt
+//! - `CpuState::pend`: per vCPU, a bitmap over INTIDs (word `intid / 32`) that is a
+//!   *superset* of the interrupts deliverable to it (`Irq::deliverable`, routed to it, not
+//!   in an LR). Every change that can make an interrupt deliverable ends in
+//!   [`State::kick_for`] (register writes, SGIs, lines, `inject_hw`, routing, GICD_CTLR) or
+//!   in an interrupt leaving an LR ([`State::note`]); both set the owner's bit. Bits that
+//!   turn out stale (disabled, re-routed, already delivered) are dropped when `flush` looks
+//!   at them, so the candidate search costs one `trailing_zeros` per candidate.
+//! - `CpuState::occupied`: bit `i` = `lrs[i]` is `Some` (kept in step by place/free).
+//! - `CpuState::dirty`: LRs whose interrupt was touched since the last reconcile (any
+//!   `kick_for` on an interrupt in an LR) or whose reconcile may still act when the guest
+//!   moves the LR's state (see `lr.rs`); `flush` reconciles only these.
 
 use alloc::vec::Vec;
 
@@ -29,9 +42,34 @@ pub struct CpuState {
     pub lrs: [Option<u32>; MAX_LRS],
     /// The hardware LRs may hold stale entries (after a reset): zero them all at next flush.
     pub wipe_lrs: bool,
+    /// Bit `i` set = `lrs[i]` is `Some`.
+    pub occupied: u16,
+    /// LRs the next flush must reconcile (see module docs).
+    pub dirty: u16,
+    /// Superset of the INTIDs deliverable to this vCPU: bit `intid % 32` of word `intid / 32`.
+    pub pend: [u32; PEND_WORDS],
+    /// Bit `w` set = `pend[w]` may be non-zero.
+    pub pend_words: u32,
 }
 
+/// INTIDs 0..1024 in 32-bit words.
+pub const PEND_WORDS: usize = 32;
+
 impl CpuState {
+    /// Record that `intid` may be deliverable to this vCPU.
+    #[inline]
+    pub fn set_pend(&mut self, intid: u32) {
+        let w = (intid / 32) as usize % PEND_WORDS;
+        self.pend[w] |= 1 << (intid % 32);
+        self.pend_words |= 1 << w;
+    }
+
+    #[inline]
+    pub fn clear_pend(&mut self, intid: u32) {
+        let w = (intid / 32) as usize % PEND_WORDS;
+        self.pend[w] &= !(1 << (intid % 32));
+    }
+
     pub fn new() -> CpuState {
         let mut private = [Irq::new(Trigger::Level); NR_PRIVATE];
         // SGIs are always edge-triggered (GICR_ICFGR0 is read-only 0xAAAA_AAAA).
@@ -43,6 +81,10 @@ impl CpuState {
             sleep: true,
             lrs: [None; MAX_LRS],
             wipe_lrs: true,
+            occupied: 0,
+            dirty: 0,
+            pend: [0; PEND_WORDS],
+            pend_words: 0,
         }
     }
 }
@@ -119,26 +161,79 @@ impl State {
     }
 
     /// The vCPU to kick if `intid` (seen from `vcpu`) is now deliverable, or if it sits in
-    /// an LR that the next flush must revisit (`lr_dirty`).
-    pub fn kick_for(&self, vcpu: usize, intid: u32, lr_dirty: bool) -> VcpuMask {
+    /// an LR that the next flush must revisit (`lr_dirty`). Called after *every* state
+    /// change of an interrupt, it also keeps the indexes: the owner's `pend` bit for a
+    /// deliverable interrupt, the holder's `dirty` bit for one in an LR (reconcile reads
+    /// enable, group, trigger, latch and the clear requests, any of which may have changed).
+    pub fn kick_for(&mut self, vcpu: usize, intid: u32, lr_dirty: bool) -> VcpuMask {
+        let grp1 = self.grp1;
         let Some(irq) = self.irq(vcpu, intid) else {
             return VcpuMask::EMPTY;
         };
-        if irq.lr.is_some() {
+        if let Some(lr) = irq.lr {
+            let holder = usize::from(irq.lr_vcpu);
+            if let Some(cpu) = self.cpus.get_mut(holder) {
+                cpu.dirty |= 1 << (lr as usize % MAX_LRS);
+            }
             return if lr_dirty {
-                VcpuMask::one(usize::from(irq.lr_vcpu))
+                VcpuMask::one(holder)
             } else {
                 VcpuMask::EMPTY
             };
         }
+        if !irq.deliverable(grp1) {
+            return VcpuMask::EMPTY;
+        }
         match self.owner(vcpu, intid) {
-            Some(owner) if irq.deliverable(self.grp1) => VcpuMask::one(owner),
-            _ => VcpuMask::EMPTY,
+            Some(owner) => {
+                self.cpus[owner].set_pend(intid);
+                VcpuMask::one(owner)
+            }
+            None => VcpuMask::EMPTY,
+        }
+    }
+
+    /// Latch an edge on private interrupt `intid` of `vcpu` (an SGI): `kick_for` with
+    /// `lr_dirty`, in one lookup.
+    pub fn raise_private(&mut self, vcpu: usize, intid: u32) -> VcpuMask {
+        let grp1 = self.grp1;
+        let Some(cpu) = self.cpus.get_mut(vcpu) else {
+            return VcpuMask::EMPTY;
+        };
+        let Some(irq) = cpu.private.get_mut(intid as usize) else {
+            return VcpuMask::EMPTY;
+        };
+        irq.latch = true;
+        if let Some(lr) = irq.lr {
+            // A private interrupt only ever sits in its own vCPU's LRs.
+            let holder = usize::from(irq.lr_vcpu);
+            if holder == vcpu {
+                cpu.dirty |= 1 << (lr as usize % MAX_LRS);
+                return VcpuMask::one(vcpu);
+            }
+            return self.kick_for(vcpu, intid, true);
+        }
+        if irq.deliverable(grp1) {
+            cpu.set_pend(intid);
+            return VcpuMask::one(vcpu);
+        }
+        VcpuMask::EMPTY
+    }
+
+    /// `intid` (seen from `vcpu`) just left an LR: index it again if it is deliverable.
+    pub fn note(&mut self, vcpu: usize, intid: u32) {
+        if self
+            .irq(vcpu, intid)
+            .is_some_and(|irq| irq.deliverable(self.grp1))
+        {
+            if let Some(owner) = self.owner(vcpu, intid) {
+                self.cpus[owner].set_pend(intid);
+            }
         }
     }
 
     /// Every vCPU with something deliverable or an LR to revisit (after a GICD_CTLR change).
-    pub fn all_with_work(&self) -> VcpuMask {
+    pub fn all_with_work(&mut self) -> VcpuMask {
         let mut mask = VcpuMask::EMPTY;
         for vcpu in 0..self.nr_vcpus {
             for intid in 0..SPI_BASE {
@@ -151,24 +246,25 @@ impl State {
         mask
     }
 
-    /// Deliverable interrupts of `vcpu` (not yet in an LR), as `(intid, &Irq)`.
-    pub fn candidates(&self, vcpu: usize) -> impl Iterator<Item = (u32, &Irq)> + '_ {
-        let grp1 = self.grp1;
-        let private = self
-            .cpus
-            .get(vcpu)
-            .into_iter()
-            .flat_map(|c| c.private.iter())
-            .zip(0u32..);
-        let spis = self
-            .spis
-            .iter()
-            .zip(SPI_BASE..)
-            .filter(move |&(_, intid)| self.spi_target(intid) == Some(vcpu));
-        private
-            .chain(spis)
-            .filter(move |(irq, _)| irq.deliverable(grp1))
-            .map(|(irq, intid)| (intid, irq))
+    /// Whether `intid` (seen from `vcpu`) may go into one of `vcpu`'s LRs now.
+    #[inline]
+    pub fn deliverable_to(&self, vcpu: usize, intid: u32) -> bool {
+        self.irq(vcpu, intid)
+            .is_some_and(|irq| irq.deliverable(self.grp1))
+            && (intid < SPI_BASE || self.spi_target(intid) == Some(vcpu))
+    }
+
+    /// Deliverable interrupts of `vcpu` (not yet in an LR), ascending INTID, read off the
+    /// `pend` index (stale bits are skipped, not dropped: see `lr.rs` for the pruning scan).
+    pub fn candidates(&self, vcpu: usize) -> impl Iterator<Item = u32> + '_ {
+        let cpu = self.cpus.get(vcpu);
+        let words = cpu.map_or(0, |c| c.pend_words);
+        BitIter(words)
+            .flat_map(move |w| {
+                let bits = cpu.map_or(0, |c| c.pend[w as usize]);
+                BitIter(bits).map(move |b| w * 32 + b)
+            })
+            .filter(move |&intid| self.deliverable_to(vcpu, intid))
     }
 
     /// Back to the reset state of one vCPU's redistributor and LRs. SPIs that sat in its
@@ -178,6 +274,9 @@ impl State {
             return;
         };
         let held = cpu.lrs;
+        // SPIs are the distributor's: their index bits survive the redistributor reset.
+        let (mut pend, pend_words) = (cpu.pend, cpu.pend_words);
+        pend[0] = 0;
         for intid in held.into_iter().flatten() {
             if let Some(irq) = self.irq_mut(vcpu, intid) {
                 irq.lr = None;
@@ -187,5 +286,29 @@ impl State {
             }
         }
         self.cpus[vcpu] = CpuState::new();
+        self.cpus[vcpu].pend = pend;
+        self.cpus[vcpu].pend_words = pend_words & !1;
+        for intid in held.into_iter().flatten() {
+            if intid >= SPI_BASE {
+                self.note(vcpu, intid);
+            }
+        }
+    }
+}
+
+/// The set bits of a word, lowest first.
+#[derive(Clone, Copy)]
+pub struct BitIter(pub u32);
+
+impl Iterator for BitIter {
+    type Item = u32;
+    #[inline]
+    fn next(&mut self) -> Option<u32> {
+        if self.0 == 0 {
+            return None;
+        }
+        let b = self.0.trailing_zeros();
+        self.0 &= self.0 - 1;
+        Some(b)
     }
 }

@@ -504,6 +504,60 @@ fn disable_and_clear_pending_withdraw_unacknowledged_lrs() {
     assert_eq!(l.ack(), None);
 }
 
+/// Reconcile must look at an LR again after the guest moves its state, not only after a
+/// register write: a disabled SGI whose LR is pending+active keeps its pending copy until
+/// the guest EOIs the active one, and the next exit must then withdraw it.
+#[test]
+fn disabled_pending_and_active_lr_is_withdrawn_once_the_active_copy_is_eoid() {
+    let g = booted(1, 32);
+    let mut l = FakeLrs::new(4);
+    g.send_sgi(0, sgi1r(1, 1));
+    run_exit(&g, 0, &mut l);
+    assert_eq!(l.ack(), Some(1));
+    g.send_sgi(0, sgi1r(1, 1));
+    run_exit(&g, 0, &mut l);
+    assert_eq!(lr_state(l.lr[0]), LR_STATE_ACTIVE | LR_STATE_PENDING);
+    g.redist_write(0, SGI + ICENABLER, 4, 1 << 1);
+    run_exit(&g, 0, &mut l);
+    assert_eq!(
+        lr_state(l.lr[0]),
+        LR_STATE_ACTIVE | LR_STATE_PENDING,
+        "acknowledged copy stays"
+    );
+    l.eoi(1);
+    assert_eq!(lr_state(l.lr[0]), LR_STATE_PENDING);
+    run_exit(&g, 0, &mut l);
+    assert!(
+        l.valid().is_empty(),
+        "pending copy of a disabled SGI withdrawn"
+    );
+    assert_eq!(g.redist_read(0, SGI + ISPENDR, 4), 0b10, "and remembered");
+    g.redist_write(0, SGI + ISENABLER, 4, 1 << 1);
+    run_exit(&g, 0, &mut l);
+    assert_eq!(l.ack_eoi(), Some(1));
+}
+
+/// The candidate index follows SPI routing: an SPI that became pending while routed to
+/// vCPU 0 and is then re-routed reaches vCPU 1 only.
+#[test]
+fn rerouted_pending_spi_is_delivered_to_its_new_target_only() {
+    let g = booted(2, 32);
+    let (mut l0, mut l1) = (FakeLrs::new(4), FakeLrs::new(4));
+    run_exit(&g, 0, &mut l0);
+    run_exit(&g, 1, &mut l1);
+    enable_spi(&g, 40, 0);
+    assert_eq!(g.set_spi_level(40, true), VcpuMask::one(0));
+    assert_eq!(
+        g.dist_write(0, GICD_IROUTER + 8 * 40, 8, 1),
+        VcpuMask::one(1)
+    );
+    run_exit(&g, 0, &mut l0);
+    run_exit(&g, 1, &mut l1);
+    assert!(l0.valid().is_empty());
+    assert_eq!(l1.valid(), vec![40]);
+    assert!(!g.has_pending(0));
+}
+
 #[test]
 fn active_state_registers() {
     let g = booted(1, 32);
