@@ -131,6 +131,18 @@ pub fn decode(esr: u64, far: u64, hpfar: u64) -> Exit {
     }
 }
 
+/// Decode a data abort from a lower EL (EC 0x24) alone: what the hot MMIO path
+/// needs, without building the general [`Exit`].
+pub fn decode_lower_data_abort(esr: u64, far: u64, hpfar: u64) -> Exit {
+    let ipa = fault_ipa(far, hpfar);
+    decode_data_abort(esr & ISS_MASK, ipa).map_or(Exit::BadDataAbort { ipa, far }, Exit::Mmio)
+}
+
+/// Decode a trapped MSR/MRS (EC 0x18) alone.
+pub fn decode_sysreg_trap(esr: u64) -> SysRegAccess {
+    decode_sysreg(esr & ISS_MASK)
+}
+
 pub const fn exception_class(esr: u64) -> u32 {
     ((esr >> ESR_EC_SHIFT) & ESR_EC_MASK) as u32
 }
@@ -190,22 +202,20 @@ impl MmioAccess {
     /// The value a load delivers into its register, given the raw bytes read
     /// (zero- or sign-extended per the syndrome, truncated to 32 bits for W registers).
     pub fn load_result(&self, raw: u64) -> u64 {
-        let bits = u32::from(self.size) * 8;
-        let raw = if bits >= 64 {
-            raw
-        } else {
-            raw & ((1u64 << bits) - 1)
-        };
-        let extended = if self.sign_extend && bits < 64 {
-            let shift = 64 - bits;
-            (((raw << shift) as i64) >> shift) as u64
-        } else {
-            raw
+        // One arm per load instruction form; this runs on every emulated read.
+        let extended = match (self.size, self.sign_extend) {
+            (1, false) => u64::from(raw as u8),
+            (2, false) => u64::from(raw as u16),
+            (4, false) => u64::from(raw as u32),
+            (1, true) => raw as u8 as i8 as i64 as u64,
+            (2, true) => raw as u16 as i16 as i64 as u64,
+            (4, true) => raw as u32 as i32 as i64 as u64,
+            _ => raw,
         };
         if self.sixty_four {
             extended
         } else {
-            extended & u64::from(u32::MAX)
+            u64::from(extended as u32)
         }
     }
 
@@ -403,6 +413,28 @@ mod tests {
         assert_eq!(inject::vector_offset(0x3c5), 0x200);
         assert_eq!(inject::vector_offset(0x3c4), 0x000);
         assert_eq!(inject::vector_offset(0x0), 0x400);
+    }
+
+    #[test]
+    fn per_class_decoders_agree_with_decode() {
+        let dabt = esr(
+            ec::DABT_LOWER,
+            DABT_ISV | (2 << DABT_SAS_SHIFT) | (7 << DABT_SRT_SHIFT) | DABT_WNR,
+        );
+        assert_eq!(
+            decode_lower_data_abort(dabt, 0x10, 0x9000 << 4),
+            decode(dabt, 0x10, 0x9000 << 4)
+        );
+        let bad = esr(ec::DABT_LOWER, 0);
+        assert_eq!(
+            decode_lower_data_abort(bad, 0x10, 0x9000 << 4),
+            decode(bad, 0x10, 0x9000 << 4)
+        );
+        let msr = esr(
+            ec::SYSREG,
+            (3 << 20) | (5 << 17) | (12 << 10) | (5 << 5) | (11 << 1),
+        );
+        assert_eq!(Exit::SysReg(decode_sysreg_trap(msr)), decode(msr, 0, 0));
     }
 
     #[test]

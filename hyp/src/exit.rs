@@ -18,7 +18,10 @@ use crate::machine::{self, current_cpu, machine, Machine};
 use crate::println;
 use crate::vm::{RunState, Vm};
 use bothy_core::abi::{self, CallContext, Outcome, RETURN_SUCCESS};
-use bothy_core::exit::{decode, inject, sysreg as trapped, Exit, MmioAccess, SysRegAccess};
+use bothy_core::exit::{
+    decode, decode_lower_data_abort, decode_sysreg_trap, ec, inject, sysreg as trapped, Exit,
+    MmioAccess, SysRegAccess,
+};
 use bothy_core::layout;
 use bothy_core::vgic::VcpuMask;
 
@@ -137,10 +140,11 @@ pub extern "C" fn handle_exit(kind: u64, frame: &mut GuestFrame) {
     // function stays small (few callee-saved registers to spill).
     if kind == ExitKind::Sync as u64 {
         let esr = sysreg::read_esr_el2();
-        if bothy_core::exit::exception_class(esr) == bothy_core::exit::ec::HVC64 {
-            smccc_call(vm, vcpu, frame);
-        } else {
-            sync_exit(vm, vcpu, frame, esr);
+        match bothy_core::exit::exception_class(esr) {
+            ec::HVC64 => smccc_call(vm, vcpu, frame),
+            ec::SYSREG => sysreg_access(vm, vcpu, frame, decode_sysreg_trap(esr)),
+            ec::DABT_LOWER => data_abort(vm, vcpu, frame, esr),
+            _ => sync_exit(vm, vcpu, frame, esr),
         }
     } else {
         async_exit(kind, vm, vcpu);
@@ -151,6 +155,25 @@ pub extern "C" fn handle_exit(kind: u64, frame: &mut GuestFrame) {
     if vm.vgic.needs_flush(vcpu) {
         service_list_registers(vm, vcpu);
     }
+}
+
+/// A stage-2 data abort: an emulated device, or an abort for the guest.
+#[inline(never)]
+fn data_abort(vm: &Vm, vcpu: usize, frame: &mut GuestFrame, esr: u64) {
+    match decode_lower_data_abort(esr, sysreg::read_far_el2(), sysreg::read_hpfar_el2()) {
+        Exit::Mmio(access) => mmio(vm, vcpu, frame, access),
+        _ => inject_bad_data_abort(frame, esr),
+    }
+}
+
+fn inject_bad_data_abort(frame: &mut GuestFrame, esr: u64) {
+    const ESR_WNR: u64 = 1 << 6;
+    let write = esr & ESR_WNR != 0;
+    inject_sync(
+        frame,
+        inject::data_abort_esr(inject::from_el0(frame.spsr), write),
+        sysreg::read_far_el2(),
+    )
 }
 
 /// Interrupts, SErrors and anything from AArch32.
@@ -189,14 +212,7 @@ fn sync_exit(vm: &Vm, vcpu: usize, frame: &mut GuestFrame, esr: u64) {
         }
         Exit::Mmio(access) => mmio(vm, vcpu, frame, access),
         Exit::SysReg(access) => sysreg_access(vm, vcpu, frame, access),
-        Exit::BadDataAbort { far, .. } => {
-            let write = esr & (1 << 6) != 0;
-            inject_sync(
-                frame,
-                inject::data_abort_esr(inject::from_el0(frame.spsr), write),
-                far,
-            )
-        }
+        Exit::BadDataAbort { .. } => inject_bad_data_abort(frame, esr),
         Exit::BadInstructionAbort { far, .. } => inject_sync(
             frame,
             inject::instruction_abort_esr(inject::from_el0(frame.spsr)),
@@ -324,7 +340,6 @@ fn wait_for_interrupt(m: &Machine, vm: &Vm, vcpu: usize) {
 }
 
 /// Acknowledge and handle every pending physical interrupt on this CPU.
-#[cold]
 #[inline(never)]
 fn drain_physical_irqs(m: &Machine, running: Option<(&Vm, usize)>) {
     // Level-sensitive sources re-assert at once if their cause is not removed;
@@ -362,9 +377,8 @@ fn drain_physical_irqs(m: &Machine, running: Option<(&Vm, usize)>) {
 /// Fold list-register state back into the vGIC and refill them.
 #[inline(never)]
 fn service_list_registers(vm: &Vm, vcpu: usize) {
-    let mut lrs = HwListRegs::new();
-    vm.vgic.sync(vcpu, &mut lrs);
-    vm.vgic.flush(vcpu, &mut lrs);
+    // flush folds the list registers back (sync) before it fills them.
+    vm.vgic.flush(vcpu, &mut HwListRegs::new());
 }
 
 /// Bytes from the physical UART go to the VM that has the console focus.
@@ -479,6 +493,7 @@ fn uart_access(m: &Machine, vm: &Vm, access: MmioAccess, value: u64) -> Option<u
 
 /// Trapped system registers: SGIs go to the vGIC, the physical timer reads as
 /// zero and ignores writes, anything else is undefined for the guest.
+#[inline(never)]
 fn sysreg_access(vm: &Vm, vcpu: usize, frame: &mut GuestFrame, access: SysRegAccess) {
     let value = if access.reg == 31 {
         0
