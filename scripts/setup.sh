@@ -8,6 +8,8 @@
 #     debs/                 the .deb files as downloaded
 #     linux/                linux-image-*-arm64 extracted (boot/vmlinuz-*, lib/modules/*)
 #     busybox/              busybox-static extracted (bin/busybox)
+#     xen/                  xen-hypervisor-4.17-arm64 extracted (boot/xen-4.17-arm64),
+#                           the third configuration of `bothy bench`
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -33,12 +35,14 @@ apt_update_once() {
 need_pkgs=()
 command -v qemu-system-aarch64 >/dev/null || need_pkgs+=(qemu-system-arm)
 command -v dtc >/dev/null || need_pkgs+=(device-tree-compiler)
+# The font of `bothy bench`'s PNG chart (loaded from the file; no fontconfig).
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_pkgs+=(fonts-dejavu-core)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
     apt_update_once
     say "installing ${need_pkgs[*]}"
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need_pkgs[@]}"
 else
-    say "qemu-system-aarch64 and dtc present"
+    say "qemu-system-aarch64, dtc and the DejaVu font present"
 fi
 
 # --- Rust targets --------------------------------------------------------------
@@ -107,7 +111,11 @@ fetch() {
 
 fetch "$kpkg" "$cache/linux"
 fetch busybox-static "$cache/busybox"
+# Xen for `bothy bench` (dom0less, booted directly by QEMU): the package itself, no
+# version pinned (the CLI resolves the candidate the same way when the cache is empty).
+fetch xen-hypervisor-4.17-arm64 "$cache/xen"
 
 say "guest kernel: $(ls "$cache"/linux/boot/vmlinuz-* | head -n1)"
 say "busybox:      $cache/busybox/bin/busybox"
+say "xen:          $(ls "$cache"/xen/boot/xen-*-arm64 | head -n1)"
 say "done"

@@ -1,21 +1,28 @@
-//! `bothy bench boot`: the same Linux guest booted on bare QEMU and under Bothy,
-//! timed from spawning QEMU to the guest's `/init` marker.
+//! `bothy bench`: the microbenchmarks ([`micro`]: instruction counts per operation of
+//! guests/bench, with [`chart`] for the PNG) and `bothy bench boot`, the same Linux
+//! guest booted on bare QEMU, under Bothy and under Xen, timed from spawning QEMU to
+//! the guest's `/init` marker.
 //!
-//! Both configurations use the demo guest (Debian kernel + busybox initramfs,
+//! All boot configurations use the demo guest (Debian kernel + busybox initramfs,
 //! `console=ttyAMA0`). `bare` hands kernel and initramfs to QEMU directly: Linux runs
 //! at EL1 and QEMU answers PSCI itself. `bothy` boots the packed Bothy image with
 //! `virtualization=on`, so the time includes Bothy's own boot, copying the guest's
-//! images into its RAM, and every trapped GIC and UART access of the guest. Runs
-//! alternate (bare, bothy, bare, ...) so that drift on the host affects both alike;
-//! the result is the ratio of the medians.
+//! images into its RAM, and every trapped GIC and UART access of the guest. `xen`
+//! boots Xen 4.17 dom0less with the same kernel and initramfs as its domU
+//! ([`crate::xen`]). Runs alternate (bare, bothy, xen, bare, ...) so that drift on the
+//! host affects all alike; the results are the ratios of the medians.
 //!
 //! Every run is bounded by a timeout; QEMU is started in a process group of its own,
 //! which is killed as a whole once the marker shows up (or the run fails), and with a
 //! parent-death signal, so an interrupted benchmark leaves no QEMU behind.
 
+pub mod chart;
+pub mod micro;
+
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,37 +33,60 @@ use serde::Serialize;
 use crate::initramfs::READY_MARKER;
 use crate::qemu::{self, QEMU};
 use crate::size::format_size;
+use crate::xen;
 
 /// Console bytes kept for the error message of a failed run.
 const TAIL_BYTES: usize = 4096;
+/// Console bytes kept in full for parsing (a Linux boot prints about 30 KB).
+const KEEP_BYTES: usize = 8 << 20;
 
 /// Said next to every result: part of the ratio is QEMU's, not Bothy's.
 pub const EL2_NOTE: &str = "under TCG, virtualization=on (emulated EL2) costs something by \
-itself, even with no hypervisor running; the ratio includes that, Bothy's own boot and \
-copying the guest kernel into guest RAM";
+itself, even with no hypervisor running; the ratio includes that, the hypervisor's own boot \
+and copying the guest kernel into guest RAM";
 
 /// What is being compared.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Config {
-    /// Linux directly on QEMU at EL1.
+    /// The guest directly on QEMU at EL1.
     Bare,
-    /// Linux as a VM under Bothy, QEMU entering at EL2.
+    /// The guest as a VM under Bothy, QEMU entering at EL2.
     Bothy,
+    /// The guest as a dom0less domU of Xen 4.17, QEMU entering at EL2.
+    Xen,
 }
 
 impl Config {
-    pub const ALL: [Config; 2] = [Config::Bare, Config::Bothy];
+    pub const ALL: [Config; 3] = [Config::Bare, Config::Bothy, Config::Xen];
 
     pub fn name(self) -> &'static str {
         match self {
             Config::Bare => "bare",
             Config::Bothy => "bothy",
+            Config::Xen => "xen",
         }
+    }
+
+    /// As in table headings.
+    pub fn title(self) -> &'static str {
+        match self {
+            Config::Bare => "bare",
+            Config::Bothy => "Bothy",
+            Config::Xen => "Xen",
+        }
+    }
+
+    /// `bare`, `bothy` or `xen` (any case).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|c| c.name().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| format!("{s:?}: not a configuration (bare, bothy, xen)"))
     }
 }
 
-/// The guest and the machine, shared by both configurations.
+/// The guest and the machine, shared by all configurations.
 #[derive(Clone, Debug)]
 pub struct Setup {
     pub cpus: u32,
@@ -66,6 +96,10 @@ pub struct Setup {
     pub kernel: PathBuf,
     pub initrd: Option<PathBuf>,
     pub bootargs: String,
+    /// Xen with the same kernel, initrd and bootargs as its domU; None: not measured.
+    pub xen: Option<xen::Prepared>,
+    /// The configurations to run, in this order.
+    pub configs: Vec<Config>,
 }
 
 impl Setup {
@@ -83,6 +117,13 @@ impl Setup {
                 (false, &self.kernel, extra)
             }
             Config::Bothy => (true, &self.image, Vec::new()),
+            Config::Xen => {
+                return self
+                    .xen
+                    .as_ref()
+                    .expect("the xen configuration was prepared")
+                    .command()
+            }
         };
         qemu::Machine {
             cpus: self.cpus,
@@ -91,6 +132,27 @@ impl Setup {
             extra_args,
         }
         .command(kernel)
+    }
+
+    /// Xen for `bench boot`: the same machine (plus `dtb-randomness=off`, so the DTB Xen
+    /// gets is the one dumped) and the demo guest as a domU of `domu_memory`.
+    pub fn prepare_xen(&mut self, xen_bin: &Path, domu_memory: u64, dir: &Path) -> Result<()> {
+        let m = xen::Machine {
+            xen: xen_bin.to_path_buf(),
+            machine: "virt,virtualization=on,gic-version=3,dtb-randomness=off".into(),
+            cpus: self.cpus,
+            memory: self.memory,
+            extra_args: Vec::new(),
+        };
+        let domu = xen::DomU {
+            cpus: self.cpus,
+            memory: domu_memory,
+            kernel: self.kernel.clone(),
+            initrd: self.initrd.clone(),
+            bootargs: self.bootargs.clone(),
+        };
+        self.xen = Some(m.prepare(&domu, dir)?);
+        Ok(())
     }
 }
 
@@ -148,11 +210,38 @@ pub fn format_ratio(r: f64) -> String {
     format!("{r:.2}x")
 }
 
-/// `boot to /init: bare 4.1 s, bothy 4.4 s, ratio 1.07x (median of 3)`.
-pub fn summary_line(bare: f64, bothy: f64, runs: usize) -> String {
+/// The ratios of medians worth printing: each hypervisor over bare, and Bothy over
+/// Xen; only between configurations that ran.
+pub fn ratios(medians: &[(Config, f64)]) -> Vec<(String, f64)> {
+    let get = |c: Config| medians.iter().find(|m| m.0 == c).map(|m| m.1);
+    let mut out = Vec::new();
+    for (num, den) in [
+        (Config::Bothy, Config::Bare),
+        (Config::Xen, Config::Bare),
+        (Config::Bothy, Config::Xen),
+    ] {
+        if let (Some(n), Some(d)) = (get(num), get(den)) {
+            out.push((format!("{}/{}", num.name(), den.name()), n / d));
+        }
+    }
+    out
+}
+
+/// `boot to /init: bare 4.1 s, bothy 4.4 s, xen 5.0 s; bothy/bare 1.07x, ... (median of 3)`.
+pub fn summary_line(medians: &[(Config, f64)], runs: usize) -> String {
+    let times: Vec<String> = medians
+        .iter()
+        .map(|(c, t)| format!("{} {t:.1} s", c.name()))
+        .collect();
+    let ratios: Vec<String> = ratios(medians)
+        .into_iter()
+        .map(|(k, r)| format!("{k} {}", format_ratio(r)))
+        .collect();
+    let sep = if ratios.is_empty() { "" } else { "; " };
     format!(
-        "boot to /init: bare {bare:.1} s, bothy {bothy:.1} s, ratio {} (median of {runs})",
-        format_ratio(bothy / bare)
+        "boot to /init: {}{sep}{} (median of {runs})",
+        times.join(", "),
+        ratios.join(", ")
     )
 }
 
@@ -188,28 +277,23 @@ pub struct Report {
     pub runs: usize,
     pub machine: MachineNote,
     pub configurations: Vec<ConfigResult>,
-    /// median(bothy) / median(bare).
-    pub ratio: f64,
+    /// `bothy/bare` = median(bothy) / median(bare), `xen/bare`, `bothy/xen`.
+    pub ratios: BTreeMap<String, f64>,
     pub summary: String,
     pub note: &'static str,
 }
 
 impl Report {
     fn new(machine: MachineNote, configurations: Vec<ConfigResult>, runs: usize) -> Self {
-        let med = |c: Config| {
-            configurations
-                .iter()
-                .find(|r| r.name == c)
-                .map_or(f64::NAN, |r| r.median)
-        };
-        let (bare, bothy) = (med(Config::Bare), med(Config::Bothy));
+        let medians: Vec<(Config, f64)> =
+            configurations.iter().map(|r| (r.name, r.median)).collect();
         Self {
             benchmark: "boot",
             marker: READY_MARKER,
             runs,
             machine,
-            ratio: bothy / bare,
-            summary: summary_line(bare, bothy, runs),
+            ratios: ratios(&medians).into_iter().collect(),
+            summary: summary_line(&medians, runs),
             note: EL2_NOTE,
             configurations,
         }
@@ -262,9 +346,10 @@ pub fn boot(setup: &Setup, runs: usize, timeout: Duration, json: Option<&Path>) 
         smp: setup.cpus,
         memory: format_size(setup.memory),
     };
-    let mut results: Vec<Vec<Run>> = vec![Vec::new(); Config::ALL.len()];
+    ensure!(!setup.configs.is_empty(), "no configuration to run");
+    let mut results: Vec<Vec<Run>> = vec![Vec::new(); setup.configs.len()];
     for run in 1..=runs {
-        for (i, config) in Config::ALL.into_iter().enumerate() {
+        for (i, &config) in setup.configs.iter().enumerate() {
             eprint!("bothy: bench boot: {} run {run}/{runs} ... ", config.name());
             let t = time_to_marker(setup.command(config), READY_MARKER, timeout)
                 .with_context(|| format!("{} run {run}", config.name()));
@@ -285,8 +370,10 @@ pub fn boot(setup: &Setup, runs: usize, timeout: Duration, json: Option<&Path>) 
             results[i].push(t);
         }
     }
-    let configurations = Config::ALL
-        .into_iter()
+    let configurations = setup
+        .configs
+        .iter()
+        .copied()
         .zip(results)
         .map(|(config, runs)| {
             let seconds: Vec<f64> = runs.iter().map(|r| r.time.as_secs_f64()).collect();
@@ -393,15 +480,76 @@ enum Event {
     Closed,
 }
 
+/// How a run ended.
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    /// The marker appeared this long after QEMU was spawned; QEMU was then stopped.
+    Marker(Duration),
+    /// QEMU exited before the marker (its status, when known).
+    Exited(Option<ExitStatus>),
+    /// Neither within the timeout; QEMU was stopped.
+    TimedOut(Duration),
+}
+
+/// One QEMU run up to a marker.
+#[derive(Clone, Debug)]
+pub struct Console {
+    pub outcome: Outcome,
+    /// Everything QEMU wrote to stdout (the guest console), up to 8 MiB.
+    pub stdout: Vec<u8>,
+    /// The last 4 KiB of stdout and stderr, interleaved as they arrived.
+    pub tail: Vec<u8>,
+    /// See [`Run::other_load`]; only when the marker was seen.
+    pub other_load: Option<f64>,
+}
+
+impl Console {
+    /// The error for a run that did not reach `marker`, with the console tail.
+    pub fn failure(&self, marker: &str) -> Option<anyhow::Error> {
+        let what = match &self.outcome {
+            Outcome::Marker(_) => return None,
+            Outcome::Exited(status) => format!(
+                "QEMU exited before the guest printed {marker:?} ({})",
+                status.map_or("status unknown".into(), |s| s.to_string())
+            ),
+            Outcome::TimedOut(t) => format!(
+                "timed out after {} s without {marker:?}; QEMU was stopped",
+                t.as_secs()
+            ),
+        };
+        let text = String::from_utf8_lossy(&self.tail).replace('\r', "");
+        let text = match text.trim_end() {
+            "" => "(no output)",
+            t => t,
+        };
+        Some(anyhow::anyhow!("{what}\n--- console tail ---\n{text}"))
+    }
+}
+
 /// Spawns `cmd` and returns the time until `marker` appears on its stdout. QEMU is
 /// killed in every case before this returns.
-pub fn time_to_marker(mut cmd: Command, marker: &str, timeout: Duration) -> Result<Run> {
+pub fn time_to_marker(cmd: Command, marker: &str, timeout: Duration) -> Result<Run> {
+    let c = run_to_marker(cmd, marker, timeout)?;
+    match c.outcome {
+        Outcome::Marker(time) => Ok(Run {
+            time,
+            other_load: c.other_load,
+        }),
+        _ => Err(c.failure(marker).expect("no marker")),
+    }
+}
+
+/// Spawns `cmd`, waits until `marker` appears on its stdout, QEMU exits or `timeout`
+/// passes, and returns what it printed. QEMU is killed in every case before this
+/// returns. Err only if QEMU could not be started.
+pub fn run_to_marker(mut cmd: Command, marker: &str, timeout: Duration) -> Result<Console> {
     // QEMU stays in bothy's process group, so Ctrl-C at the terminal stops it too;
     // it starts no children, so killing it by PID below leaves nothing behind.
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let tail = Arc::new(Mutex::new(Vec::new()));
+    let kept = Arc::new(Mutex::new(Vec::new()));
     let (tx, rx) = mpsc::channel();
     let cpu_before = host_cpu();
     let start = Instant::now();
@@ -413,58 +561,58 @@ pub fn time_to_marker(mut cmd: Command, marker: &str, timeout: Duration) -> Resu
     let mut readers = Vec::new();
     let stdout: Box<dyn Read + Send> = Box::new(child.stdout.take().expect("piped"));
     let stderr: Box<dyn Read + Send> = Box::new(child.stderr.take().expect("piped"));
-    for (stream, scan) in [(stdout, true), (stderr, false)] {
+    for (stream, is_stdout) in [(stdout, true), (stderr, false)] {
         let tail = Arc::clone(&tail);
+        let kept = is_stdout.then(|| Arc::clone(&kept));
         let tx = tx.clone();
         let mut scanner = MarkerScanner::new(marker);
         readers.push(std::thread::spawn(move || {
-            read_console(stream, scan.then_some(&mut scanner), &tail, &tx)
+            read_console(
+                stream,
+                is_stdout.then_some(&mut scanner),
+                &tail,
+                kept.as_deref(),
+                &tx,
+            )
         }));
     }
     drop(tx);
     let left = (start + timeout).saturating_duration_since(Instant::now());
-    let result = match rx.recv_timeout(left) {
+    let (outcome, load) = match rx.recv_timeout(left) {
         Ok(Event::Marker(at)) => {
             let (host, own) = (host_cpu(), process_cpu(child.id()));
-            Ok(Run {
-                time: at - start,
-                other_load: cpu_before
-                    .zip(host)
-                    .zip(own)
-                    .and_then(|((b, a), own)| other_load(b, a, own)),
-            })
+            let load = cpu_before
+                .zip(host)
+                .zip(own)
+                .and_then(|((b, a), own)| other_load(b, a, own));
+            (Outcome::Marker(at - start), load)
         }
         Ok(Event::Closed) | Err(mpsc::RecvTimeoutError::Disconnected) => {
-            let status = child.wait().ok();
-            Err(failure(
-                &format!(
-                    "QEMU exited before the guest printed {marker:?} ({})",
-                    status.map_or("status unknown".into(), |s| s.to_string())
-                ),
-                &tail,
-            ))
+            (Outcome::Exited(child.wait().ok()), None)
         }
-        Err(mpsc::RecvTimeoutError::Timeout) => Err(failure(
-            &format!(
-                "timed out after {} s without {marker:?}; QEMU was stopped",
-                timeout.as_secs()
-            ),
-            &tail,
-        )),
+        Err(mpsc::RecvTimeoutError::Timeout) => (Outcome::TimedOut(timeout), None),
     };
     stop(&mut child);
     drop(stdin);
     for r in readers {
         let _ = r.join();
     }
-    result
+    let take = |m: Arc<Mutex<Vec<u8>>>| std::mem::take(&mut *m.lock().expect("console lock"));
+    Ok(Console {
+        outcome,
+        stdout: take(kept),
+        tail: take(tail),
+        other_load: load,
+    })
 }
 
-/// Reads a console stream to its end, keeping the tail and reporting the marker once.
+/// Reads a console stream to its end, keeping the tail (and everything, into `kept`)
+/// and reporting the marker once.
 fn read_console(
     mut stream: Box<dyn Read + Send>,
     mut scanner: Option<&mut MarkerScanner>,
     tail: &Mutex<Vec<u8>>,
+    kept: Option<&Mutex<Vec<u8>>>,
     tx: &mpsc::Sender<Event>,
 ) {
     let mut buf = [0u8; 4096];
@@ -478,27 +626,25 @@ fn read_console(
             return;
         }
         let now = Instant::now();
+        // Kept before the marker is reported, so that what led up to it is complete.
+        if let Some(k) = kept {
+            let mut k = k.lock().expect("console lock");
+            let room = KEEP_BYTES.saturating_sub(k.len()).min(n);
+            k.extend_from_slice(&buf[..room]);
+        }
+        {
+            let mut t = tail.lock().expect("tail lock");
+            t.extend_from_slice(&buf[..n]);
+            let excess = t.len().saturating_sub(TAIL_BYTES);
+            t.drain(..excess);
+        }
         if let Some(s) = scanner.as_deref_mut() {
             if !reported && s.feed(&buf[..n]) {
                 reported = true;
                 let _ = tx.send(Event::Marker(now));
             }
         }
-        let mut t = tail.lock().expect("tail lock");
-        t.extend_from_slice(&buf[..n]);
-        let excess = t.len().saturating_sub(TAIL_BYTES);
-        t.drain(..excess);
     }
-}
-
-fn failure(what: &str, tail: &Mutex<Vec<u8>>) -> anyhow::Error {
-    let t = tail.lock().expect("tail lock");
-    let text = String::from_utf8_lossy(&t).replace('\r', "");
-    let text = match text.trim_end() {
-        "" => "(no output)",
-        t => t,
-    };
-    anyhow::anyhow!("{what}\n--- console tail ---\n{text}")
 }
 
 /// SIGKILL to the child's process group, then reap the child.
@@ -524,9 +670,27 @@ mod tests {
         assert_eq!(format_ratio(1.0678), "1.07x");
         assert_eq!(format_ratio(2.0), "2.00x");
         assert_eq!(
-            summary_line(4.1, 4.4, 3),
-            "boot to /init: bare 4.1 s, bothy 4.4 s, ratio 1.07x (median of 3)"
+            summary_line(&[(Config::Bare, 4.1), (Config::Bothy, 4.4)], 3),
+            "boot to /init: bare 4.1 s, bothy 4.4 s; bothy/bare 1.07x (median of 3)"
         );
+        assert_eq!(
+            summary_line(
+                &[
+                    (Config::Bare, 4.0),
+                    (Config::Bothy, 4.4),
+                    (Config::Xen, 5.0)
+                ],
+                3
+            ),
+            "boot to /init: bare 4.0 s, bothy 4.4 s, xen 5.0 s; bothy/bare 1.10x, \
+             xen/bare 1.25x, bothy/xen 0.88x (median of 3)"
+        );
+        assert_eq!(
+            summary_line(&[(Config::Xen, 5.0)], 1),
+            "boot to /init: xen 5.0 s (median of 1)"
+        );
+        assert_eq!(Config::parse("Xen"), Ok(Config::Xen));
+        assert!(Config::parse("kvm").is_err());
     }
 
     #[test]
@@ -586,7 +750,15 @@ mod tests {
             kernel: "/c/vmlinuz".into(),
             initrd: Some("/t/initramfs.cpio.gz".into()),
             bootargs: "console=ttyAMA0".into(),
+            xen: Some(xen::Prepared {
+                args: vec!["-kernel".into(), "/c/xen".into()],
+            }),
+            configs: Config::ALL.to_vec(),
         };
+        assert_eq!(
+            command_line(&setup.command(Config::Xen)),
+            "qemu-system-aarch64 -kernel /c/xen"
+        );
         assert_eq!(
             command_line(&setup.command(Config::Bare)),
             "qemu-system-aarch64 -machine virt,virtualization=off,gic-version=3 \
@@ -627,7 +799,7 @@ mod tests {
         ];
         let r = Report::new(machine, configs, 3);
         let text = r.render();
-        assert!(text.contains("ratio 1.07x (median of 3)"), "{text}");
+        assert!(text.contains("bothy/bare 1.07x (median of 3)"), "{text}");
         assert!(text.contains("bothy             4.40s"), "{text}");
         assert!(text.contains("virtualization=on"), "{text}");
         assert!(!text.contains("warning"), "{text}");
@@ -637,6 +809,6 @@ mod tests {
         assert!(text.contains("other processes used up to 42%"), "{text}");
         let json: serde_json::Value = serde_json::to_value(&r).unwrap();
         assert_eq!(json["configurations"][1]["name"], "bothy");
-        assert!((json["ratio"].as_f64().unwrap() - 4.4 / 4.1).abs() < 1e-9);
+        assert!((json["ratios"]["bothy/bare"].as_f64().unwrap() - 4.4 / 4.1).abs() < 1e-9);
     }
 }

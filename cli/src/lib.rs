@@ -10,7 +10,8 @@
 //! Image header, kernel unpacking), [`flatten`] (ELF → flat binary), [`pack`] and
 //! [`manifest`] (the image layout), [`cpio`] and [`initramfs`] (demo guest userspace),
 //! [`cache`] (guest artifacts), [`hyp`] (building the hypervisor), [`qemu`] (running),
-//! [`bench`] (boot time, bare QEMU vs Bothy).
+//! [`bench`] (microbenchmarks and boot time: bare QEMU vs Bothy vs Xen), [`xen`] (Xen
+//! 4.17 dom0less on QEMU).
 
 pub mod bench;
 pub mod cache;
@@ -26,3 +27,4 @@ pub mod qemu;
 pub mod size;
 #[doc(hidden)]
 pub mod testutil;
+pub mod xen;

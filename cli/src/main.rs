@@ -4,14 +4,16 @@
 //! (`bothy_cli`), where the logic lives and is tested. Every error a user can cause
 //! is reported with the file, key or VM it concerns, before anything boots.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+use bothy_cli::bench::{self, chart, micro, Config};
 use bothy_cli::cache::{repo_root, Cache};
 use bothy_cli::config::{Machine, SystemConfig, VmConfig};
 use bothy_cli::size::{format_size, parse_size, MIB};
-use bothy_cli::{bench, flatten, hyp, initramfs, pack, qemu};
+use bothy_cli::{flatten, hyp, initramfs, pack, qemu, xen};
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
@@ -88,17 +90,54 @@ enum Cmd {
         output: PathBuf,
     },
     /// Benchmarks (see docs/PERFORMANCE.md).
+    ///
+    /// Without a subcommand: the microbenchmarks of guests/bench (hypercall, trapped
+    /// MMIO, SGI, virtual timer, UART, IPI) under bare QEMU, Bothy and Xen 4.17
+    /// dom0less, counted in instructions with QEMU -icount, as a table on stdout, a
+    /// JSON file and a PNG chart. Fails if any operation has no number.
+    #[command(args_conflicts_with_subcommands = true)]
     Bench {
         #[command(subcommand)]
-        what: BenchCmd,
+        what: Option<BenchCmd>,
+        #[command(flatten)]
+        micro: MicroArgs,
     },
+}
+
+#[derive(clap::Args, Clone)]
+struct MicroArgs {
+    /// Fewer samples per operation (bench.iters=50 instead of 1000).
+    #[arg(long)]
+    quick: bool,
+    /// Samples per operation (1..10000); overrides --quick.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10000))]
+    iters: Option<u32>,
+    /// Write the results as JSON here [default: target/bench/bench.json].
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+    /// Write the bar chart here [default: target/bench/bench.png].
+    #[arg(long, value_name = "PATH")]
+    png: Option<PathBuf>,
+    /// Only these configurations, comma-separated: bare,bothy,xen.
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = Config::parse)]
+    only: Vec<Config>,
+    /// Stop a QEMU run that has not finished after this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    timeout: u64,
+    /// Hypervisor ELF to use instead of building hyp/ with cargo.
+    #[arg(long, value_name = "PATH")]
+    hyp: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
 enum BenchCmd {
-    /// Boot the demo Linux guest on bare QEMU and under Bothy, alternately, and print
-    /// the time to its /init marker and the ratio of the medians.
+    /// Boot the demo Linux guest on bare QEMU, under Bothy and as a Xen dom0less
+    /// domU, alternately, and print the time to its /init marker and the ratios of
+    /// the medians.
     Boot {
+        /// Only these configurations, comma-separated: bare,bothy,xen.
+        #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = Config::parse)]
+        only: Vec<Config>,
         /// Boots per configuration.
         #[arg(long, default_value_t = 3)]
         runs: usize,
@@ -183,29 +222,148 @@ fn real_main() -> Result<()> {
         }
         Cmd::Bench {
             what:
-                BenchCmd::Boot {
+                Some(BenchCmd::Boot {
+                    only,
                     runs,
                     json,
                     timeout,
                     machine,
-                },
+                }),
+            ..
         } => {
             let tmp = tempfile::Builder::new().prefix("bothy-bench-").tempdir()?;
+            let configs = selected(&only);
             let (sys, image) = qemu_image(None, &machine, tmp.path())?;
             let vm = &sys.vms[0];
-            let setup = bench::Setup {
+            let mut setup = bench::Setup {
                 cpus: machine.smp,
                 memory: machine.mem,
                 image,
                 kernel: vm.kernel.clone(),
                 initrd: vm.initrd.clone(),
                 bootargs: vm.bootargs.clone(),
+                xen: None,
+                configs: configs.clone(),
             };
+            if configs.contains(&Config::Xen) {
+                let bin = xen::fetch(&Cache::default_location())?;
+                setup.prepare_xen(&bin, vm.memory, tmp.path())?;
+            }
             let report = bench::boot(&setup, runs, Duration::from_secs(timeout), json.as_deref())?;
             print!("{}", report.render());
             Ok(())
         }
+        Cmd::Bench { what: None, micro } => bench_micro(micro),
     }
+}
+
+/// `--only` in the canonical order (bare, bothy, xen); all when empty.
+fn selected(only: &[Config]) -> Vec<Config> {
+    Config::ALL
+        .into_iter()
+        .filter(|c| only.is_empty() || only.contains(c))
+        .collect()
+}
+
+/// `bothy bench`: the microbenchmarks.
+fn bench_micro(args: MicroArgs) -> Result<()> {
+    let configs = selected(&args.only);
+    let iters = args.iters.unwrap_or(if args.quick {
+        micro::QUICK_ITERS
+    } else {
+        micro::DEFAULT_ITERS
+    });
+    let out_dir = repo_root().join("target/bench");
+    let json = args.json.unwrap_or_else(|| out_dir.join("bench.json"));
+    let png = args.png.unwrap_or_else(|| out_dir.join("bench.png"));
+    let qemu_version = bench::qemu_version()?;
+    let tmp = tempfile::Builder::new().prefix("bothy-bench-").tempdir()?;
+
+    let elf = micro::build_guest(&repo_root())?;
+    let bytes = std::fs::read(&elf).with_context(|| format!("reading {}", elf.display()))?;
+    let flat = flatten::flatten_elf(&bytes)
+        .with_context(|| format!("flattening the benchmark guest {}", elf.display()))?;
+    let guest_image = tmp.path().join("bench.bin");
+    std::fs::write(&guest_image, &flat.bytes)?;
+
+    let mut unavailable = BTreeMap::new();
+    let mut bothy_images = BTreeMap::new();
+    if configs.contains(&Config::Bothy) {
+        match bench_bothy_images(&elf, iters, args.hyp.as_deref(), tmp.path()) {
+            Ok(m) => bothy_images = m,
+            Err(e) => {
+                eprintln!("bothy: bench: cannot build the Bothy images: {e:#}");
+                unavailable.insert(Config::Bothy, format!("building the Bothy image: {e:#}"));
+            }
+        }
+    }
+    let mut xen_bin = None;
+    if configs.contains(&Config::Xen) {
+        match xen::fetch(&Cache::default_location()) {
+            Ok(b) => xen_bin = Some(b),
+            Err(e) => {
+                eprintln!("bothy: bench: Xen is not available: {e:#}");
+                unavailable.insert(Config::Xen, format!("Xen is not available: {e:#}"));
+            }
+        }
+    }
+    let setup = micro::Setup {
+        guest_image,
+        bothy_images,
+        xen: xen_bin,
+        iters,
+        dir: tmp.path().to_path_buf(),
+        configs,
+        unavailable,
+        timeout: Duration::from_secs(args.timeout),
+    };
+    let report = micro::run(&setup, qemu_version);
+    print!("{}", report.render());
+
+    for p in [&json, &png] {
+        if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+    }
+    let text = serde_json::to_string_pretty(&report)?;
+    std::fs::write(&json, text + "\n").with_context(|| format!("writing {}", json.display()))?;
+    chart::write_png(&report, &png)?;
+    eprintln!(
+        "bothy: bench: wrote {} and {}",
+        json.display(),
+        png.display()
+    );
+    let missing = report.missing().len();
+    if missing > 0 {
+        bail!("{missing} operation(s) produced no number (see the list above)");
+    }
+    Ok(())
+}
+
+/// The Bothy images of the microbenchmark: one VM with the guest, 1 and 2 vCPUs.
+fn bench_bothy_images(
+    guest_elf: &Path,
+    iters: u32,
+    hyp_elf: Option<&Path>,
+    dir: &Path,
+) -> Result<BTreeMap<u32, PathBuf>> {
+    // Built (or checked) once, then reused for both images.
+    let hyp_elf = hyp::hyp_elf(hyp_elf, &repo_root())?;
+    let mut out = BTreeMap::new();
+    for cpus in [1, 2] {
+        let args = MachineArgs {
+            smp: cpus,
+            mem: micro::MACHINE_MEMORY,
+            hyp: Some(hyp_elf.clone()),
+        };
+        let sys = micro::bothy_system(guest_elf, cpus, iters);
+        let packed = build_image(&sys, &args, Some(&args), Some(pack::QEMU_VIRT_PL011))?;
+        let path = dir.join(format!("bothy-smp{cpus}.img"));
+        std::fs::write(&path, &packed.bytes)
+            .with_context(|| format!("writing {}", path.display()))?;
+        out.insert(cpus, path);
+    }
+    Ok(out)
 }
 
 /// What `bothy run` boots: SYSTEM.toml (the built-in demo when None) packed for QEMU

@@ -1,0 +1,94 @@
+//! `bothy bench --quick`: the microbenchmark guest under bare QEMU, Bothy and Xen 4.17
+//! dom0less in one invocation. Only that every operation produced a number under every
+//! configuration is checked, and that the JSON and the PNG were written: the figures
+//! themselves are reported (docs/PERFORMANCE.md), never asserted.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{bothy, hyp_present, qemu_lock};
+
+const CONFIGS: [&str; 3] = ["bare", "bothy", "xen"];
+/// Keep in step with bothy_cli::bench::micro::OPS.
+const OPS: [&str; 7] = [
+    "hvc_null",
+    "mmio_gicd_typer",
+    "sgi_self",
+    "vtimer_irq",
+    "vtimer_wfi",
+    "uart_putc",
+    "ipi_roundtrip",
+];
+
+#[test]
+fn every_op_has_a_number_in_every_configuration() {
+    if !hyp_present() {
+        eprintln!("skipping: no hyp/ sources");
+        return;
+    }
+    let _q = qemu_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let png = dir.path().join("bench.png");
+    let start = Instant::now();
+    // Each QEMU run is bounded by --timeout; the whole is six short runs plus builds.
+    let out = Command::new(bothy())
+        .args(["bench", "--quick", "--timeout", "240", "--json"])
+        .arg(&json)
+        .arg("--png")
+        .arg(&png)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("running bothy bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!(
+        "bothy bench --quick took {:.1} s\n{stdout}",
+        start.elapsed().as_secs_f64()
+    );
+    assert!(
+        out.status.success(),
+        "bothy bench --quick failed ({})\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
+        out.status
+    );
+
+    let text = std::fs::read_to_string(&json).expect("the JSON file was written");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    assert_eq!(v["iters"], 50, "--quick is bench.iters=50");
+    for name in CONFIGS {
+        let c = v["configurations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no configuration {name} in {text}"));
+        for op in OPS {
+            let r = &c["ops"][op];
+            assert_eq!(r["status"], "ok", "{name} {op}: {r}");
+            assert!(r["median"].is_u64(), "{name} {op}: no median: {r}");
+            assert_eq!(r["iters"], 50, "{name} {op}: {r}");
+        }
+    }
+    // The table names every op.
+    for op in OPS {
+        assert!(stdout.contains(op), "table without {op}:\n{stdout}");
+    }
+
+    let bytes = std::fs::read(&png).expect("the PNG was written");
+    assert!(
+        bytes.starts_with(b"\x89PNG\r\n\x1a\n"),
+        "not a PNG (signature)"
+    );
+    // Decodes the whole image (every chunk's CRC and the pixel data).
+    let decoder = png::Decoder::new(std::io::Cursor::new(&bytes));
+    let mut reader = decoder.read_info().expect("valid PNG header");
+    let mut pixels = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut pixels).expect("valid PNG data");
+    assert!(info.width >= 400 && info.height >= 300, "PNG of {info:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(900),
+        "bench --quick took too long"
+    );
+}
