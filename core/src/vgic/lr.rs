@@ -6,7 +6,9 @@
 //! - **sync** folds LR state back: an LR that became invalid means the guest completed
 //!   (EOI/deactivated) the interrupt, so the interrupt returns to software; a level
 //!   interrupt then counts as pending again exactly while its line is still high. Freed
-//!   LRs are written 0 so an EOI-maintenance request (`EISR`) is cleared with them.
+//!   LRs are written 0 so an EOI-maintenance request (`EISR`) is cleared with them; the
+//!   write is deferred to the end of the sync/flush and skipped for an LR that is refilled
+//!   meanwhile (`CpuState::unzeroed`), so recycling an LR costs one register write.
 //! - **flush** first syncs, then *reconciles* occupied LRs with what the guest or devices
 //!   did meanwhile (ICPENDR/ICACTIVER requests, disabling, a new edge), then fills free LRs
 //!   with the highest-priority deliverable interrupts; if there are more than fit it may
@@ -32,8 +34,8 @@
 //! one keeps its latch until the LR frees, because HW=1 LRs cannot be pending+active.
 
 use super::irq::{Irq, Trigger, LR_STATE_ACTIVE, LR_STATE_PENDING};
-use super::state::{BitIter, State};
-use super::{MAX_LRS, SPI_BASE};
+use super::state::{BitIter, CpuState, State};
+use super::{MAX_LRS, NR_PRIVATE, SPI_BASE};
 
 /// The virtual CPU interface's list registers of the physical CPU running the vCPU.
 pub trait ListRegs {
@@ -142,13 +144,16 @@ impl State {
             .filter(|irq| irq.lr == Some(i as u8) && usize::from(irq.lr_vcpu) == vcpu)
     }
 
-    /// Forget LR `i` of `vcpu` (and zero the hardware register). The interrupt goes back
-    /// to software, and to the `pend` index if it is deliverable again.
-    fn free_lr(&mut self, vcpu: usize, i: usize, lrs: &mut impl ListRegs) {
+    /// Forget LR `i` of `vcpu`. The interrupt goes back to software, and to the `pend`
+    /// index if it is deliverable again. The hardware register is zeroed by
+    /// `CpuState::zero_freed` at the end of the sync/flush, unless an interrupt is placed
+    /// in it first.
+    fn free_lr(&mut self, vcpu: usize, i: usize) {
         let grp1 = self.grp1;
         let cpu = &mut self.cpus[vcpu];
         cpu.occupied &= !(1 << i);
         cpu.dirty &= !(1 << i);
+        cpu.unzeroed |= 1 << i;
         if let Some(intid) = cpu.lrs[i].take() {
             if let Some(irq) = self.lr_irq(vcpu, i, intid) {
                 irq.lr = None;
@@ -164,13 +169,22 @@ impl State {
                 }
             }
         }
-        lrs.write(i, 0);
     }
 
     /// Fold LR state back into the model. Returns whether any LR was freed. Only occupied
     /// LRs are looked at, and those ELRSR reports empty are not read.
     pub fn sync_cpu(&mut self, vcpu: usize, lrs: &mut impl ListRegs) -> bool {
-        if vcpu >= self.nr_vcpus || self.cpus[vcpu].wipe_lrs {
+        if vcpu >= self.nr_vcpus {
+            return false;
+        }
+        let freed = self.sync_lrs(vcpu, lrs);
+        self.cpus[vcpu].zero_freed(lrs);
+        freed
+    }
+
+    /// `sync_cpu` without zeroing the freed hardware LRs (`flush_cpu` does that last).
+    fn sync_lrs(&mut self, vcpu: usize, lrs: &mut impl ListRegs) -> bool {
+        if self.cpus[vcpu].wipe_lrs {
             return false;
         }
         let n = lrs.count().min(MAX_LRS);
@@ -190,10 +204,37 @@ impl State {
             } else {
                 lr_state(lrs.read(i))
             };
+            if intid < SPI_BASE {
+                // A private interrupt: everything is in this vCPU's state (`free_lr`
+                // inlined for the common case of the guest having completed it).
+                let grp1 = self.grp1;
+                let cpu = &mut self.cpus[vcpu];
+                let irq = &mut cpu.private[intid as usize % NR_PRIVATE];
+                if irq.lr == Some(i as u8) && usize::from(irq.lr_vcpu) == vcpu {
+                    if state != 0 {
+                        irq.lr_state = state;
+                        continue;
+                    }
+                    irq.lr = None;
+                    irq.lr_state = 0;
+                    irq.clear_pending_req = false;
+                    irq.clear_active_req = false;
+                    let deliverable = irq.deliverable(grp1);
+                    cpu.lrs[i] = None;
+                    cpu.occupied &= !(1 << i);
+                    cpu.dirty &= !(1 << i);
+                    cpu.unzeroed |= 1 << i;
+                    if deliverable {
+                        cpu.set_pend(intid);
+                    }
+                    freed = true;
+                    continue;
+                }
+            }
             match self.lr_irq(vcpu, i, intid) {
                 Some(irq) if state != 0 => irq.lr_state = state,
                 _ => {
-                    self.free_lr(vcpu, i, lrs);
+                    self.free_lr(vcpu, i);
                     freed = true;
                 }
             }
@@ -209,7 +250,7 @@ impl State {
         let grp1 = self.grp1;
         let old = lrs.read(i);
         let Some(irq) = self.lr_irq(vcpu, i, intid) else {
-            self.free_lr(vcpu, i, lrs);
+            self.free_lr(vcpu, i);
             return;
         };
         let mut state = lr_state(old);
@@ -239,7 +280,7 @@ impl State {
         // though nobody touches the interrupt: keep the LR on the list.
         let again = irq.latch || !allowed;
         if state == 0 {
-            self.free_lr(vcpu, i, lrs);
+            self.free_lr(vcpu, i);
             return;
         }
         if state != lr_state(old) {
@@ -267,6 +308,7 @@ impl State {
         cpu.lrs[i] = Some(intid);
         cpu.occupied |= 1 << i;
         cpu.dirty &= !(1 << i);
+        cpu.unzeroed &= !(1 << i);
         cpu.clear_pend(intid);
     }
 
@@ -343,7 +385,7 @@ impl State {
             (free.trailing_zeros() as usize, false)
         } else {
             let i = self.eviction_victim(vcpu, n, prio)?;
-            self.evict(vcpu, i, lrs);
+            self.evict(vcpu, i);
             (i, true)
         };
         self.place(vcpu, slot, intid, lrs);
@@ -356,14 +398,15 @@ impl State {
             return false;
         }
         let n = lrs.count().min(MAX_LRS);
-        if core::mem::take(&mut self.cpus[vcpu].wipe_lrs) {
+        let cpu = &mut self.cpus[vcpu];
+        if core::mem::take(&mut cpu.wipe_lrs) {
             for i in 0..n {
                 lrs.write(i, 0);
             }
         }
         // `hyp` has usually just synced: with no LR left occupied there is nothing to read.
-        if self.cpus[vcpu].occupied != 0 {
-            self.sync_cpu(vcpu, lrs);
+        if cpu.occupied != 0 {
+            self.sync_lrs(vcpu, lrs);
         }
         let cpu = &mut self.cpus[vcpu];
         let dirty = core::mem::take(&mut cpu.dirty) & cpu.occupied;
@@ -372,6 +415,64 @@ impl State {
         }
 
         // Best first, as many as there are LRs (one candidate needs no sorting).
+        let cpu = &self.cpus[vcpu];
+        let (total, placed, evicted) = if cpu.pend_words == 1 && cpu.pend[0].is_power_of_two() {
+            self.fill_private(vcpu, n, lrs)
+        } else {
+            self.fill_all(vcpu, n, lrs)
+        };
+
+        let cpu = &mut self.cpus[vcpu];
+        cpu.zero_freed(lrs);
+        let overflow = evicted || total > placed;
+        lrs.set_hcr(HCR_EN | if overflow { HCR_UIE } else { 0 });
+        cpu.occupied & lr_mask(n) != 0
+    }
+
+    /// `prune` + `fill` when the only candidate is one private interrupt (an SGI, the
+    /// timer): the same outcome, without the general scan. Returns (deliverable, placed,
+    /// evicted) counts as `fill_all` does.
+    fn fill_private(
+        &mut self,
+        vcpu: usize,
+        n: usize,
+        lrs: &mut impl ListRegs,
+    ) -> (usize, usize, bool) {
+        let grp1 = self.grp1;
+        let cpu = &mut self.cpus[vcpu];
+        let intid = cpu.pend[0].trailing_zeros();
+        let irq = &mut cpu.private[intid as usize % NR_PRIVATE];
+        if !irq.deliverable(grp1) {
+            cpu.pend[0] = 0;
+            cpu.pend_words = 0;
+            return (0, 0, false);
+        }
+        let free = !cpu.occupied & lr_mask(n);
+        if free == 0 {
+            let key = key(intid, irq);
+            return match self.fill(vcpu, n, key, lrs) {
+                Some(evicted) => (1, 1, evicted),
+                None => (1, 0, false),
+            };
+        }
+        let i = free.trailing_zeros() as usize;
+        irq.latch = false;
+        irq.lr = Some(i as u8);
+        irq.lr_vcpu = vcpu as u8;
+        irq.lr_state = LR_STATE_PENDING;
+        lrs.write(i, encode(intid, irq));
+        cpu.lrs[i] = Some(intid);
+        cpu.occupied |= 1 << i;
+        cpu.dirty &= !(1 << i);
+        cpu.unzeroed &= !(1 << i);
+        cpu.pend[0] = 0;
+        cpu.pend_words = 0;
+        (1, 1, false)
+    }
+
+    /// Prune the `pend` index and fill LRs with the best candidates. Returns how many
+    /// were deliverable, how many were placed, and whether any LR was evicted.
+    fn fill_all(&mut self, vcpu: usize, n: usize, lrs: &mut impl ListRegs) -> (usize, usize, bool) {
         let (total, first) = self.prune(vcpu);
         let mut placed = 0;
         let mut evicted = false;
@@ -390,20 +491,17 @@ impl State {
                 placed += 1;
             }
         }
-
-        let overflow = evicted || total > placed;
-        lrs.set_hcr(HCR_EN | if overflow { HCR_UIE } else { 0 });
-        self.cpus[vcpu].occupied & lr_mask(n) != 0
+        (total, placed, evicted)
     }
 
     /// Return a pending-only LR's interrupt to software to make room for a better one.
-    fn evict(&mut self, vcpu: usize, i: usize, lrs: &mut impl ListRegs) {
+    fn evict(&mut self, vcpu: usize, i: usize) {
         if let Some(intid) = self.cpus[vcpu].lrs[i] {
             if let Some(irq) = self.lr_irq(vcpu, i, intid) {
                 irq.latch |= irq.trigger == Trigger::Edge || irq.hw.is_some();
             }
         }
-        self.free_lr(vcpu, i, lrs);
+        self.free_lr(vcpu, i);
     }
 
     /// Whether `vcpu` has an interrupt to take: deliverable in software or pending in an LR.
@@ -418,5 +516,14 @@ impl State {
             })
         });
         in_lr || self.candidates(vcpu).next().is_some()
+    }
+}
+
+impl CpuState {
+    /// Zero the hardware LRs freed since the last call and not reused.
+    fn zero_freed(&mut self, lrs: &mut impl ListRegs) {
+        for i in BitIter(u32::from(core::mem::take(&mut self.unzeroed))) {
+            lrs.write(i as usize, 0);
+        }
     }
 }

@@ -48,7 +48,11 @@
 //!   reconcile is still waiting for the guest to move the LR's state), finds candidates
 //!   in the per-vCPU pending index with `trailing_zeros`, and sorts only when more than
 //!   one interrupt is waiting.
-//! - SGIs and `inject_hw` touch one interrupt and set one index bit.
+//!   When the only candidate is one private interrupt (an SGI, the timer) it goes straight
+//!   into the first free LR (`fill_private`), and a freed LR that is refilled in the same
+//!   flush is written once, not zeroed first.
+//! - SGIs and `inject_hw` touch one interrupt and set one index bit; an SGI to the sender
+//!   itself and a PPI injection skip the target loop and mark one vCPU's flags.
 //! - Reads of registers whose value never changes (GICD_TYPER/IIDR/TYPER2/STATUSR/PIDR2/
 //!   CIDRn, GICR_TYPER/IIDR/PIDR2) are answered without the lock.
 //!
@@ -190,6 +194,17 @@ impl VGic {
         mask
     }
 
+    /// `mark` for one vCPU that exists (the common case of a kick mask).
+    #[inline]
+    fn mark_one(&self, vcpu: usize) {
+        if let Some(flags) = self.flags.get(vcpu) {
+            let old = flags.load(Ordering::Relaxed);
+            if old & FLAG_WORK == 0 {
+                flags.store(old | FLAG_WORK, Ordering::Release);
+            }
+        }
+    }
+
     /// Set `vcpu`'s flags to `flags` (with the state lock held).
     fn set_flags(&self, vcpu: usize, flags: u32) {
         let f = &self.flags[vcpu];
@@ -278,6 +293,15 @@ impl VGic {
             return VcpuMask::EMPTY;
         }
         let mut st = self.state.lock();
+        if targets == VcpuMask::one(from_vcpu) {
+            // To itself (the usual IPI-to-self): one interrupt, no target loop.
+            let kick = st.raise_private(from_vcpu, sgi.intid);
+            if kick == targets {
+                self.mark_one(from_vcpu);
+                return kick;
+            }
+            return self.mark(kick);
+        }
         let mut kick = VcpuMask::EMPTY;
         for vcpu in targets.iter() {
             kick |= st.raise_private(vcpu, sgi.intid);
@@ -321,6 +345,16 @@ impl VGic {
             return VcpuMask::EMPTY;
         };
         irq.hw = Some(phys_intid);
+        if intid < SPI_BASE {
+            // A PPI (the timer): `raise_private` latches it and is `kick_for` for private
+            // interrupts, in one lookup.
+            let kick = st.raise_private(vcpu, intid);
+            if kick == VcpuMask::one(vcpu) {
+                self.mark_one(vcpu);
+                return kick;
+            }
+            return self.mark(kick);
+        }
         irq.latch = true;
         let kick = st.kick_for(vcpu, intid, true);
         self.mark(kick)

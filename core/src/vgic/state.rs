@@ -46,6 +46,10 @@ pub struct CpuState {
     pub occupied: u16,
     /// LRs the next flush must reconcile (see module docs).
     pub dirty: u16,
+    /// LRs freed by the sync/flush in progress whose hardware register is still to be
+    /// written 0; a `place` into one of them makes that write unnecessary. Always 0
+    /// outside `sync_cpu`/`flush_cpu`.
+    pub unzeroed: u16,
     /// Superset of the INTIDs deliverable to this vCPU: bit `intid % 32` of word `intid / 32`.
     pub pend: [u32; PEND_WORDS],
     /// Bit `w` set = `pend[w]` may be non-zero.
@@ -83,6 +87,7 @@ impl CpuState {
             wipe_lrs: true,
             occupied: 0,
             dirty: 0,
+            unzeroed: 0,
             pend: [0; PEND_WORDS],
             pend_words: 0,
         }
