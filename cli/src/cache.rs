@@ -125,7 +125,7 @@ impl Cache {
 
     fn fetch_package(&self, pkg: &str, dest: &Path) -> Result<()> {
         let prefix = format!("{pkg}_");
-        let deb = match find_deb(&self.debs(), &prefix)? {
+        let deb = match newest_deb(&self.debs(), &prefix)? {
             Some(deb) => {
                 eprintln!("bothy: cached {}", deb.display());
                 deb
@@ -140,7 +140,7 @@ impl Cache {
                     .arg(format!("{pkg}:arm64"))
                     .current_dir(self.debs()))
                 .with_context(|| format!("downloading {pkg}:arm64 (try `apt-get update` first)"))?;
-                find_deb(&self.debs(), &prefix)?
+                newest_deb(&self.debs(), &prefix)?
                     .with_context(|| format!("apt-get download left no {prefix}*.deb"))?
             }
         };
@@ -180,7 +180,8 @@ fn newest(dir: &Path, prefix: &str) -> Option<PathBuf> {
     found.pop()
 }
 
-fn find_deb(dir: &Path, prefix: &str) -> Result<Option<PathBuf>> {
+/// The newest `PREFIX*_arm64.deb` in `dir` (versions sort lexically within one release).
+pub(crate) fn newest_deb(dir: &Path, prefix: &str) -> Result<Option<PathBuf>> {
     let mut debs: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .filter_map(|e| e.ok())

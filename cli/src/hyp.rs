@@ -34,8 +34,14 @@ pub fn build(dir: &Path) -> Result<PathBuf> {
          bothy-hyp ELF",
         dir.display()
     );
+    build_executable(dir, HYP_BIN, &[], "the hypervisor")
+}
+
+/// `cargo build --release [extra]` in `dir` (a standalone bare-metal project) and the
+/// path of the `bin` executable cargo reports. Shared by the hypervisor and the guests.
+pub fn build_executable(dir: &Path, bin: &str, extra: &[&str], what: &str) -> Result<PathBuf> {
     eprintln!(
-        "bothy: building the hypervisor (cargo build --release in {})",
+        "bothy: building {what} (cargo build --release in {})",
         dir.display()
     );
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -45,6 +51,7 @@ pub fn build(dir: &Path) -> Result<PathBuf> {
             "--release",
             "--message-format=json-render-diagnostics",
         ])
+        .args(extra)
         .current_dir(dir)
         // Set when we run under `cargo test`/`cargo run`; these would point the
         // nested build at the host workspace's settings.
@@ -54,29 +61,27 @@ pub fn build(dir: &Path) -> Result<PathBuf> {
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .context("running cargo to build the hypervisor")?;
+        .with_context(|| format!("running cargo to build {what}"))?;
     let mut elf = None;
     let stdout = child.stdout.take().expect("piped");
     for line in std::io::BufReader::new(stdout).lines() {
-        let line = line?;
-        if let Some(path) = executable_from_message(&line) {
+        if let Some(path) = executable_from_message(&line?, bin) {
             elf = Some(path);
         }
     }
     let status = child.wait()?;
     if !status.success() {
-        bail!("building the hypervisor failed ({status}); see cargo's output above");
+        bail!("building {what} failed ({status}); see cargo's output above");
     }
-    elf.with_context(|| format!("cargo built no {HYP_BIN} executable in {}", dir.display()))
+    elf.with_context(|| format!("cargo built no {bin} executable in {}", dir.display()))
 }
 
-/// The `executable` of a `compiler-artifact` message for [`HYP_BIN`].
-fn executable_from_message(line: &str) -> Option<PathBuf> {
+/// The `executable` of a `compiler-artifact` message for target `bin`.
+fn executable_from_message(line: &str, bin: &str) -> Option<PathBuf> {
     let v: serde_json::Value = serde_json::from_str(line).ok()?;
-    if v.get("reason")?.as_str()? != "compiler-artifact" {
-        return None;
-    }
-    if v.get("target")?.get("name")?.as_str()? != HYP_BIN {
+    if v.get("reason")?.as_str()? != "compiler-artifact"
+        || v.get("target")?.get("name")?.as_str()? != bin
+    {
         return None;
     }
     Some(PathBuf::from(v.get("executable")?.as_str()?))
@@ -89,10 +94,14 @@ mod tests {
     #[test]
     fn finds_executable_in_cargo_messages() {
         let line = r#"{"reason":"compiler-artifact","target":{"name":"bothy-hyp"},"executable":"/x/bothy-hyp"}"#;
-        assert_eq!(executable_from_message(line), Some("/x/bothy-hyp".into()));
+        assert_eq!(
+            executable_from_message(line, HYP_BIN),
+            Some("/x/bothy-hyp".into())
+        );
+        assert_eq!(executable_from_message(line, "bench"), None);
         let other = r#"{"reason":"compiler-artifact","target":{"name":"spin"},"executable":null}"#;
-        assert_eq!(executable_from_message(other), None);
-        assert_eq!(executable_from_message("not json"), None);
+        assert_eq!(executable_from_message(other, HYP_BIN), None);
+        assert_eq!(executable_from_message("not json", HYP_BIN), None);
     }
 
     #[test]

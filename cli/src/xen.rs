@@ -43,7 +43,7 @@ pub fn fetch(cache: &Cache) -> Result<PathBuf> {
     let debs = cache.debs();
     std::fs::create_dir_all(&debs).with_context(|| format!("creating {}", debs.display()))?;
     let prefix = format!("{XEN_PACKAGE}_");
-    let deb = match newest_deb(&debs, &prefix)? {
+    let deb = match crate::cache::newest_deb(&debs, &prefix)? {
         Some(deb) => deb,
         None => {
             let version = resolve_version().with_context(|| {
@@ -61,7 +61,7 @@ pub fn fetch(cache: &Cache) -> Result<PathBuf> {
                 .arg(format!("{XEN_PACKAGE}:arm64={version}"))
                 .current_dir(&debs))
             .with_context(|| format!("downloading {XEN_PACKAGE}:arm64"))?;
-            newest_deb(&debs, &prefix)?
+            crate::cache::newest_deb(&debs, &prefix)?
                 .with_context(|| format!("apt-get download left no {prefix}*_arm64.deb"))?
         }
     };
@@ -103,21 +103,6 @@ fn find_binary(boot: &Path) -> Result<PathBuf> {
 
 fn is_xen_binary_name(n: &str) -> bool {
     n.starts_with("xen-") && n.ends_with("-arm64")
-}
-
-fn newest_deb(dir: &Path, prefix: &str) -> Result<Option<PathBuf>> {
-    let mut debs: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(prefix) && n.ends_with("_arm64.deb"))
-        })
-        .collect();
-    debs.sort();
-    Ok(debs.pop())
 }
 
 /// The candidate version of the package from `apt-cache policy`.

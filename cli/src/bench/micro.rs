@@ -18,9 +18,8 @@
 //! guest's SYSTEM_OFF would only end the domain).
 
 use std::collections::BTreeMap;
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -236,49 +235,12 @@ pub fn build_guest(repo: &Path) -> Result<PathBuf> {
     if !dir.join("Cargo.toml").is_file() {
         bail!("benchmark guest sources not found at {}", dir.display());
     }
-    eprintln!(
-        "bothy: building the benchmark guest (cargo build --release in {})",
-        dir.display()
-    );
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut child = Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "aarch64-unknown-none",
-            "--message-format=json-render-diagnostics",
-        ])
-        .current_dir(&dir)
-        .env_remove("CARGO_BUILD_TARGET")
-        .env_remove("CARGO_MANIFEST_DIR")
-        .env_remove("CARGO_PRIMARY_PACKAGE")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("running cargo to build the benchmark guest")?;
-    let mut elf = None;
-    let stdout = child.stdout.take().expect("piped");
-    for line in std::io::BufReader::new(stdout).lines() {
-        if let Some(p) = executable_from_message(&line?) {
-            elf = Some(p);
-        }
-    }
-    let status = child.wait()?;
-    if !status.success() {
-        bail!("building guests/bench failed ({status}); see cargo's output above");
-    }
-    elf.with_context(|| format!("cargo built no {GUEST_BIN} executable in {}", dir.display()))
-}
-
-fn executable_from_message(line: &str) -> Option<PathBuf> {
-    let v: serde_json::Value = serde_json::from_str(line).ok()?;
-    if v.get("reason")?.as_str()? != "compiler-artifact"
-        || v.get("target")?.get("name")?.as_str()? != GUEST_BIN
-    {
-        return None;
-    }
-    Some(PathBuf::from(v.get("executable")?.as_str()?))
+    crate::hyp::build_executable(
+        &dir,
+        GUEST_BIN,
+        &["--target", "aarch64-unknown-none"],
+        "the benchmark guest",
+    )
 }
 
 /// Everything the runs need, prepared by the caller.
@@ -851,13 +813,5 @@ mod tests {
         let sys = bothy_system(Path::new("/g/bench"), 2, 50);
         assert_eq!(sys.vms[0].bootargs, "bench.iters=50");
         assert_eq!(sys.vms[0].cpus, 2);
-    }
-
-    #[test]
-    fn cargo_messages() {
-        let line =
-            r#"{"reason":"compiler-artifact","target":{"name":"bench"},"executable":"/x/bench"}"#;
-        assert_eq!(executable_from_message(line), Some("/x/bench".into()));
-        assert_eq!(executable_from_message("{}"), None);
     }
 }
