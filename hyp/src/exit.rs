@@ -115,7 +115,7 @@ fn wait_for_start(m: &Machine, vm: &Vm, vcpu: usize, frame: &mut GuestFrame) {
                 }
             }
             RunState::Resetting if vcpu == 0 => {
-                finish_reset(m, vm);
+                finish_reset(vm);
                 boot_vcpu0(vm, frame);
                 return;
             }
@@ -292,21 +292,26 @@ fn stop_vcpu(m: &Machine, vm: &Vm, vcpu: usize, frame: &mut GuestFrame) {
 /// images, reset the vGIC and power states, and run again.
 #[cold]
 #[inline(never)]
-fn finish_reset(m: &Machine, vm: &Vm) {
-    // Other vCPUs notice on their kick; give them a bounded moment to leave the guest.
-    let deadline = sysreg::read_cntpct_el0() + sysreg::read_cntfrq_el0() / 100;
-    while (1..vm.vcpus()).any(|v| vm.power.state(v) != bothy_core::abi::PowerState::Off)
-        && sysreg::read_cntpct_el0() < deadline
-    {
+fn finish_reset(vm: &Vm) {
+    // The other vCPUs must be out of the guest before its images are rewritten under
+    // them; they leave on their kick. Bounded, but generous for a slow emulator.
+    let deadline = sysreg::read_cntpct_el0() + sysreg::read_cntfrq_el0();
+    let others_off =
+        || (1..vm.vcpus()).all(|v| vm.power.state(v) == bothy_core::abi::PowerState::Off);
+    while !others_off() && sysreg::read_cntpct_el0() < deadline {
         core::hint::spin_loop();
+    }
+    if !others_off() {
+        println!(
+            "warning: VM {}: a vCPU did not stop within 1 s of SYSTEM_RESET",
+            vm.name
+        );
     }
     vm.load_images();
     vm.power.reset();
-    for v in 0..vm.vcpus() {
-        vm.vgic.reset_vcpu(v);
-    }
+    // A rebooted guest finds the distributor and every redistributor as at power-on.
+    vm.vgic.reset();
     vm.set_state(RunState::Running);
-    let _ = m;
     println!("VM {} restarted", vm.name);
 }
 
