@@ -1,24 +1,15 @@
-//! Link the guest as a position-independent executable at address 0 with our linker script
-//! (same flags as guests/selftest), and pick the fallback platform layout.
+//! Link the guest as a position-independent executable at address 0 with guests/rt's
+//! linker script and flags (see ../rt/build_link.rs), and pick the fallback platform
+//! layout.
 //!
 //! `BENCH_LAYOUT=qemu` (default; QEMU `virt` and Bothy) or `BENCH_LAYOUT=xen` (Xen 4.17
 //! guest layout) selects the addresses used when the DTB in x0 cannot be parsed; see
 //! src/platform.rs.
 
+include!(concat!(env!("CARGO_MANIFEST_DIR"), "/../rt/build_link.rs"));
+
 fn main() {
-    let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap();
-    println!("cargo:rustc-link-arg=-T{dir}/link.ld");
-    println!("cargo:rustc-link-arg=-pie");
-    println!("cargo:rustc-link-arg=--no-dynamic-linker");
-    // Plain RELA only: entry.S does not decode RELR.
-    println!("cargo:rustc-link-arg=-znorelro");
-    println!("cargo:rustc-link-arg=--pack-dyn-relocs=none");
-    // Vtables of the (static-model) core library sit in .rodata: allow patching them; the
-    // MMU is off, so every byte of the image is writable anyway.
-    println!("cargo:rustc-link-arg=-znotext");
-    println!("cargo:rerun-if-changed=link.ld");
-    println!("cargo:rerun-if-changed=src/entry.S");
-    println!("cargo:rerun-if-changed=src/vectors.S");
+    link_guest();
 
     println!("cargo::rustc-check-cfg=cfg(bench_layout, values(\"qemu\", \"xen\"))");
     println!("cargo:rerun-if-env-changed=BENCH_LAYOUT");

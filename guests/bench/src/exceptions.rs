@@ -1,5 +1,6 @@
-//! EL1 exception handling for both vCPUs (vector table in `vectors.S`, which passes the
-//! CNTVCT_EL0 value read at the third instruction of the vector as `entry_ticks`).
+//! EL1 exception handling for both vCPUs: the `el1_exception` hook of guests/rt, whose
+//! `vectors.S` (feature `entry-ticks`) passes the CNTVCT_EL0 value read at the third
+//! instruction of the vector as `entry_ticks`.
 //!
 //! * IRQs: ICC_IAR1_EL1, then per INTID: the virtual timer records `entry_ticks` and is
 //!   disabled at the source (level-triggered); SGI `SGI_PING` on the second vCPU answers
@@ -17,24 +18,7 @@ use crate::arch::{self, read_sysreg, write_sysreg};
 use crate::gic;
 use crate::platform::VTIMER_INTID;
 use crate::uart::println;
-
-/// Saved context; layout shared with `vectors.S` (FRAME_SIZE = 800).
-#[repr(C)]
-pub struct Frame {
-    pub x: [u64; 31],
-    pub elr: u64,
-    pub spsr: u64,
-    pub fpcr: u64,
-    pub fpsr: u64,
-    _pad: u64,
-    _q: [u128; 32],
-}
-
-const _: () = assert!(core::mem::size_of::<Frame>() == 800);
-
-/// Vector offsets / 0x80 (Arm ARM D1.3.2).
-const KIND_SYNC_SPX: u64 = 4;
-const KIND_IRQ_SPX: u64 = 5;
+use rt::exceptions::{park, Frame, KIND_IRQ_SPX, KIND_SYNC_SPX};
 
 /// SGI the primary sends itself in `sgi_self`.
 pub const SGI_SELF: u32 = 1;
@@ -42,10 +26,6 @@ pub const SGI_SELF: u32 = 1;
 pub const SGI_PING: u32 = 2;
 /// SGI the second vCPU answers with.
 pub const SGI_PONG: u32 = 3;
-
-extern "C" {
-    fn park() -> !;
-}
 
 /// MPIDR affinity of the primary, set once at boot; the other vCPU is index 1.
 pub static PRIMARY_MPIDR: AtomicU64 = AtomicU64::new(0);
@@ -94,8 +74,7 @@ extern "C" fn el1_exception(frame: &mut Frame, kind: u64, entry_ticks: u64) {
             if cpu == 0 {
                 crate::power_off();
             }
-            // SAFETY: parks this vCPU for good with interrupts masked.
-            unsafe { park() };
+            park();
         }
     }
 }

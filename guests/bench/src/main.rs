@@ -4,20 +4,20 @@
 //! one `BENCH <op> ...` line per operation, then `BENCH done`, then powers off with PSCI
 //! SYSTEM_OFF. Lines starting with `#` are information only. See README.md.
 //!
-//! Boot (entry.S, from guests/selftest): Image header, self-relocation, .bss, stack,
-//! VBAR_EL1, FP/SIMD on; the MMU stays off.
+//! Boot (guests/rt: entry.S, shared with guests/selftest): Image header,
+//! self-relocation, .bss, stack, VBAR_EL1, FP/SIMD on; the MMU stays off.
 
 #![no_std]
 #![no_main]
 #![deny(unsafe_op_in_unsafe_fn)]
 
-mod arch;
 mod exceptions;
 mod fdt;
 mod gic;
 mod platform;
 mod timed;
-mod uart;
+
+pub(crate) use rt::{arch, uart};
 
 use core::cell::UnsafeCell;
 use core::fmt;
@@ -26,9 +26,6 @@ use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering::*};
 use crate::arch::write_sysreg;
 use crate::exceptions::{count, timer_at, FAULTS, FAULT_OK, LAST_ESR, PRIMARY_MPIDR};
 use crate::uart::{print, println};
-
-core::arch::global_asm!(include_str!("entry.S"), options(raw));
-core::arch::global_asm!(include_str!("vectors.S"), options(raw));
 
 const PSCI_VERSION: u64 = 0x8400_0000;
 const PSCI_CPU_ON_64: u64 = 0xC400_0003;
@@ -257,7 +254,7 @@ pub fn power_off() -> ! {
 }
 
 #[no_mangle]
-extern "C" fn bench_main(dtb: usize, base: usize) -> ! {
+extern "C" fn primary_main(dtb: usize, base: usize) -> ! {
     IMAGE_BASE.store(base, Relaxed);
     let me = arch::mpidr_aff();
     PRIMARY_MPIDR.store(me, Relaxed);

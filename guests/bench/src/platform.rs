@@ -32,11 +32,9 @@ mod layout {
 pub use layout::NAME as LAYOUT_NAME;
 
 /// Redistributor stride without VLPI frames (RD_base + SGI_base), both layouts.
-pub const GICR_STRIDE: usize = 0x2_0000;
-/// Offset of the SGI/PPI frame inside a redistributor.
-pub const GICR_SGI_OFFSET: usize = 0x1_0000;
+pub use rt::gic::GICR_STRIDE;
 /// Virtual timer PPI (INTID), the same on QEMU, Bothy and Xen.
-pub const VTIMER_INTID: u32 = 27;
+pub use rt::gic::VTIMER_INTID;
 /// MPIDR of the second vCPU when the DTB does not list it.
 pub const SECOND_MPIDR_DEFAULT: u64 = 1;
 
@@ -80,5 +78,19 @@ pub fn apply(info: &DtbInfo) {
         GICR.store(gicr, Relaxed);
         STRIDE.store(info.gicr_stride.unwrap_or(GICR_STRIDE), Relaxed);
         GIC_FROM_DTB.store(true, Relaxed);
+    }
+}
+
+/// Bound on waiting for UART FIFO space per byte (polls), so a stuck TXFF cannot hang the
+/// run.
+const TXFF_POLLS: u32 = 1_000_000;
+
+/// The console for `print!`/`println!` (rt's hook): the PL011 at the current UART address
+/// (from the DTB once `apply` ran), with a bounded wait for FIFO space.
+#[no_mangle]
+fn rt_console() -> rt::uart::Pl011 {
+    rt::uart::Pl011 {
+        base: get().uart,
+        txff_polls: Some(TXFF_POLLS),
     }
 }

@@ -1,4 +1,5 @@
-//! EL1 exception handling for both vCPUs (vector table in `vectors.S`).
+//! EL1 exception handling for both vCPUs: the `el1_exception` hook of guests/rt, whose
+//! `vectors.S` saves the context into a [`Frame`].
 //!
 //! * Synchronous exceptions on the primary are recorded (ESR/FAR/ELR). Inside
 //!   [`guarded`] the faulting instruction is skipped (ELR += 4) and the check inspects the
@@ -22,24 +23,7 @@ use crate::gic;
 use crate::platform::{NR_VCPUS, VTIMER_INTID};
 use crate::smp;
 use crate::uart::println;
-
-/// Saved context; layout shared with `vectors.S` (FRAME_SIZE = 800).
-#[repr(C)]
-pub struct Frame {
-    pub x: [u64; 31],
-    pub elr: u64,
-    pub spsr: u64,
-    pub fpcr: u64,
-    pub fpsr: u64,
-    _pad: u64,
-    _q: [u128; 32],
-}
-
-const _: () = assert!(core::mem::size_of::<Frame>() == 800);
-
-/// Vector offsets / 0x80 (Arm ARM D1.3.2).
-const KIND_SYNC_SPX: u64 = 4;
-const KIND_IRQ_SPX: u64 = 5;
+use rt::exceptions::{park, Frame, KIND_IRQ_SPX, KIND_SYNC_SPX};
 
 /// SPSR for check_recover: EL1h, DAIF all masked.
 const SPSR_EL1H_MASKED: u64 = 0x3c5;
@@ -59,8 +43,8 @@ const CNTV_CTL_ENABLE: u64 = 1 << 0;
 const CNTV_CTL_IMASK: u64 = 1 << 1;
 
 extern "C" {
+    /// guard.S: resume `run_guarded`'s caller with 1.
     fn check_recover() -> !;
-    fn park() -> !;
 }
 
 /// A recorded synchronous exception.
@@ -196,8 +180,7 @@ extern "C" fn el1_exception(frame: &mut Frame, kind: u64) {
             read_sysreg!("esr_el1"),
             read_sysreg!("elr_el1")
         );
-        // SAFETY: parks this vCPU for good with interrupts masked.
-        unsafe { park() };
+        park();
     }
     IN_HANDLER[cpu].store(true, Relaxed);
     match kind {
@@ -251,8 +234,7 @@ fn abandon(cpu: usize, frame: &mut Frame, kind: u64, fault: Fault) {
         SEC_FAULTED.store(true, Release);
     }
     println!("# vCPU {cpu}: unexpected exception (vector {kind}): {fault}; parking");
-    // SAFETY: parks this vCPU for good with interrupts masked.
-    unsafe { park() };
+    park();
 }
 
 /// Panic path: abandon the running check on the primary, park otherwise.
@@ -264,8 +246,7 @@ pub fn panic_recover() -> ! {
         // SAFETY: run_guarded is live below us on this stack (IN_CHECK).
         unsafe { check_recover() };
     }
-    // SAFETY: parks this vCPU.
-    unsafe { park() }
+    park()
 }
 
 fn irq(cpu: usize) {

@@ -5,10 +5,11 @@
 //! `TEST summary: N passed, M failed`, then powers the VM off with PSCI SYSTEM_OFF.
 //! Lines starting with `#` are information only.
 //!
-//! Boot (entry.S): Image header, self-relocation of .rela.dyn (linked at 0, loaded at any
-//! 2 MiB-aligned address), .bss zeroing, stack, VBAR_EL1, FP/SIMD on; MMU stays off (see
-//! README.md). Each check runs under `run_guarded` (a setjmp), so an unexpected exception
-//! or a panic inside one check fails that check and the next one runs.
+//! Boot (guests/rt: entry.S): Image header, self-relocation of .rela.dyn (linked at 0,
+//! loaded at any 2 MiB-aligned address), .bss zeroing, stack, VBAR_EL1, FP/SIMD on; MMU
+//! stays off (see README.md). Each check runs under `run_guarded` (a setjmp, guard.S), so
+//! an unexpected exception or a panic inside one check fails that check and the next one
+//! runs.
 
 #![no_std]
 #![no_main]
@@ -16,7 +17,6 @@
 // `Msg` is a 248-byte inline buffer on purpose (no allocator); failures are rare.
 #![allow(clippy::result_large_err)]
 
-mod arch;
 mod checks;
 mod exceptions;
 mod gic;
@@ -24,7 +24,8 @@ mod msg;
 mod platform;
 mod psci;
 mod smp;
-mod uart;
+
+pub(crate) use rt::{arch, uart};
 
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicUsize, Ordering::*};
@@ -32,16 +33,14 @@ use core::sync::atomic::{AtomicUsize, Ordering::*};
 use crate::msg::CheckResult;
 use crate::uart::println;
 
-core::arch::global_asm!(include_str!("entry.S"), options(raw));
-core::arch::global_asm!(include_str!("vectors.S"), options(raw));
+core::arch::global_asm!(include_str!("guard.S"), options(raw));
 
 extern "C" {
     /// Calls `f`; returns 0 when it returns, 1 when `check_recover` abandoned it.
     fn run_guarded(f: extern "C" fn()) -> u64;
-    static _end: u8;
 }
 
-/// What entry.S found at boot.
+/// What entry.S (guests/rt) found at boot.
 #[derive(Clone, Copy)]
 pub struct BootInfo {
     pub dtb: usize,
@@ -53,7 +52,7 @@ pub struct BootInfo {
 
 /// A cell written once by the primary before anything else reads it.
 struct BootCell(UnsafeCell<BootInfo>);
-// SAFETY: written only in selftest_main before any check (or vCPU 1) runs; read-only after.
+// SAFETY: written only in primary_main before any check (or vCPU 1) runs; read-only after.
 unsafe impl Sync for BootCell {}
 
 static BOOT: BootCell = BootCell(UnsafeCell::new(BootInfo {
@@ -89,9 +88,8 @@ extern "C" fn run_current() {
 }
 
 #[no_mangle]
-extern "C" fn selftest_main(dtb: usize, base: usize, x1_x3: u64, relocs_unknown: u64) -> ! {
-    // `_end` is a linker-script symbol; only its (PC-relative) address is used.
-    let end = core::ptr::addr_of!(_end) as usize;
+extern "C" fn primary_main(dtb: usize, base: usize, x1_x3: u64, relocs_unknown: u64) -> ! {
+    let end = rt::image_end();
     // SAFETY: see BootCell; nothing else runs yet.
     unsafe {
         *BOOT.0.get() = BootInfo {

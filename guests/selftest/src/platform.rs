@@ -10,15 +10,13 @@ pub const GICD_BASE: usize = 0x0800_0000;
 /// First GICv3 redistributor; vCPU n's RD_base is `GICR_BASE + n * GICR_STRIDE`.
 pub const GICR_BASE: usize = 0x080A_0000;
 /// Size of one redistributor (RD_base + SGI_base frames, no VLPI frames).
-pub const GICR_STRIDE: usize = 0x2_0000;
-/// Offset of the SGI/PPI frame inside a redistributor.
-pub const GICR_SGI_OFFSET: usize = 0x1_0000;
+pub use rt::gic::GICR_STRIDE;
 /// Start of guest RAM.
 pub const RAM_BASE: usize = 0x4000_0000;
 /// Number of vCPUs the selftest expects (MPIDR Aff0 = 0 and 1).
 pub const NR_VCPUS: usize = 2;
 /// Virtual timer PPI (INTID).
-pub const VTIMER_INTID: u32 = 27;
+pub use rt::gic::VTIMER_INTID;
 /// UART SPI (INTID), documented only: the selftest does not use UART interrupts.
 #[allow(dead_code)]
 pub const UART_INTID: u32 = 33;
@@ -31,3 +29,13 @@ pub const BEYOND_IPA: usize = 0x7000_0000_0000;
 pub const BAD_ENTRY: u64 = 0x1000;
 /// MPIDR of a vCPU that does not exist.
 pub const BAD_MPIDR: u64 = 0x55;
+
+/// The console for `print!`/`println!` (rt's hook): the PL011 at [`UART_BASE`], waiting
+/// for FIFO space for as long as it takes.
+#[no_mangle]
+fn rt_console() -> rt::uart::Pl011 {
+    rt::uart::Pl011 {
+        base: UART_BASE,
+        txff_polls: None,
+    }
+}

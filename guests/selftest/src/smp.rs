@@ -1,4 +1,4 @@
-//! vCPU 1: its entry (`secondary_main`, reached from `secondary_entry` in entry.S through
+//! vCPU 1: its entry (`secondary_main`, reached from `secondary_entry` in guests/rt's entry.S through
 //! PSCI CPU_ON) and the mailbox the primary drives it with.
 //!
 //! Protocol: the primary writes `CMD`/`CMD_ARG`, then bumps `CMD_SEQ` (release), does

@@ -1,5 +1,4 @@
-//! System register, barrier, MMIO and counter helpers (a subset of
-//! guests/selftest/src/arch.rs).
+//! Thin wrappers over system registers, barriers and MMIO.
 //!
 //! MMIO goes through single `ldr`/`str` instructions with a plain base register (never
 //! `ldp`, writeback or pre/post-index) so a trapping hypervisor always gets a data abort
@@ -7,6 +6,8 @@
 
 use core::arch::asm;
 
+/// `read_sysreg!("name")`: MRS of an EL1/EL0 system register.
+#[macro_export]
 macro_rules! read_sysreg {
     ($name:literal) => {{
         let v: u64;
@@ -16,16 +17,18 @@ macro_rules! read_sysreg {
     }};
 }
 
+/// `write_sysreg!("name", value)`: MSR of an EL1/EL0 system register.
+#[macro_export]
 macro_rules! write_sysreg {
     ($name:literal, $v:expr) => {{
         let v: u64 = $v;
-        // SAFETY: callers only write registers the bench owns (timer, GIC CPU interface).
+        // SAFETY: callers only write registers the guest owns (timer, GIC CPU interface).
         unsafe { core::arch::asm!(concat!("msr ", $name, ", {}"), in(reg) v, options(nostack)) };
     }};
 }
 
-pub(crate) use read_sysreg;
-pub(crate) use write_sysreg;
+pub use crate::read_sysreg;
+pub use crate::write_sysreg;
 
 pub fn isb() {
     // SAFETY: barrier only.
@@ -42,8 +45,8 @@ pub fn sev() {
     unsafe { asm!("sev", options(nomem, nostack)) };
 }
 
-/// Spin-wait hint. QEMU's single-threaded TCG treats YIELD as "run another vCPU", so
-/// polling loops make progress under -icount.
+/// Spin-wait hint. Unlike `core::hint::spin_loop` (an ISB on aarch64) QEMU's single-threaded
+/// TCG treats YIELD as "run another vCPU", so polling loops make progress under -icount.
 pub fn cpu_relax() {
     // SAFETY: hint only.
     unsafe { asm!("yield", options(nomem, nostack)) };
@@ -55,13 +58,18 @@ pub fn wfi() {
 }
 
 pub fn irqs_unmask() {
-    // SAFETY: the vector table is installed before any Rust code runs.
+    // SAFETY: the vector table is installed (entry.S) before any Rust code runs.
     unsafe { asm!("msr daifclr, #2", "isb", options(nostack)) };
 }
 
 pub fn irqs_mask() {
     // SAFETY: masking is always safe.
     unsafe { asm!("msr daifset, #2", options(nostack)) };
+}
+
+/// MPIDR_EL1 Aff0: the vCPU index on the QEMU `virt` / Bothy layout.
+pub fn cpu_id() -> usize {
+    (read_sysreg!("mpidr_el1") & 0xff) as usize
 }
 
 /// MPIDR_EL1 affinity fields Aff3..Aff0 (bits 39:32 and 23:0).
@@ -83,9 +91,16 @@ pub fn counter_freq() -> u64 {
     read_sysreg!("cntfrq_el0")
 }
 
+/// Counter ticks in `ms` milliseconds. With the `cntfrq-floor` feature CNTFRQ counts as at
+/// least 1 MHz, so a zero CNTFRQ (broken firmware) does not make every timeout expire at
+/// once; without it a zero CNTFRQ stays visible (the selftest checks for it).
 pub fn ms_to_ticks(ms: u64) -> u64 {
-    // A zero CNTFRQ (broken firmware) must not make every timeout expire at once.
-    counter_freq().max(1_000_000) * ms / 1000
+    let freq = if cfg!(feature = "cntfrq-floor") {
+        counter_freq().max(1_000_000)
+    } else {
+        counter_freq()
+    };
+    freq * ms / 1000
 }
 
 /// Poll `cond` until it holds or `timeout_ms` of virtual-counter time pass.
@@ -104,7 +119,8 @@ pub fn wait_until(timeout_ms: u64, mut cond: impl FnMut() -> bool) -> bool {
 
 pub fn mmio_read32(addr: usize) -> u32 {
     let v: u32;
-    // SAFETY: addr is a device register of the platform layout.
+    // SAFETY: addr is a device register of the platform layout (or a deliberately bad IPA
+    // inside a fault-expecting check).
     unsafe { asm!("ldr {v:w}, [{a}]", a = in(reg) addr, v = out(reg) v, options(nostack)) };
     v
 }
@@ -112,4 +128,11 @@ pub fn mmio_read32(addr: usize) -> u32 {
 pub fn mmio_write32(addr: usize, v: u32) {
     // SAFETY: as for mmio_read32.
     unsafe { asm!("str {v:w}, [{a}]", a = in(reg) addr, v = in(reg) v, options(nostack)) };
+}
+
+pub fn mmio_read64(addr: usize) -> u64 {
+    let v: u64;
+    // SAFETY: as for mmio_read32; 64-bit GIC registers allow 64-bit access.
+    unsafe { asm!("ldr {v}, [{a}]", a = in(reg) addr, v = out(reg) v, options(nostack)) };
+    v
 }

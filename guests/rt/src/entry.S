@@ -1,13 +1,18 @@
-// Boot path of the bench guest: arm64 Image header, primary and secondary entry,
-// self-relocation, .bss zeroing, stacks. Copied from guests/selftest/src/entry.S
-// (run_guarded/check_recover left out: the bench has no check runner).
+// Boot path shared by the Bothy test guests (guests/rt): arm64 Image header, primary and
+// secondary entry, self-relocation, .bss zeroing, stacks, VBAR_EL1, FP/SIMD on.
 //
-// Entered at EL1, MMU and D-cache off, x0 = DTB physical address (Linux arm64 boot
-// protocol). The image is linked at 0 and may be loaded at any 2 MiB-aligned address,
-// so nothing here uses an absolute address: `adr`/`adrp` only, and the
-// R_AARCH64_RELATIVE entries of .rela.dyn are patched with the load base before Rust
-// runs. The MMU stays off for the whole run: every data access is Device-nGnRnE, so
-// the target's +strict-align matters and cross-vCPU flags use plain loads/stores only.
+// Hooks the guest defines (extern "C"):
+//   primary_main(dtb, image_base, x1|x2|x3 at entry, unknown relocation count) -> !
+//   secondary_main(context_id) -> !           (entered through PSCI CPU_ON at secondary_entry)
+//   el1_exception(frame, kind[, entry_ticks])  (called by vectors.S)
+//
+// Entered at EL1, MMU and D-cache off, x0 = DTB physical address, x1..x3 = 0 (Linux
+// arm64 boot protocol). The image is linked at 0 and may be loaded at any 2 MiB-aligned
+// address, so nothing here uses an absolute address: `adr`/`adrp` only, and the
+// R_AARCH64_RELATIVE entries of .rela.dyn are patched with the load base before Rust runs.
+// The MMU stays off for the whole run (see guests/selftest/README.md): every data access is
+// Device-nGnRnE, so the target's +strict-align matters and cross-vCPU flags need only
+// plain loads/stores (ldar/stlr) and barriers, never exclusives.
 
 // SCTLR_EL1 with MMU, caches and alignment checks off; RES1 bits (EOS, TSCXT, EIS,
 // SPAN, nTLSMD, LSMAOE) set as Linux's INIT_SCTLR_EL1_MMU_OFF does.
@@ -34,14 +39,16 @@ _start:
 primary_entry:
     msr     daifset, #0xf
     mov     x19, x0                 // DTB
+    orr     x20, x1, x2
+    orr     x20, x20, x3            // nonzero: boot protocol violated
     movz    x9, #(SCTLR_EL1_MMU_OFF & 0xffff)
     movk    x9, #(SCTLR_EL1_MMU_OFF >> 16), lsl #16
     msr     sctlr_el1, x9
     isb
 
-    // Apply .rela.dyn: *(base + r_offset) = base + r_addend. Other types are skipped
-    // (build.rs links so that there are none).
+    // Apply .rela.dyn: *(base + r_offset) = base + r_addend. Unknown types are counted.
     adr     x21, _start             // load base (link address 0)
+    mov     x22, #0
     adrp    x2, __rela_start
     add     x2, x2, :lo12:__rela_start
     adrp    x3, __rela_end
@@ -54,8 +61,10 @@ primary_entry:
     add     x2, x2, #24
     and     x5, x5, #0xffffffff
     cmp     x5, #R_AARCH64_RELATIVE
-    b.ne    1b
-    add     x6, x6, x21
+    b.eq    2f
+    add     x22, x22, #1
+    b       1b
+2:  add     x6, x6, x21
     str     x6, [x21, x4]
     b       1b
 3:
@@ -77,11 +86,13 @@ primary_entry:
 
     mov     x0, x19                 // dtb
     mov     x1, x21                 // image base
-    bl      bench_main
+    mov     x2, x20                 // x1|x2|x3 at entry
+    mov     x3, x22                 // unknown relocation count
+    bl      primary_main
     b       park
 
-// PSCI CPU_ON entry of the second vCPU: x0 = context_id. The primary has already
-// relocated the image and zeroed .bss.
+// PSCI CPU_ON entry of a secondary vCPU: x0 = context_id. The primary has already relocated
+// the image and zeroed .bss.
 .global secondary_entry
 secondary_entry:
     msr     daifset, #0xf

@@ -1,22 +1,24 @@
-// EL1 exception vector table, copied from guests/selftest/src/vectors.S with one change:
-// the third instruction of every entry reads CNTVCT_EL0 (exception entry is context
-// synchronizing, so no ISB is needed) and passes it to the handler as `entry_ticks`; the
-// vtimer ops measure from the timer deadline to this read.
-//
-// Every entry saves the whole interrupted context
+// EL1 exception vector table. Every entry saves the whole interrupted context
 // (x0-x30, ELR, SPSR, FPCR, FPSR, q0-q31: the handlers are hard-float Rust and the
-// interrupted check may be mid-memcpy in q registers) into a `Frame` on SP_EL1 and
-// calls `el1_exception(frame, kind, entry_ticks)`; the handler may edit the frame (skip a faulting
-// instruction, or redirect to check_recover) before it is restored and erets.
+// interrupted code may be mid-memcpy in q registers) into a `Frame` on SP_EL1 and
+// calls the guest's `el1_exception(frame, kind)`; the handler may edit the frame (skip a
+// faulting instruction, or redirect elsewhere) before it is restored and erets.
 // kind = vector index 0..15 (4 = current EL SPx sync, 5 = current EL SPx IRQ).
+//
+// RT_ENTRY_TICKS (set by lib.rs from the `entry-ticks` feature): when 1, the third
+// instruction of every entry reads CNTVCT_EL0 (exception entry is context synchronizing,
+// so no ISB is needed) and the handler is called as `el1_exception(frame, kind,
+// entry_ticks)`; the bench's vtimer ops measure from the timer deadline to this read.
 
-.equ FRAME_SIZE, 800   // keep in sync with exceptions::Frame
+.equ FRAME_SIZE, 800   // keep in sync with rt::exceptions::Frame
 
 .macro VENTRY kind
     .balign 0x80
     sub     sp, sp, #FRAME_SIZE
     stp     x0, x1, [sp, #0]
+.if RT_ENTRY_TICKS
     mrs     x1, cntvct_el0
+.endif
     mov     x0, #\kind
     b       exception_common
 .endm
@@ -81,7 +83,9 @@ exception_common:
     stp     q28, q29, [sp, #736]
     stp     q30, q31, [sp, #768]
 
+.if RT_ENTRY_TICKS
     mov     x2, x1
+.endif
     mov     x1, x0
     mov     x0, sp
     bl      el1_exception

@@ -1,0 +1,41 @@
+//! Guest runtime shared by the Bothy test guests (guests/selftest, guests/bench): boot
+//! path, exception vectors, system-register/MMIO helpers, GICv3 bring-up steps and PL011
+//! output. See README.md for the hooks a guest defines.
+//!
+//! Boot (entry.S): arm64 Image header, self-relocation of .rela.dyn (linked at 0, loaded
+//! at any 2 MiB-aligned address), .bss zeroing, stacks (64 KiB for the primary, 32 KiB
+//! for a secondary), VBAR_EL1, FP/SIMD on; the MMU stays off. The linker script and link
+//! flags come from `link.ld` and `build_link.rs` (included by each guest's build.rs).
+
+#![no_std]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod arch;
+pub mod exceptions;
+pub mod gic;
+pub mod uart;
+
+core::arch::global_asm!(include_str!("entry.S"), options(raw));
+
+#[cfg(not(feature = "entry-ticks"))]
+core::arch::global_asm!(
+    ".equ RT_ENTRY_TICKS, 0",
+    include_str!("vectors.S"),
+    options(raw)
+);
+#[cfg(feature = "entry-ticks")]
+core::arch::global_asm!(
+    ".equ RT_ENTRY_TICKS, 1",
+    include_str!("vectors.S"),
+    options(raw)
+);
+
+extern "C" {
+    static _end: u8;
+}
+
+/// End of the image (`_end` of link.ld, .bss included), at its load address.
+pub fn image_end() -> usize {
+    // `_end` is a linker-script symbol; only its (PC-relative) address is used.
+    core::ptr::addr_of!(_end) as usize
+}
