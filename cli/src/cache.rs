@@ -196,8 +196,11 @@ pub(crate) fn newest_deb(dir: &Path, prefix: &str) -> Result<Option<PathBuf>> {
     Ok(debs.pop())
 }
 
-fn run(cmd: &mut Command) -> Result<String> {
+/// Runs a tool (apt, dpkg, dtc, ...) without a terminal; its stdout, or an error
+/// naming the command and quoting its stderr.
+pub(crate) fn run(cmd: &mut Command) -> Result<String> {
     let out = cmd
+        .stdin(std::process::Stdio::null())
         .output()
         .with_context(|| format!("running {:?}", cmd.get_program()))?;
     if !out.status.success() {

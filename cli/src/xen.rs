@@ -19,7 +19,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 
 use crate::cache::Cache;
 use crate::qemu::QEMU;
@@ -56,10 +56,12 @@ pub fn fetch(cache: &Cache) -> Result<PathBuf> {
                 "bothy: apt-get download {XEN_PACKAGE}:arm64={version} -> {}",
                 debs.display()
             );
-            run(Command::new("apt-get")
-                .args(["download", "-q"])
-                .arg(format!("{XEN_PACKAGE}:arm64={version}"))
-                .current_dir(&debs))
+            crate::cache::run(
+                Command::new("apt-get")
+                    .args(["download", "-q"])
+                    .arg(format!("{XEN_PACKAGE}:arm64={version}"))
+                    .current_dir(&debs),
+            )
             .with_context(|| format!("downloading {XEN_PACKAGE}:arm64"))?;
             crate::cache::newest_deb(&debs, &prefix)?
                 .with_context(|| format!("apt-get download left no {prefix}*_arm64.deb"))?
@@ -77,7 +79,7 @@ pub fn fetch(cache: &Cache) -> Result<PathBuf> {
                 .with_context(|| format!("removing {}", dest.display()))?;
         }
         std::fs::create_dir_all(&dest)?;
-        run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dest))?;
+        crate::cache::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dest))?;
         std::fs::write(&stamp, b"")?;
     }
     find_binary(&dest.join("boot"))
@@ -107,9 +109,11 @@ fn is_xen_binary_name(n: &str) -> bool {
 
 /// The candidate version of the package from `apt-cache policy`.
 fn resolve_version() -> Result<String> {
-    let out = run(Command::new("apt-cache")
-        .arg("policy")
-        .arg(format!("{XEN_PACKAGE}:arm64")))?;
+    let out = crate::cache::run(
+        Command::new("apt-cache")
+            .arg("policy")
+            .arg(format!("{XEN_PACKAGE}:arm64")),
+    )?;
     parse_candidate(&out).context("no candidate version")
 }
 
@@ -119,22 +123,6 @@ pub fn parse_candidate(apt_cache_policy: &str) -> Option<String> {
         let v = l.trim().strip_prefix("Candidate:")?.trim();
         (!v.is_empty() && v != "(none)").then(|| v.to_string())
     })
-}
-
-fn run(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {:?}", cmd.get_program()))?;
-    if !out.status.success() {
-        bail!(
-            "{:?} failed ({}): {}",
-            cmd,
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The one dom0less guest.
@@ -228,9 +216,11 @@ impl Machine {
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         );
-        let dts = run(Command::new("dtc")
-            .args(["-q", "-I", "dtb", "-O", "dts"])
-            .arg(&virt_dtb))
+        let dts = crate::cache::run(
+            Command::new("dtc")
+                .args(["-q", "-I", "dtb", "-O", "dts"])
+                .arg(&virt_dtb),
+        )
         .context("dtc (package device-tree-compiler; run ./scripts/setup.sh)")?;
         let uart = stdout_path(&dts).context("QEMU's DTB has no /chosen/stdout-path")?;
         let xen_args = xen_cmdline(
@@ -246,10 +236,12 @@ impl Machine {
         std::fs::write(&xen_dts, dts + &fragment(&xen_args, domu, &modules))
             .with_context(|| format!("writing {}", xen_dts.display()))?;
         let xen_dtb = dir.join("xen.dtb");
-        run(Command::new("dtc")
-            .args(["-q", "-I", "dts", "-O", "dtb", "-o"])
-            .arg(&xen_dtb)
-            .arg(&xen_dts))
+        crate::cache::run(
+            Command::new("dtc")
+                .args(["-q", "-I", "dts", "-O", "dtb", "-o"])
+                .arg(&xen_dtb)
+                .arg(&xen_dts),
+        )
         .context("compiling the dom0less DTB with dtc")?;
 
         let mut args = self.base_args();
