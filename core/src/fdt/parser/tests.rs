@@ -8,8 +8,6 @@ use crate::fdt::test_trees::{self, tree, QEMU_VIRT_GICV3_SMP2};
 use crate::fdt::{header_total_size, Fdt, FdtError, FdtWriter};
 use crate::Region;
 
-const MIB: usize = 1 << 20;
-
 fn set_be32(blob: &mut [u8], off: usize, v: u32) {
     blob[off..off + 4].copy_from_slice(&v.to_be_bytes());
 }
