@@ -108,12 +108,8 @@ fn wait_for_start(m: &Machine, vm: &Vm, vcpu: usize, frame: &mut GuestFrame) {
                     vm.power.mark_on(vcpu);
                     return;
                 }
-                if vcpu == 0 && vm.power.state(0) == bothy_core::abi::PowerState::On {
-                    // Restarted by a VM reset.
-                    boot_vcpu0(vm, frame);
-                    return;
-                }
             }
+            // Only vCPU 0's CPU completes a reset, and it boots from here directly.
             RunState::Resetting if vcpu == 0 => {
                 finish_reset(vm);
                 boot_vcpu0(vm, frame);
