@@ -118,11 +118,8 @@ pub fn decode(esr: u64, far: u64, hpfar: u64) -> Exit {
         ec::WFX => Exit::Wait { wfe: iss & 1 == 1 },
         ec::HVC64 => Exit::Hvc { imm: iss as u16 },
         ec::SMC64 => Exit::Smc { imm: iss as u16 },
-        ec::SYSREG => Exit::SysReg(decode_sysreg(iss)),
-        ec::DABT_LOWER => {
-            let ipa = fault_ipa(far, hpfar);
-            decode_data_abort(iss, ipa).map_or(Exit::BadDataAbort { ipa, far }, Exit::Mmio)
-        }
+        ec::SYSREG => Exit::SysReg(decode_sysreg_trap(esr)),
+        ec::DABT_LOWER => decode_lower_data_abort(esr, far, hpfar),
         ec::IABT_LOWER => Exit::BadInstructionAbort {
             ipa: fault_ipa(far, hpfar),
             far,
