@@ -135,6 +135,32 @@ pub fn decode_lower_data_abort(esr: u64, far: u64, hpfar: u64) -> Exit {
     decode_data_abort(esr & ISS_MASK, ipa).map_or(Exit::BadDataAbort { ipa, far }, Exit::Mmio)
 }
 
+/// ESR_EL2.ISS.Rt of a trapped MSR/MRS: the general-purpose register (31 = XZR).
+pub const SYSREG_RT_MASK: u64 = 0x1f << 5;
+
+/// The syndrome of a trapped `MSR <enc>, Xt` from AArch64, less the Rt field and the IL
+/// bit: `esr & !(SYSREG_RT_MASK | ESR_IL) == sysreg_write_syndrome(enc)` picks out one
+/// register write in a single compare, for exits too hot for `decode_sysreg_trap`.
+pub const fn sysreg_write_syndrome(enc: SysRegEncoding) -> u64 {
+    let (op0, op1, crn, crm, op2) = enc;
+    (ec::SYSREG as u64) << ESR_EC_SHIFT
+        | (op0 as u64) << 20
+        | (op2 as u64) << 17
+        | (op1 as u64) << 14
+        | (crn as u64) << 10
+        | (crm as u64) << 1
+}
+
+/// `esr` less the fields `sysreg_write_syndrome` leaves out.
+pub const fn sysreg_syndrome(esr: u64) -> u64 {
+    esr & !(SYSREG_RT_MASK | ESR_IL)
+}
+
+/// The Rt field of a trapped MSR/MRS.
+pub const fn sysreg_rt(esr: u64) -> usize {
+    ((esr & SYSREG_RT_MASK) >> 5) as usize
+}
+
 /// Decode a trapped MSR/MRS (EC 0x18) alone.
 pub fn decode_sysreg_trap(esr: u64) -> SysRegAccess {
     decode_sysreg(esr & ISS_MASK)
@@ -400,6 +426,32 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // The one-compare form agrees, for any Rt, and rejects the read and neighbours.
+        let write = esr(ec::SYSREG, iss);
+        assert_eq!(
+            sysreg_syndrome(write),
+            sysreg_write_syndrome(sysreg::ICC_SGI1R_EL1)
+        );
+        assert_eq!(sysreg_rt(write), 5);
+        let xzr = esr(ec::SYSREG, iss | 31 << 5);
+        assert_eq!(sysreg_rt(xzr), 31);
+        assert_eq!(sysreg_syndrome(xzr), sysreg_syndrome(write));
+        let read = esr(ec::SYSREG, iss | 1);
+        assert_ne!(
+            sysreg_syndrome(read),
+            sysreg_write_syndrome(sysreg::ICC_SGI1R_EL1)
+        );
+        for other in [
+            sysreg::ICC_ASGI1R_EL1,
+            sysreg::ICC_SGI0R_EL1,
+            sysreg::CNTP_CTL_EL0,
+        ] {
+            assert_ne!(sysreg_syndrome(write), sysreg_write_syndrome(other));
+        }
+        assert_ne!(
+            sysreg_syndrome(esr(ec::HVC64, iss)),
+            sysreg_write_syndrome(sysreg::ICC_SGI1R_EL1)
+        );
     }
 
     #[test]

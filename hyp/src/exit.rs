@@ -19,8 +19,8 @@ use crate::println;
 use crate::vm::{RunState, Vm};
 use bothy_core::abi::{self, CallContext, Outcome, RETURN_SUCCESS};
 use bothy_core::exit::{
-    decode, decode_lower_data_abort, decode_sysreg_trap, ec, inject, sysreg as trapped, Exit,
-    MmioAccess, SysRegAccess,
+    decode, decode_lower_data_abort, decode_sysreg_trap, ec, inject, sysreg as trapped, sysreg_rt,
+    sysreg_syndrome, sysreg_write_syndrome, Exit, MmioAccess, SysRegAccess,
 };
 use bothy_core::layout;
 use bothy_core::vgic::VcpuMask;
@@ -34,6 +34,7 @@ const PSTATE_PAN: u64 = 1 << 22;
 const VMPIDR_RES1: u64 = 1 << 31;
 const ICH_HCR_EN: u64 = 1;
 const INSTRUCTION_SIZE: u64 = 4;
+const SGI1R_WRITE: u64 = sysreg_write_syndrome(trapped::ICC_SGI1R_EL1);
 
 /// Run the vCPU pinned to this CPU (or park it forever if there is none).
 pub fn run_cpu(cpu: usize) -> ! {
@@ -41,7 +42,7 @@ pub fn run_cpu(cpu: usize) -> ! {
     let Some((vm_index, vcpu)) = m.cpus[cpu].vcpu else {
         loop {
             sysreg::wfi();
-            drain_physical_irqs(m, None);
+            let _ = drain_physical_irqs(m, None);
         }
     };
     let vm = &m.vms[vm_index];
@@ -118,7 +119,7 @@ fn wait_for_start(m: &Machine, vm: &Vm, vcpu: usize, frame: &mut GuestFrame) {
             _ => {}
         }
         sysreg::wfi();
-        drain_physical_irqs(m, Some((vm, vcpu)));
+        let _ = drain_physical_irqs(m, Some((vm, vcpu)));
     }
 }
 
@@ -132,25 +133,48 @@ pub extern "C" fn handle_exit(kind: u64, frame: &mut GuestFrame) {
         ))
     };
     let vcpu = ctx.vcpu;
-    // Hypercalls are the hottest exit: route them before anything else, so this
-    // function stays small (few callee-saved registers to spill).
-    if kind == ExitKind::Sync as u64 {
+    // The hottest exits (hypercalls, SGIs, MMIO) are routed first, with a compare or
+    // two each. `flushed`: the handler already flushed this vCPU's list registers (a
+    // self-SGI, the timer), so only work added since calls for another flush.
+    let flushed = if kind == ExitKind::Sync as u64 {
         let esr = sysreg::read_esr_el2();
         match bothy_core::exit::exception_class(esr) {
-            ec::HVC64 => smccc_call(vm, vcpu, frame),
+            ec::HVC64 => {
+                smccc_call(vm, vcpu, frame);
+                false
+            }
+            ec::SYSREG if sysreg_syndrome(esr) == SGI1R_WRITE => {
+                sgi1r_write(vm, vcpu, frame, sysreg_rt(esr))
+            }
             ec::SYSREG => sysreg_access(vm, vcpu, frame, decode_sysreg_trap(esr)),
-            ec::DABT_LOWER => data_abort(vm, vcpu, frame, esr),
-            _ => sync_exit(vm, vcpu, frame, esr),
+            ec::DABT_LOWER => {
+                data_abort(vm, vcpu, frame, esr);
+                false
+            }
+            _ => {
+                sync_exit(vm, vcpu, frame, esr);
+                false
+            }
         }
     } else {
-        async_exit(kind, vm, vcpu);
-    }
+        async_exit(kind, vm, vcpu)
+    };
     if vm.state() != RunState::Running {
         stop_vcpu(machine(), vm, vcpu, frame);
     }
-    if vm.vgic.needs_flush(vcpu) {
+    if vm.vgic.needs_flush_after(vcpu, flushed) {
         service_list_registers(vm, vcpu);
     }
+}
+
+/// `MSR ICC_SGI1R_EL1, Xt`. Returns whether this vCPU's list registers were flushed.
+#[inline(never)]
+fn sgi1r_write(vm: &Vm, vcpu: usize, frame: &mut GuestFrame, rt: usize) -> bool {
+    let value = frame.x.get(rt).copied().unwrap_or(0);
+    let done = vm.vgic.send_sgi_local(vcpu, value, &mut HwListRegs::new());
+    kick_vcpus(vm, done.kicks);
+    frame.elr += INSTRUCTION_SIZE;
+    done.flushed
 }
 
 /// A stage-2 data abort: an emulated device, or an abort for the guest.
@@ -172,21 +196,28 @@ fn inject_bad_data_abort(frame: &mut GuestFrame, esr: u64) {
     )
 }
 
-/// Interrupts, SErrors and anything from AArch32.
+/// Interrupts, SErrors and anything from AArch32. Returns whether this vCPU's list
+/// registers were flushed on the way.
 #[inline(never)]
-fn async_exit(kind: u64, vm: &Vm, vcpu: usize) {
+fn async_exit(kind: u64, vm: &Vm, vcpu: usize) -> bool {
     match ExitKind::from_raw(kind) {
-        ExitKind::Sync => {}
+        ExitKind::Sync => false,
         ExitKind::Irq | ExitKind::Fiq => drain_physical_irqs(machine(), Some((vm, vcpu))),
-        ExitKind::SError => println!(
-            "VM {}: vCPU {vcpu} raised an SError (ESR {:#x}); ignored",
-            vm.name,
-            sysreg::read_esr_el2()
-        ),
-        ExitKind::Aarch32 => crash_vm(
-            vm,
-            format_args!("vCPU {vcpu} entered AArch32, which Bothy does not run"),
-        ),
+        ExitKind::SError => {
+            println!(
+                "VM {}: vCPU {vcpu} raised an SError (ESR {:#x}); ignored",
+                vm.name,
+                sysreg::read_esr_el2()
+            );
+            false
+        }
+        ExitKind::Aarch32 => {
+            crash_vm(
+                vm,
+                format_args!("vCPU {vcpu} entered AArch32, which Bothy does not run"),
+            );
+            false
+        }
     }
 }
 
@@ -207,7 +238,11 @@ fn sync_exit(vm: &Vm, vcpu: usize, frame: &mut GuestFrame, esr: u64) {
             }
         }
         Exit::Mmio(access) => mmio(vm, vcpu, frame, access),
-        Exit::SysReg(access) => sysreg_access(vm, vcpu, frame, access),
+        Exit::SysReg(access) => {
+            // (Not reached: handle_exit routes these itself.) An unreported flush only
+            // costs the exit path a second one.
+            let _ = sysreg_access(vm, vcpu, frame, access);
+        }
         Exit::BadDataAbort { .. } => inject_bad_data_abort(frame, esr),
         Exit::BadInstructionAbort { far, .. } => inject_sync(
             frame,
@@ -233,13 +268,25 @@ fn smccc_call(vm: &Vm, vcpu: usize, frame: &mut GuestFrame) {
         mpidr_to_vcpu: &mpidr_to_vcpu,
     };
     let (args, _) = frame.x.split_first_chunk::<8>().expect("31 registers");
-    match abi::dispatch(&ctx, args) {
-        Outcome::Return([x0, x1, x2, x3]) => {
-            frame.x[0] = x0;
-            frame.x[1] = x1;
-            frame.x[2] = x2;
-            frame.x[3] = x3;
-        }
+    // Almost every call just returns values: test for that alone first (a `match`
+    // compiles to a compare chain that reaches `Return` last).
+    let outcome = abi::dispatch(&ctx, args);
+    if let Outcome::Return([x0, x1, x2, x3]) = outcome {
+        frame.x[0] = x0;
+        frame.x[1] = x1;
+        frame.x[2] = x2;
+        frame.x[3] = x3;
+        return;
+    }
+    smccc_outcome(vm, vcpu, frame, outcome);
+}
+
+/// What a PSCI/SMCCC call does beyond returning values.
+#[cold]
+#[inline(never)]
+fn smccc_outcome(vm: &Vm, vcpu: usize, frame: &mut GuestFrame, outcome: Outcome) {
+    match outcome {
+        Outcome::Return(_) => {}
         Outcome::StartVcpu { target, ret } => {
             frame.x[..4].copy_from_slice(&ret);
             machine::kick(vm.vcpu_pcpu[target]);
@@ -330,33 +377,43 @@ fn crash_vm(vm: &Vm, why: core::fmt::Arguments) {
 #[cold]
 #[inline(never)]
 fn wait_for_interrupt(m: &Machine, vm: &Vm, vcpu: usize) {
+    let mut flushed = false;
     loop {
-        service_list_registers(vm, vcpu);
+        if !flushed {
+            service_list_registers(vm, vcpu);
+        }
         if vm.vgic.has_pending(vcpu) || vm.state() != RunState::Running {
             return;
         }
         sysreg::wfi();
-        drain_physical_irqs(m, Some((vm, vcpu)));
+        // The timer's injection flushes by itself; other work leaves WORK set, and
+        // the exit path flushes for it.
+        flushed = drain_physical_irqs(m, Some((vm, vcpu)));
     }
 }
 
-/// Acknowledge and handle every pending physical interrupt on this CPU.
+/// Acknowledge and handle every pending physical interrupt on this CPU. Returns whether
+/// the running vCPU's list registers were flushed meanwhile.
 #[inline(never)]
-fn drain_physical_irqs(m: &Machine, running: Option<(&Vm, usize)>) {
+fn drain_physical_irqs(m: &Machine, running: Option<(&Vm, usize)>) -> bool {
     // Level-sensitive sources re-assert at once if their cause is not removed;
     // a bound keeps a misbehaving one from livelocking EL2.
     const MAX_PER_DRAIN: usize = 64;
+    let mut flushed = false;
     for _ in 0..MAX_PER_DRAIN {
         let intid = gic::acknowledge();
         if intid == gic::SPURIOUS {
-            return;
+            break;
         }
         gic::priority_drop(intid);
         if intid == m.vtimer_intid {
             if let Some((vm, vcpu)) = running {
                 // Hardware-linked: the guest's EOI deactivates the physical interrupt.
-                let kicks = vm.vgic.inject_hw(vcpu, intid, intid);
-                kick_vcpus(vm, kicks);
+                let done = vm
+                    .vgic
+                    .inject_hw_local(vcpu, intid, intid, &mut HwListRegs::new());
+                kick_vcpus(vm, done.kicks);
+                flushed |= done.flushed;
                 continue;
             }
             sysreg::write_cntv_ctl_el0(0);
@@ -364,7 +421,10 @@ fn drain_physical_irqs(m: &Machine, running: Option<(&Vm, usize)>) {
             // The condition (EOI of a level interrupt, LR underflow) stays asserted
             // until the list registers are folded back: do it now, not after the loop.
             match running {
-                Some((vm, vcpu)) => service_list_registers(vm, vcpu),
+                Some((vm, vcpu)) => {
+                    service_list_registers(vm, vcpu);
+                    flushed = true;
+                }
                 None => sysreg::write_ich_hcr_el2(0),
             }
         } else if Some(intid) == m.uart_intid {
@@ -373,6 +433,7 @@ fn drain_physical_irqs(m: &Machine, running: Option<(&Vm, usize)>) {
         // KICK_SGI needs nothing more: the caller re-examines its vCPU afterwards.
         gic::deactivate(intid);
     }
+    flushed
 }
 
 /// Fold list-register state back into the vGIC and refill them.
@@ -493,17 +554,12 @@ fn uart_access(m: &Machine, vm: &Vm, access: MmioAccess, value: u64) -> Option<u
 }
 
 /// Trapped system registers: SGIs go to the vGIC, the physical timer reads as
-/// zero and ignores writes, anything else is undefined for the guest.
+/// zero and ignores writes, anything else is undefined for the guest. Returns
+/// whether this vCPU's list registers were flushed (an SGI to itself).
 #[inline(never)]
-fn sysreg_access(vm: &Vm, vcpu: usize, frame: &mut GuestFrame, access: SysRegAccess) {
-    let value = if access.reg == 31 {
-        0
-    } else {
-        frame.x[access.reg as usize]
-    };
+fn sysreg_access(vm: &Vm, vcpu: usize, frame: &mut GuestFrame, access: SysRegAccess) -> bool {
     if access.is(trapped::ICC_SGI1R_EL1) && !access.read {
-        let kicks = vm.vgic.send_sgi(vcpu, value);
-        kick_vcpus(vm, kicks);
+        return sgi1r_write(vm, vcpu, frame, usize::from(access.reg));
     } else if access.is(trapped::ICC_ASGI1R_EL1) || access.is(trapped::ICC_SGI0R_EL1) {
         // Group-0 / alternate-group SGIs: the guest has only group 1; ignore.
     } else if access.is(trapped::CNTP_CTL_EL0)
@@ -515,9 +571,10 @@ fn sysreg_access(vm: &Vm, vcpu: usize, frame: &mut GuestFrame, access: SysRegAcc
         }
     } else {
         inject_sync(frame, inject::undefined_esr(), 0);
-        return;
+        return false;
     }
     frame.elr += INSTRUCTION_SIZE;
+    false
 }
 
 /// Deliver a synchronous exception to the guest's EL1 vector, as the hardware would.

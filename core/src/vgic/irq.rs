@@ -81,10 +81,12 @@ impl Irq {
     /// May go into a free list register now, given the distributor's group-1 enable.
     /// An interrupt made active by ISACTIVER stays out of the LRs until ICACTIVER.
     pub fn deliverable(&self, grp1_enabled: bool) -> bool {
-        grp1_enabled
-            && self.group1
+        // Most often asked of an interrupt that has just been delivered: not pending
+        // is the usual answer, so it is tested first.
+        self.pending()
             && self.enabled
-            && self.pending()
+            && self.group1
+            && grp1_enabled
             && !self.active
             && self.lr.is_none()
     }

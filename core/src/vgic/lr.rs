@@ -182,55 +182,103 @@ impl State {
         freed
     }
 
+    /// `sync_lrs` + latch private interrupt `intid` (hardware-linked to `hw` if given) +
+    /// `flush_cpu`, for an SGI or PPI that `vcpu` raises on itself in hyp's exit path
+    /// with `lrs` the list registers it runs on. Returns whether an LR is left occupied,
+    /// as `flush_cpu` does.
+    ///
+    /// Syncing first means an earlier instance the guest has completed is out of its LR
+    /// before the new edge arrives. The common case — every occupied LR holds a private
+    /// interrupt, nothing else is waiting or dirty, an LR is free — is then one pass over
+    /// this vCPU's state; anything else takes the general calls. Both end in the same
+    /// state (`local_raise_and_flush_matches_raise_then_exit`).
+    pub fn raise_private_and_flush(
+        &mut self,
+        vcpu: usize,
+        intid: u32,
+        hw: Option<u32>,
+        lrs: &mut impl ListRegs,
+    ) -> bool {
+        let grp1 = self.grp1;
+        let n = lrs.count().min(MAX_LRS);
+        if let Some(cpu) = self.cpus.get_mut(vcpu) {
+            if !cpu.wipe_lrs && cpu.dirty == 0 && cpu.pend_words == 0 && intid < SPI_BASE {
+                let occupied = cpu.occupied & lr_mask(n);
+                let mut general = false;
+                if occupied != 0 {
+                    let empty = lrs.elrsr() & occupied;
+                    for i in BitIter(u32::from(occupied)) {
+                        let i = i as usize % MAX_LRS;
+                        match cpu.lrs[i] {
+                            Some(held) if held < SPI_BASE => {
+                                let state = if empty & (1 << i) != 0 {
+                                    0
+                                } else {
+                                    lr_state(lrs.read(i))
+                                };
+                                cpu.sync_private(vcpu, i, held, state, grp1);
+                            }
+                            // An SPI: the general sync below (a partial sync is still a sync).
+                            _ => general = true,
+                        }
+                    }
+                }
+                if !general {
+                    if let Some(busy) = cpu.raise_into_free_lr(vcpu, n, grp1, intid, hw, lrs) {
+                        return busy;
+                    }
+                }
+            }
+        }
+        self.sync_lrs(vcpu, lrs);
+        if let (Some(phys), Some(irq)) = (hw, self.irq_mut(vcpu, intid)) {
+            irq.hw = Some(phys);
+        }
+        // Private: the vCPU itself is the only one with work.
+        let _ = self.raise_private(vcpu, intid);
+        self.flush_cpu(vcpu, lrs)
+    }
+
     /// `sync_cpu` without zeroing the freed hardware LRs (`flush_cpu` does that last).
     fn sync_lrs(&mut self, vcpu: usize, lrs: &mut impl ListRegs) -> bool {
-        if self.cpus[vcpu].wipe_lrs {
+        let grp1 = self.grp1;
+        let Some(cpu) = self.cpus.get_mut(vcpu) else {
+            return false;
+        };
+        if cpu.wipe_lrs {
             return false;
         }
-        let n = lrs.count().min(MAX_LRS);
-        let occupied = self.cpus[vcpu].occupied & lr_mask(n);
+        let occupied = cpu.occupied & lr_mask(lrs.count().min(MAX_LRS));
         if occupied == 0 {
             return false;
         }
         let empty = lrs.elrsr() & occupied;
+        let state_of = |i: usize| {
+            if empty & (1 << i) != 0 {
+                0
+            } else {
+                lr_state(lrs.read(i))
+            }
+        };
+        // Private interrupts (the common case: SGIs, the timer) are all in this vCPU's
+        // state; SPIs need the whole model and are done after.
         let mut freed = false;
+        let mut spis = 0u32;
         for i in BitIter(u32::from(occupied)) {
+            let i = i as usize % MAX_LRS;
+            match cpu.lrs[i] {
+                Some(intid) if intid < SPI_BASE => {
+                    freed |= cpu.sync_private(vcpu, i, intid, state_of(i), grp1);
+                }
+                _ => spis |= 1 << i,
+            }
+        }
+        for i in BitIter(spis) {
             let i = i as usize;
             let Some(intid) = self.cpus[vcpu].lrs[i] else {
                 continue;
             };
-            let state = if empty & (1 << i) != 0 {
-                0
-            } else {
-                lr_state(lrs.read(i))
-            };
-            if intid < SPI_BASE {
-                // A private interrupt: everything is in this vCPU's state (`free_lr`
-                // inlined for the common case of the guest having completed it).
-                let grp1 = self.grp1;
-                let cpu = &mut self.cpus[vcpu];
-                let irq = &mut cpu.private[intid as usize % NR_PRIVATE];
-                if irq.lr == Some(i as u8) && usize::from(irq.lr_vcpu) == vcpu {
-                    if state != 0 {
-                        irq.lr_state = state;
-                        continue;
-                    }
-                    irq.lr = None;
-                    irq.lr_state = 0;
-                    irq.clear_pending_req = false;
-                    irq.clear_active_req = false;
-                    let deliverable = irq.deliverable(grp1);
-                    cpu.lrs[i] = None;
-                    cpu.occupied &= !(1 << i);
-                    cpu.dirty &= !(1 << i);
-                    cpu.unzeroed |= 1 << i;
-                    if deliverable {
-                        cpu.set_pend(intid);
-                    }
-                    freed = true;
-                    continue;
-                }
-            }
+            let state = state_of(i);
             match self.lr_irq(vcpu, i, intid) {
                 Some(irq) if state != 0 => irq.lr_state = state,
                 _ => {
@@ -394,11 +442,10 @@ impl State {
 
     /// Sync, reconcile, fill. Returns whether any LR is left occupied.
     pub fn flush_cpu(&mut self, vcpu: usize, lrs: &mut impl ListRegs) -> bool {
-        if vcpu >= self.nr_vcpus {
-            return false;
-        }
         let n = lrs.count().min(MAX_LRS);
-        let cpu = &mut self.cpus[vcpu];
+        let Some(cpu) = self.cpus.get_mut(vcpu) else {
+            return false;
+        };
         if core::mem::take(&mut cpu.wipe_lrs) {
             for i in 0..n {
                 lrs.write(i, 0);
@@ -408,66 +455,40 @@ impl State {
         if cpu.occupied != 0 {
             self.sync_lrs(vcpu, lrs);
         }
-        let cpu = &mut self.cpus[vcpu];
-        let dirty = core::mem::take(&mut cpu.dirty) & cpu.occupied;
-        for i in BitIter(u32::from(dirty & lr_mask(n))) {
-            self.reconcile(vcpu, i as usize, lrs);
+        let Some(cpu) = self.cpus.get_mut(vcpu) else {
+            return false;
+        };
+        let dirty = core::mem::take(&mut cpu.dirty) & cpu.occupied & lr_mask(n);
+        if dirty != 0 {
+            for i in BitIter(u32::from(dirty)) {
+                self.reconcile(vcpu, i as usize, lrs);
+            }
         }
 
         // Best first, as many as there are LRs (one candidate needs no sorting).
-        let cpu = &self.cpus[vcpu];
-        let (total, placed, evicted) = if cpu.pend_words == 1 && cpu.pend[0].is_power_of_two() {
-            self.fill_private(vcpu, n, lrs)
+        let grp1 = self.grp1;
+        let Some(cpu) = self.cpus.get_mut(vcpu) else {
+            return false;
+        };
+        let (total, placed, evicted) = if cpu.pend_words == 0 {
+            (0, 0, false)
+        } else if cpu.pend_words == 1 && cpu.pend[0].is_power_of_two() {
+            match cpu.fill_private(vcpu, n, grp1, lrs) {
+                Some(counts) => counts,
+                // No free LR: the general path decides whether to evict.
+                None => self.fill_all(vcpu, n, lrs),
+            }
         } else {
             self.fill_all(vcpu, n, lrs)
         };
 
-        let cpu = &mut self.cpus[vcpu];
+        let Some(cpu) = self.cpus.get_mut(vcpu) else {
+            return false;
+        };
         cpu.zero_freed(lrs);
         let overflow = evicted || total > placed;
         lrs.set_hcr(HCR_EN | if overflow { HCR_UIE } else { 0 });
         cpu.occupied & lr_mask(n) != 0
-    }
-
-    /// `prune` + `fill` when the only candidate is one private interrupt (an SGI, the
-    /// timer): the same outcome, without the general scan. Returns (deliverable, placed,
-    /// evicted) counts as `fill_all` does.
-    fn fill_private(
-        &mut self,
-        vcpu: usize,
-        n: usize,
-        lrs: &mut impl ListRegs,
-    ) -> (usize, usize, bool) {
-        let grp1 = self.grp1;
-        let cpu = &mut self.cpus[vcpu];
-        let intid = cpu.pend[0].trailing_zeros();
-        let irq = &mut cpu.private[intid as usize % NR_PRIVATE];
-        if !irq.deliverable(grp1) {
-            cpu.pend[0] = 0;
-            cpu.pend_words = 0;
-            return (0, 0, false);
-        }
-        let free = !cpu.occupied & lr_mask(n);
-        if free == 0 {
-            let key = key(intid, irq);
-            return match self.fill(vcpu, n, key, lrs) {
-                Some(evicted) => (1, 1, evicted),
-                None => (1, 0, false),
-            };
-        }
-        let i = free.trailing_zeros() as usize;
-        irq.latch = false;
-        irq.lr = Some(i as u8);
-        irq.lr_vcpu = vcpu as u8;
-        irq.lr_state = LR_STATE_PENDING;
-        lrs.write(i, encode(intid, irq));
-        cpu.lrs[i] = Some(intid);
-        cpu.occupied |= 1 << i;
-        cpu.dirty &= !(1 << i);
-        cpu.unzeroed &= !(1 << i);
-        cpu.pend[0] = 0;
-        cpu.pend_words = 0;
-        (1, 1, false)
     }
 
     /// Prune the `pend` index and fill LRs with the best candidates. Returns how many
@@ -520,7 +541,115 @@ impl State {
 }
 
 impl CpuState {
+    /// Sync LR `i`, which the shadow says holds private interrupt `intid`, from its
+    /// hardware `state`: `State::sync_lrs` + `free_lr` for the interrupts this vCPU owns.
+    /// Returns whether the LR was freed.
+    #[inline]
+    fn sync_private(&mut self, vcpu: usize, i: usize, intid: u32, state: u8, grp1: bool) -> bool {
+        let irq = &mut self.private[intid as usize % NR_PRIVATE];
+        if irq.lr == Some(i as u8) && usize::from(irq.lr_vcpu) == vcpu {
+            if state != 0 {
+                irq.lr_state = state;
+                return false;
+            }
+            irq.lr = None;
+            irq.lr_state = 0;
+            irq.clear_pending_req = false;
+            irq.clear_active_req = false;
+            if irq.deliverable(grp1) {
+                self.set_pend(intid);
+            }
+        }
+        // (An inconsistent claim frees the LR and leaves the interrupt alone.)
+        let bit = 1 << (i % MAX_LRS);
+        self.lrs[i % MAX_LRS] = None;
+        self.occupied &= !bit;
+        self.dirty &= !bit;
+        self.unzeroed |= bit;
+        true
+    }
+
+    /// The end of `State::raise_private_and_flush`'s fast case, after the sync: latch
+    /// private `intid` and, if deliverable, place it in the first free LR; then finish as
+    /// `flush_cpu` does. `None`, with nothing changed, when the general path must decide
+    /// (other candidates to rank, the interrupt still in an LR, no LR free).
+    #[inline]
+    fn raise_into_free_lr(
+        &mut self,
+        vcpu: usize,
+        n: usize,
+        grp1: bool,
+        intid: u32,
+        hw: Option<u32>,
+        lrs: &mut impl ListRegs,
+    ) -> Option<bool> {
+        let free = !self.occupied & lr_mask(n);
+        let irq = &mut self.private[intid as usize % NR_PRIVATE];
+        if self.pend_words != 0 || irq.lr.is_some() || free == 0 {
+            return None;
+        }
+        if hw.is_some() {
+            irq.hw = hw;
+        }
+        irq.latch = true;
+        if irq.deliverable(grp1) {
+            let i = free.trailing_zeros() as usize % MAX_LRS;
+            irq.latch = false;
+            irq.lr = Some(i as u8);
+            irq.lr_vcpu = vcpu as u8;
+            irq.lr_state = LR_STATE_PENDING;
+            lrs.write(i, encode(intid, irq));
+            let bit = 1 << i;
+            self.lrs[i] = Some(intid);
+            self.occupied |= bit;
+            self.unzeroed &= !bit;
+        }
+        self.zero_freed(lrs);
+        lrs.set_hcr(HCR_EN);
+        Some(self.occupied & lr_mask(n) != 0)
+    }
+
+    /// `prune` + `fill` when the only candidate is one private interrupt (an SGI, the
+    /// timer) and an LR is free: the same outcome, without the general scan. Returns
+    /// (deliverable, placed, evicted) as `fill_all` does, or `None` when every LR is
+    /// taken (eviction is the general path's decision).
+    #[inline]
+    fn fill_private(
+        &mut self,
+        vcpu: usize,
+        n: usize,
+        grp1: bool,
+        lrs: &mut impl ListRegs,
+    ) -> Option<(usize, usize, bool)> {
+        let intid = self.pend[0].trailing_zeros();
+        let irq = &mut self.private[intid as usize % NR_PRIVATE];
+        if !irq.deliverable(grp1) {
+            self.pend[0] = 0;
+            self.pend_words = 0;
+            return Some((0, 0, false));
+        }
+        let free = !self.occupied & lr_mask(n);
+        if free == 0 {
+            return None;
+        }
+        let i = free.trailing_zeros() as usize % MAX_LRS;
+        irq.latch = false;
+        irq.lr = Some(i as u8);
+        irq.lr_vcpu = vcpu as u8;
+        irq.lr_state = LR_STATE_PENDING;
+        lrs.write(i, encode(intid, irq));
+        let bit = 1 << i;
+        self.lrs[i] = Some(intid);
+        self.occupied |= bit;
+        self.dirty &= !bit;
+        self.unzeroed &= !bit;
+        self.pend[0] = 0;
+        self.pend_words = 0;
+        Some((1, 1, false))
+    }
+
     /// Zero the hardware LRs freed since the last call and not reused.
+    #[inline]
     fn zero_freed(&mut self, lrs: &mut impl ListRegs) {
         for i in BitIter(u32::from(core::mem::take(&mut self.unzeroed))) {
             lrs.write(i as usize, 0);

@@ -134,6 +134,32 @@ pub const ID_CIDR: [u32; 4] = [0x0D, 0xF0, 0x05, 0xB1];
 const FLAG_WORK: u32 = 1 << 0;
 const FLAG_LRS_BUSY: u32 = 1 << 1;
 
+/// What a `*_local` call (an event raised by the vCPU running on this CPU) did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub struct Local {
+    /// vCPUs with new work, to kick as after the plain call. May include the caller's
+    /// own vCPU when it was not flushed.
+    pub kicks: VcpuMask,
+    /// The caller's vCPU was flushed under the same lock: its exit path asks
+    /// [`VGic::needs_flush_after`] instead of `needs_flush`.
+    pub flushed: bool,
+}
+
+impl Local {
+    const FLUSHED: Local = Local {
+        kicks: VcpuMask::EMPTY,
+        flushed: true,
+    };
+
+    fn not_flushed(kicks: VcpuMask) -> Local {
+        Local {
+            kicks,
+            flushed: false,
+        }
+    }
+}
+
 /// The virtual GICv3 of one VM, shared by all its vCPUs' physical CPUs.
 pub struct VGic {
     state: Mutex<State>,
@@ -309,6 +335,41 @@ impl VGic {
         self.mark(kick)
     }
 
+    /// `send_sgi` from the vCPU whose list registers `lrs` are (it is running on this
+    /// CPU), for the exit path. An SGI to itself goes straight into an LR: sync, latch
+    /// and flush under one lock, where `send_sgi` + `flush` would take it twice. Returns
+    /// what to kick and whether `from_vcpu` was flushed (see [`Local`]).
+    pub fn send_sgi_local(
+        &self,
+        from_vcpu: usize,
+        icc_sgi1r: u64,
+        lrs: &mut impl ListRegs,
+    ) -> Local {
+        if !Sgi1r::only_to_self(icc_sgi1r, from_vcpu, self.nr_vcpus) {
+            return Local::not_flushed(self.send_sgi(from_vcpu, icc_sgi1r));
+        }
+        self.raise_and_flush(from_vcpu, Sgi1r::decode(icc_sgi1r).intid, None, lrs);
+        Local::FLUSHED
+    }
+
+    /// Latch private interrupt `intid` of `vcpu` (optionally hardware-linked to
+    /// `phys_intid`) and flush `vcpu`'s LRs, under one lock. Folding the LRs back first
+    /// means an earlier instance the guest has completed is out of its LR before the
+    /// new edge arrives, so the edge is simply pending, not a dirty LR to reconcile.
+    #[inline]
+    fn raise_and_flush(
+        &self,
+        vcpu: usize,
+        intid: u32,
+        phys_intid: Option<u32>,
+        lrs: &mut impl ListRegs,
+    ) {
+        let mut st = self.state.lock();
+        // Everyone who sets WORK holds the lock, so this flush covers it all.
+        let busy = st.raise_private_and_flush(vcpu, intid, phys_intid, lrs);
+        self.set_flags(vcpu, if busy { FLAG_LRS_BUSY } else { 0 });
+    }
+
     /// Drive the input line of SPI `intid` (level-sensitive device such as the PL011). An
     /// SPI configured edge-triggered latches on the rising edge. Repeating the current
     /// level is a cheap no-op.
@@ -360,6 +421,23 @@ impl VGic {
         self.mark(kick)
     }
 
+    /// `inject_hw` of a PPI of the vCPU whose list registers `lrs` are (it runs on this
+    /// CPU): injected and flushed under one lock, like [`VGic::send_sgi_local`]. An SPI,
+    /// or a vCPU index out of range, takes the `inject_hw` path.
+    pub fn inject_hw_local(
+        &self,
+        vcpu: usize,
+        intid: u32,
+        phys_intid: u32,
+        lrs: &mut impl ListRegs,
+    ) -> Local {
+        if intid >= SPI_BASE || vcpu >= self.nr_vcpus {
+            return Local::not_flushed(self.inject_hw(vcpu, intid, phys_intid));
+        }
+        self.raise_and_flush(vcpu, intid, Some(phys_intid), lrs);
+        Local::FLUSHED
+    }
+
     /// For WFI: is there an interrupt `vcpu` could take (deliverable in software, or
     /// pending in an LR as of the last sync)? Call `sync` first for an exact answer.
     pub fn has_pending(&self, vcpu: usize) -> bool {
@@ -401,6 +479,20 @@ impl VGic {
         self.flags
             .get(vcpu)
             .is_some_and(|f| f.load(Ordering::Acquire) != 0)
+    }
+
+    /// `needs_flush` at the end of an exit that has already flushed `vcpu` (when
+    /// `flushed`, see [`Local`]): then only work added since counts, as the busy-LR sync
+    /// has just been done.
+    pub fn needs_flush_after(&self, vcpu: usize, flushed: bool) -> bool {
+        let mask = if flushed {
+            FLAG_WORK
+        } else {
+            FLAG_WORK | FLAG_LRS_BUSY
+        };
+        self.flags
+            .get(vcpu)
+            .is_some_and(|f| f.load(Ordering::Acquire) & mask != 0)
     }
 
     /// Reset one vCPU's redistributor and LRs (PSCI CPU_ON, VM reset). The hardware LRs are

@@ -703,6 +703,8 @@ fn op() -> impl Strategy<Value = Op> {
         (redist_off.clone(), size.clone()).prop_map(|(o, s)| Op::RedistRead(o, s)),
         (redist_off, size, any::<u64>()).prop_map(|(o, s, v)| Op::RedistWrite(o, s, v)),
         (0usize..4, any::<u64>()).prop_map(|(f, v)| Op::Sgi(f, v)),
+        // Well-formed SGIs (random words almost never name Aff1-3 = 0).
+        (0usize..4, 0u64..16, 0u64..8).prop_map(|(f, i, t)| Op::Sgi(f, sgi1r(i, t))),
         (0u32..1100, any::<bool>()).prop_map(|(i, l)| Op::Level(i, l)),
         (0usize..4, 0u32..100).prop_map(|(v, i)| Op::Hw(v, i)),
         (0usize..3, 0u8..4).prop_map(|(v, a)| Op::Guest(v, a)),
@@ -766,5 +768,131 @@ proptest! {
             prop_assert!(l.valid().is_empty());
             prop_assert!(!g.needs_flush(v));
         }
+    }
+}
+
+/// Apply one generated operation to `g` (the SGI and injection as plain calls).
+fn apply(g: &VGic, lrs: &mut [FakeLrs; 3], op: &Op) {
+    match *op {
+        Op::DistRead(o, s) => {
+            g.dist_read(0, o, s);
+        }
+        Op::DistWrite(o, s, v) => {
+            g.dist_write(1, o, s, v);
+        }
+        Op::RedistRead(o, s) => {
+            g.redist_read(2, o, s);
+        }
+        Op::RedistWrite(o, s, v) => {
+            g.redist_write(0, o, s, v);
+        }
+        Op::Sgi(f, v) => {
+            g.send_sgi(f, v);
+        }
+        Op::Level(i, l) => {
+            g.set_spi_level(i, l);
+        }
+        Op::Hw(v, i) => {
+            g.inject_hw(v, i, i);
+        }
+        Op::Guest(v, a) => {
+            let l = &mut lrs[v];
+            match a {
+                0 => {
+                    l.ack();
+                }
+                1 => {
+                    l.ack_eoi();
+                }
+                2 => g.sync(v, l),
+                _ => {
+                    let active: Vec<u32> =
+                        l.lr.iter()
+                            .filter(|&&x| lr_state(x) & LR_STATE_ACTIVE != 0)
+                            .map(|&x| (x & LR_VINTID_MASK) as u32)
+                            .collect();
+                    for i in active {
+                        l.eoi(i);
+                    }
+                }
+            }
+        }
+        Op::Exit(v) => run_exit(g, v, &mut lrs[v]),
+        Op::Reset(v) => g.reset_vcpu(v),
+    }
+}
+
+proptest! {
+    /// hyp raises a vCPU's own SGIs and its timer PPI with the `*_local` calls, which
+    /// flush at once under one lock. That must end exactly where the plain call followed
+    /// by the ordinary exit path (`needs_flush` → sync + flush) ends: same list
+    /// registers, same ICH_HCR_EL2, same flags, same pending view.
+    #[test]
+    fn local_raise_and_flush_matches_raise_then_exit(
+        boot in any::<bool>(),
+        ops in proptest::collection::vec(op(), 0..300),
+    ) {
+        let plain = if boot { booted(3, 64) } else { VGic::new(3, 64) };
+        let local = if boot { booted(3, 64) } else { VGic::new(3, 64) };
+        let new_lrs = || [FakeLrs::new(4), FakeLrs::new(2), FakeLrs::new(16)];
+        let (mut pl, mut ll) = (new_lrs(), new_lrs());
+        for op in ops {
+            match op {
+                Op::Sgi(f, v) if f < 3 => {
+                    plain.send_sgi(f, v);
+                    run_exit(&plain, f, &mut pl[f]);
+                    let r = local.send_sgi_local(f, v, &mut ll[f]);
+                    if local.needs_flush_after(f, r.flushed) {
+                        local.sync(f, &mut ll[f]);
+                        local.flush(f, &mut ll[f]);
+                    }
+                }
+                Op::Hw(v, i) if v < 3 => {
+                    plain.inject_hw(v, i, i);
+                    run_exit(&plain, v, &mut pl[v]);
+                    let r = local.inject_hw_local(v, i, i, &mut ll[v]);
+                    if local.needs_flush_after(v, r.flushed) {
+                        local.sync(v, &mut ll[v]);
+                        local.flush(v, &mut ll[v]);
+                    }
+                }
+                ref other => {
+                    apply(&plain, &mut pl, other);
+                    apply(&local, &mut ll, other);
+                }
+            }
+            for v in 0..3 {
+                prop_assert_eq!(&pl[v].lr, &ll[v].lr, "vCPU {} LRs after {:?}", v, op);
+                prop_assert_eq!(pl[v].hcr, ll[v].hcr);
+                prop_assert_eq!(plain.needs_flush(v), local.needs_flush(v));
+                prop_assert_eq!(plain.has_pending(v), local.has_pending(v));
+            }
+        }
+    }
+}
+
+proptest! {
+    /// The exit path's quick "SGI to myself" test agrees with the full decode.
+    #[test]
+    fn only_to_self_matches_the_decoded_targets(
+        raw in any::<u64>(),
+        intid in 0u64..16,
+        list in 0u64..0x1_0000,
+        rs in 0u64..16,
+        nr_vcpus in 1usize..=64,
+        from_seed in any::<usize>(),
+        structured in any::<bool>(),
+    ) {
+        let from = from_seed % nr_vcpus;
+        let v = if structured {
+            // Mostly well-formed: Aff1-3 = 0, IRM = 0, often the sender's own bit.
+            let list = if list % 3 == 0 { 1 << (from % 16) } else { list };
+            let rs = if rs % 2 == 0 { (from / 16) as u64 } else { rs };
+            sgi1r(intid, list) | rs << 44 | (raw & SGI1R_IRM & (raw >> 1))
+        } else {
+            raw
+        };
+        let decoded = Sgi1r::decode(v).targets(from, nr_vcpus) == VcpuMask::one(from);
+        prop_assert_eq!(Sgi1r::only_to_self(v, from, nr_vcpus), decoded, "{:#x}", v);
     }
 }
