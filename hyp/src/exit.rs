@@ -14,7 +14,7 @@
 use crate::arch::aarch64::lr::HwListRegs;
 use crate::arch::aarch64::vectors::{enter_guest, ExitKind, GuestFrame};
 use crate::arch::aarch64::{gic, sysreg};
-use crate::machine::{self, current_cpu, machine, Machine};
+use crate::machine::{self, machine, Machine};
 use crate::println;
 use crate::vm::{RunState, Vm};
 use bothy_core::abi::{self, CallContext, Outcome, RETURN_SUCCESS};
@@ -128,8 +128,8 @@ pub extern "C" fn handle_exit(kind: u64, frame: &mut GuestFrame) {
     let ctx = machine::this_cpu();
     let Some(vm) = ctx.vm else {
         crate::fatal(format_args!(
-            "exit on CPU {}, which runs no vCPU",
-            current_cpu()
+            "exit on CPU slot {}, which runs no vCPU",
+            ctx.slot
         ))
     };
     let vcpu = ctx.vcpu;
@@ -156,6 +156,9 @@ pub extern "C" fn handle_exit(kind: u64, frame: &mut GuestFrame) {
                 false
             }
         }
+    } else if kind == ExitKind::Irq as u64 {
+        // One interrupt per exit: another one pending brings the CPU straight back.
+        take_physical_irqs(machine(), Some((vm, vcpu)), 1)
     } else {
         async_exit(kind, vm, vcpu)
     };
@@ -394,13 +397,19 @@ fn wait_for_interrupt(m: &Machine, vm: &Vm, vcpu: usize) {
 
 /// Acknowledge and handle every pending physical interrupt on this CPU. Returns whether
 /// the running vCPU's list registers were flushed meanwhile.
-#[inline(never)]
 fn drain_physical_irqs(m: &Machine, running: Option<(&Vm, usize)>) -> bool {
     // Level-sensitive sources re-assert at once if their cause is not removed;
     // a bound keeps a misbehaving one from livelocking EL2.
     const MAX_PER_DRAIN: usize = 64;
+    take_physical_irqs(m, running, MAX_PER_DRAIN)
+}
+
+/// Acknowledge and handle up to `max` pending physical interrupts on this CPU.
+/// Returns whether the running vCPU's list registers were flushed meanwhile.
+#[inline(never)]
+fn take_physical_irqs(m: &Machine, running: Option<(&Vm, usize)>, max: usize) -> bool {
     let mut flushed = false;
-    for _ in 0..MAX_PER_DRAIN {
+    for _ in 0..max {
         let intid = gic::acknowledge();
         if intid == gic::SPURIOUS {
             break;

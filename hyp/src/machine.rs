@@ -6,7 +6,7 @@
 //! context switch ever happens (DESIGN.md §4's cheapest case). CPUs without a
 //! vCPU park in WFI.
 
-use crate::arch::aarch64::{entry, firmware, gic, mmu, sysreg};
+use crate::arch::aarch64::{entry, firmware, gic, mmu, percpu, sysreg};
 use crate::vm::{self, BuildEnv, Vm};
 use crate::{exit, fatal, println};
 use alloc::vec::Vec;
@@ -68,6 +68,8 @@ static MACHINE: Once<Machine> = Once::new();
 pub struct CpuContext {
     pub vm: Option<&'static Vm>,
     pub vcpu: usize,
+    /// This CPU's slot in [`Machine::cpus`].
+    pub slot: usize,
 }
 
 /// One per CPU slot; a power of two so indexing needs no bounds check.
@@ -77,9 +79,9 @@ const _: () = assert!(entry::MAX_CPUS.is_power_of_two());
 /// This CPU's context (set by [`setup_cpu`] before any guest runs).
 #[inline(always)]
 pub fn this_cpu() -> &'static CpuContext {
-    match CONTEXTS[current_cpu() & (entry::MAX_CPUS - 1)].get() {
+    match percpu::get() {
         Some(ctx) => ctx,
-        None => fatal(format_args!("CPU {} has no context", current_cpu())),
+        None => fatal(format_args!("this CPU has no context")),
     }
 }
 static EL2_TABLES: Once<El2Tables> = Once::new();
@@ -91,10 +93,10 @@ pub fn machine() -> &'static Machine {
         .unwrap_or_else(|| fatal(format_args!("machine used before it was built")))
 }
 
-/// This CPU's slot in [`Machine::cpus`] (kept in TPIDR_EL2 by [`setup_cpu`]).
+/// This CPU's slot in [`Machine::cpus`] (`usize::MAX` before [`setup_cpu`]).
 #[inline(always)]
 pub fn current_cpu() -> usize {
-    sysreg::read_tpidr_el2() as usize
+    percpu::get().map_or(usize::MAX, |ctx| ctx.slot)
 }
 
 pub fn build(
@@ -308,6 +310,7 @@ pub fn secondary_main(index: usize) -> ! {
             sysreg::wfe();
         }
     }
+    percpu::clear();
     mmu::enable(tables.root, tables.tcr, tables.mair);
     ONLINE.fetch_or(1 << index, Ordering::AcqRel);
     let m = loop {
@@ -362,12 +365,12 @@ const CNTHCTL_EL1PCTEN: u64 = 1 << 0;
 
 fn setup_cpu(cpu: usize) {
     let m = machine();
-    sysreg::write_tpidr_el2(cpu as u64);
     let pinned = m.cpus[cpu].vcpu;
-    CONTEXTS[cpu].call_once(|| CpuContext {
+    percpu::install(CONTEXTS[cpu].call_once(|| CpuContext {
         vm: pinned.map(|(vm, _)| &m.vms[vm]),
         vcpu: pinned.map_or(0, |(_, vcpu)| vcpu),
-    });
+        slot: cpu,
+    }));
     sysreg::write_vbar_el2(crate::arch::aarch64::vectors::vector_table());
     sysreg::write_cptr_el2(CPTR_EL2_RES1);
     // Let guests use the longest SVE/SME vector the CPU has.

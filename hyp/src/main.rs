@@ -24,7 +24,7 @@ mod exit;
 mod machine;
 mod vm;
 
-use arch::aarch64::{entry, firmware, heap, mmio, sysreg};
+use arch::aarch64::{entry, firmware, heap, mmio, percpu, sysreg};
 use bothy_core::fdt::platform::{Conduit as DtConduit, Platform, UartKind};
 use bothy_core::fdt::Fdt;
 use bothy_core::image::{payload_offset, PayloadHeader, PAYLOAD_HEADER_SIZE};
@@ -171,7 +171,7 @@ pub extern "C" fn boot_primary(dtb: u64, _load_base: u64) -> ! {
 
     // The exception level is the root cause whenever it is wrong: report it first.
     match el {
-        2 => {}
+        2 => percpu::clear(),
         1 => fatal(format_args!(
             "HYP mode not available: entered at EL1; the firmware must start Bothy at EL2 (QEMU: -machine virt,virtualization=on; U-Boot: boot with booti from EL2)"
         )),

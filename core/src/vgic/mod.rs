@@ -356,7 +356,7 @@ impl VGic {
     /// `phys_intid`) and flush `vcpu`'s LRs, under one lock. Folding the LRs back first
     /// means an earlier instance the guest has completed is out of its LR before the
     /// new edge arrives, so the edge is simply pending, not a dirty LR to reconcile.
-    #[inline]
+    #[inline(always)]
     fn raise_and_flush(
         &self,
         vcpu: usize,

@@ -6,6 +6,7 @@ pub mod heap;
 pub mod lr;
 pub mod mmio;
 pub mod mmu;
+pub mod percpu;
 pub mod sysreg;
 pub mod uart;
 pub mod vectors;
