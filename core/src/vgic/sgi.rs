@@ -43,9 +43,11 @@ impl Sgi1r {
         }
     }
 
-    /// Whether raw ICC_SGI1R_EL1 value `v` written by vCPU `from` (of `nr_vcpus`)
-    /// targets exactly `from` itself: `decode(v).targets(from, nr_vcpus) ==
-    /// VcpuMask::one(from)`, in a few instructions for the exit path.
+    /// A quick test, for the exit path, that raw ICC_SGI1R_EL1 value `v` written by
+    /// vCPU `from` (of `nr_vcpus`) targets `from` alone: the way a guest writes an
+    /// SGI to itself (its own bit, its own block, no affinity or IRM). True implies
+    /// `decode(v).targets(from, nr_vcpus) == VcpuMask::one(from)`; a false answer
+    /// only means "take the general path" (a list also naming absent vCPUs, say).
     #[inline]
     pub fn only_to_self(v: u64, from: usize, nr_vcpus: usize) -> bool {
         const AFF_FIELDS: u64 = AFF_MASK << SGI1R_AFF1_SHIFT
@@ -53,7 +55,7 @@ impl Sgi1r {
             | AFF_MASK << SGI1R_AFF3_SHIFT;
         let rs = ((v >> SGI1R_RS_SHIFT) & SGI1R_RS_MASK) as usize;
         v & (SGI1R_IRM | AFF_FIELDS) == 0
-            && from < nr_vcpus
+            && from < nr_vcpus.min(super::MAX_VCPUS)
             && rs == from / 16
             && v & SGI1R_TARGET_LIST_MASK == 1 << (from % 16)
     }
