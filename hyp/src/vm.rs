@@ -147,8 +147,9 @@ pub fn build(
     };
     let mut stage2 =
         Stage2::new(&mut frames, IPA_BITS).map_err(|e| format!("VM {name}: stage-2: {e:?}"))?;
+    // Pages, not blocks: see Stage2::map_pages.
     stage2
-        .map(
+        .map_pages(
             &mut frames,
             ram.base,
             ram_pa,

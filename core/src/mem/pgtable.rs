@@ -153,6 +153,30 @@ impl PageTable {
         size: u64,
         attrs: u64,
     ) -> Result<(), MapError> {
+        self.map_granular(mem, va, pa, size, attrs, true)
+    }
+
+    /// [`PageTable::map`] with 4 KiB page descriptors only, never blocks.
+    pub fn map_pages(
+        &self,
+        mem: &mut impl TableMemory,
+        va: u64,
+        pa: u64,
+        size: u64,
+        attrs: u64,
+    ) -> Result<(), MapError> {
+        self.map_granular(mem, va, pa, size, attrs, false)
+    }
+
+    fn map_granular(
+        &self,
+        mem: &mut impl TableMemory,
+        va: u64,
+        pa: u64,
+        size: u64,
+        attrs: u64,
+        blocks: bool,
+    ) -> Result<(), MapError> {
         self.check_input(va, size)?;
         if !pa.is_multiple_of(PAGE_SIZE) {
             return Err(MapError::Unaligned);
@@ -173,10 +197,13 @@ impl PageTable {
             mem,
             self.root,
             self.start_level,
-            va,
-            pa,
-            size,
-            attrs,
+            Leaf {
+                va,
+                pa,
+                size,
+                attrs,
+                blocks,
+            },
             &mut done,
         );
         if r.is_err() && done > 0 {
@@ -274,17 +301,20 @@ fn chunk_end(cur: u64, end: u64, level: u32) -> u64 {
     boundary.min(end)
 }
 
-#[allow(clippy::too_many_arguments)] // one recursion step: table, level, range, attrs, progress
 fn map_level(
     mem: &mut impl TableMemory,
     table: u64,
     level: u32,
-    va: u64,
-    pa: u64,
-    size: u64,
-    attrs: u64,
+    leaf: Leaf,
     done: &mut u64,
 ) -> Result<(), MapError> {
+    let Leaf {
+        va,
+        pa,
+        size,
+        attrs,
+        blocks,
+    } = leaf;
     let end = va + size;
     let mut cur = va;
     while cur < end {
@@ -294,23 +324,21 @@ fn map_level(
         let idx = index(cur, level);
         let desc = mem.read(table, idx);
         let block = level_size(level);
+        let sub_leaf = Leaf {
+            va: cur,
+            pa: out,
+            size: len,
+            ..leaf
+        };
         if level == LAST_LEVEL {
             // first_mapped() proved every leaf slot in the range empty.
             mem.write(table, idx, out | attrs | DESC_TABLE_OR_PAGE | DESC_VALID);
             *done += len;
         } else if desc & DESC_VALID != 0 {
             // Must be a table (a leaf would have been found by first_mapped()).
-            map_level(
-                mem,
-                desc & DESC_ADDR_MASK,
-                level + 1,
-                cur,
-                out,
-                len,
-                attrs,
-                done,
-            )?;
-        } else if block_allowed(level)
+            map_level(mem, desc & DESC_ADDR_MASK, level + 1, sub_leaf, done)?;
+        } else if blocks
+            && block_allowed(level)
             && len == block
             && cur.is_multiple_of(block)
             && out.is_multiple_of(block)
@@ -321,11 +349,22 @@ fn map_level(
             let sub = mem.alloc_table().ok_or(MapError::OutOfMemory)?;
             // The new table is zeroed (all invalid) before it becomes reachable.
             mem.write(table, idx, sub | DESC_TABLE_OR_PAGE | DESC_VALID);
-            map_level(mem, sub, level + 1, cur, out, len, attrs, done)?;
+            map_level(mem, sub, level + 1, sub_leaf, done)?;
         }
         cur = next;
     }
     Ok(())
+}
+
+/// What `map_level` maps: `[va, va + size)` to `pa` with leaf `attrs`, using blocks
+/// where they fit if `blocks`.
+#[derive(Clone, Copy)]
+struct Leaf {
+    va: u64,
+    pa: u64,
+    size: u64,
+    attrs: u64,
+    blocks: bool,
 }
 
 /// With `out == None` only checks for partial blocks; otherwise clears the leaves and

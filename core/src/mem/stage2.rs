@@ -145,6 +145,21 @@ impl Stage2 {
         self.table.map(mem, ipa, pa, size, attr.bits())
     }
 
+    /// [`Stage2::map`] with 4 KiB pages only. Guest RAM is mapped this way: QEMU's TLB
+    /// records a two-stage translation at the *larger* of the two page sizes, so with
+    /// stage-2 blocks every guest entry counts as a large page and each page-granular
+    /// `TLBI` the guest issues flushes QEMU's whole TLB (see docs/PERFORMANCE.md).
+    pub fn map_pages(
+        &mut self,
+        mem: &mut impl TableMemory,
+        ipa: u64,
+        pa: u64,
+        size: u64,
+        attr: S2Attr,
+    ) -> Result<(), MapError> {
+        self.table.map_pages(mem, ipa, pa, size, attr.bits())
+    }
+
     /// Unmaps `[ipa, ipa + size)` (holes are fine) and returns the IPA ranges that were
     /// mapped: `hyp` must `TLBI IPAS2E1IS` them for this VM's VMID (then `TLBI VMALLE1IS`,
     /// as stage-1 entries may combine them) before the frames are reused. Refuses with
@@ -230,6 +245,25 @@ mod tests {
         let (mut m, mut s) = s2(40);
         s.map(&mut m, G1, 2 * G1, G1, S2Attr::RAM).unwrap();
         assert_eq!(m.tables(), 2);
+    }
+
+    #[test]
+    fn map_pages_uses_no_blocks_even_when_aligned() {
+        let (mut m, mut s) = s2(39);
+        // 4 MiB, 1 GiB-aligned on both sides: two L3 tables under one L2 and one L1.
+        s.map_pages(&mut m, G1, 2 * G1, 2 * M2, S2Attr::RAM)
+            .unwrap();
+        assert_eq!(m.tables(), 4);
+        for off in [0, K4, M2 - K4, M2, 2 * M2 - K4] {
+            assert_eq!(s.translate(&m, G1 + off), Some((2 * G1 + off, S2Attr::RAM)));
+        }
+        assert_eq!(s.translate(&m, G1 + 2 * M2), None);
+        // Overlaps are refused as with `map`, and unmapping gives the range back.
+        assert!(s.map_pages(&mut m, G1 + M2, 0, K4, S2Attr::RAM).is_err());
+        assert_eq!(
+            s.unmap(&mut m, G1, 2 * M2).unwrap(),
+            vec![Region::new(G1, 2 * M2)]
+        );
     }
 
     #[test]
