@@ -164,8 +164,17 @@ pub extern "C" fn handle_exit(kind: u64, frame: &mut GuestFrame) {
     };
     if vm.state() != RunState::Running {
         stop_vcpu(machine(), vm, vcpu, frame);
+        // It may restart with fresh vGIC state to load.
+        if vm.vgic.needs_flush(vcpu) {
+            service_list_registers(vm, vcpu);
+        }
+        return;
     }
-    if vm.vgic.needs_flush_after(vcpu, flushed) {
+    // A handler that flushed is the last thing its exit does for this vCPU, so work
+    // added since came from another CPU, which kicks this one: the kick's interrupt
+    // is taken as soon as the guest is entered, and that exit flushes. So only an
+    // exit that did not flush asks.
+    if !flushed && vm.vgic.needs_flush(vcpu) {
         service_list_registers(vm, vcpu);
     }
 }
@@ -478,7 +487,15 @@ fn console_input(m: &Machine) {
     }
 }
 
+#[inline(always)]
 fn kick_vcpus(vm: &Vm, mask: VcpuMask) {
+    if !mask.is_empty() {
+        kick_each(vm, mask);
+    }
+}
+
+#[inline(never)]
+fn kick_each(vm: &Vm, mask: VcpuMask) {
     for vcpu in mask.iter() {
         if let Some(&pcpu) = vm.vcpu_pcpu.get(vcpu) {
             machine::kick(pcpu);

@@ -192,6 +192,7 @@ impl State {
     /// interrupt, nothing else is waiting or dirty, an LR is free — is then one pass over
     /// this vCPU's state; anything else takes the general calls. Both end in the same
     /// state (`local_raise_and_flush_matches_raise_then_exit`).
+    #[inline(always)]
     pub fn raise_private_and_flush(
         &mut self,
         vcpu: usize,
@@ -199,6 +200,22 @@ impl State {
         hw: Option<u32>,
         lrs: &mut impl ListRegs,
     ) -> bool {
+        match self.raise_private_fast(vcpu, intid, hw, lrs) {
+            Some(busy) => busy,
+            None => self.raise_private_general(vcpu, intid, hw, lrs),
+        }
+    }
+
+    /// The common case of `raise_private_and_flush`, or `None` for the general path
+    /// (after, at most, syncing some LRs).
+    #[inline(always)]
+    fn raise_private_fast(
+        &mut self,
+        vcpu: usize,
+        intid: u32,
+        hw: Option<u32>,
+        lrs: &mut impl ListRegs,
+    ) -> Option<bool> {
         let grp1 = self.grp1;
         let n = lrs.count().min(MAX_LRS);
         if let Some(cpu) = self.cpus.get_mut(vcpu) {
@@ -224,12 +241,22 @@ impl State {
                     }
                 }
                 if !general {
-                    if let Some(busy) = cpu.raise_into_free_lr(vcpu, n, grp1, intid, hw, lrs) {
-                        return busy;
-                    }
+                    return cpu.raise_into_free_lr(vcpu, n, grp1, intid, hw, lrs);
                 }
             }
         }
+        None
+    }
+
+    /// `raise_private_and_flush` by the general calls.
+    #[inline(never)]
+    fn raise_private_general(
+        &mut self,
+        vcpu: usize,
+        intid: u32,
+        hw: Option<u32>,
+        lrs: &mut impl ListRegs,
+    ) -> bool {
         self.sync_lrs(vcpu, lrs);
         if let (Some(phys), Some(irq)) = (hw, self.irq_mut(vcpu, intid)) {
             irq.hw = Some(phys);
@@ -544,7 +571,7 @@ impl CpuState {
     /// Sync LR `i`, which the shadow says holds private interrupt `intid`, from its
     /// hardware `state`: `State::sync_lrs` + `free_lr` for the interrupts this vCPU owns.
     /// Returns whether the LR was freed.
-    #[inline]
+    #[inline(always)]
     fn sync_private(&mut self, vcpu: usize, i: usize, intid: u32, state: u8, grp1: bool) -> bool {
         let irq = &mut self.private[intid as usize % NR_PRIVATE];
         if irq.lr == Some(i as u8) && usize::from(irq.lr_vcpu) == vcpu {
@@ -573,7 +600,7 @@ impl CpuState {
     /// private `intid` and, if deliverable, place it in the first free LR; then finish as
     /// `flush_cpu` does. `None`, with nothing changed, when the general path must decide
     /// (other candidates to rank, the interrupt still in an LR, no LR free).
-    #[inline]
+    #[inline(always)]
     fn raise_into_free_lr(
         &mut self,
         vcpu: usize,

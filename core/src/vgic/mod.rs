@@ -141,8 +141,9 @@ pub struct Local {
     /// vCPUs with new work, to kick as after the plain call. May include the caller's
     /// own vCPU when it was not flushed.
     pub kicks: VcpuMask,
-    /// The caller's vCPU was flushed under the same lock: its exit path asks
-    /// [`VGic::needs_flush_after`] instead of `needs_flush`.
+    /// The caller's vCPU was flushed under the same lock: its exit path need not ask
+    /// `needs_flush` (work added later by another CPU comes with a kick, whose exit
+    /// flushes).
     pub flushed: bool,
 }
 
@@ -479,20 +480,6 @@ impl VGic {
         self.flags
             .get(vcpu)
             .is_some_and(|f| f.load(Ordering::Acquire) != 0)
-    }
-
-    /// `needs_flush` at the end of an exit that has already flushed `vcpu` (when
-    /// `flushed`, see [`Local`]): then only work added since counts, as the busy-LR sync
-    /// has just been done.
-    pub fn needs_flush_after(&self, vcpu: usize, flushed: bool) -> bool {
-        let mask = if flushed {
-            FLAG_WORK
-        } else {
-            FLAG_WORK | FLAG_LRS_BUSY
-        };
-        self.flags
-            .get(vcpu)
-            .is_some_and(|f| f.load(Ordering::Acquire) & mask != 0)
     }
 
     /// Reset one vCPU's redistributor and LRs (PSCI CPU_ON, VM reset). The hardware LRs are

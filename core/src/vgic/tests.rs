@@ -842,7 +842,7 @@ proptest! {
                     plain.send_sgi(f, v);
                     run_exit(&plain, f, &mut pl[f]);
                     let r = local.send_sgi_local(f, v, &mut ll[f]);
-                    if local.needs_flush_after(f, r.flushed) {
+                    if !r.flushed && local.needs_flush(f) {
                         local.sync(f, &mut ll[f]);
                         local.flush(f, &mut ll[f]);
                     }
@@ -851,7 +851,7 @@ proptest! {
                     plain.inject_hw(v, i, i);
                     run_exit(&plain, v, &mut pl[v]);
                     let r = local.inject_hw_local(v, i, i, &mut ll[v]);
-                    if local.needs_flush_after(v, r.flushed) {
+                    if !r.flushed && local.needs_flush(v) {
                         local.sync(v, &mut ll[v]);
                         local.flush(v, &mut ll[v]);
                     }

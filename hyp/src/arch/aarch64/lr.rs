@@ -21,9 +21,11 @@ impl ListRegs for HwListRegs {
     fn count(&self) -> usize {
         self.count
     }
+    #[inline(always)]
     fn read(&self, i: usize) -> u64 {
         read_ich_lr(i)
     }
+    #[inline(always)]
     fn write(&mut self, i: usize, v: u64) {
         write_ich_lr(i, v)
     }

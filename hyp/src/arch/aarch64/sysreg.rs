@@ -112,6 +112,7 @@ sysreg!(read_ich_ap1r0_el2, write_ich_ap1r0_el2, "S3_4_C12_C9_0");
 macro_rules! list_registers {
     ($($n:literal => $name:literal),* $(,)?) => {
         /// ICH_LR<n>_EL2; `n` beyond the implemented count reads 0 / is ignored.
+        #[inline(always)]
         pub fn read_ich_lr(n: usize) -> u64 {
             let value: u64;
             match n {
@@ -121,6 +122,7 @@ macro_rules! list_registers {
             }
             value
         }
+        #[inline(always)]
         pub fn write_ich_lr(n: usize, value: u64) {
             match n {
                 // SAFETY: EL2 owns the list registers; the vGIC decides their contents.
