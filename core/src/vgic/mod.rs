@@ -15,6 +15,10 @@
 //!   PL011), [`VGic::inject_hw`] (hardware-linked: virtual timer PPI 27 → physical 27).
 //! - Every call that can create work returns a [`VcpuMask`]: `hyp` IPIs those vCPUs that
 //!   run on other CPUs so they exit and flush.
+//! - The exit path's shortcuts: [`VGic::send_sgi_local`] (an SGI the vCPU sends itself)
+//!   and [`VGic::inject_hw_local`] (its timer PPI) are called by the CPU running that vCPU
+//!   with its list registers, and sync, latch and flush in one pass under one lock;
+//!   [`Local::flushed`] tells `hyp` the flush is done.
 //! - Exit path of vCPU `v`: `if vgic.needs_flush(v) { vgic.sync(v, lrs); vgic.flush(v, lrs) }`
 //!   before the `eret`; a maintenance interrupt exit calls `sync` (flush follows as above).
 //!   `flush` syncs by itself, so `flush` alone gives exactly the same result, with one
