@@ -620,16 +620,7 @@ impl CpuState {
         }
         irq.latch = true;
         if irq.deliverable(grp1) {
-            let i = free.trailing_zeros() as usize % MAX_LRS;
-            irq.latch = false;
-            irq.lr = Some(i as u8);
-            irq.lr_vcpu = vcpu as u8;
-            irq.lr_state = LR_STATE_PENDING;
-            lrs.write(i, encode(intid, irq));
-            let bit = 1 << i;
-            self.lrs[i] = Some(intid);
-            self.occupied |= bit;
-            self.unzeroed &= !bit;
+            self.place_private(vcpu, free.trailing_zeros() as usize, intid, lrs);
         }
         self.zero_freed(lrs);
         lrs.set_hcr(HCR_EN);
@@ -659,7 +650,19 @@ impl CpuState {
         if free == 0 {
             return None;
         }
-        let i = free.trailing_zeros() as usize % MAX_LRS;
+        self.place_private(vcpu, free.trailing_zeros() as usize, intid, lrs);
+        self.pend[0] = 0;
+        self.pend_words = 0;
+        Some((1, 1, false))
+    }
+
+    /// Put deliverable private interrupt `intid` into free LR `i`: `State::place`
+    /// within this vCPU's state.
+    #[inline(always)]
+    fn place_private(&mut self, vcpu: usize, i: usize, intid: u32, lrs: &mut impl ListRegs) {
+        let i = i % MAX_LRS;
+        let irq = &mut self.private[intid as usize % NR_PRIVATE];
+        // Entering the LR stands for acknowledgement: it consumes the edge latch.
         irq.latch = false;
         irq.lr = Some(i as u8);
         irq.lr_vcpu = vcpu as u8;
@@ -668,11 +671,9 @@ impl CpuState {
         let bit = 1 << i;
         self.lrs[i] = Some(intid);
         self.occupied |= bit;
-        self.dirty &= !bit;
+        // (A free LR is never dirty: only occupied ones are marked, and freeing clears.)
+        debug_assert_eq!(self.dirty & bit, 0);
         self.unzeroed &= !bit;
-        self.pend[0] = 0;
-        self.pend_words = 0;
-        Some((1, 1, false))
     }
 
     /// Zero the hardware LRs freed since the last call and not reused.
