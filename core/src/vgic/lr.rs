@@ -574,7 +574,9 @@ impl CpuState {
     #[inline(always)]
     fn sync_private(&mut self, vcpu: usize, i: usize, intid: u32, state: u8, grp1: bool) -> bool {
         let irq = &mut self.private[intid as usize % NR_PRIVATE];
-        if irq.lr == Some(i as u8) && usize::from(irq.lr_vcpu) == vcpu {
+        // A private interrupt only ever enters its own vCPU's LRs (`lr_vcpu` is `vcpu`).
+        debug_assert!(irq.lr.is_none() || usize::from(irq.lr_vcpu) == vcpu);
+        if irq.lr == Some(i as u8) {
             if state != 0 {
                 irq.lr_state = state;
                 return false;
