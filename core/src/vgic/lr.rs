@@ -221,26 +221,13 @@ impl State {
         if let Some(cpu) = self.cpus.get_mut(vcpu) {
             if !cpu.wipe_lrs && cpu.dirty == 0 && cpu.pend_words == 0 && intid < SPI_BASE {
                 let occupied = cpu.occupied & lr_mask(n);
-                let mut general = false;
-                if occupied != 0 {
-                    let empty = lrs.elrsr() & occupied;
-                    for i in BitIter(u32::from(occupied)) {
-                        let i = i as usize % MAX_LRS;
-                        match cpu.lrs[i] {
-                            Some(held) if held < SPI_BASE => {
-                                let state = if empty & (1 << i) != 0 {
-                                    0
-                                } else {
-                                    lr_state(lrs.read(i))
-                                };
-                                cpu.sync_private(vcpu, i, held, state, grp1);
-                            }
-                            // An SPI: the general sync below (a partial sync is still a sync).
-                            _ => general = true,
-                        }
-                    }
-                }
-                if !general {
+                // An LR holding an SPI needs the general sync (a partial sync is still a sync).
+                let others = if occupied != 0 {
+                    cpu.sync_private_lrs(vcpu, occupied, grp1, lrs).1
+                } else {
+                    0
+                };
+                if others == 0 {
                     return cpu.raise_into_free_lr(vcpu, n, grp1, intid, hw, lrs);
                 }
             }
@@ -279,33 +266,23 @@ impl State {
         if occupied == 0 {
             return false;
         }
-        let empty = lrs.elrsr() & occupied;
-        let state_of = |i: usize| {
-            if empty & (1 << i) != 0 {
-                0
-            } else {
-                lr_state(lrs.read(i))
-            }
-        };
         // Private interrupts (the common case: SGIs, the timer) are all in this vCPU's
         // state; SPIs need the whole model and are done after.
-        let mut freed = false;
-        let mut spis = 0u32;
-        for i in BitIter(u32::from(occupied)) {
-            let i = i as usize % MAX_LRS;
-            match cpu.lrs[i] {
-                Some(intid) if intid < SPI_BASE => {
-                    freed |= cpu.sync_private(vcpu, i, intid, state_of(i), grp1);
-                }
-                _ => spis |= 1 << i,
-            }
+        let (mut freed, spis) = cpu.sync_private_lrs(vcpu, occupied, grp1, lrs);
+        if spis == 0 {
+            return freed;
         }
+        let empty = lrs.elrsr() & occupied;
         for i in BitIter(spis) {
             let i = i as usize;
             let Some(intid) = self.cpus[vcpu].lrs[i] else {
                 continue;
             };
-            let state = state_of(i);
+            let state = if empty & (1 << i) != 0 {
+                0
+            } else {
+                lr_state(lrs.read(i))
+            };
             match self.lr_irq(vcpu, i, intid) {
                 Some(irq) if state != 0 => irq.lr_state = state,
                 _ => {
@@ -568,6 +545,37 @@ impl State {
 }
 
 impl CpuState {
+    /// Sync those of the `occupied` LRs that hold private interrupts. Returns whether
+    /// any was freed, and the other occupied LRs (SPIs: the caller's, with the whole
+    /// model at hand).
+    #[inline(always)]
+    fn sync_private_lrs(
+        &mut self,
+        vcpu: usize,
+        occupied: u16,
+        grp1: bool,
+        lrs: &mut impl ListRegs,
+    ) -> (bool, u32) {
+        let empty = lrs.elrsr() & occupied;
+        let mut freed = false;
+        let mut others = 0u32;
+        for i in BitIter(u32::from(occupied)) {
+            let i = i as usize % MAX_LRS;
+            match self.lrs[i] {
+                Some(intid) if intid < SPI_BASE => {
+                    let state = if empty & (1 << i) != 0 {
+                        0
+                    } else {
+                        lr_state(lrs.read(i))
+                    };
+                    freed |= self.sync_private(vcpu, i, intid, state, grp1);
+                }
+                _ => others |= 1 << i,
+            }
+        }
+        (freed, others)
+    }
+
     /// Sync LR `i`, which the shadow says holds private interrupt `intid`, from its
     /// hardware `state`: `State::sync_lrs` + `free_lr` for the interrupts this vCPU owns.
     /// Returns whether the LR was freed.
