@@ -136,7 +136,7 @@ pub fn decode_lower_data_abort(esr: u64, far: u64, hpfar: u64) -> Exit {
 }
 
 /// ESR_EL2.ISS.Rt of a trapped MSR/MRS: the general-purpose register (31 = XZR).
-pub const SYSREG_RT_MASK: u64 = 0x1f << 5;
+pub const SYSREG_RT_MASK: u64 = 0x1f << SYSREG_RT_SHIFT;
 
 /// The syndrome of a trapped `MSR <enc>, Xt` from AArch64, less the Rt field and the IL
 /// bit: `esr & !(SYSREG_RT_MASK | ESR_IL) == sysreg_write_syndrome(enc)` picks out one
@@ -144,11 +144,11 @@ pub const SYSREG_RT_MASK: u64 = 0x1f << 5;
 pub const fn sysreg_write_syndrome(enc: SysRegEncoding) -> u64 {
     let (op0, op1, crn, crm, op2) = enc;
     (ec::SYSREG as u64) << ESR_EC_SHIFT
-        | (op0 as u64) << 20
-        | (op2 as u64) << 17
-        | (op1 as u64) << 14
-        | (crn as u64) << 10
-        | (crm as u64) << 1
+        | (op0 as u64) << SYSREG_OP0_SHIFT
+        | (op2 as u64) << SYSREG_OP2_SHIFT
+        | (op1 as u64) << SYSREG_OP1_SHIFT
+        | (crn as u64) << SYSREG_CRN_SHIFT
+        | (crm as u64) << SYSREG_CRM_SHIFT
 }
 
 /// `esr` less the fields `sysreg_write_syndrome` leaves out.
@@ -158,7 +158,7 @@ pub const fn sysreg_syndrome(esr: u64) -> u64 {
 
 /// The Rt field of a trapped MSR/MRS.
 pub const fn sysreg_rt(esr: u64) -> usize {
-    ((esr & SYSREG_RT_MASK) >> 5) as usize
+    ((esr & SYSREG_RT_MASK) >> SYSREG_RT_SHIFT) as usize
 }
 
 /// Decode a trapped MSR/MRS (EC 0x18) alone.
@@ -208,15 +208,24 @@ fn decode_data_abort(iss: u64, ipa: u64) -> Option<MmioAccess> {
     })
 }
 
+// MSR/MRS ISS fields (Arm ARM D17.2.37, "ISS encoding for an exception from MSR, MRS,
+// or System instruction execution in AArch64 state").
+const SYSREG_OP0_SHIFT: u64 = 20;
+const SYSREG_OP2_SHIFT: u64 = 17;
+const SYSREG_OP1_SHIFT: u64 = 14;
+const SYSREG_CRN_SHIFT: u64 = 10;
+const SYSREG_RT_SHIFT: u64 = 5;
+const SYSREG_CRM_SHIFT: u64 = 1;
+
 fn decode_sysreg(iss: u64) -> SysRegAccess {
     let field = |shift: u64, bits: u64| ((iss >> shift) & ((1 << bits) - 1)) as u8;
     SysRegAccess {
-        op0: field(20, 2),
-        op2: field(17, 3),
-        op1: field(14, 3),
-        crn: field(10, 4),
-        reg: field(5, 5),
-        crm: field(1, 4),
+        op0: field(SYSREG_OP0_SHIFT, 2),
+        op2: field(SYSREG_OP2_SHIFT, 3),
+        op1: field(SYSREG_OP1_SHIFT, 3),
+        crn: field(SYSREG_CRN_SHIFT, 4),
+        reg: field(SYSREG_RT_SHIFT, 5),
+        crm: field(SYSREG_CRM_SHIFT, 4),
         read: iss & 1 == 1,
     }
 }
