@@ -146,7 +146,10 @@ pub extern "C" fn handle_exit(kind: u64, frame: &mut GuestFrame) {
             ec::SYSREG if sysreg_syndrome(esr) == SGI1R_WRITE => {
                 sgi1r_write(vm, vcpu, frame, sysreg_rt(esr))
             }
-            ec::SYSREG => sysreg_access(vm, vcpu, frame, decode_sysreg_trap(esr)),
+            ec::SYSREG => {
+                sysreg_access(vm, vcpu, frame, decode_sysreg_trap(esr));
+                false
+            }
             ec::DABT_LOWER => {
                 data_abort(vm, vcpu, frame, esr);
                 false
@@ -162,14 +165,12 @@ pub extern "C" fn handle_exit(kind: u64, frame: &mut GuestFrame) {
     } else {
         async_exit(kind, vm, vcpu)
     };
-    if vm.state() != RunState::Running {
+    let flushed = if vm.state() != RunState::Running {
         stop_vcpu(machine(), vm, vcpu, frame);
-        // It may restart with fresh vGIC state to load.
-        if vm.vgic.needs_flush(vcpu) {
-            service_list_registers(vm, vcpu);
-        }
-        return;
-    }
+        false // it may restart with fresh vGIC state to load
+    } else {
+        flushed
+    };
     // A handler that flushed is the last thing its exit does for this vCPU, so work
     // added since came from another CPU, which kicks this one: the kick's interrupt
     // is taken as soon as the guest is entered, and that exit flushes. So only an
@@ -250,11 +251,7 @@ fn sync_exit(vm: &Vm, vcpu: usize, frame: &mut GuestFrame, esr: u64) {
             }
         }
         Exit::Mmio(access) => mmio(vm, vcpu, frame, access),
-        Exit::SysReg(access) => {
-            // (Not reached: handle_exit routes these itself.) An unreported flush only
-            // costs the exit path a second one.
-            let _ = sysreg_access(vm, vcpu, frame, access);
-        }
+        Exit::SysReg(access) => sysreg_access(vm, vcpu, frame, access),
         Exit::BadDataAbort { .. } => inject_bad_data_abort(frame, esr),
         Exit::BadInstructionAbort { far, .. } => inject_sync(
             frame,
@@ -579,13 +576,15 @@ fn uart_access(m: &Machine, vm: &Vm, access: MmioAccess, value: u64) -> Option<u
     result
 }
 
-/// Trapped system registers: SGIs go to the vGIC, the physical timer reads as
-/// zero and ignores writes, anything else is undefined for the guest. Returns
-/// whether this vCPU's list registers were flushed (an SGI to itself).
+/// Trapped system registers other than the `ICC_SGI1R_EL1` write `handle_exit` routes
+/// itself: the physical timer reads as zero and ignores writes, anything else is
+/// undefined for the guest.
 #[inline(never)]
-fn sysreg_access(vm: &Vm, vcpu: usize, frame: &mut GuestFrame, access: SysRegAccess) -> bool {
+fn sysreg_access(vm: &Vm, vcpu: usize, frame: &mut GuestFrame, access: SysRegAccess) {
     if access.is(trapped::ICC_SGI1R_EL1) && !access.read {
-        return sgi1r_write(vm, vcpu, frame, usize::from(access.reg));
+        // Only if routing changes: an unreported flush costs the exit path a second one.
+        let _ = sgi1r_write(vm, vcpu, frame, usize::from(access.reg));
+        return;
     } else if access.is(trapped::ICC_ASGI1R_EL1) || access.is(trapped::ICC_SGI0R_EL1) {
         // Group-0 / alternate-group SGIs: the guest has only group 1; ignore.
     } else if access.is(trapped::CNTP_CTL_EL0)
@@ -597,10 +596,9 @@ fn sysreg_access(vm: &Vm, vcpu: usize, frame: &mut GuestFrame, access: SysRegAcc
         }
     } else {
         inject_sync(frame, inject::undefined_esr(), 0);
-        return false;
+        return;
     }
     frame.elr += INSTRUCTION_SIZE;
-    false
 }
 
 /// Deliver a synchronous exception to the guest's EL1 vector, as the hardware would.
