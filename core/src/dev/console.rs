@@ -14,18 +14,25 @@ use alloc::collections::VecDeque;
 pub const BACKLOG_BYTES: usize = 16 * 1024;
 const UARTDR: u64 = 0x000;
 
-#[derive(Default)]
 pub struct Console {
     pub uart: Pl011,
     backlog: VecDeque<u8>,
     dropped: u64,
 }
 
+impl Default for Console {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Console {
+    /// The backlog's memory is taken here, once: input arrives on an interrupt exit,
+    /// which must not allocate.
     pub fn new() -> Self {
         Self {
             uart: Pl011::new(),
-            backlog: VecDeque::new(),
+            backlog: VecDeque::with_capacity(BACKLOG_BYTES),
             dropped: 0,
         }
     }
@@ -136,5 +143,16 @@ mod tests {
         }
         assert_eq!(console.dropped(), 10);
         assert!(console.irq_level() || console.uart.ris() != 0);
+    }
+
+    #[test]
+    fn a_full_backlog_never_grew_its_buffer() {
+        let mut console = Console::new();
+        let capacity = console.backlog.capacity();
+        assert!(capacity >= BACKLOG_BYTES);
+        for i in 0..BACKLOG_BYTES + 100 {
+            console.input(i as u8);
+        }
+        assert_eq!(console.backlog.capacity(), capacity, "input allocated");
     }
 }
