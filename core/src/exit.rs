@@ -161,6 +161,12 @@ pub const fn sysreg_rt(esr: u64) -> usize {
     ((esr & SYSREG_RT_MASK) >> SYSREG_RT_SHIFT) as usize
 }
 
+/// The SRT field of a data abort: the register a described (ISV) load or store
+/// transfers. Without ISV the field is RES0, so this reads 0.
+pub const fn data_abort_srt(esr: u64) -> usize {
+    ((esr >> DABT_SRT_SHIFT) & 0x1f) as usize
+}
+
 /// Decode a trapped MSR/MRS (EC 0x18) alone.
 pub fn decode_sysreg_trap(esr: u64) -> SysRegAccess {
     decode_sysreg(esr & ISS_MASK)
@@ -378,6 +384,21 @@ mod tests {
             decode(esr(ec::DABT_LOWER, iss), 0, 0),
             Exit::BadDataAbort { .. }
         ));
+    }
+
+    proptest::proptest! {
+        /// hyp reads the register field alone, before decoding, to decide whether the
+        /// exit needs the guest's callee-saved registers in its frame: it must be the
+        /// register the full decode transfers, for every syndrome.
+        #[test]
+        fn register_fields_match_the_decode(iss in 0u64..(1 << 25), far: u64, hpfar: u64) {
+            if let Exit::Mmio(a) = decode(esr(ec::DABT_LOWER, iss), far, hpfar) {
+                proptest::prop_assert_eq!(data_abort_srt(esr(ec::DABT_LOWER, iss)), usize::from(a.reg));
+            }
+            if let Exit::SysReg(a) = decode(esr(ec::SYSREG, iss), far, hpfar) {
+                proptest::prop_assert_eq!(sysreg_rt(esr(ec::SYSREG, iss)), usize::from(a.reg));
+            }
+        }
     }
 
     #[test]
