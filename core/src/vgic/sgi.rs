@@ -53,9 +53,14 @@ impl Sgi1r {
         const AFF_FIELDS: u64 = AFF_MASK << SGI1R_AFF1_SHIFT
             | AFF_MASK << SGI1R_AFF2_SHIFT
             | AFF_MASK << SGI1R_AFF3_SHIFT;
+        // RS 4 and up name vCPUs past MAX_VCPUS (64): with those bits clear, `rs ==
+        // from / 16` bounds `from` too, for free in the same masked test.
+        const _: () = assert!((super::MAX_VCPUS / 16).is_power_of_two());
+        const RS_PAST_MAX_VCPUS: u64 =
+            (SGI1R_RS_MASK & !((super::MAX_VCPUS as u64 / 16) - 1)) << SGI1R_RS_SHIFT;
         let rs = ((v >> SGI1R_RS_SHIFT) & SGI1R_RS_MASK) as usize;
-        v & (SGI1R_IRM | AFF_FIELDS) == 0
-            && from < nr_vcpus.min(super::MAX_VCPUS)
+        v & (SGI1R_IRM | AFF_FIELDS | RS_PAST_MAX_VCPUS) == 0
+            && from < nr_vcpus
             && rs == from / 16
             && v & SGI1R_TARGET_LIST_MASK == 1 << (from % 16)
     }
