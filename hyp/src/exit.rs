@@ -78,7 +78,7 @@ fn reset_vcpu_state(vm: &Vm, vcpu: usize) {
     sysreg::write_vbar_el1(0);
     sysreg::write_cntv_ctl_el0(0);
     sysreg::write_cntkctl_el1(0);
-    let mut lrs = HwListRegs::new();
+    let mut lrs = machine::this_cpu().lrs;
     for i in 0..bothy_core::vgic::ListRegs::count(&lrs) {
         bothy_core::vgic::ListRegs::write(&mut lrs, i, 0);
     }
@@ -144,7 +144,7 @@ pub extern "C" fn handle_exit(kind: u64, frame: &mut GuestFrame) {
                 false
             }
             ec::SYSREG if sysreg_syndrome(esr) == SGI1R_WRITE => {
-                sgi1r_write(vm, vcpu, frame, sysreg_rt(esr))
+                sgi1r_write(vm, vcpu, frame, sysreg_rt(esr), ctx.lrs)
             }
             ec::SYSREG => {
                 sysreg_access(vm, vcpu, frame, decode_sysreg_trap(esr));
@@ -182,11 +182,17 @@ pub extern "C" fn handle_exit(kind: u64, frame: &mut GuestFrame) {
 
 /// `MSR ICC_SGI1R_EL1, Xt`. Returns whether this vCPU's list registers were flushed.
 #[inline(never)]
-fn sgi1r_write(vm: &Vm, vcpu: usize, frame: &mut GuestFrame, rt: usize) -> bool {
-    let value = frame.x.get(rt).copied().unwrap_or(0);
-    let done = vm.vgic.send_sgi_local(vcpu, value, &mut HwListRegs::new());
-    kick_vcpus(vm, done.kicks);
+fn sgi1r_write(
+    vm: &Vm,
+    vcpu: usize,
+    frame: &mut GuestFrame,
+    rt: usize,
+    mut lrs: HwListRegs,
+) -> bool {
     frame.elr += INSTRUCTION_SIZE;
+    let value = frame.x.get(rt).copied().unwrap_or(0);
+    let done = vm.vgic.send_sgi_local(vcpu, value, &mut lrs);
+    kick_vcpus(vm, done.kicks);
     done.flushed
 }
 
@@ -424,9 +430,8 @@ fn take_physical_irqs(m: &Machine, running: Option<(&Vm, usize)>, max: usize) ->
         if intid == m.vtimer_intid {
             if let Some((vm, vcpu)) = running {
                 // Hardware-linked: the guest's EOI deactivates the physical interrupt.
-                let done = vm
-                    .vgic
-                    .inject_hw_local(vcpu, intid, intid, &mut HwListRegs::new());
+                let mut lrs = machine::this_cpu().lrs;
+                let done = vm.vgic.inject_hw_local(vcpu, intid, intid, &mut lrs);
                 kick_vcpus(vm, done.kicks);
                 flushed |= done.flushed;
                 continue;
@@ -455,7 +460,8 @@ fn take_physical_irqs(m: &Machine, running: Option<(&Vm, usize)>, max: usize) ->
 #[inline(never)]
 fn service_list_registers(vm: &Vm, vcpu: usize) {
     // flush folds the list registers back (sync) before it fills them.
-    vm.vgic.flush(vcpu, &mut HwListRegs::new());
+    let mut lrs = machine::this_cpu().lrs;
+    vm.vgic.flush(vcpu, &mut lrs);
 }
 
 /// Bytes from the physical UART go to the VM that has the console focus.
@@ -583,7 +589,8 @@ fn uart_access(m: &Machine, vm: &Vm, access: MmioAccess, value: u64) -> Option<u
 fn sysreg_access(vm: &Vm, vcpu: usize, frame: &mut GuestFrame, access: SysRegAccess) {
     if access.is(trapped::ICC_SGI1R_EL1) && !access.read {
         // Only if routing changes: an unreported flush costs the exit path a second one.
-        let _ = sgi1r_write(vm, vcpu, frame, usize::from(access.reg));
+        let lrs = machine::this_cpu().lrs;
+        let _ = sgi1r_write(vm, vcpu, frame, usize::from(access.reg), lrs);
         return;
     } else if access.is(trapped::ICC_ASGI1R_EL1) || access.is(trapped::ICC_SGI0R_EL1) {
         // Group-0 / alternate-group SGIs: the guest has only group 1; ignore.

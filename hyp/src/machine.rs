@@ -6,6 +6,7 @@
 //! context switch ever happens (DESIGN.md §4's cheapest case). CPUs without a
 //! vCPU park in WFI.
 
+use crate::arch::aarch64::lr::HwListRegs;
 use crate::arch::aarch64::{entry, firmware, gic, mmu, percpu, sysreg};
 use crate::vm::{self, BuildEnv, Vm};
 use crate::{exit, fatal, println};
@@ -70,6 +71,8 @@ pub struct CpuContext {
     pub vcpu: usize,
     /// This CPU's slot in [`Machine::cpus`].
     pub slot: usize,
+    /// Its virtual CPU interface's list registers.
+    pub lrs: HwListRegs,
 }
 
 /// One per CPU slot; a power of two so indexing needs no bounds check.
@@ -370,6 +373,7 @@ fn setup_cpu(cpu: usize) {
         vm: pinned.map(|(vm, _)| &m.vms[vm]),
         vcpu: pinned.map_or(0, |(_, vcpu)| vcpu),
         slot: cpu,
+        lrs: HwListRegs::probe(),
     }));
     sysreg::write_vbar_el2(crate::arch::aarch64::vectors::vector_table());
     sysreg::write_cptr_el2(CPTR_EL2_RES1);

@@ -41,6 +41,12 @@ use super::{MAX_LRS, NR_PRIVATE, SPI_BASE};
 pub trait ListRegs {
     /// Number of implemented LRs (ICH_VTR_EL2.ListRegs + 1); at most 16 are used.
     fn count(&self) -> usize;
+    /// The LRs used, as a bitmap: bits `0..count().min(MAX_LRS)`. An implementation that
+    /// keeps it at hand saves the exit path from deriving it from the count each time.
+    #[inline(always)]
+    fn mask(&self) -> u16 {
+        lr_mask(self.count().min(MAX_LRS))
+    }
     fn read(&self, i: usize) -> u64;
     fn write(&mut self, i: usize, v: u64);
     /// ICH_ELRSR_EL2: bit n set = LR n holds no interrupt (and needs no maintenance).
@@ -133,7 +139,7 @@ fn key(intid: u32, irq: &Irq) -> u32 {
 }
 
 /// Bits `0..n` of an LR bitmap.
-fn lr_mask(n: usize) -> u16 {
+pub fn lr_mask(n: usize) -> u16 {
     ((1u32 << n) - 1) as u16
 }
 
@@ -209,7 +215,7 @@ impl State {
     /// The common case of `raise_private_and_flush`, or `None` for the general path
     /// (after, at most, syncing some LRs).
     #[inline(always)]
-    fn raise_private_fast(
+    pub(super) fn raise_private_fast(
         &mut self,
         vcpu: usize,
         intid: u32,
@@ -217,10 +223,10 @@ impl State {
         lrs: &mut impl ListRegs,
     ) -> Option<bool> {
         let grp1 = self.grp1;
-        let n = lrs.count().min(MAX_LRS);
+        let implemented = lrs.mask();
         if let Some(cpu) = self.cpus.get_mut(vcpu) {
             if !cpu.wipe_lrs && cpu.dirty == 0 && cpu.pend_words == 0 && intid < SPI_BASE {
-                let occupied = cpu.occupied & lr_mask(n);
+                let occupied = cpu.occupied & implemented;
                 // An LR holding an SPI needs the general sync (a partial sync is still a sync).
                 let others = if occupied != 0 {
                     cpu.sync_private_lrs(vcpu, occupied, grp1, lrs).1
@@ -228,7 +234,7 @@ impl State {
                     0
                 };
                 if others == 0 {
-                    return cpu.raise_into_free_lr(vcpu, n, grp1, intid, hw, lrs);
+                    return cpu.raise_into_free_lr(vcpu, implemented, grp1, intid, hw, lrs);
                 }
             }
         }
@@ -262,7 +268,7 @@ impl State {
         if cpu.wipe_lrs {
             return false;
         }
-        let occupied = cpu.occupied & lr_mask(lrs.count().min(MAX_LRS));
+        let occupied = cpu.occupied & lrs.mask();
         if occupied == 0 {
             return false;
         }
@@ -614,13 +620,13 @@ impl CpuState {
     fn raise_into_free_lr(
         &mut self,
         vcpu: usize,
-        n: usize,
+        implemented: u16,
         grp1: bool,
         intid: u32,
         hw: Option<u32>,
         lrs: &mut impl ListRegs,
     ) -> Option<bool> {
-        let free = !self.occupied & lr_mask(n);
+        let free = !self.occupied & implemented;
         let irq = &mut self.private[intid as usize % NR_PRIVATE];
         if self.pend_words != 0 || irq.lr.is_some() || free == 0 {
             return None;
@@ -634,7 +640,7 @@ impl CpuState {
         }
         self.zero_freed(lrs);
         lrs.set_hcr(HCR_EN);
-        Some(self.occupied & lr_mask(n) != 0)
+        Some(self.occupied & implemented != 0)
     }
 
     /// `prune` + `fill` when the only candidate is one private interrupt (an SGI, the

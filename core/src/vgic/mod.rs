@@ -371,6 +371,25 @@ impl VGic {
     ) {
         let mut st = self.state.lock();
         // Everyone who sets WORK holds the lock, so this flush covers it all.
+        let Some(busy) = st.raise_private_fast(vcpu, intid, phys_intid, lrs) else {
+            // Out of line and last, so the fast path needs no registers saved for it.
+            // Letting go of the lock meanwhile is harmless: the general path starts
+            // from whatever state it finds.
+            drop(st);
+            return self.raise_and_flush_general(vcpu, intid, phys_intid, lrs);
+        };
+        self.set_flags(vcpu, if busy { FLAG_LRS_BUSY } else { 0 });
+    }
+
+    #[inline(never)]
+    fn raise_and_flush_general(
+        &self,
+        vcpu: usize,
+        intid: u32,
+        phys_intid: Option<u32>,
+        lrs: &mut impl ListRegs,
+    ) {
+        let mut st = self.state.lock();
         let busy = st.raise_private_and_flush(vcpu, intid, phys_intid, lrs);
         self.set_flags(vcpu, if busy { FLAG_LRS_BUSY } else { 0 });
     }
