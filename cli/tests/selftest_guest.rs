@@ -1,7 +1,7 @@
 //! The bare-metal selftest guest (guests/selftest) checks Bothy from inside a VM:
 //! PSCI and its error codes, secondary vCPU bring-up, IPIs between vCPUs, the
-//! virtual timer, WFI, aborts on out-of-range accesses and NOT_SUPPORTED for
-//! unknown hypercalls. Every check must report `ok` under Bothy.
+//! virtual timer, WFI, aborts on out-of-range accesses, NOT_SUPPORTED for
+//! unknown hypercalls, and x19–x29 surviving exits that do and do not name them. Every check must report `ok` under Bothy.
 
 mod common;
 
@@ -21,6 +21,7 @@ const REQUIRED: &[&str] = &[
     "secondary_boot",
     "gic_init",
     "sgi_self",
+    "exits_keep_registers",
     "ipi_between_vcpus",
     "vtimer",
     "wfi_returns",

@@ -1,8 +1,9 @@
 //! Running a vCPU: first entry, every exit, waiting, and stopping.
 //!
-//! [`handle_exit`] is called by the vector code with the guest's registers in
-//! a [`GuestFrame`]; whatever it leaves in the frame is what the guest resumes
-//! with. The ordinary path (a hypercall, an MMIO access, an interrupt) touches
+//! The vector code calls [`handle_sync_exit`], [`handle_irq_exit`] or
+//! [`handle_other_exit`] with the guest's registers in a [`GuestFrame`] (x19–x29
+//! only when an exit needs them: see `vectors.rs`); whatever it leaves in the frame
+//! is what the guest resumes with. The ordinary path (a hypercall, an MMIO access, an interrupt) touches
 //! no EL1 register and takes no lock beyond the device model it talks to; the
 //! vGIC is only visited when `needs_flush` says it has work.
 //!
@@ -12,14 +13,16 @@
 //! rewrites the frame and returns, so the `eret` lands at the new entry point.
 
 use crate::arch::aarch64::lr::HwListRegs;
-use crate::arch::aarch64::vectors::{enter_guest, ExitKind, GuestFrame};
+use crate::arch::aarch64::vectors::{
+    enter_guest, ExitKind, GuestFrame, Resume, FIRST_UNSAVED, LAST_UNSAVED,
+};
 use crate::arch::aarch64::{gic, sysreg};
-use crate::machine::{self, machine, Machine};
+use crate::machine::{self, machine, CpuContext, Machine};
 use crate::println;
 use crate::vm::{RunState, Vm};
 use bothy_core::abi::{self, CallContext, Outcome, RETURN_SUCCESS};
 use bothy_core::exit::{
-    decode, decode_lower_data_abort, decode_sysreg_trap, ec, inject, sysreg as trapped, sysreg_rt,
+    data_abort_srt, decode, decode_lower_data_abort, decode_sysreg_trap, ec, inject, sysreg as trapped, sysreg_rt,
     sysreg_syndrome, sysreg_write_syndrome, Exit, MmioAccess, SysRegAccess,
 };
 use bothy_core::layout;
@@ -123,54 +126,144 @@ fn wait_for_start(m: &Machine, vm: &Vm, vcpu: usize, frame: &mut GuestFrame) {
     }
 }
 
-/// Called by the vector code on every exit from the guest.
-pub extern "C" fn handle_exit(kind: u64, frame: &mut GuestFrame) {
+// The vector code calls one of the three `handle_*_exit` below for every exit from the
+// guest, with x19–x29 left out of the frame (see `vectors.rs`); an exit that transfers
+// one of them is sent back to be handled by `handle_exit_all` instead.
+
+/// A synchronous exit (hypercall, trapped instruction, stage-2 abort).
+pub extern "C" fn handle_sync_exit(frame: &mut GuestFrame) -> Resume {
     let ctx = machine::this_cpu();
-    let Some(vm) = ctx.vm else {
-        crate::fatal(format_args!(
+    let vm = running_vm(ctx);
+    let vcpu = ctx.vcpu;
+    let flushed = match sync_exit::<false>(vm, vcpu, frame, sysreg::read_esr_el2(), ctx.lrs) {
+        SyncExit::Handled { flushed } => flushed,
+        SyncExit::Restarted => return restarted(vm, vcpu),
+        SyncExit::NeedsAllRegisters => return Resume::SaveAllAndRetry,
+    };
+    finish_exit(vm, vcpu, frame, flushed)
+}
+
+/// A physical IRQ while the guest ran.
+pub extern "C" fn handle_irq_exit(frame: &mut GuestFrame) -> Resume {
+    let ctx = machine::this_cpu();
+    let vm = running_vm(ctx);
+    // One interrupt per exit: another one pending brings the CPU straight back.
+    let flushed = take_physical_irqs(machine(), Some((vm, ctx.vcpu)), 1);
+    finish_exit(vm, ctx.vcpu, frame, flushed)
+}
+
+/// FIQ, SError, or anything from AArch32.
+pub extern "C" fn handle_other_exit(kind: u64, frame: &mut GuestFrame) -> Resume {
+    let ctx = machine::this_cpu();
+    let vm = running_vm(ctx);
+    let flushed = other_exit(kind, vm, ctx.vcpu);
+    finish_exit(vm, ctx.vcpu, frame, flushed)
+}
+
+/// Called by the vector code, with every register in `frame`, for a synchronous exit
+/// that [`handle_sync_exit`] answered with [`Resume::SaveAllAndRetry`]. ESR_EL2 still
+/// describes it: EL2 took no exception in between. The whole frame is restored after.
+#[cold]
+pub extern "C" fn handle_exit_all(frame: &mut GuestFrame) {
+    let ctx = machine::this_cpu();
+    let vm = running_vm(ctx);
+    let vcpu = ctx.vcpu;
+    let _ = match sync_exit::<true>(vm, vcpu, frame, sysreg::read_esr_el2(), ctx.lrs) {
+        SyncExit::Handled { flushed } => finish_exit(vm, vcpu, frame, flushed),
+        SyncExit::Restarted | SyncExit::NeedsAllRegisters => restarted(vm, vcpu),
+    };
+}
+
+fn running_vm(ctx: &CpuContext) -> &'static Vm {
+    match ctx.vm {
+        Some(vm) => vm,
+        None => crate::fatal(format_args!(
             "exit on CPU slot {}, which runs no vCPU",
             ctx.slot
-        ))
-    };
-    let vcpu = ctx.vcpu;
-    // The hottest exits (hypercalls, SGIs, MMIO) are routed first, with a compare or
-    // two each. `flushed`: the handler already flushed this vCPU's list registers (a
-    // self-SGI, the timer), so only work added since calls for another flush.
-    let flushed = if kind == ExitKind::Sync as u64 {
-        let esr = sysreg::read_esr_el2();
-        match bothy_core::exit::exception_class(esr) {
-            ec::HVC64 => {
-                smccc_call(vm, vcpu, frame);
-                false
+        )),
+    }
+}
+
+/// Whether general-purpose register `reg` (an MMIO or system-register transfer) is one
+/// the vector code leaves out of the frame.
+#[inline(always)]
+fn unsaved(reg: usize) -> bool {
+    (FIRST_UNSAVED..=LAST_UNSAVED).contains(&reg)
+}
+
+/// Whether a handler stopped the vCPU and started it afresh, rewriting its whole frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Restarted {
+    No,
+    Yes,
+}
+
+/// How a synchronous exit went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SyncExit {
+    /// `flushed`: this vCPU's list registers were flushed (a self-SGI).
+    Handled { flushed: bool },
+    /// The vCPU was stopped and started afresh: its whole frame is new.
+    Restarted,
+    /// Not handled: it transfers one of x19–x29, which are not in the frame (only
+    /// when `ALL_SAVED` is false).
+    NeedsAllRegisters,
+}
+
+/// A synchronous exit. The hottest (hypercalls, SGIs, MMIO) are routed first, with a
+/// compare or two each.
+#[inline(always)]
+fn sync_exit<const ALL_SAVED: bool>(
+    vm: &Vm,
+    vcpu: usize,
+    frame: &mut GuestFrame,
+    esr: u64,
+    lrs: HwListRegs,
+) -> SyncExit {
+    let flushed = match bothy_core::exit::exception_class(esr) {
+        ec::HVC64 => {
+            if smccc_call(vm, vcpu, frame) == Restarted::Yes {
+                return SyncExit::Restarted;
             }
-            ec::SYSREG if sysreg_syndrome(esr) == SGI1R_WRITE => {
-                sgi1r_write(vm, vcpu, frame, sysreg_rt(esr), ctx.lrs)
+            false
+        }
+        ec::SYSREG => {
+            let rt = sysreg_rt(esr);
+            if !ALL_SAVED && unsaved(rt) {
+                return SyncExit::NeedsAllRegisters;
             }
-            ec::SYSREG => {
+            if sysreg_syndrome(esr) == SGI1R_WRITE {
+                sgi1r_write(vm, vcpu, frame, rt, lrs)
+            } else {
                 sysreg_access(vm, vcpu, frame, decode_sysreg_trap(esr));
                 false
             }
-            ec::DABT_LOWER => {
-                data_abort(vm, vcpu, frame, esr);
-                false
-            }
-            _ => {
-                sync_exit(vm, vcpu, frame, esr);
-                false
-            }
         }
-    } else if kind == ExitKind::Irq as u64 {
-        // One interrupt per exit: another one pending brings the CPU straight back.
-        take_physical_irqs(machine(), Some((vm, vcpu)), 1)
-    } else {
-        async_exit(kind, vm, vcpu)
+        ec::DABT_LOWER => {
+            if !ALL_SAVED && unsaved(data_abort_srt(esr)) {
+                return SyncExit::NeedsAllRegisters;
+            }
+            data_abort(vm, vcpu, frame, esr);
+            false
+        }
+        _ => {
+            if other_sync_exit(vm, vcpu, frame, esr) == Restarted::Yes {
+                return SyncExit::Restarted;
+            }
+            false
+        }
     };
-    let flushed = if vm.state() != RunState::Running {
+    SyncExit::Handled { flushed }
+}
+
+/// The end of an exit that kept the vCPU's frame: stop the vCPU if its VM no longer
+/// runs, and flush its list registers if they have work.
+#[inline(always)]
+fn finish_exit(vm: &Vm, vcpu: usize, frame: &mut GuestFrame, flushed: bool) -> Resume {
+    if vm.state() != RunState::Running {
         stop_vcpu(machine(), vm, vcpu, frame);
-        false // it may restart with fresh vGIC state to load
-    } else {
-        flushed
-    };
+        return restarted(vm, vcpu);
+    }
     // A handler that flushed is the last thing its exit does for this vCPU, so work
     // added since came from another CPU, which kicks this one: the kick's interrupt
     // is taken as soon as the guest is entered, and that exit flushes. So only an
@@ -178,6 +271,18 @@ pub extern "C" fn handle_exit(kind: u64, frame: &mut GuestFrame) {
     if !flushed && vm.vgic.needs_flush(vcpu) {
         service_list_registers(vm, vcpu);
     }
+    Resume::Saved
+}
+
+/// The end of an exit after which the vCPU starts afresh (its frame rewritten, and
+/// perhaps fresh vGIC state to load).
+#[cold]
+#[inline(never)]
+fn restarted(vm: &Vm, vcpu: usize) -> Resume {
+    if vm.vgic.needs_flush(vcpu) {
+        service_list_registers(vm, vcpu);
+    }
+    Resume::All
 }
 
 /// `MSR ICC_SGI1R_EL1, Xt`. Returns whether this vCPU's list registers were flushed.
@@ -215,10 +320,10 @@ fn inject_bad_data_abort(frame: &mut GuestFrame, esr: u64) {
     )
 }
 
-/// Interrupts, SErrors and anything from AArch32. Returns whether this vCPU's list
-/// registers were flushed on the way.
+/// FIQs, SErrors and anything from AArch32. Returns whether this vCPU's list registers
+/// were flushed on the way.
 #[inline(never)]
-fn async_exit(kind: u64, vm: &Vm, vcpu: usize) -> bool {
+fn other_exit(kind: u64, vm: &Vm, vcpu: usize) -> bool {
     match ExitKind::from_raw(kind) {
         ExitKind::Sync => false,
         ExitKind::Irq | ExitKind::Fiq => drain_physical_irqs(machine(), Some((vm, vcpu))),
@@ -240,13 +345,15 @@ fn async_exit(kind: u64, vm: &Vm, vcpu: usize) -> bool {
     }
 }
 
+/// The rarer synchronous exits (WFI/WFE, SMC, aborts outside RAM and devices, anything
+/// undefined).
 #[inline(never)]
-fn sync_exit(vm: &Vm, vcpu: usize, frame: &mut GuestFrame, esr: u64) {
+fn other_sync_exit(vm: &Vm, vcpu: usize, frame: &mut GuestFrame, esr: u64) -> Restarted {
     match decode(esr, sysreg::read_far_el2(), sysreg::read_hpfar_el2()) {
-        Exit::Hvc { .. } => smccc_call(vm, vcpu, frame),
+        Exit::Hvc { .. } => return smccc_call(vm, vcpu, frame),
         Exit::Smc { .. } => {
             frame.elr += INSTRUCTION_SIZE;
-            smccc_call(vm, vcpu, frame)
+            return smccc_call(vm, vcpu, frame);
         }
         Exit::Wait { wfe } => {
             frame.elr += INSTRUCTION_SIZE;
@@ -266,11 +373,12 @@ fn sync_exit(vm: &Vm, vcpu: usize, frame: &mut GuestFrame, esr: u64) {
         ),
         Exit::Other { .. } => inject_sync(frame, inject::undefined_esr(), 0),
     }
+    Restarted::No
 }
 
 /// PSCI and SMCCC from the guest (HVC, or trapped SMC).
 #[inline(always)]
-fn smccc_call(vm: &Vm, vcpu: usize, frame: &mut GuestFrame) {
+fn smccc_call(vm: &Vm, vcpu: usize, frame: &mut GuestFrame) -> Restarted {
     let vcpus = vm.vcpus();
     let mpidr_to_vcpu = |mpidr: u64| {
         let index = (mpidr & 0xff_00ff_ffff) as usize;
@@ -291,15 +399,15 @@ fn smccc_call(vm: &Vm, vcpu: usize, frame: &mut GuestFrame) {
         frame.x[1] = x1;
         frame.x[2] = x2;
         frame.x[3] = x3;
-        return;
+        return Restarted::No;
     }
-    smccc_outcome(vm, vcpu, frame, outcome);
+    smccc_outcome(vm, vcpu, frame, outcome)
 }
 
 /// What a PSCI/SMCCC call does beyond returning values.
 #[cold]
 #[inline(never)]
-fn smccc_outcome(vm: &Vm, vcpu: usize, frame: &mut GuestFrame, outcome: Outcome) {
+fn smccc_outcome(vm: &Vm, vcpu: usize, frame: &mut GuestFrame, outcome: Outcome) -> Restarted {
     match outcome {
         Outcome::Return(_) => {}
         Outcome::StartVcpu { target, ret } => {
@@ -309,6 +417,7 @@ fn smccc_outcome(vm: &Vm, vcpu: usize, frame: &mut GuestFrame, outcome: Outcome)
         Outcome::StopVcpu => {
             vm.power.power_off(vcpu);
             wait_for_start(machine(), vm, vcpu, frame);
+            return Restarted::Yes;
         }
         Outcome::Suspend => {
             frame.x[..4].copy_from_slice(&RETURN_SUCCESS);
@@ -328,6 +437,7 @@ fn smccc_outcome(vm: &Vm, vcpu: usize, frame: &mut GuestFrame, outcome: Outcome)
             }
         }
     }
+    Restarted::No
 }
 
 fn kick_all_but_me(vm: &Vm) {
@@ -582,7 +692,7 @@ fn uart_access(m: &Machine, vm: &Vm, access: MmioAccess, value: u64) -> Option<u
     result
 }
 
-/// Trapped system registers other than the `ICC_SGI1R_EL1` write `handle_exit` routes
+/// Trapped system registers other than the `ICC_SGI1R_EL1` write `sync_exit` routes
 /// itself: the physical timer reads as zero and ignores writes, anything else is
 /// undefined for the guest.
 #[inline(never)]

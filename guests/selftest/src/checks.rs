@@ -32,6 +32,7 @@ pub static CHECKS: &[Check] = &[
     ("secondary_boot", secondary_boot),
     ("gic_init", gic_init),
     ("sgi_self", sgi_self),
+    ("exits_keep_registers", exits_keep_registers),
     ("ipi_between_vcpus", ipi_between_vcpus),
     ("vtimer", vtimer),
     ("wfi_returns", wfi_returns),
@@ -271,6 +272,25 @@ fn sgi_self() -> CheckResult {
     ensure!(
         wait_irq(1000, || exceptions::seen(0, SGI)),
         "SGI {SGI} to self not taken within 1 s"
+    );
+    Ok(())
+}
+
+extern "C" {
+    /// regs.S: which of x19–x29 came back changed across a hypercall, MMIO accesses
+    /// and an SGI write that name some of them (bit n = xn).
+    fn keep_registers_across_exits(gicd_typer: usize) -> u64;
+}
+
+fn exits_keep_registers() -> CheckResult {
+    need_gic()?;
+    const GICD_TYPER: usize = 0x4;
+    // SAFETY: the routine saves and restores every callee-saved register it uses, and
+    // touches only GICD_TYPER (a read and an ignored write) and its own stack slots.
+    let wrong = unsafe { keep_registers_across_exits(GICD_BASE + GICD_TYPER) };
+    ensure!(
+        wrong == 0,
+        "registers changed across exits: mask {wrong:#x} (bit n = xn)"
     );
     Ok(())
 }

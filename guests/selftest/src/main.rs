@@ -34,6 +34,7 @@ use crate::msg::CheckResult;
 use crate::uart::println;
 
 core::arch::global_asm!(include_str!("guard.S"), options(raw));
+core::arch::global_asm!(include_str!("regs.S"), options(raw));
 
 extern "C" {
     /// Calls `f`; returns 0 when it returns, 1 when `check_recover` abandoned it.

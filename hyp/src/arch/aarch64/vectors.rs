@@ -1,13 +1,20 @@
 //! EL2 exception vectors and the guest entry/exit path.
 //!
 //! This is Bothy's hot path, so it does as little as possible (DESIGN.md §4):
-//! an exit from the guest saves x0–x30, ELR_EL2 and SPSR_EL2 into a
-//! [`GuestFrame`] at the top of this CPU's stack, calls
-//! [`crate::exit::handle_exit`] with the exit kind and the frame, restores the
-//! frame and `eret`s. EL1 system registers, FP/SIMD (the hypervisor is built
-//! soft-float and never touches them) and the vGIC's list registers stay in
-//! the hardware. Because the frame sits at a fixed place per CPU, entering a
-//! guest for the first time is just "point sp at the frame and restore".
+//! an exit from the guest saves the registers Rust code may clobber — x0–x18,
+//! x30, ELR_EL2 and SPSR_EL2 — into a [`GuestFrame`] at the top of this CPU's
+//! stack, calls the handler in [`crate::exit`] for the exit's kind with the frame,
+//! restores them and `eret`s. x19–x29 are callee-saved in the AAPCS64: Rust
+//! code hands them back unchanged, so they stay in the registers, and their
+//! slots in the frame are stale. The handler answers with a [`Resume`] for the
+//! two exceptions: an exit that transfers one of them (an MMIO or system
+//! register access naming x19–x29) has them stored and is handled again by
+//! [`crate::exit::handle_exit_all`]; an exit that rewrote the whole frame (a
+//! vCPU (re)start) has them loaded from it. EL1 system registers, FP/SIMD (the
+//! hypervisor is built soft-float and never touches them) and the vGIC's list
+//! registers stay in the hardware. Because the frame sits at a fixed place per
+//! CPU, entering a guest for the first time is just "point sp at the frame and
+//! restore all".
 //!
 //! Exceptions taken *at* EL2 are Bothy bugs: they print the syndrome and stop
 //! the machine; a guest can never cause one.
@@ -26,6 +33,32 @@ pub struct GuestFrame {
 /// Bytes reserved at the top of every CPU's stack for its [`GuestFrame`] (16-aligned).
 pub const GUEST_FRAME_SIZE: usize = 272;
 const _: () = assert!(core::mem::size_of::<GuestFrame>() <= GUEST_FRAME_SIZE);
+// The assembly below addresses the frame with these offsets.
+const _: () = assert!(core::mem::offset_of!(GuestFrame, x) == 0);
+const _: () = assert!(FIRST_UNSAVED * 8 == 152 && LAST_UNSAVED * 8 == 232);
+const _: () = assert!(core::mem::offset_of!(GuestFrame, elr) == 248);
+const _: () = assert!(core::mem::offset_of!(GuestFrame, spsr) == 256);
+
+/// The first of the callee-saved registers (x19–x29) an ordinary exit leaves out of
+/// its [`GuestFrame`].
+pub const FIRST_UNSAVED: usize = 19;
+/// The last of them (x30, the link register, is saved).
+pub const LAST_UNSAVED: usize = 29;
+
+/// What the vector code does when an exit handler returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u64)]
+#[must_use]
+pub enum Resume {
+    /// Restore the registers the exit saved; x19–x29 still hold the guest's values.
+    Saved = 0,
+    /// The whole frame was rewritten (the vCPU starts afresh): restore x19–x29 from
+    /// it too.
+    All = 1,
+    /// The exit transfers one of x19–x29 and was not handled: store them in the
+    /// frame, call `handle_exit_all`, then restore everything.
+    SaveAllAndRetry = 2,
+}
 
 /// Why the guest left, as told by which vector was taken.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,12 +86,43 @@ impl ExitKind {
 
 global_asm!(
     r#"
-.macro guest_vector kind
-    .balign 0x80
+// Save what Rust may clobber (x0-x18, x30, ELR, SPSR) into the frame, with x0 and
+// x1 left free for the handler's arguments. Fits a vector slot (32 instructions).
+.macro save_frame
     sub     sp, sp, #{frame}
     stp     x0, x1, [sp, #0]
+    stp     x2, x3, [sp, #16]
+    stp     x4, x5, [sp, #32]
+    stp     x6, x7, [sp, #48]
+    stp     x8, x9, [sp, #64]
+    stp     x10, x11, [sp, #80]
+    stp     x12, x13, [sp, #96]
+    stp     x14, x15, [sp, #112]
+    stp     x16, x17, [sp, #128]
+    str     x18, [sp, #144]
+    mrs     x1, elr_el2
+    stp     x30, x1, [sp, #240]
+    mrs     x1, spsr_el2
+    str     x1, [sp, #256]
+.endm
+
+// The two hot exits call their own handler(frame) from the vector itself.
+.macro guest_vector handler
+    .balign 0x80
+    save_frame
+    mov     x0, sp
+    bl      \handler
+    b       bothy_guest_return
+.endm
+
+// The rest call handle_other_exit(kind, frame).
+.macro guest_vector_other kind
+    .balign 0x80
+    save_frame
     mov     x0, #\kind
-    b       bothy_guest_exit
+    mov     x1, sp
+    bl      {handle_other_exit}
+    b       bothy_guest_return
 .endm
 
 .macro hyp_vector kind
@@ -79,36 +143,18 @@ bothy_el2_vectors:
     hyp_vector 5
     hyp_vector 6
     hyp_vector 7
-    guest_vector 0                  // lower EL, AArch64: sync
-    guest_vector 1                  // irq
-    guest_vector 2                  // fiq
-    guest_vector 3                  // serror
-    guest_vector 4                  // lower EL, AArch32
-    guest_vector 4
-    guest_vector 4
-    guest_vector 4
+    guest_vector {handle_sync_exit} // lower EL, AArch64: sync
+    guest_vector {handle_irq_exit}  // irq
+    guest_vector_other 2            // fiq
+    guest_vector_other 3            // serror
+    guest_vector_other 4            // lower EL, AArch32
+    guest_vector_other 4
+    guest_vector_other 4
+    guest_vector_other 4
 
-bothy_guest_exit:
-    stp     x2, x3, [sp, #16]
-    stp     x4, x5, [sp, #32]
-    stp     x6, x7, [sp, #48]
-    stp     x8, x9, [sp, #64]
-    stp     x10, x11, [sp, #80]
-    stp     x12, x13, [sp, #96]
-    stp     x14, x15, [sp, #112]
-    stp     x16, x17, [sp, #128]
-    stp     x18, x19, [sp, #144]
-    stp     x20, x21, [sp, #160]
-    stp     x22, x23, [sp, #176]
-    stp     x24, x25, [sp, #192]
-    stp     x26, x27, [sp, #208]
-    stp     x28, x29, [sp, #224]
-    mrs     x1, elr_el2
-    stp     x30, x1, [sp, #240]
-    mrs     x1, spsr_el2
-    str     x1, [sp, #256]
-    mov     x1, sp
-    bl      {handle_exit}
+// x0 = the handler's Resume.
+bothy_guest_return:
+    cbnz    x0, bothy_guest_exit_all
 
 bothy_guest_resume:
     ldp     x30, x1, [sp, #240]
@@ -123,21 +169,37 @@ bothy_guest_resume:
     ldp     x12, x13, [sp, #96]
     ldp     x14, x15, [sp, #112]
     ldp     x16, x17, [sp, #128]
-    ldp     x18, x19, [sp, #144]
+    ldr     x18, [sp, #144]
+    ldp     x0, x1, [sp, #0]
+    add     sp, sp, #{frame}
+    eret
+
+// x0 = Resume::All or Resume::SaveAllAndRetry.
+bothy_guest_exit_all:
+    cmp     x0, #{resume_all}
+    b.eq    bothy_guest_resume_all
+    str     x19, [sp, #152]
+    stp     x20, x21, [sp, #160]
+    stp     x22, x23, [sp, #176]
+    stp     x24, x25, [sp, #192]
+    stp     x26, x27, [sp, #208]
+    stp     x28, x29, [sp, #224]
+    mov     x0, sp
+    bl      {handle_exit_all}
+bothy_guest_resume_all:
+    ldr     x19, [sp, #152]
     ldp     x20, x21, [sp, #160]
     ldp     x22, x23, [sp, #176]
     ldp     x24, x25, [sp, #192]
     ldp     x26, x27, [sp, #208]
     ldp     x28, x29, [sp, #224]
-    ldp     x0, x1, [sp, #0]
-    add     sp, sp, #{frame}
-    eret
+    b       bothy_guest_resume
 
 // enter_guest(frame): the frame is this CPU's (top of its stack); run it.
     .global bothy_enter_guest
 bothy_enter_guest:
     mov     sp, x0
-    b       bothy_guest_resume
+    b       bothy_guest_resume_all
 
 bothy_hyp_fault:
     mrs     x1, esr_el2
@@ -148,7 +210,11 @@ bothy_hyp_fault:
     b       7b
 "#,
     frame = const GUEST_FRAME_SIZE,
-    handle_exit = sym crate::exit::handle_exit,
+    handle_sync_exit = sym crate::exit::handle_sync_exit,
+    handle_irq_exit = sym crate::exit::handle_irq_exit,
+    handle_other_exit = sym crate::exit::handle_other_exit,
+    handle_exit_all = sym crate::exit::handle_exit_all,
+    resume_all = const Resume::All as u64,
     hyp_fault = sym hyp_fault,
 );
 
