@@ -190,30 +190,15 @@ impl State {
 
     /// `sync_lrs` + latch private interrupt `intid` (hardware-linked to `hw` if given) +
     /// `flush_cpu`, for an SGI or PPI that `vcpu` raises on itself in hyp's exit path
-    /// with `lrs` the list registers it runs on. Returns whether an LR is left occupied,
-    /// as `flush_cpu` does.
+    /// with `lrs` the list registers it runs on, in the common case: every occupied LR
+    /// holds a private interrupt, nothing else is waiting or dirty, an LR is free. That
+    /// is one pass over this vCPU's state. Returns whether an LR is left occupied, as
+    /// `flush_cpu` does, or `None` (after, at most, syncing some LRs) when
+    /// [`State::raise_private_general`] must do it. Both end in the same state
+    /// (`local_raise_and_flush_matches_raise_then_exit`).
     ///
     /// Syncing first means an earlier instance the guest has completed is out of its LR
-    /// before the new edge arrives. The common case — every occupied LR holds a private
-    /// interrupt, nothing else is waiting or dirty, an LR is free — is then one pass over
-    /// this vCPU's state; anything else takes the general calls. Both end in the same
-    /// state (`local_raise_and_flush_matches_raise_then_exit`).
-    #[inline(always)]
-    pub fn raise_private_and_flush(
-        &mut self,
-        vcpu: usize,
-        intid: u32,
-        hw: Option<u32>,
-        lrs: &mut impl ListRegs,
-    ) -> bool {
-        match self.raise_private_fast(vcpu, intid, hw, lrs) {
-            Some(busy) => busy,
-            None => self.raise_private_general(vcpu, intid, hw, lrs),
-        }
-    }
-
-    /// The common case of `raise_private_and_flush`, or `None` for the general path
-    /// (after, at most, syncing some LRs).
+    /// before the new edge arrives.
     #[inline(always)]
     pub(super) fn raise_private_fast(
         &mut self,
@@ -241,9 +226,8 @@ impl State {
         None
     }
 
-    /// `raise_private_and_flush` by the general calls.
-    #[inline(never)]
-    fn raise_private_general(
+    /// What [`State::raise_private_fast`] does, by the general calls, for any state.
+    pub(super) fn raise_private_general(
         &mut self,
         vcpu: usize,
         intid: u32,
@@ -612,7 +596,7 @@ impl CpuState {
         true
     }
 
-    /// The end of `State::raise_private_and_flush`'s fast case, after the sync: latch
+    /// The end of `State::raise_private_fast`, after the sync: latch
     /// private `intid` and, if deliverable, place it in the first free LR; then finish as
     /// `flush_cpu` does. `None`, with nothing changed, when the general path must decide
     /// (other candidates to rank, the interrupt still in an LR, no LR free).

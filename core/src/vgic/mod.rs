@@ -381,6 +381,7 @@ impl VGic {
         self.set_flags(vcpu, if busy { FLAG_LRS_BUSY } else { 0 });
     }
 
+    /// `raise_and_flush` for any state, by the general calls.
     #[inline(never)]
     fn raise_and_flush_general(
         &self,
@@ -390,7 +391,7 @@ impl VGic {
         lrs: &mut impl ListRegs,
     ) {
         let mut st = self.state.lock();
-        let busy = st.raise_private_and_flush(vcpu, intid, phys_intid, lrs);
+        let busy = st.raise_private_general(vcpu, intid, phys_intid, lrs);
         self.set_flags(vcpu, if busy { FLAG_LRS_BUSY } else { 0 });
     }
 
