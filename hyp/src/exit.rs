@@ -170,7 +170,9 @@ pub extern "C" fn handle_exit_all(frame: &mut GuestFrame) {
     let vcpu = ctx.vcpu;
     let _ = match sync_exit::<true>(vm, vcpu, frame, sysreg::read_esr_el2(), ctx.lrs) {
         SyncExit::Handled { flushed } => finish_exit(vm, vcpu, frame, flushed),
-        SyncExit::Restarted | SyncExit::NeedsAllRegisters => restarted(vm, vcpu),
+        SyncExit::Restarted => restarted(vm, vcpu),
+        // Not with ALL_SAVED: every register is in the frame.
+        SyncExit::NeedsAllRegisters => Resume::All,
     };
 }
 

@@ -21,7 +21,10 @@
 
 use core::arch::global_asm;
 
-/// The guest's general-purpose state as saved on exit.
+/// The guest's general-purpose state as saved on exit. On an ordinary exit
+/// `x[FIRST_UNSAVED..=LAST_UNSAVED]` are stale (the registers still hold the guest's
+/// values): only `handle_exit_all`, and code that rewrites the whole frame and returns
+/// [`Resume::All`], may use them.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct GuestFrame {
