@@ -21,7 +21,9 @@ pub mod image;
 pub mod layout;
 pub mod linux;
 pub mod mem;
+pub mod prompt;
 pub mod region;
+pub mod sched;
 pub mod vgic;
 
 pub use fdt::manifest;

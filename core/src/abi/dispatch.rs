@@ -44,8 +44,9 @@ pub enum Outcome {
     /// `CPU_ON` accepted: `target` is now `OnPending` with its start point stored in
     /// [`VcpuPower`]. Kick the target's physical CPU, then return `ret` to the caller.
     StartVcpu { target: usize, ret: [u64; 4] },
-    /// `CPU_OFF`: the caller is now Off; it never returns to the guest (a later
-    /// `CPU_ON` restarts it at a new entry point).
+    /// `CPU_OFF`: the caller stops; it never returns to the guest (a later `CPU_ON`
+    /// restarts it at a new entry point). The hypervisor marks it Off
+    /// ([`VcpuPower::power_off`]) once it has left its CPU.
     StopVcpu,
     /// `CPU_SUSPEND`, standby semantics (DEN0022 §5.4.2 allows a power-down request to
     /// return like standby): wait like WFI, then resume with [`RETURN_SUCCESS`].
@@ -303,8 +304,10 @@ fn cpu_suspend(_: &CallContext, _: &Args) -> Outcome {
     Outcome::Suspend
 }
 
-fn cpu_off(ctx: &CallContext, _: &Args) -> Outcome {
-    ctx.power.power_off(ctx.vcpu);
+/// The vCPU stays `On` until the hypervisor has taken it off its CPU and calls
+/// [`VcpuPower::power_off`]: a `CPU_ON` from another vCPU that saw it `Off` earlier
+/// would race the vCPU still leaving (and have its start point erased).
+fn cpu_off(_ctx: &CallContext, _: &Args) -> Outcome {
     Outcome::StopVcpu
 }
 
@@ -638,6 +641,8 @@ mod tests {
         p.mark_on(1);
         assert_eq!(affinity(&p, 1), AFFINITY_ON);
         assert_eq!(call(&p, 1, &[PSCI_CPU_OFF.into()]), Outcome::StopVcpu);
+        assert_eq!(affinity(&p, 1), AFFINITY_ON, "still leaving its CPU");
+        p.power_off(1);
         assert_eq!(affinity(&p, 1), AFFINITY_OFF);
         // 32-bit form, level != 0, unknown target.
         assert_eq!(
@@ -658,6 +663,12 @@ mod tests {
     fn cpu_off_and_restart() {
         let p = VcpuPower::new(NR);
         assert_eq!(call(&p, 0, &[PSCI_CPU_OFF.into()]), Outcome::StopVcpu);
+        assert_eq!(
+            p.state(0),
+            PowerState::On,
+            "on until the hypervisor says otherwise"
+        );
+        p.power_off(0);
         assert_eq!(p.state(0), PowerState::Off);
         // vCPU 0 can be brought back by anyone still running... here vCPU 3, after it
         // was itself started by the hypervisor.
@@ -694,6 +705,7 @@ mod tests {
         p.take_pending_start(3);
         p.mark_on(3);
         assert_eq!(call(&p, 3, &[PSCI_CPU_OFF.into()]), Outcome::StopVcpu);
+        p.power_off(3);
         assert_eq!(affinity(&p, 2), AFFINITY_ON_PENDING);
         assert_eq!(affinity(&p, 3), AFFINITY_OFF);
         assert!(

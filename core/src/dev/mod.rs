@@ -3,6 +3,7 @@
 //! device reports the level of its interrupt line; `hyp` forwards it to the vGIC.
 
 pub mod console;
+pub mod outbuf;
 pub mod pl011;
 
 pub use pl011::{Pl011, Pl011Effect};

@@ -90,6 +90,7 @@
 //!   KVM's timer; a second injection while the LR is still active waits for it to drain.
 
 mod access;
+pub mod cpuif;
 mod dist;
 mod irq;
 mod irqregs;
@@ -106,6 +107,7 @@ use core::sync::atomic::{AtomicU32, Ordering};
 
 use spin::Mutex;
 
+pub use cpuif::{CpuInterface, V3CpuIf};
 pub use lr::ListRegs;
 pub use mask::VcpuMask;
 pub use sgi::Sgi1r;

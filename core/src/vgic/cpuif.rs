@@ -1,0 +1,73 @@
+//! The virtual CPU interface's per-vCPU state, and the hooks that move it in and out
+//! of a physical CPU.
+//!
+//! The distributor/redistributor model (the rest of this module) is shared by every
+//! host GIC; what differs between hosts is the virtual CPU interface: GICv3's ICH_*_EL2
+//! system registers today, a GICv2 host's GICH/GICV MMIO frames, or a GICv5 host in
+//! GICv3-compat mode, which must restore VMCR and the APRs and set `ICH_VCTLR_EL2.V3`
+//! in one step on load. Each is a [`CpuInterface`]: the scheduler's context switch calls
+//! [`CpuInterface::put`] when a vCPU leaves a CPU and [`CpuInterface::load`] when one
+//! arrives, and never on an ordinary exit.
+//!
+//! While a vCPU is not loaded its list registers live here verbatim, so the model's
+//! record of "interrupt X is in LR n of vCPU v" stays true: other CPUs may still make
+//! interrupts pending for it (that only sets its work flag), and the next flush on the
+//! CPU that loads it reconciles the LRs as usual.
+
+use super::MAX_LRS;
+
+/// What a GICv3 virtual CPU interface holds for one vCPU (GICv3 spec §12.4).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct V3CpuIf {
+    /// ICH_LR<n>_EL2, the implemented ones first.
+    pub lrs: [u64; MAX_LRS],
+    pub vmcr: u64,
+    /// ICH_AP0R<n>_EL2 / ICH_AP1R<n>_EL2: active priorities (how many are implemented
+    /// depends on ICH_VTR_EL2.PREbits).
+    pub ap0r: [u64; 4],
+    pub ap1r: [u64; 4],
+    pub hcr: u64,
+}
+
+impl V3CpuIf {
+    /// Whether a saved list register holds hardware-linked `pintid` in any state: its
+    /// physical interrupt must then be active on whichever CPU loads the vCPU, so the
+    /// guest's deactivation reaches it and the source cannot fire again meanwhile.
+    pub fn holds_hw(&self, pintid: u32) -> bool {
+        use super::lr::{lr_state, LR_HW, LR_PINTID_MASK, LR_PINTID_SHIFT};
+        self.lrs.iter().any(|&lr| {
+            lr & LR_HW != 0
+                && lr_state(lr) != 0
+                && ((lr >> LR_PINTID_SHIFT) & LR_PINTID_MASK) == u64::from(pintid)
+        })
+    }
+}
+
+/// A host's virtual CPU interface, switched between vCPUs.
+pub trait CpuInterface {
+    type Saved: Default + Copy;
+    /// Save the interface's state for the leaving vCPU and leave it quiet (no list
+    /// register valid, no maintenance interrupt pending).
+    fn put(&mut self, saved: &mut Self::Saved);
+    /// Load an arriving vCPU's state.
+    fn load(&mut self, saved: &Self::Saved);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vgic::lr::{LR_HW, LR_PINTID_SHIFT, LR_STATE_SHIFT};
+
+    #[test]
+    fn holds_hw_only_for_a_live_hardware_linked_lr() {
+        let mut s = V3CpuIf::default();
+        let hw27 = LR_HW | (27u64 << LR_PINTID_SHIFT) | 27;
+        s.lrs[3] = hw27; // state 0: invalid
+        assert!(!s.holds_hw(27));
+        s.lrs[3] = hw27 | (1 << LR_STATE_SHIFT);
+        assert!(s.holds_hw(27));
+        assert!(!s.holds_hw(26));
+        s.lrs[3] = (27u64 << LR_PINTID_SHIFT) | 27 | (2 << LR_STATE_SHIFT);
+        assert!(!s.holds_hw(27), "not hardware-linked");
+    }
+}
