@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use bothy_cli::bench::{self, chart, micro, Config};
 use bothy_cli::cache::{repo_root, Cache};
-use bothy_cli::config::{Machine, SystemConfig, VmConfig};
+use bothy_cli::config::{Machine, OnExit, SystemConfig, VmConfig, DEFAULT_SLICE_US};
 use bothy_cli::size::{format_size, parse_size, MIB};
 use bothy_cli::{flatten, hyp, initramfs, pack, qemu, xen};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -392,6 +392,7 @@ fn demo_system(dir: &Path) -> Result<SystemConfig> {
     std::fs::write(&initrd, initramfs::build_demo(&a)?)?;
     Ok(SystemConfig {
         source: PathBuf::from("<built-in demo>"),
+        slice_us: DEFAULT_SLICE_US,
         vms: vec![VmConfig {
             name: "linux0".into(),
             cpus: 2,
@@ -399,6 +400,8 @@ fn demo_system(dir: &Path) -> Result<SystemConfig> {
             kernel: a.kernel,
             initrd: Some(initrd),
             bootargs: "console=ttyAMA0".into(),
+            pin: Vec::new(),
+            on_exit: OnExit::Halt,
         }],
     })
 }
@@ -414,7 +417,7 @@ fn build_image(
         cpus: m.smp,
         memory: m.mem,
     });
-    // vCPU count first: cheap, and no reason to build anything if it fails.
+    // CPUs first: cheap, and no reason to build anything if they do not fit.
     if let Some(m) = machine {
         sys.check_fits(m, 0)?;
     }
@@ -424,7 +427,7 @@ fn build_image(
         std::fs::read(&elf_path).with_context(|| format!("reading {}", elf_path.display()))?;
     let flat = flatten::flatten_elf(&elf)
         .with_context(|| format!("flattening hypervisor ELF {}", elf_path.display()))?;
-    let packed = pack::pack(&flat, &vms, early_console)?;
+    let packed = pack::pack(&flat, &vms, sys.slice_us, early_console)?;
     if let Some(m) = machine {
         sys.check_fits(m, packed.payload_size())?;
     }

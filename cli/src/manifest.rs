@@ -11,11 +11,13 @@ use bothy_core::manifest::{EarlyConsole, Manifest, PayloadRef, VmSpec};
 use crate::pack::{BlobRef, LoadedVm};
 
 /// Encodes the manifest for `vms`, whose blobs sit at `refs` (kernel, initrd) in the
-/// payload. The FDT's size does not depend on the offsets' values (fixed 64-bit
-/// cells), which lets the packer measure it before the offsets are known.
+/// payload, with time slice `slice_us`. The FDT's size does not depend on the offsets'
+/// values (fixed 64-bit cells), which lets the packer measure it before the offsets are
+/// known.
 pub fn encode(
     vms: &[LoadedVm],
     refs: &[(BlobRef, Option<BlobRef>)],
+    slice_us: u32,
     early_console: Option<u64>,
 ) -> Result<Vec<u8>> {
     ensure!(vms.len() == refs.len(), "internal: one blob set per VM");
@@ -30,9 +32,12 @@ pub fn encode(
                 kernel: payload_ref(*k),
                 initrd: i.map(payload_ref),
                 bootargs: vm.config.bootargs.clone(),
+                pin: vm.config.pin.clone(),
+                on_exit: vm.config.on_exit,
             })
             .collect(),
         early_console: early_console.map(|pl011_base| EarlyConsole { pl011_base }),
+        slice_us,
     };
     Ok(manifest.encode())
 }

@@ -106,8 +106,14 @@ impl Packed {
     }
 }
 
-/// Packs the flattened hypervisor and the VMs into one image.
-pub fn pack(hyp: &Flat, vms: &[LoadedVm], early_console: Option<u64>) -> Result<Packed> {
+/// Packs the flattened hypervisor and the VMs into one image; `slice_us` is the time
+/// slice of time-shared vCPUs.
+pub fn pack(
+    hyp: &Flat,
+    vms: &[LoadedVm],
+    slice_us: u32,
+    early_console: Option<u64>,
+) -> Result<Packed> {
     let hyp_size = hyp.bytes.len() as u64;
     let poff = payload_offset(hyp_size);
     let manifest_offset = PAYLOAD_HEADER_SIZE as u64;
@@ -115,10 +121,10 @@ pub fn pack(hyp: &Flat, vms: &[LoadedVm], early_console: Option<u64>) -> Result<
     // The manifest's size does not depend on the offsets' values, so measure it with
     // placeholders, lay the blobs out after it, then encode for real.
     let placeholder = vec![(BlobRef::default(), None); vms.len()];
-    let mut manifest = crate::manifest::encode(vms, &placeholder, early_console)?;
+    let mut manifest = crate::manifest::encode(vms, &placeholder, slice_us, early_console)?;
     let (refs, end) = loop {
         let (refs, end) = layout_blobs(vms, manifest_offset + manifest.len() as u64);
-        let real = crate::manifest::encode(vms, &refs, early_console)?;
+        let real = crate::manifest::encode(vms, &refs, slice_us, early_console)?;
         if real.len() == manifest.len() {
             manifest = real;
             break (refs, end);
@@ -206,6 +212,8 @@ mod tests {
                 kernel: "k".into(),
                 initrd: None,
                 bootargs: String::new(),
+                pin: Vec::new(),
+                on_exit: Default::default(),
             },
             kernel,
             initrd,
@@ -215,11 +223,13 @@ mod tests {
     #[test]
     fn layout_round_trips() {
         let h = hyp();
-        let vms = [
+        let mut vms = [
             vm("a", fake_image(10_000), Some(vec![7u8; 5000])),
             vm("b", fake_image(4096), None),
         ];
-        let p = pack(&h, &vms, Some(QEMU_VIRT_PL011)).unwrap();
+        vms[0].config.pin = vec![1];
+        vms[0].config.on_exit = bothy_core::manifest::OnExit::Restart;
+        let p = pack(&h, &vms, 2_000, Some(QEMU_VIRT_PL011)).unwrap();
         assert_eq!(p.hyp_size, 0x1_2010);
         assert_eq!(p.payload_offset, 0x1_3000);
         let file = &p.bytes;
@@ -255,8 +265,12 @@ mod tests {
         let m = &payload[ph.manifest_offset as usize..][..ph.manifest_size as usize];
         let m = crate::manifest::check(m).unwrap();
         assert_eq!(m.early_console.unwrap().pl011_base, QEMU_VIRT_PL011);
+        assert_eq!(m.slice_us, 2_000);
         assert_eq!(m.vms.len(), 2);
         assert_eq!(m.vms[0].name, "a");
+        assert_eq!(m.vms[0].pin, [1]);
+        assert_eq!(m.vms[0].on_exit, bothy_core::manifest::OnExit::Restart);
+        assert!(m.vms[1].pin.is_empty());
         assert_eq!(
             (m.vms[0].kernel.offset, m.vms[0].kernel.size),
             (k.offset, k.size)

@@ -217,6 +217,7 @@ pub fn bootargs(iters: u32) -> String {
 pub fn bothy_system(guest_elf: &Path, cpus: u32, iters: u32) -> SystemConfig {
     SystemConfig {
         source: PathBuf::from("<bothy bench>"),
+        slice_us: crate::config::DEFAULT_SLICE_US,
         vms: vec![VmConfig {
             name: "bench".into(),
             cpus,
@@ -224,6 +225,8 @@ pub fn bothy_system(guest_elf: &Path, cpus: u32, iters: u32) -> SystemConfig {
             kernel: guest_elf.to_path_buf(),
             initrd: None,
             bootargs: bootargs(iters),
+            pin: Vec::new(),
+            on_exit: Default::default(),
         }],
     }
 }

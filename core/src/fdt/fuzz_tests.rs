@@ -109,10 +109,13 @@ fn manifest_blob() -> Vec<u8> {
             kernel: PayloadRef { offset: 0, size: 1 },
             initrd: Some(PayloadRef { offset: 1, size: 1 }),
             bootargs: "x".into(),
+            pin: Vec::new(),
+            on_exit: Default::default(),
         }],
         early_console: Some(EarlyConsole {
             pl011_base: 0x900_0000,
         }),
+        slice_us: super::manifest::DEFAULT_SLICE_US,
     }
     .encode()
 }
@@ -278,9 +281,12 @@ proptest! {
                     kernel: PayloadRef { offset: 0x1000, size: ksize },
                     initrd: None,
                     bootargs,
+                    pin: Vec::new(),
+                    on_exit: Default::default(),
                 })
                 .collect(),
             early_console: console.map(|pl011_base| EarlyConsole { pl011_base }),
+            slice_us: super::manifest::DEFAULT_SLICE_US,
         };
         let valid = !m.vms.is_empty()
             && m.vms.iter().all(|v| {

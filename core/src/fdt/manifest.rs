@@ -10,6 +10,7 @@
 //! ```text
 //! / {
 //!     compatible = "bothy,manifest-v1";
+//!     bothy,slice-us = <10000>;                // optional, default 10000 (10 ms)
 //!     chosen { bothy,early-console-pl011 = /bits/ 64 <0x9000000>; };  // optional
 //!     vms {
 //!         vm@0 {
@@ -19,10 +20,16 @@
 //!             kernel = /bits/ 64 <offset size>;   // relative to the payload start
 //!             initrd = /bits/ 64 <offset size>;   // optional
 //!             bootargs = "console=ttyAMA0";       // optional, default ""
+//!             pin = <1 0>;                        // optional: vCPU i on CPU pin[i]
+//!             on-exit = "halt";                   // optional: halt, restart, poweroff
 //!         };
 //!     };
 //! };
 //! ```
+//! `pin` lists physical CPUs (their position in the firmware device tree's `/cpus`), one
+//! per vCPU; no CPU appears twice in the whole manifest. Without `pin` the VM's vCPUs
+//! are time-shared on the CPUs no VM pins, in slices of `bothy,slice-us`.
+//!
 //! Unknown properties and nodes are ignored so newer CLIs can add keys older hypervisors
 //! skip; an incompatible change gets a new `compatible`.
 
@@ -38,6 +45,14 @@ use super::{Fdt, FdtError, FdtWriter, Node};
 pub const MANIFEST_COMPATIBLE: &str = "bothy,manifest-v1";
 /// Property in `/chosen` holding the PL011 base for early error reports.
 const EARLY_CONSOLE_PL011: &str = "bothy,early-console-pl011";
+/// Root property: the time slice of time-shared vCPUs, in microseconds.
+const SLICE_US: &str = "bothy,slice-us";
+/// Time slice when the manifest gives none: 10 ms.
+pub const DEFAULT_SLICE_US: u32 = 10_000;
+/// Longest time slice: 1 s.
+pub const MAX_SLICE_US: u32 = 1_000_000;
+/// Physical CPU numbers in `pin` are below this.
+pub const MAX_PIN_CPU: u32 = 64;
 /// Per-VM vCPU limit (the vGIC's SGI target lists address Aff0 0..=7 comfortably).
 pub const MAX_VCPUS: u32 = 8;
 /// VM memory is mapped with 2 MiB stage-2 blocks, so it comes in 2 MiB units.
@@ -45,10 +60,22 @@ pub const MEMORY_GRANULE: u64 = 2 * 1024 * 1024;
 /// `<offset size>` as two 64-bit values.
 const PAYLOAD_REF_LEN: usize = 16;
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Manifest {
     pub vms: Vec<VmSpec>,
     pub early_console: Option<EarlyConsole>,
+    /// Time slice of time-shared vCPUs in microseconds, 1..=[`MAX_SLICE_US`].
+    pub slice_us: u32,
+}
+
+impl Default for Manifest {
+    fn default() -> Self {
+        Self {
+            vms: Vec::new(),
+            early_console: None,
+            slice_us: DEFAULT_SLICE_US,
+        }
+    }
 }
 
 /// A UART to report on when the firmware DTB is missing or unusable.
@@ -66,6 +93,40 @@ pub struct VmSpec {
     pub kernel: PayloadRef,
     pub initrd: Option<PayloadRef>,
     pub bootargs: String,
+    /// Physical CPU of each vCPU (`pin[i]` runs vCPU i and nothing else); empty when
+    /// the vCPUs are time-shared on the CPUs no VM pins.
+    pub pin: Vec<u32>,
+    pub on_exit: OnExit,
+}
+
+/// What happens when a VM powers itself off (PSCI SYSTEM_OFF) or is stopped by a fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum OnExit {
+    /// The VM stays stopped.
+    #[default]
+    Halt,
+    /// The VM is rebooted from its images.
+    Restart,
+    /// The whole machine powers off.
+    Poweroff,
+}
+
+impl OnExit {
+    pub const ALL: [OnExit; 3] = [OnExit::Halt, OnExit::Restart, OnExit::Poweroff];
+
+    /// The word used in the manifest and the system file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Halt => "halt",
+            Self::Restart => "restart",
+            Self::Poweroff => "poweroff",
+        }
+    }
+
+    /// The inverse of [`Self::as_str`].
+    pub fn from_word(word: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|o| o.as_str() == word)
+    }
 }
 
 /// A byte range of the image's payload area.
@@ -84,6 +145,11 @@ pub enum ManifestError {
         compatible: Option<String>,
     },
     NoVms,
+    /// A root property is invalid.
+    BadRootKey {
+        key: &'static str,
+        why: String,
+    },
     /// A key of one VM is missing or invalid; `vm` is its name, or its node if unnamed.
     BadKey {
         vm: String,
@@ -117,6 +183,7 @@ impl fmt::Display for ManifestError {
                 write!(f, "root has no compatible \"{MANIFEST_COMPATIBLE}\"")
             }
             Self::NoVms => write!(f, "no VMs (/vms is missing or empty)"),
+            Self::BadRootKey { key, why } => write!(f, "{key} {why}"),
             Self::BadKey { vm, key, why } => write!(f, "VM {vm}: {key} {why}"),
             Self::DuplicateName { name } => {
                 write!(f, "two VMs are named \"{name}\"; names must be unique")
@@ -134,6 +201,7 @@ impl Manifest {
         let mut w = FdtWriter::new();
         w.begin_node("");
         w.property_string("compatible", MANIFEST_COMPATIBLE);
+        w.property_u32(SLICE_US, self.slice_us);
         if let Some(console) = self.early_console {
             w.begin_node("chosen");
             w.property_u64(EARLY_CONSOLE_PL011, console.pl011_base);
@@ -150,6 +218,10 @@ impl Manifest {
                 w.property_u64_array("initrd", &[initrd.offset, initrd.size]);
             }
             w.property_string("bootargs", &vm.bootargs);
+            if !vm.pin.is_empty() {
+                w.property_u32_array("pin", &vm.pin);
+            }
+            w.property_string("on-exit", vm.on_exit.as_str());
             w.end_node();
         }
         w.end_node();
@@ -171,8 +243,21 @@ impl Manifest {
             .and_then(|c| c.property(EARLY_CONSOLE_PL011))
             .and_then(|p| p.as_uint())
             .map(|pl011_base| EarlyConsole { pl011_base });
+        let slice_us = match root.property(SLICE_US) {
+            None => DEFAULT_SLICE_US,
+            Some(p) => p.as_u32().ok_or_else(|| ManifestError::BadRootKey {
+                key: SLICE_US,
+                why: "is not one 32-bit cell".to_string(),
+            })?,
+        };
+        if !(1..=MAX_SLICE_US).contains(&slice_us) {
+            return Err(ManifestError::BadRootKey {
+                key: SLICE_US,
+                why: format!("= {slice_us} is out of range (1..={MAX_SLICE_US} microseconds)"),
+            });
+        }
 
-        let mut vms = Vec::new();
+        let mut vms: Vec<VmSpec> = Vec::new();
         let mut names = BTreeSet::new();
         if let Some(list) = root.child("vms") {
             for node in list.children().filter(|n| n.base_name() == "vm") {
@@ -180,13 +265,30 @@ impl Manifest {
                 if !names.insert(vm.name.clone()) {
                     return Err(ManifestError::DuplicateName { name: vm.name });
                 }
+                for cpu in &vm.pin {
+                    if let Some(other) = vms.iter().find(|o| o.pin.contains(cpu)) {
+                        return Err(ManifestError::BadKey {
+                            vm: format!("\"{}\"", vm.name),
+                            key: "pin",
+                            why: format!(
+                                "lists CPU {cpu}, which VM \"{}\" pins too; a pinned CPU runs \
+                                 one vCPU only",
+                                other.name
+                            ),
+                        });
+                    }
+                }
                 vms.push(vm);
             }
         }
         if vms.is_empty() {
             return Err(ManifestError::NoVms);
         }
-        Ok(Manifest { vms, early_console })
+        Ok(Manifest {
+            vms,
+            early_console,
+            slice_us,
+        })
     }
 }
 
@@ -244,6 +346,52 @@ fn decode_vm(node: &Node) -> Result<VmSpec, ManifestError> {
             .ok_or_else(|| bad(&vm, "bootargs", "is not a string".to_string()))?
             .to_string(),
     };
+
+    let pin: Vec<u32> = match node.property("pin") {
+        None => Vec::new(),
+        Some(p) => p
+            .as_u32_iter()
+            .ok_or_else(|| bad(&vm, "pin", "is not a list of 32-bit cells".to_string()))?
+            .collect(),
+    };
+    if !pin.is_empty() && pin.len() != cpus as usize {
+        return Err(bad(
+            &vm,
+            "pin",
+            format!(
+                "has {} entries but cpus = {cpus}; it needs one CPU per vCPU",
+                pin.len()
+            ),
+        ));
+    }
+    for (i, &cpu) in pin.iter().enumerate() {
+        if cpu >= MAX_PIN_CPU {
+            return Err(bad(
+                &vm,
+                "pin",
+                format!("lists CPU {cpu}, out of range (0..{MAX_PIN_CPU})"),
+            ));
+        }
+        if pin[..i].contains(&cpu) {
+            return Err(bad(&vm, "pin", format!("lists CPU {cpu} twice")));
+        }
+    }
+
+    let on_exit = match node.property("on-exit") {
+        None => OnExit::default(),
+        Some(p) => {
+            let word = p
+                .as_str()
+                .ok_or_else(|| bad(&vm, "on-exit", "is not a string".to_string()))?;
+            OnExit::from_word(word).ok_or_else(|| {
+                bad(
+                    &vm,
+                    "on-exit",
+                    format!("= \"{word}\" is not one of halt, restart, poweroff"),
+                )
+            })?
+        }
+    };
     Ok(VmSpec {
         name,
         cpus,
@@ -251,6 +399,8 @@ fn decode_vm(node: &Node) -> Result<VmSpec, ManifestError> {
         kernel,
         initrd,
         bootargs,
+        pin,
+        on_exit,
     })
 }
 
@@ -302,6 +452,8 @@ mod tests {
                         size: 0x10_0000
                     }),
                     bootargs: "console=ttyAMA0 rdinit=/init".into(),
+                    pin: alloc::vec![1, 0],
+                    on_exit: OnExit::Restart,
                 },
                 VmSpec {
                     name: "selftest".into(),
@@ -313,11 +465,14 @@ mod tests {
                     },
                     initrd: None,
                     bootargs: String::new(),
+                    pin: Vec::new(),
+                    on_exit: OnExit::Halt,
                 },
             ],
             early_console: Some(EarlyConsole {
                 pl011_base: 0x0900_0000,
             }),
+            slice_us: 2_500,
         }
     }
 
@@ -330,6 +485,73 @@ mod tests {
             ..sample()
         };
         assert_eq!(Manifest::decode(&no_console.encode()).unwrap(), no_console);
+        let mut m = sample();
+        m.vms[0].on_exit = OnExit::Poweroff;
+        m.vms[1].pin = alloc::vec![2];
+        m.slice_us = MAX_SLICE_US;
+        assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);
+    }
+
+    #[test]
+    fn on_exit_words() {
+        for o in OnExit::ALL {
+            assert_eq!(OnExit::from_word(o.as_str()), Some(o));
+        }
+        assert_eq!(OnExit::from_word("reboot"), None);
+        assert_eq!(OnExit::default(), OnExit::Halt);
+        assert_eq!(Manifest::default().slice_us, DEFAULT_SLICE_US);
+    }
+
+    /// A manifest of one VM "a" (1 vCPU) with extra root and VM properties.
+    fn minimal(root: impl FnOnce(&mut FdtWriter), vm: impl FnOnce(&mut FdtWriter)) -> Vec<u8> {
+        let mut w = FdtWriter::new();
+        w.begin_node("");
+        w.property_string("compatible", MANIFEST_COMPATIBLE);
+        root(&mut w);
+        w.begin_node("vms");
+        w.begin_node("vm@0");
+        w.property_string("name", "a");
+        w.property_u32("cpus", 1);
+        w.property_u64("memory", MEMORY_GRANULE);
+        w.property_u64_array("kernel", &[0, 1]);
+        vm(&mut w);
+        w.end_node();
+        w.end_node();
+        w.end_node();
+        w.finish()
+    }
+
+    #[test]
+    fn new_keys_default_when_absent() {
+        // What an older CLI wrote: no slice, pin or on-exit.
+        let m = Manifest::decode(&minimal(|_| {}, |_| {})).unwrap();
+        assert_eq!(m.slice_us, DEFAULT_SLICE_US);
+        assert_eq!(m.vms[0].pin, Vec::<u32>::new());
+        assert_eq!(m.vms[0].on_exit, OnExit::Halt);
+        // An empty `pin` means time-shared too.
+        let m = Manifest::decode(&minimal(|_| {}, |w| w.property_empty("pin"))).unwrap();
+        assert!(m.vms[0].pin.is_empty());
+    }
+
+    #[test]
+    fn bad_types_of_new_keys() {
+        let err = |root: fn(&mut FdtWriter), vm: fn(&mut FdtWriter)| {
+            Manifest::decode(&minimal(root, vm))
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            err(|w| w.property_u64(SLICE_US, 1), |_| {}),
+            "manifest: bothy,slice-us is not one 32-bit cell"
+        );
+        assert_eq!(
+            err(|_| {}, |w| w.property("pin", &[0, 0, 1])),
+            "manifest: VM \"a\": pin is not a list of 32-bit cells"
+        );
+        assert_eq!(
+            err(|_| {}, |w| w.property_u32("on-exit", 1)),
+            "manifest: VM \"a\": on-exit is not a string"
+        );
     }
 
     fn rejects(edit: impl FnOnce(&mut Manifest), expected: &str) {
@@ -381,6 +603,41 @@ mod tests {
         rejects(
             |m| m.vms.clear(),
             "manifest: no VMs (/vms is missing or empty)",
+        );
+    }
+
+    #[test]
+    fn slice_pin_and_on_exit_errors() {
+        rejects(
+            |m| m.slice_us = 0,
+            "manifest: bothy,slice-us = 0 is out of range (1..=1000000 microseconds)",
+        );
+        rejects(
+            |m| m.slice_us = MAX_SLICE_US + 1,
+            "manifest: bothy,slice-us = 1000001 is out of range (1..=1000000 microseconds)",
+        );
+        rejects(
+            |m| m.vms[0].pin = alloc::vec![1],
+            "manifest: VM \"linux1\": pin has 1 entries but cpus = 2; it needs one CPU per vCPU",
+        );
+        rejects(
+            |m| m.vms[0].pin = alloc::vec![0, 64],
+            "manifest: VM \"linux1\": pin lists CPU 64, out of range (0..64)",
+        );
+        rejects(
+            |m| m.vms[0].pin = alloc::vec![3, 3],
+            "manifest: VM \"linux1\": pin lists CPU 3 twice",
+        );
+        rejects(
+            |m| m.vms[1].pin = alloc::vec![0],
+            "manifest: VM \"selftest\": pin lists CPU 0, which VM \"linux1\" pins too; a \
+             pinned CPU runs one vCPU only",
+        );
+        let err = Manifest::decode(&minimal(|_| {}, |w| w.property_string("on-exit", "reboot")))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "manifest: VM \"a\": on-exit = \"reboot\" is not one of halt, restart, poweroff"
         );
     }
 
