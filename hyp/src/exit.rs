@@ -1,17 +1,28 @@
-//! Running a vCPU: first entry, every exit, waiting, and stopping.
+//! Running vCPUs: every exit, and the scheduling points where a CPU changes vCPU.
 //!
 //! The vector code calls [`handle_sync_exit`], [`handle_irq_exit`] or
 //! [`handle_other_exit`] with the guest's registers in a [`GuestFrame`] (x19–x29
 //! only when an exit needs them: see `vectors.rs`); whatever it leaves in the frame
-//! is what the guest resumes with. The ordinary path (a hypercall, an MMIO access, an interrupt) touches
-//! no EL1 register and takes no lock beyond the device model it talks to; the
-//! vGIC is only visited when `needs_flush` says it has work.
+//! is what the guest resumes with. The ordinary path (a hypercall, an MMIO access, an
+//! interrupt) touches no EL1 register and takes no lock beyond the device model it
+//! talks to; the vGIC is only visited when `needs_flush` says it has work.
 //!
-//! A vCPU that is off (never started, CPU_OFF, VM powered off or resetting)
-//! waits *inside* this module in [`wait_for_start`], with its physical CPU in
-//! WFI, until PSCI CPU_ON or a reset gives it somewhere to start; it then
-//! rewrites the frame and returns, so the `eret` lands at the new entry point.
+//! Nothing waits inside a handler. A handler that may give up the CPU (WFI with
+//! nothing pending, a trapped WFE, PSCI CPU_OFF, its VM stopping, the slice timer)
+//! records a [`Reason`] in the CPU's context and answers [`Resume::Schedule`]; the
+//! vector code then stores x19–x29 and calls [`handle_exit_all`], which asks the
+//! scheduler (`bothy_core::sched`, one lock) what to run and carries it out in
+//! [`schedule`]: copy the leaving vCPU's frame out, save its EL1/FP/vGIC/timer state
+//! only if the decision says another vCPU's is to be loaded, copy the next frame in.
+//! A CPU with nothing to run idles in [`arrive`] (WFI, interrupts, ask again).
+//!
+//! A VM stops (SYSTEM_OFF, SYSTEM_RESET, a fault, its last vCPU off) in two steps:
+//! its state leaves `Running` and its vCPUs are stopped (running ones are kicked and
+//! stop at their next exit); the CPU on which the last of them stops finds the VM
+//! quiescent and finishes: reloads and restarts it, or applies its `on_exit`. So its
+//! memory is never rewritten under a running vCPU.
 
+use crate::arch::aarch64::context::live_timer_deadline;
 use crate::arch::aarch64::lr::HwListRegs;
 use crate::arch::aarch64::vectors::{
     enter_guest, ExitKind, GuestFrame, Resume, FIRST_UNSAVED, LAST_UNSAVED,
@@ -19,14 +30,19 @@ use crate::arch::aarch64::vectors::{
 use crate::arch::aarch64::{gic, sysreg};
 use crate::machine::{self, machine, CpuContext, Machine};
 use crate::println;
-use crate::vm::{RunState, Vm};
+use crate::vm::{ExitKindCount, RunState, Vm};
 use bothy_core::abi::{self, CallContext, Outcome, RETURN_SUCCESS};
 use bothy_core::exit::{
-    data_abort_srt, decode, decode_lower_data_abort, decode_sysreg_trap, ec, inject, sysreg as trapped, sysreg_rt,
-    sysreg_syndrome, sysreg_write_syndrome, Exit, MmioAccess, SysRegAccess,
+    data_abort_srt, decode, decode_lower_data_abort, decode_sysreg_trap, ec, inject,
+    sysreg as trapped, sysreg_rt, sysreg_syndrome, sysreg_write_syndrome, Exit, MmioAccess,
+    SysRegAccess,
 };
 use bothy_core::layout;
+use bothy_core::manifest::OnExit;
+use bothy_core::sched::{Decision, Scheduler, Ticks};
 use bothy_core::vgic::VcpuMask;
+use core::sync::atomic::Ordering;
+use spin::MutexGuard;
 
 /// SCTLR_EL1 at vCPU reset: RES1 bits only, so MMU and caches are off (booting.rst).
 const SCTLR_EL1_RESET: u64 = 0x30d0_0800;
@@ -38,50 +54,300 @@ const VMPIDR_RES1: u64 = 1 << 31;
 const ICH_HCR_EN: u64 = 1;
 const INSTRUCTION_SIZE: u64 = 4;
 const SGI1R_WRITE: u64 = sysreg_write_syndrome(trapped::ICC_SGI1R_EL1);
+/// CNTHP_CTL_EL2.ENABLE (IMASK clear).
+const TICK_ENABLE: u64 = 1;
 
-/// Run the vCPU pinned to this CPU (or park it forever if there is none).
+/// Why an exit asked for the scheduler; kept in the CPU's context between the
+/// handler and [`schedule`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reason {
+    /// The slice timer fired (or nothing in particular: just look).
+    Tick,
+    /// WFI with nothing pending: block until an interrupt, or the deadline.
+    Block(Option<Ticks>),
+    /// WFE: let someone else run if anyone waits.
+    Yield,
+    /// The vCPU's VM stopped: this vCPU stops.
+    Off,
+    /// PSCI CPU_OFF: the vCPU stops, and says so to PSCI once the scheduler agrees.
+    PowerOff,
+}
+
+impl Reason {
+    fn set(self, ctx: &CpuContext) {
+        let (kind, wake_at) = match self {
+            Reason::Tick => (0, 0),
+            Reason::Block(None) => (1, 0),
+            Reason::Block(Some(t)) => (2, t),
+            Reason::Yield => (3, 0),
+            Reason::Off => (4, 0),
+            Reason::PowerOff => (5, 0),
+        };
+        ctx.wake_at.store(wake_at, Ordering::Relaxed);
+        ctx.reason.store(kind, Ordering::Relaxed);
+    }
+
+    /// The recorded reason, reset to `Tick` (what a bare look amounts to).
+    fn take(ctx: &CpuContext) -> Reason {
+        let wake_at = ctx.wake_at.load(Ordering::Relaxed);
+        match ctx.reason.swap(0, Ordering::Relaxed) {
+            1 => Reason::Block(None),
+            2 => Reason::Block(Some(wake_at)),
+            3 => Reason::Yield,
+            4 => Reason::Off,
+            5 => Reason::PowerOff,
+            _ => Reason::Tick,
+        }
+    }
+}
+
+/// Run whatever the scheduler gives this CPU, for ever.
 pub fn run_cpu(cpu: usize) -> ! {
     let m = machine();
-    let Some((vm_index, vcpu)) = m.cpus[cpu].vcpu else {
-        loop {
-            sysreg::wfi();
-            let _ = drain_physical_irqs(m, None);
-        }
-    };
-    let vm = &m.vms[vm_index];
-    sysreg::write_vttbr_el2(vm.vttbr);
-    sysreg::write_vtcr_el2(vm.vtcr);
+    let ctx = machine::this_cpu();
     sysreg::write_vpidr_el2(sysreg::read_midr_el1());
-    sysreg::write_vmpidr_el2(VMPIDR_RES1 | vcpu as u64);
-    sysreg::write_cntvoff_el2(vm.cntvoff);
-    sysreg::isb();
     sysreg::tlbi_all_local();
     let mut frame = GuestFrame::default();
-    if vcpu == 0 {
-        boot_vcpu0(vm, &mut frame);
-    } else {
-        wait_for_start(m, vm, vcpu, &mut frame);
-    }
+    let (d, deadline) = {
+        let mut s = m.sched.lock();
+        let d = s.tick(cpu, sysreg::read_cntpct_el0());
+        (d, s.deadline(cpu))
+    };
+    let _ = leave(m, ctx, &frame, None, &d, None);
+    arrive(m, ctx, &mut frame, d, deadline);
     enter_guest(m.cpus[cpu].index, &frame)
 }
 
-/// Put vCPU 0 at the kernel entry with x0 = DTB, per the arm64 boot protocol.
-fn boot_vcpu0(vm: &Vm, frame: &mut GuestFrame) {
-    reset_vcpu_state(vm, 0);
-    *frame = GuestFrame::default();
-    frame.x[0] = vm.boot.dtb;
-    frame.elr = vm.boot.kernel;
-    frame.spsr = inject::SPSR_EL1H_MASKED;
+/// Ask the scheduler what this CPU runs next, given why the current exit asked, and
+/// carry it out. On return `frame` holds the registers of the vCPU to run.
+#[cold]
+#[inline(never)]
+fn schedule(frame: &mut GuestFrame) {
+    let m = machine();
+    let ctx = machine::this_cpu();
+    let cpu = ctx.slot;
+    let reason = Reason::take(ctx);
+    let current = ctx.loaded.get();
+    let now = sysreg::read_cntpct_el0();
+    let mut s = m.sched.lock();
+    let mut finished_vm = None;
+    let d = match reason {
+        Reason::Tick => {
+            let d = s.tick(cpu, now);
+            kick_mask(s.take_kicks());
+            d
+        }
+        Reason::Yield => s.yield_cpu(cpu, now),
+        Reason::Block(wake_at) => s.block(cpu, now, wake_at),
+        Reason::Off | Reason::PowerOff => {
+            let (d, quiescent) = s.off_current(cpu, now);
+            if let Some((vm, vcpu)) = current {
+                // A stopped vCPU's timer must not fire while it stays loaded here.
+                sysreg::write_cntv_ctl_el0(0);
+                if reason == Reason::PowerOff {
+                    // Only now: a CPU_ON that sees it Off finds the scheduler agreeing.
+                    vm.power.power_off(vcpu);
+                }
+                finished_vm = Some((vm, quiescent, s.vm_alive(vm.index)));
+            }
+            d
+        }
+    };
+    let deadline = s.deadline(cpu);
+    if leave(m, ctx, frame, current, &d, Some(s)) == Stays::Yes {
+        // The same vCPU goes on with the registers it has.
+        arm_tick(deadline);
+        if let Some((vm, v)) = current {
+            if vm.vgic.needs_flush(v) {
+                service_list_registers(vm, v);
+            }
+        }
+        return;
+    }
+    if let Some((vm, quiescent, alive)) = finished_vm {
+        vcpus_stopped(vm, quiescent, alive);
+    }
+    arrive(m, ctx, frame, d, deadline);
+}
+
+/// Whether the vCPU in the frame keeps running (`leave` changed nothing).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stays {
+    No,
+    Yes,
+}
+
+/// The first half of carrying out `d`: the vCPU in `frame` (`current`), if it leaves,
+/// gets its frame copied out, and the vCPU whose registers this CPU holds gets them
+/// saved if `d` loads another. The `saved` locks are taken while the scheduler's
+/// lock (`s`) is still held, so whoever loads those vCPUs next waits for this.
+fn leave(
+    m: &Machine,
+    ctx: &CpuContext,
+    frame: &GuestFrame,
+    current: Option<(&'static Vm, usize)>,
+    d: &Decision,
+    s: Option<MutexGuard<Scheduler>>,
+) -> Stays {
+    let current_id = current.map(|(vm, v)| vm.vcpus[v].id);
+    let stays = d.run.is_some() && d.run == current_id;
+    if stays {
+        return Stays::Yes;
+    }
+    let out_frame = current;
+    let out_regs = d.save.and_then(|id| m.vcpu(id));
+    let mut frame_guard = out_frame.map(|(vm, v)| vm.vcpus[v].saved.lock());
+    let same = out_frame.map(|(vm, v)| vm.vcpus[v].id) == d.save;
+    let mut regs_guard = if same {
+        None
+    } else {
+        out_regs.map(|(vm, v)| vm.vcpus[v].saved.lock())
+    };
+    drop(s);
+    if let Some(saved) = frame_guard.as_mut() {
+        saved.frame = *frame;
+    }
+    if d.save.is_some() {
+        let mut cpuif = ctx.cpuif(m.vtimer_intid);
+        let saved = if same {
+            frame_guard.as_mut()
+        } else {
+            regs_guard.as_mut()
+        };
+        if let Some(saved) = saved {
+            saved.arch.save(ctx.features, &mut cpuif);
+        }
+        ctx.loaded.clear();
+    }
+    Stays::No
+}
+
+/// The second half of carrying out `d`: load and run `d.run`, or idle until the
+/// scheduler has something for this CPU. Leaves the registers to resume in `frame`.
+fn arrive(
+    m: &'static Machine,
+    ctx: &CpuContext,
+    frame: &mut GuestFrame,
+    mut d: Decision,
+    mut deadline: Option<Ticks>,
+) {
+    let cpu = ctx.slot;
+    loop {
+        if let Some(id) = d.run {
+            let Some((vm, v)) = m.vcpu(id) else {
+                crate::fatal(format_args!(
+                    "the scheduler chose vCPU {} which does not exist",
+                    id.0
+                ))
+            };
+            let vcpu = &vm.vcpus[v];
+            {
+                let saved = vcpu.saved.lock();
+                if d.restore == Some(id) {
+                    sysreg::write_vttbr_el2(vm.vttbr);
+                    sysreg::write_vtcr_el2(vm.vtcr);
+                    sysreg::write_cntvoff_el2(vm.cntvoff);
+                    sysreg::write_vmpidr_el2(VMPIDR_RES1 | v as u64);
+                    sysreg::isb();
+                    let mut cpuif = ctx.cpuif(m.vtimer_intid);
+                    saved.arch.restore(ctx.features, &mut cpuif);
+                    if d.flush_tlb {
+                        sysreg::flush_local_guest_context();
+                    }
+                    ctx.loaded.set(vm, v);
+                }
+                *frame = saved.frame;
+            }
+            if ctx.loaded.get().map(|(l, lv)| (l.index, lv)) != Some((vm.index, v)) {
+                crate::fatal(format_args!(
+                    "CPU {cpu} runs VM {} vCPU {v} without its registers",
+                    vm.name
+                ));
+            }
+            start_if_pending(vm, v, frame);
+            arm_tick(deadline);
+            if vm.vgic.needs_flush(v) {
+                service_list_registers(vm, v);
+            }
+            return;
+        }
+        // Look again before sleeping: what ran after `d` was decided (a VM restarted
+        // on this CPU, an interrupt handled here) may have given this CPU work, and
+        // nobody kicks a CPU on its own behalf.
+        let mut s = m.sched.lock();
+        d = s.tick(cpu, sysreg::read_cntpct_el0());
+        kick_mask(s.take_kicks());
+        deadline = s.deadline(cpu);
+        if d.run.is_some() {
+            let _ = leave(m, ctx, frame, None, &d, Some(s));
+            continue;
+        }
+        drop(s);
+        arm_tick(deadline);
+        sysreg::wfi();
+        let loaded = ctx.loaded.get();
+        let _ = drain_physical_irqs(m, loaded);
+        // The vCPU this CPU idles with may have been given an interrupt meanwhile (its
+        // timer fires here, into its own list registers).
+        if let Some((vm, v)) = loaded {
+            if vm.vgic.needs_flush(v) {
+                service_list_registers(vm, v);
+            }
+            if vm.vgic.has_pending(v) {
+                wake(vm, v);
+            }
+        }
+    }
+}
+
+/// Kick each CPU in a bit mask (but not this one).
+fn kick_mask(mut mask: u64) {
+    while mask != 0 {
+        let cpu = mask.trailing_zeros() as usize;
+        mask &= mask - 1;
+        machine::kick(cpu);
+    }
+}
+
+/// Program this CPU's EL2 timer for the scheduler's next deadline (or stop it).
+fn arm_tick(deadline: Option<Ticks>) {
+    match deadline {
+        Some(t) => {
+            sysreg::write_cnthp_cval_el2(t);
+            sysreg::write_cnthp_ctl_el2(TICK_ENABLE);
+        }
+        None => sysreg::write_cnthp_ctl_el2(0),
+    }
+}
+
+/// A vCPU about to run that was (re)started: vCPU 0 at boot or after a reset goes to
+/// the kernel entry, one started by PSCI CPU_ON to the entry point it was given.
+fn start_if_pending(vm: &Vm, v: usize, frame: &mut GuestFrame) {
+    if vm.vcpus[v].boot.swap(false, Ordering::AcqRel) {
+        reset_vcpu_state(vm, v);
+        *frame = GuestFrame::default();
+        frame.x[0] = vm.boot.dtb;
+        frame.elr = vm.boot.kernel;
+        frame.spsr = inject::SPSR_EL1H_MASKED;
+    } else if let Some((entry, context)) = vm.power.take_pending_start(v) {
+        reset_vcpu_state(vm, v);
+        *frame = GuestFrame::default();
+        frame.x[0] = context;
+        frame.elr = entry;
+        frame.spsr = inject::SPSR_EL1H_MASKED;
+        vm.power.mark_on(v);
+    }
 }
 
 /// Architectural reset of the EL1 and virtual-interface state this CPU holds for `vcpu`.
 fn reset_vcpu_state(vm: &Vm, vcpu: usize) {
+    let ctx = machine::this_cpu();
     sysreg::write_sctlr_el1(SCTLR_EL1_RESET);
     sysreg::write_cpacr_el1(0);
     sysreg::write_vbar_el1(0);
     sysreg::write_cntv_ctl_el0(0);
     sysreg::write_cntkctl_el1(0);
-    let mut lrs = machine::this_cpu().lrs;
+    let mut lrs = ctx.lrs;
     for i in 0..bothy_core::vgic::ListRegs::count(&lrs) {
         bothy_core::vgic::ListRegs::write(&mut lrs, i, 0);
     }
@@ -91,38 +357,88 @@ fn reset_vcpu_state(vm: &Vm, vcpu: usize) {
     sysreg::write_ich_hcr_el2(ICH_HCR_EN);
     // A timer interrupt the previous incarnation never EOIed stays active in the
     // physical GIC and would block the next one.
-    gic::deactivate(machine().vtimer_intid);
+    gic::set_private_active(ctx.redist, machine().vtimer_intid, false);
     vm.vgic.reset_vcpu(vcpu);
     sysreg::isb();
 }
 
-/// Wait (in WFI) until this vCPU is given a start point, then set the frame up for it.
+/// Some of `vm`'s vCPUs stopped. `alive`: any of them could still run; `quiescent`:
+/// none is running. The last one out of a stopping VM finishes the stop.
 #[cold]
 #[inline(never)]
-fn wait_for_start(m: &Machine, vm: &Vm, vcpu: usize, frame: &mut GuestFrame) {
-    loop {
-        match vm.state() {
-            RunState::Running => {
-                if let Some((entry, context)) = vm.power.take_pending_start(vcpu) {
-                    reset_vcpu_state(vm, vcpu);
-                    *frame = GuestFrame::default();
-                    frame.x[0] = context;
-                    frame.elr = entry;
-                    frame.spsr = inject::SPSR_EL1H_MASKED;
-                    vm.power.mark_on(vcpu);
-                    return;
-                }
-            }
-            // Only vCPU 0's CPU completes a reset, and it boots from here directly.
-            RunState::Resetting if vcpu == 0 => {
-                finish_reset(vm);
-                boot_vcpu0(vm, frame);
-                return;
-            }
-            _ => {}
+fn vcpus_stopped(vm: &'static Vm, quiescent: bool, alive: bool) {
+    // Every vCPU is off (CPU_OFF on the last): nothing can ever wake the VM again.
+    if !alive && vm.leave_running(RunState::Off) {
+        println!("VM {} powered off (its last vCPU called CPU_OFF)", vm.name);
+    }
+    if !quiescent {
+        return;
+    }
+    match vm.state() {
+        RunState::Resetting => finish_reset(vm),
+        RunState::Off | RunState::Crashed => apply_on_exit(vm),
+        RunState::Halted => machine::vm_stopped(vm),
+        RunState::Running => {}
+    }
+}
+
+/// A VM stopped (by itself or by a fault): halt it, restart it, or power off.
+fn apply_on_exit(vm: &'static Vm) {
+    match vm.on_exit {
+        OnExit::Halt => machine::vm_stopped(vm),
+        OnExit::Restart => {
+            println!("VM {} restarts (on_exit = \"restart\")", vm.name);
+            vm.set_state(RunState::Resetting);
+            finish_reset(vm);
         }
-        sysreg::wfi();
-        let _ = drain_physical_irqs(m, Some((vm, vcpu)));
+        OnExit::Poweroff => {
+            println!(
+                "VM {} stopped and has on_exit = \"poweroff\": powering off",
+                vm.name
+            );
+            crate::halt_machine();
+        }
+    }
+}
+
+/// Stop every vCPU of `vm` after its state left `Running`; finishes at once if none
+/// was running.
+pub fn stop_vm(vm: &'static Vm) {
+    let m = machine();
+    let stop = m.sched.lock().stop_vm(vm.index);
+    for cpu in stop.kicks {
+        machine::kick(cpu);
+    }
+    if stop.quiescent {
+        vcpus_stopped(vm, true, false);
+    }
+}
+
+/// SYSTEM_RESET (or restart), once no vCPU of the VM runs: reload the images, reset
+/// the vGIC and power states, and start vCPU 0 at the kernel entry.
+#[cold]
+#[inline(never)]
+pub fn finish_reset(vm: &'static Vm) {
+    vm.load_images();
+    vm.power.reset();
+    // A rebooted guest finds the distributor and every redistributor as at power-on.
+    vm.vgic.reset();
+    vm.vcpus[0].boot.store(true, Ordering::Release);
+    vm.set_state(RunState::Running);
+    println!("VM {} restarted", vm.name);
+    let kick = machine().sched.lock().start(vm.vcpus[0].id);
+    if let Some(cpu) = kick {
+        machine::kick(cpu);
+    }
+}
+
+/// `vcpu` of `vm` has new work: wake it, or kick the CPU running it.
+fn wake(vm: &Vm, vcpu: usize) {
+    if let Some(v) = vm.vcpus.get(vcpu) {
+        let kick = machine().sched.lock().wake(v.id);
+        if let Some(cpu) = kick {
+            machine::kick(cpu);
+        }
     }
 }
 
@@ -133,52 +449,86 @@ fn wait_for_start(m: &Machine, vm: &Vm, vcpu: usize, frame: &mut GuestFrame) {
 /// A synchronous exit (hypercall, trapped instruction, stage-2 abort).
 pub extern "C" fn handle_sync_exit(frame: &mut GuestFrame) -> Resume {
     let ctx = machine::this_cpu();
-    let vm = running_vm(ctx);
-    let vcpu = ctx.vcpu;
+    let (vm, vcpu) = loaded(ctx);
+    count_exit(vm, vcpu, sync_exit_kind(sysreg::read_esr_el2()));
     let flushed = match sync_exit::<false>(vm, vcpu, frame, sysreg::read_esr_el2(), ctx.lrs) {
         SyncExit::Handled { flushed } => flushed,
-        SyncExit::Restarted => return restarted(vm, vcpu),
+        SyncExit::Schedule => return Resume::Schedule,
         SyncExit::NeedsAllRegisters => return Resume::SaveAllAndRetry,
     };
-    finish_exit(vm, vcpu, frame, flushed)
+    finish_exit(vm, vcpu, flushed)
 }
 
 /// A physical IRQ while the guest ran.
-pub extern "C" fn handle_irq_exit(frame: &mut GuestFrame) -> Resume {
+pub extern "C" fn handle_irq_exit(_frame: &mut GuestFrame) -> Resume {
     let ctx = machine::this_cpu();
-    let vm = running_vm(ctx);
+    let (vm, vcpu) = loaded(ctx);
+    count_exit(vm, vcpu, ExitKindCount::Irq);
     // One interrupt per exit: another one pending brings the CPU straight back.
-    let flushed = take_physical_irqs(machine(), Some((vm, ctx.vcpu)), 1);
-    finish_exit(vm, ctx.vcpu, frame, flushed)
+    let taken = take_physical_irqs(machine(), Some((vm, vcpu)), 1);
+    let resume = finish_exit(vm, vcpu, taken & FLUSHED != 0);
+    if taken & TICK != 0 && resume != Resume::Schedule {
+        Reason::Tick.set(ctx);
+        return Resume::Schedule;
+    }
+    resume
 }
 
 /// FIQ, SError, or anything from AArch32.
-pub extern "C" fn handle_other_exit(kind: u64, frame: &mut GuestFrame) -> Resume {
+pub extern "C" fn handle_other_exit(kind: u64, _frame: &mut GuestFrame) -> Resume {
     let ctx = machine::this_cpu();
-    let vm = running_vm(ctx);
-    let flushed = other_exit(kind, vm, ctx.vcpu);
-    finish_exit(vm, ctx.vcpu, frame, flushed)
+    let (vm, vcpu) = loaded(ctx);
+    count_exit(vm, vcpu, ExitKindCount::Other);
+    let flushed = other_exit(kind, vm, vcpu);
+    finish_exit(vm, vcpu, flushed)
 }
 
-/// Called by the vector code, with every register in `frame`, for a synchronous exit
-/// that [`handle_sync_exit`] answered with [`Resume::SaveAllAndRetry`]. ESR_EL2 still
-/// describes it: EL2 took no exception in between. The whole frame is restored after.
+/// Called by the vector code, with every register in `frame`, for an exit that a
+/// handler answered with [`Resume::SaveAllAndRetry`] (`why`; ESR_EL2 still describes
+/// it: EL2 took no exception in between) or [`Resume::Schedule`]. The whole frame is
+/// restored after, and may then be another vCPU's.
 #[cold]
-pub extern "C" fn handle_exit_all(frame: &mut GuestFrame) {
-    let ctx = machine::this_cpu();
-    let vm = running_vm(ctx);
-    let vcpu = ctx.vcpu;
-    let _ = match sync_exit::<true>(vm, vcpu, frame, sysreg::read_esr_el2(), ctx.lrs) {
-        SyncExit::Handled { flushed } => finish_exit(vm, vcpu, frame, flushed),
-        SyncExit::Restarted => restarted(vm, vcpu),
-        // Not with ALL_SAVED: every register is in the frame.
-        SyncExit::NeedsAllRegisters => Resume::All,
-    };
+pub extern "C" fn handle_exit_all(frame: &mut GuestFrame, why: u64) {
+    if Resume::from_raw(why) == Resume::SaveAllAndRetry {
+        let ctx = machine::this_cpu();
+        let (vm, vcpu) = loaded(ctx);
+        let resume = match sync_exit::<true>(vm, vcpu, frame, sysreg::read_esr_el2(), ctx.lrs) {
+            SyncExit::Handled { flushed } => finish_exit(vm, vcpu, flushed),
+            SyncExit::Schedule => Resume::Schedule,
+            // Not with ALL_SAVED: every register is in the frame.
+            SyncExit::NeedsAllRegisters => Resume::All,
+        };
+        if resume != Resume::Schedule {
+            return;
+        }
+    }
+    schedule(frame);
 }
 
-fn running_vm(ctx: &CpuContext) -> &'static Vm {
-    match ctx.vm {
-        Some(vm) => vm,
+#[inline(always)]
+fn count_exit(vm: &Vm, vcpu: usize, kind: ExitKindCount) {
+    if let Some(v) = vm.vcpus.get(vcpu) {
+        v.exits.count(kind);
+    }
+}
+
+/// Which counter a synchronous exit goes to.
+#[inline(always)]
+fn sync_exit_kind(esr: u64) -> ExitKindCount {
+    match bothy_core::exit::exception_class(esr) {
+        ec::HVC64 => ExitKindCount::Hypercall,
+        ec::SYSREG => ExitKindCount::Sysreg,
+        ec::DABT_LOWER => ExitKindCount::Mmio,
+        ec::WFX => ExitKindCount::Wfx,
+        _ => ExitKindCount::Other,
+    }
+}
+
+/// The vCPU this CPU runs (an exit comes from it).
+#[inline(always)]
+fn loaded(ctx: &CpuContext) -> (&'static Vm, usize) {
+    match ctx.loaded.get() {
+        Some(loaded) => loaded,
         None => crate::fatal(format_args!(
             "exit on CPU slot {}, which runs no vCPU",
             ctx.slot
@@ -193,9 +543,9 @@ fn unsaved(reg: usize) -> bool {
     (FIRST_UNSAVED..=LAST_UNSAVED).contains(&reg)
 }
 
-/// Whether a handler stopped the vCPU and started it afresh, rewriting its whole frame.
+/// Whether a handler recorded a [`Reason`] for the scheduler to look at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Restarted {
+enum Sched {
     No,
     Yes,
 }
@@ -205,8 +555,8 @@ enum Restarted {
 enum SyncExit {
     /// `flushed`: this vCPU's list registers were flushed (a self-SGI).
     Handled { flushed: bool },
-    /// The vCPU was stopped and started afresh: its whole frame is new.
-    Restarted,
+    /// The handler recorded a [`Reason`]: the scheduler decides what runs next.
+    Schedule,
     /// Not handled: it transfers one of x19–x29, which are not in the frame (only
     /// when `ALL_SAVED` is false).
     NeedsAllRegisters,
@@ -216,7 +566,7 @@ enum SyncExit {
 /// compare or two each.
 #[inline(always)]
 fn sync_exit<const ALL_SAVED: bool>(
-    vm: &Vm,
+    vm: &'static Vm,
     vcpu: usize,
     frame: &mut GuestFrame,
     esr: u64,
@@ -224,8 +574,8 @@ fn sync_exit<const ALL_SAVED: bool>(
 ) -> SyncExit {
     let flushed = match bothy_core::exit::exception_class(esr) {
         ec::HVC64 => {
-            if smccc_call(vm, vcpu, frame) == Restarted::Yes {
-                return SyncExit::Restarted;
+            if smccc_call(vm, vcpu, frame) == Sched::Yes {
+                return SyncExit::Schedule;
             }
             false
         }
@@ -249,8 +599,8 @@ fn sync_exit<const ALL_SAVED: bool>(
             false
         }
         _ => {
-            if other_sync_exit(vm, vcpu, frame, esr) == Restarted::Yes {
-                return SyncExit::Restarted;
+            if other_sync_exit(vm, vcpu, frame, esr) == Sched::Yes {
+                return SyncExit::Schedule;
             }
             false
         }
@@ -261,10 +611,9 @@ fn sync_exit<const ALL_SAVED: bool>(
 /// The end of an exit that kept the vCPU's frame: stop the vCPU if its VM no longer
 /// runs, and flush its list registers if they have work.
 #[inline(always)]
-fn finish_exit(vm: &Vm, vcpu: usize, frame: &mut GuestFrame, flushed: bool) -> Resume {
+fn finish_exit(vm: &Vm, vcpu: usize, flushed: bool) -> Resume {
     if vm.state() != RunState::Running {
-        stop_vcpu(machine(), vm, vcpu, frame);
-        return restarted(vm, vcpu);
+        return vm_not_running();
     }
     // A handler that flushed is the last thing its exit does for this vCPU, so work
     // added since came from another CPU, which kicks this one: the kick's interrupt
@@ -276,15 +625,12 @@ fn finish_exit(vm: &Vm, vcpu: usize, frame: &mut GuestFrame, flushed: bool) -> R
     Resume::Saved
 }
 
-/// The end of an exit after which the vCPU starts afresh (its frame rewritten, and
-/// perhaps fresh vGIC state to load).
+/// The vCPU's VM stopped or is resetting: this vCPU stops.
 #[cold]
 #[inline(never)]
-fn restarted(vm: &Vm, vcpu: usize) -> Resume {
-    if vm.vgic.needs_flush(vcpu) {
-        service_list_registers(vm, vcpu);
-    }
-    Resume::All
+fn vm_not_running() -> Resume {
+    Reason::Off.set(machine::this_cpu());
+    Resume::Schedule
 }
 
 /// `MSR ICC_SGI1R_EL1, Xt`. Returns whether this vCPU's list registers were flushed.
@@ -325,10 +671,12 @@ fn inject_bad_data_abort(frame: &mut GuestFrame, esr: u64) {
 /// FIQs, SErrors and anything from AArch32. Returns whether this vCPU's list registers
 /// were flushed on the way.
 #[inline(never)]
-fn other_exit(kind: u64, vm: &Vm, vcpu: usize) -> bool {
+fn other_exit(kind: u64, vm: &'static Vm, vcpu: usize) -> bool {
     match ExitKind::from_raw(kind) {
         ExitKind::Sync => false,
-        ExitKind::Irq | ExitKind::Fiq => drain_physical_irqs(machine(), Some((vm, vcpu))),
+        ExitKind::Irq | ExitKind::Fiq => {
+            drain_physical_irqs(machine(), Some((vm, vcpu))) & FLUSHED != 0
+        }
         ExitKind::SError => {
             println!(
                 "VM {}: vCPU {vcpu} raised an SError (ESR {:#x}); ignored",
@@ -350,7 +698,7 @@ fn other_exit(kind: u64, vm: &Vm, vcpu: usize) -> bool {
 /// The rarer synchronous exits (WFI/WFE, SMC, aborts outside RAM and devices, anything
 /// undefined).
 #[inline(never)]
-fn other_sync_exit(vm: &Vm, vcpu: usize, frame: &mut GuestFrame, esr: u64) -> Restarted {
+fn other_sync_exit(vm: &'static Vm, vcpu: usize, frame: &mut GuestFrame, esr: u64) -> Sched {
     match decode(esr, sysreg::read_far_el2(), sysreg::read_hpfar_el2()) {
         Exit::Hvc { .. } => return smccc_call(vm, vcpu, frame),
         Exit::Smc { .. } => {
@@ -359,11 +707,12 @@ fn other_sync_exit(vm: &Vm, vcpu: usize, frame: &mut GuestFrame, esr: u64) -> Re
         }
         Exit::Wait { wfe } => {
             frame.elr += INSTRUCTION_SIZE;
-            // WFE is a hint the guest may get back early; with one vCPU per CPU
-            // there is nobody to yield to. WFI sleeps until something is pending.
-            if !wfe {
-                wait_for_interrupt(machine(), vm, vcpu);
+            // WFE traps only on shared CPUs (machine::setup_cpu): offer the CPU.
+            if wfe {
+                Reason::Yield.set(machine::this_cpu());
+                return Sched::Yes;
             }
+            return wait_for_interrupt(vm, vcpu);
         }
         Exit::Mmio(access) => mmio(vm, vcpu, frame, access),
         Exit::SysReg(access) => sysreg_access(vm, vcpu, frame, access),
@@ -375,12 +724,12 @@ fn other_sync_exit(vm: &Vm, vcpu: usize, frame: &mut GuestFrame, esr: u64) -> Re
         ),
         Exit::Other { .. } => inject_sync(frame, inject::undefined_esr(), 0),
     }
-    Restarted::No
+    Sched::No
 }
 
 /// PSCI and SMCCC from the guest (HVC, or trapped SMC).
 #[inline(always)]
-fn smccc_call(vm: &Vm, vcpu: usize, frame: &mut GuestFrame) -> Restarted {
+fn smccc_call(vm: &'static Vm, vcpu: usize, frame: &mut GuestFrame) -> Sched {
     let vcpus = vm.vcpus();
     let mpidr_to_vcpu = |mpidr: u64| {
         let index = (mpidr & 0xff_00ff_ffff) as usize;
@@ -401,7 +750,7 @@ fn smccc_call(vm: &Vm, vcpu: usize, frame: &mut GuestFrame) -> Restarted {
         frame.x[1] = x1;
         frame.x[2] = x2;
         frame.x[3] = x3;
-        return Restarted::No;
+        return Sched::No;
     }
     smccc_outcome(vm, vcpu, frame, outcome)
 }
@@ -409,130 +758,93 @@ fn smccc_call(vm: &Vm, vcpu: usize, frame: &mut GuestFrame) -> Restarted {
 /// What a PSCI/SMCCC call does beyond returning values.
 #[cold]
 #[inline(never)]
-fn smccc_outcome(vm: &Vm, vcpu: usize, frame: &mut GuestFrame, outcome: Outcome) -> Restarted {
+fn smccc_outcome(vm: &'static Vm, vcpu: usize, frame: &mut GuestFrame, outcome: Outcome) -> Sched {
+    let ctx = machine::this_cpu();
     match outcome {
         Outcome::Return(_) => {}
         Outcome::StartVcpu { target, ret } => {
             frame.x[..4].copy_from_slice(&ret);
-            machine::kick(vm.vcpu_pcpu[target]);
+            if let Some(t) = vm.vcpus.get(target) {
+                let kick = machine().sched.lock().start(t.id);
+                if let Some(cpu) = kick {
+                    machine::kick(cpu);
+                }
+            }
         }
         Outcome::StopVcpu => {
-            vm.power.power_off(vcpu);
-            wait_for_start(machine(), vm, vcpu, frame);
-            return Restarted::Yes;
+            Reason::PowerOff.set(ctx);
+            return Sched::Yes;
         }
         Outcome::Suspend => {
             frame.x[..4].copy_from_slice(&RETURN_SUCCESS);
-            wait_for_interrupt(machine(), vm, vcpu);
+            return wait_for_interrupt(vm, vcpu);
         }
         Outcome::SystemOff => {
             if vm.leave_running(RunState::Off) {
                 println!("VM {} powered off", vm.name);
-                kick_all_but_me(vm);
-                machine::vm_stopped(vm);
+                stop_vm(vm);
             }
+            Reason::Off.set(ctx);
+            return Sched::Yes;
         }
         Outcome::SystemReset => {
             if vm.leave_running(RunState::Resetting) {
                 println!("VM {} is resetting", vm.name);
-                kick_all_but_me(vm);
+                stop_vm(vm);
             }
+            Reason::Off.set(ctx);
+            return Sched::Yes;
         }
     }
-    Restarted::No
+    Sched::No
 }
 
-fn kick_all_but_me(vm: &Vm) {
-    for &pcpu in &vm.vcpu_pcpu {
-        machine::kick(pcpu);
-    }
-}
-
-/// The VM is no longer running: this vCPU stops, and restarts only after a reset.
+/// Stop a VM because of something it did that Bothy cannot reflect back to it.
 #[cold]
 #[inline(never)]
-fn stop_vcpu(m: &Machine, vm: &Vm, vcpu: usize, frame: &mut GuestFrame) {
-    if vm.state() == RunState::Resetting {
-        vm.power.power_off(vcpu);
-    }
-    wait_for_start(m, vm, vcpu, frame);
-}
-
-/// SYSTEM_RESET, on vCPU 0's CPU once every other vCPU has noticed: reload the
-/// images, reset the vGIC and power states, and run again.
-#[cold]
-#[inline(never)]
-fn finish_reset(vm: &Vm) {
-    // The other vCPUs must be out of the guest before its images are rewritten under
-    // them; they leave on their kick. Bounded, but generous for a slow emulator.
-    let deadline = sysreg::read_cntpct_el0() + sysreg::read_cntfrq_el0();
-    let others_off =
-        || (1..vm.vcpus()).all(|v| vm.power.state(v) == bothy_core::abi::PowerState::Off);
-    while !others_off() && sysreg::read_cntpct_el0() < deadline {
-        core::hint::spin_loop();
-    }
-    if !others_off() {
-        println!(
-            "warning: VM {}: a vCPU did not stop within 1 s of SYSTEM_RESET",
-            vm.name
-        );
-    }
-    vm.load_images();
-    vm.power.reset();
-    // A rebooted guest finds the distributor and every redistributor as at power-on.
-    vm.vgic.reset();
-    vm.set_state(RunState::Running);
-    println!("VM {} restarted", vm.name);
-}
-
-#[cold]
-#[inline(never)]
-fn crash_vm(vm: &Vm, why: core::fmt::Arguments) {
+fn crash_vm(vm: &'static Vm, why: core::fmt::Arguments) {
     if vm.leave_running(RunState::Crashed) {
         println!("error: VM {} stopped: {why}", vm.name);
-        kick_all_but_me(vm);
-        machine::vm_stopped(vm);
+        stop_vm(vm);
     }
 }
 
-/// WFI: return at once if an interrupt is pending for the vCPU, otherwise
-/// sleep the physical CPU until one is (or the VM stops).
+/// WFI: return at once if an interrupt is pending for the vCPU, otherwise block it
+/// (until an interrupt or its virtual timer's deadline) and let the scheduler decide.
 ///
 /// The list registers are folded back first, every time: the guest may have
 /// completed interrupts without an exit (hardware-linked or edge ones), and
 /// until the model knows, it would not offer their next occurrence.
 #[cold]
 #[inline(never)]
-fn wait_for_interrupt(m: &Machine, vm: &Vm, vcpu: usize) {
-    let mut flushed = false;
-    loop {
-        if !flushed {
-            service_list_registers(vm, vcpu);
-        }
-        if vm.vgic.has_pending(vcpu) || vm.state() != RunState::Running {
-            return;
-        }
-        sysreg::wfi();
-        // The timer's injection flushes by itself; other work leaves WORK set, and
-        // the exit path flushes for it.
-        flushed = drain_physical_irqs(m, Some((vm, vcpu)));
+fn wait_for_interrupt(vm: &Vm, vcpu: usize) -> Sched {
+    service_list_registers(vm, vcpu);
+    if vm.vgic.has_pending(vcpu) || vm.state() != RunState::Running {
+        return Sched::No;
     }
+    Reason::Block(live_timer_deadline(vm.cntvoff)).set(machine::this_cpu());
+    Sched::Yes
 }
 
-/// Acknowledge and handle every pending physical interrupt on this CPU. Returns whether
-/// the running vCPU's list registers were flushed meanwhile.
-fn drain_physical_irqs(m: &Machine, running: Option<(&Vm, usize)>) -> bool {
+/// What [`take_physical_irqs`] did: the loaded vCPU's list registers were flushed.
+const FLUSHED: u8 = 1 << 0;
+/// ... and the scheduler's timer fired.
+const TICK: u8 = 1 << 1;
+
+/// Acknowledge and handle every pending physical interrupt on this CPU. Returns
+/// [`FLUSHED`] and [`TICK`] bits.
+fn drain_physical_irqs(m: &'static Machine, running: Option<(&Vm, usize)>) -> u8 {
     // Level-sensitive sources re-assert at once if their cause is not removed;
     // a bound keeps a misbehaving one from livelocking EL2.
     const MAX_PER_DRAIN: usize = 64;
     take_physical_irqs(m, running, MAX_PER_DRAIN)
 }
 
-/// Acknowledge and handle up to `max` pending physical interrupts on this CPU.
-/// Returns whether the running vCPU's list registers were flushed meanwhile.
+/// Acknowledge and handle up to `max` pending physical interrupts on this CPU, with
+/// `running` the vCPU whose registers it holds. Returns [`FLUSHED`] and [`TICK`] bits.
 #[inline(never)]
-fn take_physical_irqs(m: &Machine, running: Option<(&Vm, usize)>, max: usize) -> bool {
-    let mut flushed = false;
+fn take_physical_irqs(m: &'static Machine, running: Option<(&Vm, usize)>, max: usize) -> u8 {
+    let mut done = 0;
     for _ in 0..max {
         let intid = gic::acknowledge();
         if intid == gic::SPURIOUS {
@@ -543,9 +855,11 @@ fn take_physical_irqs(m: &Machine, running: Option<(&Vm, usize)>, max: usize) ->
             if let Some((vm, vcpu)) = running {
                 // Hardware-linked: the guest's EOI deactivates the physical interrupt.
                 let mut lrs = machine::this_cpu().lrs;
-                let done = vm.vgic.inject_hw_local(vcpu, intid, intid, &mut lrs);
-                kick_vcpus(vm, done.kicks);
-                flushed |= done.flushed;
+                let local = vm.vgic.inject_hw_local(vcpu, intid, intid, &mut lrs);
+                kick_vcpus(vm, local.kicks);
+                if local.flushed {
+                    done |= FLUSHED;
+                }
                 continue;
             }
             sysreg::write_cntv_ctl_el0(0);
@@ -555,17 +869,21 @@ fn take_physical_irqs(m: &Machine, running: Option<(&Vm, usize)>, max: usize) ->
             match running {
                 Some((vm, vcpu)) => {
                     service_list_registers(vm, vcpu);
-                    flushed = true;
+                    done |= FLUSHED;
                 }
                 None => sysreg::write_ich_hcr_el2(0),
             }
+        } else if intid == m.tick_intid {
+            // Level-sensitive: silence it; the scheduler programs the next one.
+            sysreg::write_cnthp_ctl_el2(0);
+            done |= TICK;
         } else if Some(intid) == m.uart_intid {
             console_input(m);
         }
         // KICK_SGI needs nothing more: the caller re-examines its vCPU afterwards.
         gic::deactivate(intid);
     }
-    flushed
+    done
 }
 
 /// Fold list-register state back into the vGIC and refill them.
@@ -576,30 +894,29 @@ fn service_list_registers(vm: &Vm, vcpu: usize) {
     vm.vgic.flush(vcpu, &mut lrs);
 }
 
-/// Bytes from the physical UART go to the VM that has the console focus.
+/// Bytes from the physical UART: to Bothy's prompt first, which passes the rest on to
+/// the VM that has the console focus.
 #[cold]
 #[inline(never)]
-fn console_input(m: &Machine) {
-    /// Ctrl-]: the byte that moves console input to the next VM (like telnet's escape).
-    const SWITCH_FOCUS: u8 = 0x1d;
+fn console_input(m: &'static Machine) {
     let Some(uart) = crate::console::uart() else {
         return;
     };
     while let Some(byte) = uart.getc() {
-        if byte == SWITCH_FOCUS && m.vms.len() > 1 {
-            machine::switch_focus(m);
-            continue;
-        }
-        let vm = &m.vms[m.focus.load(core::sync::atomic::Ordering::Relaxed) % m.vms.len()];
-        let mut console = vm.uart.lock();
-        console.input(byte);
-        // Under the UART lock, so concurrent accesses apply their levels in order.
-        let kicks = vm
-            .vgic
-            .set_spi_level(layout::UART_SPI + 32, console.irq_level());
-        drop(console);
-        kick_vcpus(vm, kicks);
+        crate::prompt::input(m, byte);
     }
+}
+
+/// One byte of console input for `vm`'s PL011.
+pub fn console_byte(vm: &Vm, byte: u8) {
+    let mut console = vm.uart.lock();
+    console.input(byte);
+    // Under the UART lock, so concurrent accesses apply their levels in order.
+    let kicks = vm
+        .vgic
+        .set_spi_level(layout::UART_SPI + 32, console.irq_level());
+    drop(console);
+    kick_vcpus(vm, kicks);
 }
 
 #[inline(always)]
@@ -609,12 +926,11 @@ fn kick_vcpus(vm: &Vm, mask: VcpuMask) {
     }
 }
 
+/// Wake each vCPU in `mask` (or kick the CPU running it).
 #[inline(never)]
 fn kick_each(vm: &Vm, mask: VcpuMask) {
     for vcpu in mask.iter() {
-        if let Some(&pcpu) = vm.vcpu_pcpu.get(vcpu) {
-            machine::kick(pcpu);
-        }
+        wake(vm, vcpu);
     }
 }
 

@@ -1,12 +1,13 @@
-//! The machine as Bothy runs it: physical CPUs, their pinned vCPUs, the VMs.
+//! The machine as Bothy runs it: physical CPUs, the VMs, and the scheduler.
 //!
 //! Built once on the boot CPU ([`build`]) and then read-only (all mutable state
-//! inside is atomic or locked), so every CPU reads it without locking. Each
-//! physical CPU runs at most one vCPU, forever: no time-sharing yet, so no EL1
-//! context switch ever happens (DESIGN.md §4's cheapest case). CPUs without a
-//! vCPU park in WFI.
+//! inside is atomic or locked), so every CPU reads it without locking. Which vCPU
+//! each CPU runs is the scheduler's (`bothy_core::sched`) to decide, behind one lock
+//! taken only where a CPU may change vCPU; a pinned vCPU's CPU runs nothing else.
 
+use crate::arch::aarch64::context::{Features, HwCpuIf};
 use crate::arch::aarch64::lr::HwListRegs;
+use crate::arch::aarch64::percpu::LoadedVcpu;
 use crate::arch::aarch64::{entry, firmware, gic, mmu, percpu, sysreg};
 use crate::vm::{self, BuildEnv, Vm};
 use crate::{exit, fatal, println};
@@ -14,9 +15,10 @@ use alloc::vec::Vec;
 use bothy_core::fdt::platform::Platform;
 use bothy_core::manifest::Manifest;
 use bothy_core::mem::{build_el2_idmap, RegionAllocator};
+use bothy_core::sched::{Placement, Scheduler, VcpuId};
 use bothy_core::Region;
-use core::sync::atomic::{AtomicUsize, Ordering};
-use spin::Once;
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use spin::{Mutex, Once};
 
 /// Physical SGI one CPU sends another: "look at your vCPU" (new interrupt, CPU_ON, VM stop).
 pub const KICK_SGI: u32 = 0;
@@ -26,20 +28,26 @@ const SPI_BASE: u32 = 32;
 const MPIDR_AFFINITY_MASK: u64 = 0xff_00ff_ffff;
 
 pub struct PhysCpu {
-    /// Position in the device tree's CPU order (boot CPU first).
+    /// Which stack and entry index it uses (boot CPU 0, the others in device-tree order).
     pub index: usize,
+    /// Position in the device tree's /cpus: the number `pin` uses.
+    pub dt_index: usize,
     pub mpidr: u64,
     pub redist: u64,
-    /// (VM index, vCPU index) pinned to this CPU.
-    pub vcpu: Option<(usize, usize)>,
 }
 
 pub struct Machine {
     pub cpus: Vec<PhysCpu>,
     pub vms: Vec<Vm>,
+    /// Which vCPU runs where (slots of `cpus`); see `bothy_core::sched`.
+    pub sched: Mutex<Scheduler>,
+    /// The (VM, vCPU index) of each scheduler handle.
+    pub vcpu_of: Vec<(usize, usize)>,
     pub gic_dist: u64,
     /// Physical INTIDs Bothy handles.
     pub vtimer_intid: u32,
+    /// The EL2 physical timer: the scheduling tick of time-shared CPUs.
+    pub tick_intid: u32,
     pub maintenance_intid: u32,
     pub uart_intid: Option<u32>,
     /// VMs not yet powered off; at zero Bothy powers the machine off.
@@ -52,6 +60,12 @@ impl Machine {
     /// Tag guest output with the VM name only when several VMs share the console.
     pub fn tag_output(&self) -> bool {
         self.vms.len() > 1
+    }
+
+    /// The VM and vCPU behind a scheduler handle.
+    pub fn vcpu(&self, id: VcpuId) -> Option<(&Vm, usize)> {
+        let &(vm, vcpu) = self.vcpu_of.get(id.0)?;
+        Some((self.vms.get(vm)?, vcpu))
     }
 }
 
@@ -67,12 +81,30 @@ static MACHINE: Once<Machine> = Once::new();
 
 /// What the exit path needs about the CPU it runs on, without touching [`Machine`].
 pub struct CpuContext {
-    pub vm: Option<&'static Vm>,
-    pub vcpu: usize,
+    /// The vCPU whose registers this CPU holds.
+    pub loaded: LoadedVcpu,
     /// This CPU's slot in [`Machine::cpus`].
     pub slot: usize,
     /// Its virtual CPU interface's list registers.
     pub lrs: HwListRegs,
+    pub features: Features,
+    pub redist: u64,
+    /// Why the current exit asked for the scheduler (`exit::Reason`, encoded), and the
+    /// wake-up deadline that goes with a block.
+    pub reason: AtomicU64,
+    pub wake_at: AtomicU64,
+}
+
+impl CpuContext {
+    /// This CPU's virtual CPU interface, for a context switch.
+    pub fn cpuif(&self, vtimer_intid: u32) -> HwCpuIf {
+        HwCpuIf {
+            lr_count: bothy_core::vgic::ListRegs::count(&self.lrs),
+            aprs: self.features.aprs,
+            redist: self.redist,
+            vtimer_intid,
+        }
+    }
 }
 
 /// One per CPU slot; a power of two so indexing needs no bounds check.
@@ -160,8 +192,13 @@ pub fn build(
         .iter()
         .map(|c| c.mpidr & MPIDR_AFFINITY_MASK)
         .collect();
+    // The boot CPU takes index (and stack) 0; `dt_order` remembers where each was.
+    let mut dt_order: Vec<usize> = (0..mpidrs.len()).collect();
     match mpidrs.iter().position(|&m| m == boot_mpidr) {
-        Some(i) => mpidrs.swap(0, i),
+        Some(i) => {
+            mpidrs.swap(0, i);
+            dt_order.swap(0, i);
+        }
         None => fatal(format_args!(
             "the boot CPU (MPIDR {boot_mpidr:#x}) is not in the device tree's /cpus"
         )),
@@ -187,29 +224,45 @@ pub fn build(
         });
         cpus.push(PhysCpu {
             index,
+            dt_index: dt_order[index],
             mpidr,
             redist,
-            vcpu: None,
         });
     }
 
-    // 4. Pin vCPUs to online physical CPUs in manifest order.
-    let wanted: usize = manifest.vms.iter().map(|v| v.cpus as usize).sum();
-    if wanted > cpus.len() {
-        fatal(format_args!(
-            "the VMs need {wanted} vCPUs but only {} CPUs are online; vCPUs are pinned 1:1 in this version",
-            cpus.len()
-        ));
-    }
-    let mut next_cpu = 0;
+    // 4. Every vCPU gets a scheduler handle: pinned ones own their CPU, the rest
+    //    share the CPUs nobody pinned.
+    let freq = sysreg::read_cntfrq_el0();
+    let slice = u64::from(manifest.slice_us) * freq / 1_000_000;
+    let mut sched = Scheduler::new(cpus.len(), slice);
+    let mut vcpu_of = Vec::new();
     let mut plans = Vec::new();
     for (vm_index, spec) in manifest.vms.iter().enumerate() {
-        let slots: Vec<usize> = (next_cpu..next_cpu + spec.cpus as usize).collect();
-        for (vcpu, &slot) in slots.iter().enumerate() {
-            cpus[slot].vcpu = Some((vm_index, vcpu));
+        let mut plan = Vec::new();
+        for vcpu in 0..spec.cpus as usize {
+            let placement = match spec.pin.get(vcpu) {
+                Some(&dt) => match cpus.iter().position(|c| c.dt_index == dt as usize) {
+                    Some(slot) => Placement::Pinned(slot),
+                    None => fatal(format_args!(
+                        "VM {}: pin: CPU {dt} is not online (online: {})",
+                        spec.name,
+                        online_list(&cpus)
+                    )),
+                },
+                None => Placement::Shared,
+            };
+            let id = sched
+                .add_vcpu(vm_index, placement)
+                .unwrap_or_else(|e| fatal(format_args!("VM {}: vCPU {vcpu}: {e}", spec.name)));
+            vcpu_of.push((vm_index, vcpu));
+            plan.push((id, placement));
         }
-        next_cpu += spec.cpus as usize;
-        plans.push(slots);
+        plans.push(plan);
+    }
+    if let Err(e) = sched.check() {
+        fatal(format_args!(
+            "{e}: pin fewer CPUs, or start QEMU with more (--smp)"
+        ));
     }
 
     // 5. Physical GIC, then the VMs.
@@ -221,9 +274,9 @@ pub fn build(
         timer: platform.timer,
     };
     let mut vms = Vec::new();
-    for ((index, spec), pcpus) in manifest.vms.iter().enumerate().zip(plans) {
+    for ((index, spec), plan) in manifest.vms.iter().enumerate().zip(plans) {
         let vm =
-            vm::build(index, spec, pcpus, &mut env).unwrap_or_else(|e| fatal(format_args!("{e}")));
+            vm::build(index, spec, plan, &mut env).unwrap_or_else(|e| fatal(format_args!("{e}")));
         println!(
             "VM {} : {} vCPUs, {} MiB at {:#x}, kernel at IPA {:#x}{}",
             vm.name,
@@ -246,17 +299,25 @@ pub fn build(
         .and_then(|u| u.spi)
         .map(|spi| spi + SPI_BASE);
     let running = vms.len();
+    for vm in &vms {
+        vm.vcpus[0].boot.store(true, Ordering::Relaxed);
+        let _ = sched.start(vm.vcpus[0].id);
+    }
     MACHINE.call_once(|| Machine {
         cpus,
         vms,
+        sched: Mutex::new(sched),
+        vcpu_of,
         gic_dist: platform.gic.dist.base,
         vtimer_intid: platform.timer.virt + PPI_BASE,
+        tick_intid: platform.timer.hyp_phys + PPI_BASE,
         maintenance_intid: platform.gic.maintenance_ppi.unwrap_or(9) + PPI_BASE,
         uart_intid,
         running_vms: AtomicUsize::new(running),
         focus: AtomicUsize::new(0),
     });
     let m = machine();
+    crate::console::init_held_output(m.vms.len());
     if let (Some(intid), Some(uart)) = (m.uart_intid, crate::console::uart()) {
         gic::enable_spi(m.gic_dist, intid, m.cpus[0].mpidr);
         uart.enable_rx_interrupt();
@@ -266,6 +327,14 @@ pub fn build(
     sysreg::sev();
     setup_cpu(0);
     exit::run_cpu(0)
+}
+
+/// "0-1, 3" style list of the online CPUs' device-tree numbers.
+fn online_list(cpus: &[PhysCpu]) -> alloc::string::String {
+    let mut numbers: Vec<usize> = cpus.iter().map(|c| c.dt_index).collect();
+    numbers.sort_unstable();
+    let words: Vec<alloc::string::String> = numbers.iter().map(|n| alloc::format!("{n}")).collect();
+    words.join(", ")
 }
 
 /// Bit per CPU index that has checked in from `secondary_main`.
@@ -343,7 +412,7 @@ const HCR_AMO: u64 = 1 << 5;
 const HCR_FB: u64 = 1 << 9;
 const HCR_BSU_INNER: u64 = 1 << 10;
 const HCR_TWI: u64 = 1 << 13;
-const HCR_TWE: u64 = 1 << 14;
+pub const HCR_TWE: u64 = 1 << 14;
 const HCR_TSC: u64 = 1 << 19;
 const HCR_RW: u64 = 1 << 31;
 const HCR_APK: u64 = 1 << 40;
@@ -368,18 +437,23 @@ const CNTHCTL_EL1PCTEN: u64 = 1 << 0;
 
 fn setup_cpu(cpu: usize) {
     let m = machine();
-    let pinned = m.cpus[cpu].vcpu;
-    percpu::install(CONTEXTS[cpu].call_once(|| CpuContext {
-        vm: pinned.map(|(vm, _)| &m.vms[vm]),
-        vcpu: pinned.map_or(0, |(_, vcpu)| vcpu),
+    let dedicated = m.sched.lock().dedicated(cpu).is_some();
+    let ctx = CONTEXTS[cpu].call_once(|| CpuContext {
+        loaded: LoadedVcpu::empty(),
         slot: cpu,
         lrs: HwListRegs::probe(),
-    }));
+        features: Features::probe(),
+        redist: m.cpus[cpu].redist,
+        reason: AtomicU64::new(0),
+        wake_at: AtomicU64::new(0),
+    });
+    percpu::install(ctx);
     sysreg::write_vbar_el2(crate::arch::aarch64::vectors::vector_table());
     sysreg::write_cptr_el2(CPTR_EL2_RES1);
-    // Let guests use the longest SVE/SME vector the CPU has.
-    if (sysreg::read_id_aa64pfr0_el1() >> 32) & 0xf != 0 {
-        sysreg::write_zcr_el2(0xf);
+    // Guests get 128-bit SVE vectors: then a vCPU switch saves the Z registers with
+    // the V registers (arch/aarch64/context.rs).
+    if ctx.features.sve {
+        sysreg::write_zcr_el2(0);
     }
     if (sysreg::read_id_aa64pfr1_el1() >> 24) & 0xf != 0 {
         sysreg::write_smcr_el2((1 << 31) | 0xf);
@@ -387,18 +461,29 @@ fn setup_cpu(cpu: usize) {
     // All PMU counters belong to the guest (HPMN = PMCR_EL0.N), nothing traps.
     sysreg::write_mdcr_el2((sysreg::read_pmcr_el0() >> 11) & 0x1f);
     sysreg::write_cnthctl_el2(CNTHCTL_EL1PCTEN);
-    sysreg::write_hcr_el2(HCR_GUEST);
+    sysreg::write_cnthp_ctl_el2(0);
+    // WFE yields on a shared CPU; on a dedicated one there is nobody to yield to, so
+    // it is not trapped at all.
+    let hcr = if dedicated {
+        HCR_GUEST & !HCR_TWE
+    } else {
+        HCR_GUEST
+    };
+    sysreg::write_hcr_el2(hcr);
     sysreg::isb();
     let mut private = 1 << KICK_SGI;
     private |= 1 << m.maintenance_intid;
     private |= 1 << m.vtimer_intid;
+    private |= 1 << m.tick_intid;
     gic::init_cpu(m.cpus[cpu].redist, private);
 }
 
 /// Ask physical CPU `cpu` to look at its vCPU.
 pub fn kick(cpu: usize) {
     if cpu != current_cpu() {
-        gic::send_sgi(machine().cpus[cpu].mpidr, KICK_SGI);
+        if let Some(c) = machine().cpus.get(cpu) {
+            gic::send_sgi(c.mpidr, KICK_SGI);
+        }
     }
 }
 
@@ -406,6 +491,10 @@ pub fn kick(cpu: usize) {
 pub fn vm_stopped(vm: &Vm) {
     let m = machine();
     if m.running_vms.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if crate::prompt::is_open() {
+            println!("no VM is running; Bothy powers off when the prompt closes");
+            return;
+        }
         println!("all VMs powered off");
         crate::halt_machine();
     }

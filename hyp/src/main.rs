@@ -22,6 +22,7 @@ mod arch;
 mod console;
 mod exit;
 mod machine;
+mod prompt;
 mod vm;
 
 use arch::aarch64::{entry, firmware, heap, mmio, percpu, sysreg};

@@ -1,11 +1,20 @@
-//! Building a VM from its manifest entry: memory, stage-2, images, guest DTB.
+//! Building a VM from its manifest entry: memory, stage-2, images, guest DTB, vCPUs.
 //!
 //! A VM is a plain struct shared by the CPUs that run its vCPUs. Everything
 //! that changes after boot is behind atomics or a lock: the vGIC, PSCI power
-//! states, the PL011 model and the VM's run state. Guest RAM is one contiguous,
-//! 2 MiB-aligned block of physical memory mapped at IPA 0x4000_0000 with block
-//! mappings; device windows (GIC, UART) are left unmapped so every access traps.
+//! states, the PL011 model, the VM's run state and each vCPU's saved registers.
+//! Guest RAM is one contiguous, 2 MiB-aligned block of physical memory mapped at
+//! IPA 0x4000_0000 in 4 KiB pages; device windows (GIC, UART) are left unmapped so
+//! every access traps.
+//!
+//! A [`Vcpu`] holds what its vCPU leaves behind when it is not on a CPU: its
+//! general-purpose frame and its EL1/FP/vGIC/timer context. The CPU that gives a
+//! vCPU up writes them under the vCPU's `saved` lock, which it takes while the
+//! scheduler's lock is still held, so a CPU picking the vCPU up next waits on that
+//! lock until they are complete (lock order: scheduler, then one `saved`).
 
+use crate::arch::aarch64::context::VcpuContext;
+use crate::arch::aarch64::vectors::GuestFrame;
 use crate::arch::aarch64::{mmio, mmu::Frames, sysreg};
 use alloc::format;
 use alloc::string::String;
@@ -16,11 +25,12 @@ use bothy_core::fdt::guest::{build_guest_dtb, GuestDtbConfig};
 use bothy_core::fdt::platform::TimerIrqs;
 use bothy_core::layout::{self, BootPlan};
 use bothy_core::linux::ImageHeader;
-use bothy_core::manifest::{PayloadRef, VmSpec};
+use bothy_core::manifest::{OnExit, PayloadRef, VmSpec};
 use bothy_core::mem::{RegionAllocator, S2Attr, Stage2};
+use bothy_core::sched::{Placement, VcpuId};
 use bothy_core::vgic::VGic;
 use bothy_core::Region;
-use core::sync::atomic::{AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use spin::Mutex;
 
 /// Guest IPA space: 39 bits lets stage-2 start at level 1 without concatenated tables.
@@ -36,6 +46,20 @@ pub enum RunState {
     Resetting = 2,
     /// Bothy stopped the VM because of something it did (reason printed).
     Crashed = 3,
+    /// Stopped from Bothy's prompt; starts again only from there.
+    Halted = 4,
+}
+
+impl RunState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Running => "running",
+            RunState::Off => "off",
+            RunState::Resetting => "resetting",
+            RunState::Crashed => "crashed",
+            RunState::Halted => "halted",
+        }
+    }
 }
 
 pub struct Vm {
@@ -52,9 +76,9 @@ pub struct Vm {
     pub power: VcpuPower,
     /// The VM's PL011 and the console input waiting for it.
     pub uart: Mutex<Console>,
-    /// Slot in `Machine::cpus` of the physical CPU running each vCPU (pinned 1:1).
-    pub vcpu_pcpu: Vec<usize>,
+    pub vcpus: Vec<Vcpu>,
     pub boot: BootPlan,
+    pub on_exit: OnExit,
     state: AtomicU8,
     /// What a reset reloads: the manifest's images and the generated DTB.
     kernel: PayloadRef,
@@ -69,7 +93,8 @@ impl Vm {
             0 => RunState::Running,
             1 => RunState::Off,
             2 => RunState::Resetting,
-            _ => RunState::Crashed,
+            3 => RunState::Crashed,
+            _ => RunState::Halted,
         }
     }
 
@@ -90,7 +115,7 @@ impl Vm {
     }
 
     pub fn vcpus(&self) -> usize {
-        self.vcpu_pcpu.len()
+        self.vcpus.len()
     }
 
     /// Copy the kernel, initrd and DTB into guest RAM (boot and SYSTEM_RESET).
@@ -110,6 +135,55 @@ impl Vm {
     }
 }
 
+/// One vCPU of a VM: its scheduler handle and what it left behind when it last
+/// left a CPU.
+pub struct Vcpu {
+    pub id: VcpuId,
+    pub placement: Placement,
+    pub saved: Mutex<Saved>,
+    /// Start at the kernel entry the next time it is loaded (vCPU 0 at boot and after
+    /// a reset).
+    pub boot: AtomicBool,
+    pub exits: ExitCounters,
+}
+
+/// A vCPU's registers while no CPU holds them (the frame also while it is blocked on
+/// a CPU that idles).
+#[derive(Default)]
+pub struct Saved {
+    pub frame: GuestFrame,
+    pub arch: VcpuContext,
+}
+
+/// Kinds of exit counted per vCPU (indexes of [`ExitCounters`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub enum ExitKindCount {
+    Hypercall = 0,
+    Mmio = 1,
+    Sysreg = 2,
+    Wfx = 3,
+    Irq = 4,
+    Other = 5,
+}
+
+/// Exits of one vCPU by kind, for the console prompt's `list`.
+#[derive(Default)]
+pub struct ExitCounters([AtomicU64; 6]);
+
+impl ExitCounters {
+    #[inline(always)]
+    pub fn count(&self, kind: ExitKindCount) {
+        let counter = &self.0[kind as usize];
+        // Only the CPU running the vCPU counts its exits: no read-modify-write race.
+        counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self, kind: ExitKindCount) -> u64 {
+        self.0[kind as usize].load(Ordering::Relaxed)
+    }
+}
+
 fn payload_bytes(payload_base: u64, blob: PayloadRef) -> &'static [u8] {
     mmio::phys_bytes(payload_base + blob.offset, blob.size as usize)
 }
@@ -122,10 +196,11 @@ pub struct BuildEnv<'a> {
     pub timer: TimerIrqs,
 }
 
+/// Build VM `index`; `vcpus` are its vCPUs' scheduler handles and placements.
 pub fn build(
     index: usize,
     spec: &VmSpec,
-    vcpu_pcpu: Vec<usize>,
+    vcpus: Vec<(VcpuId, Placement)>,
     env: &mut BuildEnv,
 ) -> Result<Vm, String> {
     let name = &spec.name;
@@ -163,7 +238,17 @@ pub fn build(
         .map_err(|e| format!("VM {name}: stage-2 map of RAM: {e:?}"))?;
     let vmid = (index + 1) as u16;
 
-    let vcpus = vcpu_pcpu.len();
+    let vcpu_list: Vec<Vcpu> = vcpus
+        .into_iter()
+        .map(|(id, placement)| Vcpu {
+            id,
+            placement,
+            saved: Mutex::new(Saved::default()),
+            boot: AtomicBool::new(false),
+            exits: ExitCounters::default(),
+        })
+        .collect();
+    let vcpus = vcpu_list.len();
     let dtb = build_guest_dtb(&GuestDtbConfig {
         vcpus: vcpus as u32,
         ram,
@@ -193,8 +278,9 @@ pub fn build(
         vgic: VGic::new(vcpus, layout::NR_SPIS),
         power: VcpuPower::new(vcpus),
         uart: Mutex::new(Console::new()),
-        vcpu_pcpu,
+        vcpus: vcpu_list,
         boot,
+        on_exit: spec.on_exit,
         state: AtomicU8::new(RunState::Running as u8),
         kernel: spec.kernel,
         initrd: spec.initrd,

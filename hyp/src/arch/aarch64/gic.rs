@@ -17,6 +17,8 @@ const GICD_IGROUPR: u64 = 0x0080;
 const GICD_ISENABLER: u64 = 0x0100;
 const GICD_ICENABLER: u64 = 0x0180;
 const GICD_ICPENDR: u64 = 0x0280;
+const GICD_ISACTIVER: u64 = 0x0300;
+const GICD_ICACTIVER: u64 = 0x0380;
 const GICD_IPRIORITYR: u64 = 0x0400;
 const GICD_IROUTER: u64 = 0x6000;
 const GICD_CTLR_RWP: u32 = 1 << 31;
@@ -135,6 +137,17 @@ pub fn init_cpu(redist: u64, private_enable_mask: u32) {
     write_icc_ctlr_el1(read_icc_ctlr_el1() | ICC_CTLR_EOIMODE);
     write_icc_igrpen1_el1(1);
     isb();
+}
+
+/// Set or clear the active state of private interrupt `intid` (0..32) in this CPU's
+/// redistributor (a hardware-linked timer interrupt moving with its vCPU).
+pub fn set_private_active(redist: u64, intid: u32, active: bool) {
+    let reg = if active {
+        GICD_ISACTIVER
+    } else {
+        GICD_ICACTIVER
+    };
+    write32(redist + GICR_SGI_FRAME + reg, 1 << (intid & 31));
 }
 
 /// Acknowledge the highest-priority pending interrupt (SPURIOUS when none).

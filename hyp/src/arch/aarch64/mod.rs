@@ -1,4 +1,5 @@
 //! AArch64 EL2: entry, vectors, system registers, MMU, GIC, UART, firmware calls.
+pub mod context;
 pub mod entry;
 pub mod firmware;
 pub mod gic;

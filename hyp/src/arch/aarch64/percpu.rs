@@ -5,6 +5,8 @@
 
 use super::sysreg::{read_tpidr_el2, write_tpidr_el2};
 use crate::machine::CpuContext;
+use crate::vm::Vm;
+use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 /// Forget any value firmware left: TPIDR_EL2 resets to an UNKNOWN value. Call at
 /// EL2, before anything asks [`get`].
@@ -25,4 +27,39 @@ pub fn get() -> Option<&'static CpuContext> {
     // and `install` (a `&'static CpuContext`, valid and never mutated for the rest of
     // the run). Both run on this CPU before any `get`.
     unsafe { ptr.as_ref() }
+}
+
+/// The vCPU whose registers this CPU holds (running, or blocked while the CPU idles):
+/// a VM pointer and a vCPU index, written only by the CPU itself when it loads or
+/// saves a vCPU, and read by its own exit path (and by nobody else).
+pub struct LoadedVcpu {
+    vm: AtomicPtr<Vm>,
+    vcpu: AtomicUsize,
+}
+
+impl LoadedVcpu {
+    pub const fn empty() -> Self {
+        LoadedVcpu {
+            vm: AtomicPtr::new(core::ptr::null_mut()),
+            vcpu: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn set(&self, vm: &'static Vm, vcpu: usize) {
+        self.vcpu.store(vcpu, Ordering::Relaxed);
+        self.vm.store(vm as *const Vm as *mut Vm, Ordering::Relaxed);
+    }
+
+    pub fn clear(&self) {
+        self.vm.store(core::ptr::null_mut(), Ordering::Relaxed);
+    }
+
+    #[inline(always)]
+    pub fn get(&self) -> Option<(&'static Vm, usize)> {
+        let vm = self.vm.load(Ordering::Relaxed);
+        // SAFETY: the pointer is null or came from a `&'static Vm` in `set`; VMs live
+        // in the machine for the rest of the run and are only shared (`Sync`).
+        let vm = unsafe { vm.as_ref() }?;
+        Some((vm, self.vcpu.load(Ordering::Relaxed)))
+    }
 }

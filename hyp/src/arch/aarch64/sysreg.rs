@@ -72,6 +72,47 @@ sysreg!(read_cpacr_el1, write_cpacr_el1, "cpacr_el1");
 sysreg!(read_cntv_ctl_el0, write_cntv_ctl_el0, "cntv_ctl_el0");
 sysreg!(read_cntkctl_el1, write_cntkctl_el1, "cntkctl_el1");
 
+// The rest of a vCPU's EL1 context, switched only when a CPU changes vCPU (context.rs).
+sysreg!(read_cntv_cval_el0, write_cntv_cval_el0, "cntv_cval_el0");
+sysreg!(read_ttbr0_el1, write_ttbr0_el1, "ttbr0_el1");
+sysreg!(read_ttbr1_el1, write_ttbr1_el1, "ttbr1_el1");
+sysreg!(read_tcr_el1, write_tcr_el1, "tcr_el1");
+sysreg!(read_mair_el1, write_mair_el1, "mair_el1");
+sysreg!(read_amair_el1, write_amair_el1, "amair_el1");
+sysreg!(read_contextidr_el1, write_contextidr_el1, "contextidr_el1");
+sysreg!(read_tpidr_el0, write_tpidr_el0, "tpidr_el0");
+sysreg!(read_tpidrro_el0, write_tpidrro_el0, "tpidrro_el0");
+sysreg!(read_tpidr_el1, write_tpidr_el1, "tpidr_el1");
+sysreg!(read_sp_el0, write_sp_el0, "sp_el0");
+sysreg!(read_sp_el1, write_sp_el1, "sp_el1");
+sysreg!(read_afsr0_el1, write_afsr0_el1, "afsr0_el1");
+sysreg!(read_afsr1_el1, write_afsr1_el1, "afsr1_el1");
+sysreg!(read_par_el1, write_par_el1, "par_el1");
+sysreg!(read_mdscr_el1, write_mdscr_el1, "mdscr_el1");
+sysreg!(read_csselr_el1, write_csselr_el1, "csselr_el1");
+sysreg!(read_zcr_el1, write_zcr_el1, "S3_0_C1_C2_0");
+sysreg!(
+    read_id_aa64isar1_el1,
+    _write_isar1_unused,
+    "id_aa64isar1_el1"
+);
+sysreg!(read_id_aa64isar2_el1, _write_isar2_unused, "S3_0_C0_C6_2");
+// Pointer-authentication keys (HCR_EL2.APK/API leave them to the guest).
+sysreg!(read_apiakeylo_el1, write_apiakeylo_el1, "S3_0_C2_C1_0");
+sysreg!(read_apiakeyhi_el1, write_apiakeyhi_el1, "S3_0_C2_C1_1");
+sysreg!(read_apibkeylo_el1, write_apibkeylo_el1, "S3_0_C2_C1_2");
+sysreg!(read_apibkeyhi_el1, write_apibkeyhi_el1, "S3_0_C2_C1_3");
+sysreg!(read_apdakeylo_el1, write_apdakeylo_el1, "S3_0_C2_C2_0");
+sysreg!(read_apdakeyhi_el1, write_apdakeyhi_el1, "S3_0_C2_C2_1");
+sysreg!(read_apdbkeylo_el1, write_apdbkeylo_el1, "S3_0_C2_C2_2");
+sysreg!(read_apdbkeyhi_el1, write_apdbkeyhi_el1, "S3_0_C2_C2_3");
+sysreg!(read_apgakeylo_el1, write_apgakeylo_el1, "S3_0_C2_C3_0");
+sysreg!(read_apgakeyhi_el1, write_apgakeyhi_el1, "S3_0_C2_C3_1");
+
+// The EL2 physical timer: Bothy's scheduling tick on time-shared CPUs.
+sysreg!(read_cnthp_ctl_el2, write_cnthp_ctl_el2, "cnthp_ctl_el2");
+sysreg!(read_cnthp_cval_el2, write_cnthp_cval_el2, "cnthp_cval_el2");
+
 // GICv3 physical CPU interface (the EL1 names address the physical interface at EL2).
 sysreg!(read_icc_sre_el2, write_icc_sre_el2, "S3_4_C12_C9_5");
 sysreg!(read_icc_iar1_el1, _write_icc_iar1_unused, "S3_0_C12_C12_0");
@@ -108,6 +149,13 @@ sysreg!(
 sysreg!(read_ich_vmcr_el2, write_ich_vmcr_el2, "S3_4_C12_C11_7");
 sysreg!(read_ich_ap0r0_el2, write_ich_ap0r0_el2, "S3_4_C12_C8_0");
 sysreg!(read_ich_ap1r0_el2, write_ich_ap1r0_el2, "S3_4_C12_C9_0");
+// Only with more than 5 priority bits (ICH_VTR_EL2.PREbits).
+sysreg!(read_ich_ap0r1_el2, write_ich_ap0r1_el2, "S3_4_C12_C8_1");
+sysreg!(read_ich_ap0r2_el2, write_ich_ap0r2_el2, "S3_4_C12_C8_2");
+sysreg!(read_ich_ap0r3_el2, write_ich_ap0r3_el2, "S3_4_C12_C8_3");
+sysreg!(read_ich_ap1r1_el2, write_ich_ap1r1_el2, "S3_4_C12_C9_1");
+sysreg!(read_ich_ap1r2_el2, write_ich_ap1r2_el2, "S3_4_C12_C9_2");
+sysreg!(read_ich_ap1r3_el2, write_ich_ap1r3_el2, "S3_4_C12_C9_3");
 
 macro_rules! list_registers {
     ($($n:literal => $name:literal),* $(,)?) => {
@@ -185,6 +233,23 @@ pub fn tlbi_all_local() {
             "tlbi alle2",
             "tlbi alle1",
             "dsb ish",
+            "isb",
+            options(nostack, preserves_flags)
+        )
+    };
+}
+
+/// Invalidate this CPU's stage-1 TLB entries and instruction cache for the VMID in
+/// VTTBR_EL2: a different vCPU of the VM ran here last, and the guest's local
+/// maintenance on the one now arriving was done elsewhere (as KVM does on vCPU load).
+pub fn flush_local_guest_context() {
+    // SAFETY: TLB and instruction-cache invalidation only drop cached entries.
+    unsafe {
+        core::arch::asm!(
+            "dsb ishst",
+            "tlbi vmalle1",
+            "ic iallu",
+            "dsb nsh",
             "isb",
             options(nostack, preserves_flags)
         )

@@ -9,12 +9,14 @@
 //! slots in the frame are stale. The handler answers with a [`Resume`] for the
 //! two exceptions: an exit that transfers one of them (an MMIO or system
 //! register access naming x19–x29) has them stored and is handled again by
-//! [`crate::exit::handle_exit_all`]; an exit that rewrote the whole frame (a
-//! vCPU (re)start) has them loaded from it. EL1 system registers, FP/SIMD (the
+//! [`crate::exit::handle_exit_all`]; an exit that may change vCPU has them stored
+//! too and goes to the scheduler through the same function; an exit that rewrote the
+//! whole frame (a vCPU (re)start) has them loaded from it. EL1 system registers, FP/SIMD (the
 //! hypervisor is built soft-float and never touches them) and the vGIC's list
 //! registers stay in the hardware. Because the frame sits at a fixed place per
 //! CPU, entering a guest for the first time is just "point sp at the frame and
-//! restore all".
+//! restore all", and switching vCPU is copying one frame out and another in
+//! (`crate::exit::schedule`).
 //!
 //! Exceptions taken *at* EL2 are Bothy bugs: they print the syndrome and stop
 //! the machine; a guest can never cause one.
@@ -61,6 +63,21 @@ pub enum Resume {
     /// The exit transfers one of x19–x29 and was not handled: store them in the
     /// frame, call `handle_exit_all`, then restore everything.
     SaveAllAndRetry = 2,
+    /// The CPU may change vCPU (WFI, WFE, slice end, vCPU or VM stop): store x19–x29
+    /// in the frame, call `handle_exit_all` (which schedules, and may leave another
+    /// vCPU's registers in the frame), then restore everything.
+    Schedule = 3,
+}
+
+impl Resume {
+    pub fn from_raw(raw: u64) -> Self {
+        match raw {
+            0 => Self::Saved,
+            1 => Self::All,
+            2 => Self::SaveAllAndRetry,
+            _ => Self::Schedule,
+        }
+    }
 }
 
 /// Why the guest left, as told by which vector was taken.
@@ -177,7 +194,7 @@ bothy_guest_resume:
     add     sp, sp, #{frame}
     eret
 
-// x0 = Resume::All or Resume::SaveAllAndRetry.
+// x0 = Resume::All, Resume::SaveAllAndRetry or Resume::Schedule.
 bothy_guest_exit_all:
     cmp     x0, #{resume_all}
     b.eq    bothy_guest_resume_all
@@ -187,6 +204,7 @@ bothy_guest_exit_all:
     stp     x24, x25, [sp, #192]
     stp     x26, x27, [sp, #208]
     stp     x28, x29, [sp, #224]
+    mov     x1, x0
     mov     x0, sp
     bl      {handle_exit_all}
 bothy_guest_resume_all:

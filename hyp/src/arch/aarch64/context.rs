@@ -1,0 +1,424 @@
+//! A vCPU's state that lives in a physical CPU's registers while it is loaded: EL1
+//! system registers, pointer-authentication keys, FP/SIMD (and SVE predicates), the
+//! virtual timer, and the GICv3 virtual CPU interface.
+//!
+//! Saved and restored only when a CPU changes vCPU ([`VcpuContext::save`] /
+//! [`VcpuContext::restore`]), never on an ordinary exit: an exit leaves all of this
+//! in the hardware, which is what keeps Bothy's exits cheap (DESIGN.md §4). The
+//! hypervisor is built soft-float, so nothing but the assembly here touches FP/SIMD.
+//!
+//! SVE: every CPU runs guests with a 128-bit vector length (`ZCR_EL2.LEN = 0`, set in
+//! `machine::setup_cpu`), so the Z registers are the V registers saved here and only
+//! the predicates, FFR and ZCR_EL1 need SVE instructions. SME streaming state (ZA,
+//! PSTATE.SM) is not switched: see docs/STATUS.md.
+//!
+//! Not switched either (docs/STATUS.md): debug breakpoints/watchpoints and the PMU,
+//! which guests do not get to use across a switch yet.
+
+use super::gic;
+use super::sysreg::*;
+use bothy_core::vgic::{CpuInterface, V3CpuIf, MAX_LRS};
+use core::arch::global_asm;
+
+/// Which optional register sets this CPU has (probed once per CPU).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Features {
+    pub sve: bool,
+    pub pauth: bool,
+    /// ICH_APxR<n> registers implemented (1, 2 or 4).
+    pub aprs: usize,
+}
+
+impl Features {
+    pub fn probe() -> Self {
+        let pfr0 = read_id_aa64pfr0_el1();
+        let isar1 = read_id_aa64isar1_el1();
+        let isar2 = read_id_aa64isar2_el1();
+        // ID_AA64ISAR1_EL1.{APA,API,GPA,GPI}, ID_AA64ISAR2_EL1.APA3.
+        let pauth =
+            (isar1 >> 4) & 0xff != 0 || (isar1 >> 24) & 0xff != 0 || (isar2 >> 12) & 0xf != 0;
+        // ICH_VTR_EL2.PREbits = preemption bits - 1: 5 bits -> 1 APR, 6 -> 2, 7 -> 4.
+        let pre_bits = ((read_ich_vtr_el2() >> 26) & 0x7) + 1;
+        Features {
+            sve: (pfr0 >> 32) & 0xf != 0,
+            pauth,
+            aprs: match pre_bits {
+                7.. => 4,
+                6 => 2,
+                _ => 1,
+            },
+        }
+    }
+}
+
+/// EL1 and EL0 system registers a guest owns.
+#[derive(Clone, Copy, Debug, Default)]
+struct El1Regs {
+    sctlr: u64,
+    cpacr: u64,
+    ttbr0: u64,
+    ttbr1: u64,
+    tcr: u64,
+    mair: u64,
+    amair: u64,
+    vbar: u64,
+    contextidr: u64,
+    tpidr_el0: u64,
+    tpidrro_el0: u64,
+    tpidr_el1: u64,
+    sp_el0: u64,
+    sp_el1: u64,
+    elr: u64,
+    spsr: u64,
+    esr: u64,
+    far: u64,
+    afsr0: u64,
+    afsr1: u64,
+    par: u64,
+    mdscr: u64,
+    csselr: u64,
+    cntkctl: u64,
+    cntv_ctl: u64,
+    cntv_cval: u64,
+    zcr: u64,
+    /// APIA, APIB, APDA, APDB, APGA keys, lo/hi each.
+    keys: [u64; 10],
+}
+
+/// V0–V31, FPCR, FPSR, as `bothy_fp_save` lays them out.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C, align(16))]
+struct FpRegs {
+    v: [u128; 32],
+    fpcr: u64,
+    fpsr: u64,
+}
+
+
+/// P0–P15 and FFR at up to a 2048-bit vector length (2 bytes each at 128 bits).
+const SVE_PRED_BYTES: usize = 17 * 32;
+
+/// Everything of one vCPU that [`VcpuContext::save`] takes out of a CPU.
+#[derive(Clone, Copy, Debug)]
+pub struct VcpuContext {
+    el1: El1Regs,
+    fp: FpRegs,
+    sve_preds: [u8; SVE_PRED_BYTES],
+    pub gic: V3CpuIf,
+}
+
+impl Default for VcpuContext {
+    fn default() -> Self {
+        VcpuContext {
+            el1: El1Regs::default(),
+            fp: FpRegs::default(),
+            sve_preds: [0; SVE_PRED_BYTES],
+            gic: V3CpuIf::default(),
+        }
+    }
+}
+
+global_asm!(
+    r#"
+    .arch_extension fp
+    .arch_extension simd
+    .arch_extension sve
+    .section .text.bothy_context, "ax"
+
+// bothy_fp_save(x0 = FpRegs*)
+    .global bothy_fp_save
+bothy_fp_save:
+    stp     q0, q1, [x0, #0]
+    stp     q2, q3, [x0, #32]
+    stp     q4, q5, [x0, #64]
+    stp     q6, q7, [x0, #96]
+    stp     q8, q9, [x0, #128]
+    stp     q10, q11, [x0, #160]
+    stp     q12, q13, [x0, #192]
+    stp     q14, q15, [x0, #224]
+    stp     q16, q17, [x0, #256]
+    stp     q18, q19, [x0, #288]
+    stp     q20, q21, [x0, #320]
+    stp     q22, q23, [x0, #352]
+    stp     q24, q25, [x0, #384]
+    stp     q26, q27, [x0, #416]
+    stp     q28, q29, [x0, #448]
+    stp     q30, q31, [x0, #480]
+    mrs     x1, fpcr
+    mrs     x2, fpsr
+    add     x0, x0, #512
+    stp     x1, x2, [x0]
+    ret
+
+// bothy_fp_restore(x0 = const FpRegs*)
+    .global bothy_fp_restore
+bothy_fp_restore:
+    ldp     q0, q1, [x0, #0]
+    ldp     q2, q3, [x0, #32]
+    ldp     q4, q5, [x0, #64]
+    ldp     q6, q7, [x0, #96]
+    ldp     q8, q9, [x0, #128]
+    ldp     q10, q11, [x0, #160]
+    ldp     q12, q13, [x0, #192]
+    ldp     q14, q15, [x0, #224]
+    ldp     q16, q17, [x0, #256]
+    ldp     q18, q19, [x0, #288]
+    ldp     q20, q21, [x0, #320]
+    ldp     q22, q23, [x0, #352]
+    ldp     q24, q25, [x0, #384]
+    ldp     q26, q27, [x0, #416]
+    ldp     q28, q29, [x0, #448]
+    ldp     q30, q31, [x0, #480]
+    add     x0, x0, #512
+    ldp     x1, x2, [x0]
+    msr     fpcr, x1
+    msr     fpsr, x2
+    ret
+
+// bothy_sve_preds_save(x0 = buffer): P0-P15 then FFR (through P0, restored after).
+    .global bothy_sve_preds_save
+bothy_sve_preds_save:
+    str     p0, [x0, #0, mul vl]
+    str     p1, [x0, #1, mul vl]
+    str     p2, [x0, #2, mul vl]
+    str     p3, [x0, #3, mul vl]
+    str     p4, [x0, #4, mul vl]
+    str     p5, [x0, #5, mul vl]
+    str     p6, [x0, #6, mul vl]
+    str     p7, [x0, #7, mul vl]
+    str     p8, [x0, #8, mul vl]
+    str     p9, [x0, #9, mul vl]
+    str     p10, [x0, #10, mul vl]
+    str     p11, [x0, #11, mul vl]
+    str     p12, [x0, #12, mul vl]
+    str     p13, [x0, #13, mul vl]
+    str     p14, [x0, #14, mul vl]
+    str     p15, [x0, #15, mul vl]
+    rdffr   p0.b
+    str     p0, [x0, #16, mul vl]
+    ldr     p0, [x0, #0, mul vl]
+    ret
+
+// bothy_sve_preds_restore(x0 = buffer)
+    .global bothy_sve_preds_restore
+bothy_sve_preds_restore:
+    ldr     p0, [x0, #16, mul vl]
+    wrffr   p0.b
+    ldr     p0, [x0, #0, mul vl]
+    ldr     p1, [x0, #1, mul vl]
+    ldr     p2, [x0, #2, mul vl]
+    ldr     p3, [x0, #3, mul vl]
+    ldr     p4, [x0, #4, mul vl]
+    ldr     p5, [x0, #5, mul vl]
+    ldr     p6, [x0, #6, mul vl]
+    ldr     p7, [x0, #7, mul vl]
+    ldr     p8, [x0, #8, mul vl]
+    ldr     p9, [x0, #9, mul vl]
+    ldr     p10, [x0, #10, mul vl]
+    ldr     p11, [x0, #11, mul vl]
+    ldr     p12, [x0, #12, mul vl]
+    ldr     p13, [x0, #13, mul vl]
+    ldr     p14, [x0, #14, mul vl]
+    ldr     p15, [x0, #15, mul vl]
+    ret
+"#
+);
+
+extern "C" {
+    fn bothy_fp_save(regs: *mut FpRegs);
+    fn bothy_fp_restore(regs: *const FpRegs);
+    fn bothy_sve_preds_save(buf: *mut u8);
+    fn bothy_sve_preds_restore(buf: *const u8);
+}
+
+/// This CPU's GICv3 virtual CPU interface (ICH_*_EL2), with its redistributor for the
+/// hardware-linked timer interrupt's active state.
+pub struct HwCpuIf {
+    pub lr_count: usize,
+    pub aprs: usize,
+    pub redist: u64,
+    pub vtimer_intid: u32,
+}
+
+impl CpuInterface for HwCpuIf {
+    type Saved = V3CpuIf;
+
+    fn put(&mut self, s: &mut V3CpuIf) {
+        s.hcr = read_ich_hcr_el2();
+        write_ich_hcr_el2(0);
+        s.vmcr = read_ich_vmcr_el2();
+        for i in 0..self.lr_count.min(MAX_LRS) {
+            s.lrs[i] = read_ich_lr(i);
+            write_ich_lr(i, 0);
+        }
+        s.ap0r[0] = read_ich_ap0r0_el2();
+        s.ap1r[0] = read_ich_ap1r0_el2();
+        if self.aprs > 1 {
+            s.ap0r[1] = read_ich_ap0r1_el2();
+            s.ap1r[1] = read_ich_ap1r1_el2();
+        }
+        if self.aprs > 2 {
+            s.ap0r[2] = read_ich_ap0r2_el2();
+            s.ap0r[3] = read_ich_ap0r3_el2();
+            s.ap1r[2] = read_ich_ap1r2_el2();
+            s.ap1r[3] = read_ich_ap1r3_el2();
+        }
+        // The timer interrupt in flight belongs to this vCPU, not to the next one.
+        if s.holds_hw(self.vtimer_intid) {
+            gic::set_private_active(self.redist, self.vtimer_intid, false);
+        }
+        isb();
+    }
+
+    fn load(&mut self, s: &V3CpuIf) {
+        write_ich_vmcr_el2(s.vmcr);
+        write_ich_ap0r0_el2(s.ap0r[0]);
+        write_ich_ap1r0_el2(s.ap1r[0]);
+        if self.aprs > 1 {
+            write_ich_ap0r1_el2(s.ap0r[1]);
+            write_ich_ap1r1_el2(s.ap1r[1]);
+        }
+        if self.aprs > 2 {
+            write_ich_ap0r2_el2(s.ap0r[2]);
+            write_ich_ap0r3_el2(s.ap0r[3]);
+            write_ich_ap1r2_el2(s.ap1r[2]);
+            write_ich_ap1r3_el2(s.ap1r[3]);
+        }
+        for i in 0..self.lr_count.min(MAX_LRS) {
+            write_ich_lr(i, s.lrs[i]);
+        }
+        // A hardware-linked LR needs its physical interrupt active here, so the guest's
+        // deactivation lands on it and the timer cannot fire again at EL2 meanwhile.
+        gic::set_private_active(
+            self.redist,
+            self.vtimer_intid,
+            s.holds_hw(self.vtimer_intid),
+        );
+        write_ich_hcr_el2(s.hcr);
+    }
+}
+
+impl VcpuContext {
+    /// Take the loaded vCPU's state out of this CPU and leave the CPU quiet: its
+    /// virtual timer stopped, its list registers empty.
+    pub fn save(&mut self, f: Features, cpuif: &mut HwCpuIf) {
+        let e = &mut self.el1;
+        e.sctlr = read_sctlr_el1();
+        e.cpacr = read_cpacr_el1();
+        e.ttbr0 = read_ttbr0_el1();
+        e.ttbr1 = read_ttbr1_el1();
+        e.tcr = read_tcr_el1();
+        e.mair = read_mair_el1();
+        e.amair = read_amair_el1();
+        e.vbar = read_vbar_el1();
+        e.contextidr = read_contextidr_el1();
+        e.tpidr_el0 = read_tpidr_el0();
+        e.tpidrro_el0 = read_tpidrro_el0();
+        e.tpidr_el1 = read_tpidr_el1();
+        e.sp_el0 = read_sp_el0();
+        e.sp_el1 = read_sp_el1();
+        e.elr = read_elr_el1();
+        e.spsr = read_spsr_el1();
+        e.esr = read_esr_el1();
+        e.far = read_far_el1();
+        e.afsr0 = read_afsr0_el1();
+        e.afsr1 = read_afsr1_el1();
+        e.par = read_par_el1();
+        e.mdscr = read_mdscr_el1();
+        e.csselr = read_csselr_el1();
+        e.cntkctl = read_cntkctl_el1();
+        e.cntv_ctl = read_cntv_ctl_el0();
+        e.cntv_cval = read_cntv_cval_el0();
+        // Stop the timer first: its interrupt must not fire for the next vCPU.
+        write_cntv_ctl_el0(0);
+        if f.pauth {
+            e.keys = [
+                read_apiakeylo_el1(),
+                read_apiakeyhi_el1(),
+                read_apibkeylo_el1(),
+                read_apibkeyhi_el1(),
+                read_apdakeylo_el1(),
+                read_apdakeyhi_el1(),
+                read_apdbkeylo_el1(),
+                read_apdbkeyhi_el1(),
+                read_apgakeylo_el1(),
+                read_apgakeyhi_el1(),
+            ];
+        }
+        // SAFETY: `self.fp` is a valid, 16-byte aligned FpRegs the routine fills; EL2
+        // does not trap FP/SIMD (CPTR_EL2.TFP clear, machine::setup_cpu).
+        unsafe { bothy_fp_save(&mut self.fp) };
+        if f.sve {
+            e.zcr = read_zcr_el1();
+            // SAFETY: the buffer holds 17 predicates at the 128-bit vector length EL2
+            // caps guests to (ZCR_EL2.LEN = 0), and more; SVE is not trapped at EL2.
+            unsafe { bothy_sve_preds_save(self.sve_preds.as_mut_ptr()) };
+        }
+        cpuif.put(&mut self.gic);
+    }
+
+    /// Load this vCPU's state into this CPU (the reverse of [`Self::save`]).
+    pub fn restore(&self, f: Features, cpuif: &mut HwCpuIf) {
+        let e = &self.el1;
+        write_sctlr_el1(e.sctlr);
+        write_cpacr_el1(e.cpacr);
+        write_ttbr0_el1(e.ttbr0);
+        write_ttbr1_el1(e.ttbr1);
+        write_tcr_el1(e.tcr);
+        write_mair_el1(e.mair);
+        write_amair_el1(e.amair);
+        write_vbar_el1(e.vbar);
+        write_contextidr_el1(e.contextidr);
+        write_tpidr_el0(e.tpidr_el0);
+        write_tpidrro_el0(e.tpidrro_el0);
+        write_tpidr_el1(e.tpidr_el1);
+        write_sp_el0(e.sp_el0);
+        write_sp_el1(e.sp_el1);
+        write_elr_el1(e.elr);
+        write_spsr_el1(e.spsr);
+        write_esr_el1(e.esr);
+        write_far_el1(e.far);
+        write_afsr0_el1(e.afsr0);
+        write_afsr1_el1(e.afsr1);
+        write_par_el1(e.par);
+        write_mdscr_el1(e.mdscr);
+        write_csselr_el1(e.csselr);
+        write_cntkctl_el1(e.cntkctl);
+        if f.pauth {
+            write_apiakeylo_el1(e.keys[0]);
+            write_apiakeyhi_el1(e.keys[1]);
+            write_apibkeylo_el1(e.keys[2]);
+            write_apibkeyhi_el1(e.keys[3]);
+            write_apdakeylo_el1(e.keys[4]);
+            write_apdakeyhi_el1(e.keys[5]);
+            write_apdbkeylo_el1(e.keys[6]);
+            write_apdbkeyhi_el1(e.keys[7]);
+            write_apgakeylo_el1(e.keys[8]);
+            write_apgakeyhi_el1(e.keys[9]);
+        }
+        // SAFETY: `self.fp` is a valid, aligned FpRegs; FP/SIMD is not trapped at EL2.
+        unsafe { bothy_fp_restore(&self.fp) };
+        if f.sve {
+            write_zcr_el1(e.zcr);
+            // SAFETY: as in `save`; the buffer was filled by it (or is zero).
+            unsafe { bothy_sve_preds_restore(self.sve_preds.as_ptr()) };
+        }
+        cpuif.load(&self.gic);
+        // The timer last, with the interrupt interface ready for what it raises.
+        write_cntv_cval_el0(e.cntv_cval);
+        write_cntv_ctl_el0(e.cntv_ctl);
+        isb();
+    }
+}
+
+/// The loaded vCPU's virtual-timer deadline in physical counter ticks, read from the
+/// registers.
+pub fn live_timer_deadline(cntvoff: u64) -> Option<u64> {
+    timer_deadline(read_cntv_ctl_el0(), read_cntv_cval_el0(), cntvoff)
+}
+
+fn timer_deadline(ctl: u64, cval: u64, cntvoff: u64) -> Option<u64> {
+    const ENABLE: u64 = 1 << 0;
+    const IMASK: u64 = 1 << 1;
+    (ctl & (ENABLE | IMASK) == ENABLE).then(|| cval.wrapping_add(cntvoff))
+}

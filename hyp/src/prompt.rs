@@ -1,0 +1,244 @@
+//! Bothy's own console prompt: `bothy>`, opened by typing Ctrl-\ three times.
+//!
+//! Every byte from the physical UART goes through `bothy_core::prompt::Prompt`
+//! first (the line editing and command parsing live there, host-tested); this module
+//! carries out what comes back: bytes for the focused VM, echo, and the commands
+//! (`list`, `stop`, `start`, `restart`, `console`, `help`, `resume`). While the prompt
+//! is open, guest output is held (`console.rs`) and written out when it closes.
+//!
+//! Runs in the UART's interrupt handler, on whichever CPU takes it, with no lock held
+//! but the prompt's own (lock order: prompt, then the scheduler or a VM's locks).
+
+use crate::console;
+use crate::exit;
+use crate::machine::{self, machine, Machine};
+use crate::vm::{ExitKindCount, RunState, Vm};
+use alloc::string::String;
+use alloc::vec::Vec;
+use bothy_core::prompt::{
+    format_list, Command, ExitCounts, Feed, Prompt, VcpuRunState, VcpuStatus, VmStatus, HELP,
+    PROMPT,
+};
+use bothy_core::sched::{Placement, RunState as SchedState};
+use core::fmt::Write;
+use core::sync::atomic::Ordering;
+use spin::{Mutex, Once};
+
+/// Ctrl-]: moves console input to the next running VM (like telnet's escape).
+const SWITCH_FOCUS: u8 = 0x1d;
+
+static PROMPT_STATE: Mutex<Prompt> = Mutex::new(Prompt::new());
+static NAMES: Once<Vec<&'static str>> = Once::new();
+
+/// Whether the prompt is open now (the machine does not power off meanwhile).
+pub fn is_open() -> bool {
+    PROMPT_STATE.lock().is_open()
+}
+
+/// One byte typed on the physical console.
+pub fn input(m: &'static Machine, byte: u8) {
+    let names = NAMES.call_once(|| m.vms.iter().map(|vm| vm.name.as_str()).collect());
+    let mut prompt = PROMPT_STATE.lock();
+    match prompt.feed(byte, names) {
+        Feed::Nothing => {}
+        Feed::Guest(bytes) => {
+            drop(prompt);
+            for &b in bytes.as_slice() {
+                to_guest(m, b);
+            }
+        }
+        Feed::Opened => {
+            console::hold_guest_output(true, &|_| None);
+            console::print_raw("\n");
+            console::print_raw(PROMPT);
+        }
+        Feed::Echo(echo) => console::echo(echo.iter()),
+        Feed::Empty => {
+            console::print_raw("\n");
+            console::print_raw(PROMPT);
+        }
+        Feed::Command(result) => {
+            let open = prompt.is_open();
+            drop(prompt);
+            console::print_raw("\n");
+            match result {
+                Ok(command) => run(m, command),
+                Err(e) => {
+                    let mut line = String::new();
+                    let _ = writeln!(line, "{e}");
+                    console::print_raw(&line);
+                }
+            }
+            if open {
+                console::print_raw(PROMPT);
+            } else {
+                closed(m);
+            }
+        }
+        Feed::Closed => {
+            drop(prompt);
+            console::print_raw("\n");
+            closed(m);
+        }
+    }
+}
+
+/// The prompt closed: write out held guest output; power off if no VM is left.
+fn closed(m: &'static Machine) {
+    let tag = |vm: usize| {
+        m.tag_output()
+            .then(|| m.vms.get(vm).map(|v| v.name.as_str()))
+            .flatten()
+    };
+    console::hold_guest_output(false, &tag);
+    if m.running_vms.load(Ordering::Acquire) == 0 {
+        crate::println!("all VMs powered off");
+        crate::halt_machine();
+    }
+}
+
+/// A byte for the VM that has the console (or Ctrl-], which moves it).
+fn to_guest(m: &Machine, byte: u8) {
+    if byte == SWITCH_FOCUS && m.vms.len() > 1 {
+        machine::switch_focus(m);
+        return;
+    }
+    let vm = &m.vms[m.focus.load(Ordering::Relaxed) % m.vms.len()];
+    exit::console_byte(vm, byte);
+}
+
+fn run(m: &'static Machine, command: Command) {
+    let vm = |i: usize| -> &'static Vm { &m.vms[i % m.vms.len()] };
+    match command {
+        Command::List => list(m),
+        Command::Help => console::print_raw(HELP),
+        Command::Resume => {}
+        Command::Console(i) => {
+            m.focus.store(i, Ordering::Relaxed);
+            crate::println!("console input goes to VM {}", vm(i).name);
+        }
+        Command::Stop(i) => {
+            let vm = vm(i);
+            if vm.leave_running(RunState::Halted) {
+                crate::println!("VM {} stopped from the prompt", vm.name);
+                exit::stop_vm(vm);
+            } else {
+                say(format_args!(
+                    "VM {} is not running ({})",
+                    vm.name,
+                    vm.state().as_str()
+                ));
+            }
+        }
+        Command::Start(i) => {
+            let vm = vm(i);
+            if vm.state() == RunState::Running {
+                say(format_args!("VM {} is running already", vm.name));
+            } else {
+                start(m, vm);
+            }
+        }
+        Command::Restart(i) => {
+            let vm = vm(i);
+            if vm.leave_running(RunState::Resetting) {
+                crate::println!("VM {} is restarting (from the prompt)", vm.name);
+                exit::stop_vm(vm);
+            } else if vm.state() == RunState::Resetting {
+                say(format_args!("VM {} is restarting already", vm.name));
+            } else {
+                start(m, vm);
+            }
+        }
+    }
+}
+
+/// Boot a stopped VM again from its images.
+fn start(m: &Machine, vm: &'static Vm) {
+    let stopping = {
+        let s = m.sched.lock();
+        vm.vcpus
+            .iter()
+            .any(|v| matches!(s.state(v.id), SchedState::Running(_)))
+    };
+    if stopping || vm.state() == RunState::Resetting {
+        say(format_args!("VM {} is still stopping; try again", vm.name));
+        return;
+    }
+    m.running_vms.fetch_add(1, Ordering::AcqRel);
+    vm.set_state(RunState::Resetting);
+    exit::finish_reset(vm);
+}
+
+fn say(args: core::fmt::Arguments) {
+    let mut line = String::new();
+    let _ = line.write_fmt(args);
+    line.push('\n');
+    console::print_raw(&line);
+}
+
+/// `list`: every VM, its vCPUs, where they run, their exits and CPU time.
+fn list(m: &Machine) {
+    let now = crate::arch::aarch64::sysreg::read_cntpct_el0();
+    let statuses: Vec<Vec<VcpuStatus>> = {
+        let s = m.sched.lock();
+        m.vms
+            .iter()
+            .map(|vm| vm.vcpus.iter().map(|v| vcpu_status(&s, v, now)).collect())
+            .collect()
+    };
+    let vms: Vec<VmStatus> = m
+        .vms
+        .iter()
+        .zip(&statuses)
+        .map(|(vm, vcpus)| VmStatus {
+            name: &vm.name,
+            state: vm.state().as_str(),
+            vcpus,
+        })
+        .collect();
+    let mut text = String::new();
+    let _ = format_list(
+        &mut text,
+        &vms,
+        crate::arch::aarch64::sysreg::read_cntfrq_el0(),
+    );
+    console::print_raw(&text);
+}
+
+/// The number a user knows a CPU by (its place in the device tree, as `pin` uses).
+fn dt_index(slot: usize) -> usize {
+    machine().cpus.get(slot).map_or(slot, |c| c.dt_index)
+}
+
+fn vcpu_status(s: &bothy_core::sched::Scheduler, v: &crate::vm::Vcpu, now: u64) -> VcpuStatus {
+    let snap = s.snapshot(v.id, now);
+    let state = snap.map_or(SchedState::Off, |x| x.state);
+    let running_on = match state {
+        SchedState::Running(cpu) => Some(cpu),
+        _ => None,
+    };
+    let e = |k| v.exits.get(k);
+    VcpuStatus {
+        state: match state {
+            SchedState::Running(_) => VcpuRunState::Running,
+            SchedState::Runnable => VcpuRunState::Runnable,
+            SchedState::Blocked => VcpuRunState::Blocked,
+            SchedState::Off => VcpuRunState::Off,
+        },
+        cpu: running_on.or(snap.and_then(|x| x.last_cpu)).map(dt_index),
+        running_now: running_on.is_some(),
+        pinned: match v.placement {
+            Placement::Pinned(cpu) => Some(dt_index(cpu)),
+            Placement::Shared => None,
+        },
+        exits: ExitCounts {
+            hypercall: e(ExitKindCount::Hypercall),
+            mmio: e(ExitKindCount::Mmio),
+            sysreg: e(ExitKindCount::Sysreg),
+            wfx: e(ExitKindCount::Wfx),
+            irq: e(ExitKindCount::Irq),
+            other: e(ExitKindCount::Other),
+        },
+        cpu_ticks: snap.map_or(0, |x| x.run_ticks),
+    }
+}
