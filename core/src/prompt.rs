@@ -524,6 +524,8 @@ pub struct VcpuStatus {
     pub running_now: bool,
     /// The physical CPU it is pinned to, if any.
     pub pinned: Option<usize>,
+    /// Every physical CPU it has run on, bit per CPU (shown for shared vCPUs).
+    pub ran_on: u64,
     pub exits: ExitCounts,
     /// Generic-counter ticks spent in the guest.
     pub cpu_ticks: u64,
@@ -587,7 +589,10 @@ pub fn format_list(
             out.tab(COL_PINNING)?;
             match vcpu.pinned {
                 Some(cpu) => write!(out, "pinned to {cpu}")?,
-                None => out.write_str("shared")?,
+                None => {
+                    out.write_str("shared")?;
+                    write_cpu_set(&mut out, vcpu.ran_on)?;
+                }
             }
             out.tab(COL_TIME)?;
             write_ms(&mut out, vcpu.cpu_ticks, counter_hz)?;
@@ -595,6 +600,16 @@ pub fn format_list(
             write_exits(&mut out, &vcpu.exits)?;
             out.write_str("\n")?;
         }
+    }
+    Ok(())
+}
+
+/// " on 0,1" for the CPUs in `mask`, nothing for none.
+fn write_cpu_set(out: &mut impl fmt::Write, mask: u64) -> fmt::Result {
+    let mut sep = " on ";
+    for cpu in (0..64).filter(|c| mask & (1 << c) != 0) {
+        write!(out, "{sep}{cpu}")?;
+        sep = ",";
     }
     Ok(())
 }
@@ -1145,6 +1160,7 @@ mod tests {
                 cpu: Some(1),
                 running_now: true,
                 pinned: Some(1),
+                ran_on: 1 << 1,
                 exits: ExitCounts {
                     hypercall: 10,
                     mmio: 800,
@@ -1160,6 +1176,7 @@ mod tests {
                 cpu: Some(2),
                 running_now: false,
                 pinned: None,
+                ran_on: (1 << 0) | (1 << 2),
                 exits: ExitCounts {
                     wfx: 7,
                     irq: 5,
@@ -1173,6 +1190,7 @@ mod tests {
             cpu: None,
             running_now: false,
             pinned: Some(3),
+            ran_on: 0,
             exits: ExitCounts::default(),
             cpu_ticks: 0,
         }];
@@ -1192,7 +1210,7 @@ mod tests {
 VM        STATE     CPU         PINNING      CPU TIME   EXITS
 linux     running   2 vCPUs
   vcpu 0  running   cpu 1       pinned to 1  12003.4 ms 1234 (hvc 10 mmio 800 sys 20 wfx 300 irq 100 other 4)
-  vcpu 1  blocked   last cpu 2  shared       0.1 ms     12 (wfx 7 irq 5)
+  vcpu 1  blocked   last cpu 2  shared on 0,2 0.1 ms    12 (wfx 7 irq 5)
 rtos      off       1 vCPU
   vcpu 0  off       -           pinned to 3  0.0 ms     0
 ";
@@ -1208,6 +1226,7 @@ rtos      off       1 vCPU
             cpu: Some(12),
             running_now: false,
             pinned: Some(12),
+            ran_on: u64::MAX,
             exits: ExitCounts::default(),
             cpu_ticks: u64::MAX,
         };

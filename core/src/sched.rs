@@ -157,8 +157,9 @@ struct Entry {
     wake_at: Option<Ticks>,
     /// The CPU holding its registers, if any.
     loaded_on: Option<usize>,
-    /// The CPU it last ran on (for `list`).
+    /// The CPU it last ran on, and every CPU it has run on, bit per CPU (for `list`).
     last_cpu: Option<usize>,
+    ran_on: u64,
     /// Counter ticks spent Running, and since when it has been Running.
     run_ticks: Ticks,
     since: Ticks,
@@ -183,6 +184,8 @@ pub struct VcpuSnapshot {
     pub state: RunState,
     pub placement: Placement,
     pub last_cpu: Option<usize>,
+    /// Every CPU it has run on, bit per CPU.
+    pub ran_on: u64,
     /// Counter ticks spent running, including the current stint.
     pub run_ticks: Ticks,
 }
@@ -251,6 +254,7 @@ impl Scheduler {
             wake_at: None,
             loaded_on: None,
             last_cpu: None,
+            ran_on: 0,
             run_ticks: 0,
             since: 0,
         });
@@ -302,6 +306,7 @@ impl Scheduler {
             state: e.state,
             placement: e.placement,
             last_cpu: e.last_cpu,
+            ran_on: e.ran_on,
             run_ticks: e.run_ticks + running,
         })
     }
@@ -569,6 +574,7 @@ impl Scheduler {
         e.state = RunState::Running(cpu);
         e.loaded_on = Some(cpu);
         e.last_cpu = Some(cpu);
+        e.ran_on |= 1u64.checked_shl(cpu as u32).unwrap_or(0);
         e.since = now;
         e.wake_pending = false;
         Decision {

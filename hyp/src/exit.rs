@@ -392,8 +392,9 @@ fn apply_on_exit(vm: &'static Vm) {
             finish_reset(vm);
         }
         OnExit::Poweroff => {
+            // `bothy run` takes this line as a clean end, like "all VMs powered off".
             println!(
-                "VM {} stopped and has on_exit = \"poweroff\": powering off",
+                "powering the machine off (VM {} stopped and has on_exit = \"poweroff\")",
                 vm.name
             );
             crate::halt_machine();

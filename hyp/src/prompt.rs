@@ -227,6 +227,11 @@ fn vcpu_status(s: &bothy_core::sched::Scheduler, v: &crate::vm::Vcpu, now: u64) 
         },
         cpu: running_on.or(snap.and_then(|x| x.last_cpu)).map(dt_index),
         running_now: running_on.is_some(),
+        ran_on: (0..64)
+            .filter(|slot| snap.is_some_and(|x| x.ran_on & (1 << slot) != 0))
+            .fold(0, |mask, slot| {
+                mask | 1u64.checked_shl(dt_index(slot) as u32).unwrap_or(0)
+            }),
         pinned: match v.placement {
             Placement::Pinned(cpu) => Some(dt_index(cpu)),
             Placement::Shared => None,

@@ -276,6 +276,14 @@ fn pinned_and_shared_together() {
     assert_eq!(m.s.wake(rt), Some(1));
     assert_eq!(m.tick(1), Some(rt));
     assert!(m.hw[0].is_some_and(|x| x != rt));
+    assert_eq!(m.s.snapshot(rt, m.now).unwrap().ran_on, 1 << 1);
+    for x in v {
+        assert_eq!(
+            m.s.snapshot(x, m.now).unwrap().ran_on,
+            1 << 0,
+            "{x:?} ran elsewhere"
+        );
+    }
 }
 
 #[test]

@@ -94,7 +94,6 @@ struct FpRegs {
     fpsr: u64,
 }
 
-
 /// P0–P15 and FFR at up to a 2048-bit vector length (2 bytes each at 128 bits).
 const SVE_PRED_BYTES: usize = 17 * 32;
 
