@@ -611,7 +611,7 @@ mod tests {
                 e.contains("system.toml: `slice`: ") && e.contains(want),
                 "{text}: {e}"
             );
-            assert!(!e.contains("VM"), "{text}: {e}");
+            assert!(!e.contains("VM \""), "{text}: {e}");
         }
         // `slice` is a top-level key: inside a [[vm]] table it is unknown.
         let e = err(&format!("{GOOD}slice = \"10ms\"\n"));

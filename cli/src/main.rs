@@ -29,7 +29,7 @@ struct Cli {
 
 #[derive(clap::Args, Clone)]
 struct MachineArgs {
-    /// Physical CPUs of the QEMU machine (-smp); vCPUs are pinned 1:1 to them.
+    /// Physical CPUs of the QEMU machine (-smp); vCPUs time-share them unless pinned.
     #[arg(long, default_value_t = 2)]
     smp: u32,
     /// RAM of the QEMU machine (-m), e.g. 1G or 2048M.
@@ -384,25 +384,46 @@ fn qemu_image(
     Ok((sys, image))
 }
 
-/// The built-in demo: one Linux VM with the cached Debian kernel and a busybox
-/// initramfs written into `dir`.
+/// The built-in demo: two Linux VMs (2 vCPUs each, the cached Debian kernel and a
+/// busybox initramfs written into `dir`) and the bare-metal self-test VM, all
+/// time-shared on the machine's CPUs.
 fn demo_system(dir: &Path) -> Result<SystemConfig> {
     let a = Cache::default_location().guest_artifacts()?;
     let initrd = dir.join("initramfs.cpio.gz");
     std::fs::write(&initrd, initramfs::build_demo(&a)?)?;
+    let selftest = hyp::build_executable(
+        &repo_root().join("guests/selftest"),
+        "selftest",
+        &["--target", "aarch64-unknown-none"],
+        "the self-test guest",
+    )?;
+    let linux = |name: &str| VmConfig {
+        name: name.into(),
+        cpus: 2,
+        memory: 256 * MIB,
+        kernel: a.kernel.clone(),
+        initrd: Some(initrd.clone()),
+        bootargs: "console=ttyAMA0 quiet".into(),
+        pin: Vec::new(),
+        on_exit: OnExit::Halt,
+    };
     Ok(SystemConfig {
         source: PathBuf::from("<built-in demo>"),
         slice_us: DEFAULT_SLICE_US,
-        vms: vec![VmConfig {
-            name: "linux0".into(),
-            cpus: 2,
-            memory: 512 * MIB,
-            kernel: a.kernel,
-            initrd: Some(initrd),
-            bootargs: "console=ttyAMA0".into(),
-            pin: Vec::new(),
-            on_exit: OnExit::Halt,
-        }],
+        vms: vec![
+            linux("linux-a"),
+            linux("linux-b"),
+            VmConfig {
+                name: "selftest".into(),
+                cpus: 2,
+                memory: 64 * MIB,
+                kernel: selftest,
+                initrd: None,
+                bootargs: String::new(),
+                pin: Vec::new(),
+                on_exit: OnExit::Halt,
+            },
+        ],
     })
 }
 

@@ -21,6 +21,8 @@ use crate::size::MIB;
 pub const QEMU: &str = "qemu-system-aarch64";
 /// Printed by the hypervisor when every VM has powered off, just before it powers off.
 pub const SUCCESS_LINE: &str = "bothy: all VMs powered off";
+/// The other clean end: a VM with `on_exit = "poweroff"` stopped.
+pub const POWEROFF_LINE: &str = "bothy: powering the machine off";
 /// Prefix of the hypervisor's fatal-error lines.
 pub const ERROR_PREFIX: &str = "bothy: error:";
 /// Printed by the hypervisor when the loader entered it at EL1. (A guest Linux prints
@@ -95,7 +97,7 @@ impl Verdict {
     }
 
     fn line(&mut self, line: &str) {
-        if line.contains(SUCCESS_LINE) {
+        if line.contains(SUCCESS_LINE) || line.contains(POWEROFF_LINE) {
             self.success_line = true;
         }
         if let Some(at) = line.find(ERROR_PREFIX) {
@@ -227,6 +229,9 @@ mod tests {
         v.feed(b"boot\r\nbothy: all VMs pow");
         assert!(!v.success_line);
         v.feed(b"ered off\r\n");
+        let mut p = Verdict::default();
+        p.feed(b"bothy: powering the machine off (VM rt has on_exit = \"poweroff\")\n");
+        assert!(p.success_line);
         assert!(v.success_line);
         v.judge(Some(exit(0)), None).unwrap();
         let e = v.judge(Some(exit(1)), None).unwrap_err().to_string();

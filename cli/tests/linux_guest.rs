@@ -113,14 +113,17 @@ fn bare_qemu_linux_boots_to_shell_and_powers_off() {
     assert!(status.success(), "QEMU exited with {status}");
 }
 
-/// The demo under Bothy: `bothy run` builds the hypervisor and the image, the guest
-/// sees PSCI from Bothy over HVC, and `poweroff` ends the VM and then the machine.
+/// One Linux VM with 2 vCPUs under Bothy: `bothy run` builds the hypervisor and the
+/// image, the guest sees PSCI from Bothy over HVC, and `poweroff` ends the VM and then
+/// the machine.
 #[test]
-fn bothy_run_demo_linux_boots_to_shell_and_powers_off() {
+fn bothy_run_linux_boots_to_shell_and_powers_off() {
     let _q = qemu_lock();
     assert!(common::hyp_present(), "hyp/ is missing");
+    let dir = tempfile::tempdir().unwrap();
+    let system = common::linux_system(dir.path(), &[("linux0", 2, "512M", "")], "");
     let mut cmd = Command::new(bothy());
-    cmd.args(["run", "--timeout", "900"]);
+    cmd.arg("run").arg(&system).args(["--timeout", "900"]);
     let mut c = Console::spawn(cmd, "bothy run");
     guest_script(&mut c, Duration::from_secs(600));
     c.expect("bothy: all VMs powered off", CMD);
@@ -137,8 +140,10 @@ fn bothy_run_demo_linux_boots_to_shell_and_powers_off() {
 #[test]
 fn guest_reboot_restarts_the_vm_from_its_images() {
     let _q = qemu_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let system = common::linux_system(dir.path(), &[("linux0", 2, "512M", "")], "");
     let mut cmd = Command::new(bothy());
-    cmd.args(["run", "--timeout", "900"]);
+    cmd.arg("run").arg(&system).args(["--timeout", "900"]);
     let mut c = Console::spawn(cmd, "bothy run (reboot)");
     c.expect(READY_MARKER, Duration::from_secs(600));
     c.expect(PROMPT, CMD);

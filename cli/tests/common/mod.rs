@@ -149,6 +149,16 @@ impl Console {
 
     /// Types `line` and Enter in one burst, like a paste: Bothy must buffer console
     /// input beyond the PL011's 32-byte FIFO rather than drop it.
+    /// Sends bytes as they are (no newline): control keys like Ctrl-] or Ctrl-\\.
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        let name = self.name.clone();
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin
+            .write_all(bytes)
+            .and_then(|_| stdin.flush())
+            .unwrap_or_else(|e| panic!("{name}: writing to the console: {e}"));
+    }
+
     pub fn send(&mut self, line: &str) {
         let name = self.name.clone();
         let stdin = self.stdin.as_mut().expect("stdin open");
@@ -280,4 +290,28 @@ pub fn qemu(machine: &str) -> Command {
         .args(["-cpu", "max,pauth-impdef=on", "-smp", "2", "-m", "1G"])
         .args(["-nographic", "-nic", "none"]);
     cmd
+}
+
+/// A system file of Linux VMs (Debian's cached kernel, the demo busybox initramfs),
+/// each `(name, vCPUs, memory, extra TOML lines)`, followed by `tail` (more VMs or
+/// top-level keys), written into `dir`.
+pub fn linux_system(dir: &Path, vms: &[(&str, u32, &str, &str)], tail: &str) -> PathBuf {
+    let a = bothy_cli::cache::Cache::default_location()
+        .guest_artifacts()
+        .expect("guest artifacts (run ./scripts/setup.sh)");
+    let initrd = dir.join("initrd.gz");
+    std::fs::write(&initrd, bothy_cli::initramfs::build_demo(&a).unwrap()).unwrap();
+    let mut text = String::new();
+    for (name, cpus, memory, extra) in vms {
+        text += &format!(
+            "[[vm]]\nname = \"{name}\"\ncpus = {cpus}\nmemory = \"{memory}\"\nkernel = {:?}\n\
+             initrd = {:?}\nbootargs = \"console=ttyAMA0 quiet\"\n{extra}\n",
+            a.kernel.display().to_string(),
+            initrd.display().to_string()
+        );
+    }
+    text += tail;
+    let path = dir.join("linux.toml");
+    std::fs::write(&path, text).unwrap();
+    path
 }

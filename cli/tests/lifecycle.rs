@@ -1,0 +1,83 @@
+//! VM lifecycle policies with the bare-metal self-test guest (a few seconds a run):
+//! `on_exit = "restart"` boots the VM again each time it powers off, until it is
+//! stopped from Bothy's prompt (then the machine powers off when the prompt closes);
+//! `on_exit = "poweroff"` powers the whole machine off although another VM still runs.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{bothy, qemu_lock, Console};
+
+const RUN: Duration = Duration::from_secs(180);
+
+fn system(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
+    let guest = common::build_selftest_guest();
+    let text = format!(
+        "[[vm]]\nname = \"st\"\ncpus = 2\nmemory = \"64M\"\nkernel = {:?}\n{extra}",
+        guest.display().to_string()
+    );
+    let path = dir.join("lifecycle.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn on_exit_restart_boots_the_vm_again_until_stopped_from_the_prompt() {
+    let _q = qemu_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let path = system(dir.path(), "on_exit = \"restart\"\n");
+    let mut cmd = Command::new(bothy());
+    cmd.arg("run").arg(&path).args(["--timeout", "300"]);
+    let mut c = Console::spawn(cmd, "on_exit restart");
+    for round in 0..2 {
+        let summary = c.expect("TEST summary:", RUN);
+        let line = c.expect("\n", RUN);
+        assert!(
+            line.contains(" 0 failed"),
+            "round {round}:\n{summary}{line}"
+        );
+        c.expect("bothy: VM st restarts (on_exit = \"restart\")", RUN);
+        c.expect("bothy: VM st restarted", RUN);
+    }
+    c.send_raw(b"\x1c\x1c\x1c");
+    c.expect("bothy> ", RUN);
+    c.send("stop st");
+    c.expect("bothy: VM st stopped from the prompt", RUN);
+    c.expect(
+        "no VM is running; Bothy powers off when the prompt closes",
+        RUN,
+    );
+    c.send("resume");
+    c.expect("bothy: all VMs powered off", RUN);
+    assert!(c.wait(RUN).success(), "bothy run failed");
+}
+
+#[test]
+fn on_exit_poweroff_ends_the_machine_while_another_vm_runs() {
+    let _q = qemu_lock();
+    let dir = tempfile::tempdir().unwrap();
+    // A second VM that would run for ever (the self-test again, restarting).
+    let guest = common::build_selftest_guest();
+    let other = format!(
+        "on_exit = \"poweroff\"\n\n[[vm]]\nname = \"forever\"\ncpus = 1\nmemory = \"64M\"\n\
+         kernel = {:?}\non_exit = \"restart\"\n",
+        guest.display().to_string()
+    );
+    let path = system(dir.path(), &other);
+    let mut cmd = Command::new(bothy());
+    cmd.arg("run").arg(&path).args(["--timeout", "300"]);
+    let mut c = Console::spawn(cmd, "on_exit poweroff");
+    // (The two VMs' lines interleave, so only Bothy's own lines are matched.)
+    c.expect(
+        "bothy: powering the machine off (VM st stopped and has on_exit = \"poweroff\")",
+        RUN,
+    );
+    assert!(c.wait(RUN).success(), "bothy run failed");
+    assert!(
+        !c.transcript().contains("bothy: all VMs powered off"),
+        "{}",
+        c.transcript()
+    );
+}
