@@ -337,6 +337,17 @@ fn bench_micro(args: MicroArgs) -> Result<()> {
     if missing > 0 {
         bail!("{missing} operation(s) produced no number (see the list above)");
     }
+    let over = report.over_budget();
+    if !over.is_empty() {
+        let list: Vec<String> = over
+            .iter()
+            .map(|(op, m, b)| format!("{op} {m} > {b}"))
+            .collect();
+        bail!(
+            "Bothy is over its instruction budget: {} (micro::BOTHY_BUDGETS)",
+            list.join(", ")
+        );
+    }
     Ok(())
 }
 

@@ -114,7 +114,7 @@ pub fn run_cpu(cpu: usize) -> ! {
         (d, s.deadline(cpu))
     };
     let _ = leave(m, ctx, &frame, None, &d, None);
-    arrive(m, ctx, &mut frame, d, deadline);
+    arrive(m, ctx, &mut frame, None, d, deadline, false);
     enter_guest(m.cpus[cpu].index, &frame)
 }
 
@@ -154,50 +154,67 @@ fn schedule(frame: &mut GuestFrame) {
         }
     };
     let deadline = s.deadline(cpu);
-    if leave(m, ctx, frame, current, &d, Some(s)) == Stays::Yes {
-        // The same vCPU goes on with the registers it has.
-        arm_tick(deadline);
-        if let Some((vm, v)) = current {
-            if vm.vgic.needs_flush(v) {
-                service_list_registers(vm, v);
+    let owner = match leave(m, ctx, frame, current, &d, Some(s)) {
+        Left::Stays => {
+            // The same vCPU goes on with the registers it has.
+            arm_tick(deadline);
+            if let Some((vm, v)) = current {
+                if vm.vgic.needs_flush(v) {
+                    service_list_registers(vm, v);
+                }
             }
+            return;
         }
-        return;
-    }
+        Left::FrameKept => current,
+        Left::FrameSaved => None,
+    };
+    // Stopping a VM may restart it here, and nobody kicks a CPU on its own behalf:
+    // then the CPU must look again before it sleeps.
+    let look_first = finished_vm.is_some();
     if let Some((vm, quiescent, alive)) = finished_vm {
         vcpus_stopped(vm, quiescent, alive);
     }
-    arrive(m, ctx, frame, d, deadline);
+    arrive(m, ctx, frame, owner, d, deadline, look_first);
 }
 
-/// Whether the vCPU in the frame keeps running (`leave` changed nothing).
+/// What [`leave`] did with the vCPU whose registers are in the frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Stays {
-    No,
-    Yes,
+enum Left {
+    /// It keeps running: nothing moved.
+    Stays,
+    /// The CPU idles and the vCPU stays loaded here, its frame in the frame slot: only
+    /// this CPU can run it next (a wake-up of a vCPU loaded on an idle CPU goes there).
+    FrameKept,
+    /// Its frame went to its `saved` (or there was none in the slot).
+    FrameSaved,
 }
 
-/// The first half of carrying out `d`: the vCPU in `frame` (`current`), if it leaves,
-/// gets its frame copied out, and the vCPU whose registers this CPU holds gets them
-/// saved if `d` loads another. The `saved` locks are taken while the scheduler's
-/// lock (`s`) is still held, so whoever loads those vCPUs next waits for this.
+/// The first half of carrying out `d`: `owner`, the vCPU whose registers are in
+/// `frame`, gets its frame copied out if another vCPU is to run here, and the vCPU
+/// whose registers this CPU holds gets them saved if `d` loads another. The `saved`
+/// locks are taken while the scheduler's lock (`s`) is still held, so whoever loads
+/// those vCPUs next waits for this.
 fn leave(
     m: &Machine,
     ctx: &CpuContext,
     frame: &GuestFrame,
-    current: Option<(&'static Vm, usize)>,
+    owner: Option<(&'static Vm, usize)>,
     d: &Decision,
     s: Option<MutexGuard<Scheduler>>,
-) -> Stays {
-    let current_id = current.map(|(vm, v)| vm.vcpus[v].id);
-    let stays = d.run.is_some() && d.run == current_id;
-    if stays {
-        return Stays::Yes;
+) -> Left {
+    let owner_id = owner.map(|(vm, v)| vm.vcpus[v].id);
+    if d.run.is_some() && d.run == owner_id {
+        return Left::Stays;
     }
-    let out_frame = current;
+    if d.run.is_none() && d.save.is_none() {
+        return match owner {
+            Some(_) => Left::FrameKept,
+            None => Left::FrameSaved,
+        };
+    }
     let out_regs = d.save.and_then(|id| m.vcpu(id));
-    let mut frame_guard = out_frame.map(|(vm, v)| vm.vcpus[v].saved.lock());
-    let same = out_frame.map(|(vm, v)| vm.vcpus[v].id) == d.save;
+    let mut frame_guard = owner.map(|(vm, v)| vm.vcpus[v].saved.lock());
+    let same = owner_id.is_some() && owner_id == d.save;
     let mut regs_guard = if same {
         None
     } else {
@@ -219,17 +236,20 @@ fn leave(
         }
         ctx.loaded.clear();
     }
-    Stays::No
+    Left::FrameSaved
 }
 
 /// The second half of carrying out `d`: load and run `d.run`, or idle until the
-/// scheduler has something for this CPU. Leaves the registers to resume in `frame`.
+/// scheduler has something for this CPU. `owner` is the vCPU whose frame is still in
+/// `frame` (one this CPU idles with). Leaves the registers to resume in `frame`.
 fn arrive(
     m: &'static Machine,
     ctx: &CpuContext,
     frame: &mut GuestFrame,
+    mut owner: Option<(&'static Vm, usize)>,
     mut d: Decision,
     mut deadline: Option<Ticks>,
+    mut look_first: bool,
 ) {
     let cpu = ctx.slot;
     loop {
@@ -240,9 +260,9 @@ fn arrive(
                     id.0
                 ))
             };
-            let vcpu = &vm.vcpus[v];
-            {
-                let saved = vcpu.saved.lock();
+            let in_slot = owner.is_some_and(|(o, ov)| o.index == vm.index && ov == v);
+            if d.restore == Some(id) || !in_slot {
+                let saved = vm.vcpus[v].saved.lock();
                 if d.restore == Some(id) {
                     sysreg::write_vttbr_el2(vm.vttbr);
                     sysreg::write_vtcr_el2(vm.vtcr);
@@ -271,31 +291,30 @@ fn arrive(
             }
             return;
         }
-        // Look again before sleeping: what ran after `d` was decided (a VM restarted
-        // on this CPU, an interrupt handled here) may have given this CPU work, and
-        // nobody kicks a CPU on its own behalf.
+        if look_first {
+            look_first = false;
+        } else {
+            arm_tick(deadline);
+            sysreg::wfi();
+            let loaded = ctx.loaded.get();
+            let _ = drain_physical_irqs(m, loaded);
+            // The vCPU this CPU idles with may have been given an interrupt meanwhile
+            // (its timer fires here, into its own list registers).
+            if let Some((vm, v)) = loaded {
+                if vm.vgic.needs_flush(v) {
+                    service_list_registers(vm, v);
+                }
+                if vm.vgic.has_pending(v) {
+                    wake(vm, v);
+                }
+            }
+        }
         let mut s = m.sched.lock();
         d = s.tick(cpu, sysreg::read_cntpct_el0());
         kick_mask(s.take_kicks());
         deadline = s.deadline(cpu);
-        if d.run.is_some() {
-            let _ = leave(m, ctx, frame, None, &d, Some(s));
-            continue;
-        }
-        drop(s);
-        arm_tick(deadline);
-        sysreg::wfi();
-        let loaded = ctx.loaded.get();
-        let _ = drain_physical_irqs(m, loaded);
-        // The vCPU this CPU idles with may have been given an interrupt meanwhile (its
-        // timer fires here, into its own list registers).
-        if let Some((vm, v)) = loaded {
-            if vm.vgic.needs_flush(v) {
-                service_list_registers(vm, v);
-            }
-            if vm.vgic.has_pending(v) {
-                wake(vm, v);
-            }
+        if d.run.is_some() && leave(m, ctx, frame, owner, &d, Some(s)) == Left::FrameSaved {
+            owner = None;
         }
     }
 }
@@ -329,6 +348,8 @@ fn start_if_pending(vm: &Vm, v: usize, frame: &mut GuestFrame) {
         frame.x[0] = vm.boot.dtb;
         frame.elr = vm.boot.kernel;
         frame.spsr = inject::SPSR_EL1H_MASKED;
+    } else if !vm.vcpus[v].psci_start.swap(false, Ordering::AcqRel) {
+        // The common case: no lock taken.
     } else if let Some((entry, context)) = vm.power.take_pending_start(v) {
         reset_vcpu_state(vm, v);
         *frame = GuestFrame::default();
@@ -451,8 +472,8 @@ fn wake(vm: &Vm, vcpu: usize) {
 pub extern "C" fn handle_sync_exit(frame: &mut GuestFrame) -> Resume {
     let ctx = machine::this_cpu();
     let (vm, vcpu) = loaded(ctx);
-    count_exit(vm, vcpu, sync_exit_kind(sysreg::read_esr_el2()));
-    let flushed = match sync_exit::<false>(vm, vcpu, frame, sysreg::read_esr_el2(), ctx.lrs) {
+    let esr = sysreg::read_esr_el2();
+    let flushed = match sync_exit::<false>(vm, vcpu, frame, esr, ctx.lrs) {
         SyncExit::Handled { flushed } => flushed,
         SyncExit::Schedule => return Resume::Schedule,
         SyncExit::NeedsAllRegisters => return Resume::SaveAllAndRetry,
@@ -464,7 +485,7 @@ pub extern "C" fn handle_sync_exit(frame: &mut GuestFrame) -> Resume {
 pub extern "C" fn handle_irq_exit(_frame: &mut GuestFrame) -> Resume {
     let ctx = machine::this_cpu();
     let (vm, vcpu) = loaded(ctx);
-    count_exit(vm, vcpu, ExitKindCount::Irq);
+    count_exit(ctx, ExitKindCount::Irq);
     // One interrupt per exit: another one pending brings the CPU straight back.
     let taken = take_physical_irqs(machine(), Some((vm, vcpu)), 1);
     let resume = finish_exit(vm, vcpu, taken & FLUSHED != 0);
@@ -479,7 +500,7 @@ pub extern "C" fn handle_irq_exit(_frame: &mut GuestFrame) -> Resume {
 pub extern "C" fn handle_other_exit(kind: u64, _frame: &mut GuestFrame) -> Resume {
     let ctx = machine::this_cpu();
     let (vm, vcpu) = loaded(ctx);
-    count_exit(vm, vcpu, ExitKindCount::Other);
+    count_exit(ctx, ExitKindCount::Other);
     let flushed = other_exit(kind, vm, vcpu);
     finish_exit(vm, vcpu, flushed)
 }
@@ -507,21 +528,9 @@ pub extern "C" fn handle_exit_all(frame: &mut GuestFrame, why: u64) {
 }
 
 #[inline(always)]
-fn count_exit(vm: &Vm, vcpu: usize, kind: ExitKindCount) {
-    if let Some(v) = vm.vcpus.get(vcpu) {
-        v.exits.count(kind);
-    }
-}
-
-/// Which counter a synchronous exit goes to.
-#[inline(always)]
-fn sync_exit_kind(esr: u64) -> ExitKindCount {
-    match bothy_core::exit::exception_class(esr) {
-        ec::HVC64 => ExitKindCount::Hypercall,
-        ec::SYSREG => ExitKindCount::Sysreg,
-        ec::DABT_LOWER => ExitKindCount::Mmio,
-        ec::WFX => ExitKindCount::Wfx,
-        _ => ExitKindCount::Other,
+fn count_exit(ctx: &CpuContext, kind: ExitKindCount) {
+    if let Some(exits) = ctx.loaded.exits() {
+        exits.count(kind);
     }
 }
 
@@ -573,8 +582,12 @@ fn sync_exit<const ALL_SAVED: bool>(
     esr: u64,
     lrs: HwListRegs,
 ) -> SyncExit {
+    // Each exit is counted once: in the arm that handles it, after any early return
+    // that sends it back to be handled with all registers saved.
+    let ctx = machine::this_cpu();
     let flushed = match bothy_core::exit::exception_class(esr) {
         ec::HVC64 => {
+            count_exit(ctx, ExitKindCount::Hypercall);
             if smccc_call(vm, vcpu, frame) == Sched::Yes {
                 return SyncExit::Schedule;
             }
@@ -585,6 +598,7 @@ fn sync_exit<const ALL_SAVED: bool>(
             if !ALL_SAVED && unsaved(rt) {
                 return SyncExit::NeedsAllRegisters;
             }
+            count_exit(ctx, ExitKindCount::Sysreg);
             if sysreg_syndrome(esr) == SGI1R_WRITE {
                 sgi1r_write(vm, vcpu, frame, rt, lrs)
             } else {
@@ -596,10 +610,16 @@ fn sync_exit<const ALL_SAVED: bool>(
             if !ALL_SAVED && unsaved(data_abort_srt(esr)) {
                 return SyncExit::NeedsAllRegisters;
             }
+            count_exit(ctx, ExitKindCount::Mmio);
             data_abort(vm, vcpu, frame, esr);
             false
         }
-        _ => {
+        other => {
+            let kind = match other {
+                ec::WFX => ExitKindCount::Wfx,
+                _ => ExitKindCount::Other,
+            };
+            count_exit(ctx, kind);
             if other_sync_exit(vm, vcpu, frame, esr) == Sched::Yes {
                 return SyncExit::Schedule;
             }
@@ -766,6 +786,7 @@ fn smccc_outcome(vm: &'static Vm, vcpu: usize, frame: &mut GuestFrame, outcome: 
         Outcome::StartVcpu { target, ret } => {
             frame.x[..4].copy_from_slice(&ret);
             if let Some(t) = vm.vcpus.get(target) {
+                t.psci_start.store(true, Ordering::Release);
                 let kick = machine().sched.lock().start(t.id);
                 if let Some(cpu) = kick {
                     machine::kick(cpu);

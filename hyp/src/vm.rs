@@ -144,6 +144,8 @@ pub struct Vcpu {
     /// Start at the kernel entry the next time it is loaded (vCPU 0 at boot and after
     /// a reset).
     pub boot: AtomicBool,
+    /// PSCI CPU_ON gave it a start point (in `Vm::power`) to take when it is loaded.
+    pub psci_start: AtomicBool,
     pub exits: ExitCounters,
 }
 
@@ -245,6 +247,7 @@ pub fn build(
             placement,
             saved: Mutex::new(Saved::default()),
             boot: AtomicBool::new(false),
+            psci_start: AtomicBool::new(false),
             exits: ExitCounters::default(),
         })
         .collect();

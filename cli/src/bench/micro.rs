@@ -40,6 +40,17 @@ pub const OPS: [&str; 7] = [
     "uart_putc",
     "ipi_roundtrip",
 ];
+/// Bothy's instruction budgets: a regression gate, checked by every `bothy bench` run
+/// (`--quick` too, which CI runs). `-icount` makes the counts exact and repeatable, so
+/// a figure over its budget is a real change of the exit path, not noise. Each is the
+/// figure before time-sharing (125 / 182 / 396 / 263) plus 10%.
+pub const BOTHY_BUDGETS: [(&str, u64); 4] = [
+    ("hvc_null", 137),
+    ("mmio_gicd_typer", 200),
+    ("sgi_self", 435),
+    ("vtimer_irq", 289),
+];
+
 /// Measured in the `-smp 2` run; not instruction-exact (icount is shared).
 pub const TWO_CPU_OPS: [&str; 1] = ["ipi_roundtrip"];
 /// The guest's last line.
@@ -423,6 +434,17 @@ impl Report {
         Some(self.config(c)?.ops.get(op)?.stats()?.median)
     }
 
+    /// Every Bothy figure over its budget: (op, figure, budget).
+    pub fn over_budget(&self) -> Vec<(String, u64, u64)> {
+        BOTHY_BUDGETS
+            .iter()
+            .filter_map(|&(op, budget)| {
+                let m = self.median(Config::Bothy, op)?;
+                (m > budget).then(|| (op.to_string(), m, budget))
+            })
+            .collect()
+    }
+
     /// Every (configuration, op, why) without a number, in table order.
     pub fn missing(&self) -> Vec<(Config, String, String)> {
         let mut out = Vec::new();
@@ -494,6 +516,19 @@ impl Report {
             self.iters, self.qemu, self.icount
         );
         s += &format!("* {}\n", self.note);
+        if self.config(Config::Bothy).is_some() {
+            s += "\nBothy's budgets (instructions):";
+            for (op, budget) in BOTHY_BUDGETS {
+                let verdict = match self.median(Config::Bothy, op) {
+                    Some(m) if m <= budget => "ok",
+                    Some(_) => "OVER",
+                    None => "-",
+                };
+                s += &format!(" {op} <= {budget} {verdict};");
+            }
+            s.pop();
+            s += "\n";
+        }
         let missing = self.missing();
         if !missing.is_empty() {
             s += "\nwithout a number:\n";

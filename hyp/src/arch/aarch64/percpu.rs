@@ -5,7 +5,7 @@
 
 use super::sysreg::{read_tpidr_el2, write_tpidr_el2};
 use crate::machine::CpuContext;
-use crate::vm::Vm;
+use crate::vm::{ExitCounters, Vm};
 use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 /// Forget any value firmware left: TPIDR_EL2 resets to an UNKNOWN value. Call at
@@ -35,6 +35,8 @@ pub fn get() -> Option<&'static CpuContext> {
 pub struct LoadedVcpu {
     vm: AtomicPtr<Vm>,
     vcpu: AtomicUsize,
+    /// Its exit counters, so counting an exit is a load and an add.
+    exits: AtomicPtr<ExitCounters>,
 }
 
 impl LoadedVcpu {
@@ -42,16 +44,31 @@ impl LoadedVcpu {
         LoadedVcpu {
             vm: AtomicPtr::new(core::ptr::null_mut()),
             vcpu: AtomicUsize::new(0),
+            exits: AtomicPtr::new(core::ptr::null_mut()),
         }
     }
 
     pub fn set(&self, vm: &'static Vm, vcpu: usize) {
+        let exits = vm.vcpus.get(vcpu).map_or(core::ptr::null_mut(), |v| {
+            &v.exits as *const ExitCounters as *mut ExitCounters
+        });
+        self.exits.store(exits, Ordering::Relaxed);
         self.vcpu.store(vcpu, Ordering::Relaxed);
         self.vm.store(vm as *const Vm as *mut Vm, Ordering::Relaxed);
     }
 
     pub fn clear(&self) {
         self.vm.store(core::ptr::null_mut(), Ordering::Relaxed);
+        self.exits.store(core::ptr::null_mut(), Ordering::Relaxed);
+    }
+
+    /// The loaded vCPU's exit counters.
+    #[inline(always)]
+    pub fn exits(&self) -> Option<&'static ExitCounters> {
+        let exits = self.exits.load(Ordering::Relaxed);
+        // SAFETY: null, or taken in `set` from a vCPU of a `&'static Vm` (VMs and their
+        // vCPUs live for the rest of the run; the counters are atomics, `Sync`).
+        unsafe { exits.as_ref() }
     }
 
     #[inline(always)]
