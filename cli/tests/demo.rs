@@ -100,6 +100,8 @@ fn demo_two_linux_vms_and_the_selftest_share_two_cpus() {
 
     c.send("poweroff");
     c.expect("bothy: VM linux-b powered off", CMD);
+    // Input reaches linux-a once Bothy says so (the VM stops first, then focus moves).
+    c.expect("console input goes to VM linux-a", CMD);
     c.send("poweroff");
     c.expect("bothy: VM linux-a powered off", CMD);
     c.expect("bothy: all VMs powered off", CMD);
