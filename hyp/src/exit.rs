@@ -446,9 +446,18 @@ pub fn finish_reset(vm: &'static Vm) {
     // A rebooted guest finds the distributor and every redistributor as at power-on.
     vm.vgic.reset();
     vm.vcpus[0].boot.store(true, Ordering::Release);
-    vm.set_state(RunState::Running);
+    // Running and vCPU 0 started in one step under the scheduler's lock: a stop that
+    // comes between them (from the prompt) finds the VM Running and vCPU 0 runnable,
+    // and stops both, instead of stopping an idle VM whose vCPU then starts anyway.
+    let kick = {
+        let mut s = machine().sched.lock();
+        if vm.state() != RunState::Resetting {
+            return;
+        }
+        vm.set_state(RunState::Running);
+        s.start(vm.vcpus[0].id)
+    };
     println!("VM {} restarted", vm.name);
-    let kick = machine().sched.lock().start(vm.vcpus[0].id);
     if let Some(cpu) = kick {
         machine::kick(cpu);
     }

@@ -490,6 +490,10 @@ pub fn kick(cpu: usize) {
 /// Called when a VM has stopped for good; powers off after the last one.
 pub fn vm_stopped(vm: &Vm) {
     let m = machine();
+    // Counted once however the stop is reported (see `Vm::counted`).
+    if !vm.counted.swap(false, Ordering::AcqRel) {
+        return;
+    }
     if m.running_vms.fetch_sub(1, Ordering::AcqRel) == 1 {
         if crate::prompt::is_open() {
             println!("no VM is running; Bothy powers off when the prompt closes");
@@ -501,6 +505,13 @@ pub fn vm_stopped(vm: &Vm) {
     // Keep the console useful: input should not go to a VM that can no longer read it.
     if m.focus.load(Ordering::Relaxed) == vm.index {
         switch_focus(m);
+    }
+}
+
+/// A stopped VM starts again (from the prompt): it counts as running.
+pub fn vm_started(vm: &Vm) {
+    if !vm.counted.swap(true, Ordering::AcqRel) {
+        machine().running_vms.fetch_add(1, Ordering::AcqRel);
     }
 }
 

@@ -164,7 +164,7 @@ fn start(m: &Machine, vm: &'static Vm) {
         say(format_args!("VM {} is still stopping; try again", vm.name));
         return;
     }
-    m.running_vms.fetch_add(1, Ordering::AcqRel);
+    machine::vm_started(vm);
     vm.set_state(RunState::Resetting);
     exit::finish_reset(vm);
 }

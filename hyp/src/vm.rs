@@ -80,6 +80,9 @@ pub struct Vm {
     pub boot: BootPlan,
     pub on_exit: OnExit,
     state: AtomicU8,
+    /// Counted in `Machine::running_vms` (true from boot until it stops for good), so
+    /// a stop reported twice is counted once.
+    pub counted: AtomicBool,
     /// What a reset reloads: the manifest's images and the generated DTB.
     kernel: PayloadRef,
     initrd: Option<PayloadRef>,
@@ -285,6 +288,7 @@ pub fn build(
         boot,
         on_exit: spec.on_exit,
         state: AtomicU8::new(RunState::Running as u8),
+        counted: AtomicBool::new(true),
         kernel: spec.kernel,
         initrd: spec.initrd,
         dtb,
