@@ -12,9 +12,10 @@ use common::{bothy, hyp_present, qemu_lock};
 
 const CONFIGS: [&str; 3] = ["bare", "bothy", "xen"];
 /// Keep in step with bothy_cli::bench::micro::OPS.
-const OPS: [&str; 7] = [
+const OPS: [&str; 8] = [
     "hvc_null",
     "mmio_gicd_typer",
+    "mmio_gicd_write",
     "sgi_self",
     "vtimer_irq",
     "vtimer_wfi",

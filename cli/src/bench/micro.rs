@@ -31,9 +31,10 @@ use crate::size::MIB;
 use crate::xen;
 
 /// The operations guests/bench measures, in the order it prints them.
-pub const OPS: [&str; 7] = [
+pub const OPS: [&str; 8] = [
     "hvc_null",
     "mmio_gicd_typer",
+    "mmio_gicd_write",
     "sgi_self",
     "vtimer_irq",
     "vtimer_wfi",
@@ -752,8 +753,8 @@ mod tests {
     }
 
     fn report(bothy_ipi: OpResult) -> Report {
-        let mk = |name, vals: [u64; 6], ipi: OpResult| {
-            let mut ops: BTreeMap<String, OpResult> = OPS[..6]
+        let mk = |name, vals: [u64; 7], ipi: OpResult| {
+            let mut ops: BTreeMap<String, OpResult> = OPS[..7]
                 .iter()
                 .zip(vals)
                 .map(|(o, v)| (o.to_string(), ok(v)))
@@ -769,9 +770,17 @@ mod tests {
             "QEMU emulator version 7.2.22".into(),
             50,
             vec![
-                mk(Config::Bare, [1, 1, 130, 3, 4, 3], ok(278)),
-                mk(Config::Bothy, [195, 637, 4201, 3516, 8514, 2120], bothy_ipi),
-                mk(Config::Xen, [471, 599, 1226, 1086, 4586, 1309], ok(9821)),
+                mk(Config::Bare, [1, 1, 1, 130, 3, 4, 3], ok(278)),
+                mk(
+                    Config::Bothy,
+                    [195, 637, 700, 4201, 3516, 8514, 2120],
+                    bothy_ipi,
+                ),
+                mk(
+                    Config::Xen,
+                    [471, 599, 650, 1226, 1086, 4586, 1309],
+                    ok(9821),
+                ),
             ],
         )
     }

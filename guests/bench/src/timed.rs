@@ -71,6 +71,24 @@ pub fn mmio_read32(addr: usize) -> (u64, u32) {
     (t1.wrapping_sub(t0), v)
 }
 
+/// One 32-bit `str w, [x]` to a device register. Returns ticks.
+#[inline(never)]
+pub fn mmio_write32(addr: usize, value: u32) -> u64 {
+    let (t0, t1): (u64, u64);
+    // SAFETY: `addr` is a writable device register whose write has no effect beyond
+    // itself (the priority of an SPI nothing raises).
+    unsafe {
+        asm!(
+            "isb", "mrs {t0}, cntvct_el0",
+            "str {v:w}, [{a}]",
+            "isb", "mrs {t1}, cntvct_el0",
+            t0 = out(reg) t0, t1 = out(reg) t1, v = in(reg) value, a = in(reg) addr,
+            options(nostack),
+        )
+    };
+    t1.wrapping_sub(t0)
+}
+
 /// Write `sgi1r` to ICC_SGI1R_EL1 and spin until the u32 at `counter` differs from
 /// `prev` (an IRQ handler bumps it) or CNTVCT reaches `deadline`. IRQs must be unmasked.
 /// The poll loop has a YIELD: a no-op for the CPU, but single-threaded TCG (which -icount
