@@ -14,6 +14,7 @@
 extern crate alloc;
 
 pub mod abi;
+pub mod arch;
 pub mod dev;
 pub mod exit;
 pub mod fdt;

@@ -3,23 +3,32 @@
 //! - `pgtable.rs`: the VMSAv8-64 table walker (4 KiB granule) shared by both formats;
 //! - `stage2.rs`: [`Stage2`], a VM's IPA → PA tables, plus its `VTCR_EL2`/`VTTBR_EL2`;
 //! - `idmap.rs`: [`build_el2_idmap`], Bothy's own EL2 stage-1 identity map;
-//! - `frames.rs`: [`free_regions`] and [`RegionAllocator`], physical memory bookkeeping.
+//! - `frames.rs`: [`free_regions`] and [`RegionAllocator`], physical memory bookkeeping;
+//! - `vmid.rs`: [`VmidAllocator`], VMIDs for VMs that come and go (a freed VMID is
+//!   invalidated through [`crate::arch::Arch::tlbi_vmid`] before anyone gets it again);
+//! - `ownership.rs`: [`PageOwnership`], who owns each physical page and who it is lent or
+//!   shared to (what stage-2 may map for whom).
 //!
 //! Tables live in physical memory the hypervisor owns, but `core` never dereferences a
 //! pointer: every table access goes through [`TableMemory`], which `hyp` implements over
-//! its identity map and the tests implement with a hash map. `core` also never issues
-//! TLB maintenance; operations that remove translations return what must be
-//! invalidated, and those that would need break-before-make refuse instead.
+//! its identity map and the tests implement with a hash map. TLB maintenance goes through
+//! the [`crate::arch::Arch`] trait (a fake records it in tests); the table operations
+//! that remove translations return what must be invalidated, and those that would need
+//! break-before-make refuse instead.
 
 mod frames;
 mod idmap;
+mod ownership;
 mod pgtable;
 mod stage2;
+mod vmid;
 
 pub use frames::{free_regions, RegionAllocator};
 pub use idmap::{build_el2_idmap, IdMap};
+pub use ownership::{Owner, OwnershipError, OwnershipOp, PageOwnership, Refusal, State};
 pub use pgtable::{pa_range_bits, pa_range_encoding, PAGE_SIZE};
 pub use stage2::{S2Attr, Stage2, VTCR_EL2_VS};
+pub use vmid::{Vmid, VmidAllocator, VmidBits, VmidError};
 
 use core::fmt;
 
