@@ -14,7 +14,7 @@ use crate::{exit, fatal, println};
 use alloc::vec::Vec;
 use bothy_core::fdt::platform::Platform;
 use bothy_core::manifest::Manifest;
-use bothy_core::mem::{build_el2_idmap, RegionAllocator};
+use bothy_core::mem::{build_el2_idmap, RegionAllocator, VmidAllocator, VmidBits};
 use bothy_core::sched::{Placement, Scheduler, VcpuId};
 use bothy_core::Region;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -267,11 +267,17 @@ pub fn build(
 
     // 5. Physical GIC, then the VMs.
     gic::init_distributor(platform.gic.dist.base);
+    // One width for the allocator and VTCR_EL2.VS: if they disagreed, VMIDs 256
+    // apart would share TLB entries.
+    let mut vmids = VmidAllocator::new(VmidBits::from_id_aa64mmfr1(
+        sysreg::read_id_aa64mmfr1_el1(),
+    ));
     let mut env = BuildEnv {
         allocator: &mut allocator,
         payload_base,
         pa_bits,
         timer: platform.timer,
+        vmids: &mut vmids,
     };
     let mut vms = Vec::new();
     for ((index, spec), plan) in manifest.vms.iter().enumerate().zip(plans) {

@@ -26,7 +26,7 @@ use bothy_core::fdt::platform::TimerIrqs;
 use bothy_core::layout::{self, BootPlan};
 use bothy_core::linux::ImageHeader;
 use bothy_core::manifest::{OnExit, PayloadRef, VmSpec};
-use bothy_core::mem::{RegionAllocator, S2Attr, Stage2};
+use bothy_core::mem::{RegionAllocator, S2Attr, Stage2, VmidAllocator};
 use bothy_core::sched::{Placement, VcpuId};
 use bothy_core::vgic::VGic;
 use bothy_core::Region;
@@ -199,6 +199,8 @@ pub struct BuildEnv<'a> {
     pub payload_base: u64,
     pub pa_bits: u32,
     pub timer: TimerIrqs,
+    /// VMIDs for the VMs built (8 or 16 bits, as the CPU supports).
+    pub vmids: &'a mut VmidAllocator,
 }
 
 /// Build VM `index`; `vcpus` are its vCPUs' scheduler handles and placements.
@@ -221,6 +223,10 @@ pub fn build(
             spec.memory >> 20
         )
     })?;
+    let vmid = env
+        .vmids
+        .alloc()
+        .ok_or_else(|| format!("VM {name}: no VMID left"))?;
     let mut frames = Frames {
         allocator: env.allocator,
         mmu_off: false,
@@ -241,7 +247,6 @@ pub fn build(
             },
         )
         .map_err(|e| format!("VM {name}: stage-2 map of RAM: {e:?}"))?;
-    let vmid = (index + 1) as u16;
 
     let vcpu_list: Vec<Vcpu> = vcpus
         .into_iter()
@@ -276,8 +281,8 @@ pub fn build(
     let vm = Vm {
         index,
         name: name.clone(),
-        vttbr: stage2.vttbr(vmid),
-        vtcr: stage2.vtcr(env.pa_bits),
+        vttbr: stage2.vttbr(vmid.get()),
+        vtcr: stage2.vtcr(env.pa_bits) | env.vmids.bits().vtcr_vs(),
         cntvoff: sysreg::read_cntpct_el0(),
         ram,
         ram_pa,

@@ -34,6 +34,11 @@ sysreg!(
     "id_aa64mmfr0_el1"
 );
 sysreg!(read_id_aa64pfr0_el1, _write_pfr0_unused, "id_aa64pfr0_el1");
+sysreg!(
+    read_id_aa64mmfr1_el1,
+    _write_mmfr1_unused,
+    "id_aa64mmfr1_el1"
+);
 sysreg!(read_id_aa64pfr1_el1, _write_pfr1_unused, "id_aa64pfr1_el1");
 sysreg!(read_pmcr_el0, _write_pmcr_unused, "pmcr_el0");
 
