@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The Bothy demo: set up what is missing, build, and boot one Linux VM (2 vCPUs) under
-# Bothy on QEMU with the console on this terminal. Type `poweroff` in the guest to end
-# it (or Ctrl-A x to quit QEMU). Extra arguments go to `bothy run`.
+# The Bothy demo: set up what is missing, build, and boot two Linux VMs (2 vCPUs each)
+# and the bare-metal self-test VM under Bothy, time-shared on QEMU's two CPUs, with the
+# console on this terminal. Ctrl-] moves input between the guests, Ctrl-\ three times
+# opens Bothy's prompt; type `poweroff` in each guest to end it (or Ctrl-A x to quit
+# QEMU). Extra arguments go to `bothy run`.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"

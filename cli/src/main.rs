@@ -65,8 +65,9 @@ enum Cmd {
     },
     /// Build an image and run it on QEMU with the console attached.
     ///
-    /// Without SYSTEM.toml, runs the built-in demo: one Linux VM (2 vCPUs, 512M)
-    /// with a busybox shell; type `poweroff` to end it.
+    /// Without SYSTEM.toml, runs the built-in demo: two Linux VMs (2 vCPUs each, a
+    /// busybox shell) and the self-test VM, time-shared; type `poweroff` in each Linux
+    /// guest to end it.
     Run {
         /// System file (see docs/CONFIG.md); the built-in demo when omitted.
         system: Option<PathBuf>,
