@@ -5,7 +5,8 @@
 //! ticks at 62.5 MHz of virtual time, one tick per executed instruction at every
 //! exception level, so the guest's `CNTVCT_EL0` deltas are instruction counts and two
 //! runs print the same numbers. Each configuration runs twice: `-smp 1` for every
-//! operation but `ipi_roundtrip`, and `-smp 2` (a 2-vCPU VM or domU) for that one. With
+//! operation but `ipi_roundtrip`, and `-smp 2` (a 2-vCPU VM or domU) for that one; Bothy
+//! and Xen run a third time, the 2-vCPU guest on `-smp 1`, for `vcpu_switch`. With
 //! two CPUs icount is one budget shared by both, so that number includes what the other
 //! vCPU executes meanwhile: repeatable, but not the instruction count of the round trip
 //! alone; the table marks it.
@@ -31,7 +32,7 @@ use crate::size::MIB;
 use crate::xen;
 
 /// The operations guests/bench measures, in the order it prints them.
-pub const OPS: [&str; 8] = [
+pub const OPS: [&str; 9] = [
     "hvc_null",
     "mmio_gicd_typer",
     "mmio_gicd_write",
@@ -40,6 +41,7 @@ pub const OPS: [&str; 8] = [
     "vtimer_wfi",
     "uart_putc",
     "ipi_roundtrip",
+    "vcpu_switch",
 ];
 /// Bothy's instruction budgets: a regression gate, checked by every `bothy bench` run
 /// (`--quick` too, which CI runs). `-icount` makes the counts exact and repeatable, so
@@ -51,6 +53,13 @@ pub const BOTHY_BUDGETS: [(&str, u64); 4] = [
     ("sgi_self", 435),
     ("vtimer_irq", 289),
 ];
+
+/// Measured in a run of the 2-vCPU guest on `-smp 1` (Bothy and Xen only: bare QEMU
+/// cannot run two vCPUs on one CPU): half of the guest's `ipi_wfi_roundtrip`, an SGI
+/// answered while the sender sleeps in WFI, which on one CPU is two hand-overs.
+pub const SWITCH_OPS: [&str; 1] = ["vcpu_switch"];
+/// The guest's operation `vcpu_switch` is derived from.
+const SWITCH_SOURCE: &str = "ipi_wfi_roundtrip";
 
 /// Measured in the `-smp 2` run; not instruction-exact (icount is shared).
 pub const TWO_CPU_OPS: [&str; 1] = ["ipi_roundtrip"];
@@ -100,6 +109,10 @@ pub enum OpResult {
     Missing {
         reason: String,
     },
+    /// The operation does not exist in this configuration (not a failure).
+    NotApplicable {
+        reason: String,
+    },
 }
 
 impl OpResult {
@@ -117,6 +130,7 @@ impl OpResult {
             OpResult::Failed { reason } => Some(format!("failed: {reason}")),
             OpResult::Skipped { reason } => Some(format!("skipped: {reason}")),
             OpResult::Missing { reason } => Some(format!("no result: {reason}")),
+            OpResult::NotApplicable { reason } => Some(format!("n/a: {reason}")),
         }
     }
 }
@@ -304,9 +318,10 @@ fn icount_args() -> Vec<String> {
 }
 
 impl Setup {
-    /// The QEMU arguments of one configuration with `smp` CPUs (and as many vCPUs).
-    pub fn args(&self, config: Config, smp: u32) -> Result<Vec<String>> {
+    /// The QEMU arguments of one configuration with `smp` CPUs and a guest of `vcpus`.
+    pub fn args(&self, config: Config, smp: u32, vcpus: u32) -> Result<Vec<String>> {
         Ok(match config {
+            Config::Bare if vcpus != smp => bail!("bare QEMU runs one vCPU per CPU"),
             Config::Bare => {
                 let mut a = common_args(false, smp);
                 a.push("-kernel".into());
@@ -319,8 +334,8 @@ impl Setup {
             Config::Bothy => {
                 let img = self
                     .bothy_images
-                    .get(&smp)
-                    .with_context(|| format!("no Bothy image for {smp} vCPUs"))?;
+                    .get(&vcpus)
+                    .with_context(|| format!("no Bothy image for {vcpus} vCPUs"))?;
                 let mut a = common_args(true, smp);
                 a.push("-kernel".into());
                 a.push(img.display().to_string());
@@ -337,13 +352,13 @@ impl Setup {
                     extra_args: icount_args(),
                 };
                 let domu = xen::DomU {
-                    cpus: smp,
+                    cpus: vcpus,
                     memory: GUEST_MEMORY,
                     kernel: self.guest_image.clone(),
                     initrd: None,
                     bootargs: bootargs(self.iters),
                 };
-                let dir = self.dir.join(format!("xen-smp{smp}"));
+                let dir = self.dir.join(format!("xen-smp{smp}-vcpus{vcpus}"));
                 std::fs::create_dir_all(&dir)?;
                 m.prepare(&domu, &dir)?.args
             }
@@ -355,6 +370,8 @@ impl Setup {
 #[derive(Clone, Debug, Serialize)]
 pub struct RunRecord {
     pub smp: u32,
+    /// vCPUs of the guest (more than `smp` in the `vcpu_switch` run).
+    pub vcpus: u32,
     pub command: String,
     /// `done`, or what went wrong.
     pub outcome: String,
@@ -452,6 +469,7 @@ impl Report {
         for c in &self.configurations {
             for op in &self.ops {
                 let why = match c.ops.get(op) {
+                    Some(OpResult::NotApplicable { .. }) => None,
                     Some(r) => r.why(),
                     None => Some("no result: the guest printed no line for it".into()),
                 };
@@ -497,9 +515,15 @@ impl Report {
         for op in &self.ops {
             s += &format!("{:<w0$}", label(op));
             for c in &cols {
-                let v = self
-                    .median(*c, op)
-                    .map_or("-".to_string(), |m| m.to_string());
+                let na = matches!(
+                    self.config(*c).and_then(|r| r.ops.get(op.as_str())),
+                    Some(OpResult::NotApplicable { .. })
+                );
+                let v = match self.median(*c, op) {
+                    Some(m) => m.to_string(),
+                    None if na => "n/a".to_string(),
+                    None => "-".to_string(),
+                };
                 s += &format!("{v:>9}");
             }
             if ratio {
@@ -541,8 +565,9 @@ impl Report {
     }
 }
 
-/// Runs every configuration of `setup` (`-smp 1`, then `-smp 2`) and collects the
-/// results. Failures of a run become `-` entries, not errors.
+/// Runs every configuration of `setup` (`-smp 1`, `-smp 2`, and for Bothy and Xen the
+/// 2-vCPU guest on `-smp 1`) and collects the results. Failures of a run become `-`
+/// entries, not errors.
 pub fn run(setup: &Setup, qemu: String) -> Report {
     let mut configurations = Vec::new();
     for &config in &setup.configs {
@@ -567,14 +592,15 @@ pub fn run(setup: &Setup, qemu: String) -> Report {
             let wanted: Vec<&str> = OPS
                 .iter()
                 .copied()
+                .filter(|op| !SWITCH_OPS.contains(op))
                 .filter(|op| TWO_CPU_OPS.contains(op) == (smp == 2))
                 .collect();
-            let (record, parsed, why) = run_one(setup, config, smp);
+            let (record, parsed, why) = run_one(setup, config, smp, smp);
             for (op, r) in parsed.ops {
                 // The -smp 1 run's numbers for everything else, including ops this
                 // version of the CLI does not know; the -smp 2 run's for its own.
                 let take = if smp == 1 {
-                    !TWO_CPU_OPS.contains(&op.as_str())
+                    !TWO_CPU_OPS.contains(&op.as_str()) && op != SWITCH_SOURCE
                 } else {
                     wanted.contains(&op.as_str())
                 };
@@ -582,15 +608,22 @@ pub fn run(setup: &Setup, qemu: String) -> Report {
                     rep.ops.insert(op, r);
                 }
             }
-            for op in wanted {
-                rep.ops
-                    .entry(op.to_string())
-                    .or_insert_with(|| OpResult::Missing {
-                        reason: why
-                            .clone()
-                            .unwrap_or_else(|| "the guest printed no line for it".to_string()),
-                    });
+            missing_if_absent(&mut rep, &wanted, &why);
+            rep.runs.push(record);
+        }
+        if config == Config::Bare {
+            rep.ops.insert(
+                SWITCH_OPS[0].to_string(),
+                OpResult::NotApplicable {
+                    reason: "two vCPUs on one CPU need a hypervisor".into(),
+                },
+            );
+        } else {
+            let (record, parsed, why) = run_one(setup, config, 1, 2);
+            if let Some((_, r)) = parsed.ops.iter().find(|(op, _)| op == SWITCH_SOURCE) {
+                rep.ops.insert(SWITCH_OPS[0].to_string(), half(r));
             }
+            missing_if_absent(&mut rep, &SWITCH_OPS, &why);
             rep.runs.push(record);
         }
         configurations.push(rep);
@@ -598,21 +631,59 @@ pub fn run(setup: &Setup, qemu: String) -> Report {
     Report::new(qemu, setup.iters, configurations)
 }
 
-/// One QEMU run: its record, what the guest printed, and why lines may be missing.
-fn run_one(setup: &Setup, config: Config, smp: u32) -> (RunRecord, Parsed, Option<String>) {
-    eprint!("bothy: bench: {} -smp {smp} ... ", config.name());
+/// `Missing` for each of `ops` the runs gave no line for.
+fn missing_if_absent(rep: &mut ConfigReport, ops: &[&str], why: &Option<String>) {
+    for op in ops {
+        rep.ops
+            .entry(op.to_string())
+            .or_insert_with(|| OpResult::Missing {
+                reason: why
+                    .clone()
+                    .unwrap_or_else(|| "the guest printed no line for it".to_string()),
+            });
+    }
+}
+
+/// One hand-over from a round trip of two: every figure halved (rounded down).
+fn half(r: &OpResult) -> OpResult {
+    match r {
+        OpResult::Ok(s) => OpResult::Ok(Stats {
+            iters: s.iters,
+            total: s.total / 2,
+            median: s.median / 2,
+            min: s.min / 2,
+            max: s.max / 2,
+            overhead: s.overhead,
+        }),
+        other => other.clone(),
+    }
+}
+
+fn run_one(
+    setup: &Setup,
+    config: Config,
+    smp: u32,
+    vcpus: u32,
+) -> (RunRecord, Parsed, Option<String>) {
+    let label = if vcpus == smp {
+        format!("{} -smp {smp}", config.name())
+    } else {
+        format!("{} -smp {smp} ({vcpus} vCPUs)", config.name())
+    };
+    eprint!("bothy: bench: {label} ... ");
     let mut record = RunRecord {
         smp,
+        vcpus,
         command: String::new(),
         outcome: String::new(),
         seconds: None,
     };
-    let args = match setup.args(config, smp) {
+    let args = match setup.args(config, smp, vcpus) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("not run");
             let why = format!("set-up failed: {e:#}");
-            eprintln!("bothy: bench: {} -smp {smp}: {why}", config.name());
+            eprintln!("bothy: bench: {label}: {why}");
             record.outcome = why.clone();
             return (record, Parsed::default(), Some(why));
         }
@@ -644,7 +715,7 @@ fn run_one(setup: &Setup, config: Config, smp: u32) -> (RunRecord, Parsed, Optio
             };
             eprintln!("{what}");
             if let Some(e) = console.failure(DONE) {
-                eprintln!("bothy: bench: {} -smp {smp}: {e:#}", config.name());
+                eprintln!("bothy: bench: {label}: {e:#}");
             }
             let why = match &parsed.fatal {
                 Some(f) => format!("{what}: {f}"),
@@ -760,6 +831,14 @@ mod tests {
                 .map(|(o, v)| (o.to_string(), ok(v)))
                 .collect();
             ops.insert("ipi_roundtrip".into(), ipi);
+            let switch = match name {
+                Config::Bare => OpResult::NotApplicable {
+                    reason: "two vCPUs on one CPU need a hypervisor".into(),
+                },
+                Config::Bothy => ok(900),
+                Config::Xen => ok(5000),
+            };
+            ops.insert("vcpu_switch".into(), switch);
             ConfigReport {
                 name,
                 runs: Vec::new(),
@@ -814,6 +893,15 @@ mod tests {
     }
 
     #[test]
+    fn not_applicable_is_shown_and_not_missing() {
+        let r = report(ok(2294));
+        let t = r.render();
+        let line = t.lines().find(|l| l.starts_with("vcpu_switch")).unwrap();
+        assert!(line.contains("n/a"), "{line}");
+        assert!(r.missing().is_empty(), "{:?}", r.missing());
+    }
+
+    #[test]
     fn missing_ops_show_as_dashes() {
         let r = report(OpResult::Skipped {
             reason: "cpu_on:-2".into(),
@@ -844,19 +932,19 @@ mod tests {
             timeout: Duration::from_secs(1),
         };
         assert_eq!(
-            setup.args(Config::Bare, 1).unwrap().join(" "),
+            setup.args(Config::Bare, 1, 1).unwrap().join(" "),
             "-machine virt,virtualization=off,gic-version=3,dtb-randomness=off \
              -cpu max,pauth-impdef=on -smp 1 -m 512M -nographic -nic none \
              -kernel /w/bench.bin -append bench.iters=50 -icount shift=4,align=off,sleep=off"
         );
         assert_eq!(
-            setup.args(Config::Bothy, 1).unwrap().join(" "),
+            setup.args(Config::Bothy, 1, 1).unwrap().join(" "),
             "-machine virt,virtualization=on,gic-version=3,dtb-randomness=off \
              -cpu max,pauth-impdef=on -smp 1 -m 512M -nographic -nic none \
              -kernel /w/bothy-1.img -icount shift=4,align=off,sleep=off"
         );
-        assert!(setup.args(Config::Bothy, 2).is_err());
-        assert!(setup.args(Config::Xen, 1).is_err());
+        assert!(setup.args(Config::Bothy, 2, 2).is_err());
+        assert!(setup.args(Config::Xen, 1, 1).is_err());
         let sys = bothy_system(Path::new("/g/bench"), 2, 50);
         assert_eq!(sys.vms[0].bootargs, "bench.iters=50");
         assert_eq!(sys.vms[0].cpus, 2);

@@ -120,6 +120,44 @@ pub fn sgi_and_wait(sgi1r: u64, counter: *const u32, prev: u32, deadline: u64) -
     t1.wrapping_sub(t0)
 }
 
+/// Write `sgi1r` to ICC_SGI1R_EL1, then sleep in WFI (IRQs masked around the check, so
+/// the wake-up is not lost) until the u32 at `counter` differs from `prev` or CNTVCT
+/// reaches `deadline`. IRQs must be unmasked on entry; they are on return. With both
+/// vCPUs time-shared on one physical CPU this is two hand-overs: the WFI gives the CPU
+/// to the other vCPU, whose answer and WFI give it back.
+#[inline(never)]
+pub fn sgi_and_wfi(sgi1r: u64, counter: *const u32, prev: u32, deadline: u64) -> u64 {
+    let (t0, t1): (u64, u64);
+    // SAFETY: sends an SGI (handled by our vector), reads a static the handler writes, and
+    // masks/unmasks IRQs around WFI as any idle loop does.
+    unsafe {
+        asm!(
+            "isb", "mrs {t0}, cntvct_el0",
+            "msr icc_sgi1r_el1, {sgi}",
+            "isb",
+            "2:",
+            "msr daifset, #2",
+            "ldr {c:w}, [{cnt}]",
+            "cmp {c:w}, {prev:w}",
+            "b.ne 3f",
+            "mrs {n}, cntvct_el0",
+            "cmp {n}, {dl}",
+            "b.hs 3f",
+            "wfi",
+            "msr daifclr, #2",
+            "isb",
+            "b 2b",
+            "3:",
+            "msr daifclr, #2",
+            "isb", "mrs {t1}, cntvct_el0",
+            t0 = out(reg) t0, t1 = out(reg) t1, c = out(reg) _, n = out(reg) _,
+            sgi = in(reg) sgi1r, cnt = in(reg) counter, prev = in(reg) prev, dl = in(reg) deadline,
+            options(nostack),
+        )
+    };
+    t1.wrapping_sub(t0)
+}
+
 /// A PL011 driver's putc: poll UARTFR until TXFF is clear (bounded by `deadline`), then
 /// one 32-bit store of `byte` to UARTDR.
 #[inline(never)]
