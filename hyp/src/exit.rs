@@ -482,7 +482,7 @@ pub extern "C" fn handle_sync_exit(frame: &mut GuestFrame) -> Resume {
     let ctx = machine::this_cpu();
     let (vm, vcpu) = loaded(ctx);
     let esr = sysreg::read_esr_el2();
-    let flushed = match sync_exit::<false>(vm, vcpu, frame, esr, ctx.lrs) {
+    let flushed = match sync_exit::<false>(ctx, vm, vcpu, frame, esr) {
         SyncExit::Handled { flushed } => flushed,
         SyncExit::Schedule => return Resume::Schedule,
         SyncExit::NeedsAllRegisters => return Resume::SaveAllAndRetry,
@@ -523,7 +523,7 @@ pub extern "C" fn handle_exit_all(frame: &mut GuestFrame, why: u64) {
     if Resume::from_raw(why) == Resume::SaveAllAndRetry {
         let ctx = machine::this_cpu();
         let (vm, vcpu) = loaded(ctx);
-        let resume = match sync_exit::<true>(vm, vcpu, frame, sysreg::read_esr_el2(), ctx.lrs) {
+        let resume = match sync_exit::<true>(ctx, vm, vcpu, frame, sysreg::read_esr_el2()) {
             SyncExit::Handled { flushed } => finish_exit(vm, vcpu, flushed),
             SyncExit::Schedule => Resume::Schedule,
             // Not with ALL_SAVED: every register is in the frame.
@@ -585,15 +585,14 @@ enum SyncExit {
 /// compare or two each.
 #[inline(always)]
 fn sync_exit<const ALL_SAVED: bool>(
+    ctx: &CpuContext,
     vm: &'static Vm,
     vcpu: usize,
     frame: &mut GuestFrame,
     esr: u64,
-    lrs: HwListRegs,
 ) -> SyncExit {
     // Each exit is counted once: in the arm that handles it, after any early return
     // that sends it back to be handled with all registers saved.
-    let ctx = machine::this_cpu();
     let flushed = match bothy_core::exit::exception_class(esr) {
         ec::HVC64 => {
             count_exit(ctx, ExitKindCount::Hypercall);
@@ -609,7 +608,7 @@ fn sync_exit<const ALL_SAVED: bool>(
             }
             count_exit(ctx, ExitKindCount::Sysreg);
             if sysreg_syndrome(esr) == SGI1R_WRITE {
-                sgi1r_write(vm, vcpu, frame, rt, lrs)
+                sgi1r_write(vm, vcpu, frame, rt, ctx.lrs)
             } else {
                 sysreg_access(vm, vcpu, frame, decode_sysreg_trap(esr));
                 false
