@@ -439,7 +439,8 @@ impl Scheduler {
         out
     }
 
-    fn vm_running(&self, vm: usize) -> bool {
+    /// Whether any vCPU of `vm` is running on a CPU now.
+    pub fn vm_running(&self, vm: usize) -> bool {
         self.vcpus
             .iter()
             .any(|e| e.vm == vm && matches!(e.state, RunState::Running(_)))

@@ -255,7 +255,7 @@ pub fn build(
                 .add_vcpu(vm_index, placement)
                 .unwrap_or_else(|e| fatal(format_args!("VM {}: vCPU {vcpu}: {e}", spec.name)));
             vcpu_of.push((vm_index, vcpu));
-            plan.push((id, placement));
+            plan.push(id);
         }
         plans.push(plan);
     }
@@ -269,9 +269,8 @@ pub fn build(
     gic::init_distributor(platform.gic.dist.base);
     // One width for the allocator and VTCR_EL2.VS: if they disagreed, VMIDs 256
     // apart would share TLB entries.
-    let mut vmids = VmidAllocator::new(VmidBits::from_id_aa64mmfr1(
-        sysreg::read_id_aa64mmfr1_el1(),
-    ));
+    let mut vmids =
+        VmidAllocator::new(VmidBits::from_id_aa64mmfr1(sysreg::read_id_aa64mmfr1_el1()));
     let mut env = BuildEnv {
         allocator: &mut allocator,
         payload_base,

@@ -12,12 +12,11 @@
 use crate::console;
 use crate::exit;
 use crate::machine::{self, machine, Machine};
-use crate::vm::{ExitKindCount, RunState, Vm};
+use crate::vm::{RunState, Vm};
 use alloc::string::String;
 use alloc::vec::Vec;
 use bothy_core::prompt::{
-    format_list, Command, ExitCounts, Feed, Prompt, VcpuRunState, VcpuStatus, VmStatus, HELP,
-    PROMPT,
+    format_list, Command, Feed, Prompt, VcpuRunState, VcpuStatus, VmStatus, HELP, PROMPT,
 };
 use bothy_core::sched::{Placement, RunState as SchedState};
 use core::fmt::Write;
@@ -154,12 +153,7 @@ fn run(m: &'static Machine, command: Command) {
 
 /// Boot a stopped VM again from its images.
 fn start(m: &Machine, vm: &'static Vm) {
-    let stopping = {
-        let s = m.sched.lock();
-        vm.vcpus
-            .iter()
-            .any(|v| matches!(s.state(v.id), SchedState::Running(_)))
-    };
+    let stopping = m.sched.lock().vm_running(vm.index);
     if stopping || vm.state() == RunState::Resetting {
         say(format_args!("VM {} is still stopping; try again", vm.name));
         return;
@@ -217,7 +211,6 @@ fn vcpu_status(s: &bothy_core::sched::Scheduler, v: &crate::vm::Vcpu, now: u64) 
         SchedState::Running(cpu) => Some(cpu),
         _ => None,
     };
-    let e = |k| v.exits.get(k);
     VcpuStatus {
         state: match state {
             SchedState::Running(_) => VcpuRunState::Running,
@@ -232,18 +225,11 @@ fn vcpu_status(s: &bothy_core::sched::Scheduler, v: &crate::vm::Vcpu, now: u64) 
             .fold(0, |mask, slot| {
                 mask | 1u64.checked_shl(dt_index(slot) as u32).unwrap_or(0)
             }),
-        pinned: match v.placement {
-            Placement::Pinned(cpu) => Some(dt_index(cpu)),
-            Placement::Shared => None,
+        pinned: match snap.map(|x| x.placement) {
+            Some(Placement::Pinned(cpu)) => Some(dt_index(cpu)),
+            _ => None,
         },
-        exits: ExitCounts {
-            hypercall: e(ExitKindCount::Hypercall),
-            mmio: e(ExitKindCount::Mmio),
-            sysreg: e(ExitKindCount::Sysreg),
-            wfx: e(ExitKindCount::Wfx),
-            irq: e(ExitKindCount::Irq),
-            other: e(ExitKindCount::Other),
-        },
+        exits: v.exits.snapshot(),
         cpu_ticks: snap.map_or(0, |x| x.run_ticks),
     }
 }

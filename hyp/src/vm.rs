@@ -27,7 +27,8 @@ use bothy_core::layout::{self, BootPlan};
 use bothy_core::linux::ImageHeader;
 use bothy_core::manifest::{OnExit, PayloadRef, VmSpec};
 use bothy_core::mem::{RegionAllocator, S2Attr, Stage2, VmidAllocator};
-use bothy_core::sched::{Placement, VcpuId};
+use bothy_core::prompt::ExitCounts;
+use bothy_core::sched::VcpuId;
 use bothy_core::vgic::VGic;
 use bothy_core::Region;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
@@ -142,7 +143,6 @@ impl Vm {
 /// left a CPU.
 pub struct Vcpu {
     pub id: VcpuId,
-    pub placement: Placement,
     pub saved: Mutex<Saved>,
     /// Start at the kernel entry the next time it is loaded (vCPU 0 at boot and after
     /// a reset).
@@ -184,8 +184,20 @@ impl ExitCounters {
         counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
     }
 
-    pub fn get(&self, kind: ExitKindCount) -> u64 {
+    fn get(&self, kind: ExitKindCount) -> u64 {
         self.0[kind as usize].load(Ordering::Relaxed)
+    }
+
+    /// The counts as the prompt's `list` shows them.
+    pub fn snapshot(&self) -> ExitCounts {
+        ExitCounts {
+            hypercall: self.get(ExitKindCount::Hypercall),
+            mmio: self.get(ExitKindCount::Mmio),
+            sysreg: self.get(ExitKindCount::Sysreg),
+            wfx: self.get(ExitKindCount::Wfx),
+            irq: self.get(ExitKindCount::Irq),
+            other: self.get(ExitKindCount::Other),
+        }
     }
 }
 
@@ -203,11 +215,11 @@ pub struct BuildEnv<'a> {
     pub vmids: &'a mut VmidAllocator,
 }
 
-/// Build VM `index`; `vcpus` are its vCPUs' scheduler handles and placements.
+/// Build VM `index`; `vcpus` are its vCPUs' scheduler handles.
 pub fn build(
     index: usize,
     spec: &VmSpec,
-    vcpus: Vec<(VcpuId, Placement)>,
+    vcpus: Vec<VcpuId>,
     env: &mut BuildEnv,
 ) -> Result<Vm, String> {
     let name = &spec.name;
@@ -250,9 +262,8 @@ pub fn build(
 
     let vcpu_list: Vec<Vcpu> = vcpus
         .into_iter()
-        .map(|(id, placement)| Vcpu {
+        .map(|id| Vcpu {
             id,
-            placement,
             saved: Mutex::new(Saved::default()),
             boot: AtomicBool::new(false),
             psci_start: AtomicBool::new(false),
