@@ -20,6 +20,7 @@ pub mod exit;
 pub mod fdt;
 pub mod image;
 pub mod layout;
+pub mod lifecycle;
 pub mod linux;
 pub mod mem;
 pub mod prompt;

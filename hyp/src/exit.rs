@@ -30,7 +30,7 @@ use crate::arch::aarch64::vectors::{
 use crate::arch::aarch64::{gic, sysreg};
 use crate::machine::{self, machine, CpuContext, Machine};
 use crate::println;
-use crate::vm::{ExitKindCount, RunState, Vm};
+use crate::vm::{ExitKindCount, Vm};
 use bothy_core::abi::{self, CallContext, Outcome, RETURN_SUCCESS};
 use bothy_core::exit::{
     data_abort_srt, decode, decode_lower_data_abort, decode_sysreg_trap, ec, inject,
@@ -38,7 +38,7 @@ use bothy_core::exit::{
     SysRegAccess,
 };
 use bothy_core::layout;
-use bothy_core::manifest::OnExit;
+use bothy_core::lifecycle::{self, AfterStop, VmState};
 use bothy_core::sched::{Decision, Scheduler, Ticks};
 use bothy_core::vgic::VcpuMask;
 use core::sync::atomic::Ordering;
@@ -384,35 +384,24 @@ fn reset_vcpu_state(vm: &Vm, vcpu: usize) {
 }
 
 /// Some of `vm`'s vCPUs stopped. `alive`: any of them could still run; `quiescent`:
-/// none is running. The last one out of a stopping VM finishes the stop.
+/// none is running. The last one out of a stopping VM finishes the stop, as
+/// `bothy_core::lifecycle` decides.
 #[cold]
 #[inline(never)]
 fn vcpus_stopped(vm: &'static Vm, quiescent: bool, alive: bool) {
-    // Every vCPU is off (CPU_OFF on the last): nothing can ever wake the VM again.
-    if !alive && vm.leave_running(RunState::Off) {
+    if lifecycle::all_vcpus_off(vm.state(), alive) && vm.leave_running(VmState::Off) {
         println!("VM {} powered off (its last vCPU called CPU_OFF)", vm.name);
     }
-    if !quiescent {
-        return;
-    }
-    match vm.state() {
-        RunState::Resetting => finish_reset(vm),
-        RunState::Off | RunState::Crashed => apply_on_exit(vm),
-        RunState::Halted => machine::vm_stopped(vm),
-        RunState::Running => {}
-    }
-}
-
-/// A VM stopped (by itself or by a fault): halt it, restart it, or power off.
-fn apply_on_exit(vm: &'static Vm) {
-    match vm.on_exit {
-        OnExit::Halt => machine::vm_stopped(vm),
-        OnExit::Restart => {
+    match lifecycle::after_stop(vm.state(), vm.on_exit, quiescent) {
+        AfterStop::Nothing => {}
+        AfterStop::Reload => finish_reset(vm),
+        AfterStop::Stop => machine::vm_stopped(vm),
+        AfterStop::Restart => {
             println!("VM {} restarts (on_exit = \"restart\")", vm.name);
-            vm.set_state(RunState::Resetting);
+            vm.set_state(VmState::Resetting);
             finish_reset(vm);
         }
-        OnExit::Poweroff => {
+        AfterStop::PowerOffMachine => {
             // `bothy run` takes this line as a clean end, like "all VMs powered off".
             println!(
                 "powering the machine off (VM {} stopped and has on_exit = \"poweroff\")",
@@ -451,10 +440,10 @@ pub fn finish_reset(vm: &'static Vm) {
     // and stops both, instead of stopping an idle VM whose vCPU then starts anyway.
     let kick = {
         let mut s = machine().sched.lock();
-        if vm.state() != RunState::Resetting {
+        if vm.state() != VmState::Resetting {
             return;
         }
-        vm.set_state(RunState::Running);
+        vm.set_state(VmState::Running);
         s.start(vm.vcpus[0].id)
     };
     println!("VM {} restarted", vm.name);
@@ -641,7 +630,7 @@ fn sync_exit<const ALL_SAVED: bool>(
 /// runs, and flush its list registers if they have work.
 #[inline(always)]
 fn finish_exit(vm: &Vm, vcpu: usize, flushed: bool) -> Resume {
-    if vm.state() != RunState::Running {
+    if vm.state() != VmState::Running {
         return vm_not_running();
     }
     // A handler that flushed is the last thing its exit does for this vCPU, so work
@@ -810,7 +799,7 @@ fn smccc_outcome(vm: &'static Vm, vcpu: usize, frame: &mut GuestFrame, outcome: 
             return wait_for_interrupt(vm, vcpu);
         }
         Outcome::SystemOff => {
-            if vm.leave_running(RunState::Off) {
+            if vm.leave_running(VmState::Off) {
                 println!("VM {} powered off", vm.name);
                 stop_vm(vm);
             }
@@ -818,7 +807,7 @@ fn smccc_outcome(vm: &'static Vm, vcpu: usize, frame: &mut GuestFrame, outcome: 
             return Sched::Yes;
         }
         Outcome::SystemReset => {
-            if vm.leave_running(RunState::Resetting) {
+            if vm.leave_running(VmState::Resetting) {
                 println!("VM {} is resetting", vm.name);
                 stop_vm(vm);
             }
@@ -833,7 +822,7 @@ fn smccc_outcome(vm: &'static Vm, vcpu: usize, frame: &mut GuestFrame, outcome: 
 #[cold]
 #[inline(never)]
 fn crash_vm(vm: &'static Vm, why: core::fmt::Arguments) {
-    if vm.leave_running(RunState::Crashed) {
+    if vm.leave_running(VmState::Crashed) {
         println!("error: VM {} stopped: {why}", vm.name);
         stop_vm(vm);
     }
@@ -849,7 +838,7 @@ fn crash_vm(vm: &'static Vm, why: core::fmt::Arguments) {
 #[inline(never)]
 fn wait_for_interrupt(vm: &Vm, vcpu: usize) -> Sched {
     service_list_registers(vm, vcpu);
-    if vm.vgic.has_pending(vcpu) || vm.state() != RunState::Running {
+    if vm.vgic.has_pending(vcpu) || vm.state() != VmState::Running {
         return Sched::No;
     }
     Reason::Block(live_timer_deadline(vm.cntvoff)).set(machine::this_cpu());

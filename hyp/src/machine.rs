@@ -525,7 +525,7 @@ pub fn switch_focus(m: &Machine) {
     let from = m.focus.load(Ordering::Relaxed);
     let next = (1..=m.vms.len())
         .map(|step| (from + step) % m.vms.len())
-        .find(|&i| m.vms[i].state() == crate::vm::RunState::Running);
+        .find(|&i| m.vms[i].state() == bothy_core::lifecycle::VmState::Running);
     if let Some(next) = next {
         m.focus.store(next, Ordering::Relaxed);
         if m.vms.len() > 1 {

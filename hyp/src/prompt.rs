@@ -12,9 +12,10 @@
 use crate::console;
 use crate::exit;
 use crate::machine::{self, machine, Machine};
-use crate::vm::{RunState, Vm};
+use crate::vm::Vm;
 use alloc::string::String;
 use alloc::vec::Vec;
+use bothy_core::lifecycle::VmState;
 use bothy_core::prompt::{
     format_list, Command, Feed, Prompt, VcpuRunState, VcpuStatus, VmStatus, HELP, PROMPT,
 };
@@ -118,7 +119,7 @@ fn run(m: &'static Machine, command: Command) {
         }
         Command::Stop(i) => {
             let vm = vm(i);
-            if vm.leave_running(RunState::Halted) {
+            if vm.leave_running(VmState::Halted) {
                 crate::println!("VM {} stopped from the prompt", vm.name);
                 exit::stop_vm(vm);
             } else {
@@ -131,7 +132,7 @@ fn run(m: &'static Machine, command: Command) {
         }
         Command::Start(i) => {
             let vm = vm(i);
-            if vm.state() == RunState::Running {
+            if vm.state() == VmState::Running {
                 say(format_args!("VM {} is running already", vm.name));
             } else {
                 start(m, vm);
@@ -139,10 +140,10 @@ fn run(m: &'static Machine, command: Command) {
         }
         Command::Restart(i) => {
             let vm = vm(i);
-            if vm.leave_running(RunState::Resetting) {
+            if vm.leave_running(VmState::Resetting) {
                 crate::println!("VM {} is restarting (from the prompt)", vm.name);
                 exit::stop_vm(vm);
-            } else if vm.state() == RunState::Resetting {
+            } else if vm.state() == VmState::Resetting {
                 say(format_args!("VM {} is restarting already", vm.name));
             } else {
                 start(m, vm);
@@ -154,12 +155,12 @@ fn run(m: &'static Machine, command: Command) {
 /// Boot a stopped VM again from its images.
 fn start(m: &Machine, vm: &'static Vm) {
     let stopping = m.sched.lock().vm_running(vm.index);
-    if stopping || vm.state() == RunState::Resetting {
+    if stopping || vm.state() == VmState::Resetting {
         say(format_args!("VM {} is still stopping; try again", vm.name));
         return;
     }
     machine::vm_started(vm);
-    vm.set_state(RunState::Resetting);
+    vm.set_state(VmState::Resetting);
     exit::finish_reset(vm);
 }
 

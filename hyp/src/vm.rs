@@ -24,6 +24,7 @@ use bothy_core::dev::console::Console;
 use bothy_core::fdt::guest::{build_guest_dtb, GuestDtbConfig};
 use bothy_core::fdt::platform::TimerIrqs;
 use bothy_core::layout::{self, BootPlan};
+use bothy_core::lifecycle::VmState;
 use bothy_core::linux::ImageHeader;
 use bothy_core::manifest::{OnExit, PayloadRef, VmSpec};
 use bothy_core::mem::{RegionAllocator, S2Attr, Stage2, VmidAllocator};
@@ -37,31 +38,6 @@ use spin::Mutex;
 /// Guest IPA space: 39 bits lets stage-2 start at level 1 without concatenated tables.
 const IPA_BITS: u32 = 39;
 const RAM_ALIGN: u64 = 2 << 20;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum RunState {
-    Running = 0,
-    Off = 1,
-    /// SYSTEM_RESET requested: vCPUs stop, images are reloaded, vCPU 0 restarts.
-    Resetting = 2,
-    /// Bothy stopped the VM because of something it did (reason printed).
-    Crashed = 3,
-    /// Stopped from Bothy's prompt; starts again only from there.
-    Halted = 4,
-}
-
-impl RunState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunState::Running => "running",
-            RunState::Off => "off",
-            RunState::Resetting => "resetting",
-            RunState::Crashed => "crashed",
-            RunState::Halted => "halted",
-        }
-    }
-}
 
 pub struct Vm {
     pub index: usize,
@@ -92,21 +68,15 @@ pub struct Vm {
 }
 
 impl Vm {
-    pub fn state(&self) -> RunState {
-        match self.state.load(Ordering::Acquire) {
-            0 => RunState::Running,
-            1 => RunState::Off,
-            2 => RunState::Resetting,
-            3 => RunState::Crashed,
-            _ => RunState::Halted,
-        }
+    pub fn state(&self) -> VmState {
+        VmState::from_u8(self.state.load(Ordering::Acquire))
     }
 
     /// Move from Running to `to`; false if someone else changed the state first.
-    pub fn leave_running(&self, to: RunState) -> bool {
+    pub fn leave_running(&self, to: VmState) -> bool {
         self.state
             .compare_exchange(
-                RunState::Running as u8,
+                VmState::Running as u8,
                 to as u8,
                 Ordering::AcqRel,
                 Ordering::Acquire,
@@ -114,7 +84,7 @@ impl Vm {
             .is_ok()
     }
 
-    pub fn set_state(&self, to: RunState) {
+    pub fn set_state(&self, to: VmState) {
         self.state.store(to as u8, Ordering::Release);
     }
 
@@ -303,7 +273,7 @@ pub fn build(
         vcpus: vcpu_list,
         boot,
         on_exit: spec.on_exit,
-        state: AtomicU8::new(RunState::Running as u8),
+        state: AtomicU8::new(VmState::Running as u8),
         counted: AtomicBool::new(true),
         kernel: spec.kernel,
         initrd: spec.initrd,
