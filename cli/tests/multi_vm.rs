@@ -36,17 +36,11 @@ fn two_vms_share_the_machine_and_the_console() {
     let mut cmd = Command::new(bothy());
     cmd.arg("run").arg(&system).args(["--timeout", "600"]);
     let mut c = Console::spawn(cmd, "two VMs");
-    // Both shells come up; which one first is up to the scheduler of QEMU's threads.
-    for _ in 0..2 {
-        c.expect("bothy-guest#", BOOT);
-    }
-    let t = c.transcript();
+    // Both shells come up, each in its own tagged lines (which first is up to the
+    // scheduler; their boot output interleaves: see `expect_vm`).
     for name in ["alpha", "beta"] {
-        assert!(
-            t.contains(&format!("[{name}] BOTHY-GUEST-READY")),
-            "{name} did not boot (or its output is untagged):\n{t}"
-        );
-        assert!(t.contains(&format!("[{name}] ")), "{t}");
+        c.expect_vm(name, "BOTHY-GUEST-READY", BOOT);
+        c.expect_vm(name, "bothy-guest#", BOOT);
     }
 
     // Input goes to the first VM, tagged output comes back from it.

@@ -120,6 +120,33 @@ impl Console {
         }
     }
 
+    /// Waits until VM `vm`'s own output (its `[vm] `-tagged lines, joined without the
+    /// line breaks) contains `pattern`. Bothy breaks a guest's line where another VM's
+    /// output cuts in, so a pattern printed while several VMs talk at once may not be
+    /// contiguous in the transcript. Does not move the `expect` cursor.
+    pub fn expect_vm(&mut self, vm: &str, pattern: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let tag = format!("[{vm}] ");
+        loop {
+            let stream: String = self
+                .transcript()
+                .lines()
+                .filter_map(|l| l.strip_prefix(&tag))
+                .collect();
+            if stream.contains(pattern) {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "{}: VM {vm} did not print {pattern:?} within {timeout:?}\n--- console tail ---\n{}",
+                    self.name,
+                    self.tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Waits for the first of `patterns`; returns its index and the text up to it,
     /// or None on timeout / end of output.
     pub fn try_expect(&mut self, patterns: &[&str], timeout: Duration) -> Option<(usize, String)> {
