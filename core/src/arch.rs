@@ -1,12 +1,19 @@
 //! [`Arch`]: what the core's decisions need the hardware to do, as a trait.
 //!
 //! Most of `core` decides and returns: the scheduler returns a [`Decision`] and a CPU
-//! to kick, [`Stage2::unmap`] returns the ranges to invalidate, and `hyp` carries them
-//! out. A few operations cannot be split that way without leaving a window in which a
-//! caller could forget the second half and break an invariant. The VMID allocator is
-//! the first: a VMID must be invalidated before anyone can be handed it again, so
-//! [`VmidAllocator::free`] invalidates it itself, through this trait, before the VMID
-//! becomes free. Such operations take `&mut impl Arch`.
+//! to kick, [`Stage2::unmap`] returns the ranges to invalidate, the exit policy returns
+//! an [`Action`], and `hyp` carries them out. A few operations cannot be split that way
+//! without leaving a window in which a caller could forget the second half and break an
+//! invariant. The VMID allocator is the first: a VMID must be invalidated before anyone
+//! can be handed it again, so [`VmidAllocator::free`] invalidates it itself, through this
+//! trait, before the VMID becomes free. Such operations take `&mut impl Arch`.
+//!
+//! The exit policy ([`crate::exit::handle`]) is the other user: it reads and writes the
+//! exiting vCPU's registers (exception injection writes ESR/FAR/ELR/SPSR_EL1), its list
+//! registers and its timer through this trait while it handles an exit, and hands the
+//! two side effects an exit can have beyond its own vCPU (waking other vCPUs, console
+//! output) to it as well. `hyp` builds one implementation per exit, bound to the
+//! exiting vCPU; its methods compile to the bare instructions.
 //!
 //! `hyp` implements `Arch` with the real instructions; tests (and host tools, with the
 //! `std` feature) use `FakeArch`, which records each call as an `ArchOp` so a test can
@@ -27,13 +34,32 @@
 //! - **mirrored in `ArchOp`**, one variant per method, recorded by `FakeArch`.
 //!
 //! `Arch` methods run inside `core` operations, which `hyp` calls with its locks held
-//! (the VMID allocator's, the scheduler's), so they must not take those locks.
+//! (the VMID allocator's, the scheduler's), so they must not take those locks. The two
+//! exceptions are [`Arch::wake`] and [`Arch::console_out`], which reach the scheduler
+//! and the console: the exit policy calls them with no lock of its own held, and
+//! nothing else in `core` calls them.
 //!
 //! [`Decision`]: crate::sched::Decision
 //! [`Stage2::unmap`]: crate::mem::Stage2::unmap
 //! [`VmidAllocator::free`]: crate::mem::VmidAllocator::free
+//! [`Action`]: crate::exit::handle::Action
 
 use crate::mem::Vmid;
+use crate::sched::Ticks;
+use crate::vgic::{ListRegs, VcpuMask};
+
+/// The EL1 system registers of the exiting vCPU that the exit policy reads or writes
+/// (exception injection), by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub enum El1Reg {
+    Esr = 0,
+    Far = 1,
+    Elr = 2,
+    Spsr = 3,
+    Sctlr = 4,
+    Vbar = 5,
+}
 
 /// The hardware operations `core` performs itself. See the module doc for what belongs
 /// here.
@@ -57,6 +83,39 @@ pub trait Arch {
     /// `TLBI IPAS2E1IS, ipa >> 12`; `DSB ISH` (stage 2 gone before stage 1 can refill
     /// from it); `TLBI VMALLE1IS`; `DSB ISH`; `ISB`; restore `VTTBR_EL2`.
     fn tlbi_ipa(&mut self, vmid: Vmid, ipa: u64);
+
+    /// The exiting vCPU's EL1 register `reg` (live on this CPU while it runs).
+    fn el1(&self, reg: El1Reg) -> u64;
+
+    /// Sets the exiting vCPU's EL1 register `reg`; takes effect when the vCPU resumes
+    /// (`hyp`: `MSR`, no barrier: the `ERET` that resumes the vCPU synchronises it).
+    fn set_el1(&mut self, reg: El1Reg, value: u64);
+
+    /// `FAR_EL2` of the exit being handled (the faulting virtual address).
+    fn far_el2(&self) -> u64;
+
+    /// `HPFAR_EL2` of the exit being handled (the faulting IPA, bits [47:12] >> 8).
+    fn hpfar_el2(&self) -> u64;
+
+    /// When the exiting vCPU's virtual timer fires, on the physical counter
+    /// (`CNTV_CVAL_EL0 + CNTVOFF_EL2`), if it is enabled and not masked; `None` if it
+    /// cannot fire. A blocked vCPU is woken then.
+    fn vtimer_deadline(&self) -> Option<Ticks>;
+
+    /// The list registers of the virtual CPU interface this CPU holds for the exiting
+    /// vCPU (a handle: `hyp`'s is a copy of the CPU's probed LR count).
+    type Lrs<'a>: ListRegs
+    where
+        Self: 'a;
+    fn lrs(&mut self) -> Self::Lrs<'_>;
+
+    /// These vCPUs of the exiting vCPU's VM have new work (an interrupt became pending
+    /// for them): wake each that is blocked, kick the CPU of each that runs. `hyp` takes
+    /// the scheduler's lock.
+    fn wake(&mut self, vcpus: VcpuMask);
+
+    /// The exiting vCPU's VM wrote `byte` to its console.
+    fn console_out(&mut self, byte: u8);
 }
 
 /// One [`Arch`] call, as `FakeArch` records it.
@@ -65,19 +124,44 @@ pub trait Arch {
 pub enum ArchOp {
     TlbiVmid(Vmid),
     TlbiIpa(Vmid, u64),
+    Wake(VcpuMask),
 }
 
-/// An [`Arch`] for tests: does nothing but append each call to `log`.
+/// An [`Arch`] for tests: appends each maintenance call and wake-up to `log`, keeps the
+/// vCPU's EL1 registers, list registers and console output as plain fields a test sets
+/// up and checks.
 #[cfg(any(test, feature = "std"))]
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FakeArch {
     pub log: alloc::vec::Vec<ArchOp>,
+    /// Indexed by [`El1Reg`].
+    pub el1: [u64; 6],
+    pub far_el2: u64,
+    pub hpfar_el2: u64,
+    pub vtimer_deadline: Option<Ticks>,
+    pub lrs: crate::vgic::lr::FakeListRegs,
+    pub console: alloc::vec::Vec<u8>,
 }
 
 #[cfg(any(test, feature = "std"))]
 impl FakeArch {
+    /// A CPU with four list registers, all empty.
     pub fn new() -> Self {
-        Self::default()
+        Self {
+            lrs: crate::vgic::lr::FakeListRegs::new(4),
+            ..Self::default()
+        }
+    }
+
+    /// The vCPUs woken, in order.
+    pub fn woken(&self) -> alloc::vec::Vec<VcpuMask> {
+        self.log
+            .iter()
+            .filter_map(|op| match op {
+                ArchOp::Wake(mask) => Some(*mask),
+                _ => None,
+            })
+            .collect()
     }
 }
 
@@ -89,6 +173,39 @@ impl Arch for FakeArch {
 
     fn tlbi_ipa(&mut self, vmid: Vmid, ipa: u64) {
         self.log.push(ArchOp::TlbiIpa(vmid, ipa));
+    }
+
+    fn el1(&self, reg: El1Reg) -> u64 {
+        self.el1[reg as usize]
+    }
+
+    fn set_el1(&mut self, reg: El1Reg, value: u64) {
+        self.el1[reg as usize] = value;
+    }
+
+    fn far_el2(&self) -> u64 {
+        self.far_el2
+    }
+
+    fn hpfar_el2(&self) -> u64 {
+        self.hpfar_el2
+    }
+
+    fn vtimer_deadline(&self) -> Option<Ticks> {
+        self.vtimer_deadline
+    }
+
+    type Lrs<'a> = &'a mut crate::vgic::lr::FakeListRegs;
+    fn lrs(&mut self) -> Self::Lrs<'_> {
+        &mut self.lrs
+    }
+
+    fn wake(&mut self, vcpus: VcpuMask) {
+        self.log.push(ArchOp::Wake(vcpus));
+    }
+
+    fn console_out(&mut self, byte: u8) {
+        self.console.push(byte);
     }
 }
 

@@ -23,6 +23,8 @@ pub mod ec {
     pub const DABT_SAME: u32 = 0x25;
 }
 
+pub mod handle;
+
 const ESR_EC_SHIFT: u32 = 26;
 const ESR_EC_MASK: u64 = 0x3f;
 const ESR_IL: u64 = 1 << 25;

@@ -27,6 +27,7 @@ pub mod prompt;
 pub mod region;
 pub mod sched;
 pub mod vgic;
+pub mod vm;
 
 pub use fdt::manifest;
 pub use region::Region;

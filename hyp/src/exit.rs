@@ -3,13 +3,17 @@
 //! The vector code calls [`handle_sync_exit`], [`handle_irq_exit`] or
 //! [`handle_other_exit`] with the guest's registers in a [`GuestFrame`] (x19–x29
 //! only when an exit needs them: see `vectors.rs`); whatever it leaves in the frame
-//! is what the guest resumes with. The ordinary path (a hypercall, an MMIO access, an
-//! interrupt) touches no EL1 register and takes no lock beyond the device model it
-//! talks to; the vGIC is only visited when `needs_flush` says it has work.
+//! is what the guest resumes with. What a synchronous exit does is decided in
+//! `bothy_core::exit::handle` (host-tested through a fake `Arch`), which emulates it
+//! and returns an [`Action`]; this file supplies the real `Arch` ([`ExitHw`]: bare
+//! system-register accesses) and carries the action out. The ordinary path (a
+//! hypercall, an MMIO access, an interrupt) touches no EL1 register and takes no lock
+//! beyond the device model it talks to; the vGIC is only visited when `needs_flush`
+//! says it has work.
 //!
-//! Nothing waits inside a handler. A handler that may give up the CPU (WFI with
-//! nothing pending, a trapped WFE, PSCI CPU_OFF, its VM stopping, the slice timer)
-//! records a [`Reason`] in the CPU's context and answers [`Resume::Schedule`]; the
+//! Nothing waits inside a handler. An exit that may give up the CPU (WFI with nothing
+//! pending, a trapped WFE, PSCI CPU_OFF, its VM stopping, the slice timer) records a
+//! [`Reason`] in the CPU's context and answers [`Resume::Schedule`]; the
 //! vector code then stores x19–x29 and calls [`handle_exit_all`], which asks the
 //! scheduler (`bothy_core::sched`, one lock) what to run and carries it out in
 //! [`schedule`]: copy the leaving vCPU's frame out, save its EL1/FP/vGIC/timer state
@@ -24,36 +28,27 @@
 
 use crate::arch::aarch64::context::live_timer_deadline;
 use crate::arch::aarch64::lr::HwListRegs;
-use crate::arch::aarch64::vectors::{
-    enter_guest, ExitKind, GuestFrame, Resume, FIRST_UNSAVED, LAST_UNSAVED,
-};
+use crate::arch::aarch64::vectors::{enter_guest, ExitKind as VectorExit, GuestFrame, Resume};
 use crate::arch::aarch64::{gic, sysreg};
 use crate::machine::{self, machine, CpuContext, Machine};
 use crate::println;
-use crate::vm::{ExitKindCount, Vm};
-use bothy_core::abi::{self, CallContext, Outcome, RETURN_SUCCESS};
-use bothy_core::exit::{
-    data_abort_srt, decode, decode_lower_data_abort, decode_sysreg_trap, ec, inject,
-    sysreg as trapped, sysreg_rt, sysreg_syndrome, sysreg_write_syndrome, Exit, MmioAccess,
-    SysRegAccess,
-};
-use bothy_core::layout;
+use crate::vm::Vm;
+use bothy_core::arch::{Arch, El1Reg};
+use bothy_core::exit::handle::{self, Action};
+use bothy_core::exit::inject;
 use bothy_core::lifecycle::{self, AfterStop, VmState};
+use bothy_core::mem::Vmid;
 use bothy_core::sched::{Decision, Scheduler, Ticks};
 use bothy_core::vgic::VcpuMask;
+use bothy_core::vm::{ExitCounters, ExitKind};
 use core::sync::atomic::Ordering;
 use spin::MutexGuard;
 
 /// SCTLR_EL1 at vCPU reset: RES1 bits only, so MMU and caches are off (booting.rst).
 const SCTLR_EL1_RESET: u64 = 0x30d0_0800;
-/// SCTLR_EL1.SPAN: when clear, exception entry to EL1 sets PSTATE.PAN.
-const SCTLR_EL1_SPAN: u64 = 1 << 23;
-const PSTATE_PAN: u64 = 1 << 22;
 /// MPIDR_EL1 bit 31 is RES1; Aff0 is the vCPU index.
 const VMPIDR_RES1: u64 = 1 << 31;
 const ICH_HCR_EN: u64 = 1;
-const INSTRUCTION_SIZE: u64 = 4;
-const SGI1R_WRITE: u64 = sysreg_write_syndrome(trapped::ICC_SGI1R_EL1);
 /// CNTHP_CTL_EL2.ENABLE (IMASK clear).
 const TICK_ENABLE: u64 = 1;
 
@@ -464,43 +459,50 @@ fn wake(vm: &Vm, vcpu: usize) {
 
 // The vector code calls one of the three `handle_*_exit` below for every exit from the
 // guest, with x19–x29 left out of the frame (see `vectors.rs`); an exit that transfers
-// one of them is sent back to be handled by `handle_exit_all` instead.
+// one of them is sent back to be handled by `handle_exit_all` instead. What each exit
+// does is decided in `bothy_core::exit::handle`; these carry out its `Action`.
 
 /// A synchronous exit (hypercall, trapped instruction, stage-2 abort).
 pub extern "C" fn handle_sync_exit(frame: &mut GuestFrame) -> Resume {
     let ctx = machine::this_cpu();
     let (vm, vcpu) = loaded(ctx);
     let esr = sysreg::read_esr_el2();
-    let flushed = match sync_exit::<false>(ctx, vm, vcpu, frame, esr) {
-        SyncExit::Handled { flushed } => flushed,
-        SyncExit::Schedule => return Resume::Schedule,
-        SyncExit::NeedsAllRegisters => return Resume::SaveAllAndRetry,
-    };
-    finish_exit(vm, vcpu, flushed)
+    let mut hw = ExitHw;
+    let action = handle::sync_exit::<false>(vm, vcpu, exits(ctx, vm, vcpu), frame, esr, &mut hw);
+    if action == Action::Resume {
+        return Resume::Saved;
+    }
+    carry_out(ctx, vm, vcpu, action)
 }
 
 /// A physical IRQ while the guest ran.
 pub extern "C" fn handle_irq_exit(_frame: &mut GuestFrame) -> Resume {
     let ctx = machine::this_cpu();
     let (vm, vcpu) = loaded(ctx);
-    count_exit(ctx, ExitKindCount::Irq);
+    exits(ctx, vm, vcpu).count(ExitKind::Irq);
     // One interrupt per exit: another one pending brings the CPU straight back.
     let taken = take_physical_irqs(machine(), Some((vm, vcpu)), 1);
-    let resume = finish_exit(vm, vcpu, taken & FLUSHED != 0);
-    if taken & TICK != 0 && resume != Resume::Schedule {
+    let action = handle::finish(vm, vcpu, taken & FLUSHED != 0, &mut ExitHw);
+    if action == Action::Resume && taken & TICK == 0 {
+        return Resume::Saved;
+    }
+    if action == Action::Resume {
         Reason::Tick.set(ctx);
         return Resume::Schedule;
     }
-    resume
+    carry_out(ctx, vm, vcpu, action)
 }
 
 /// FIQ, SError, or anything from AArch32.
 pub extern "C" fn handle_other_exit(kind: u64, _frame: &mut GuestFrame) -> Resume {
     let ctx = machine::this_cpu();
     let (vm, vcpu) = loaded(ctx);
-    count_exit(ctx, ExitKindCount::Other);
+    exits(ctx, vm, vcpu).count(ExitKind::Other);
     let flushed = other_exit(kind, vm, vcpu);
-    finish_exit(vm, vcpu, flushed)
+    match handle::finish(vm, vcpu, flushed, &mut ExitHw) {
+        Action::Resume => Resume::Saved,
+        action => carry_out(ctx, vm, vcpu, action),
+    }
 }
 
 /// Called by the vector code, with every register in `frame`, for an exit that a
@@ -512,23 +514,134 @@ pub extern "C" fn handle_exit_all(frame: &mut GuestFrame, why: u64) {
     if Resume::from_raw(why) == Resume::SaveAllAndRetry {
         let ctx = machine::this_cpu();
         let (vm, vcpu) = loaded(ctx);
-        let resume = match sync_exit::<true>(ctx, vm, vcpu, frame, sysreg::read_esr_el2()) {
-            SyncExit::Handled { flushed } => finish_exit(vm, vcpu, flushed),
-            SyncExit::Schedule => Resume::Schedule,
-            // Not with ALL_SAVED: every register is in the frame.
-            SyncExit::NeedsAllRegisters => Resume::All,
-        };
-        if resume != Resume::Schedule {
+        let esr = sysreg::read_esr_el2();
+        let mut hw = ExitHw;
+        let action = handle::sync_exit::<true>(vm, vcpu, exits(ctx, vm, vcpu), frame, esr, &mut hw);
+        if action == Action::Resume || carry_out(ctx, vm, vcpu, action) != Resume::Schedule {
             return;
         }
     }
     schedule(frame);
 }
 
+/// Everything but [`Action::Resume`]: record why the scheduler must look, or carry out
+/// a start, and say how the vector code goes on.
+#[cold]
+#[inline(never)]
+fn carry_out(ctx: &CpuContext, vm: &'static Vm, vcpu: usize, action: Action) -> Resume {
+    let reason = match action {
+        Action::Resume => return Resume::Saved,
+        Action::NeedsAllRegisters => return Resume::SaveAllAndRetry,
+        Action::StartVcpu(target) => {
+            if let Some(t) = vm.vcpus.get(target) {
+                t.psci_start.store(true, Ordering::Release);
+                let kick = machine().sched.lock().start(t.id);
+                if let Some(cpu) = kick {
+                    machine::kick(cpu);
+                }
+            }
+            return match handle::finish(vm, vcpu, false, &mut ExitHw) {
+                Action::Resume => Resume::Saved,
+                _ => {
+                    Reason::Off.set(ctx);
+                    Resume::Schedule
+                }
+            };
+        }
+        Action::Block(wake_at) => Reason::Block(wake_at),
+        Action::Yield => Reason::Yield,
+        Action::PowerOff => Reason::PowerOff,
+        Action::VmLeft(state) => {
+            match state {
+                VmState::Resetting => println!("VM {} is resetting", vm.name),
+                _ => println!("VM {} powered off", vm.name),
+            }
+            stop_vm(vm);
+            Reason::Off
+        }
+        Action::Stop => Reason::Off,
+    };
+    reason.set(ctx);
+    Resume::Schedule
+}
+
+/// The exit policy's [`Arch`] for the vCPU this CPU runs: each method is the bare
+/// instruction (the vCPU's EL1 state is live while it runs). Zero-sized, so handing it
+/// to the policy costs the exit path nothing; the rare methods that need the vCPU's VM
+/// find it through this CPU's context.
+struct ExitHw;
+
+impl Arch for ExitHw {
+    fn tlbi_vmid(&mut self, vmid: Vmid) {
+        sysreg::tlbi_vmid(vmid.get());
+    }
+
+    fn tlbi_ipa(&mut self, vmid: Vmid, ipa: u64) {
+        sysreg::tlbi_ipa(vmid.get(), ipa);
+    }
+
+    #[inline(always)]
+    fn el1(&self, reg: El1Reg) -> u64 {
+        match reg {
+            El1Reg::Esr => sysreg::read_esr_el1(),
+            El1Reg::Far => sysreg::read_far_el1(),
+            El1Reg::Elr => sysreg::read_elr_el1(),
+            El1Reg::Spsr => sysreg::read_spsr_el1(),
+            El1Reg::Sctlr => sysreg::read_sctlr_el1(),
+            El1Reg::Vbar => sysreg::read_vbar_el1(),
+        }
+    }
+
+    #[inline(always)]
+    fn set_el1(&mut self, reg: El1Reg, value: u64) {
+        match reg {
+            El1Reg::Esr => sysreg::write_esr_el1(value),
+            El1Reg::Far => sysreg::write_far_el1(value),
+            El1Reg::Elr => sysreg::write_elr_el1(value),
+            El1Reg::Spsr => sysreg::write_spsr_el1(value),
+            El1Reg::Sctlr => sysreg::write_sctlr_el1(value),
+            El1Reg::Vbar => sysreg::write_vbar_el1(value),
+        }
+    }
+
+    #[inline(always)]
+    fn far_el2(&self) -> u64 {
+        sysreg::read_far_el2()
+    }
+
+    #[inline(always)]
+    fn hpfar_el2(&self) -> u64 {
+        sysreg::read_hpfar_el2()
+    }
+
+    fn vtimer_deadline(&self) -> Option<Ticks> {
+        live_timer_deadline(sysreg::read_cntvoff_el2())
+    }
+
+    type Lrs<'a> = HwListRegs;
+    #[inline(always)]
+    fn lrs(&mut self) -> HwListRegs {
+        machine::this_cpu().lrs
+    }
+
+    #[inline(always)]
+    fn wake(&mut self, vcpus: VcpuMask) {
+        kick_each(loaded(machine::this_cpu()).0, vcpus);
+    }
+
+    fn console_out(&mut self, byte: u8) {
+        let (vm, _) = loaded(machine::this_cpu());
+        let tag = machine().tag_output().then_some(vm.name.as_str());
+        crate::console::guest_byte(vm.index, tag, byte);
+    }
+}
+
+/// The exit counters of the vCPU this CPU runs.
 #[inline(always)]
-fn count_exit(ctx: &CpuContext, kind: ExitKindCount) {
-    if let Some(exits) = ctx.loaded.exits() {
-        exits.count(kind);
+fn exits<'a>(ctx: &'a CpuContext, vm: &'a Vm, vcpu: usize) -> &'a ExitCounters {
+    match ctx.loaded.exits() {
+        Some(exits) => exits,
+        None => &vm.vcpus[vcpu].exits,
     }
 }
 
@@ -544,158 +657,16 @@ fn loaded(ctx: &CpuContext) -> (&'static Vm, usize) {
     }
 }
 
-/// Whether general-purpose register `reg` (an MMIO or system-register transfer) is one
-/// the vector code leaves out of the frame.
-#[inline(always)]
-fn unsaved(reg: usize) -> bool {
-    (FIRST_UNSAVED..=LAST_UNSAVED).contains(&reg)
-}
-
-/// Whether a handler recorded a [`Reason`] for the scheduler to look at.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Sched {
-    No,
-    Yes,
-}
-
-/// How a synchronous exit went.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum SyncExit {
-    /// `flushed`: this vCPU's list registers were flushed (a self-SGI).
-    Handled { flushed: bool },
-    /// The handler recorded a [`Reason`]: the scheduler decides what runs next.
-    Schedule,
-    /// Not handled: it transfers one of x19–x29, which are not in the frame (only
-    /// when `ALL_SAVED` is false).
-    NeedsAllRegisters,
-}
-
-/// A synchronous exit. The hottest (hypercalls, SGIs, MMIO) are routed first, with a
-/// compare or two each.
-#[inline(always)]
-fn sync_exit<const ALL_SAVED: bool>(
-    ctx: &CpuContext,
-    vm: &'static Vm,
-    vcpu: usize,
-    frame: &mut GuestFrame,
-    esr: u64,
-) -> SyncExit {
-    // Each exit is counted once: in the arm that handles it, after any early return
-    // that sends it back to be handled with all registers saved.
-    let flushed = match bothy_core::exit::exception_class(esr) {
-        ec::HVC64 => {
-            count_exit(ctx, ExitKindCount::Hypercall);
-            if smccc_call(vm, vcpu, frame) == Sched::Yes {
-                return SyncExit::Schedule;
-            }
-            false
-        }
-        ec::SYSREG => {
-            let rt = sysreg_rt(esr);
-            if !ALL_SAVED && unsaved(rt) {
-                return SyncExit::NeedsAllRegisters;
-            }
-            count_exit(ctx, ExitKindCount::Sysreg);
-            if sysreg_syndrome(esr) == SGI1R_WRITE {
-                sgi1r_write(vm, vcpu, frame, rt, ctx.lrs)
-            } else {
-                sysreg_access(vm, vcpu, frame, decode_sysreg_trap(esr));
-                false
-            }
-        }
-        ec::DABT_LOWER => {
-            if !ALL_SAVED && unsaved(data_abort_srt(esr)) {
-                return SyncExit::NeedsAllRegisters;
-            }
-            count_exit(ctx, ExitKindCount::Mmio);
-            data_abort(vm, vcpu, frame, esr);
-            false
-        }
-        other => {
-            let kind = match other {
-                ec::WFX => ExitKindCount::Wfx,
-                _ => ExitKindCount::Other,
-            };
-            count_exit(ctx, kind);
-            if other_sync_exit(vm, vcpu, frame, esr) == Sched::Yes {
-                return SyncExit::Schedule;
-            }
-            false
-        }
-    };
-    SyncExit::Handled { flushed }
-}
-
-/// The end of an exit that kept the vCPU's frame: stop the vCPU if its VM no longer
-/// runs, and flush its list registers if they have work.
-#[inline(always)]
-fn finish_exit(vm: &Vm, vcpu: usize, flushed: bool) -> Resume {
-    if vm.state() != VmState::Running {
-        return vm_not_running();
-    }
-    // A handler that flushed is the last thing its exit does for this vCPU, so work
-    // added since came from another CPU, which kicks this one: the kick's interrupt
-    // is taken as soon as the guest is entered, and that exit flushes. So only an
-    // exit that did not flush asks.
-    if !flushed && vm.vgic.needs_flush(vcpu) {
-        service_list_registers(vm, vcpu);
-    }
-    Resume::Saved
-}
-
-/// The vCPU's VM stopped or is resetting: this vCPU stops.
-#[cold]
-#[inline(never)]
-fn vm_not_running() -> Resume {
-    Reason::Off.set(machine::this_cpu());
-    Resume::Schedule
-}
-
-/// `MSR ICC_SGI1R_EL1, Xt`. Returns whether this vCPU's list registers were flushed.
-#[inline(never)]
-fn sgi1r_write(
-    vm: &Vm,
-    vcpu: usize,
-    frame: &mut GuestFrame,
-    rt: usize,
-    mut lrs: HwListRegs,
-) -> bool {
-    frame.elr += INSTRUCTION_SIZE;
-    let value = frame.x.get(rt).copied().unwrap_or(0);
-    let done = vm.vgic.send_sgi_local(vcpu, value, &mut lrs);
-    kick_vcpus(vm, done.kicks);
-    done.flushed
-}
-
-/// A stage-2 data abort: an emulated device, or an abort for the guest.
-#[inline(never)]
-fn data_abort(vm: &Vm, vcpu: usize, frame: &mut GuestFrame, esr: u64) {
-    match decode_lower_data_abort(esr, sysreg::read_far_el2(), sysreg::read_hpfar_el2()) {
-        Exit::Mmio(access) => mmio(vm, vcpu, frame, access),
-        _ => inject_bad_data_abort(frame, esr),
-    }
-}
-
-fn inject_bad_data_abort(frame: &mut GuestFrame, esr: u64) {
-    const ESR_WNR: u64 = 1 << 6;
-    let write = esr & ESR_WNR != 0;
-    inject_sync(
-        frame,
-        inject::data_abort_esr(inject::from_el0(frame.spsr), write),
-        sysreg::read_far_el2(),
-    )
-}
-
 /// FIQs, SErrors and anything from AArch32. Returns whether this vCPU's list registers
 /// were flushed on the way.
 #[inline(never)]
 fn other_exit(kind: u64, vm: &'static Vm, vcpu: usize) -> bool {
-    match ExitKind::from_raw(kind) {
-        ExitKind::Sync => false,
-        ExitKind::Irq | ExitKind::Fiq => {
+    match VectorExit::from_raw(kind) {
+        VectorExit::Sync => false,
+        VectorExit::Irq | VectorExit::Fiq => {
             drain_physical_irqs(machine(), Some((vm, vcpu))) & FLUSHED != 0
         }
-        ExitKind::SError => {
+        VectorExit::SError => {
             println!(
                 "VM {}: vCPU {vcpu} raised an SError (ESR {:#x}); ignored",
                 vm.name,
@@ -703,7 +674,7 @@ fn other_exit(kind: u64, vm: &'static Vm, vcpu: usize) -> bool {
             );
             false
         }
-        ExitKind::Aarch32 => {
+        VectorExit::Aarch32 => {
             crash_vm(
                 vm,
                 format_args!("vCPU {vcpu} entered AArch32, which Bothy does not run"),
@@ -711,111 +682,6 @@ fn other_exit(kind: u64, vm: &'static Vm, vcpu: usize) -> bool {
             false
         }
     }
-}
-
-/// The rarer synchronous exits (WFI/WFE, SMC, aborts outside RAM and devices, anything
-/// undefined).
-#[inline(never)]
-fn other_sync_exit(vm: &'static Vm, vcpu: usize, frame: &mut GuestFrame, esr: u64) -> Sched {
-    match decode(esr, sysreg::read_far_el2(), sysreg::read_hpfar_el2()) {
-        Exit::Hvc { .. } => return smccc_call(vm, vcpu, frame),
-        Exit::Smc { .. } => {
-            frame.elr += INSTRUCTION_SIZE;
-            return smccc_call(vm, vcpu, frame);
-        }
-        Exit::Wait { wfe } => {
-            frame.elr += INSTRUCTION_SIZE;
-            // WFE traps only on shared CPUs (machine::setup_cpu): offer the CPU.
-            if wfe {
-                Reason::Yield.set(machine::this_cpu());
-                return Sched::Yes;
-            }
-            return wait_for_interrupt(vm, vcpu);
-        }
-        Exit::Mmio(access) => mmio(vm, vcpu, frame, access),
-        Exit::SysReg(access) => sysreg_access(vm, vcpu, frame, access),
-        Exit::BadDataAbort { .. } => inject_bad_data_abort(frame, esr),
-        Exit::BadInstructionAbort { far, .. } => inject_sync(
-            frame,
-            inject::instruction_abort_esr(inject::from_el0(frame.spsr)),
-            far,
-        ),
-        Exit::Other { .. } => inject_sync(frame, inject::undefined_esr(), 0),
-    }
-    Sched::No
-}
-
-/// PSCI and SMCCC from the guest (HVC, or trapped SMC).
-#[inline(always)]
-fn smccc_call(vm: &'static Vm, vcpu: usize, frame: &mut GuestFrame) -> Sched {
-    let vcpus = vm.vcpus();
-    let mpidr_to_vcpu = |mpidr: u64| {
-        let index = (mpidr & 0xff_00ff_ffff) as usize;
-        (index < vcpus).then_some(index)
-    };
-    let ctx = CallContext {
-        vcpu,
-        power: &vm.power,
-        ram: vm.ram,
-        mpidr_to_vcpu: &mpidr_to_vcpu,
-    };
-    let (args, _) = frame.x.split_first_chunk::<8>().expect("31 registers");
-    // Almost every call just returns values: test for that alone first (a `match`
-    // compiles to a compare chain that reaches `Return` last).
-    let outcome = abi::dispatch(&ctx, args);
-    if let Outcome::Return([x0, x1, x2, x3]) = outcome {
-        frame.x[0] = x0;
-        frame.x[1] = x1;
-        frame.x[2] = x2;
-        frame.x[3] = x3;
-        return Sched::No;
-    }
-    smccc_outcome(vm, vcpu, frame, outcome)
-}
-
-/// What a PSCI/SMCCC call does beyond returning values.
-#[cold]
-#[inline(never)]
-fn smccc_outcome(vm: &'static Vm, vcpu: usize, frame: &mut GuestFrame, outcome: Outcome) -> Sched {
-    let ctx = machine::this_cpu();
-    match outcome {
-        Outcome::Return(_) => {}
-        Outcome::StartVcpu { target, ret } => {
-            frame.x[..4].copy_from_slice(&ret);
-            if let Some(t) = vm.vcpus.get(target) {
-                t.psci_start.store(true, Ordering::Release);
-                let kick = machine().sched.lock().start(t.id);
-                if let Some(cpu) = kick {
-                    machine::kick(cpu);
-                }
-            }
-        }
-        Outcome::StopVcpu => {
-            Reason::PowerOff.set(ctx);
-            return Sched::Yes;
-        }
-        Outcome::Suspend => {
-            frame.x[..4].copy_from_slice(&RETURN_SUCCESS);
-            return wait_for_interrupt(vm, vcpu);
-        }
-        Outcome::SystemOff => {
-            if vm.leave_running(VmState::Off) {
-                println!("VM {} powered off", vm.name);
-                stop_vm(vm);
-            }
-            Reason::Off.set(ctx);
-            return Sched::Yes;
-        }
-        Outcome::SystemReset => {
-            if vm.leave_running(VmState::Resetting) {
-                println!("VM {} is resetting", vm.name);
-                stop_vm(vm);
-            }
-            Reason::Off.set(ctx);
-            return Sched::Yes;
-        }
-    }
-    Sched::No
 }
 
 /// Stop a VM because of something it did that Bothy cannot reflect back to it.
@@ -826,23 +692,6 @@ fn crash_vm(vm: &'static Vm, why: core::fmt::Arguments) {
         println!("error: VM {} stopped: {why}", vm.name);
         stop_vm(vm);
     }
-}
-
-/// WFI: return at once if an interrupt is pending for the vCPU, otherwise block it
-/// (until an interrupt or its virtual timer's deadline) and let the scheduler decide.
-///
-/// The list registers are folded back first, every time: the guest may have
-/// completed interrupts without an exit (hardware-linked or edge ones), and
-/// until the model knows, it would not offer their next occurrence.
-#[cold]
-#[inline(never)]
-fn wait_for_interrupt(vm: &Vm, vcpu: usize) -> Sched {
-    service_list_registers(vm, vcpu);
-    if vm.vgic.has_pending(vcpu) || vm.state() != VmState::Running {
-        return Sched::No;
-    }
-    Reason::Block(live_timer_deadline(vm.cntvoff)).set(machine::this_cpu());
-    Sched::Yes
 }
 
 /// What [`take_physical_irqs`] did: the loaded vCPU's list registers were flushed.
@@ -928,13 +777,7 @@ fn console_input(m: &'static Machine) {
 
 /// One byte of console input for `vm`'s PL011.
 pub fn console_byte(vm: &Vm, byte: u8) {
-    let mut console = vm.uart.lock();
-    console.input(byte);
-    // Under the UART lock, so concurrent accesses apply their levels in order.
-    let kicks = vm
-        .vgic
-        .set_spi_level(layout::UART_SPI + 32, console.irq_level());
-    drop(console);
+    let kicks = vm.console_input(byte);
     kick_vcpus(vm, kicks);
 }
 
@@ -951,123 +794,4 @@ fn kick_each(vm: &Vm, mask: VcpuMask) {
     for vcpu in mask.iter() {
         wake(vm, vcpu);
     }
-}
-
-/// Emulate a trapped access to the vGIC or the PL011; anything else aborts.
-fn mmio(vm: &Vm, vcpu: usize, frame: &mut GuestFrame, access: MmioAccess) {
-    let ipa = access.ipa;
-    let value = if access.reg == 31 {
-        0
-    } else {
-        frame.x[access.reg as usize]
-    };
-    let redist = layout::gic_redist(vm.vcpus());
-    let mut kicks = VcpuMask::default();
-    let result: Option<u64> = if layout::GIC_DIST.contains(ipa) {
-        let offset = ipa - layout::GIC_DIST.base;
-        if access.write {
-            kicks = vm
-                .vgic
-                .dist_write(vcpu, offset, access.size, access.store_value(value));
-            None
-        } else {
-            Some(vm.vgic.dist_read(vcpu, offset, access.size))
-        }
-    } else if redist.contains(ipa) {
-        let offset = ipa - redist.base;
-        if access.write {
-            kicks = vm
-                .vgic
-                .redist_write(vcpu, offset, access.size, access.store_value(value));
-            None
-        } else {
-            Some(vm.vgic.redist_read(vcpu, offset, access.size))
-        }
-    } else if layout::UART.contains(ipa) {
-        uart_access(machine(), vm, access, value)
-    } else {
-        let write = access.write;
-        let far = sysreg::read_far_el2();
-        inject_sync(
-            frame,
-            inject::data_abort_esr(inject::from_el0(frame.spsr), write),
-            far,
-        );
-        return;
-    };
-    if let Some(raw) = result {
-        if access.reg != 31 {
-            frame.x[access.reg as usize] = access.load_result(raw);
-        }
-    }
-    kick_vcpus(vm, kicks);
-    frame.elr += INSTRUCTION_SIZE;
-}
-
-fn uart_access(m: &Machine, vm: &Vm, access: MmioAccess, value: u64) -> Option<u64> {
-    let offset = access.ipa - layout::UART.base;
-    let mut model = vm.uart.lock();
-    let result = if access.write {
-        if let Some(byte) = model
-            .write(offset, access.size, access.store_value(value) as u32)
-            .tx
-        {
-            let tag = m.tag_output().then_some(vm.name.as_str());
-            crate::console::guest_byte(vm.index, tag, byte);
-        }
-        None
-    } else {
-        Some(u64::from(model.read(offset, access.size)))
-    };
-    // Under the UART lock: two vCPUs racing here must not apply stale levels
-    // out of order (that loses the interrupt).
-    let kicks = vm
-        .vgic
-        .set_spi_level(layout::UART_SPI + 32, model.irq_level());
-    drop(model);
-    kick_vcpus(vm, kicks);
-    result
-}
-
-/// Trapped system registers other than the `ICC_SGI1R_EL1` write `sync_exit` routes
-/// itself: the physical timer reads as zero and ignores writes, anything else is
-/// undefined for the guest.
-#[inline(never)]
-fn sysreg_access(vm: &Vm, vcpu: usize, frame: &mut GuestFrame, access: SysRegAccess) {
-    if access.is(trapped::ICC_SGI1R_EL1) && !access.read {
-        // Only if routing changes: an unreported flush costs the exit path a second one.
-        let lrs = machine::this_cpu().lrs;
-        let _ = sgi1r_write(vm, vcpu, frame, usize::from(access.reg), lrs);
-        return;
-    } else if access.is(trapped::ICC_ASGI1R_EL1) || access.is(trapped::ICC_SGI0R_EL1) {
-        // Group-0 / alternate-group SGIs: the guest has only group 1; ignore.
-    } else if access.is(trapped::CNTP_CTL_EL0)
-        || access.is(trapped::CNTP_CVAL_EL0)
-        || access.is(trapped::CNTP_TVAL_EL0)
-    {
-        if access.read && access.reg != 31 {
-            frame.x[access.reg as usize] = 0;
-        }
-    } else {
-        inject_sync(frame, inject::undefined_esr(), 0);
-        return;
-    }
-    frame.elr += INSTRUCTION_SIZE;
-}
-
-/// Deliver a synchronous exception to the guest's EL1 vector, as the hardware would.
-#[cold]
-#[inline(never)]
-fn inject_sync(frame: &mut GuestFrame, esr: u64, far: u64) {
-    sysreg::write_esr_el1(esr);
-    sysreg::write_far_el1(far);
-    sysreg::write_elr_el1(frame.elr);
-    sysreg::write_spsr_el1(frame.spsr);
-    let pan = if sysreg::read_sctlr_el1() & SCTLR_EL1_SPAN == 0 {
-        PSTATE_PAN
-    } else {
-        frame.spsr & PSTATE_PAN
-    };
-    frame.elr = sysreg::read_vbar_el1() + inject::vector_offset(frame.spsr);
-    frame.spsr = inject::SPSR_EL1H_MASKED | pan;
 }

@@ -19,20 +19,16 @@ use crate::arch::aarch64::{mmio, mmu::Frames, sysreg};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use bothy_core::abi::VcpuPower;
-use bothy_core::dev::console::Console;
 use bothy_core::fdt::guest::{build_guest_dtb, GuestDtbConfig};
 use bothy_core::fdt::platform::TimerIrqs;
 use bothy_core::layout::{self, BootPlan};
-use bothy_core::lifecycle::VmState;
 use bothy_core::linux::ImageHeader;
 use bothy_core::manifest::{OnExit, PayloadRef, VmSpec};
 use bothy_core::mem::{RegionAllocator, S2Attr, Stage2, VmidAllocator};
-use bothy_core::prompt::ExitCounts;
 use bothy_core::sched::VcpuId;
-use bothy_core::vgic::VGic;
+use bothy_core::vm::{ExitCounters, VmModel};
 use bothy_core::Region;
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use core::sync::atomic::AtomicBool;
 use spin::Mutex;
 
 /// Guest IPA space: 39 bits lets stage-2 start at level 1 without concatenated tables.
@@ -46,17 +42,14 @@ pub struct Vm {
     pub vtcr: u64,
     /// CNTVOFF_EL2: the VM's virtual counter starts near zero when it is built.
     pub cntvoff: u64,
-    /// Guest RAM in IPA space and where it lives physically.
-    pub ram: Region,
+    /// What its exits act on: run state, guest RAM (IPA), vGIC, PSCI power states,
+    /// devices and their bus. `Vm` derefs to it.
+    pub model: VmModel,
+    /// Where guest RAM lives physically.
     pub ram_pa: u64,
-    pub vgic: VGic,
-    pub power: VcpuPower,
-    /// The VM's PL011 and the console input waiting for it.
-    pub uart: Mutex<Console>,
     pub vcpus: Vec<Vcpu>,
     pub boot: BootPlan,
     pub on_exit: OnExit,
-    state: AtomicU8,
     /// Counted in `Machine::running_vms` (true from boot until it stops for good), so
     /// a stop reported twice is counted once.
     pub counted: AtomicBool,
@@ -67,27 +60,15 @@ pub struct Vm {
     payload_base: u64,
 }
 
+impl core::ops::Deref for Vm {
+    type Target = VmModel;
+
+    fn deref(&self) -> &VmModel {
+        &self.model
+    }
+}
+
 impl Vm {
-    pub fn state(&self) -> VmState {
-        VmState::from_u8(self.state.load(Ordering::Acquire))
-    }
-
-    /// Move from Running to `to`; false if someone else changed the state first.
-    pub fn leave_running(&self, to: VmState) -> bool {
-        self.state
-            .compare_exchange(
-                VmState::Running as u8,
-                to as u8,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
-            .is_ok()
-    }
-
-    pub fn set_state(&self, to: VmState) {
-        self.state.store(to as u8, Ordering::Release);
-    }
-
     pub fn vcpus(&self) -> usize {
         self.vcpus.len()
     }
@@ -128,47 +109,6 @@ pub struct Vcpu {
 pub struct Saved {
     pub frame: GuestFrame,
     pub arch: VcpuContext,
-}
-
-/// Kinds of exit counted per vCPU (indexes of [`ExitCounters`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(usize)]
-pub enum ExitKindCount {
-    Hypercall = 0,
-    Mmio = 1,
-    Sysreg = 2,
-    Wfx = 3,
-    Irq = 4,
-    Other = 5,
-}
-
-/// Exits of one vCPU by kind, for the console prompt's `list`.
-#[derive(Default)]
-pub struct ExitCounters([AtomicU64; 6]);
-
-impl ExitCounters {
-    #[inline(always)]
-    pub fn count(&self, kind: ExitKindCount) {
-        let counter = &self.0[kind as usize];
-        // Only the CPU running the vCPU counts its exits: no read-modify-write race.
-        counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-    }
-
-    fn get(&self, kind: ExitKindCount) -> u64 {
-        self.0[kind as usize].load(Ordering::Relaxed)
-    }
-
-    /// The counts as the prompt's `list` shows them.
-    pub fn snapshot(&self) -> ExitCounts {
-        ExitCounts {
-            hypercall: self.get(ExitKindCount::Hypercall),
-            mmio: self.get(ExitKindCount::Mmio),
-            sysreg: self.get(ExitKindCount::Sysreg),
-            wfx: self.get(ExitKindCount::Wfx),
-            irq: self.get(ExitKindCount::Irq),
-            other: self.get(ExitKindCount::Other),
-        }
-    }
 }
 
 fn payload_bytes(payload_base: u64, blob: PayloadRef) -> &'static [u8] {
@@ -259,21 +199,18 @@ pub fn build(
         ));
     }
 
+    let model = VmModel::new(vcpus, ram).map_err(|e| format!("VM {name}: {e:?}"))?;
     let vm = Vm {
         index,
         name: name.clone(),
         vttbr: stage2.vttbr(vmid.get()),
         vtcr: stage2.vtcr(env.pa_bits) | env.vmids.bits().vtcr_vs(),
         cntvoff: sysreg::read_cntpct_el0(),
-        ram,
+        model,
         ram_pa,
-        vgic: VGic::new(vcpus, layout::NR_SPIS),
-        power: VcpuPower::new(vcpus),
-        uart: Mutex::new(Console::new()),
         vcpus: vcpu_list,
         boot,
         on_exit: spec.on_exit,
-        state: AtomicU8::new(VmState::Running as u8),
         counted: AtomicBool::new(true),
         kernel: spec.kernel,
         initrd: spec.initrd,

@@ -2,8 +2,10 @@
 //! (`read(offset, size)` / `write(offset, size, value)`), unit-tested without a VM. A
 //! device reports the level of its interrupt line; `hyp` forwards it to the vGIC.
 
+pub mod bus;
 pub mod console;
 pub mod outbuf;
 pub mod pl011;
 
+pub use bus::{BusError, Device, MmioBus};
 pub use pl011::{Pl011, Pl011Effect};

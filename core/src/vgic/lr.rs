@@ -57,6 +57,39 @@ pub trait ListRegs {
     fn set_hcr(&mut self, v: u64);
 }
 
+/// A borrowed set of list registers is one too (the exit policy's `Arch` hands out
+/// `&mut` to a fake's).
+impl<T: ListRegs + ?Sized> ListRegs for &mut T {
+    #[inline(always)]
+    fn count(&self) -> usize {
+        (**self).count()
+    }
+    #[inline(always)]
+    fn mask(&self) -> u16 {
+        (**self).mask()
+    }
+    #[inline(always)]
+    fn read(&self, i: usize) -> u64 {
+        (**self).read(i)
+    }
+    #[inline(always)]
+    fn write(&mut self, i: usize, v: u64) {
+        (**self).write(i, v)
+    }
+    #[inline(always)]
+    fn elrsr(&self) -> u16 {
+        (**self).elrsr()
+    }
+    #[inline(always)]
+    fn eisr(&self) -> u16 {
+        (**self).eisr()
+    }
+    #[inline(always)]
+    fn set_hcr(&mut self, v: u64) {
+        (**self).set_hcr(v)
+    }
+}
+
 // ICH_LR<n>_EL2 fields.
 pub const LR_VINTID_MASK: u64 = 0xffff_ffff;
 pub const LR_PINTID_SHIFT: u32 = 32;
@@ -682,5 +715,84 @@ impl CpuState {
         for i in BitIter(u32::from(core::mem::take(&mut self.unzeroed))) {
             lrs.write(i as usize, 0);
         }
+    }
+}
+
+/// A physical CPU's list registers plus the guest's view of them, for tests (the vGIC's
+/// and `FakeArch`'s).
+#[cfg(any(test, feature = "std"))]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FakeListRegs {
+    pub lr: alloc::vec::Vec<u64>,
+    pub hcr: u64,
+}
+
+#[cfg(any(test, feature = "std"))]
+impl FakeListRegs {
+    pub fn new(n: usize) -> FakeListRegs {
+        FakeListRegs {
+            lr: alloc::vec![0; n],
+            hcr: 0,
+        }
+    }
+
+    pub fn valid(&self) -> alloc::vec::Vec<u32> {
+        self.lr
+            .iter()
+            .filter(|&&v| lr_state(v) != 0)
+            .map(|&v| (v & LR_VINTID_MASK) as u32)
+            .collect()
+    }
+
+    /// The guest reads ICC_IAR1_EL1: highest-priority pending LR becomes active.
+    pub fn ack(&mut self) -> Option<u32> {
+        let i = (0..self.lr.len())
+            .filter(|&i| lr_state(self.lr[i]) & LR_STATE_PENDING != 0)
+            .filter(|&i| lr_state(self.lr[i]) & LR_STATE_ACTIVE == 0)
+            .min_by_key(|&i| (self.lr[i] >> LR_PRIORITY_SHIFT) & 0xff)?;
+        self.lr[i] =
+            (self.lr[i] & !(0b11 << LR_STATE_SHIFT)) | u64::from(LR_STATE_ACTIVE) << LR_STATE_SHIFT;
+        Some((self.lr[i] & LR_VINTID_MASK) as u32)
+    }
+
+    /// The guest writes ICC_EOIR1_EL1 (EOImode 0: drop priority and deactivate).
+    pub fn eoi(&mut self, intid: u32) {
+        for v in self.lr.iter_mut() {
+            if (*v & LR_VINTID_MASK) as u32 == intid && lr_state(*v) & LR_STATE_ACTIVE != 0 {
+                *v &= !(u64::from(LR_STATE_ACTIVE) << LR_STATE_SHIFT);
+            }
+        }
+    }
+
+    pub fn ack_eoi(&mut self) -> Option<u32> {
+        let intid = self.ack()?;
+        self.eoi(intid);
+        Some(intid)
+    }
+}
+
+#[cfg(any(test, feature = "std"))]
+impl ListRegs for FakeListRegs {
+    fn count(&self) -> usize {
+        self.lr.len()
+    }
+    fn read(&self, i: usize) -> u64 {
+        self.lr[i]
+    }
+    fn write(&mut self, i: usize, v: u64) {
+        self.lr[i] = v;
+    }
+    fn elrsr(&self) -> u16 {
+        (0..self.lr.len())
+            .filter(|&i| lr_state(self.lr[i]) == 0 && (self.lr[i] & (LR_HW | LR_EOI)) != LR_EOI)
+            .fold(0, |acc, i| acc | 1 << i)
+    }
+    fn eisr(&self) -> u16 {
+        (0..self.lr.len())
+            .filter(|&i| lr_state(self.lr[i]) == 0 && (self.lr[i] & (LR_HW | LR_EOI)) == LR_EOI)
+            .fold(0, |acc, i| acc | 1 << i)
+    }
+    fn set_hcr(&mut self, v: u64) {
+        self.hcr = v;
     }
 }

@@ -167,6 +167,21 @@ impl Local {
     }
 }
 
+/// A device's interrupt line: one SPI of one VM's vGIC, handed out by
+/// [`VGic::spi_line`], so a device holds a line it was given instead of an SPI
+/// number it assumes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IrqLine {
+    intid: u32,
+}
+
+impl IrqLine {
+    /// The line's INTID, as the guest's device tree names it (minus 32).
+    pub fn intid(self) -> u32 {
+        self.intid
+    }
+}
+
 /// The virtual GICv3 of one VM, shared by all its vCPUs' physical CPUs.
 pub struct VGic {
     state: Mutex<State>,
@@ -395,6 +410,20 @@ impl VGic {
         let mut st = self.state.lock();
         let busy = st.raise_private_general(vcpu, intid, phys_intid, lrs);
         self.set_flags(vcpu, if busy { FLAG_LRS_BUSY } else { 0 });
+    }
+
+    /// The input line of SPI number `spi` (INTID `spi + 32`), for a device to drive; `None`
+    /// if this vGIC has no such SPI. Checked once, when the device is attached.
+    pub fn spi_line(&self, spi: u32) -> Option<IrqLine> {
+        (spi < self.nr_spis).then_some(IrqLine {
+            intid: SPI_BASE + spi,
+        })
+    }
+
+    /// Drive a device's interrupt line (see [`VGic::set_spi_level`]).
+    #[inline]
+    pub fn set_line_level(&self, line: IrqLine, level: bool) -> VcpuMask {
+        self.set_spi_level(line.intid, level)
     }
 
     /// Drive the input line of SPI `intid` (level-sensitive device such as the PL011). An

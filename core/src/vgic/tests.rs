@@ -10,84 +10,11 @@ use proptest::prelude::*;
 use super::dist::*;
 use super::irq::{LR_STATE_ACTIVE, LR_STATE_PENDING};
 use super::irqregs::*;
+use super::lr::FakeListRegs as FakeLrs;
 use super::lr::*;
 use super::redist::*;
 use super::sgi::SGI1R_IRM;
 use super::*;
-
-/// A physical CPU's list registers plus the guest's view of them.
-struct FakeLrs {
-    lr: Vec<u64>,
-    hcr: u64,
-}
-
-impl FakeLrs {
-    fn new(n: usize) -> FakeLrs {
-        FakeLrs {
-            lr: vec![0; n],
-            hcr: 0,
-        }
-    }
-
-    fn valid(&self) -> Vec<u32> {
-        self.lr
-            .iter()
-            .filter(|&&v| lr_state(v) != 0)
-            .map(|&v| (v & LR_VINTID_MASK) as u32)
-            .collect()
-    }
-
-    /// The guest reads ICC_IAR1_EL1: highest-priority pending LR becomes active.
-    fn ack(&mut self) -> Option<u32> {
-        let i = (0..self.lr.len())
-            .filter(|&i| lr_state(self.lr[i]) & LR_STATE_PENDING != 0)
-            .filter(|&i| lr_state(self.lr[i]) & LR_STATE_ACTIVE == 0)
-            .min_by_key(|&i| (self.lr[i] >> LR_PRIORITY_SHIFT) & 0xff)?;
-        self.lr[i] =
-            (self.lr[i] & !(0b11 << LR_STATE_SHIFT)) | u64::from(LR_STATE_ACTIVE) << LR_STATE_SHIFT;
-        Some((self.lr[i] & LR_VINTID_MASK) as u32)
-    }
-
-    /// The guest writes ICC_EOIR1_EL1 (EOImode 0: drop priority and deactivate).
-    fn eoi(&mut self, intid: u32) {
-        for v in self.lr.iter_mut() {
-            if (*v & LR_VINTID_MASK) as u32 == intid && lr_state(*v) & LR_STATE_ACTIVE != 0 {
-                *v &= !(u64::from(LR_STATE_ACTIVE) << LR_STATE_SHIFT);
-            }
-        }
-    }
-
-    fn ack_eoi(&mut self) -> Option<u32> {
-        let intid = self.ack()?;
-        self.eoi(intid);
-        Some(intid)
-    }
-}
-
-impl ListRegs for FakeLrs {
-    fn count(&self) -> usize {
-        self.lr.len()
-    }
-    fn read(&self, i: usize) -> u64 {
-        self.lr[i]
-    }
-    fn write(&mut self, i: usize, v: u64) {
-        self.lr[i] = v;
-    }
-    fn elrsr(&self) -> u16 {
-        (0..self.lr.len())
-            .filter(|&i| lr_state(self.lr[i]) == 0 && (self.lr[i] & (LR_HW | LR_EOI)) != LR_EOI)
-            .fold(0, |acc, i| acc | 1 << i)
-    }
-    fn eisr(&self) -> u16 {
-        (0..self.lr.len())
-            .filter(|&i| lr_state(self.lr[i]) == 0 && (self.lr[i] & (LR_HW | LR_EOI)) == LR_EOI)
-            .fold(0, |acc, i| acc | 1 << i)
-    }
-    fn set_hcr(&mut self, v: u64) {
-        self.hcr = v;
-    }
-}
 
 const SGI: u64 = SGI_FRAME;
 const DEF_PRI_X4: u64 = 0xa0a0_a0a0;

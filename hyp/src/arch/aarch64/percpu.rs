@@ -5,7 +5,8 @@
 
 use super::sysreg::{read_tpidr_el2, write_tpidr_el2};
 use crate::machine::CpuContext;
-use crate::vm::{ExitCounters, Vm};
+use crate::vm::Vm;
+use bothy_core::vm::ExitCounters;
 use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 /// Forget any value firmware left: TPIDR_EL2 resets to an UNKNOWN value. Call at

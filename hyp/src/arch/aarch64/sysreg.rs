@@ -244,6 +244,56 @@ pub fn tlbi_all_local() {
     };
 }
 
+/// Invalidate every stage-1 and stage-2 TLB entry tagged with VMID `vmid` on every CPU
+/// in the Inner Shareable domain (`bothy_core::arch::Arch::tlbi_vmid`).
+pub fn tlbi_vmid(vmid: u16) {
+    // SAFETY: VTTBR_EL2 is switched to the target VMID only between instructions of this
+    // block and restored before it ends; EL2 runs with interrupts masked and enters no
+    // guest in between, so nothing translates through the temporary value. TLB
+    // maintenance only drops cached translations.
+    unsafe {
+        core::arch::asm!(
+            "mrs {saved}, vttbr_el2",
+            "msr vttbr_el2, {tmp}",
+            "isb",
+            "dsb ishst",
+            "tlbi vmalls12e1is",
+            "dsb ish",
+            "msr vttbr_el2, {saved}",
+            "isb",
+            saved = out(reg) _,
+            tmp = in(reg) u64::from(vmid) << 48,
+            options(nostack, preserves_flags)
+        )
+    };
+}
+
+/// Invalidate the stage-2 translation of the page holding `ipa` for VMID `vmid`, and
+/// that VMID's stage-1 entries (combined entries are not indexed by IPA), on every CPU
+/// in the Inner Shareable domain (`bothy_core::arch::Arch::tlbi_ipa`).
+pub fn tlbi_ipa(vmid: u16, ipa: u64) {
+    // SAFETY: as in `tlbi_vmid`: the temporary VTTBR_EL2 is never used to translate.
+    unsafe {
+        core::arch::asm!(
+            "mrs {saved}, vttbr_el2",
+            "msr vttbr_el2, {tmp}",
+            "isb",
+            "dsb ishst",
+            "tlbi ipas2e1is, {page}",
+            "dsb ish",
+            "tlbi vmalle1is",
+            "dsb ish",
+            "isb",
+            "msr vttbr_el2, {saved}",
+            "isb",
+            saved = out(reg) _,
+            tmp = in(reg) u64::from(vmid) << 48,
+            page = in(reg) (ipa >> 12) & ((1 << 36) - 1),
+            options(nostack, preserves_flags)
+        )
+    };
+}
+
 /// Invalidate this CPU's stage-1 TLB entries and instruction cache for the VMID in
 /// VTTBR_EL2: a different vCPU of the VM ran here last, and the guest's local
 /// maintenance on the one now arriving was done elsewhere (as KVM does on vCPU load).

@@ -23,17 +23,12 @@
 
 use core::arch::global_asm;
 
-/// The guest's general-purpose state as saved on exit. On an ordinary exit
+/// The guest's general-purpose state as saved on exit (defined in `core`, where the
+/// exit policy reads and writes it). On an ordinary exit
 /// `x[FIRST_UNSAVED..=LAST_UNSAVED]` are stale (the registers still hold the guest's
 /// values): only `handle_exit_all`, and code that rewrites the whole frame and returns
 /// [`Resume::All`], may use them.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct GuestFrame {
-    pub x: [u64; 31],
-    pub elr: u64,
-    pub spsr: u64,
-}
+pub use bothy_core::exit::handle::{GuestFrame, FIRST_UNSAVED, LAST_UNSAVED};
 
 /// Bytes reserved at the top of every CPU's stack for its [`GuestFrame`] (16-aligned).
 pub const GUEST_FRAME_SIZE: usize = 272;
@@ -43,12 +38,6 @@ const _: () = assert!(core::mem::offset_of!(GuestFrame, x) == 0);
 const _: () = assert!(FIRST_UNSAVED * 8 == 152 && LAST_UNSAVED * 8 == 232);
 const _: () = assert!(core::mem::offset_of!(GuestFrame, elr) == 248);
 const _: () = assert!(core::mem::offset_of!(GuestFrame, spsr) == 256);
-
-/// The first of the callee-saved registers (x19–x29) an ordinary exit leaves out of
-/// its [`GuestFrame`].
-pub const FIRST_UNSAVED: usize = 19;
-/// The last of them (x30, the link register, is saved).
-pub const LAST_UNSAVED: usize = 29;
 
 /// What the vector code does when an exit handler returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

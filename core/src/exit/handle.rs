@@ -1,0 +1,479 @@
+//! What an exit does: the policy for every synchronous exit, decided here, carried out
+//! by `hyp`.
+//!
+//! `hyp`'s vector code saves the guest's registers into a [`GuestFrame`] and calls
+//! [`sync_exit`] with the exit's syndrome (`ESR_EL2`), the exiting vCPU's
+//! [`VmModel`] and an [`Arch`] bound to that vCPU. The policy emulates what it can on
+//! the spot (hypercalls, MMIO to the vGIC and PL011, trapped system registers,
+//! exception injection), leaving the guest's registers as it is to resume with, and
+//! returns an [`Action`] for what only `hyp` can do: switch vCPU, stop one, start one.
+//! Nothing here waits; a vCPU that has to (WFI with nothing pending, PSCI CPU_OFF, its
+//! VM stopping) gets an [`Action`] that says so, and `hyp` asks the scheduler.
+//!
+//! | exit | action |
+//! |---|---|
+//! | HVC / SMC (SMCCC, PSCI) | values in x0–x3, [`Action::Resume`]; CPU_ON → [`Action::StartVcpu`]; CPU_OFF → [`Action::PowerOff`]; CPU_SUSPEND as WFI; SYSTEM_OFF / SYSTEM_RESET → [`Action::VmLeft`] (or [`Action::Stop`] if another vCPU stopped the VM first) |
+//! | WFI | [`Action::Resume`] if an interrupt is pending, else [`Action::Block`] until one or the virtual timer's deadline |
+//! | WFE (trapped only on shared CPUs) | [`Action::Yield`] |
+//! | data abort in a device window | the device's read or write, [`Action::Resume`] |
+//! | data abort elsewhere, instruction abort, undefined | an exception injected into the guest, [`Action::Resume`] |
+//! | `MSR ICC_SGI1R_EL1` | SGIs sent (other vCPUs woken), [`Action::Resume`] |
+//! | physical timer registers | read as zero, writes ignored |
+//!
+//! After any exit that resumes, [`finish`] stops the vCPU if its VM no longer runs and
+//! otherwise refills its list registers if the vGIC has work for it. `hyp`'s IRQ path
+//! uses [`finish`] too.
+//!
+//! ## Registers an exit does not save
+//! The hot exits (hypercalls, SGIs, MMIO to a device) save only x0–x18 and x30: x19–x29
+//! are callee-saved in the Rust code that handles them, so they are still live in the
+//! CPU and `ERET` returns them untouched. An exit that transfers one of them (an MMIO
+//! or system-register access naming x19–x29) answers [`Action::NeedsAllRegisters`],
+//! and `hyp` saves all and calls [`sync_exit`] again with `ALL_SAVED`.
+//!
+//! ## Later
+//! Gunyah's `vcpu_run` (a manager VM running another VM's vCPU inside its own
+//! hypercall) will be one more action, `Run(vcpu)`, for the scheduler to carry out.
+//!
+//! Everything here is `#[inline(always)]` on the paths `bothy bench` gates (`hvc_null`,
+//! `mmio_gicd_typer`, `sgi_self`): the policy moved here from `hyp` without costing an
+//! instruction, and must stay that way.
+
+use super::{
+    data_abort_srt, decode, decode_lower_data_abort, decode_sysreg_trap, ec, exception_class,
+    inject, sysreg as trapped, sysreg_rt, sysreg_syndrome, sysreg_write_syndrome, Exit, MmioAccess,
+    SysRegAccess,
+};
+use crate::abi::{self, CallContext, Outcome, RETURN_SUCCESS};
+use crate::arch::{Arch, El1Reg};
+use crate::dev::Device;
+use crate::lifecycle::VmState;
+use crate::sched::Ticks;
+use crate::vgic::VcpuMask;
+use crate::vm::{ExitCounters, ExitKind, VmModel};
+
+/// A vCPU's general-purpose registers and return state as an exit leaves them (the
+/// layout `hyp`'s vector code reads and writes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuestFrame {
+    pub x: [u64; 31],
+    /// Where the guest resumes (`ELR_EL2`).
+    pub elr: u64,
+    /// The guest's PSTATE (`SPSR_EL2`).
+    pub spsr: u64,
+}
+
+/// The first of the callee-saved registers (x19–x29) an ordinary exit leaves out of
+/// its [`GuestFrame`].
+pub const FIRST_UNSAVED: usize = 19;
+/// The last of them (x30, the link register, is saved).
+pub const LAST_UNSAVED: usize = 29;
+
+/// What the CPU does after an exit. See the module doc for which exit gives which.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// The vCPU goes on with the frame as left (its list registers already refilled).
+    Resume,
+    /// The exit transfers one of x19–x29, which are not in the frame: call
+    /// [`sync_exit`] again with every register saved. Nothing was done or counted.
+    NeedsAllRegisters,
+    /// Nothing pending: block until an interrupt arrives for the vCPU or, if given, the
+    /// physical counter reaches the deadline (its virtual timer fires then).
+    Block(Option<Ticks>),
+    /// WFE: let another vCPU run if one waits.
+    Yield,
+    /// PSCI CPU_OFF: the vCPU stops; mark it Off once it has left the CPU.
+    PowerOff,
+    /// PSCI CPU_ON accepted for this vCPU of the VM (it is `OnPending` in
+    /// [`VmModel::power`]): have it scheduled, then [`finish`] the exit.
+    StartVcpu(usize),
+    /// This exit took the VM out of `Running` into the state given (SYSTEM_OFF → Off,
+    /// SYSTEM_RESET → Resetting): report it and stop the VM; this vCPU stops.
+    VmLeft(VmState),
+    /// The VM is not running (another vCPU or the prompt stopped it): this vCPU stops.
+    Stop,
+}
+
+const INSTRUCTION_SIZE: u64 = 4;
+const SGI1R_WRITE: u64 = sysreg_write_syndrome(trapped::ICC_SGI1R_EL1);
+/// SCTLR_EL1.SPAN: when clear, exception entry to EL1 sets PSTATE.PAN.
+const SCTLR_EL1_SPAN: u64 = 1 << 23;
+const PSTATE_PAN: u64 = 1 << 22;
+
+/// Handle one synchronous exit of vCPU `vcpu` of `vm`, with ESR_EL2 `esr`. With
+/// `ALL_SAVED` false, x19–x29 are not in `frame` (see the module doc).
+#[inline(always)]
+pub fn sync_exit<const ALL_SAVED: bool>(
+    vm: &VmModel,
+    vcpu: usize,
+    exits: &ExitCounters,
+    frame: &mut GuestFrame,
+    esr: u64,
+    hw: &mut impl Arch,
+) -> Action {
+    // Each exit is counted once: in the arm that handles it, after any early return
+    // that sends it back to be handled with all registers saved.
+    let flushed = match exception_class(esr) {
+        ec::HVC64 => {
+            exits.count(ExitKind::Hypercall);
+            match hypercall(vm, vcpu, frame, hw) {
+                Action::Resume => false,
+                other => return other,
+            }
+        }
+        ec::SYSREG => {
+            let rt = sysreg_rt(esr);
+            if !ALL_SAVED && unsaved(rt) {
+                return Action::NeedsAllRegisters;
+            }
+            exits.count(ExitKind::Sysreg);
+            if sysreg_syndrome(esr) == SGI1R_WRITE {
+                sgi1r_write(vm, vcpu, frame, rt, hw)
+            } else {
+                sysreg_access(vm, vcpu, frame, decode_sysreg_trap(esr), hw);
+                false
+            }
+        }
+        ec::DABT_LOWER => {
+            if !ALL_SAVED && unsaved(data_abort_srt(esr)) {
+                return Action::NeedsAllRegisters;
+            }
+            exits.count(ExitKind::Mmio);
+            data_abort(vm, vcpu, frame, esr, hw);
+            false
+        }
+        other => {
+            let kind = match other {
+                ec::WFX => ExitKind::Wfx,
+                _ => ExitKind::Other,
+            };
+            exits.count(kind);
+            match other_sync_exit(vm, vcpu, frame, esr, hw) {
+                Action::Resume => false,
+                other => return other,
+            }
+        }
+    };
+    finish(vm, vcpu, flushed, hw)
+}
+
+/// The end of an exit that keeps the vCPU on its CPU: stop it if its VM no longer
+/// runs, and refill its list registers if the vGIC has work for it. `flushed`: this
+/// exit already refilled them.
+#[inline(always)]
+pub fn finish(vm: &VmModel, vcpu: usize, flushed: bool, hw: &mut impl Arch) -> Action {
+    if vm.state() != VmState::Running {
+        return Action::Stop;
+    }
+    // A handler that flushed is the last thing its exit does for this vCPU, so work
+    // added since came from another CPU, which kicks this one: the kick's interrupt
+    // is taken as soon as the guest is entered, and that exit flushes. So only an
+    // exit that did not flush asks.
+    if !flushed && vm.vgic.needs_flush(vcpu) {
+        serve_list_registers(vm, vcpu, hw);
+    }
+    Action::Resume
+}
+
+/// Fold the list registers back into the vGIC and refill them.
+#[inline(never)]
+pub fn serve_list_registers(vm: &VmModel, vcpu: usize, hw: &mut impl Arch) {
+    vm.vgic.flush(vcpu, &mut hw.lrs());
+}
+
+/// Whether general-purpose register `reg` is one an ordinary exit leaves out of the
+/// frame.
+#[inline(always)]
+fn unsaved(reg: usize) -> bool {
+    (FIRST_UNSAVED..=LAST_UNSAVED).contains(&reg)
+}
+
+#[inline(always)]
+fn wake(hw: &mut impl Arch, mask: VcpuMask) {
+    if !mask.is_empty() {
+        hw.wake(mask);
+    }
+}
+
+/// PSCI and SMCCC from the guest (HVC, or a trapped SMC already stepped over).
+#[inline(always)]
+fn hypercall(vm: &VmModel, vcpu: usize, frame: &mut GuestFrame, hw: &mut impl Arch) -> Action {
+    let vcpus = vm.nr_vcpus();
+    let mpidr_to_vcpu = move |mpidr: u64| {
+        let index = (mpidr & 0xff_00ff_ffff) as usize;
+        (index < vcpus).then_some(index)
+    };
+    let ctx = CallContext {
+        vcpu,
+        power: &vm.power,
+        ram: vm.ram,
+        mpidr_to_vcpu: &mpidr_to_vcpu,
+    };
+    let (args, _) = frame.x.split_first_chunk::<8>().expect("31 registers");
+    // Almost every call just returns values: test for that alone first (a `match`
+    // compiles to a compare chain that reaches `Return` last).
+    let outcome = abi::dispatch(&ctx, args);
+    if let Outcome::Return([x0, x1, x2, x3]) = outcome {
+        frame.x[0] = x0;
+        frame.x[1] = x1;
+        frame.x[2] = x2;
+        frame.x[3] = x3;
+        return Action::Resume;
+    }
+    call_outcome(vm, vcpu, frame, outcome, hw)
+}
+
+/// What a PSCI call does beyond returning values.
+#[cold]
+#[inline(never)]
+fn call_outcome(
+    vm: &VmModel,
+    vcpu: usize,
+    frame: &mut GuestFrame,
+    outcome: Outcome,
+    hw: &mut impl Arch,
+) -> Action {
+    match outcome {
+        Outcome::Return(ret) => {
+            frame.x[..4].copy_from_slice(&ret);
+            Action::Resume
+        }
+        Outcome::StartVcpu { target, ret } => {
+            frame.x[..4].copy_from_slice(&ret);
+            Action::StartVcpu(target)
+        }
+        Outcome::StopVcpu => Action::PowerOff,
+        Outcome::Suspend => {
+            frame.x[..4].copy_from_slice(&RETURN_SUCCESS);
+            wait_for_interrupt(vm, vcpu, hw)
+        }
+        Outcome::SystemOff => leave_running(vm, VmState::Off),
+        Outcome::SystemReset => leave_running(vm, VmState::Resetting),
+    }
+}
+
+/// Only the first of several racing stops (two vCPUs' SYSTEM_OFF, the prompt) reports
+/// and finishes it; the others just stop their vCPU.
+fn leave_running(vm: &VmModel, to: VmState) -> Action {
+    if vm.leave_running(to) {
+        Action::VmLeft(to)
+    } else {
+        Action::Stop
+    }
+}
+
+/// WFI: resume at once if an interrupt is pending for the vCPU, otherwise block it
+/// (until an interrupt or its virtual timer's deadline).
+///
+/// The list registers are folded back first, every time: the guest may have completed
+/// interrupts without an exit (hardware-linked or edge ones), and until the model
+/// knows, it would not offer their next occurrence.
+#[cold]
+#[inline(never)]
+fn wait_for_interrupt(vm: &VmModel, vcpu: usize, hw: &mut impl Arch) -> Action {
+    serve_list_registers(vm, vcpu, hw);
+    if vm.vgic.has_pending(vcpu) || vm.state() != VmState::Running {
+        return Action::Resume;
+    }
+    Action::Block(hw.vtimer_deadline())
+}
+
+/// `MSR ICC_SGI1R_EL1, Xt`. Returns whether this vCPU's list registers were flushed.
+#[inline(never)]
+fn sgi1r_write(
+    vm: &VmModel,
+    vcpu: usize,
+    frame: &mut GuestFrame,
+    rt: usize,
+    hw: &mut impl Arch,
+) -> bool {
+    frame.elr += INSTRUCTION_SIZE;
+    let value = frame.x.get(rt).copied().unwrap_or(0);
+    let done = vm.vgic.send_sgi_local(vcpu, value, &mut hw.lrs());
+    wake(hw, done.kicks);
+    done.flushed
+}
+
+/// A stage-2 data abort: an emulated device, or an abort for the guest.
+#[inline(never)]
+fn data_abort(vm: &VmModel, vcpu: usize, frame: &mut GuestFrame, esr: u64, hw: &mut impl Arch) {
+    match decode_lower_data_abort(esr, hw.far_el2(), hw.hpfar_el2()) {
+        Exit::Mmio(access) => mmio(vm, vcpu, frame, access, hw),
+        _ => inject_bad_data_abort(frame, esr, hw),
+    }
+}
+
+fn inject_bad_data_abort(frame: &mut GuestFrame, esr: u64, hw: &mut impl Arch) {
+    const ESR_WNR: u64 = 1 << 6;
+    let write = esr & ESR_WNR != 0;
+    let far = hw.far_el2();
+    inject_sync(
+        frame,
+        inject::data_abort_esr(inject::from_el0(frame.spsr), write),
+        far,
+        hw,
+    )
+}
+
+/// The rarer synchronous exits (WFI/WFE, SMC, aborts outside RAM and devices, anything
+/// undefined).
+#[inline(never)]
+fn other_sync_exit(
+    vm: &VmModel,
+    vcpu: usize,
+    frame: &mut GuestFrame,
+    esr: u64,
+    hw: &mut impl Arch,
+) -> Action {
+    match decode(esr, hw.far_el2(), hw.hpfar_el2()) {
+        Exit::Hvc { .. } => return hypercall(vm, vcpu, frame, hw),
+        Exit::Smc { .. } => {
+            frame.elr += INSTRUCTION_SIZE;
+            return hypercall(vm, vcpu, frame, hw);
+        }
+        Exit::Wait { wfe } => {
+            frame.elr += INSTRUCTION_SIZE;
+            // WFE traps only on shared CPUs (hyp's CPU setup): offer the CPU.
+            if wfe {
+                return Action::Yield;
+            }
+            return wait_for_interrupt(vm, vcpu, hw);
+        }
+        Exit::Mmio(access) => mmio(vm, vcpu, frame, access, hw),
+        Exit::SysReg(access) => sysreg_access(vm, vcpu, frame, access, hw),
+        Exit::BadDataAbort { .. } => inject_bad_data_abort(frame, esr, hw),
+        Exit::BadInstructionAbort { far, .. } => inject_sync(
+            frame,
+            inject::instruction_abort_esr(inject::from_el0(frame.spsr)),
+            far,
+            hw,
+        ),
+        Exit::Other { .. } => inject_sync(frame, inject::undefined_esr(), 0, hw),
+    }
+    Action::Resume
+}
+
+/// Emulate an access to a device on the VM's bus; anything else aborts.
+fn mmio(vm: &VmModel, vcpu: usize, frame: &mut GuestFrame, access: MmioAccess, hw: &mut impl Arch) {
+    let value = if access.reg == 31 {
+        0
+    } else {
+        frame.x[access.reg as usize]
+    };
+    let Some((device, offset)) = vm.bus.find(access.ipa) else {
+        let far = hw.far_el2();
+        inject_sync(
+            frame,
+            inject::data_abort_esr(inject::from_el0(frame.spsr), access.write),
+            far,
+            hw,
+        );
+        return;
+    };
+    let mut kicks = VcpuMask::EMPTY;
+    let result: Option<u64> = match device {
+        Device::GicDist if access.write => {
+            kicks = vm
+                .vgic
+                .dist_write(vcpu, offset, access.size, access.store_value(value));
+            None
+        }
+        Device::GicDist => Some(vm.vgic.dist_read(vcpu, offset, access.size)),
+        Device::GicRedist if access.write => {
+            kicks = vm
+                .vgic
+                .redist_write(vcpu, offset, access.size, access.store_value(value));
+            None
+        }
+        Device::GicRedist => Some(vm.vgic.redist_read(vcpu, offset, access.size)),
+        Device::Uart => uart_access(vm, offset, access, value, hw),
+    };
+    if let Some(raw) = result {
+        if access.reg != 31 {
+            frame.x[access.reg as usize] = access.load_result(raw);
+        }
+    }
+    wake(hw, kicks);
+    frame.elr += INSTRUCTION_SIZE;
+}
+
+#[inline(never)]
+fn uart_access(
+    vm: &VmModel,
+    offset: u64,
+    access: MmioAccess,
+    value: u64,
+    hw: &mut impl Arch,
+) -> Option<u64> {
+    let mut model = vm.uart.lock();
+    let result = if access.write {
+        if let Some(byte) = model
+            .write(offset, access.size, access.store_value(value) as u32)
+            .tx
+        {
+            hw.console_out(byte);
+        }
+        None
+    } else {
+        Some(u64::from(model.read(offset, access.size)))
+    };
+    // Under the UART lock: two vCPUs racing here must not apply stale levels out of
+    // order (that loses the interrupt).
+    let kicks = vm.vgic.set_line_level(vm.uart_line, model.irq_level());
+    drop(model);
+    wake(hw, kicks);
+    result
+}
+
+/// Trapped system registers: SGIs are sent, the physical timer reads as zero and
+/// ignores writes, anything else is undefined for the guest.
+#[inline(never)]
+fn sysreg_access(
+    vm: &VmModel,
+    vcpu: usize,
+    frame: &mut GuestFrame,
+    access: SysRegAccess,
+    hw: &mut impl Arch,
+) {
+    if access.is(trapped::ICC_SGI1R_EL1) && !access.read {
+        let _ = sgi1r_write(vm, vcpu, frame, usize::from(access.reg), hw);
+        return;
+    } else if access.is(trapped::ICC_ASGI1R_EL1) || access.is(trapped::ICC_SGI0R_EL1) {
+        // Group-0 / alternate-group SGIs: the guest has only group 1; ignore.
+    } else if access.is(trapped::CNTP_CTL_EL0)
+        || access.is(trapped::CNTP_CVAL_EL0)
+        || access.is(trapped::CNTP_TVAL_EL0)
+    {
+        if access.read && access.reg != 31 {
+            frame.x[access.reg as usize] = 0;
+        }
+    } else {
+        inject_sync(frame, inject::undefined_esr(), 0, hw);
+        return;
+    }
+    frame.elr += INSTRUCTION_SIZE;
+}
+
+/// Deliver a synchronous exception to the guest's EL1 vector, as the hardware would:
+/// the syndrome, fault address and return state into the EL1 registers, the guest
+/// resumed at the vector for the mode it was in, in EL1h with D/A/I/F masked and
+/// PSTATE.PAN as SCTLR_EL1.SPAN says.
+#[cold]
+#[inline(never)]
+pub fn inject_sync(frame: &mut GuestFrame, esr: u64, far: u64, hw: &mut impl Arch) {
+    hw.set_el1(El1Reg::Esr, esr);
+    hw.set_el1(El1Reg::Far, far);
+    hw.set_el1(El1Reg::Elr, frame.elr);
+    hw.set_el1(El1Reg::Spsr, frame.spsr);
+    let pan = if hw.el1(El1Reg::Sctlr) & SCTLR_EL1_SPAN == 0 {
+        PSTATE_PAN
+    } else {
+        frame.spsr & PSTATE_PAN
+    };
+    frame.elr = hw.el1(El1Reg::Vbar) + inject::vector_offset(frame.spsr);
+    frame.spsr = inject::SPSR_EL1H_MASKED | pan;
+}
+
+#[cfg(test)]
+mod tests;

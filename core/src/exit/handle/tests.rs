@@ -1,0 +1,427 @@
+//! The exit policy driven through `FakeArch`: each test is one exit a guest can cause,
+//! with the registers it leaves and the action it asks for checked.
+
+use super::super::{
+    ec, inject, sysreg as trapped, SysRegEncoding, DABT_ISV, DABT_SAS_SHIFT, DABT_SRT_SHIFT,
+    DABT_WNR, ESR_EC_SHIFT, ESR_IL, SYSREG_CRM_SHIFT, SYSREG_CRN_SHIFT, SYSREG_OP0_SHIFT,
+    SYSREG_OP1_SHIFT, SYSREG_OP2_SHIFT, SYSREG_RT_SHIFT,
+};
+use super::*;
+use crate::abi::psci::{
+    INVALID_PARAMETERS, PSCI_CPU_OFF, PSCI_CPU_ON_64, PSCI_CPU_SUSPEND_64, PSCI_SYSTEM_OFF,
+    PSCI_SYSTEM_RESET, PSCI_VERSION, VERSION_1_1,
+};
+use crate::arch::FakeArch;
+use crate::layout;
+use crate::vm::ExitCounters;
+use crate::Region;
+use proptest::prelude::*;
+
+const RAM: Region = Region::new(layout::RAM_BASE, 64 << 20);
+const ENTRY: u64 = layout::RAM_BASE + 0x8_0000;
+const VBAR: u64 = 0x4010_0000;
+const ELR: u64 = 0x4000_1000;
+/// EL1h, interrupts unmasked.
+const SPSR_EL1H: u64 = 0b0101;
+const SPSR_EL0: u64 = 0;
+const SCTLR_SPAN: u64 = 1 << 23;
+
+fn esr(class: u32, iss: u64) -> u64 {
+    (u64::from(class) << ESR_EC_SHIFT) | ESR_IL | iss
+}
+
+fn hvc() -> u64 {
+    esr(ec::HVC64, 0)
+}
+
+/// A load (`write == false`) or store of `size` bytes through `reg`.
+fn dabt(size: u8, reg: u8, write: bool) -> u64 {
+    let sas = u64::from(size.trailing_zeros());
+    let wnr = if write { DABT_WNR } else { 0 };
+    esr(
+        ec::DABT_LOWER,
+        DABT_ISV | (sas << DABT_SAS_SHIFT) | (u64::from(reg) << DABT_SRT_SHIFT) | wnr,
+    )
+}
+
+fn sysreg_esr(enc: SysRegEncoding, reg: u8, read: bool) -> u64 {
+    let (op0, op1, crn, crm, op2) = enc;
+    esr(
+        ec::SYSREG,
+        (u64::from(op0) << SYSREG_OP0_SHIFT)
+            | (u64::from(op2) << SYSREG_OP2_SHIFT)
+            | (u64::from(op1) << SYSREG_OP1_SHIFT)
+            | (u64::from(crn) << SYSREG_CRN_SHIFT)
+            | (u64::from(reg) << SYSREG_RT_SHIFT)
+            | (u64::from(crm) << SYSREG_CRM_SHIFT)
+            | u64::from(read),
+    )
+}
+
+struct Guest {
+    vm: VmModel,
+    exits: ExitCounters,
+    hw: FakeArch,
+    frame: GuestFrame,
+}
+
+impl Guest {
+    fn new(vcpus: usize) -> Self {
+        let mut hw = FakeArch::new();
+        hw.el1[El1Reg::Vbar as usize] = VBAR;
+        Self {
+            vm: VmModel::new(vcpus, RAM).unwrap(),
+            exits: ExitCounters::default(),
+            hw,
+            frame: GuestFrame {
+                elr: ELR,
+                spsr: SPSR_EL1H,
+                ..GuestFrame::default()
+            },
+        }
+    }
+
+    /// An exit of vCPU `vcpu` with every register in the frame.
+    fn exit(&mut self, vcpu: usize, esr: u64) -> Action {
+        sync_exit::<true>(
+            &self.vm,
+            vcpu,
+            &self.exits,
+            &mut self.frame,
+            esr,
+            &mut self.hw,
+        )
+    }
+
+    /// An exit that saved x0–x18 and x30 only.
+    fn fast_exit(&mut self, vcpu: usize, esr: u64) -> Action {
+        sync_exit::<false>(
+            &self.vm,
+            vcpu,
+            &self.exits,
+            &mut self.frame,
+            esr,
+            &mut self.hw,
+        )
+    }
+
+    fn call(&mut self, vcpu: usize, args: &[u64]) -> Action {
+        self.frame.x[..args.len()].copy_from_slice(args);
+        self.exit(vcpu, hvc())
+    }
+
+    /// An MMIO access at `ipa` as the hardware reports it.
+    fn mmio(&mut self, vcpu: usize, ipa: u64, size: u8, reg: u8, write: bool) -> Action {
+        self.hw.far_el2 = 0xffff_8000_0000_0000 | (ipa & 0xfff);
+        self.hw.hpfar_el2 = (ipa >> 12) << 4;
+        self.exit(vcpu, dabt(size, reg, write))
+    }
+
+    fn write32(&mut self, vcpu: usize, ipa: u64, value: u32) -> Action {
+        self.frame.x[1] = u64::from(value);
+        self.mmio(vcpu, ipa, 4, 1, true)
+    }
+
+    /// What Linux's GICv3 driver does before it can take SGIs on every vCPU: enable
+    /// group 1 with affinity routing, put SGIs 0–15 in group 1 and enable them.
+    fn enable_sgis(&mut self) {
+        const GICD_CTLR_ARE_G1: u32 = 0x12;
+        const SGI_FRAME: u64 = 0x1_0000;
+        const IGROUPR0: u64 = SGI_FRAME + 0x80;
+        const ISENABLER0: u64 = SGI_FRAME + 0x100;
+        const IPRIORITYR: u64 = SGI_FRAME + 0x400;
+        assert_eq!(
+            self.write32(0, layout::GIC_DIST.base, GICD_CTLR_ARE_G1),
+            Action::Resume
+        );
+        for vcpu in 0..self.vm.nr_vcpus() {
+            let frame = layout::gic_redist(self.vm.nr_vcpus()).base + vcpu as u64 * 0x2_0000;
+            for i in 0..4 {
+                self.write32(vcpu, frame + IPRIORITYR + 4 * i, 0xa0a0_a0a0);
+            }
+            self.write32(vcpu, frame + IGROUPR0, 0xffff);
+            self.write32(vcpu, frame + ISENABLER0, 0xffff);
+        }
+        // Each of those stepped over its store; the tests start from a fresh ELR.
+        self.frame.elr = ELR;
+    }
+
+    /// The EL1 registers an injected exception set, and where the guest resumes.
+    fn injected(&self) -> (u64, u64, u64, u64, u64, u64) {
+        let el1 = |r: El1Reg| self.hw.el1[r as usize];
+        (
+            el1(El1Reg::Esr),
+            el1(El1Reg::Far),
+            el1(El1Reg::Elr),
+            el1(El1Reg::Spsr),
+            self.frame.elr,
+            self.frame.spsr,
+        )
+    }
+}
+
+#[test]
+fn a_psci_query_returns_values_and_resumes_after_the_hvc() {
+    let mut g = Guest::new(1);
+    assert_eq!(g.call(0, &[PSCI_VERSION.into()]), Action::Resume);
+    assert_eq!(g.frame.x[0], u64::from(VERSION_1_1));
+    // HVC: ELR already points past the instruction.
+    assert_eq!(g.frame.elr, ELR);
+    assert_eq!(g.exits.get(ExitKind::Hypercall), 1);
+    assert!(g.hw.log.is_empty());
+}
+
+#[test]
+fn a_trapped_smc_is_answered_and_stepped_over() {
+    let mut g = Guest::new(1);
+    g.frame.x[0] = PSCI_VERSION.into();
+    assert_eq!(g.exit(0, esr(ec::SMC64, 0)), Action::Resume);
+    assert_eq!(g.frame.x[0], u64::from(VERSION_1_1));
+    assert_eq!(g.frame.elr, ELR + 4);
+    assert_eq!(g.exits.get(ExitKind::Other), 1);
+}
+
+#[test]
+fn cpu_on_starts_the_target_and_refuses_a_missing_one() {
+    let mut g = Guest::new(2);
+    assert_eq!(
+        g.call(0, &[PSCI_CPU_ON_64.into(), 1, ENTRY, 0x55]),
+        Action::StartVcpu(1)
+    );
+    assert_eq!(g.frame.x[0], 0);
+    assert_eq!(g.vm.power.take_pending_start(1), Some((ENTRY, 0x55)));
+    assert_eq!(
+        g.call(0, &[PSCI_CPU_ON_64.into(), 7, ENTRY, 0]),
+        Action::Resume
+    );
+    assert_eq!(g.frame.x[0] as i64, i64::from(INVALID_PARAMETERS));
+}
+
+#[test]
+fn cpu_off_powers_the_vcpu_off() {
+    let mut g = Guest::new(2);
+    assert_eq!(g.call(1, &[PSCI_CPU_OFF.into()]), Action::PowerOff);
+}
+
+#[test]
+fn cpu_suspend_with_nothing_pending_blocks_until_the_timer() {
+    let mut g = Guest::new(1);
+    g.hw.vtimer_deadline = Some(12_345);
+    assert_eq!(
+        g.call(0, &[PSCI_CPU_SUSPEND_64.into(), 0, ENTRY, 0]),
+        Action::Block(Some(12_345))
+    );
+    // Resumed later with success.
+    assert_eq!(g.frame.x[0], 0);
+}
+
+#[test]
+fn system_off_and_reset_stop_the_vm_once() {
+    let mut g = Guest::new(2);
+    assert_eq!(
+        g.call(0, &[PSCI_SYSTEM_OFF.into()]),
+        Action::VmLeft(VmState::Off)
+    );
+    assert_eq!(g.vm.state(), VmState::Off);
+    // The other vCPU racing with a reset finds the VM stopped: it only stops itself.
+    assert_eq!(g.call(1, &[PSCI_SYSTEM_RESET.into()]), Action::Stop);
+    assert_eq!(g.vm.state(), VmState::Off);
+
+    let mut g = Guest::new(1);
+    assert_eq!(
+        g.call(0, &[PSCI_SYSTEM_RESET.into()]),
+        Action::VmLeft(VmState::Resetting)
+    );
+    assert_eq!(g.vm.state(), VmState::Resetting);
+}
+
+#[test]
+fn any_exit_of_a_stopped_vm_stops_the_vcpu() {
+    let mut g = Guest::new(1);
+    assert!(g.vm.leave_running(VmState::Halted));
+    assert_eq!(g.call(0, &[PSCI_VERSION.into()]), Action::Stop);
+    assert_eq!(g.exit(0, esr(ec::WFX, 0)), Action::Stop);
+}
+
+#[test]
+fn wfi_blocks_until_the_timer_deadline_or_resumes_if_an_interrupt_waits() {
+    let mut g = Guest::new(2);
+    g.enable_sgis();
+    g.hw.vtimer_deadline = Some(99);
+    assert_eq!(g.exit(0, esr(ec::WFX, 0)), Action::Block(Some(99)));
+    assert_eq!(g.frame.elr, ELR + 4);
+    g.hw.vtimer_deadline = None;
+    assert_eq!(g.exit(0, esr(ec::WFX, 0)), Action::Block(None));
+    assert_eq!(g.exits.get(ExitKind::Wfx), 2);
+
+    // vCPU 1 sends SGI 3 to vCPU 0, which is woken (through the scheduler).
+    g.frame.x[5] = (3 << 24) | 0b01;
+    assert_eq!(
+        g.exit(1, sysreg_esr(trapped::ICC_SGI1R_EL1, 5, false)),
+        Action::Resume
+    );
+    assert_eq!(g.hw.woken(), [VcpuMask(0b01)]);
+    // Now vCPU 0's WFI returns at once, with SGI 3 in its list registers.
+    assert_eq!(g.exit(0, esr(ec::WFX, 0)), Action::Resume);
+    assert_eq!(g.hw.lrs.valid(), [3]);
+}
+
+#[test]
+fn wfe_yields() {
+    let mut g = Guest::new(1);
+    assert_eq!(g.exit(0, esr(ec::WFX, 1)), Action::Yield);
+    assert_eq!(g.frame.elr, ELR + 4);
+}
+
+#[test]
+fn a_self_sgi_is_in_the_list_registers_when_the_guest_resumes() {
+    let mut g = Guest::new(1);
+    g.enable_sgis();
+    g.frame.x[2] = (5 << 24) | 1;
+    assert_eq!(
+        g.exit(0, sysreg_esr(trapped::ICC_SGI1R_EL1, 2, false)),
+        Action::Resume
+    );
+    assert_eq!(g.hw.lrs.valid(), [5]);
+    assert!(g.hw.woken().is_empty(), "nobody else to wake");
+    assert_eq!(g.frame.elr, ELR + 4);
+}
+
+#[test]
+fn mmio_reads_and_writes_reach_the_device_on_the_bus() {
+    let mut g = Guest::new(2);
+    // ldr w3, [GICD_TYPER]
+    assert_eq!(
+        g.mmio(0, layout::GIC_DIST.base + 4, 4, 3, false),
+        Action::Resume
+    );
+    let typer = g.frame.x[3];
+    assert_eq!(typer, g.vm.vgic.dist_read(0, 4, 4));
+    assert_eq!((typer >> 5) & 7, 1, "two vCPUs");
+    assert_eq!(g.frame.elr, ELR + 4);
+    // strb w1, [UARTDR]: the byte goes to the console.
+    g.frame.x[1] = u64::from(b'h');
+    assert_eq!(g.mmio(0, layout::UART.base, 1, 1, true), Action::Resume);
+    assert_eq!(g.hw.console, b"h");
+    assert_eq!(g.exits.get(ExitKind::Mmio), 2);
+}
+
+#[test]
+fn mmio_through_x19_to_x29_needs_every_register_first() {
+    let mut g = Guest::new(1);
+    g.hw.hpfar_el2 = (layout::GIC_DIST.base >> 12) << 4;
+    g.hw.far_el2 = 4;
+    assert_eq!(
+        g.fast_exit(0, dabt(4, 20, false)),
+        Action::NeedsAllRegisters
+    );
+    assert_eq!(g.frame.elr, ELR, "nothing done");
+    assert_eq!(g.exits.get(ExitKind::Mmio), 0, "nor counted");
+    assert_eq!(g.exit(0, dabt(4, 20, false)), Action::Resume);
+    assert_ne!(g.frame.x[20], 0);
+    assert_eq!(g.exits.get(ExitKind::Mmio), 1);
+    // The same for system registers.
+    assert_eq!(
+        g.fast_exit(0, sysreg_esr(trapped::CNTP_CTL_EL0, 25, true)),
+        Action::NeedsAllRegisters
+    );
+}
+
+#[test]
+fn an_access_outside_every_device_is_an_external_abort_at_the_guests_vector() {
+    let mut g = Guest::new(1);
+    g.frame.spsr = SPSR_EL1H;
+    g.hw.el1[El1Reg::Sctlr as usize] = SCTLR_SPAN;
+    let ipa = 0x0a00_0010;
+    assert_eq!(g.mmio(0, ipa, 4, 1, true), Action::Resume);
+    let far = g.hw.far_el2;
+    assert_eq!(
+        g.injected(),
+        (
+            inject::data_abort_esr(false, true),
+            far,
+            ELR,
+            SPSR_EL1H,
+            VBAR + 0x200,
+            inject::SPSR_EL1H_MASKED
+        )
+    );
+}
+
+#[test]
+fn an_undefined_instruction_from_el0_goes_to_the_lower_el_vector_with_pan_set() {
+    let mut g = Guest::new(1);
+    g.frame.spsr = SPSR_EL0;
+    // SCTLR_EL1.SPAN clear: exception entry sets PSTATE.PAN.
+    assert_eq!(g.exit(0, esr(0x3f, 0)), Action::Resume);
+    assert_eq!(
+        g.injected(),
+        (
+            inject::undefined_esr(),
+            0,
+            ELR,
+            SPSR_EL0,
+            VBAR + 0x400,
+            inject::SPSR_EL1H_MASKED | PSTATE_PAN
+        )
+    );
+}
+
+#[test]
+fn an_instruction_abort_outside_ram_is_reflected() {
+    let mut g = Guest::new(1);
+    g.hw.el1[El1Reg::Sctlr as usize] = SCTLR_SPAN;
+    g.hw.far_el2 = 0x1234_5000;
+    g.hw.hpfar_el2 = (0x1234_5000 >> 12) << 4;
+    assert_eq!(g.exit(0, esr(ec::IABT_LOWER, 0x10)), Action::Resume);
+    let (esr_el1, far, elr, ..) = g.injected();
+    assert_eq!(
+        (esr_el1, far, elr),
+        (inject::instruction_abort_esr(false), 0x1234_5000, ELR)
+    );
+    assert_eq!(g.frame.elr, VBAR + 0x200);
+}
+
+#[test]
+fn the_physical_timer_reads_as_zero_and_other_registers_are_undefined() {
+    let mut g = Guest::new(1);
+    g.frame.x[4] = 77;
+    assert_eq!(
+        g.exit(0, sysreg_esr(trapped::CNTP_CVAL_EL0, 4, true)),
+        Action::Resume
+    );
+    assert_eq!((g.frame.x[4], g.frame.elr), (0, ELR + 4));
+    // An unknown trapped register: undefined instruction at the guest's vector.
+    assert_eq!(
+        g.exit(0, sysreg_esr((3, 0, 15, 0, 0), 4, true)),
+        Action::Resume
+    );
+    assert_eq!(g.frame.elr, VBAR + 0x200);
+    assert_eq!(g.hw.el1[El1Reg::Esr as usize], inject::undefined_esr());
+}
+
+proptest! {
+    /// No exit a guest can cause panics, and each ends where the architecture says: the
+    /// instruction retried or stepped over, or the guest at one of its EL1 sync
+    /// vectors, or a decision for the scheduler.
+    #[test]
+    fn no_exit_panics(class in 0u32..64, iss in 0u64..(1 << 25), far: u64, hpfar: u64,
+                      regs in proptest::array::uniform8(any::<u64>()), el0: bool,
+                      all_saved: bool, vcpu in 0usize..2) {
+        let mut g = Guest::new(2);
+        g.hw.far_el2 = far;
+        g.hw.hpfar_el2 = hpfar & ((1 << 44) - 1);
+        g.frame.x[..8].copy_from_slice(&regs);
+        g.frame.spsr = if el0 { SPSR_EL0 } else { SPSR_EL1H };
+        let e = esr(class, iss);
+        let action = if all_saved { g.exit(vcpu, e) } else { g.fast_exit(vcpu, e) };
+        let vectors = [VBAR, VBAR + 0x200, VBAR + 0x400];
+        prop_assert!(
+            g.frame.elr == ELR || g.frame.elr == ELR + 4 || vectors.contains(&g.frame.elr),
+            "ELR {:#x} after {action:?}", g.frame.elr
+        );
+        if action == Action::NeedsAllRegisters {
+            prop_assert!(!all_saved);
+        }
+    }
+}

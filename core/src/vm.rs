@@ -1,0 +1,216 @@
+//! The part of a VM that its exits act on: run state, guest RAM, vGIC, PSCI power
+//! states, devices and the MMIO bus that routes to them.
+//!
+//! `hyp`'s `Vm` embeds one [`VmModel`] (and derefs to it) beside what only the
+//! hypervisor binary can hold: stage-2 tables, images, each vCPU's saved hardware
+//! context. The exit policy ([`crate::exit::handle`]) takes a `&VmModel`, so every
+//! decision an exit makes is made here and host-tested against a model built exactly
+//! as `hyp` builds it ([`VmModel::new`]).
+//!
+//! Everything here is shared by the CPUs running the VM's vCPUs, so each piece is
+//! behind an atomic or its own lock (vGIC, console); none is held across another.
+
+use crate::abi::VcpuPower;
+use crate::dev::console::Console;
+use crate::dev::{BusError, Device, MmioBus};
+use crate::layout;
+use crate::lifecycle::VmState;
+use crate::prompt::ExitCounts;
+use crate::vgic::{IrqLine, VGic, VcpuMask, MAX_VCPUS};
+use crate::Region;
+use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use spin::Mutex;
+
+/// A VM as its exits see it.
+pub struct VmModel {
+    /// Guest RAM in IPA space.
+    pub ram: Region,
+    pub vgic: VGic,
+    pub power: VcpuPower,
+    /// The PL011 and the console input waiting for it.
+    pub uart: Mutex<Console>,
+    /// The PL011's interrupt line.
+    pub uart_line: IrqLine,
+    /// Device windows → device models.
+    pub bus: MmioBus,
+    state: AtomicU8,
+}
+
+/// Why a [`VmModel`] could not be built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelError {
+    /// Not 1..=[`MAX_VCPUS`] vCPUs.
+    Vcpus(usize),
+    /// A device window collides with another or with RAM.
+    Bus(Device, BusError),
+    /// The UART's SPI is beyond the vGIC's.
+    NoUartLine,
+}
+
+impl VmModel {
+    /// The board every Bothy VM gets (Bothy's `layout`): GICv3 distributor and
+    /// redistributors, a PL011 on SPI [`layout::UART_SPI`], `ram` for memory. Running.
+    pub fn new(vcpus: usize, ram: Region) -> Result<Self, ModelError> {
+        if !(1..=MAX_VCPUS).contains(&vcpus) {
+            return Err(ModelError::Vcpus(vcpus));
+        }
+        let vgic = VGic::new(vcpus, layout::NR_SPIS);
+        let uart_line = vgic
+            .spi_line(layout::UART_SPI)
+            .ok_or(ModelError::NoUartLine)?;
+        let mut bus = MmioBus::new();
+        // The distributor first: it is the busiest window (see `MmioBus`).
+        for (region, device) in [
+            (layout::GIC_DIST, Device::GicDist),
+            (layout::gic_redist(vcpus), Device::GicRedist),
+            (layout::UART, Device::Uart),
+        ] {
+            if region.base < ram.end() && ram.base < region.end() {
+                return Err(ModelError::Bus(device, BusError::Empty));
+            }
+            bus.add(region, device)
+                .map_err(|e| ModelError::Bus(device, e))?;
+        }
+        Ok(Self {
+            ram,
+            vgic,
+            power: VcpuPower::new(vcpus),
+            uart: Mutex::new(Console::new()),
+            uart_line,
+            bus,
+            state: AtomicU8::new(VmState::Running as u8),
+        })
+    }
+
+    pub fn nr_vcpus(&self) -> usize {
+        self.vgic.nr_vcpus()
+    }
+
+    pub fn state(&self) -> VmState {
+        VmState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    /// Move from Running to `to`; false if someone else changed the state first (so
+    /// exactly one of several racing stops reports and finishes it).
+    pub fn leave_running(&self, to: VmState) -> bool {
+        self.state
+            .compare_exchange(
+                VmState::Running as u8,
+                to as u8,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+    }
+
+    pub fn set_state(&self, to: VmState) {
+        self.state.store(to as u8, Ordering::Release);
+    }
+
+    /// One byte of console input; returns the vCPUs to wake for the UART's interrupt.
+    pub fn console_input(&self, byte: u8) -> VcpuMask {
+        let mut console = self.uart.lock();
+        console.input(byte);
+        // Under the UART lock, so concurrent accesses apply their levels in order.
+        self.vgic
+            .set_line_level(self.uart_line, console.irq_level())
+    }
+}
+
+/// Kinds of exit counted per vCPU (indexes of [`ExitCounters`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub enum ExitKind {
+    Hypercall = 0,
+    Mmio = 1,
+    Sysreg = 2,
+    Wfx = 3,
+    Irq = 4,
+    Other = 5,
+}
+
+/// Exits of one vCPU by kind, for the console prompt's `list`.
+#[derive(Default, Debug)]
+pub struct ExitCounters([AtomicU64; 6]);
+
+impl ExitCounters {
+    #[inline(always)]
+    pub fn count(&self, kind: ExitKind) {
+        let counter = &self.0[kind as usize];
+        // Only the CPU running the vCPU counts its exits: no read-modify-write race.
+        counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self, kind: ExitKind) -> u64 {
+        self.0[kind as usize].load(Ordering::Relaxed)
+    }
+
+    /// The counts as the prompt's `list` shows them.
+    pub fn snapshot(&self) -> ExitCounts {
+        ExitCounts {
+            hypercall: self.get(ExitKind::Hypercall),
+            mmio: self.get(ExitKind::Mmio),
+            sysreg: self.get(ExitKind::Sysreg),
+            wfx: self.get(ExitKind::Wfx),
+            irq: self.get(ExitKind::Irq),
+            other: self.get(ExitKind::Other),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_standard_board_routes_gic_and_uart() {
+        let vm = VmModel::new(2, Region::new(layout::RAM_BASE, 64 << 20)).unwrap();
+        assert_eq!(
+            vm.bus.find(layout::GIC_DIST.base + 4),
+            Some((Device::GicDist, 4))
+        );
+        let redist = layout::gic_redist(2);
+        assert_eq!(
+            vm.bus.find(redist.base + redist.size - 1),
+            Some((Device::GicRedist, redist.size - 1))
+        );
+        assert_eq!(vm.bus.find(redist.base + redist.size), None);
+        assert_eq!(vm.bus.find(layout::UART.base), Some((Device::Uart, 0)));
+        assert_eq!(vm.bus.find(layout::RAM_BASE), None);
+        assert_eq!(vm.uart_line.intid(), layout::UART_SPI + 32);
+        assert_eq!(vm.state(), VmState::Running);
+    }
+
+    #[test]
+    fn refuses_bad_shapes() {
+        let ram = Region::new(layout::RAM_BASE, 64 << 20);
+        assert!(matches!(VmModel::new(0, ram), Err(ModelError::Vcpus(0))));
+        assert!(matches!(
+            VmModel::new(MAX_VCPUS + 1, ram),
+            Err(ModelError::Vcpus(_))
+        ));
+        // RAM over the UART.
+        assert!(matches!(
+            VmModel::new(1, Region::new(layout::UART.base, 1 << 20)),
+            Err(ModelError::Bus(Device::Uart, _))
+        ));
+    }
+
+    #[test]
+    fn only_one_stop_wins() {
+        let vm = VmModel::new(1, Region::new(layout::RAM_BASE, 64 << 20)).unwrap();
+        assert!(vm.leave_running(VmState::Off));
+        assert!(!vm.leave_running(VmState::Crashed));
+        assert_eq!(vm.state(), VmState::Off);
+    }
+
+    #[test]
+    fn counters_count_by_kind() {
+        let c = ExitCounters::default();
+        c.count(ExitKind::Mmio);
+        c.count(ExitKind::Mmio);
+        c.count(ExitKind::Wfx);
+        let s = c.snapshot();
+        assert_eq!((s.mmio, s.wfx, s.total()), (2, 1, 3));
+    }
+}
