@@ -72,6 +72,12 @@ fn demo_two_linux_vms_and_the_selftest_share_two_cpus() {
         assert!(line.contains("running"), "{name} not running:\n{list}");
     }
     assert!(list.contains("vcpu 1"), "{list}");
+    // The machine's memory record outlives boot: two 256 MiB Linux VMs and the 64 MiB
+    // self-test hold their RAM in it, each with its own VMID.
+    assert!(
+        list.contains("memory: 576 MiB held by VMs") && list.contains("3 VMIDs in use"),
+        "{list}"
+    );
     c.send("resume");
 
     // linux-b powers off; linux-a keeps answering (with its loops still running).

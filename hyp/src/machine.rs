@@ -14,7 +14,9 @@ use crate::{exit, fatal, println};
 use alloc::vec::Vec;
 use bothy_core::fdt::platform::Platform;
 use bothy_core::manifest::Manifest;
-use bothy_core::mem::{build_el2_idmap, RegionAllocator, VmidAllocator, VmidBits};
+use bothy_core::mem::{
+    build_el2_idmap, PageOwnership, RegionAllocator, VmidAllocator, VmidBits, PAGE_SIZE,
+};
 use bothy_core::sched::{Placement, Scheduler, VcpuId};
 use bothy_core::Region;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -38,6 +40,8 @@ pub struct PhysCpu {
 
 pub struct Machine {
     pub cpus: Vec<PhysCpu>,
+    /// Physical memory after boot: what is free, who owns the rest, VMIDs in use.
+    pub memory: Mutex<MachineMemory>,
     pub vms: Vec<Vm>,
     /// Which vCPU runs where (slots of `cpus`); see `bothy_core::sched`.
     pub sched: Mutex<Scheduler>,
@@ -54,6 +58,14 @@ pub struct Machine {
     pub running_vms: AtomicUsize,
     /// VM that receives console input.
     pub focus: AtomicUsize,
+}
+
+/// The frame allocator, page-ownership record and VMID allocator, which live as long
+/// as the machine (one lock: creating or destroying a VM changes all three).
+pub struct MachineMemory {
+    pub allocator: RegionAllocator,
+    pub owners: PageOwnership,
+    pub vmids: VmidAllocator,
 }
 
 impl Machine {
@@ -271,8 +283,23 @@ pub fn build(
     // apart would share TLB entries.
     let mut vmids =
         VmidAllocator::new(VmidBits::from_id_aa64mmfr1(sysreg::read_id_aa64mmfr1_el1()));
+    // Every page still free is tracked from here on; Bothy's own (image, tables,
+    // stacks) is outside the record and can never be assigned to a VM.
+    let mut owners = PageOwnership::new();
+    for free in allocator.free() {
+        // Whole pages only: the free list is byte-exact (the image ends anywhere).
+        let base = free.base.next_multiple_of(PAGE_SIZE);
+        let end = free.end() & !(PAGE_SIZE - 1);
+        if end <= base {
+            continue;
+        }
+        if let Err(e) = owners.add_memory(Region::new(base, end - base)) {
+            fatal(format_args!("memory ownership record: {e:?}"));
+        }
+    }
     let mut env = BuildEnv {
         allocator: &mut allocator,
+        owners: &mut owners,
         payload_base,
         pa_bits,
         timer: platform.timer,
@@ -287,7 +314,7 @@ pub fn build(
             vm.name,
             vm.vcpus(),
             vm.ram.size >> 20,
-            vm.ram_pa,
+            vm.ram_pa(),
             vm.boot.kernel,
             vm.boot
                 .initrd
@@ -310,6 +337,11 @@ pub fn build(
     }
     MACHINE.call_once(|| Machine {
         cpus,
+        memory: Mutex::new(MachineMemory {
+            allocator,
+            owners,
+            vmids,
+        }),
         vms,
         sched: Mutex::new(sched),
         vcpu_of,

@@ -197,6 +197,21 @@ fn list(m: &Machine) {
         &vms,
         crate::arch::aarch64::sysreg::read_cntfrq_el0(),
     );
+    let memory = m.memory.lock();
+    let owned_by_vms: u64 = memory
+        .owners
+        .extents()
+        .filter(|(_, state)| !matches!(state, bothy_core::mem::State::Free))
+        .map(|(range, _)| range.size)
+        .sum();
+    let _ = writeln!(
+        text,
+        "memory: {} MiB held by VMs, {} MiB free; {} VMIDs in use",
+        owned_by_vms >> 20,
+        memory.allocator.free_bytes() >> 20,
+        memory.vmids.in_use()
+    );
+    drop(memory);
     console::print_raw(&text);
 }
 

@@ -24,7 +24,9 @@ use bothy_core::fdt::platform::TimerIrqs;
 use bothy_core::layout::{self, BootPlan};
 use bothy_core::linux::ImageHeader;
 use bothy_core::manifest::{OnExit, PayloadRef, VmSpec};
-use bothy_core::mem::{RegionAllocator, S2Attr, Stage2, VmidAllocator};
+use bothy_core::mem::{
+    Owner, PageOwnership, RegionAllocator, VmMemory, VmMemorySpec, VmidAllocator,
+};
 use bothy_core::sched::VcpuId;
 use bothy_core::vm::{ExitCounters, VmModel};
 use bothy_core::Region;
@@ -45,8 +47,8 @@ pub struct Vm {
     /// What its exits act on: run state, guest RAM (IPA), vGIC, PSCI power states,
     /// devices and their bus. `Vm` derefs to it.
     pub model: VmModel,
-    /// Where guest RAM lives physically.
-    pub ram_pa: u64,
+    /// Its RAM block, stage-2 tables and VMID (what destroying it gives back).
+    pub memory: VmMemory,
     pub vcpus: Vec<Vcpu>,
     pub boot: BootPlan,
     pub on_exit: OnExit,
@@ -69,13 +71,18 @@ impl core::ops::Deref for Vm {
 }
 
 impl Vm {
+    /// Where guest RAM starts physically.
+    pub fn ram_pa(&self) -> u64 {
+        self.memory.ram_pa()
+    }
+
     pub fn vcpus(&self) -> usize {
         self.vcpus.len()
     }
 
     /// Copy the kernel, initrd and DTB into guest RAM (boot and SYSTEM_RESET).
     pub fn load_images(&self) {
-        let to_pa = |ipa: u64| self.ram_pa + (ipa - self.ram.base);
+        let to_pa = |ipa: u64| self.ram_pa() + (ipa - self.ram.base);
         let kernel = payload_bytes(self.payload_base, self.kernel);
         mmio::copy_to_phys(to_pa(self.boot.kernel), kernel);
         sysreg::clean_dcache_range(to_pa(self.boot.kernel), kernel.len() as u64);
@@ -118,6 +125,8 @@ fn payload_bytes(payload_base: u64, blob: PayloadRef) -> &'static [u8] {
 /// Everything a VM needs from the machine it is built on.
 pub struct BuildEnv<'a> {
     pub allocator: &'a mut RegionAllocator,
+    /// The machine's page-ownership record: a VM's RAM becomes its own.
+    pub owners: &'a mut PageOwnership,
     pub payload_base: u64,
     pub pa_bits: u32,
     pub timer: TimerIrqs,
@@ -139,36 +148,18 @@ pub fn build(
     let boot = layout::plan_boot(ram, &header, spec.initrd.map(|r| r.size))
         .map_err(|e| format!("VM {name}: {e}"))?;
 
-    let ram_pa = env.allocator.alloc(spec.memory, RAM_ALIGN).ok_or_else(|| {
-        format!(
-            "VM {name}: no {} MiB block of free memory left for its RAM",
-            spec.memory >> 20
-        )
-    })?;
-    let vmid = env
-        .vmids
-        .alloc()
-        .ok_or_else(|| format!("VM {name}: no VMID left"))?;
     let mut frames = Frames {
         allocator: env.allocator,
         mmu_off: false,
     };
-    let mut stage2 =
-        Stage2::new(&mut frames, IPA_BITS).map_err(|e| format!("VM {name}: stage-2: {e:?}"))?;
-    // Pages, not blocks: see Stage2::map_pages.
-    stage2
-        .map_pages(
-            &mut frames,
-            ram.base,
-            ram_pa,
-            ram.size,
-            S2Attr::Normal {
-                read: true,
-                write: true,
-                exec: true,
-            },
-        )
-        .map_err(|e| format!("VM {name}: stage-2 map of RAM: {e:?}"))?;
+    let spec_memory = VmMemorySpec {
+        ram,
+        ram_align: RAM_ALIGN,
+        ipa_bits: IPA_BITS,
+    };
+    let owner = Owner::Vm(u16::try_from(index).map_err(|_| format!("VM {name}: too many VMs"))?);
+    let memory = VmMemory::create(owner, spec_memory, &mut frames, env.owners, env.vmids)
+        .map_err(|e| format!("VM {name}: {e}"))?;
 
     let vcpu_list: Vec<Vcpu> = vcpus
         .into_iter()
@@ -203,11 +194,11 @@ pub fn build(
     let vm = Vm {
         index,
         name: name.clone(),
-        vttbr: stage2.vttbr(vmid.get()),
-        vtcr: stage2.vtcr(env.pa_bits) | env.vmids.bits().vtcr_vs(),
+        vttbr: memory.vttbr(),
+        vtcr: memory.stage2().vtcr(env.pa_bits) | env.vmids.bits().vtcr_vs(),
         cntvoff: sysreg::read_cntpct_el0(),
         model,
-        ram_pa,
+        memory,
         vcpus: vcpu_list,
         boot,
         on_exit: spec.on_exit,

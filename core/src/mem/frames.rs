@@ -6,8 +6,12 @@
 //!
 //! Invariant: the allocator's free list is sorted, non-overlapping, non-adjacent (merged)
 //! and has no empty entries; an allocation is always carved wholly out of one entry, so
-//! handed-out ranges never overlap each other or anything reserved. Nothing is freed
-//! back yet (VMs are built once; reclaiming comes with VM teardown).
+//! handed-out ranges never overlap each other or anything reserved. A range given back
+//! ([`RegionAllocator::release`], a destroyed VM's RAM and table frames) is merged into
+//! its neighbours, so allocating and releasing everything leaves the free list exactly
+//! as it was; giving back a range that is (partly) free already is refused, changing
+//! nothing (a double free is a hypervisor bug, caught here rather than handing the same
+//! frame out twice).
 
 use alloc::vec::Vec;
 
@@ -109,6 +113,34 @@ impl RegionAllocator {
         None
     }
 
+    /// Gives `region` back. Refused, changing nothing, if it is empty, wraps, or
+    /// overlaps a free range (a double free).
+    pub fn release(&mut self, region: Region) -> Result<(), ReleaseError> {
+        if region.size == 0 || region.base.checked_add(region.size).is_none() {
+            return Err(ReleaseError::Empty);
+        }
+        // The first free range that ends after `region` starts.
+        let i = self.free.partition_point(|f| f.end() <= region.base);
+        if self.free.get(i).is_some_and(|f| f.overlaps(&region)) {
+            return Err(ReleaseError::AlreadyFree(self.free[i]));
+        }
+        let joins_prev = i > 0 && self.free[i - 1].end() == region.base;
+        let joins_next = self.free.get(i).is_some_and(|f| f.base == region.end());
+        match (joins_prev, joins_next) {
+            (true, true) => {
+                let next = self.free.remove(i);
+                self.free[i - 1].size += region.size + next.size;
+            }
+            (true, false) => self.free[i - 1].size += region.size,
+            (false, true) => {
+                self.free[i].base = region.base;
+                self.free[i].size += region.size;
+            }
+            (false, false) => self.free.insert(i, region),
+        }
+        Ok(())
+    }
+
     /// The ranges still free, ascending.
     pub fn free(&self) -> &[Region] {
         &self.free
@@ -118,6 +150,15 @@ impl RegionAllocator {
     pub fn free_bytes(&self) -> u64 {
         self.free.iter().map(|r| r.size).sum()
     }
+}
+
+/// Why [`RegionAllocator::release`] refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReleaseError {
+    /// Zero bytes, or a range that wraps the address space.
+    Empty,
+    /// Part of it is free already: this free range overlaps it.
+    AlreadyFree(Region),
 }
 
 #[cfg(test)]
@@ -265,5 +306,57 @@ mod tests {
             }
             prop_assert_eq!(a.free_bytes() + got.iter().map(|g| g.size).sum::<u64>(), total);
         }
+
+        /// Whatever is allocated and given back, in any order, the free list ends as it
+        /// began (merged), and giving anything back twice is refused without effect.
+        #[test]
+        fn releasing_everything_restores_the_free_list(
+            mem in prop::collection::vec((0u64..1 << 20, 1u64..1 << 16), 1..6),
+            reqs in prop::collection::vec((1u64..1 << 14, 0u32..14), 1..40),
+            order in prop::collection::vec(any::<prop::sample::Index>(), 40),
+        ) {
+            let mem: Vec<Region> = mem.into_iter().map(|(b, s)| r(b, s)).collect();
+            let start = RegionAllocator::new(&mem, &[]);
+            let mut a = start.clone();
+            let mut got: Vec<Region> = reqs
+                .into_iter()
+                .filter_map(|(size, align_log)| a.alloc(size, 1 << align_log).map(|b| r(b, size)))
+                .collect();
+            let mut released = Vec::new();
+            for ix in order {
+                if got.is_empty() {
+                    break;
+                }
+                let g = got.swap_remove(ix.index(got.len()));
+                prop_assert_eq!(a.release(g), Ok(()));
+                released.push(g);
+                // A second release of the same range changes nothing.
+                let before = a.clone();
+                prop_assert!(matches!(a.release(g), Err(ReleaseError::AlreadyFree(_))));
+                prop_assert_eq!(&a, &before);
+                for w in a.free().windows(2) {
+                    prop_assert!(w[0].end() < w[1].base, "merged and sorted");
+                }
+            }
+            for g in got {
+                prop_assert_eq!(a.release(g), Ok(()));
+            }
+            prop_assert_eq!(a, start);
+        }
+    }
+
+    #[test]
+    fn release_refuses_empty_wrapping_and_overlapping_ranges() {
+        let mut a = RegionAllocator::new(&[r(0x1000, 0x4000)], &[]);
+        let base = a.alloc(0x1000, 0x1000).unwrap();
+        assert_eq!(a.release(r(base, 0)), Err(ReleaseError::Empty));
+        assert_eq!(a.release(r(u64::MAX, 2)), Err(ReleaseError::Empty));
+        // Half of it is still allocated, half is free.
+        assert_eq!(
+            a.release(r(base - 0x800, 0x1000)),
+            Err(ReleaseError::AlreadyFree(r(0x1000, 0x3000)))
+        );
+        assert_eq!(a.release(r(base, 0x1000)), Ok(()));
+        assert_eq!(a.free(), &[r(0x1000, 0x4000)]);
     }
 }

@@ -7,7 +7,9 @@
 //! - `vmid.rs`: [`VmidAllocator`], VMIDs for VMs that come and go (a freed VMID is
 //!   invalidated through [`crate::arch::Arch::tlbi_vmid`] before anyone gets it again);
 //! - `ownership.rs`: [`PageOwnership`], who owns each physical page and who it is lent or
-//!   shared to (what stage-2 may map for whom).
+//!   shared to (what stage-2 may map for whom);
+//! - `vm_memory.rs`: [`VmMemory`], a VM's RAM, stage-2 tables and VMID, created and
+//!   destroyed as one, every frame given back.
 //!
 //! Tables live in physical memory the hypervisor owns, but `core` never dereferences a
 //! pointer: every table access goes through [`TableMemory`], which `hyp` implements over
@@ -21,13 +23,15 @@ mod idmap;
 mod ownership;
 mod pgtable;
 mod stage2;
+mod vm_memory;
 mod vmid;
 
-pub use frames::{free_regions, RegionAllocator};
+pub use frames::{free_regions, RegionAllocator, ReleaseError};
 pub use idmap::{build_el2_idmap, IdMap};
 pub use ownership::{Owner, OwnershipError, OwnershipOp, PageOwnership, Refusal, State};
 pub use pgtable::{pa_range_bits, pa_range_encoding, PAGE_SIZE};
 pub use stage2::{S2Attr, Stage2, VTCR_EL2_VS};
+pub use vm_memory::{CreateError, Destroyed, PhysMemory, VmMemory, VmMemorySpec};
 pub use vmid::{Vmid, VmidAllocator, VmidBits, VmidError};
 
 use core::fmt;
@@ -37,6 +41,9 @@ use core::fmt;
 pub trait TableMemory {
     /// Physical address of a new, zeroed, 4 KiB-aligned page; `None` when out of memory.
     fn alloc_table(&mut self) -> Option<u64>;
+    /// Gives back a table page [`TableMemory::alloc_table`] returned, once no walker can
+    /// reach it (its tables are no longer installed, its VMID invalidated).
+    fn free_table(&mut self, table_pa: u64);
     /// Descriptor `index` (0..512) of the table at `table_pa`.
     fn read(&self, table_pa: u64, index: usize) -> u64;
     /// Writes descriptor `index` of the table at `table_pa`. The hypervisor's
@@ -132,6 +139,12 @@ pub(crate) mod fake {
             self.next += 0x1000;
             self.tables.insert(pa, Box::new([0; 512]));
             Some(pa)
+        }
+
+        fn free_table(&mut self, table_pa: u64) {
+            self.tables
+                .remove(&table_pa)
+                .expect("free of an unallocated table");
         }
 
         fn read(&self, table_pa: u64, index: usize) -> u64 {

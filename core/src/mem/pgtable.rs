@@ -230,6 +230,13 @@ impl PageTable {
         Ok(out)
     }
 
+    /// Frees every table of this tree, the root last, and returns how many. Call only
+    /// once no walker can use them (not installed anywhere, VMID invalidated); the
+    /// mapped output pages themselves are the caller's to give back.
+    pub fn destroy(self, mem: &mut impl TableMemory) -> usize {
+        free_level(mem, self.root, self.start_level)
+    }
+
     /// Output address and leaf attribute bits for input address `va`.
     pub fn lookup(&self, mem: &impl TableMemory, va: u64) -> Option<(u64, u64)> {
         if va >> self.address_bits != 0 {
@@ -299,6 +306,21 @@ fn index(va: u64, level: u32) -> usize {
 fn chunk_end(cur: u64, end: u64, level: u32) -> u64 {
     let boundary = (cur | (level_size(level) - 1)).saturating_add(1);
     boundary.min(end)
+}
+
+/// Frees the table at `table` (level `level`) and every table below it.
+fn free_level(mem: &mut impl TableMemory, table: u64, level: u32) -> usize {
+    let mut freed = 0;
+    if level < LAST_LEVEL {
+        for idx in 0..ENTRIES_PER_TABLE {
+            let desc = mem.read(table, idx);
+            if desc & DESC_VALID != 0 && desc & DESC_TABLE_OR_PAGE != 0 {
+                freed += free_level(mem, desc & DESC_ADDR_MASK, level + 1);
+            }
+        }
+    }
+    mem.free_table(table);
+    freed + 1
 }
 
 fn map_level(

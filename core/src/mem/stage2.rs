@@ -173,6 +173,14 @@ impl Stage2 {
         self.table.unmap(mem, ipa, size)
     }
 
+    /// Frees every table frame, the root included, and returns how many. Only after the
+    /// tables are no longer installed on any CPU and the VM's VMID was invalidated
+    /// ([`crate::mem::VmidAllocator::free`] does that); the guest pages they mapped are
+    /// not touched.
+    pub fn destroy(self, mem: &mut impl TableMemory) -> usize {
+        self.table.destroy(mem)
+    }
+
     /// The PA and attributes `ipa` translates to, if mapped.
     pub fn translate(&self, mem: &impl TableMemory, ipa: u64) -> Option<(u64, S2Attr)> {
         self.table
@@ -580,6 +588,33 @@ mod tests {
             prop_assert_eq!(valid.len() as u64, n);
             prop_assert!(valid.iter().all(|d| d & 0b11 == 0b01));
             prop_assert_eq!(mem.read(table, first) & DESC_ADDR_MASK, 8 * G1);
+        }
+    }
+
+    proptest! {
+        /// Destroying a stage 2 gives back every table frame it ever allocated, however
+        /// it was mapped and unmapped.
+        #[test]
+        fn destroy_frees_every_table(
+            ranges in prop::collection::vec((0u64..1 << 12, 1u64..1 << 10, any::<bool>()), 1..12),
+            unmap in prop::collection::vec((0u64..1 << 12, 1u64..1 << 10), 0..4),
+            bits in 32u32..=48,
+        ) {
+            let (mut m, mut s) = s2(bits);
+            for (page, pages, pages_only) in ranges {
+                let (ipa, size) = (page * 0x8_0000, pages * K4);
+                let _ = if pages_only {
+                    s.map_pages(&mut m, ipa, 0x8000_0000 + ipa, size, RO)
+                } else {
+                    s.map(&mut m, ipa, 0x8000_0000 + ipa, size, RO)
+                };
+            }
+            for (page, pages) in unmap {
+                let _ = s.unmap(&mut m, page * 0x8_0000, pages * K4);
+            }
+            let tables = m.tables();
+            prop_assert_eq!(s.destroy(&mut m), tables);
+            prop_assert_eq!(m.tables(), 0);
         }
     }
 }

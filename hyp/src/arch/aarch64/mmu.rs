@@ -5,7 +5,8 @@
 
 use super::mmio;
 use super::sysreg::*;
-use bothy_core::mem::{RegionAllocator, TableMemory};
+use bothy_core::mem::{PhysMemory, RegionAllocator, TableMemory};
+use bothy_core::Region;
 
 const PAGE: u64 = 4096;
 
@@ -27,11 +28,37 @@ impl TableMemory for Frames<'_> {
         }
         Some(pa)
     }
+    fn free_table(&mut self, table_pa: u64) {
+        if let Err(e) = self.allocator.release(Region::new(table_pa, PAGE)) {
+            crate::fatal(format_args!(
+                "table frame {table_pa:#x} given back twice ({e:?})"
+            ));
+        }
+    }
     fn read(&self, table_pa: u64, index: usize) -> u64 {
         mmio::read_table_entry(table_pa, index)
     }
     fn write(&mut self, table_pa: u64, index: usize, value: u64) {
         mmio::write_table_entry(table_pa, index, value)
+    }
+}
+
+impl PhysMemory for Frames<'_> {
+    fn alloc_ram(&mut self, size: u64, align: u64) -> Option<u64> {
+        self.allocator.alloc(size, align)
+    }
+    fn free_ram(&mut self, block: Region) {
+        if let Err(e) = self.allocator.release(block) {
+            crate::fatal(format_args!(
+                "RAM {:#x}+{:#x} given back twice ({e:?})",
+                block.base, block.size
+            ));
+        }
+    }
+    fn scrub(&mut self, block: Region) {
+        mmio::zero_phys(block.base, block.size as usize);
+        // A guest starts with its caches off: the zeroes must be in RAM.
+        clean_dcache_range(block.base, block.size);
     }
 }
 

@@ -1,0 +1,210 @@
+//! A VM's memory as one run-time object: its RAM, its stage-2 tables and its VMID,
+//! created together and destroyed together, with every frame accounted for.
+//!
+//! [`VmMemory::create`] takes RAM from the machine's frame allocator, records it as the
+//! VM's in the [`PageOwnership`] record, scrubs it, builds the stage-2 tables mapping
+//! it at the VM's IPA and allocates a VMID; any failure undoes what was done, so a
+//! refused create leaks nothing. [`VmMemory::destroy`] is the reverse: the VMID is
+//! freed (which invalidates its TLB entries on every CPU before it can be reused), the
+//! table frames go back, the RAM is scrubbed (the next owner must not see this VM's
+//! data) and given back to the record and the allocator. A property test checks that
+//! any sequence of creates and destroys hands back every frame, tables included.
+//!
+//! Physical memory is reached through [`PhysMemory`] (`hyp`: the frame allocator over
+//! its identity map; tests: a fake that tracks every frame and every scrub).
+//!
+//! A VM's RAM is one contiguous block, mapped with 4 KiB pages (see
+//! [`Stage2::map_pages`] for why). Later, memory lent or shared by a manager VM will be
+//! mapped into and out of these same tables, with the record deciding what may be.
+
+use super::{
+    MapError, Owner, OwnershipError, PageOwnership, S2Attr, Stage2, TableMemory, Vmid,
+    VmidAllocator,
+};
+use crate::arch::Arch;
+use crate::Region;
+use core::fmt;
+
+/// Physical memory for VMs: table frames ([`TableMemory`]) and RAM blocks.
+pub trait PhysMemory: TableMemory {
+    /// `size` bytes of free physical memory aligned to `align`; not zeroed.
+    fn alloc_ram(&mut self, size: u64, align: u64) -> Option<u64>;
+    /// Gives back a block [`PhysMemory::alloc_ram`] returned.
+    fn free_ram(&mut self, block: Region);
+    /// Zeroes `block`, visibly to a guest that starts with its caches off (`hyp`
+    /// cleans the lines to the point of coherency).
+    fn scrub(&mut self, block: Region);
+}
+
+/// The shape of a VM's memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VmMemorySpec {
+    /// Guest RAM in IPA space (4 KiB aligned).
+    pub ram: Region,
+    /// Alignment of the physical RAM block (a power of two, at least 4 KiB).
+    pub ram_align: u64,
+    /// IPA space size of the stage-2 tables.
+    pub ipa_bits: u32,
+}
+
+/// Why [`VmMemory::create`] refused; nothing was allocated or changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CreateError {
+    /// No free block of this many bytes is left.
+    NoRam(u64),
+    /// Every VMID is in use.
+    NoVmid,
+    /// Building the stage-2 tables failed (out of table frames, or a bad shape).
+    Tables(MapError),
+    /// The ownership record refused the RAM block (a hypervisor bug: the allocator
+    /// and the record disagree).
+    Ownership(OwnershipError),
+}
+
+impl fmt::Display for CreateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CreateError::NoRam(size) => write!(
+                f,
+                "no {} MiB block of free memory left for its RAM",
+                size >> 20
+            ),
+            CreateError::NoVmid => write!(f, "no VMID left"),
+            CreateError::Tables(e) => write!(f, "stage-2 tables: {e}"),
+            CreateError::Ownership(e) => write!(f, "memory ownership: {e:?}"),
+        }
+    }
+}
+
+/// A VM's RAM, stage-2 tables and VMID.
+#[derive(Debug, PartialEq, Eq)]
+pub struct VmMemory {
+    owner: Owner,
+    ram_ipa: Region,
+    ram_pa: u64,
+    stage2: Stage2,
+    vmid: Vmid,
+}
+
+/// What [`VmMemory::destroy`] gave back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Destroyed {
+    /// The RAM block (physical).
+    pub ram: Region,
+    /// Stage-2 table frames freed.
+    pub tables: usize,
+}
+
+impl VmMemory {
+    /// Builds `owner`'s memory as `spec` says. All or nothing.
+    pub fn create(
+        owner: Owner,
+        spec: VmMemorySpec,
+        mem: &mut impl PhysMemory,
+        owners: &mut PageOwnership,
+        vmids: &mut VmidAllocator,
+    ) -> Result<Self, CreateError> {
+        let size = spec.ram.size;
+        let ram_pa = mem
+            .alloc_ram(size, spec.ram_align)
+            .ok_or(CreateError::NoRam(size))?;
+        let block = Region::new(ram_pa, size);
+        if let Err(e) = owners.assign(block, owner) {
+            mem.free_ram(block);
+            return Err(CreateError::Ownership(e));
+        }
+        let undo_ram = |mem: &mut dyn FnMut(Region), owners: &mut PageOwnership| {
+            // Assigned a moment ago and never lent: release cannot be refused.
+            let _ = owners.release(block, owner);
+            mem(block);
+        };
+        mem.scrub(block);
+        let mut stage2 = match Stage2::new(mem, spec.ipa_bits) {
+            Ok(s) => s,
+            Err(e) => {
+                undo_ram(&mut |b| mem.free_ram(b), owners);
+                return Err(CreateError::Tables(e));
+            }
+        };
+        let attr = S2Attr::Normal {
+            read: true,
+            write: true,
+            exec: true,
+        };
+        let mapped = stage2.map_pages(mem, spec.ram.base, ram_pa, size, attr);
+        let vmid = match (mapped, vmids.alloc()) {
+            (Ok(()), Some(vmid)) => vmid,
+            (mapped, vmid) => {
+                // Never installed: no TLB can hold these tables' translations.
+                stage2.destroy(mem);
+                undo_ram(&mut |b| mem.free_ram(b), owners);
+                return Err(match (mapped, vmid) {
+                    (Err(e), _) => CreateError::Tables(e),
+                    _ => CreateError::NoVmid,
+                });
+            }
+        };
+        Ok(Self {
+            owner,
+            ram_ipa: spec.ram,
+            ram_pa,
+            stage2,
+            vmid,
+        })
+    }
+
+    /// Gives everything back. The caller guarantees no CPU can still translate through
+    /// these tables: every vCPU of the VM has stopped and no CPU has its `VTTBR_EL2`
+    /// loaded (a loaded VTTBR may be walked speculatively).
+    ///
+    /// If part of the RAM is still lent or shared (to or from another VM), the
+    /// ownership record refuses to release it: the RAM block is then kept out of the
+    /// allocator (scrubbed, but not reused) and the refusal returned, since handing
+    /// out pages another VM may still map would break isolation.
+    pub fn destroy(
+        self,
+        mem: &mut impl PhysMemory,
+        owners: &mut PageOwnership,
+        vmids: &mut VmidAllocator,
+        arch: &mut impl Arch,
+    ) -> Result<Destroyed, OwnershipError> {
+        // Allocated by `create` and freed only here: cannot be refused.
+        let _ = vmids.free(self.vmid, arch);
+        let tables = self.stage2.destroy(mem);
+        let ram = Region::new(self.ram_pa, self.ram_ipa.size);
+        mem.scrub(ram);
+        owners.release(ram, self.owner)?;
+        mem.free_ram(ram);
+        Ok(Destroyed { ram, tables })
+    }
+
+    pub fn owner(&self) -> Owner {
+        self.owner
+    }
+
+    /// Guest RAM in IPA space.
+    pub fn ram_ipa(&self) -> Region {
+        self.ram_ipa
+    }
+
+    /// Where guest RAM starts physically.
+    pub fn ram_pa(&self) -> u64 {
+        self.ram_pa
+    }
+
+    pub fn stage2(&self) -> &Stage2 {
+        &self.stage2
+    }
+
+    pub fn vmid(&self) -> Vmid {
+        self.vmid
+    }
+
+    /// `VTTBR_EL2` for this VM.
+    pub fn vttbr(&self) -> u64 {
+        self.stage2.vttbr(self.vmid.get())
+    }
+}
+
+#[cfg(test)]
+mod tests;
