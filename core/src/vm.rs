@@ -10,6 +10,10 @@
 //! Everything here is shared by the CPUs running the VM's vCPUs, so each piece is
 //! behind an atomic or its own lock (vGIC, console); none is held across another.
 
+pub mod table;
+
+pub use table::{VmHandle, VmTable};
+
 use crate::abi::VcpuPower;
 use crate::dev::console::Console;
 use crate::dev::{BusError, Device, MmioBus};
