@@ -1,40 +1,40 @@
 //! Bothy's console: the physical UART, shared by the hypervisor and every VM.
 //!
-//! Hypervisor messages start with `bothy: `. Guest output goes out byte by
-//! byte; when more than one VM exists each guest line is prefixed with the VM's
-//! name so interleaved output stays readable. Before the device tree is parsed
-//! there is no console at all, unless the manifest named an early one (used
-//! only to say that the device tree is missing or broken).
+//! Hypervisor messages start with `bothy: ` and are written at once (they may wait
+//! for the UART: Bothy's own action). Guest output never waits for it: each byte goes
+//! into its VM's buffer in `bothy_core::dev::mux::OutputMux`, which sends what the
+//! transmitter has room for and stops; the rest goes out from the UART's transmit
+//! interrupt. So a guest that writes without pause, or a slow UART, costs no CPU any
+//! spinning and no other VM its output (a flooding VM loses its own oldest bytes,
+//! counted and reported). With several VMs each guest line is tagged with the VM's
+//! name. While Bothy's prompt is open (`prompt.rs`) guest output is held.
 //!
-//! While Bothy's own prompt is open (`prompt.rs`), guest output is held in a
-//! per-VM buffer ([`OutputBuffer`], 16 KiB each, oldest bytes dropped and counted
-//! beyond that) and written out when the prompt closes.
+//! Before the device tree is parsed there is no console at all, unless the manifest
+//! named an early one (used only to say that the device tree is missing or broken).
 
 use crate::arch::aarch64::uart::Pl011;
-use alloc::vec::Vec;
-use bothy_core::dev::outbuf::OutputBuffer;
+use bothy_core::dev::mux::{Drain, OutputMux, TxPort};
 use core::fmt::{self, Write};
 use spin::Mutex;
 
-/// Guest output held per VM while the prompt is open.
-const HELD_OUTPUT: usize = 16 * 1024;
+/// Guest output buffered per VM (while the UART is busy or the prompt open).
+const OUTPUT_BUFFER: usize = 16 * 1024;
 
 struct Console {
     uart: Option<Pl011>,
-    /// Which VM wrote the last byte and whether it ended a line, for tagging.
-    last_vm: Option<usize>,
+    /// Guest output, once the VMs exist.
+    mux: Option<OutputMux>,
+    /// Before the VMs exist: whether the last text written ended a line.
     at_line_start: bool,
-    /// Guest output is held (the prompt is open).
-    holding: bool,
-    held: Vec<OutputBuffer>,
+    /// The UART's transmit interrupt is enabled (output is waiting for room).
+    tx_irq: bool,
 }
 
 static CONSOLE: Mutex<Console> = Mutex::new(Console {
     uart: None,
-    last_vm: None,
+    mux: None,
     at_line_start: true,
-    holding: false,
-    held: Vec::new(),
+    tx_irq: false,
 });
 
 impl Write for Console {
@@ -51,6 +51,53 @@ impl Write for Console {
     }
 }
 
+/// The transmitter as the mux sees it: never waits.
+struct Tx(Pl011);
+
+impl TxPort for Tx {
+    fn try_put(&mut self, byte: u8) -> bool {
+        self.0.try_putc(byte)
+    }
+}
+
+impl Console {
+    /// Before Bothy writes its own text: finish anything staged and end an open guest
+    /// line, so the text starts a line of its own.
+    fn begin_own(&mut self) {
+        let Some(uart) = self.uart else { return };
+        let break_line = match self.mux.as_mut() {
+            Some(mux) => {
+                mux.take_staged().for_each(|b| uart.putc(b));
+                mux.begin_own_line()
+            }
+            None => !self.at_line_start,
+        };
+        if break_line {
+            let _ = self.write_str("\n");
+        }
+    }
+
+    fn end_own(&mut self, at_line_start: bool) {
+        match self.mux.as_mut() {
+            Some(mux) => mux.end_own_line(at_line_start),
+            None => self.at_line_start = at_line_start,
+        }
+    }
+
+    /// Send what guest output the UART takes now; if it fills up, let its transmit
+    /// interrupt call [`tx_interrupt`] for the rest.
+    fn drain(&mut self) {
+        let (Some(uart), Some(mux)) = (self.uart, self.mux.as_mut()) else {
+            return;
+        };
+        let blocked = mux.drain(&mut Tx(uart)) == Drain::Blocked;
+        if blocked != self.tx_irq {
+            uart.set_tx_interrupt(blocked);
+            self.tx_irq = blocked;
+        }
+    }
+}
+
 pub fn init(base: u64) {
     let uart = Pl011::new(base);
     uart.enable();
@@ -64,29 +111,25 @@ pub fn uart() -> Option<Pl011> {
 /// Print a hypervisor message on its own line.
 pub fn print(args: fmt::Arguments) {
     let mut console = CONSOLE.lock();
-    if !console.at_line_start {
-        let _ = console.write_str("\n");
-    }
+    console.begin_own();
     let _ = console.write_str("bothy: ");
     let _ = console.write_fmt(args);
     let _ = console.write_str("\n");
-    console.at_line_start = true;
-    console.last_vm = None;
+    console.end_own(true);
 }
 
-/// Make room to hold the output of `vms` VMs while the prompt is open (at boot: the
-/// buffers are allocated once, never on an exit).
-pub fn init_held_output(vms: usize) {
-    let held = (0..vms).map(|_| OutputBuffer::new(HELD_OUTPUT)).collect();
-    CONSOLE.lock().held = held;
+/// Buffers for the output of the VMs named (at boot: the buffers are allocated once,
+/// never on an exit). Lines are tagged when there is more than one.
+pub fn init_guest_output(names: &[&str]) {
+    CONSOLE.lock().mux = Some(OutputMux::new(names, OUTPUT_BUFFER));
 }
 
 /// Print text from Bothy's prompt as it is (no `bothy: ` prefix).
 pub fn print_raw(text: &str) {
     let mut console = CONSOLE.lock();
+    console.begin_own();
     let _ = console.write_str(text);
-    console.at_line_start = text.ends_with('\n');
-    console.last_vm = None;
+    console.end_own(text.ends_with('\n'));
 }
 
 /// Echo bytes typed at the prompt.
@@ -97,53 +140,29 @@ pub fn echo(bytes: impl Iterator<Item = u8>) {
     }
 }
 
-/// Hold guest output (the prompt opened) or write out what was held (it closed).
-/// `tag` gives each VM's name for the lines written out.
-pub fn hold_guest_output(hold: bool, tag: &dyn Fn(usize) -> Option<&'static str>) {
+/// Hold guest output (the prompt opened) or let what was held go out (it closed).
+pub fn hold_guest_output(hold: bool) {
     let mut console = CONSOLE.lock();
-    console.holding = hold;
-    if hold {
-        return;
+    if let Some(mux) = console.mux.as_mut() {
+        mux.hold(hold);
     }
-    for vm in 0..console.held.len() {
-        let dropped = console.held[vm].take_dropped();
-        while let Some(byte) = console.held[vm].pop() {
-            put_guest_byte(&mut console, vm, tag(vm), byte);
-        }
-        if dropped > 0 {
-            let name = tag(vm).unwrap_or("guest");
-            let _ = write!(console, "\nbothy: {dropped} bytes of {name}'s output were dropped while the prompt was open\n");
-            console.at_line_start = true;
-        }
+    if !hold {
+        console.drain();
     }
 }
 
-/// One byte a guest wrote to its UART. `tag` names the VM when several share the console.
-pub fn guest_byte(vm: usize, tag: Option<&str>, byte: u8) {
+/// One byte VM `vm` wrote to its UART. Never waits for the physical UART.
+pub fn guest_byte(vm: usize, byte: u8) {
     let mut console = CONSOLE.lock();
-    if console.holding {
-        if let Some(buffer) = console.held.get_mut(vm) {
-            buffer.push(byte);
-        }
-        return;
+    if let Some(mux) = console.mux.as_mut() {
+        mux.push(vm, byte);
     }
-    put_guest_byte(&mut console, vm, tag, byte);
+    console.drain();
 }
 
-fn put_guest_byte(console: &mut Console, vm: usize, tag: Option<&str>, byte: u8) {
-    let Some(uart) = console.uart else { return };
-    if let Some(name) = tag {
-        if console.last_vm != Some(vm) && !console.at_line_start {
-            let _ = console.write_str("\n");
-            console.at_line_start = true;
-        }
-        if console.at_line_start {
-            let _ = write!(console, "[{name}] ");
-        }
-    }
-    uart.putc(byte);
-    console.at_line_start = byte == b'\n';
-    console.last_vm = Some(vm);
+/// The UART's transmit interrupt: it has room again.
+pub fn tx_interrupt() {
+    CONSOLE.lock().drain();
 }
 
 #[macro_export]

@@ -631,8 +631,7 @@ impl Arch for ExitHw {
 
     fn console_out(&mut self, byte: u8) {
         let (vm, _) = loaded(machine::this_cpu());
-        let tag = machine().tag_output().then_some(vm.name.as_str());
-        crate::console::guest_byte(vm.index, tag, byte);
+        crate::console::guest_byte(vm.index, byte);
     }
 }
 
@@ -747,6 +746,7 @@ fn take_physical_irqs(m: &'static Machine, running: Option<(&Vm, usize)>, max: u
             done |= TICK;
         } else if Some(intid) == m.uart_intid {
             console_input(m);
+            crate::console::tx_interrupt();
         }
         // KICK_SGI needs nothing more: the caller re-examines its vCPU afterwards.
         gic::deactivate(intid);

@@ -69,11 +69,6 @@ pub struct MachineMemory {
 }
 
 impl Machine {
-    /// Tag guest output with the VM name only when several VMs share the console.
-    pub fn tag_output(&self) -> bool {
-        self.vms.len() > 1
-    }
-
     /// The VM and vCPU behind a scheduler handle.
     pub fn vcpu(&self, id: VcpuId) -> Option<(&Vm, usize)> {
         let &(vm, vcpu) = self.vcpu_of.get(id.0)?;
@@ -354,7 +349,8 @@ pub fn build(
         focus: AtomicUsize::new(0),
     });
     let m = machine();
-    crate::console::init_held_output(m.vms.len());
+    let names: Vec<&str> = m.vms.iter().map(|vm| vm.name.as_str()).collect();
+    crate::console::init_guest_output(&names);
     if let (Some(intid), Some(uart)) = (m.uart_intid, crate::console::uart()) {
         gic::enable_spi(m.gic_dist, intid, m.cpus[0].mpidr);
         uart.enable_rx_interrupt();

@@ -48,7 +48,7 @@ pub fn input(m: &'static Machine, byte: u8) {
             }
         }
         Feed::Opened => {
-            console::hold_guest_output(true, &|_| None);
+            console::hold_guest_output(true);
             console::print_raw("\n");
             console::print_raw(PROMPT);
         }
@@ -85,12 +85,7 @@ pub fn input(m: &'static Machine, byte: u8) {
 
 /// The prompt closed: write out held guest output; power off if no VM is left.
 fn closed(m: &'static Machine) {
-    let tag = |vm: usize| {
-        m.tag_output()
-            .then(|| m.vms.get(vm).map(|v| v.name.as_str()))
-            .flatten()
-    };
-    console::hold_guest_output(false, &tag);
+    console::hold_guest_output(false);
     if m.running_vms.load(Ordering::Acquire) == 0 {
         crate::println!("all VMs powered off");
         crate::halt_machine();

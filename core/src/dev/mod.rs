@@ -4,6 +4,7 @@
 
 pub mod bus;
 pub mod console;
+pub mod mux;
 pub mod outbuf;
 pub mod pl011;
 

@@ -1,0 +1,363 @@
+//! Every VM's console output onto one physical UART, without ever waiting for it.
+//!
+//! A guest's UART write lands in its VM's [`OutputBuffer`] ([`OutputMux::push`]); then
+//! [`OutputMux::drain`] moves waiting bytes to the physical transmitter for as long as
+//! it has room ([`TxPort::try_put`]) and stops the moment it is full, returning
+//! [`Drain::Blocked`]: the caller (`hyp`) then enables the UART's transmit interrupt
+//! and drains again from it. So no guest action, however much it writes, makes a CPU
+//! spin on the UART, and one VM's flood costs only its own oldest bytes (dropped and
+//! counted by its buffer, then reported once), never another VM's output or time.
+//!
+//! When several VMs share the console each guest line is tagged `[name] `, and a line
+//! is kept whole while its writer keeps writing: the mux stays with the VM whose line
+//! is open until it ends it or has nothing more, then moves round-robin to the next
+//! VM with output (ending the open line first, so two VMs never share a line). What
+//! goes out besides guest bytes (tags, line breaks, drop notices) is staged and
+//! drained by the same rule, so a full transmitter can cut in anywhere and the next
+//! drain carries on exactly there.
+//!
+//! Bothy's own messages are written by `hyp` directly (they may wait for the UART: a
+//! Bothy action, not a guest's); [`OutputMux::begin_own_line`] and
+//! [`OutputMux::end_own_line`] keep the line-tagging state right around them.
+
+use super::outbuf::OutputBuffer;
+use alloc::collections::VecDeque;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt::Write;
+
+/// The physical transmitter.
+pub trait TxPort {
+    /// Sends `byte` if the transmitter has room now; `false` (nothing sent) if full.
+    fn try_put(&mut self, byte: u8) -> bool;
+}
+
+/// How a [`OutputMux::drain`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drain {
+    /// Nothing is waiting (or output is held).
+    Idle,
+    /// The transmitter filled up with bytes still waiting.
+    Blocked,
+}
+
+/// The per-VM buffers and the console's line state.
+pub struct OutputMux {
+    buffers: Vec<OutputBuffer>,
+    /// `Some(name)` per VM when lines are tagged (several VMs), else `None`.
+    tags: Vec<Option<String>>,
+    /// The VM whose line is open (its last byte was not a newline).
+    open_line: Option<usize>,
+    /// Round-robin position: the VM served last.
+    last: usize,
+    /// Bytes to send before any more guest output (tags, line breaks, notices).
+    staged: VecDeque<u8>,
+    /// Guest output waits (Bothy's prompt is open).
+    holding: bool,
+}
+
+impl OutputMux {
+    /// One buffer of `capacity` bytes for each VM; lines are tagged with the names
+    /// when there is more than one VM. All memory is taken here.
+    pub fn new(names: &[&str], capacity: usize) -> Self {
+        let tag = names.len() > 1;
+        Self {
+            buffers: names.iter().map(|_| OutputBuffer::new(capacity)).collect(),
+            tags: names
+                .iter()
+                .map(|n| tag.then(|| String::from(*n)))
+                .collect(),
+            open_line: None,
+            // So that VM 0 is served first.
+            last: names.len().saturating_sub(1),
+            staged: VecDeque::with_capacity(256),
+            holding: false,
+        }
+    }
+
+    /// A byte VM `vm` wrote. Never blocks; call [`OutputMux::drain`] after.
+    pub fn push(&mut self, vm: usize, byte: u8) {
+        if let Some(buffer) = self.buffers.get_mut(vm) {
+            buffer.push(byte);
+        }
+    }
+
+    /// Hold guest output (Bothy's prompt is open) or let it go again.
+    pub fn hold(&mut self, hold: bool) {
+        self.holding = hold;
+    }
+
+    pub fn holding(&self) -> bool {
+        self.holding
+    }
+
+    /// Whether anything waits to go out.
+    pub fn pending(&self) -> bool {
+        !self.staged.is_empty() || self.buffers.iter().any(|b| !b.is_empty())
+    }
+
+    /// Sends waiting output until the transmitter is full or nothing (allowed) waits.
+    pub fn drain(&mut self, port: &mut impl TxPort) -> Drain {
+        loop {
+            while let Some(&byte) = self.staged.front() {
+                if !port.try_put(byte) {
+                    return Drain::Blocked;
+                }
+                self.staged.pop_front();
+            }
+            if self.holding {
+                return Drain::Idle;
+            }
+            let Some(vm) = self.next_vm() else {
+                return Drain::Idle;
+            };
+            if self.open_line.is_some_and(|open| open != vm) {
+                // Another VM's line is open and that VM is quiet: end it here.
+                self.staged.extend(b"\r\n");
+                self.open_line = None;
+                continue;
+            }
+            if self.open_line.is_none() {
+                if let Some(name) = &self.tags[vm] {
+                    self.staged.push_back(b'[');
+                    self.staged.extend(name.bytes());
+                    self.staged.extend(b"] ");
+                    self.open_line = Some(vm);
+                    continue;
+                }
+            }
+            let Some(&byte) = self.peek(vm) else {
+                continue;
+            };
+            if !port.try_put(byte) {
+                return Drain::Blocked;
+            }
+            let _ = self.buffers[vm].pop();
+            self.last = vm;
+            self.open_line = (byte != b'\n').then_some(vm);
+            if self.buffers[vm].is_empty() {
+                self.report_drops(vm);
+            }
+        }
+    }
+
+    /// Before Bothy writes a line of its own: whether a line break must come first
+    /// (a guest's line is open). The open line counts as ended.
+    pub fn begin_own_line(&mut self) -> bool {
+        self.open_line.take().is_some()
+    }
+
+    /// After Bothy wrote its own text: `at_line_start` says whether it ended a line.
+    /// If not, the next guest byte starts a new line first.
+    pub fn end_own_line(&mut self, at_line_start: bool) {
+        if !at_line_start {
+            self.staged.extend(b"\r\n");
+        }
+    }
+
+    /// Bytes staged but not yet sent (tags, notices): Bothy's own message waits for
+    /// these first so it never lands inside one.
+    pub fn take_staged(&mut self) -> impl Iterator<Item = u8> + '_ {
+        self.staged.drain(..)
+    }
+
+    /// The VM to serve next: the one whose line is open if it has more, else the next
+    /// one round-robin with output waiting.
+    fn next_vm(&self) -> Option<usize> {
+        if let Some(open) = self.open_line {
+            if !self.buffers[open].is_empty() {
+                return Some(open);
+            }
+        }
+        let n = self.buffers.len();
+        (1..=n)
+            .map(|i| (self.last + i) % n)
+            .find(|&vm| !self.buffers[vm].is_empty())
+    }
+
+    fn peek(&self, vm: usize) -> Option<&u8> {
+        let (first, second) = self.buffers[vm].as_slices();
+        first.first().or(second.first())
+    }
+
+    /// Say once how much of `vm`'s output its full buffer lost.
+    fn report_drops(&mut self, vm: usize) {
+        let dropped = self.buffers[vm].take_dropped();
+        if dropped == 0 {
+            return;
+        }
+        let mut notice = String::new();
+        if self.open_line.take().is_some() {
+            notice.push_str("\r\n");
+        }
+        let name = self.tags[vm].as_deref().unwrap_or("the guest");
+        let _ = write!(
+            notice,
+            "bothy: {dropped} bytes of {name}'s output were dropped (console busy or prompt open)\r\n"
+        );
+        self.staged.extend(notice.bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A transmitter with room for `room` more bytes.
+    struct Port {
+        out: Vec<u8>,
+        room: usize,
+    }
+
+    impl TxPort for Port {
+        fn try_put(&mut self, byte: u8) -> bool {
+            if self.room == 0 {
+                return false;
+            }
+            self.room -= 1;
+            self.out.push(byte);
+            true
+        }
+    }
+
+    fn port(room: usize) -> Port {
+        Port {
+            out: Vec::new(),
+            room,
+        }
+    }
+
+    fn text(p: &Port) -> String {
+        String::from_utf8(p.out.clone()).unwrap()
+    }
+
+    fn push(m: &mut OutputMux, vm: usize, s: &str) {
+        s.bytes().for_each(|b| m.push(vm, b));
+    }
+
+    #[test]
+    fn one_vm_is_not_tagged() {
+        let mut m = OutputMux::new(&["a"], 64);
+        push(&mut m, 0, "hello\r\n");
+        let mut p = port(100);
+        assert_eq!(m.drain(&mut p), Drain::Idle);
+        assert_eq!(text(&p), "hello\r\n");
+    }
+
+    #[test]
+    fn lines_are_tagged_and_kept_whole() {
+        let mut m = OutputMux::new(&["a", "b"], 64);
+        push(&mut m, 0, "one\n");
+        push(&mut m, 1, "two\n");
+        push(&mut m, 0, "three");
+        let mut p = port(1000);
+        assert_eq!(m.drain(&mut p), Drain::Idle);
+        // a's first line, then b's (round robin), then a's open line.
+        assert_eq!(text(&p), "[a] one\n[b] two\n[a] three");
+        // b writes while a's line is still open: a's line is ended first.
+        push(&mut m, 1, "x\n");
+        m.drain(&mut p);
+        assert_eq!(text(&p), "[a] one\n[b] two\n[a] three\r\n[b] x\n");
+    }
+
+    #[test]
+    fn a_full_transmitter_never_blocks_and_resumes_exactly() {
+        let mut m = OutputMux::new(&["a", "b"], 64);
+        push(&mut m, 0, "abc\n");
+        push(&mut m, 1, "xyz\n");
+        let want = "[a] abc\n[b] xyz\n";
+        let mut p = port(0);
+        let mut rounds = 0;
+        // One byte of room per drain: every cut point is exercised.
+        while m.drain(&mut p) == Drain::Blocked {
+            p.room = 1;
+            rounds += 1;
+            assert!(rounds < 100);
+        }
+        assert_eq!(text(&p), want);
+        assert!(!m.pending());
+    }
+
+    #[test]
+    fn a_flood_costs_only_the_flooders_oldest_bytes() {
+        let mut m = OutputMux::new(&["flood", "quiet"], 8);
+        push(&mut m, 0, "0123456789abcdef\n");
+        push(&mut m, 1, "ok\n");
+        let mut p = port(1000);
+        m.drain(&mut p);
+        let t = text(&p);
+        assert!(t.contains("[quiet] ok\n"), "{t}");
+        // The flooder kept its last 8 bytes and the loss is reported once.
+        assert!(t.contains("[flood] 9abcdef\n"), "{t}");
+        assert_eq!(
+            t.matches("bothy: 9 bytes of flood's output were dropped")
+                .count(),
+            1,
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn held_output_waits_for_the_prompt_to_close() {
+        let mut m = OutputMux::new(&["a"], 64);
+        m.hold(true);
+        push(&mut m, 0, "later\n");
+        let mut p = port(100);
+        assert_eq!(m.drain(&mut p), Drain::Idle);
+        assert!(p.out.is_empty());
+        m.hold(false);
+        m.drain(&mut p);
+        assert_eq!(text(&p), "later\n");
+    }
+
+    #[test]
+    fn bothys_own_lines_end_an_open_guest_line_and_the_guest_resumes_on_a_new_one() {
+        let mut m = OutputMux::new(&["a", "b"], 64);
+        push(&mut m, 0, "partial");
+        let mut p = port(100);
+        m.drain(&mut p);
+        assert!(m.begin_own_line(), "a's line is open");
+        p.out.extend(b"\r\nbothy: hello\r\n");
+        m.end_own_line(true);
+        push(&mut m, 0, " rest\n");
+        m.drain(&mut p);
+        assert_eq!(text(&p), "[a] partial\r\nbothy: hello\r\n[a]  rest\n");
+        assert!(!m.begin_own_line());
+        assert_eq!(m.take_staged().count(), 0);
+    }
+
+    proptest::proptest! {
+        /// Whatever the interleaving of writes and however little room the transmitter
+        /// has, each VM's lines come out tagged and, untagged, are exactly what it wrote.
+        #[test]
+        fn every_vms_output_arrives_whole_and_in_order(
+            writes in proptest::collection::vec((0usize..3, "[a-c\n]{1,12}"), 1..30),
+            rooms in proptest::collection::vec(0usize..6, 1..200),
+        ) {
+            let names = ["a", "b", "c"];
+            let mut m = OutputMux::new(&names, 4096);
+            let mut p = port(0);
+            let mut want = [String::new(), String::new(), String::new()];
+            let mut rooms = rooms.into_iter().cycle();
+            for (vm, text) in &writes {
+                push(&mut m, *vm, text);
+                want[*vm].push_str(text);
+                p.room = rooms.next().unwrap();
+                let _ = m.drain(&mut p);
+            }
+            p.room = usize::MAX;
+            proptest::prop_assert_eq!(m.drain(&mut p), Drain::Idle);
+            let mut got = [String::new(), String::new(), String::new()];
+            for line in text(&p).split_inclusive('\n') {
+                let (vm, rest) = names
+                    .iter()
+                    .enumerate()
+                    .find_map(|(i, n)| line.strip_prefix(&alloc::format!("[{n}] ")).map(|r| (i, r)))
+                    .expect("every line is tagged");
+                // A line the mux ended itself ends in "\r\n"; the guest's own in "\n".
+                got[vm].push_str(rest.strip_suffix("\r\n").unwrap_or(rest));
+            }
+            proptest::prop_assert_eq!(got, want);
+        }
+    }
+}
