@@ -14,11 +14,12 @@ use common::{bothy, hyp_present, qemu_lock};
 
 const CONFIGS: [&str; 3] = ["bare", "bothy", "xen"];
 /// Keep in step with bothy_cli::bench::micro::OPS.
-const OPS: [&str; 9] = [
+const OPS: [&str; 10] = [
     "hvc_null",
     "mmio_gicd_typer",
     "mmio_gicd_write",
     "sgi_self",
+    "spi_inject",
     "vtimer_irq",
     "vtimer_wfi",
     "uart_putc",

@@ -5,7 +5,8 @@
 //! ticks at 62.5 MHz of virtual time, one tick per executed instruction at every
 //! exception level, so the guest's `CNTVCT_EL0` deltas are instruction counts and two
 //! runs print the same numbers. Each configuration runs twice: `-smp 1` for every
-//! operation but `ipi_roundtrip`, and `-smp 2` (a 2-vCPU VM or domU) for that one; Bothy
+//! operation but `ipi_roundtrip` (`spi_inject` too: an SPI the guest makes pending through
+//! GICD_ISPENDR and takes itself), and `-smp 2` (a 2-vCPU VM or domU) for that one; Bothy
 //! and Xen run a third time, the 2-vCPU guest on `-smp 1`, for `vcpu_switch`. With
 //! two CPUs icount is one budget shared by both, so that number includes what the other
 //! vCPU executes meanwhile: repeatable, but not the instruction count of the round trip
@@ -32,11 +33,12 @@ use crate::size::MIB;
 use crate::xen;
 
 /// The operations guests/bench measures, in the order it prints them.
-pub const OPS: [&str; 9] = [
+pub const OPS: [&str; 10] = [
     "hvc_null",
     "mmio_gicd_typer",
     "mmio_gicd_write",
     "sgi_self",
+    "spi_inject",
     "vtimer_irq",
     "vtimer_wfi",
     "uart_putc",
@@ -824,8 +826,8 @@ mod tests {
     }
 
     fn report(bothy_ipi: OpResult) -> Report {
-        let mk = |name, vals: [u64; 7], ipi: OpResult| {
-            let mut ops: BTreeMap<String, OpResult> = OPS[..7]
+        let mk = |name, vals: [u64; 8], ipi: OpResult| {
+            let mut ops: BTreeMap<String, OpResult> = OPS[..8]
                 .iter()
                 .zip(vals)
                 .map(|(o, v)| (o.to_string(), ok(v)))
@@ -849,15 +851,15 @@ mod tests {
             "QEMU emulator version 7.2.22".into(),
             50,
             vec![
-                mk(Config::Bare, [1, 1, 1, 130, 3, 4, 3], ok(278)),
+                mk(Config::Bare, [1, 1, 1, 130, 131, 3, 4, 3], ok(278)),
                 mk(
                     Config::Bothy,
-                    [195, 637, 700, 4201, 3516, 8514, 2120],
+                    [195, 637, 700, 4201, 500, 3516, 8514, 2120],
                     bothy_ipi,
                 ),
                 mk(
                     Config::Xen,
-                    [471, 599, 650, 1226, 1086, 4586, 1309],
+                    [471, 599, 650, 1226, 1500, 1086, 4586, 1309],
                     ok(9821),
                 ),
             ],
@@ -878,6 +880,16 @@ mod tests {
             "hvc_null                 1      471      195      0.41x"
         );
         assert!(t.contains("ipi_roundtrip *"), "{t}");
+        // Every op has a row, in the guest's order.
+        let rows: Vec<&str> = lines[1..=OPS.len()]
+            .iter()
+            .map(|l| l.split_whitespace().next().unwrap())
+            .collect();
+        assert_eq!(rows, OPS, "{t}");
+        assert_eq!(
+            lines[5],
+            "spi_inject             131     1500      500      0.33x"
+        );
         assert!(t.contains("median of 50 samples"), "{t}");
         assert!(!t.contains("without a number"), "{t}");
         assert!(r.missing().is_empty());
@@ -890,6 +902,7 @@ mod tests {
         assert_eq!(j["configurations"][2]["ops"]["hvc_null"]["status"], "ok");
         let rx = j["ratios"]["bothy/xen"]["hvc_null"].as_f64().unwrap();
         assert!((rx - 195.0 / 471.0).abs() < 1e-9);
+        assert_eq!(j["configurations"][1]["ops"]["spi_inject"]["median"], 500);
     }
 
     #[test]

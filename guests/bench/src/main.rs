@@ -1,6 +1,7 @@
 //! Bothy bench guest: a bare-metal EL1 program, packaged as an arm64 Linux `Image`, that
-//! times virtualization costs (a null hypercall, a trapped MMIO read, SGIs, virtual timer
-//! interrupt latency, a cross-vCPU IPI round trip, a UART byte) with CNTVCT_EL0 and prints
+//! times virtualization costs (a null hypercall, trapped MMIO, SGIs, an SPI made pending
+//! through the distributor, virtual timer interrupt latency, a cross-vCPU IPI round trip,
+//! a UART byte) with CNTVCT_EL0 and prints
 //! one `BENCH <op> ...` line per operation, then `BENCH done`, then powers off with PSCI
 //! SYSTEM_OFF. Lines starting with `#` are information only. See README.md.
 //!
@@ -199,6 +200,19 @@ fn sgi_once(sgi1r: u64, intid: u32) -> Result<u64, Fail> {
     Ok(ticks)
 }
 
+/// Make `SPI_INJECT` pending with the store of `bit` to its GICD_ISPENDR at `ispendr`,
+/// and wait until the primary's handler has counted it.
+fn spi_once(ispendr: usize, bit: u32) -> Result<u64, Fail> {
+    let c = count(0, exceptions::SPI_INJECT);
+    let prev = c.load(Acquire);
+    let deadline = arch::now() + timeout_ticks();
+    let ticks = timed::mmio_set_and_wait(ispendr, bit, c.as_ptr(), prev, deadline);
+    if c.load(Acquire) == prev {
+        return Err(Fail::Timeout);
+    }
+    Ok(ticks)
+}
+
 /// `sgi_once`, sleeping in WFI instead of spinning.
 fn sgi_wfi_once(sgi1r: u64, intid: u32) -> Result<u64, Fail> {
     let c = count(0, intid);
@@ -357,6 +371,17 @@ extern "C" fn primary_main(dtb: usize, base: usize) -> ! {
     report(
         "sgi_self",
         r.and_then(|()| measure(iters, overhead, || sgi_once(sgi_self, exceptions::SGI_SELF))),
+    );
+    // An SPI raised by a trapped distributor write (software pending, as a device model's
+    // would be) and delivered to this vCPU: the store to GICD_ISPENDR, the injection and
+    // the guest's handler, as `sgi_self` for an SGI.
+    let (ispendr, spi_bit) = gic::bit_reg(gic::GICD_ISPENDR, exceptions::SPI_INJECT);
+    let r = gic
+        .and_then(|()| gic::spi_init(exceptions::SPI_INJECT, me))
+        .map_err(Fail::Gic);
+    report(
+        "spi_inject",
+        r.and_then(|()| measure(iters, overhead, || spi_once(p.gicd + ispendr, spi_bit))),
     );
     let r = gic
         .map_err(Fail::Gic)
