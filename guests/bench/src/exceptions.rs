@@ -6,7 +6,8 @@
 //!   disabled at the source (level-triggered); SGI `SGI_PING` on the second vCPU answers
 //!   with `SGI_PONG` to the primary; every INTID below [`COUNTED`] (the SGIs and PPIs,
 //!   and the SPI `spi_inject` raises) bumps a per-vCPU counter the measuring loop polls.
-//!   Then ICC_EOIR1_EL1 (EOImode 0).
+//!   `SGI_SEND` on the second vCPU does nothing else: no reply. Then ICC_EOIR1_EL1
+//!   (EOImode 0).
 //! * Synchronous exceptions on the primary while `FAULT_OK` is set (during an op) are
 //!   recorded and skipped (ELR += 4): the op reports `failed` and the run continues.
 //!   Anything else is fatal: printed, then the vCPU parks (the primary powers off).
@@ -27,6 +28,8 @@ pub const SGI_SELF: u32 = 1;
 pub const SGI_PING: u32 = 2;
 /// SGI the second vCPU answers with.
 pub const SGI_PONG: u32 = 3;
+/// SGI the primary sends the second vCPU in `sgi_send`: only counted there, no reply.
+pub const SGI_SEND: u32 = 4;
 /// The SPI `spi_inject` makes pending through GICD_ISPENDR, routed to the primary.
 /// INTID 80 (SPI 48) exists everywhere the guest runs and nothing else raises it: Bothy
 /// implements INTIDs 32..95 (its PL011 is 33), Xen's dom0less domU as many as the host

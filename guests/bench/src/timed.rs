@@ -158,6 +158,31 @@ pub fn mmio_set_and_wait(
     t1.wrapping_sub(t0)
 }
 
+/// Write `sgi1r` to ICC_SGI1R_EL1 (an SGI to another vCPU) and nothing else: the sender's
+/// cost of a one-way SGI. Returns (ticks, the u32 at `counter` read right after the
+/// second counter read). The receiver's handler bumps that counter, so on a single
+/// physical CPU a value that has already changed means the receiver ran inside the timed
+/// window: the hypervisor switched to it before the sender's `isb; mrs` completed.
+#[inline(never)]
+pub fn sgi_send(sgi1r: u64, counter: *const u32) -> (u64, u32) {
+    let (t0, t1): (u64, u64);
+    let seen: u32;
+    // SAFETY: sends an SGI (handled by the other vCPU's vector) and reads a static its
+    // handler writes.
+    unsafe {
+        asm!(
+            "isb", "mrs {t0}, cntvct_el0",
+            "msr icc_sgi1r_el1, {sgi}",
+            "isb", "mrs {t1}, cntvct_el0",
+            "ldr {c:w}, [{cnt}]",
+            t0 = out(reg) t0, t1 = out(reg) t1, c = out(reg) seen,
+            sgi = in(reg) sgi1r, cnt = in(reg) counter,
+            options(nostack),
+        )
+    };
+    (t1.wrapping_sub(t0), seen)
+}
+
 /// Write `sgi1r` to ICC_SGI1R_EL1, then sleep in WFI (IRQs masked around the check, so
 /// the wake-up is not lost) until the u32 at `counter` differs from `prev` or CNTVCT
 /// reaches `deadline`. IRQs must be unmasked on entry; they are on return. With both
