@@ -251,8 +251,8 @@ fn sgi_wfi_once(sgi1r: u64, intid: u32) -> Result<u64, Fail> {
 ///   slice that ends inside the window) can put vCPU 1's run in a sample. The counter read
 ///   right after the window shows it; `primary_main` prints how many samples that was.
 ///   The primary has just got the CPU back each time, which is when a scheduler is least
-///   inclined to take it away (Xen's credit2 does not preempt a vCPU that has run less
-///   than its 1 ms rate limit).
+///   inclined to take it away: Xen preempted a sender that had been printing before the
+///   send, but not one just scheduled (presumably credit2's 1 ms rate limit).
 /// - On two physical CPUs vCPU 1 runs meanwhile on its own CPU: the figure is then
 ///   repeatable but not exact, and `bothy bench` ignores it.
 fn sgi_send_once(send: u64, ping: u64, inside: &mut u32) -> Result<u64, Fail> {
