@@ -61,7 +61,7 @@ fn color(c: Config) -> RGBColor {
     }
 }
 
-/// Writes the chart of `report` to `path` (PNG, 1200 x 700).
+/// Writes the chart of `report` to `path` (PNG, 1400 x 700: room for eleven op names).
 pub fn write_png(report: &Report, path: &Path) -> Result<()> {
     ensure_font()?;
     let configs: Vec<Config> = [Config::Bare, Config::Xen, Config::Bothy]
@@ -93,7 +93,7 @@ fn draw(
     // Headroom above the tallest bar for its label.
     let top = 10f64.powf((max as f64).log10().ceil() + 0.3);
 
-    let root = BitMapBackend::new(path, (1200, 700)).into_drawing_area();
+    let root = BitMapBackend::new(path, (1400, 700)).into_drawing_area();
     root.fill(&WHITE)?;
     let title = format!(
         "bothy bench: instructions per operation ({} samples, QEMU -icount, log scale)",

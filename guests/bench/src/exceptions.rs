@@ -4,8 +4,10 @@
 //!
 //! * IRQs: ICC_IAR1_EL1, then per INTID: the virtual timer records `entry_ticks` and is
 //!   disabled at the source (level-triggered); SGI `SGI_PING` on the second vCPU answers
-//!   with `SGI_PONG` to the primary; every INTID < 32 bumps a per-vCPU counter the
-//!   measuring loop polls. Then ICC_EOIR1_EL1 (EOImode 0).
+//!   with `SGI_PONG` to the primary; every INTID below [`COUNTED`] (the SGIs and PPIs,
+//!   and the SPI `spi_inject` raises) bumps a per-vCPU counter the measuring loop polls.
+//!   `SGI_SEND` on the second vCPU does nothing else: no reply. Then ICC_EOIR1_EL1
+//!   (EOImode 0).
 //! * Synchronous exceptions on the primary while `FAULT_OK` is set (during an op) are
 //!   recorded and skipped (ELR += 4): the op reports `failed` and the run continues.
 //!   Anything else is fatal: printed, then the vCPU parks (the primary powers off).
@@ -26,6 +28,20 @@ pub const SGI_SELF: u32 = 1;
 pub const SGI_PING: u32 = 2;
 /// SGI the second vCPU answers with.
 pub const SGI_PONG: u32 = 3;
+/// SGI the primary sends the second vCPU in `sgi_send`: only counted there, no reply.
+pub const SGI_SEND: u32 = 4;
+/// The SPI `spi_inject` makes pending through GICD_ISPENDR, routed to the primary.
+/// INTID 80 (SPI 48) exists everywhere the guest runs and nothing else raises it: Bothy
+/// implements INTIDs 32..95 (its PL011 is 33), Xen's dom0less domU as many as the host
+/// GIC has (its vpl011 is 32), and QEMU virt with GICv3 wires 33..79 (virtio-mmio 48..79,
+/// with no device behind them here), the SMMU's 106..109 (only with `iommu=smmuv3`) and
+/// the platform bus from 144; `mmio_gicd_write` rewrites the priorities of 72..75.
+pub const SPI_INJECT: u32 = 80;
+/// INTIDs 0..COUNTED are counted per vCPU: the SGIs, the PPIs and `SPI_INJECT`. A power
+/// of two, so that indexing the counters costs the handler what it did with 32 (a
+/// shift, not a multiply; `sgi_self` and the others keep their figures).
+pub const COUNTED: usize = 128;
+const _: () = assert!((SPI_INJECT as usize) < COUNTED && COUNTED.is_power_of_two());
 
 /// MPIDR affinity of the primary, set once at boot; the other vCPU is index 1.
 pub static PRIMARY_MPIDR: AtomicU64 = AtomicU64::new(0);
@@ -34,8 +50,8 @@ pub fn cpu_index() -> usize {
     usize::from(arch::mpidr_aff() != PRIMARY_MPIDR.load(Relaxed))
 }
 
-/// Per vCPU: how many times each INTID 0..31 was acknowledged.
-static COUNT: [[AtomicU32; 32]; 2] = [const { [const { AtomicU32::new(0) }; 32] }; 2];
+/// Per vCPU: how many times each INTID below [`COUNTED`] was acknowledged.
+static COUNT: [[AtomicU32; COUNTED]; 2] = [const { [const { AtomicU32::new(0) }; COUNTED] }; 2];
 /// Per vCPU: `entry_ticks` of the last virtual timer IRQ (0: none since cleared).
 static TIMER_AT: [AtomicU64; 2] = [const { AtomicU64::new(0) }; 2];
 
@@ -93,7 +109,7 @@ fn irq(cpu: usize, entry_ticks: u64) {
     if cpu == 1 && intid == SGI_PING {
         gic::send_sgi(SGI_PONG, PRIMARY_MPIDR.load(Relaxed));
     }
-    if intid < 32 {
+    if intid < COUNTED as u32 {
         let c = &COUNT[cpu][intid as usize];
         c.store(c.load(Relaxed).wrapping_add(1), Release);
     }

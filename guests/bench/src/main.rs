@@ -1,6 +1,7 @@
 //! Bothy bench guest: a bare-metal EL1 program, packaged as an arm64 Linux `Image`, that
-//! times virtualization costs (a null hypercall, a trapped MMIO read, SGIs, virtual timer
-//! interrupt latency, a cross-vCPU IPI round trip, a UART byte) with CNTVCT_EL0 and prints
+//! times virtualization costs (a null hypercall, trapped MMIO, SGIs, an SPI made pending
+//! through the distributor, virtual timer interrupt latency, a cross-vCPU IPI round trip
+//! and a one-way SGI to the other vCPU, a UART byte) with CNTVCT_EL0 and prints
 //! one `BENCH <op> ...` line per operation, then `BENCH done`, then powers off with PSCI
 //! SYSTEM_OFF. Lines starting with `#` are information only. See README.md.
 //!
@@ -199,6 +200,19 @@ fn sgi_once(sgi1r: u64, intid: u32) -> Result<u64, Fail> {
     Ok(ticks)
 }
 
+/// Make `SPI_INJECT` pending with the store of `bit` to its GICD_ISPENDR at `ispendr`,
+/// and wait until the primary's handler has counted it.
+fn spi_once(ispendr: usize, bit: u32) -> Result<u64, Fail> {
+    let c = count(0, exceptions::SPI_INJECT);
+    let prev = c.load(Acquire);
+    let deadline = arch::now() + timeout_ticks();
+    let ticks = timed::mmio_set_and_wait(ispendr, bit, c.as_ptr(), prev, deadline);
+    if c.load(Acquire) == prev {
+        return Err(Fail::Timeout);
+    }
+    Ok(ticks)
+}
+
 /// `sgi_once`, sleeping in WFI instead of spinning.
 fn sgi_wfi_once(sgi1r: u64, intid: u32) -> Result<u64, Fail> {
     let c = count(0, intid);
@@ -207,6 +221,54 @@ fn sgi_wfi_once(sgi1r: u64, intid: u32) -> Result<u64, Fail> {
     let ticks = timed::sgi_and_wfi(sgi1r, c.as_ptr(), prev, deadline);
     if c.load(Acquire) == prev {
         return Err(Fail::Timeout);
+    }
+    Ok(ticks)
+}
+
+/// One `sgi_send` sample: an untimed exit, the timed write of `send` (SGI_SEND to
+/// vCPU 1), then, outside the timed window, a hand-over until vCPU 1 has counted it.
+/// `inside` counts the samples in which it had already done so when the window closed.
+///
+/// What the window holds, and why the receiver is not in it:
+/// - The window is [`timed::sgi_send`]: `isb; mrs` / `msr icc_sgi1r_el1` / `isb; mrs`,
+///   the framing of every other op, so the sample is the cost of the `msr` alone: the trap,
+///   marking the SGI pending for vCPU 1, waking it (making it runnable), and the return.
+/// - Before each send vCPU 1 is idle in WFI with nothing pending: it has counted the
+///   previous SGI_SEND (checked below), and every PING it got was answered. So a send
+///   always wakes a sleeping vCPU and is never folded into an SGI still pending.
+/// - On one physical CPU (`bothy bench` takes this op only from the run of both vCPUs on
+///   `-smp 1`) vCPU 1 runs only when the primary gives the CPU up. The primary does so
+///   after the window: it sends SGI_PING and sleeps in WFI ([`sgi_wfi_once`], as for
+///   `ipi_wfi_roundtrip`); vCPU 1 then takes SGI_SEND and SGI_PING (in either order),
+///   answers the PING with SGI_PONG and goes back to WFI, which hands the CPU back. That
+///   repeats until the SGI_SEND count has moved (a hypervisor that switches to a woken
+///   vCPU at once could hand the CPU back after the PONG, before SGI_SEND was taken).
+/// - The hand-over leaves the primary with the SGI_PONG it has just taken, which a
+///   hypervisor may clean up at the vCPU's next exit (Bothy syncs its list register
+///   then: about 200 instructions). That exit is an untimed `hvc` (PSCI_VERSION) before
+///   the window, so the sample does not pay for the measurement's own interrupt.
+/// - Only a hypervisor that switches to vCPU 1 as soon as the `msr` wakes it (or a time
+///   slice that ends inside the window) can put vCPU 1's run in a sample. The counter read
+///   right after the window shows it; `primary_main` prints how many samples that was.
+///   The primary has just got the CPU back each time, which is when a scheduler is least
+///   inclined to take it away: Xen preempted a sender that had been printing before the
+///   send, but not one just scheduled (presumably credit2's 1 ms rate limit).
+/// - On two physical CPUs vCPU 1 runs meanwhile on its own CPU: the figure is then
+///   repeatable but not exact, and `bothy bench` ignores it.
+fn sgi_send_once(send: u64, ping: u64, inside: &mut u32) -> Result<u64, Fail> {
+    let c = count(1, exceptions::SGI_SEND);
+    let prev = c.load(Acquire);
+    timed::psci(PSCI_VERSION, 0, 0, 0);
+    let (ticks, seen) = timed::sgi_send(send, c.as_ptr());
+    if seen != prev {
+        *inside += 1;
+    }
+    let deadline = arch::now() + timeout_ticks();
+    while c.load(Acquire) == prev {
+        if arch::now() > deadline {
+            return Err(Fail::Timeout);
+        }
+        sgi_wfi_once(ping, exceptions::SGI_PONG)?;
     }
     Ok(ticks)
 }
@@ -232,7 +294,7 @@ extern "C" fn secondary_main(_ctx: u64) -> ! {
     SECONDARY.store(state, Release);
     arch::dsb_sy();
     arch::sev();
-    // Everything happens in the IRQ handler (SGI_PING -> SGI_PONG).
+    // Everything happens in the IRQ handler (SGI_PING -> SGI_PONG; SGI_SEND is counted).
     arch::irqs_unmask();
     loop {
         arch::wfi();
@@ -358,6 +420,17 @@ extern "C" fn primary_main(dtb: usize, base: usize) -> ! {
         "sgi_self",
         r.and_then(|()| measure(iters, overhead, || sgi_once(sgi_self, exceptions::SGI_SELF))),
     );
+    // An SPI raised by a trapped distributor write (software pending, as a device model's
+    // would be) and delivered to this vCPU: the store to GICD_ISPENDR, the injection and
+    // the guest's handler, as `sgi_self` for an SGI.
+    let (ispendr, spi_bit) = gic::bit_reg(gic::GICD_ISPENDR, exceptions::SPI_INJECT);
+    let r = gic
+        .and_then(|()| gic::spi_init(exceptions::SPI_INJECT, me))
+        .map_err(Fail::Gic);
+    report(
+        "spi_inject",
+        r.and_then(|()| measure(iters, overhead, || spi_once(p.gicd + ispendr, spi_bit))),
+    );
     let r = gic
         .map_err(Fail::Gic)
         .and_then(|()| measure(iters, 0, || vtimer_once(false)));
@@ -384,7 +457,11 @@ extern "C" fn primary_main(dtb: usize, base: usize) -> ! {
         .map_err(Fail::Gic)
         .and_then(|()| start_secondary(second))
     {
-        Err(why) => println!("BENCH ipi_roundtrip skipped reason={why}"),
+        Err(why) => {
+            for op in ["ipi_roundtrip", "ipi_wfi_roundtrip", "sgi_send"] {
+                println!("BENCH {op} skipped reason={why}");
+            }
+        }
         Ok(()) => {
             arch::irqs_unmask();
             let ping = gic::sgi1r(exceptions::SGI_PING, second);
@@ -394,6 +471,19 @@ extern "C" fn primary_main(dtb: usize, base: usize) -> ! {
             // CPU shared by both vCPUs, two vCPU hand-overs (`bothy bench` runs it so).
             let r = measure(iters, overhead, || sgi_wfi_once(ping, exceptions::SGI_PONG));
             report("ipi_wfi_roundtrip", r);
+            // One way, vCPU 1 asleep: what the sender pays (see sgi_send_once). One
+            // hand-over first, so that the warm-up send, like every other, comes right
+            // after one (Xen preempted the sender at a send that came after the report).
+            let send = gic::sgi1r(exceptions::SGI_SEND, second);
+            let mut inside = 0;
+            let r = sgi_wfi_once(ping, exceptions::SGI_PONG)
+                .and_then(|_| measure(iters, overhead, || sgi_send_once(send, ping, &mut inside)));
+            println!(
+                "# bench: sgi_send: vCPU 1 had taken the SGI by the end of the timed window \
+                 in {inside} of {} sends",
+                iters + 1
+            );
+            report("sgi_send", r);
         }
     }
     arch::irqs_mask();

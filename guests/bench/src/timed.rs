@@ -120,6 +120,69 @@ pub fn sgi_and_wait(sgi1r: u64, counter: *const u32, prev: u32, deadline: u64) -
     t1.wrapping_sub(t0)
 }
 
+/// Store `value` to the device register at `addr` (a GICD_ISPENDR bit: an SPI made
+/// pending by software), then spin exactly as [`sgi_and_wait`] does until the u32 at
+/// `counter` differs from `prev` or CNTVCT reaches `deadline`. IRQs must be unmasked.
+#[inline(never)]
+pub fn mmio_set_and_wait(
+    addr: usize,
+    value: u32,
+    counter: *const u32,
+    prev: u32,
+    deadline: u64,
+) -> u64 {
+    let (t0, t1): (u64, u64);
+    // SAFETY: makes an interrupt pending that our vector handles, and reads a static the
+    // handler writes.
+    unsafe {
+        asm!(
+            "isb", "mrs {t0}, cntvct_el0",
+            "str {v:w}, [{a}]",
+            "isb",
+            "2:",
+            "ldr {c:w}, [{cnt}]",
+            "cmp {c:w}, {prev:w}",
+            "b.ne 3f",
+            "mrs {n}, cntvct_el0",
+            "cmp {n}, {dl}",
+            "yield",
+            "b.lo 2b",
+            "3:",
+            "isb", "mrs {t1}, cntvct_el0",
+            t0 = out(reg) t0, t1 = out(reg) t1, c = out(reg) _, n = out(reg) _,
+            v = in(reg) value, a = in(reg) addr,
+            cnt = in(reg) counter, prev = in(reg) prev, dl = in(reg) deadline,
+            options(nostack),
+        )
+    };
+    t1.wrapping_sub(t0)
+}
+
+/// Write `sgi1r` to ICC_SGI1R_EL1 (an SGI to another vCPU) and nothing else: the sender's
+/// cost of a one-way SGI. Returns (ticks, the u32 at `counter` read right after the
+/// second counter read). The receiver's handler bumps that counter, so on a single
+/// physical CPU a value that has already changed means the receiver ran inside the timed
+/// window: the hypervisor switched to it before the sender's `isb; mrs` completed.
+#[inline(never)]
+pub fn sgi_send(sgi1r: u64, counter: *const u32) -> (u64, u32) {
+    let (t0, t1): (u64, u64);
+    let seen: u32;
+    // SAFETY: sends an SGI (handled by the other vCPU's vector) and reads a static its
+    // handler writes.
+    unsafe {
+        asm!(
+            "isb", "mrs {t0}, cntvct_el0",
+            "msr icc_sgi1r_el1, {sgi}",
+            "isb", "mrs {t1}, cntvct_el0",
+            "ldr {c:w}, [{cnt}]",
+            t0 = out(reg) t0, t1 = out(reg) t1, c = out(reg) seen,
+            sgi = in(reg) sgi1r, cnt = in(reg) counter,
+            options(nostack),
+        )
+    };
+    (t1.wrapping_sub(t0), seen)
+}
+
 /// Write `sgi1r` to ICC_SGI1R_EL1, then sleep in WFI (IRQs masked around the check, so
 /// the wake-up is not lost) until the u32 at `counter` differs from `prev` or CNTVCT
 /// reaches `deadline`. IRQs must be unmasked on entry; they are on return. With both
