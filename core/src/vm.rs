@@ -90,6 +90,18 @@ impl VmModel {
         self.vgic.nr_vcpus()
     }
 
+    /// The vCPU whose MPIDR (affinity fields only) is `mpidr`: vCPU `n` has Aff0 = `n`
+    /// and the other affinity fields zero (`hyp` sets VMPIDR_EL2 so, and the guest's
+    /// device tree says so).
+    pub fn vcpu_of_mpidr(&self, mpidr: u64) -> Option<usize> {
+        const AFF3_AFF2_AFF1: u64 = 0xff_00ff_ff00;
+        if mpidr & AFF3_AFF2_AFF1 != 0 {
+            return None;
+        }
+        let vcpu = (mpidr & 0xff) as usize;
+        (vcpu < self.nr_vcpus()).then_some(vcpu)
+    }
+
     pub fn state(&self) -> VmState {
         VmState::from_u8(self.state.load(Ordering::Acquire))
     }

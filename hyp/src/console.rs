@@ -154,10 +154,14 @@ pub fn hold_guest_output(hold: bool) {
 /// One byte VM `vm` wrote to its UART. Never waits for the physical UART.
 pub fn guest_byte(vm: usize, byte: u8) {
     let mut console = CONSOLE.lock();
-    if let Some(mux) = console.mux.as_mut() {
-        mux.push(vm, byte);
+    let (Some(uart), Some(mux)) = (console.uart, console.mux.as_mut()) else {
+        return;
+    };
+    let blocked = mux.write(vm, byte, &mut Tx(uart)) == Drain::Blocked;
+    if blocked != console.tx_irq {
+        uart.set_tx_interrupt(blocked);
+        console.tx_irq = blocked;
     }
-    console.drain();
 }
 
 /// The UART's transmit interrupt: it has room again.

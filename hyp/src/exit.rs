@@ -28,7 +28,9 @@
 
 use crate::arch::aarch64::context::live_timer_deadline;
 use crate::arch::aarch64::lr::HwListRegs;
-use crate::arch::aarch64::vectors::{enter_guest, ExitKind as VectorExit, GuestFrame, Resume};
+use crate::arch::aarch64::vectors::{
+    copy_frame, enter_guest, ExitKind as VectorExit, GuestFrame, Resume,
+};
 use crate::arch::aarch64::{gic, sysreg};
 use crate::machine::{self, machine, CpuContext, Machine};
 use crate::println;
@@ -109,7 +111,7 @@ pub fn run_cpu(cpu: usize) -> ! {
         (d, s.deadline(cpu))
     };
     let _ = leave(m, ctx, &frame, None, &d, None);
-    arrive(m, ctx, &mut frame, None, d, deadline, false);
+    arrive(m, ctx, &mut frame, None, &d, deadline, false);
     enter_guest(m.cpus[cpu].index, &frame)
 }
 
@@ -169,7 +171,7 @@ fn schedule(frame: &mut GuestFrame) {
     if let Some((vm, quiescent, alive)) = finished_vm {
         vcpus_stopped(vm, quiescent, alive);
     }
-    arrive(m, ctx, frame, owner, d, deadline, look_first);
+    arrive(m, ctx, frame, owner, &d, deadline, look_first);
 }
 
 /// What [`leave`] did with the vCPU whose registers are in the frame.
@@ -217,7 +219,7 @@ fn leave(
     };
     drop(s);
     if let Some(saved) = frame_guard.as_mut() {
-        saved.frame = *frame;
+        copy_frame(&mut saved.frame, frame);
     }
     if d.save.is_some() {
         let mut cpuif = ctx.cpuif(m.vtimer_intid);
@@ -242,11 +244,14 @@ fn arrive(
     ctx: &CpuContext,
     frame: &mut GuestFrame,
     mut owner: Option<(&'static Vm, usize)>,
-    mut d: Decision,
+    first: &Decision,
     mut deadline: Option<Ticks>,
     mut look_first: bool,
 ) {
     let cpu = ctx.slot;
+    // By reference: a `Decision` passed by value is copied through `memcpy`.
+    let mut d = first;
+    let mut fresh: Decision;
     loop {
         if let Some(id) = d.run {
             let Some((vm, v)) = m.vcpu(id) else {
@@ -271,7 +276,7 @@ fn arrive(
                     }
                     ctx.loaded.set(vm, v);
                 }
-                *frame = saved.frame;
+                copy_frame(frame, &saved.frame);
             }
             if ctx.loaded.get().map(|(l, lv)| (l.index, lv)) != Some((vm.index, v)) {
                 crate::fatal(format_args!(
@@ -305,10 +310,11 @@ fn arrive(
             }
         }
         let mut s = m.sched.lock();
-        d = s.tick(cpu, sysreg::read_cntpct_el0());
+        fresh = s.tick(cpu, sysreg::read_cntpct_el0());
+        d = &fresh;
         kick_mask(s.take_kicks());
         deadline = s.deadline(cpu);
-        if d.run.is_some() && leave(m, ctx, frame, owner, &d, Some(s)) == Left::FrameSaved {
+        if d.run.is_some() && leave(m, ctx, frame, owner, d, Some(s)) == Left::FrameSaved {
             owner = None;
         }
     }
@@ -548,7 +554,7 @@ fn carry_out(ctx: &CpuContext, vm: &'static Vm, vcpu: usize, action: Action) -> 
                 }
             };
         }
-        Action::Block(wake_at) => Reason::Block(wake_at),
+        Action::Block(wake_at) => Reason::Block(wake_at.map(|t| t.get())),
         Action::Yield => Reason::Yield,
         Action::PowerOff => Reason::PowerOff,
         Action::VmLeft(state) => {

@@ -12,7 +12,9 @@
 //! Result registers: `X0` carries the value; `X1..X3` are written as zero (see
 //! `smccc.rs` for why). Nothing here panics on guest input.
 
-use super::power::{CpuOnError, PowerState, VcpuPower};
+#[cfg(doc)]
+use super::power::VcpuPower;
+use super::power::{CpuOnError, PowerState};
 use super::psci::{
     self, AFFINITY_OFF, AFFINITY_ON, AFFINITY_ON_PENDING, ALREADY_ON,
     CPU_SUSPEND_FEATURES_ORIGINAL_FORMAT, INVALID_ADDRESS, INVALID_PARAMETERS,
@@ -22,28 +24,28 @@ use super::psci::{
     PSCI_VERSION,
 };
 use super::smccc::{self, ret_code, FunctionId, SMCCC_ARCH_FEATURES, SMCCC_VERSION};
-use crate::Region;
+use crate::vm::VmModel;
 
-/// What the hypervisor must know about the caller to answer it.
+/// The caller: its VM (power states, RAM, topology) and which of its vCPUs called.
+/// Two words, built on every call.
+#[derive(Clone, Copy)]
 pub struct CallContext<'a> {
+    pub vm: &'a VmModel,
     /// Index of the calling vCPU within its VM.
     pub vcpu: usize,
-    /// The VM's power states, shared with its other vCPUs.
-    pub power: &'a VcpuPower,
-    /// Guest RAM in IPA space; `CPU_ON` entry points must lie in it.
-    pub ram: Region,
-    /// The VM's MPIDR (affinity fields only) → vCPU index map.
-    pub mpidr_to_vcpu: &'a dyn Fn(u64) -> Option<usize>,
 }
 
-/// What the hypervisor does after a call.
+/// What the hypervisor does after a call. Two registers wide, so that the common
+/// case (a value for `X0`) comes back in registers, not through memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// Write `X0..X3` and resume the caller after the HVC/SMC.
-    Return([u64; 4]),
+    /// Write the value to `X0`, zero to `X1..X3`, and resume the caller after the
+    /// HVC/SMC.
+    Return(u64),
     /// `CPU_ON` accepted: `target` is now `OnPending` with its start point stored in
-    /// [`VcpuPower`]. Kick the target's physical CPU, then return `ret` to the caller.
-    StartVcpu { target: usize, ret: [u64; 4] },
+    /// [`VcpuPower`]. Kick the target's physical CPU, then return SUCCESS (`X0..X3` = 0)
+    /// to the caller.
+    StartVcpu { target: usize },
     /// `CPU_OFF`: the caller stops; it never returns to the guest (a later `CPU_ON`
     /// restarts it at a new entry point). The hypervisor marks it Off
     /// ([`VcpuPower::power_off`]) once it has left its CPU.
@@ -57,8 +59,9 @@ pub enum Outcome {
     SystemReset,
 }
 
-/// `X0..X3` for a plain success: `Suspend` callers get this on wake-up.
-pub const RETURN_SUCCESS: [u64; 4] = [0; 4];
+/// `X0` for a plain success (`X1..X3` are zero): `Suspend` and `StartVcpu` callers get
+/// this.
+pub const RETURN_SUCCESS: u64 = 0;
 
 /// Which interface a declared call belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -263,11 +266,11 @@ pub fn dispatch(ctx: &CallContext, regs: &[u64; 8]) -> Outcome {
 
 /// A single-value result in `X0`, zero in `X1..X3`.
 fn ret(code: i32) -> Outcome {
-    Outcome::Return([ret_code(code), 0, 0, 0])
+    Outcome::Return(ret_code(code))
 }
 
 fn ret_value(value: u64) -> Outcome {
-    Outcome::Return([value, 0, 0, 0])
+    Outcome::Return(value)
 }
 
 fn smccc_version(_: &CallContext, _: &Args) -> Outcome {
@@ -316,7 +319,9 @@ fn target_vcpu(ctx: &CallContext, mpidr: u64) -> Option<usize> {
     if mpidr & !MPIDR_AFFINITY_MASK != 0 {
         return None;
     }
-    (ctx.mpidr_to_vcpu)(mpidr).filter(|&v| v < ctx.power.len())
+    ctx.vm
+        .vcpu_of_mpidr(mpidr)
+        .filter(|&v| v < ctx.vm.power.len())
 }
 
 /// `CPU_ON(target_cpu, entry_point, context_id)`. Checks run in TF-A's order: target,
@@ -326,14 +331,11 @@ fn cpu_on(ctx: &CallContext, a: &Args) -> Outcome {
         return ret(INVALID_PARAMETERS);
     };
     let (entry, context_id) = (a.x(2), a.x(3));
-    if !ctx.ram.contains(entry) {
+    if !ctx.vm.ram.contains(entry) {
         return ret(INVALID_ADDRESS);
     }
-    match ctx.power.request_on(target, entry, context_id) {
-        Ok(()) => Outcome::StartVcpu {
-            target,
-            ret: RETURN_SUCCESS,
-        },
+    match ctx.vm.power.request_on(target, entry, context_id) {
+        Ok(()) => Outcome::StartVcpu { target },
         Err(CpuOnError::AlreadyOn) => ret(ALREADY_ON),
         Err(CpuOnError::OnPending) => ret(ON_PENDING),
         Err(CpuOnError::NoSuchVcpu) => ret(INVALID_PARAMETERS),
@@ -348,7 +350,7 @@ fn affinity_info(ctx: &CallContext, a: &Args) -> Outcome {
     }
     match target_vcpu(ctx, a.x(1)) {
         None => ret(INVALID_PARAMETERS),
-        Some(v) => ret_value(match ctx.power.state(v) {
+        Some(v) => ret_value(match ctx.vm.power.state(v) {
             PowerState::On => AFFINITY_ON,
             PowerState::Off => AFFINITY_OFF,
             PowerState::OnPending => AFFINITY_ON_PENDING,
@@ -375,6 +377,7 @@ mod tests {
     use crate::abi::smccc::{
         SMCCC_ARCH_WORKAROUND_1, SMCCC_ARCH_WORKAROUND_2, SMCCC_ARCH_WORKAROUND_3,
     };
+    use crate::Region;
     use proptest::prelude::*;
 
     const RAM: Region = Region::new(0x4000_0000, 0x1000_0000);
@@ -382,33 +385,24 @@ mod tests {
     const NR: usize = 4;
     const MINUS_ONE: u64 = u64::MAX;
 
-    /// MPIDR of vCPU n: Aff0 = n % 2, Aff1 = n / 2 (two "clusters" of two).
+    /// MPIDR of vCPU n (affinity fields): Aff0 = n.
     fn mpidr(v: usize) -> u64 {
-        ((v as u64 / 2) << 8) | (v as u64 % 2)
+        v as u64
     }
 
-    fn map(m: u64) -> Option<usize> {
-        (0..NR).find(|&v| mpidr(v) == m)
+    fn model() -> VmModel {
+        VmModel::new(NR, RAM).unwrap()
     }
 
-    fn call(power: &VcpuPower, vcpu: usize, x: &[u64]) -> Outcome {
+    fn call(vm: &VmModel, vcpu: usize, x: &[u64]) -> Outcome {
         let mut regs = [0u64; 8];
         regs[..x.len()].copy_from_slice(x);
-        let ctx = CallContext {
-            vcpu,
-            power,
-            ram: RAM,
-            mpidr_to_vcpu: &map,
-        };
-        dispatch(&ctx, &regs)
+        dispatch(&CallContext { vm, vcpu }, &regs)
     }
 
     fn x0(o: Outcome) -> u64 {
         match o {
-            Outcome::Return(r) => {
-                assert_eq!(&r[1..], &[0, 0, 0], "X1..X3 are zeroed");
-                r[0]
-            }
+            Outcome::Return(x0) => x0,
             other => panic!("expected Return, got {other:?}"),
         }
     }
@@ -417,13 +411,13 @@ mod tests {
         code as i64 as u64
     }
 
-    fn affinity(p: &VcpuPower, of: usize) -> u64 {
+    fn affinity(p: &VmModel, of: usize) -> u64 {
         x0(call(p, 0, &[PSCI_AFFINITY_INFO_64.into(), mpidr(of), 0]))
     }
 
     #[test]
     fn versions() {
-        let p = VcpuPower::new(NR);
+        let p = model();
         assert_eq!(x0(call(&p, 0, &[SMCCC_VERSION.into()])), 0x1_0001);
         assert_eq!(x0(call(&p, 0, &[PSCI_VERSION.into()])), 0x1_0001);
         // W0 only: garbage in X0's upper half is ignored.
@@ -439,7 +433,7 @@ mod tests {
 
     #[test]
     fn arch_features() {
-        let p = VcpuPower::new(NR);
+        let p = model();
         let q = |id: u32| x0(call(&p, 0, &[SMCCC_ARCH_FEATURES.into(), id.into()]));
         assert_eq!(q(SMCCC_VERSION), 0);
         assert_eq!(q(SMCCC_ARCH_FEATURES), 0);
@@ -459,7 +453,7 @@ mod tests {
 
     #[test]
     fn psci_features() {
-        let p = VcpuPower::new(NR);
+        let p = model();
         let q = |id: u32| x0(call(&p, 0, &[PSCI_FEATURES.into(), id.into()]));
         for id in [
             PSCI_VERSION,
@@ -498,7 +492,7 @@ mod tests {
 
     #[test]
     fn every_declared_call_is_discoverable() {
-        let p = VcpuPower::new(NR);
+        let p = model();
         for c in CALLS {
             let via = match c.interface {
                 Interface::Psci => PSCI_FEATURES,
@@ -515,7 +509,7 @@ mod tests {
 
     #[test]
     fn simple_psci_calls() {
-        let p = VcpuPower::new(NR);
+        let p = model();
         assert_eq!(x0(call(&p, 0, &[PSCI_MIGRATE_INFO_TYPE.into()])), 2);
         assert_eq!(call(&p, 0, &[PSCI_SYSTEM_OFF.into()]), Outcome::SystemOff);
         assert_eq!(
@@ -531,7 +525,7 @@ mod tests {
             Outcome::Suspend
         );
         assert_eq!(
-            p.state(0),
+            p.power.state(0),
             PowerState::On,
             "suspend leaves the power state alone"
         );
@@ -539,24 +533,18 @@ mod tests {
 
     #[test]
     fn cpu_on_then_again() {
-        let p = VcpuPower::new(NR);
+        let p = model();
         let on = [PSCI_CPU_ON_64.into(), mpidr(2), ENTRY, 0x1234];
-        assert_eq!(
-            call(&p, 0, &on),
-            Outcome::StartVcpu {
-                target: 2,
-                ret: RETURN_SUCCESS
-            }
-        );
-        assert_eq!(p.state(2), PowerState::OnPending);
+        assert_eq!(call(&p, 0, &on), Outcome::StartVcpu { target: 2 });
+        assert_eq!(p.power.state(2), PowerState::OnPending);
         assert_eq!(x0(call(&p, 0, &on)), err(ON_PENDING));
         assert_eq!(
             x0(call(&p, 1, &on)),
             err(ON_PENDING),
             "from another caller too"
         );
-        assert_eq!(p.take_pending_start(2), Some((ENTRY, 0x1234)));
-        p.mark_on(2);
+        assert_eq!(p.power.take_pending_start(2), Some((ENTRY, 0x1234)));
+        p.power.mark_on(2);
         assert_eq!(x0(call(&p, 0, &on)), err(ALREADY_ON));
         // The caller itself is on.
         assert_eq!(
@@ -567,7 +555,7 @@ mod tests {
 
     #[test]
     fn cpu_on_bad_arguments() {
-        let p = VcpuPower::new(NR);
+        let p = model();
         let on = |m: u64, e: u64| x0(call(&p, 0, &[PSCI_CPU_ON_64.into(), m, e, 0]));
         assert_eq!(on(0x0203, ENTRY), err(INVALID_PARAMETERS), "unknown MPIDR");
         assert_eq!(
@@ -581,36 +569,27 @@ mod tests {
         assert_eq!(on(mpidr(1), 0), err(INVALID_ADDRESS));
         // Bad MPIDR wins over bad address (TF-A order).
         assert_eq!(on(0xff, 0), err(INVALID_PARAMETERS));
-        assert_eq!(p.state(1), PowerState::Off, "refused calls change nothing");
-        // A map that names a vCPU outside the VM is treated as unknown.
-        let wild = |_: u64| Some(NR + 3);
-        let ctx = CallContext {
-            vcpu: 0,
-            power: &p,
-            ram: RAM,
-            mpidr_to_vcpu: &wild,
-        };
-        let regs = [PSCI_CPU_ON_64.into(), 0, ENTRY, 0, 0, 0, 0, 0];
-        assert_eq!(x0(dispatch(&ctx, &regs)), err(INVALID_PARAMETERS));
+        assert_eq!(
+            p.power.state(1),
+            PowerState::Off,
+            "refused calls change nothing"
+        );
+        // An Aff0 beyond the VM's vCPUs, or any higher affinity field, names nobody.
+        assert_eq!(on(NR as u64, ENTRY), err(INVALID_PARAMETERS));
+        assert_eq!(on(1 << 8, ENTRY), err(INVALID_PARAMETERS));
     }
 
     #[test]
     fn cpu_on_32_truncates_arguments() {
-        let p = VcpuPower::new(NR);
+        let p = model();
         let hi = 0xffff_ffff_0000_0000;
         let o = call(
             &p,
             0,
             &[PSCI_CPU_ON_32.into(), hi | mpidr(3), hi | ENTRY, hi | 9],
         );
-        assert_eq!(
-            o,
-            Outcome::StartVcpu {
-                target: 3,
-                ret: RETURN_SUCCESS
-            }
-        );
-        assert_eq!(p.take_pending_start(3), Some((ENTRY, 9)));
+        assert_eq!(o, Outcome::StartVcpu { target: 3 });
+        assert_eq!(p.power.take_pending_start(3), Some((ENTRY, 9)));
         // The same registers through the SMC64 ID are refused (non-affinity bits set).
         assert_eq!(
             x0(call(
@@ -624,25 +603,25 @@ mod tests {
 
     #[test]
     fn affinity_info_follows_state_machine() {
-        let p = VcpuPower::new(NR);
+        let p = model();
         assert_eq!(affinity(&p, 0), AFFINITY_ON);
         assert_eq!(affinity(&p, 1), AFFINITY_OFF);
         assert!(matches!(
             call(&p, 0, &[PSCI_CPU_ON_64.into(), mpidr(1), ENTRY, 0]),
-            Outcome::StartVcpu { target: 1, .. }
+            Outcome::StartVcpu { target: 1 }
         ));
         assert_eq!(affinity(&p, 1), AFFINITY_ON_PENDING);
-        p.take_pending_start(1);
+        p.power.take_pending_start(1);
         assert_eq!(
             affinity(&p, 1),
             AFFINITY_ON_PENDING,
             "still pending until it runs"
         );
-        p.mark_on(1);
+        p.power.mark_on(1);
         assert_eq!(affinity(&p, 1), AFFINITY_ON);
         assert_eq!(call(&p, 1, &[PSCI_CPU_OFF.into()]), Outcome::StopVcpu);
         assert_eq!(affinity(&p, 1), AFFINITY_ON, "still leaving its CPU");
-        p.power_off(1);
+        p.power.power_off(1);
         assert_eq!(affinity(&p, 1), AFFINITY_OFF);
         // 32-bit form, level != 0, unknown target.
         assert_eq!(
@@ -661,33 +640,36 @@ mod tests {
 
     #[test]
     fn cpu_off_and_restart() {
-        let p = VcpuPower::new(NR);
+        let p = model();
         assert_eq!(call(&p, 0, &[PSCI_CPU_OFF.into()]), Outcome::StopVcpu);
         assert_eq!(
-            p.state(0),
+            p.power.state(0),
             PowerState::On,
             "on until the hypervisor says otherwise"
         );
-        p.power_off(0);
-        assert_eq!(p.state(0), PowerState::Off);
+        p.power.power_off(0);
+        assert_eq!(p.power.state(0), PowerState::Off);
         // vCPU 0 can be brought back by anyone still running... here vCPU 3, after it
         // was itself started by the hypervisor.
-        p.request_on(3, ENTRY, 0).unwrap();
-        p.mark_on(3);
+        p.power.request_on(3, ENTRY, 0).unwrap();
+        p.power.mark_on(3);
         assert!(matches!(
             call(&p, 3, &[PSCI_CPU_ON_64.into(), mpidr(0), ENTRY + 8, 1]),
-            Outcome::StartVcpu { target: 0, .. }
+            Outcome::StartVcpu { target: 0 }
         ));
-        assert_eq!(p.take_pending_start(0), Some((ENTRY + 8, 1)));
-        p.reset();
-        assert_eq!((p.state(0), p.state(3)), (PowerState::On, PowerState::Off));
+        assert_eq!(p.power.take_pending_start(0), Some((ENTRY + 8, 1)));
+        p.power.reset();
+        assert_eq!(
+            (p.power.state(0), p.power.state(3)),
+            (PowerState::On, PowerState::Off)
+        );
     }
 
     #[test]
     fn interleaved_callers() {
         // vCPU 0 starts 1; before 1 runs, 0 asks about it and 1's own start is raced by
         // another CPU_ON from 0; then 1 starts 2 and 3, 3 powers off while 2 is pending.
-        let p = VcpuPower::new(NR);
+        let p = model();
         let on = |caller, t: usize| {
             call(
                 &p,
@@ -695,30 +677,30 @@ mod tests {
                 &[PSCI_CPU_ON_64.into(), mpidr(t), ENTRY, t as u64],
             )
         };
-        assert!(matches!(on(0, 1), Outcome::StartVcpu { target: 1, .. }));
+        assert!(matches!(on(0, 1), Outcome::StartVcpu { target: 1 }));
         assert_eq!(affinity(&p, 1), AFFINITY_ON_PENDING);
         assert_eq!(x0(on(0, 1)), err(ON_PENDING));
-        assert_eq!(p.take_pending_start(1), Some((ENTRY, 1)));
-        p.mark_on(1);
+        assert_eq!(p.power.take_pending_start(1), Some((ENTRY, 1)));
+        p.power.mark_on(1);
         assert!(matches!(on(1, 2), Outcome::StartVcpu { target: 2, .. }));
         assert!(matches!(on(1, 3), Outcome::StartVcpu { target: 3, .. }));
-        p.take_pending_start(3);
-        p.mark_on(3);
+        p.power.take_pending_start(3);
+        p.power.mark_on(3);
         assert_eq!(call(&p, 3, &[PSCI_CPU_OFF.into()]), Outcome::StopVcpu);
-        p.power_off(3);
+        p.power.power_off(3);
         assert_eq!(affinity(&p, 2), AFFINITY_ON_PENDING);
         assert_eq!(affinity(&p, 3), AFFINITY_OFF);
         assert!(
             matches!(on(2, 3), Outcome::StartVcpu { .. }),
             "pending vCPUs' starters are independent"
         );
-        assert_eq!(p.take_pending_start(2), Some((ENTRY, 2)));
-        assert_eq!(p.take_pending_start(3), Some((ENTRY, 3)));
+        assert_eq!(p.power.take_pending_start(2), Some((ENTRY, 2)));
+        assert_eq!(p.power.take_pending_start(3), Some((ENTRY, 3)));
     }
 
     #[test]
     fn concurrent_cpu_on_from_threads() {
-        let p = VcpuPower::new(NR);
+        let p = model();
         let starts = std::sync::atomic::AtomicUsize::new(0);
         std::thread::scope(|s| {
             for caller in 0..NR {
@@ -744,7 +726,7 @@ mod tests {
 
     #[test]
     fn unknown_and_out_of_range_ids() {
-        let p = VcpuPower::new(NR);
+        let p = model();
         for id in [
             0x8400_0005u64, // MIGRATE: optional with MIGRATE_INFO_TYPE = 2
             0xc400_0000,    // no SMC64 PSCI_VERSION
@@ -768,33 +750,33 @@ mod tests {
     proptest! {
         #[test]
         fn dispatch_never_panics(regs in any::<[u64; 8]>(), vcpu in 0usize..NR + 2) {
-            let p = VcpuPower::new(NR);
-            let ctx = CallContext { vcpu, power: &p, ram: RAM, mpidr_to_vcpu: &map };
+            let p = model();
+            let ctx = CallContext { vm: &p, vcpu };
             let _ = dispatch(&ctx, &regs);
         }
 
         #[test]
         fn unknown_ids_return_minus_one(id in any::<u64>().prop_filter("unknown", |x| !known(*x as u32)), args in any::<[u64; 7]>()) {
-            let p = VcpuPower::new(NR);
+            let p = model();
             let mut regs = [0; 8];
             regs[0] = id;
             regs[1..].copy_from_slice(&args);
-            let ctx = CallContext { vcpu: 0, power: &p, ram: RAM, mpidr_to_vcpu: &map };
-            prop_assert_eq!(dispatch(&ctx, &regs), Outcome::Return([MINUS_ONE, 0, 0, 0]));
+            let ctx = CallContext { vm: &p, vcpu: 0 };
+            prop_assert_eq!(dispatch(&ctx, &regs), Outcome::Return(MINUS_ONE));
         }
 
         #[test]
         fn known_ids_with_junk_upper_half(hi in any::<u32>(), idx in 0..CALLS.len(), args in any::<[u64; 7]>()) {
             // Whatever X0's upper half holds, the call is the one W0 names.
-            let p1 = VcpuPower::new(NR);
-            let p2 = VcpuPower::new(NR);
+            let p1 = model();
+            let p2 = model();
             let mut a = [0; 8];
             a[0] = u64::from(CALLS[idx].id);
             a[1..].copy_from_slice(&args);
             let mut b = a;
             b[0] |= u64::from(hi) << 32;
-            let c1 = CallContext { vcpu: 0, power: &p1, ram: RAM, mpidr_to_vcpu: &map };
-            let c2 = CallContext { vcpu: 0, power: &p2, ram: RAM, mpidr_to_vcpu: &map };
+            let c1 = CallContext { vm: &p1, vcpu: 0 };
+            let c2 = CallContext { vm: &p2, vcpu: 0 };
             prop_assert_eq!(dispatch(&c1, &a), dispatch(&c2, &b));
         }
     }

@@ -82,6 +82,27 @@ impl OutputMux {
         }
     }
 
+    /// [`OutputMux::push`] then [`OutputMux::drain`], with a shortcut for the common
+    /// case (nothing waiting, the byte continues the line already open, or needs no
+    /// tag): straight to the transmitter.
+    #[inline]
+    pub fn write(&mut self, vm: usize, byte: u8, port: &mut impl TxPort) -> Drain {
+        let continues = self.open_line == Some(vm)
+            || (self.open_line.is_none() && self.tags.get(vm).is_some_and(|t| t.is_none()));
+        if continues
+            && !self.holding
+            && self.staged.is_empty()
+            && self.buffers.get(vm).is_some_and(|b| b.is_empty())
+            && port.try_put(byte)
+        {
+            self.last = vm;
+            self.open_line = (byte != b'\n').then_some(vm);
+            return Drain::Idle;
+        }
+        self.push(vm, byte);
+        self.drain(port)
+    }
+
     /// Hold guest output (Bothy's prompt is open) or let it go again.
     pub fn hold(&mut self, hold: bool) {
         self.holding = hold;
@@ -242,6 +263,16 @@ mod tests {
         let mut p = port(100);
         assert_eq!(m.drain(&mut p), Drain::Idle);
         assert_eq!(text(&p), "hello\r\n");
+        for b in b"more" {
+            assert_eq!(m.write(0, *b, &mut p), Drain::Idle);
+        }
+        assert_eq!(text(&p), "hello\r\nmore");
+        // A full transmitter: the byte waits, nothing is lost.
+        p.room = 0;
+        assert_eq!(m.write(0, b'!', &mut p), Drain::Blocked);
+        p.room = 1;
+        assert_eq!(m.drain(&mut p), Drain::Idle);
+        assert_eq!(text(&p), "hello\r\nmore!");
     }
 
     #[test]
@@ -339,11 +370,17 @@ mod tests {
             let mut p = port(0);
             let mut want = [String::new(), String::new(), String::new()];
             let mut rooms = rooms.into_iter().cycle();
-            for (vm, text) in &writes {
-                push(&mut m, *vm, text);
+            for (i, (vm, text)) in writes.iter().enumerate() {
                 want[*vm].push_str(text);
                 p.room = rooms.next().unwrap();
-                let _ = m.drain(&mut p);
+                if i % 2 == 0 {
+                    push(&mut m, *vm, text);
+                    let _ = m.drain(&mut p);
+                } else {
+                    for b in text.bytes() {
+                        let _ = m.write(*vm, b, &mut p);
+                    }
+                }
             }
             p.room = usize::MAX;
             proptest::prop_assert_eq!(m.drain(&mut p), Drain::Idle);

@@ -48,9 +48,9 @@ use crate::abi::{self, CallContext, Outcome, RETURN_SUCCESS};
 use crate::arch::{Arch, El1Reg};
 use crate::dev::Device;
 use crate::lifecycle::VmState;
-use crate::sched::Ticks;
 use crate::vgic::VcpuMask;
 use crate::vm::{ExitCounters, ExitKind, VmModel};
+use core::num::NonZeroU64;
 
 /// A vCPU's general-purpose registers and return state as an exit leaves them (the
 /// layout `hyp`'s vector code reads and writes).
@@ -79,8 +79,9 @@ pub enum Action {
     /// [`sync_exit`] again with every register saved. Nothing was done or counted.
     NeedsAllRegisters,
     /// Nothing pending: block until an interrupt arrives for the vCPU or, if given, the
-    /// physical counter reaches the deadline (its virtual timer fires then).
-    Block(Option<Ticks>),
+    /// physical counter reaches the deadline (its virtual timer fires then). Non-zero
+    /// so that an `Action` fits in two registers (a counter value of 0 is long past).
+    Block(Option<NonZeroU64>),
     /// WFE: let another vCPU run if one waits.
     Yield,
     /// PSCI CPU_OFF: the vCPU stops; mark it Off once it has left the CPU.
@@ -114,45 +115,43 @@ pub fn sync_exit<const ALL_SAVED: bool>(
 ) -> Action {
     // Each exit is counted once: in the arm that handles it, after any early return
     // that sends it back to be handled with all registers saved.
-    let flushed = match exception_class(esr) {
-        ec::HVC64 => {
-            exits.count(ExitKind::Hypercall);
-            match hypercall(vm, vcpu, frame, hw) {
-                Action::Resume => false,
-                other => return other,
-            }
+    // Tested in order of frequency (a `match` would compile to a compare tree that
+    // reaches the hypercall after the others).
+    let class = exception_class(esr);
+    let flushed = if class == ec::HVC64 {
+        exits.count(ExitKind::Hypercall);
+        match hypercall(vm, vcpu, frame, hw) {
+            Action::Resume => false,
+            other => return other,
         }
-        ec::SYSREG => {
-            let rt = sysreg_rt(esr);
-            if !ALL_SAVED && unsaved(rt) {
-                return Action::NeedsAllRegisters;
-            }
-            exits.count(ExitKind::Sysreg);
-            if sysreg_syndrome(esr) == SGI1R_WRITE {
-                sgi1r_write(vm, vcpu, frame, rt, hw)
-            } else {
-                sysreg_access(vm, vcpu, frame, decode_sysreg_trap(esr), hw);
-                false
-            }
+    } else if class == ec::DABT_LOWER {
+        if !ALL_SAVED && unsaved(data_abort_srt(esr)) {
+            return Action::NeedsAllRegisters;
         }
-        ec::DABT_LOWER => {
-            if !ALL_SAVED && unsaved(data_abort_srt(esr)) {
-                return Action::NeedsAllRegisters;
-            }
-            exits.count(ExitKind::Mmio);
-            data_abort(vm, vcpu, frame, esr, hw);
+        exits.count(ExitKind::Mmio);
+        data_abort(vm, vcpu, frame, esr, hw);
+        false
+    } else if class == ec::SYSREG {
+        let rt = sysreg_rt(esr);
+        if !ALL_SAVED && unsaved(rt) {
+            return Action::NeedsAllRegisters;
+        }
+        exits.count(ExitKind::Sysreg);
+        if sysreg_syndrome(esr) == SGI1R_WRITE {
+            sgi1r_write(vm, vcpu, frame, rt, hw)
+        } else {
+            sysreg_access(vm, vcpu, frame, decode_sysreg_trap(esr), hw);
             false
         }
-        other => {
-            let kind = match other {
-                ec::WFX => ExitKind::Wfx,
-                _ => ExitKind::Other,
-            };
-            exits.count(kind);
-            match other_sync_exit(vm, vcpu, frame, esr, hw) {
-                Action::Resume => false,
-                other => return other,
-            }
+    } else {
+        let kind = match class {
+            ec::WFX => ExitKind::Wfx,
+            _ => ExitKind::Other,
+        };
+        exits.count(kind);
+        match other_sync_exit(vm, vcpu, frame, esr, hw) {
+            Action::Resume => false,
+            other => return other,
         }
     };
     finish(vm, vcpu, flushed, hw)
@@ -199,26 +198,13 @@ fn wake(hw: &mut impl Arch, mask: VcpuMask) {
 /// PSCI and SMCCC from the guest (HVC, or a trapped SMC already stepped over).
 #[inline(always)]
 fn hypercall(vm: &VmModel, vcpu: usize, frame: &mut GuestFrame, hw: &mut impl Arch) -> Action {
-    let vcpus = vm.nr_vcpus();
-    let mpidr_to_vcpu = move |mpidr: u64| {
-        let index = (mpidr & 0xff_00ff_ffff) as usize;
-        (index < vcpus).then_some(index)
-    };
-    let ctx = CallContext {
-        vcpu,
-        power: &vm.power,
-        ram: vm.ram,
-        mpidr_to_vcpu: &mpidr_to_vcpu,
-    };
+    let ctx = CallContext { vm, vcpu };
     let (args, _) = frame.x.split_first_chunk::<8>().expect("31 registers");
-    // Almost every call just returns values: test for that alone first (a `match`
+    // Almost every call just returns a value: test for that alone first (a `match`
     // compiles to a compare chain that reaches `Return` last).
     let outcome = abi::dispatch(&ctx, args);
-    if let Outcome::Return([x0, x1, x2, x3]) = outcome {
-        frame.x[0] = x0;
-        frame.x[1] = x1;
-        frame.x[2] = x2;
-        frame.x[3] = x3;
+    if let Outcome::Return(x0) = outcome {
+        frame.x[..4].copy_from_slice(&[x0, 0, 0, 0]);
         return Action::Resume;
     }
     call_outcome(vm, vcpu, frame, outcome, hw)
@@ -235,17 +221,17 @@ fn call_outcome(
     hw: &mut impl Arch,
 ) -> Action {
     match outcome {
-        Outcome::Return(ret) => {
-            frame.x[..4].copy_from_slice(&ret);
+        Outcome::Return(x0) => {
+            frame.x[..4].copy_from_slice(&[x0, 0, 0, 0]);
             Action::Resume
         }
-        Outcome::StartVcpu { target, ret } => {
-            frame.x[..4].copy_from_slice(&ret);
+        Outcome::StartVcpu { target } => {
+            frame.x[..4].copy_from_slice(&[RETURN_SUCCESS, 0, 0, 0]);
             Action::StartVcpu(target)
         }
         Outcome::StopVcpu => Action::PowerOff,
         Outcome::Suspend => {
-            frame.x[..4].copy_from_slice(&RETURN_SUCCESS);
+            frame.x[..4].copy_from_slice(&[RETURN_SUCCESS, 0, 0, 0]);
             wait_for_interrupt(vm, vcpu, hw)
         }
         Outcome::SystemOff => leave_running(vm, VmState::Off),
@@ -276,7 +262,7 @@ fn wait_for_interrupt(vm: &VmModel, vcpu: usize, hw: &mut impl Arch) -> Action {
     if vm.vgic.has_pending(vcpu) || vm.state() != VmState::Running {
         return Action::Resume;
     }
-    Action::Block(hw.vtimer_deadline())
+    Action::Block(hw.vtimer_deadline().and_then(NonZeroU64::new))
 }
 
 /// `MSR ICC_SGI1R_EL1, Xt`. Returns whether this vCPU's list registers were flushed.

@@ -30,12 +30,13 @@ pub struct V3CpuIf {
 }
 
 impl V3CpuIf {
-    /// Whether a saved list register holds hardware-linked `pintid` in any state: its
-    /// physical interrupt must then be active on whichever CPU loads the vCPU, so the
-    /// guest's deactivation reaches it and the source cannot fire again meanwhile.
-    pub fn holds_hw(&self, pintid: u32) -> bool {
+    /// Whether one of the first `count` saved list registers (the implemented ones)
+    /// holds hardware-linked `pintid` in any state: its physical interrupt must then be
+    /// active on whichever CPU loads the vCPU, so the guest's deactivation reaches it
+    /// and the source cannot fire again meanwhile.
+    pub fn holds_hw(&self, pintid: u32, count: usize) -> bool {
         use super::lr::{lr_state, LR_HW, LR_PINTID_MASK, LR_PINTID_SHIFT};
-        self.lrs.iter().any(|&lr| {
+        self.lrs[..count.min(MAX_LRS)].iter().any(|&lr| {
             lr & LR_HW != 0
                 && lr_state(lr) != 0
                 && ((lr >> LR_PINTID_SHIFT) & LR_PINTID_MASK) == u64::from(pintid)
@@ -63,11 +64,12 @@ mod tests {
         let mut s = V3CpuIf::default();
         let hw27 = LR_HW | (27u64 << LR_PINTID_SHIFT) | 27;
         s.lrs[3] = hw27; // state 0: invalid
-        assert!(!s.holds_hw(27));
+        assert!(!s.holds_hw(27, 4));
         s.lrs[3] = hw27 | (1 << LR_STATE_SHIFT);
-        assert!(s.holds_hw(27));
-        assert!(!s.holds_hw(26));
+        assert!(s.holds_hw(27, 4));
+        assert!(!s.holds_hw(27, 3), "only implemented LRs count");
+        assert!(!s.holds_hw(26, 4));
         s.lrs[3] = (27u64 << LR_PINTID_SHIFT) | 27 | (2 << LR_STATE_SHIFT);
-        assert!(!s.holds_hw(27), "not hardware-linked");
+        assert!(!s.holds_hw(27, 4), "not hardware-linked");
     }
 }

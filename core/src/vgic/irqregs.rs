@@ -72,7 +72,15 @@ pub fn read_bits(st: &State, vcpu: usize, reg: BitReg, first: u32) -> u32 {
 /// Write 32 bits of `reg` for INTIDs `first..first+32`; returns the vCPUs to kick.
 pub fn write_bits(st: &mut State, vcpu: usize, reg: BitReg, first: u32, value: u32) -> VcpuMask {
     let mut kick = VcpuMask::EMPTY;
-    for bit in 0..32 {
+    // The set/clear registers ignore zero bits: visit only the ones (a guest raising
+    // one SPI through ISPENDR pays for one INTID, not 32). GROUP takes every bit.
+    let mut bits = match reg {
+        BitReg::Group => u32::MAX,
+        _ => value,
+    };
+    while bits != 0 {
+        let bit = bits.trailing_zeros();
+        bits &= bits - 1;
         let intid = first + bit;
         let one = value & (1 << bit) != 0;
         let Some(irq) = st.irq_mut(vcpu, intid) else {

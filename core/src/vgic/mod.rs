@@ -102,7 +102,6 @@ mod state;
 #[cfg(test)]
 mod tests;
 
-use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use spin::Mutex;
@@ -125,6 +124,7 @@ pub const MAX_SPIS: u32 = 988;
 pub const MAX_LRS: usize = 16;
 /// The `VcpuMask` width.
 pub const MAX_VCPUS: usize = 64;
+const _: () = assert!(MAX_VCPUS.is_power_of_two());
 
 /// GICD_IIDR / GICR_IIDR: ProductID 0x42 ('B'othy) [31:24], Implementer 0x43B [11:0] (the
 /// JEP106 code virtual GICs conventionally report, as KVM's and QEMU's do). The product ID
@@ -185,7 +185,9 @@ impl IrqLine {
 /// The virtual GICv3 of one VM, shared by all its vCPUs' physical CPUs.
 pub struct VGic {
     state: Mutex<State>,
-    flags: Vec<AtomicU32>,
+    /// Per vCPU, inline and `MAX_VCPUS` long so that the hot-path load indexes it with a
+    /// mask instead of a bounds check (slots beyond `nr_vcpus` stay zero).
+    flags: [AtomicU32; MAX_VCPUS],
     nr_vcpus: usize,
     nr_spis: u32,
 }
@@ -209,7 +211,9 @@ impl VGic {
         let nr_spis = nr_spis.min(MAX_SPIS);
         VGic {
             state: Mutex::new(State::new(nr_vcpus, nr_spis)),
-            flags: (0..nr_vcpus).map(|_| AtomicU32::new(FLAG_WORK)).collect(),
+            flags: core::array::from_fn(|v| {
+                AtomicU32::new(if v < nr_vcpus { FLAG_WORK } else { 0 })
+            }),
             nr_vcpus,
             nr_spis,
         }
@@ -531,10 +535,10 @@ impl VGic {
     }
 
     /// The hot-path check: one atomic load. False = `sync` and `flush` would do nothing.
+    #[inline(always)]
     pub fn needs_flush(&self, vcpu: usize) -> bool {
-        self.flags
-            .get(vcpu)
-            .is_some_and(|f| f.load(Ordering::Acquire) != 0)
+        // MAX_VCPUS is a power of two: a vCPU beyond the VM reads an unused zero slot.
+        self.flags[vcpu % MAX_VCPUS].load(Ordering::Acquire) != 0
     }
 
     /// Reset one vCPU's redistributor and LRs (PSCI CPU_ON, VM reset). The hardware LRs are
@@ -552,7 +556,7 @@ impl VGic {
     pub fn reset(&self) {
         let mut st = self.state.lock();
         *st = State::new(self.nr_vcpus, self.nr_spis);
-        for flags in &self.flags {
+        for flags in &self.flags[..self.nr_vcpus] {
             flags.store(FLAG_WORK, Ordering::Release);
         }
     }

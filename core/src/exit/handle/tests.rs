@@ -15,6 +15,7 @@ use crate::arch::FakeArch;
 use crate::layout;
 use crate::vm::ExitCounters;
 use crate::Region;
+use core::num::NonZeroU64;
 use proptest::prelude::*;
 
 const RAM: Region = Region::new(layout::RAM_BASE, 64 << 20);
@@ -209,7 +210,7 @@ fn cpu_suspend_with_nothing_pending_blocks_until_the_timer() {
     g.hw.vtimer_deadline = Some(12_345);
     assert_eq!(
         g.call(0, &[PSCI_CPU_SUSPEND_64.into(), 0, ENTRY, 0]),
-        Action::Block(Some(12_345))
+        Action::Block(NonZeroU64::new(12_345))
     );
     // Resumed later with success.
     assert_eq!(g.frame.x[0], 0);
@@ -248,7 +249,10 @@ fn wfi_blocks_until_the_timer_deadline_or_resumes_if_an_interrupt_waits() {
     let mut g = Guest::new(2);
     g.enable_sgis();
     g.hw.vtimer_deadline = Some(99);
-    assert_eq!(g.exit(0, esr(ec::WFX, 0)), Action::Block(Some(99)));
+    assert_eq!(
+        g.exit(0, esr(ec::WFX, 0)),
+        Action::Block(NonZeroU64::new(99))
+    );
     assert_eq!(g.frame.elr, ELR + 4);
     g.hw.vtimer_deadline = None;
     assert_eq!(g.exit(0, esr(ec::WFX, 0)), Action::Block(None));

@@ -263,7 +263,7 @@ impl CpuInterface for HwCpuIf {
             s.ap1r[3] = read_ich_ap1r3_el2();
         }
         // The timer interrupt in flight belongs to this vCPU, not to the next one.
-        if s.holds_hw(self.vtimer_intid) {
+        if s.holds_hw(self.vtimer_intid, self.lr_count) {
             gic::set_private_active(self.redist, self.vtimer_intid, false);
         }
         isb();
@@ -291,7 +291,7 @@ impl CpuInterface for HwCpuIf {
         gic::set_private_active(
             self.redist,
             self.vtimer_intid,
-            s.holds_hw(self.vtimer_intid),
+            s.holds_hw(self.vtimer_intid, self.lr_count),
         );
         write_ich_hcr_el2(s.hcr);
     }

@@ -30,6 +30,42 @@ use core::arch::global_asm;
 /// [`Resume::All`], may use them.
 pub use bothy_core::exit::handle::{GuestFrame, FIRST_UNSAVED, LAST_UNSAVED};
 
+/// `*dst = *src` in 17 load/store pairs. A vCPU switch copies a frame out and one in;
+/// as a plain assignment (with a softfloat target) each became a word-at-a-time
+/// `memcpy` loop four times as long.
+#[inline(always)]
+pub fn copy_frame(dst: &mut GuestFrame, src: &GuestFrame) {
+    // SAFETY: both are valid, aligned GuestFrames (references), and `dst` is exclusive,
+    // so they do not overlap; the block reads 264 bytes of `src` and writes 264 of `dst`.
+    unsafe {
+        core::arch::asm!(
+            "ldp {a}, {b}, [{s}, #0]",   "stp {a}, {b}, [{d}, #0]",
+            "ldp {a}, {b}, [{s}, #16]",  "stp {a}, {b}, [{d}, #16]",
+            "ldp {a}, {b}, [{s}, #32]",  "stp {a}, {b}, [{d}, #32]",
+            "ldp {a}, {b}, [{s}, #48]",  "stp {a}, {b}, [{d}, #48]",
+            "ldp {a}, {b}, [{s}, #64]",  "stp {a}, {b}, [{d}, #64]",
+            "ldp {a}, {b}, [{s}, #80]",  "stp {a}, {b}, [{d}, #80]",
+            "ldp {a}, {b}, [{s}, #96]",  "stp {a}, {b}, [{d}, #96]",
+            "ldp {a}, {b}, [{s}, #112]", "stp {a}, {b}, [{d}, #112]",
+            "ldp {a}, {b}, [{s}, #128]", "stp {a}, {b}, [{d}, #128]",
+            "ldp {a}, {b}, [{s}, #144]", "stp {a}, {b}, [{d}, #144]",
+            "ldp {a}, {b}, [{s}, #160]", "stp {a}, {b}, [{d}, #160]",
+            "ldp {a}, {b}, [{s}, #176]", "stp {a}, {b}, [{d}, #176]",
+            "ldp {a}, {b}, [{s}, #192]", "stp {a}, {b}, [{d}, #192]",
+            "ldp {a}, {b}, [{s}, #208]", "stp {a}, {b}, [{d}, #208]",
+            "ldp {a}, {b}, [{s}, #224]", "stp {a}, {b}, [{d}, #224]",
+            "ldp {a}, {b}, [{s}, #240]", "stp {a}, {b}, [{d}, #240]",
+            "ldr {a}, [{s}, #256]",      "str {a}, [{d}, #256]",
+            s = in(reg) src as *const GuestFrame,
+            d = in(reg) dst as *mut GuestFrame,
+            a = out(reg) _,
+            b = out(reg) _,
+            options(nostack, preserves_flags)
+        )
+    };
+}
+const _: () = assert!(core::mem::size_of::<GuestFrame>() == 264);
+
 /// Bytes reserved at the top of every CPU's stack for its [`GuestFrame`] (16-aligned).
 pub const GUEST_FRAME_SIZE: usize = 272;
 const _: () = assert!(core::mem::size_of::<GuestFrame>() <= GUEST_FRAME_SIZE);
