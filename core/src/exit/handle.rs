@@ -341,12 +341,10 @@ fn other_sync_exit(
 }
 
 /// Emulate an access to a device on the VM's bus; anything else aborts.
+#[inline(always)]
 fn mmio(vm: &VmModel, vcpu: usize, frame: &mut GuestFrame, access: MmioAccess, hw: &mut impl Arch) {
-    let value = if access.reg == 31 {
-        0
-    } else {
-        frame.x[access.reg as usize]
-    };
+    // The register a store writes (XZR reads as zero); loads do not need it.
+    let value = || frame.x.get(usize::from(access.reg)).copied().unwrap_or(0);
     let Some((device, offset)) = vm.bus.find(access.ipa) else {
         let far = hw.far_el2();
         inject_sync(
@@ -362,18 +360,18 @@ fn mmio(vm: &VmModel, vcpu: usize, frame: &mut GuestFrame, access: MmioAccess, h
         Device::GicDist if access.write => {
             kicks = vm
                 .vgic
-                .dist_write(vcpu, offset, access.size, access.store_value(value));
+                .dist_write(vcpu, offset, access.size, access.store_value(value()));
             None
         }
         Device::GicDist => Some(vm.vgic.dist_read(vcpu, offset, access.size)),
         Device::GicRedist if access.write => {
             kicks = vm
                 .vgic
-                .redist_write(vcpu, offset, access.size, access.store_value(value));
+                .redist_write(vcpu, offset, access.size, access.store_value(value()));
             None
         }
         Device::GicRedist => Some(vm.vgic.redist_read(vcpu, offset, access.size)),
-        Device::Uart => uart_access(vm, offset, access, value, hw),
+        Device::Uart => uart_access(vm, offset, access, value(), hw),
     };
     if let Some(raw) = result {
         if access.reg != 31 {
