@@ -431,7 +431,13 @@ pub fn stop_vm(vm: &'static Vm) {
 #[cold]
 #[inline(never)]
 pub fn finish_reset(vm: &'static Vm) {
-    vm.load_images();
+    if let Err(e) = vm.load_images() {
+        // Checked when the VM was built, so a Bothy bug; the VM cannot start again.
+        vm.set_state(VmState::Crashed);
+        println!("error: VM {} cannot be reset: {e}", vm.name);
+        machine::vm_stopped(vm);
+        return;
+    }
     vm.power.reset();
     // A rebooted guest finds the distributor and every redistributor as at power-on.
     vm.vgic.reset();

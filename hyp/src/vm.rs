@@ -25,7 +25,7 @@ use bothy_core::layout::{self, BootPlan};
 use bothy_core::linux::ImageHeader;
 use bothy_core::manifest::{OnExit, PayloadRef, VmSpec};
 use bothy_core::mem::{
-    Owner, PageOwnership, RegionAllocator, VmMemory, VmMemorySpec, VmidAllocator,
+    NotGuestRam, Owner, PageOwnership, RegionAllocator, VmMemory, VmMemorySpec, VmidAllocator,
 };
 use bothy_core::sched::VcpuId;
 use bothy_core::vm::{ExitCounters, VmModel};
@@ -80,20 +80,33 @@ impl Vm {
         self.vcpus.len()
     }
 
-    /// Copy the kernel, initrd and DTB into guest RAM (boot and SYSTEM_RESET).
-    pub fn load_images(&self) {
-        let to_pa = |ipa: u64| self.ram_pa() + (ipa - self.ram.base);
+    /// Copy the kernel, initrd and DTB into guest RAM (boot and SYSTEM_RESET), each
+    /// through a range checked to lie in the VM's RAM.
+    pub fn load_images(&self) -> Result<(), NotGuestRam> {
+        let ram = self.memory.guest_ram();
         let kernel = payload_bytes(self.payload_base, self.kernel);
-        mmio::copy_to_phys(to_pa(self.boot.kernel), kernel);
-        sysreg::clean_dcache_range(to_pa(self.boot.kernel), kernel.len() as u64);
-        if let (Some(initrd), Some(place)) = (self.initrd, self.boot.initrd) {
-            let bytes = payload_bytes(self.payload_base, initrd);
-            mmio::copy_to_phys(to_pa(place.base), bytes);
-            sysreg::clean_dcache_range(to_pa(place.base), bytes.len() as u64);
+        let initrd = match (self.initrd, self.boot.initrd) {
+            (Some(initrd), Some(place)) => {
+                Some((place.base, payload_bytes(self.payload_base, initrd)))
+            }
+            _ => None,
+        };
+        let images = [
+            Some((self.boot.kernel, kernel)),
+            initrd,
+            Some((self.boot.dtb, self.dtb.as_slice())),
+        ];
+        // Every range first: nothing is written unless all fit.
+        for (ipa, bytes) in images.iter().flatten() {
+            ram.range(*ipa, bytes.len() as u64)?;
         }
-        mmio::copy_to_phys(to_pa(self.boot.dtb), &self.dtb);
-        sysreg::clean_dcache_range(to_pa(self.boot.dtb), self.dtb.len() as u64);
+        for (ipa, bytes) in images.into_iter().flatten() {
+            let dst = ram.range(ipa, bytes.len() as u64)?;
+            mmio::copy_to_phys(dst.base, bytes);
+            sysreg::clean_dcache_range(dst.base, dst.size);
+        }
         sysreg::invalidate_icache_all();
+        Ok(())
     }
 }
 
@@ -208,6 +221,7 @@ pub fn build(
         dtb,
         payload_base: env.payload_base,
     };
-    vm.load_images();
+    vm.load_images()
+        .map_err(|e| format!("VM {name}: its images do not fit: {e}"))?;
     Ok(vm)
 }

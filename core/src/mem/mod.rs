@@ -9,7 +9,9 @@
 //! - `ownership.rs`: [`PageOwnership`], who owns each physical page and who it is lent or
 //!   shared to (what stage-2 may map for whom);
 //! - `vm_memory.rs`: [`VmMemory`], a VM's RAM, stage-2 tables and VMID, created and
-//!   destroyed as one, every frame given back.
+//!   destroyed as one, every frame given back;
+//! - `guest_ram.rs`: [`GuestRam`], the one place an IPA range a guest names (or Bothy
+//!   computed for it) becomes a physical range, checked to be the VM's RAM.
 //!
 //! Tables live in physical memory the hypervisor owns, but `core` never dereferences a
 //! pointer: every table access goes through [`TableMemory`], which `hyp` implements over
@@ -19,6 +21,7 @@
 //! break-before-make refuse instead.
 
 mod frames;
+mod guest_ram;
 mod idmap;
 mod ownership;
 mod pgtable;
@@ -27,6 +30,7 @@ mod vm_memory;
 mod vmid;
 
 pub use frames::{free_regions, RegionAllocator, ReleaseError};
+pub use guest_ram::{GuestRam, NotGuestRam};
 pub use idmap::{build_el2_idmap, IdMap};
 pub use ownership::{Owner, OwnershipError, OwnershipOp, PageOwnership, Refusal, State};
 pub use pgtable::{pa_range_bits, pa_range_encoding, PAGE_SIZE};

@@ -18,7 +18,7 @@
 //! mapped into and out of these same tables, with the record deciding what may be.
 
 use super::{
-    MapError, Owner, OwnershipError, PageOwnership, S2Attr, Stage2, TableMemory, Vmid,
+    GuestRam, MapError, Owner, OwnershipError, PageOwnership, S2Attr, Stage2, TableMemory, Vmid,
     VmidAllocator,
 };
 use crate::arch::Arch;
@@ -190,6 +190,11 @@ impl VmMemory {
     /// Where guest RAM starts physically.
     pub fn ram_pa(&self) -> u64 {
         self.ram_pa
+    }
+
+    /// The RAM, for checked access to guest addresses.
+    pub fn guest_ram(&self) -> GuestRam {
+        GuestRam::new(self.ram_ipa, self.ram_pa)
     }
 
     pub fn stage2(&self) -> &Stage2 {
