@@ -491,8 +491,10 @@ fn setup_cpu(cpu: usize) {
     if (sysreg::read_id_aa64pfr1_el1() >> 24) & 0xf != 0 {
         sysreg::write_smcr_el2((1 << 31) | 0xf);
     }
-    // All PMU counters belong to the guest (HPMN = PMCR_EL0.N), nothing traps.
-    sysreg::write_mdcr_el2((sysreg::read_pmcr_el0() >> 11) & 0x1f);
+    // All PMU counters belong to the guest (HPMN = PMCR_EL0.N), nothing traps, and
+    // none counts events at EL2 (HPMD): a guest must not time or profile Bothy.
+    const MDCR_EL2_HPMD: u64 = 1 << 17;
+    sysreg::write_mdcr_el2(((sysreg::read_pmcr_el0() >> 11) & 0x1f) | MDCR_EL2_HPMD);
     sysreg::write_cnthctl_el2(CNTHCTL_EL1PCTEN);
     sysreg::write_cnthp_ctl_el2(0);
     // WFE yields on a shared CPU; on a dedicated one there is nobody to yield to, so

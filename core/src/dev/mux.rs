@@ -16,6 +16,13 @@
 //! drained by the same rule, so a full transmitter can cut in anywhere and the next
 //! drain carries on exactly there.
 //!
+//! A guest must not be able to forge Bothy's lines or another VM's, nor rewrite its own
+//! tag on a terminal: control characters in guest output are made visible (`^[` for
+//! ESC, `^H` for backspace, `^?` for DEL, ...), except newline and tab. A carriage
+//! return goes out only as part of a `\r\n` line end (it then cannot overwrite
+//! anything); any other one shows as `^M`, and one that ends a guest's output so far
+//! waits for the byte after it to decide. Bytes from 0x80 up pass unchanged (UTF-8).
+//!
 //! Bothy's own messages are written by `hyp` directly (they may wait for the UART: a
 //! Bothy action, not a guest's); [`OutputMux::begin_own_line`] and
 //! [`OutputMux::end_own_line`] keep the line-tagging state right around them.
@@ -87,8 +94,9 @@ impl OutputMux {
     /// tag): straight to the transmitter.
     #[inline]
     pub fn write(&mut self, vm: usize, byte: u8, port: &mut impl TxPort) -> Drain {
-        let continues = self.open_line == Some(vm)
-            || (self.open_line.is_none() && self.tags.get(vm).is_some_and(|t| t.is_none()));
+        let continues = matches!(visible(byte), Visible::As(_))
+            && (self.open_line == Some(vm)
+                || (self.open_line.is_none() && self.tags.get(vm).is_some_and(|t| t.is_none())));
         if continues
             && !self.holding
             && self.staged.is_empty()
@@ -147,15 +155,40 @@ impl OutputMux {
                     continue;
                 }
             }
-            let Some(&byte) = self.peek(vm) else {
+            let Some(byte) = self.peek(vm, 0) else {
                 continue;
             };
-            if !port.try_put(byte) {
-                return Drain::Blocked;
+            match visible(byte) {
+                Visible::As(byte) => {
+                    if !port.try_put(byte) {
+                        return Drain::Blocked;
+                    }
+                    let _ = self.buffers[vm].pop();
+                    self.open_line = (byte != b'\n').then_some(vm);
+                }
+                Visible::Caret(c) => {
+                    let _ = self.buffers[vm].pop();
+                    self.staged.extend([b'^', c]);
+                    self.open_line = Some(vm);
+                }
+                Visible::CarriageReturn => match self.peek(vm, 1) {
+                    Some(b'\n') => {
+                        let _ = self.buffers[vm].pop();
+                        let _ = self.buffers[vm].pop();
+                        self.staged.extend(b"\r\n");
+                        self.open_line = None;
+                    }
+                    Some(_) => {
+                        let _ = self.buffers[vm].pop();
+                        self.staged.extend(b"^M");
+                        self.open_line = Some(vm);
+                    }
+                    // Nothing after it yet: decided when the guest writes more
+                    // (`ready` keeps such a VM from being picked, so not reached).
+                    None => return Drain::Idle,
+                },
             }
-            let _ = self.buffers[vm].pop();
             self.last = vm;
-            self.open_line = (byte != b'\n').then_some(vm);
             if self.buffers[vm].is_empty() {
                 self.report_drops(vm);
             }
@@ -186,19 +219,30 @@ impl OutputMux {
     /// one round-robin with output waiting.
     fn next_vm(&self) -> Option<usize> {
         if let Some(open) = self.open_line {
-            if !self.buffers[open].is_empty() {
+            if self.ready(open) {
                 return Some(open);
             }
         }
         let n = self.buffers.len();
         (1..=n)
             .map(|i| (self.last + i) % n)
-            .find(|&vm| !self.buffers[vm].is_empty())
+            .find(|&vm| self.ready(vm))
     }
 
-    fn peek(&self, vm: usize) -> Option<&u8> {
+    /// Whether `vm` has output that can go now: anything but a lone carriage return,
+    /// which waits to see whether a newline follows.
+    fn ready(&self, vm: usize) -> bool {
+        match self.buffers[vm].len() {
+            0 => false,
+            1 => self.peek(vm, 0) != Some(b'\r'),
+            _ => true,
+        }
+    }
+
+    /// The `n`th waiting byte of `vm` (0: the oldest).
+    fn peek(&self, vm: usize, n: usize) -> Option<u8> {
         let (first, second) = self.buffers[vm].as_slices();
-        first.first().or(second.first())
+        first.iter().chain(second).nth(n).copied()
     }
 
     /// Say once how much of `vm`'s output its full buffer lost.
@@ -220,9 +264,31 @@ impl OutputMux {
     }
 }
 
+/// How a guest byte is shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Visible {
+    /// As it is: printable, newline, tab, or from 0x80 up.
+    As(u8),
+    /// As `^` and this character (`^[` for ESC).
+    Caret(u8),
+    /// `\r`: part of a line end if a newline follows, else `^M`.
+    CarriageReturn,
+}
+
+fn visible(byte: u8) -> Visible {
+    match byte {
+        b'\n' | b'\t' => Visible::As(byte),
+        b'\r' => Visible::CarriageReturn,
+        0x00..=0x1f => Visible::Caret(byte + 0x40),
+        0x7f => Visible::Caret(b'?'),
+        _ => Visible::As(byte),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::any;
 
     /// A transmitter with room for `room` more bytes.
     struct Port {
@@ -357,6 +423,37 @@ mod tests {
         assert_eq!(m.take_staged().count(), 0);
     }
 
+    #[test]
+    fn control_characters_are_shown_not_obeyed() {
+        let mut m = OutputMux::new(&["a", "b"], 256);
+        // An attempt to erase the tag and print a line as Bothy, then as b.
+        push(&mut m, 0, "x\r\x1b[2Kbothy: all VMs powered off\n");
+        push(&mut m, 0, "\x08\x08[b] forged\x7f\ttab\r\n");
+        let mut p = port(1000);
+        m.drain(&mut p);
+        assert_eq!(
+            text(&p),
+            "[a] x^M^[[2Kbothy: all VMs powered off\n[a] ^H^H[b] forged^?\ttab\r\n"
+        );
+    }
+
+    #[test]
+    fn a_carriage_return_waits_for_what_follows() {
+        let mut m = OutputMux::new(&["a"], 64);
+        let mut p = port(100);
+        for b in b"50%\r" {
+            m.write(0, *b, &mut p);
+        }
+        assert_eq!(text(&p), "50%", "the CR waits");
+        assert!(m.pending());
+        m.write(0, b'6', &mut p);
+        assert_eq!(text(&p), "50%^M6");
+        for b in b"\r\n" {
+            m.write(0, *b, &mut p);
+        }
+        assert_eq!(text(&p), "50%^M6\r\n");
+    }
+
     proptest::proptest! {
         /// Whatever the interleaving of writes and however little room the transmitter
         /// has, each VM's lines come out tagged and, untagged, are exactly what it wrote.
@@ -395,6 +492,29 @@ mod tests {
                 got[vm].push_str(rest.strip_suffix("\r\n").unwrap_or(rest));
             }
             proptest::prop_assert_eq!(got, want);
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever bytes a guest writes, nothing but newline, tab and a carriage return
+        /// directly before a newline reaches the terminal below 0x20, nor DEL, and every
+        /// line still starts with the writer's tag.
+        #[test]
+        fn no_control_byte_gets_through(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let mut m = OutputMux::new(&["a", "b"], 4096);
+            let mut p = port(usize::MAX);
+            for (i, &b) in bytes.iter().enumerate() {
+                let _ = m.write(i % 2, b, &mut p);
+            }
+            let out = &p.out;
+            for (i, &b) in out.iter().enumerate() {
+                let ok = b == b'\n' || b == b'\t' || (b >= 0x20 && b != 0x7f)
+                    || (b == b'\r' && out.get(i + 1) == Some(&b'\n'));
+                proptest::prop_assert!(ok, "byte {b:#x} at {i} in {out:?}");
+            }
+            for line in out.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                proptest::prop_assert!(line.starts_with(b"[a] ") || line.starts_with(b"[b] "), "{line:?}");
+            }
         }
     }
 }

@@ -118,7 +118,10 @@ pub fn sync_exit<const ALL_SAVED: bool>(
     // Tested in order of frequency (a `match` would compile to a compare tree that
     // reaches the hypercall after the others).
     let class = exception_class(esr);
-    let flushed = if class == ec::HVC64 {
+    // SMCCC is `HVC #0`: class and immediate in one compare. Other immediates are not
+    // SMCCC calls (Gunyah's own ABI, `HVC #0x6000+n`, will be routed beside them) and
+    // take the general path, which refuses them.
+    let flushed = if esr as u32 & HVC_CLASS_AND_IMM == HVC_0 {
         exits.count(ExitKind::Hypercall);
         match hypercall(vm, vcpu, frame, hw) {
             Action::Resume => false,
@@ -144,12 +147,7 @@ pub fn sync_exit<const ALL_SAVED: bool>(
             false
         }
     } else {
-        let kind = match class {
-            ec::WFX => ExitKind::Wfx,
-            _ => ExitKind::Other,
-        };
-        exits.count(kind);
-        match other_sync_exit(vm, vcpu, frame, esr, hw) {
+        match other_sync_exit(vm, vcpu, exits, frame, esr, hw) {
             Action::Resume => false,
             other => return other,
         }
@@ -193,6 +191,26 @@ fn wake(hw: &mut impl Arch, mask: VcpuMask) {
     if !mask.is_empty() {
         hw.wake(mask);
     }
+}
+
+/// ESR_EL2's exception class and, for HVC/SMC, the immediate (ISS[15:0]).
+/// (32 bits: ESR_EL2[63:32] is RES0 here, and the mask is then one logical immediate.)
+const HVC_CLASS_AND_IMM: u32 = (0x3f << 26) | 0xffff;
+/// ... of `HVC #0`.
+const HVC_0: u32 = ec::HVC64 << 26;
+
+/// An HVC or SMC with a non-zero immediate: not an SMCCC call. The caller gets
+/// NOT_SUPPORTED in X0 (X1–X3 zero), as for an unknown function.
+#[cold]
+#[inline(never)]
+fn not_smccc(vm: &VmModel, vcpu: usize, frame: &mut GuestFrame, hw: &mut impl Arch) -> Action {
+    frame.x[..4].copy_from_slice(&[
+        crate::abi::smccc::ret_code(crate::abi::smccc::NOT_SUPPORTED),
+        0,
+        0,
+        0,
+    ]);
+    finish(vm, vcpu, false, hw)
 }
 
 /// PSCI and SMCCC from the guest (HVC, or a trapped SMC already stepped over).
@@ -308,15 +326,28 @@ fn inject_bad_data_abort(frame: &mut GuestFrame, esr: u64, hw: &mut impl Arch) {
 fn other_sync_exit(
     vm: &VmModel,
     vcpu: usize,
+    exits: &ExitCounters,
     frame: &mut GuestFrame,
     esr: u64,
     hw: &mut impl Arch,
 ) -> Action {
+    // Classified here, out of line, so the hot path's dispatch stays three compares.
+    exits.count(match exception_class(esr) {
+        ec::WFX => ExitKind::Wfx,
+        // An HVC with an immediate other than 0 (refused) is still a hypercall.
+        ec::HVC64 => ExitKind::Hypercall,
+        _ => ExitKind::Other,
+    });
     match decode(esr, hw.far_el2(), hw.hpfar_el2()) {
-        Exit::Hvc { .. } => return hypercall(vm, vcpu, frame, hw),
-        Exit::Smc { .. } => {
+        Exit::Hvc { imm: 0 } => return hypercall(vm, vcpu, frame, hw),
+        Exit::Smc { imm: 0 } => {
             frame.elr += INSTRUCTION_SIZE;
             return hypercall(vm, vcpu, frame, hw);
+        }
+        Exit::Hvc { .. } => return not_smccc(vm, vcpu, frame, hw),
+        Exit::Smc { .. } => {
+            frame.elr += INSTRUCTION_SIZE;
+            return not_smccc(vm, vcpu, frame, hw);
         }
         Exit::Wait { wfe } => {
             frame.elr += INSTRUCTION_SIZE;

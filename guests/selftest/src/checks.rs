@@ -8,7 +8,7 @@
 
 use core::sync::atomic::{AtomicBool, Ordering::*};
 
-use crate::arch::{self, mmio_read32, write_sysreg};
+use crate::arch::{self, mmio_read32, read_sysreg, write_sysreg};
 use crate::exceptions::{
     self, guarded, Fault, DFSC_EXT_ABORT, EC_DABT_CUR, EC_DABT_LOW, EC_UNKNOWN, ESR_FNV,
 };
@@ -41,6 +41,7 @@ pub static CHECKS: &[Check] = &[
     ("cpu_off", cpu_off),
     ("cpu_on_again", cpu_on_again),
     ("cpu_on_bad_entry", cpu_on_bad_entry),
+    ("pmu_does_not_see_el2", pmu_does_not_see_el2),
 ];
 
 const BOOT_MAGIC: u64 = 0xB07B_5E1F_7E57_0001;
@@ -517,6 +518,49 @@ fn cpu_on_bad_entry() -> CheckResult {
         r == psci::INVALID_ADDRESS,
         "CPU_ON(1, entry {BAD_ENTRY:#x}) = {r} {}, want -9 INVALID_ADDRESS",
         psci::name(r)
+    );
+    Ok(())
+}
+
+/// A guest's PMU must not count what Bothy does at EL2 (a timing side channel into the
+/// hypervisor): an event counter set to count instructions at EL1 and at EL2 (the
+/// filter's NSH bit asks for EL2) sees only the guest's own instructions across
+/// hypercalls, whose EL2 side is ~100 instructions each.
+fn pmu_does_not_see_el2() -> CheckResult {
+    const INST_RETIRED: u64 = 0x08;
+    const PMEVTYPER_NSH: u64 = 1 << 27;
+    const PMCR_E: u64 = 1 << 0;
+    const CALLS: u64 = 16;
+    let pmuver = (read_sysreg!("id_aa64dfr0_el1") >> 8) & 0xf;
+    if pmuver == 0 || pmuver == 0xf {
+        println!("# pmu_does_not_see_el2: no PMUv3 (PMUVer {pmuver:#x}), nothing to check");
+        return Ok(());
+    }
+    write_sysreg!("pmselr_el0", 0);
+    write_sysreg!("pmxevtyper_el0", INST_RETIRED | PMEVTYPER_NSH);
+    write_sysreg!("pmcntenset_el0", 1);
+    let pmcr = read_sysreg!("pmcr_el0");
+    write_sysreg!("pmcr_el0", pmcr | PMCR_E);
+    arch::isb();
+    let before = read_sysreg!("pmxevcntr_el0");
+    for _ in 0..CALLS {
+        call(psci::PSCI_VERSION, 0, 0, 0).map_err(|e| hvc_fail("PSCI_VERSION", e))?;
+    }
+    arch::isb();
+    let after = read_sysreg!("pmxevcntr_el0");
+    write_sysreg!("pmcntenclr_el0", 1);
+    write_sysreg!("pmcr_el0", pmcr);
+    let counted = after.wrapping_sub(before) & 0xffff_ffff;
+    if counted == 0 {
+        // QEMU counts instructions only with -icount (cli/tests/selftest_guest.rs runs
+        // this check that way too).
+        println!("# pmu_does_not_see_el2: INST_RETIRED counts nothing here, nothing to check");
+        return Ok(());
+    }
+    println!("# pmu_does_not_see_el2: {counted} instructions counted over {CALLS} hypercalls");
+    ensure!(
+        counted < CALLS * 50,
+        "{counted} instructions counted over {CALLS} hypercalls: the PMU counts EL2"
     );
     Ok(())
 }

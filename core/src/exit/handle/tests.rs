@@ -183,6 +183,30 @@ fn a_trapped_smc_is_answered_and_stepped_over() {
 }
 
 #[test]
+fn only_hvc_and_smc_0_are_smccc_calls() {
+    let mut g = Guest::new(1);
+    g.frame.x[0] = PSCI_VERSION.into();
+    g.frame.x[1] = 7;
+    // Gunyah's native calls use HVC #0x6000+n: not PSCI_VERSION, however X0 reads.
+    assert_eq!(g.exit(0, esr(ec::HVC64, 0x6000)), Action::Resume);
+    assert_eq!(
+        g.frame.x[..2],
+        [u64::MAX, 0],
+        "NOT_SUPPORTED, X1..X3 zeroed"
+    );
+    assert_eq!(g.frame.elr, ELR);
+    g.frame.x[0] = PSCI_VERSION.into();
+    assert_eq!(g.exit(0, esr(ec::SMC64, 1)), Action::Resume);
+    assert_eq!(g.frame.x[0], u64::MAX);
+    assert_eq!(g.frame.elr, ELR + 4, "the SMC is stepped over");
+    assert_eq!(g.exits.get(ExitKind::Hypercall), 1);
+    // HVC #0 still is one.
+    g.frame.x[0] = PSCI_VERSION.into();
+    assert_eq!(g.exit(0, hvc()), Action::Resume);
+    assert_eq!(g.frame.x[0], u64::from(VERSION_1_1));
+}
+
+#[test]
 fn cpu_on_starts_the_target_and_refuses_a_missing_one() {
     let mut g = Guest::new(2);
     assert_eq!(
