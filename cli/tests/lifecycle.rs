@@ -81,3 +81,85 @@ fn on_exit_poweroff_ends_the_machine_while_another_vm_runs() {
         c.transcript()
     );
 }
+
+/// Bothy's prompt on a VM that keeps running (`on_exit = "restart"`): `restart` of the
+/// running VM boots it again, `stop` stops it, `start` boots the stopped VM, and
+/// `start` of a running one is refused with a one-line answer.
+#[test]
+fn prompt_restarts_a_running_vm_and_starts_a_stopped_one() {
+    let _q = qemu_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let path = system(dir.path(), "on_exit = \"restart\"\n");
+    let mut cmd = Command::new(bothy());
+    cmd.arg("run").arg(&path).args(["--timeout", "300"]);
+    let mut c = Console::spawn(cmd, "prompt restart/start");
+    c.expect("TEST summary:", RUN);
+    c.send_raw(b"\x1c\x1c\x1c");
+    c.expect("bothy> ", RUN);
+
+    // It may be between two of its own restarts at this moment: both answers are right.
+    c.send("restart st");
+    let restarting = [
+        "bothy: VM st is restarting (from the prompt)",
+        "VM st is restarting already",
+    ];
+    assert!(
+        c.try_expect(&restarting, RUN).is_some(),
+        "no answer to restart"
+    );
+    c.expect("bothy: VM st restarted", RUN);
+
+    // Stop it (retrying while it is between restarts), then start it again.
+    let mut stopped = false;
+    for _ in 0..20 {
+        c.send("stop st");
+        let answers = [
+            "bothy: VM st stopped from the prompt",
+            "VM st is not running",
+        ];
+        match c.try_expect(&answers, RUN) {
+            Some((0, _)) => {
+                stopped = true;
+                break;
+            }
+            Some(_) => std::thread::sleep(Duration::from_millis(200)),
+            None => panic!("no answer to stop"),
+        }
+    }
+    assert!(stopped, "the VM never stopped");
+    c.expect(
+        "no VM is running; Bothy powers off when the prompt closes",
+        RUN,
+    );
+    c.send("start st");
+    c.expect("bothy: VM st restarted", RUN);
+    c.send("start st");
+    let refused = ["VM st is running already", "VM st is still stopping"];
+    assert!(
+        c.try_expect(&refused, RUN).is_some(),
+        "start of a running VM"
+    );
+
+    // Back to the guest: the restarted VM passes its checks again.
+    c.send("resume");
+    c.expect("TEST summary:", RUN);
+    let line = c.expect("\n", RUN);
+    assert!(line.contains(" 0 failed"), "after start: {line}");
+
+    c.send_raw(b"\x1c\x1c\x1c");
+    c.expect("bothy> ", RUN);
+    loop {
+        c.send("stop st");
+        let answers = [
+            "bothy: VM st stopped from the prompt",
+            "VM st is not running",
+        ];
+        if let Some((0, _)) = c.try_expect(&answers, RUN) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    c.send("resume");
+    c.expect("bothy: all VMs powered off", RUN);
+    assert!(c.wait(RUN).success(), "bothy run failed");
+}
