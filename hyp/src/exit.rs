@@ -493,7 +493,7 @@ pub extern "C" fn handle_irq_exit(_frame: &mut GuestFrame) -> Resume {
     let (vm, vcpu) = loaded(ctx);
     exits(ctx, vm, vcpu).count(ExitKind::Irq);
     // One interrupt per exit: another one pending brings the CPU straight back.
-    let taken = take_physical_irqs(machine(), Some((vm, vcpu)), 1);
+    let taken = take_physical_irq(machine(), Some((vm, vcpu))).unwrap_or(0);
     let action = handle::finish(vm, vcpu, taken & FLUSHED != 0, &mut ExitHw);
     if action == Action::Resume && taken & TICK == 0 {
         return Resume::Saved;
@@ -725,45 +725,64 @@ fn drain_physical_irqs(m: &'static Machine, running: Option<(&Vm, usize)>) -> u8
 fn take_physical_irqs(m: &'static Machine, running: Option<(&Vm, usize)>, max: usize) -> u8 {
     let mut done = 0;
     for _ in 0..max {
-        let intid = gic::acknowledge();
-        if intid == gic::SPURIOUS {
-            break;
+        match take_physical_irq(m, running) {
+            Some(bits) => done |= bits,
+            None => break,
         }
-        gic::priority_drop(intid);
-        if intid == m.vtimer_intid {
-            if let Some((vm, vcpu)) = running {
-                // Hardware-linked: the guest's EOI deactivates the physical interrupt.
-                let mut lrs = machine::this_cpu().lrs;
-                let local = vm.vgic.inject_hw_local(vcpu, intid, intid, &mut lrs);
-                kick_vcpus(vm, local.kicks);
-                if local.flushed {
-                    done |= FLUSHED;
-                }
-                continue;
-            }
-            sysreg::write_cntv_ctl_el0(0);
-        } else if intid == m.maintenance_intid {
-            // The condition (EOI of a level interrupt, LR underflow) stays asserted
-            // until the list registers are folded back: do it now, not after the loop.
-            match running {
-                Some((vm, vcpu)) => {
-                    service_list_registers(vm, vcpu);
-                    done |= FLUSHED;
-                }
-                None => sysreg::write_ich_hcr_el2(0),
-            }
-        } else if intid == m.tick_intid {
-            // Level-sensitive: silence it; the scheduler programs the next one.
-            sysreg::write_cnthp_ctl_el2(0);
-            done |= TICK;
-        } else if Some(intid) == m.uart_intid {
-            console_input(m);
-            crate::console::tx_interrupt();
-        }
-        // KICK_SGI needs nothing more: the caller re-examines its vCPU afterwards.
-        gic::deactivate(intid);
     }
     done
+}
+
+/// Acknowledge and handle one pending physical interrupt; `None` if none was pending.
+/// Returns [`FLUSHED`] and [`TICK`] bits. The IRQ exit calls this directly (one
+/// interrupt per exit), without the loop's set-up.
+#[inline(always)]
+fn take_physical_irq(m: &'static Machine, running: Option<(&Vm, usize)>) -> Option<u8> {
+    let intid = gic::acknowledge();
+    if intid == gic::SPURIOUS {
+        return None;
+    }
+    gic::priority_drop(intid);
+    let mut done = 0;
+    if intid == m.vtimer_intid {
+        if let Some((vm, vcpu)) = running {
+            // Hardware-linked: the guest's EOI deactivates the physical interrupt.
+            let mut lrs = machine::this_cpu().lrs;
+            let local = vm.vgic.inject_hw_local(vcpu, intid, intid, &mut lrs);
+            kick_vcpus(vm, local.kicks);
+            return Some(if local.flushed { FLUSHED } else { 0 });
+        }
+        sysreg::write_cntv_ctl_el0(0);
+    } else {
+        done = other_physical_irq(m, running, intid);
+    }
+    // KICK_SGI needs nothing more: the caller re-examines its vCPU afterwards.
+    gic::deactivate(intid);
+    Some(done)
+}
+
+/// The rarer physical interrupts: maintenance, the scheduler's tick, the console UART.
+#[inline(never)]
+fn other_physical_irq(m: &'static Machine, running: Option<(&Vm, usize)>, intid: u32) -> u8 {
+    if intid == m.maintenance_intid {
+        // The condition (EOI of a level interrupt, LR underflow) stays asserted
+        // until the list registers are folded back: do it now, not later.
+        match running {
+            Some((vm, vcpu)) => {
+                service_list_registers(vm, vcpu);
+                return FLUSHED;
+            }
+            None => sysreg::write_ich_hcr_el2(0),
+        }
+    } else if intid == m.tick_intid {
+        // Level-sensitive: silence it; the scheduler programs the next one.
+        sysreg::write_cnthp_ctl_el2(0);
+        return TICK;
+    } else if Some(intid) == m.uart_intid {
+        console_input(m);
+        crate::console::tx_interrupt();
+    }
+    0
 }
 
 /// Fold list-register state back into the vGIC and refill them.
