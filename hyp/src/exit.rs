@@ -261,10 +261,15 @@ fn arrive(
                 ))
             };
             let in_slot = owner.is_some_and(|(o, ov)| o.index == vm.index && ov == v);
+            if d.restore != Some(id) {
+                // Loaded here already, but the CPU may have parked its VTTBR while idle,
+                // or the VM may have restarted with new memory since.
+                use_vttbr(vm.vttbr.load(Ordering::Acquire));
+            }
             if d.restore == Some(id) || !in_slot {
                 let saved = vm.vcpus[v].saved.lock();
                 if d.restore == Some(id) {
-                    sysreg::write_vttbr_el2(vm.vttbr);
+                    sysreg::write_vttbr_el2(vm.vttbr.load(Ordering::Acquire));
                     sysreg::write_vtcr_el2(vm.vtcr);
                     sysreg::write_cntvoff_el2(vm.cntvoff);
                     sysreg::write_vmpidr_el2(VMPIDR_RES1 | v as u64);
@@ -295,6 +300,9 @@ fn arrive(
             look_first = false;
         } else {
             arm_tick(deadline);
+            // Idle: no translation of a guest's may stay installed (its memory may be
+            // given back while this CPU sleeps).
+            use_vttbr(m.parked_vttbr);
             sysreg::wfi();
             let loaded = ctx.loaded.get();
             let _ = drain_physical_irqs(m, loaded);
@@ -317,6 +325,15 @@ fn arrive(
         if d.run.is_some() && leave(m, ctx, frame, owner, d, Some(s)) == Left::FrameSaved {
             owner = None;
         }
+    }
+}
+
+/// Install `vttbr` on this CPU unless it is installed already.
+#[inline(always)]
+fn use_vttbr(vttbr: u64) {
+    if sysreg::read_vttbr_el2() != vttbr {
+        sysreg::write_vttbr_el2(vttbr);
+        sysreg::isb();
     }
 }
 
@@ -431,10 +448,11 @@ pub fn stop_vm(vm: &'static Vm) {
 #[cold]
 #[inline(never)]
 pub fn finish_reset(vm: &'static Vm) {
-    if let Err(e) = vm.load_images() {
-        // Checked when the VM was built, so a Bothy bug; the VM cannot start again.
+    if let Err(e) =
+        fresh_memory(vm).and_then(|()| vm.load_images().map_err(|e| alloc::format!("{e}")))
+    {
         vm.set_state(VmState::Crashed);
-        println!("error: VM {} cannot be reset: {e}", vm.name);
+        println!("error: VM {} cannot be restarted: {e}", vm.name);
         machine::vm_stopped(vm);
         return;
     }
@@ -456,6 +474,43 @@ pub fn finish_reset(vm: &'static Vm) {
     println!("VM {} restarted", vm.name);
     if let Some(cpu) = kick {
         machine::kick(cpu);
+    }
+}
+
+/// A stopped VM's memory given back and built afresh (`VmMemory::rebuild`): scrubbed RAM,
+/// new stage-2 tables, a new VMID, so nothing of the previous run survives and the
+/// machine's memory record proves nothing leaked. No vCPU of the VM runs (it is
+/// quiescent); idle CPUs have parked their VTTBR, and this CPU parks it if it still
+/// holds the VM's. Other CPUs load the new VTTBR when they next run one of its vCPUs.
+fn fresh_memory(vm: &'static Vm) -> Result<(), alloc::string::String> {
+    let m = machine();
+    if sysreg::read_vttbr_el2() == vm.vttbr.load(Ordering::Acquire) {
+        use_vttbr(m.parked_vttbr);
+    }
+    // Lock order: the VM's memory, then the machine's.
+    let mut slot = vm.memory.lock();
+    let mut memory = m.memory.lock();
+    let mm = &mut *memory;
+    let Some(old) = slot.take() else {
+        return Err(alloc::string::String::from("its memory is gone"));
+    };
+    let mut frames = crate::arch::aarch64::mmu::Frames {
+        allocator: &mut mm.allocator,
+        mmu_off: false,
+    };
+    match old.rebuild(&mut frames, &mut mm.owners, &mut mm.vmids, &mut ExitHw) {
+        Ok(new) => {
+            vm.vttbr.store(new.vttbr(), Ordering::Release);
+            *slot = Some(new);
+            Ok(())
+        }
+        // No VMID to spare: restart in the same memory (the images are reloaded).
+        Err((Some(old), e)) => {
+            println!("VM {} restarts in its old memory: {e}", vm.name);
+            *slot = Some(old);
+            Ok(())
+        }
+        Err((None, e)) => Err(alloc::format!("{e}")),
     }
 }
 
@@ -581,7 +636,7 @@ fn carry_out(ctx: &CpuContext, vm: &'static Vm, vcpu: usize, action: Action) -> 
 /// instruction (the vCPU's EL1 state is live while it runs). Zero-sized, so handing it
 /// to the policy costs the exit path nothing; the rare methods that need the vCPU's VM
 /// find it through this CPU's context.
-struct ExitHw;
+pub(crate) struct ExitHw;
 
 impl Arch for ExitHw {
     fn tlbi_vmid(&mut self, vmid: Vmid) {

@@ -15,7 +15,7 @@ use alloc::vec::Vec;
 use bothy_core::fdt::platform::Platform;
 use bothy_core::manifest::Manifest;
 use bothy_core::mem::{
-    build_el2_idmap, PageOwnership, RegionAllocator, VmidAllocator, VmidBits, PAGE_SIZE,
+    build_el2_idmap, PageOwnership, RegionAllocator, Stage2, VmidAllocator, VmidBits, PAGE_SIZE,
 };
 use bothy_core::sched::{Placement, Scheduler, VcpuId};
 use bothy_core::Region;
@@ -40,6 +40,8 @@ pub struct PhysCpu {
 
 pub struct Machine {
     pub cpus: Vec<PhysCpu>,
+    /// VTTBR_EL2 of an idle CPU: an empty stage-2 table, VMID 0 (never allocated).
+    pub parked_vttbr: u64,
     /// Physical memory after boot: what is free, who owns the rest, VMIDs in use.
     pub memory: Mutex<MachineMemory>,
     pub vms: Vec<Vm>,
@@ -278,6 +280,16 @@ pub fn build(
     // apart would share TLB entries.
     let mut vmids =
         VmidAllocator::new(VmidBits::from_id_aa64mmfr1(sysreg::read_id_aa64mmfr1_el1()));
+    // What an idle CPU installs: tables that translate nothing, under VMID 0.
+    let parked_vttbr = Stage2::new(
+        &mut mmu::Frames {
+            allocator: &mut allocator,
+            mmu_off: false,
+        },
+        vm::IPA_BITS,
+    )
+    .unwrap_or_else(|e| fatal(format_args!("cannot build the idle stage 2: {e}")))
+    .vttbr(0);
     // Every page still free is tracked from here on; Bothy's own (image, tables,
     // stacks) is outside the record and can never be assigned to a VM.
     let mut owners = PageOwnership::new();
@@ -332,6 +344,7 @@ pub fn build(
     }
     MACHINE.call_once(|| Machine {
         cpus,
+        parked_vttbr,
         memory: Mutex::new(MachineMemory {
             allocator,
             owners,

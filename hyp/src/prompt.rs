@@ -201,9 +201,9 @@ fn list(m: &Machine) {
         .sum();
     let _ = writeln!(
         text,
-        "memory: {} MiB held by VMs, {} MiB free; {} VMIDs in use",
+        "memory: {} MiB held by VMs, {} KiB free; {} VMIDs in use",
         owned_by_vms >> 20,
-        memory.allocator.free_bytes() >> 20,
+        memory.allocator.free_bytes() >> 10,
         memory.vmids.in_use()
     );
     drop(memory);

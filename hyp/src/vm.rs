@@ -30,25 +30,27 @@ use bothy_core::mem::{
 use bothy_core::sched::VcpuId;
 use bothy_core::vm::{ExitCounters, VmModel};
 use bothy_core::Region;
-use core::sync::atomic::AtomicBool;
+use core::sync::atomic::{AtomicBool, AtomicU64};
 use spin::Mutex;
 
 /// Guest IPA space: 39 bits lets stage-2 start at level 1 without concatenated tables.
-const IPA_BITS: u32 = 39;
+pub const IPA_BITS: u32 = 39;
 const RAM_ALIGN: u64 = 2 << 20;
 
 pub struct Vm {
     pub index: usize,
     pub name: String,
-    pub vttbr: u64,
+    /// VTTBR_EL2 (tables and VMID); replaced when the VM restarts with fresh memory.
+    pub vttbr: AtomicU64,
     pub vtcr: u64,
     /// CNTVOFF_EL2: the VM's virtual counter starts near zero when it is built.
     pub cntvoff: u64,
     /// What its exits act on: run state, guest RAM (IPA), vGIC, PSCI power states,
     /// devices and their bus. `Vm` derefs to it.
     pub model: VmModel,
-    /// Its RAM block, stage-2 tables and VMID (what destroying it gives back).
-    pub memory: VmMemory,
+    /// Its RAM block, stage-2 tables and VMID (what destroying it gives back); rebuilt
+    /// afresh when the VM restarts. `None` only if a rebuild failed (the VM crashed).
+    pub memory: Mutex<Option<VmMemory>>,
     pub vcpus: Vec<Vcpu>,
     pub boot: BootPlan,
     pub on_exit: OnExit,
@@ -73,7 +75,7 @@ impl core::ops::Deref for Vm {
 impl Vm {
     /// Where guest RAM starts physically.
     pub fn ram_pa(&self) -> u64 {
-        self.memory.ram_pa()
+        self.memory.lock().as_ref().map_or(0, |m| m.ram_pa())
     }
 
     pub fn vcpus(&self) -> usize {
@@ -83,7 +85,9 @@ impl Vm {
     /// Copy the kernel, initrd and DTB into guest RAM (boot and SYSTEM_RESET), each
     /// through a range checked to lie in the VM's RAM.
     pub fn load_images(&self) -> Result<(), NotGuestRam> {
-        let ram = self.memory.guest_ram();
+        let Some(ram) = self.memory.lock().as_ref().map(|m| m.guest_ram()) else {
+            return Err(NotGuestRam { ipa: 0, len: 0 });
+        };
         let kernel = payload_bytes(self.payload_base, self.kernel);
         let initrd = match (self.initrd, self.boot.initrd) {
             (Some(initrd), Some(place)) => {
@@ -171,8 +175,15 @@ pub fn build(
         ipa_bits: IPA_BITS,
     };
     let owner = Owner::Vm(u16::try_from(index).map_err(|_| format!("VM {name}: too many VMs"))?);
-    let memory = VmMemory::create(owner, spec_memory, &mut frames, env.owners, env.vmids)
-        .map_err(|e| format!("VM {name}: {e}"))?;
+    let memory = VmMemory::create(
+        owner,
+        spec_memory,
+        &mut frames,
+        env.owners,
+        env.vmids,
+        &mut crate::exit::ExitHw,
+    )
+    .map_err(|e| format!("VM {name}: {e}"))?;
 
     let vcpu_list: Vec<Vcpu> = vcpus
         .into_iter()
@@ -207,11 +218,11 @@ pub fn build(
     let vm = Vm {
         index,
         name: name.clone(),
-        vttbr: memory.vttbr(),
+        vttbr: AtomicU64::new(memory.vttbr()),
         vtcr: memory.stage2().vtcr(env.pa_bits) | env.vmids.bits().vtcr_vs(),
         cntvoff: sysreg::read_cntpct_el0(),
         model,
-        memory,
+        memory: Mutex::new(Some(memory)),
         vcpus: vcpu_list,
         boot,
         on_exit: spec.on_exit,

@@ -80,7 +80,7 @@ impl fmt::Display for CreateError {
 #[derive(Debug, PartialEq, Eq)]
 pub struct VmMemory {
     owner: Owner,
-    ram_ipa: Region,
+    spec: VmMemorySpec,
     ram_pa: u64,
     stage2: Stage2,
     vmid: Vmid,
@@ -96,13 +96,34 @@ pub struct Destroyed {
 }
 
 impl VmMemory {
-    /// Builds `owner`'s memory as `spec` says. All or nothing.
+    /// Builds `owner`'s memory as `spec` says. All or nothing. The VMID it gets is
+    /// invalidated as it is handed out (as well as when it was freed): a CPU that was
+    /// still leaving the VM that had it may have refilled TLB entries for it since.
     pub fn create(
         owner: Owner,
         spec: VmMemorySpec,
         mem: &mut impl PhysMemory,
         owners: &mut PageOwnership,
         vmids: &mut VmidAllocator,
+        arch: &mut impl Arch,
+    ) -> Result<Self, CreateError> {
+        let vmid = vmids.alloc().ok_or(CreateError::NoVmid)?;
+        let created = Self::create_with(owner, spec, vmid, mem, owners, arch);
+        if created.is_err() {
+            // Allocated a moment ago: freeing it cannot be refused.
+            let _ = vmids.free(vmid, arch);
+        }
+        created
+    }
+
+    /// [`VmMemory::create`] with a VMID the caller allocated (and keeps if this fails).
+    fn create_with(
+        owner: Owner,
+        spec: VmMemorySpec,
+        vmid: Vmid,
+        mem: &mut impl PhysMemory,
+        owners: &mut PageOwnership,
+        arch: &mut impl Arch,
     ) -> Result<Self, CreateError> {
         let size = spec.ram.size;
         let ram_pa = mem
@@ -131,26 +152,52 @@ impl VmMemory {
             write: true,
             exec: true,
         };
-        let mapped = stage2.map_pages(mem, spec.ram.base, ram_pa, size, attr);
-        let vmid = match (mapped, vmids.alloc()) {
-            (Ok(()), Some(vmid)) => vmid,
-            (mapped, vmid) => {
-                // Never installed: no TLB can hold these tables' translations.
-                stage2.destroy(mem);
-                undo_ram(&mut |b| mem.free_ram(b), owners);
-                return Err(match (mapped, vmid) {
-                    (Err(e), _) => CreateError::Tables(e),
-                    _ => CreateError::NoVmid,
-                });
-            }
-        };
+        if let Err(e) = stage2.map_pages(mem, spec.ram.base, ram_pa, size, attr) {
+            // Never installed: no TLB can hold these tables' translations.
+            stage2.destroy(mem);
+            undo_ram(&mut |b| mem.free_ram(b), owners);
+            return Err(CreateError::Tables(e));
+        }
+        arch.tlbi_vmid(vmid);
         Ok(Self {
             owner,
-            ram_ipa: spec.ram,
+            spec,
             ram_pa,
             stage2,
             vmid,
         })
+    }
+
+    /// The same memory afresh (a VM restarting): a new VMID, then everything of this
+    /// one given back (as [`VmMemory::destroy`]), then RAM and tables built again. The
+    /// new VMID is taken first so the old one is not handed straight back: a CPU still
+    /// leaving the VM may refill TLB entries for the old VMID. Preconditions as for
+    /// `destroy`. If no VMID is left, `self` comes back untouched with the error; if
+    /// building fails after the old memory is gone (it cannot for lack of memory: the
+    /// same amount was just freed), the error comes alone.
+    // The memory comes back in the error when nothing was changed; called once per
+    // restart, so its size does not matter.
+    #[allow(clippy::result_large_err)]
+    pub fn rebuild(
+        self,
+        mem: &mut impl PhysMemory,
+        owners: &mut PageOwnership,
+        vmids: &mut VmidAllocator,
+        arch: &mut impl Arch,
+    ) -> Result<Self, (Option<Self>, CreateError)> {
+        let Some(vmid) = vmids.alloc() else {
+            return Err((Some(self), CreateError::NoVmid));
+        };
+        let (owner, spec) = (self.owner, self.spec);
+        if let Err(e) = self.destroy(mem, owners, vmids, arch) {
+            let _ = vmids.free(vmid, arch);
+            return Err((None, CreateError::Ownership(e)));
+        }
+        let created = Self::create_with(owner, spec, vmid, mem, owners, arch);
+        if created.is_err() {
+            let _ = vmids.free(vmid, arch);
+        }
+        created.map_err(|e| (None, e))
     }
 
     /// Gives everything back. The caller guarantees no CPU can still translate through
@@ -171,7 +218,7 @@ impl VmMemory {
         // Allocated by `create` and freed only here: cannot be refused.
         let _ = vmids.free(self.vmid, arch);
         let tables = self.stage2.destroy(mem);
-        let ram = Region::new(self.ram_pa, self.ram_ipa.size);
+        let ram = Region::new(self.ram_pa, self.spec.ram.size);
         mem.scrub(ram);
         owners.release(ram, self.owner)?;
         mem.free_ram(ram);
@@ -184,7 +231,7 @@ impl VmMemory {
 
     /// Guest RAM in IPA space.
     pub fn ram_ipa(&self) -> Region {
-        self.ram_ipa
+        self.spec.ram
     }
 
     /// Where guest RAM starts physically.
@@ -194,7 +241,7 @@ impl VmMemory {
 
     /// The RAM, for checked access to guest addresses.
     pub fn guest_ram(&self) -> GuestRam {
-        GuestRam::new(self.ram_ipa, self.ram_pa)
+        GuestRam::new(self.spec.ram, self.ram_pa)
     }
 
     pub fn stage2(&self) -> &Stage2 {

@@ -112,6 +112,7 @@ impl Machine {
             &mut self.mem,
             &mut self.owners,
             &mut self.vmids,
+            &mut self.arch,
         )
     }
 
@@ -152,6 +153,12 @@ fn destroy_scrubs_invalidates_and_gives_back_everything() {
     let start = m.mem.alloc.clone();
     let vm = m.create(1, 4).unwrap();
     let (vmid, block) = (vm.vmid(), Region::new(vm.ram_pa(), 4 << 20));
+    assert_eq!(
+        m.arch.log,
+        [ArchOp::TlbiVmid(vmid)],
+        "invalidated as handed out"
+    );
+    m.arch.log.clear();
     m.mem.dirty(block);
     let tables = m.mem.tables.len();
     let done = m.destroy(vm);
@@ -165,6 +172,48 @@ fn destroy_scrubs_invalidates_and_gives_back_everything() {
     assert!(m.mem.tables.is_empty());
     assert_eq!(m.owners.state_of(block.base), Some(State::Free));
     assert_eq!(m.vmids.in_use(), 0);
+}
+
+#[test]
+fn rebuild_gives_fresh_memory_and_a_new_vmid_and_keeps_every_frame() {
+    let mut m = Machine::new(VmidBits::Eight);
+    let vm = m.create(1, 8).unwrap();
+    let (old_vmid, old_block) = (vm.vmid(), Region::new(vm.ram_pa(), 8 << 20));
+    m.mem.dirty(old_block);
+    let free = m.mem.alloc.free_bytes();
+    let tables = m.mem.tables.len();
+    m.arch.log.clear();
+    let vm = vm
+        .rebuild(&mut m.mem, &mut m.owners, &mut m.vmids, &mut m.arch)
+        .unwrap();
+    assert_ne!(
+        vm.vmid(),
+        old_vmid,
+        "the old VMID is not handed straight back"
+    );
+    assert_eq!(
+        m.arch.log,
+        [ArchOp::TlbiVmid(old_vmid), ArchOp::TlbiVmid(vm.vmid())]
+    );
+    let block = Region::new(vm.ram_pa(), 8 << 20);
+    assert!(m.mem.is_clean(block) && m.mem.is_clean(old_block));
+    assert_eq!(m.mem.alloc.free_bytes(), free, "nothing leaked or doubled");
+    assert_eq!(m.mem.tables.len(), tables);
+    assert_eq!(m.vmids.in_use(), 1);
+    assert_eq!(
+        m.owners.state_of(block.base),
+        Some(State::Owned(Owner::Vm(1)))
+    );
+    // No VMID left: the memory comes back untouched.
+    let mut held = Vec::new();
+    while let Some(v) = m.vmids.alloc() {
+        held.push(v);
+    }
+    let (back, e) = vm
+        .rebuild(&mut m.mem, &mut m.owners, &mut m.vmids, &mut m.arch)
+        .unwrap_err();
+    assert_eq!(e, CreateError::NoVmid);
+    assert_eq!(back.map(|v| v.ram_pa()), Some(block.base));
 }
 
 #[test]
@@ -219,15 +268,30 @@ proptest! {
     /// frame (RAM and tables) is back, every VMID free and invalidated.
     #[test]
     fn create_and_destroy_return_every_frame(
-        ops in prop::collection::vec((any::<bool>(), 1u64..12, any::<prop::sample::Index>()), 1..40),
+        ops in prop::collection::vec((0u8..3, 1u64..12, any::<prop::sample::Index>()), 1..40),
     ) {
         let mut m = Machine::new(VmidBits::Eight);
         m.mem.dirty(POOL);
         let start = m.mem.alloc.clone();
         let mut live: Vec<VmMemory> = Vec::new();
         let mut next_owner = 0u16;
-        for (create, mib, ix) in ops {
-            if create || live.is_empty() {
+        for (op, mib, ix) in ops {
+            if op == 2 && !live.is_empty() {
+                let i = ix.index(live.len());
+                let vm = live.swap_remove(i);
+                let old = vm.vmid();
+                match vm.rebuild(&mut m.mem, &mut m.owners, &mut m.vmids, &mut m.arch) {
+                    Ok(vm) => {
+                        prop_assert_ne!(vm.vmid(), old);
+                        let block = Region::new(vm.ram_pa(), vm.ram_ipa().size);
+                        prop_assert!(m.mem.is_clean(block));
+                        m.mem.dirty(block);
+                        live.push(vm);
+                    }
+                    Err((Some(vm), CreateError::NoVmid)) => live.push(vm),
+                    Err((_, e)) => prop_assert!(false, "{e:?}"),
+                }
+            } else if op == 1 || live.is_empty() {
                 next_owner += 1;
                 match m.create(next_owner, mib) {
                     Ok(vm) => {
