@@ -234,7 +234,14 @@ fn real_main() -> Result<()> {
         } => {
             let tmp = tempfile::Builder::new().prefix("bothy-bench-").tempdir()?;
             let configs = selected(&only);
-            let (sys, image) = qemu_image(None, &machine, tmp.path())?;
+            let a = Cache::default_location().guest_artifacts()?;
+            let initrd = tmp.path().join("initramfs.cpio.gz");
+            std::fs::write(&initrd, initramfs::build_demo(&a)?)?;
+            let sys = bench::single_vm_system(&a.kernel, &initrd);
+            let packed = build_image(&sys, &machine, Some(&machine), Some(pack::QEMU_VIRT_PL011))?;
+            let image = tmp.path().join("bothy.img");
+            std::fs::write(&image, &packed.bytes)
+                .with_context(|| format!("writing {}", image.display()))?;
             let vm = &sys.vms[0];
             let mut setup = bench::Setup {
                 cpus: machine.smp,
