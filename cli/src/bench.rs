@@ -218,6 +218,148 @@ impl MarkerScanner {
         self.carry = hay;
         self.found
     }
+
+    /// Whether the marker has been seen.
+    pub fn found(&self) -> bool {
+        self.found
+    }
+}
+
+/// Finds a marker in each VM's own lines of a console that Bothy shares between
+/// several VMs, tagging every guest line `[name] `: the VMs' lines interleave, and the
+/// bytes arrive in arbitrary chunks. Each VM's text (its tagged lines, without the tags
+/// and the line breaks) is scanned on its own, so a line that the console mux broke in
+/// two (the VM went quiet mid-line while another VM had output:
+/// `[a] BOTHY-GU` `[b] ...` `[a] EST-READY`) still counts, and one VM's text never
+/// completes another's marker. Untagged lines (Bothy's own `bothy: ...`) belong to no
+/// VM; so does a tag that is not at a line's start.
+#[derive(Clone, Debug)]
+pub struct TaggedScanner {
+    /// `[name] ` per VM.
+    tags: Vec<Vec<u8>>,
+    scanners: Vec<MarkerScanner>,
+    line: Line,
+}
+
+/// Where a [`TaggedScanner`] is in the current console line.
+#[derive(Clone, Debug)]
+enum Line {
+    /// At its start: the bytes so far, while they may still become a tag.
+    Start(Vec<u8>),
+    /// In a line of this VM (after its tag).
+    Vm(usize),
+    /// In a line that belongs to no VM.
+    Other,
+}
+
+impl TaggedScanner {
+    pub fn new<S: AsRef<str>>(marker: &str, vms: &[S]) -> Self {
+        Self {
+            tags: vms
+                .iter()
+                .map(|v| format!("[{}] ", v.as_ref()).into_bytes())
+                .collect(),
+            scanners: vms.iter().map(|_| MarkerScanner::new(marker)).collect(),
+            line: Line::Start(Vec::new()),
+        }
+    }
+
+    /// Feeds the next chunk; returns the VMs (indices, in the order given to `new`)
+    /// whose marker was completed by this chunk. Each VM is returned once.
+    pub fn feed(&mut self, chunk: &[u8]) -> Vec<usize> {
+        let mut text: Vec<Vec<u8>> = vec![Vec::new(); self.tags.len()];
+        for &b in chunk {
+            match b {
+                b'\r' => continue,
+                b'\n' => {
+                    self.line = Line::Start(Vec::new());
+                    continue;
+                }
+                _ => {}
+            }
+            match &mut self.line {
+                Line::Vm(vm) => text[*vm].push(b),
+                Line::Other => {}
+                Line::Start(prefix) => {
+                    prefix.push(b);
+                    if let Some(vm) = self.tags.iter().position(|t| t == prefix) {
+                        self.line = Line::Vm(vm);
+                    } else if !self.tags.iter().any(|t| t.starts_with(prefix)) {
+                        self.line = Line::Other;
+                    }
+                }
+            }
+        }
+        let mut done = Vec::new();
+        for (vm, (s, t)) in self.scanners.iter_mut().zip(&text).enumerate() {
+            if !t.is_empty() && !s.found() && s.feed(t) {
+                done.push(vm);
+            }
+        }
+        done
+    }
+
+    /// Whether VM `vm`'s marker has been seen.
+    pub fn found(&self, vm: usize) -> bool {
+        self.scanners.get(vm).is_some_and(MarkerScanner::found)
+    }
+}
+
+/// What a run waits for on QEMU's stdout (the guest console).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Watch {
+    /// The marker anywhere in the output.
+    Marker(String),
+    /// The marker on each of these VMs' tagged lines ([`TaggedScanner`]); the run
+    /// ends when all have printed it.
+    Tagged { marker: String, vms: Vec<String> },
+}
+
+impl Watch {
+    /// How many markers the run waits for.
+    pub fn count(&self) -> usize {
+        match self {
+            Watch::Marker(_) => 1,
+            Watch::Tagged { vms, .. } => vms.len(),
+        }
+    }
+
+    /// Marker `i` as it shows on the console: `BOTHY-GUEST-READY`,
+    /// `[linux-a] BOTHY-GUEST-READY`.
+    pub fn label(&self, i: usize) -> String {
+        match self {
+            Watch::Marker(m) => m.clone(),
+            Watch::Tagged { marker, vms } => format!("[{}] {marker}", vms[i]),
+        }
+    }
+
+    fn scanner(&self) -> Scanner {
+        match self {
+            Watch::Marker(m) => Scanner::One(MarkerScanner::new(m)),
+            Watch::Tagged { marker, vms } => Scanner::Tagged(TaggedScanner::new(marker, vms)),
+        }
+    }
+}
+
+enum Scanner {
+    One(MarkerScanner),
+    Tagged(TaggedScanner),
+}
+
+impl Scanner {
+    /// The markers (indices) completed by this chunk, each once.
+    fn feed(&mut self, chunk: &[u8]) -> Vec<usize> {
+        match self {
+            Scanner::One(s) => {
+                if !s.found() && s.feed(chunk) {
+                    vec![0]
+                } else {
+                    Vec::new()
+                }
+            }
+            Scanner::Tagged(s) => s.feed(chunk),
+        }
+    }
 }
 
 /// Median; the mean of the middle two for an even count. None when empty.
@@ -381,7 +523,8 @@ pub fn boot(setup: &Setup, runs: usize, timeout: Duration, json: Option<&Path>) 
     for run in 1..=runs {
         for (i, &config) in setup.configs.iter().enumerate() {
             eprint!("bothy: bench boot: {} run {run}/{runs} ... ", config.name());
-            let t = time_to_marker(setup.command(config), READY_MARKER, timeout)
+            let watch = Watch::Marker(READY_MARKER.to_string());
+            let t = time_to_markers(setup.command(config), &watch, timeout)
                 .with_context(|| format!("{} run {run}", config.name()));
             let t = match t {
                 Ok(t) => t,
@@ -496,8 +639,10 @@ fn command_line(c: &Command) -> String {
 /// One boot.
 #[derive(Clone, Debug)]
 pub struct Run {
-    /// From spawning QEMU to the marker.
+    /// From spawning QEMU to the (last) marker.
     pub time: Duration,
+    /// From spawning QEMU to each marker of the [`Watch`], in its order.
+    pub times: Vec<Duration>,
     /// The share of the host's CPU time during the run that other processes used
     /// (compilers, other QEMUs, ...): they compete with QEMU's vCPU threads. None
     /// where /proc is not available.
@@ -505,7 +650,8 @@ pub struct Run {
 }
 
 enum Event {
-    Marker(Instant),
+    /// Marker `.0` of the [`Watch`] was completed by bytes read at `.1`.
+    Marker(usize, Instant),
     /// QEMU closed its console (it exited).
     Closed,
 }
@@ -513,18 +659,21 @@ enum Event {
 /// How a run ended.
 #[derive(Clone, Debug)]
 pub enum Outcome {
-    /// The marker appeared this long after QEMU was spawned; QEMU was then stopped.
+    /// The marker (with several: the last of them) appeared this long after QEMU was
+    /// spawned; QEMU was then stopped.
     Marker(Duration),
-    /// QEMU exited before the marker (its status, when known).
+    /// QEMU exited before the marker (or before all of them; its status, when known).
     Exited(Option<ExitStatus>),
     /// Neither within the timeout; QEMU was stopped.
     TimedOut(Duration),
 }
 
-/// One QEMU run up to a marker.
+/// One QEMU run up to a marker (or several).
 #[derive(Clone, Debug)]
 pub struct Console {
     pub outcome: Outcome,
+    /// Per marker of the [`Watch`], in its order: when it appeared, if it did.
+    pub markers: Vec<Option<Duration>>,
     /// Everything QEMU wrote to stdout (the guest console), up to 8 MiB.
     pub stdout: Vec<u8>,
     /// The last 4 KiB of stdout and stderr, interleaved as they arrived.
@@ -536,14 +685,37 @@ pub struct Console {
 impl Console {
     /// The error for a run that did not reach `marker`, with the console tail.
     pub fn failure(&self, marker: &str) -> Option<anyhow::Error> {
+        self.failure_for(&Watch::Marker(marker.to_string()))
+    }
+
+    /// The error for a run that did not reach every marker of `watch`, naming those
+    /// missing (and when the others appeared), with the console tail.
+    pub fn failure_for(&self, watch: &Watch) -> Option<anyhow::Error> {
+        let label = |i: usize| format!("{:?}", watch.label(i));
+        let missing: Vec<String> = (0..watch.count())
+            .filter(|&i| self.markers.get(i).copied().flatten().is_none())
+            .map(label)
+            .collect();
+        let seen: Vec<String> = (0..watch.count())
+            .filter_map(|i| {
+                let t = self.markers.get(i).copied().flatten()?;
+                Some(format!("{} after {:.2} s", label(i), t.as_secs_f64()))
+            })
+            .collect();
+        let missing = missing.join(" and ");
+        let seen = if seen.is_empty() {
+            String::new()
+        } else {
+            format!(" (seen: {})", seen.join(", "))
+        };
         let what = match &self.outcome {
             Outcome::Marker(_) => return None,
             Outcome::Exited(status) => format!(
-                "QEMU exited before the guest printed {marker:?} ({})",
+                "QEMU exited before the guest printed {missing}{seen} ({})",
                 status.map_or("status unknown".into(), |s| s.to_string())
             ),
             Outcome::TimedOut(t) => format!(
-                "timed out after {} s without {marker:?}; QEMU was stopped",
+                "timed out after {} s without {missing}{seen}; QEMU was stopped",
                 t.as_secs()
             ),
         };
@@ -556,23 +728,30 @@ impl Console {
     }
 }
 
-/// Spawns `cmd` and returns the time until `marker` appears on its stdout. QEMU is
-/// killed in every case before this returns.
-pub fn time_to_marker(cmd: Command, marker: &str, timeout: Duration) -> Result<Run> {
-    let c = run_to_marker(cmd, marker, timeout)?;
+/// Spawns `cmd` and returns the time until every marker of `watch` has appeared on
+/// its stdout. QEMU is killed in every case before this returns.
+pub fn time_to_markers(cmd: Command, watch: &Watch, timeout: Duration) -> Result<Run> {
+    let c = run_to_markers(cmd, watch, timeout)?;
     match c.outcome {
         Outcome::Marker(time) => Ok(Run {
             time,
+            times: c.markers.iter().map(|t| t.expect("all seen")).collect(),
             other_load: c.other_load,
         }),
-        _ => Err(c.failure(marker).expect("no marker")),
+        _ => Err(c.failure_for(watch).expect("not every marker")),
     }
 }
 
 /// Spawns `cmd`, waits until `marker` appears on its stdout, QEMU exits or `timeout`
 /// passes, and returns what it printed. QEMU is killed in every case before this
 /// returns. Err only if QEMU could not be started.
-pub fn run_to_marker(mut cmd: Command, marker: &str, timeout: Duration) -> Result<Console> {
+pub fn run_to_marker(cmd: Command, marker: &str, timeout: Duration) -> Result<Console> {
+    run_to_markers(cmd, &Watch::Marker(marker.to_string()), timeout)
+}
+
+/// [`run_to_marker`] for every marker of `watch`: QEMU is stopped once all have
+/// appeared, each one's time recorded as it shows up.
+pub fn run_to_markers(mut cmd: Command, watch: &Watch, timeout: Duration) -> Result<Console> {
     // QEMU stays in bothy's process group, so Ctrl-C at the terminal stops it too;
     // it starts no children, so killing it by PID below leaves nothing behind.
     cmd.stdin(Stdio::piped())
@@ -595,32 +774,33 @@ pub fn run_to_marker(mut cmd: Command, marker: &str, timeout: Duration) -> Resul
         let tail = Arc::clone(&tail);
         let kept = is_stdout.then(|| Arc::clone(&kept));
         let tx = tx.clone();
-        let mut scanner = MarkerScanner::new(marker);
+        let scanner = is_stdout.then(|| watch.scanner());
         readers.push(std::thread::spawn(move || {
-            read_console(
-                stream,
-                is_stdout.then_some(&mut scanner),
-                &tail,
-                kept.as_deref(),
-                &tx,
-            )
+            read_console(stream, scanner, &tail, kept.as_deref(), &tx)
         }));
     }
     drop(tx);
-    let left = (start + timeout).saturating_duration_since(Instant::now());
-    let (outcome, load) = match rx.recv_timeout(left) {
-        Ok(Event::Marker(at)) => {
-            let (host, own) = (host_cpu(), process_cpu(child.id()));
-            let load = cpu_before
-                .zip(host)
-                .zip(own)
-                .and_then(|((b, a), own)| other_load(b, a, own));
-            (Outcome::Marker(at - start), load)
+    let deadline = start + timeout;
+    let mut markers: Vec<Option<Duration>> = vec![None; watch.count()];
+    let (outcome, load) = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(Event::Marker(i, at)) => {
+                markers[i] = Some(at - start);
+                if markers.iter().all(Option::is_some) {
+                    let (host, own) = (host_cpu(), process_cpu(child.id()));
+                    let load = cpu_before
+                        .zip(host)
+                        .zip(own)
+                        .and_then(|((b, a), own)| other_load(b, a, own));
+                    break (Outcome::Marker(at - start), load);
+                }
+            }
+            Ok(Event::Closed) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                break (Outcome::Exited(child.wait().ok()), None)
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => break (Outcome::TimedOut(timeout), None),
         }
-        Ok(Event::Closed) | Err(mpsc::RecvTimeoutError::Disconnected) => {
-            (Outcome::Exited(child.wait().ok()), None)
-        }
-        Err(mpsc::RecvTimeoutError::Timeout) => (Outcome::TimedOut(timeout), None),
     };
     stop(&mut child);
     drop(stdin);
@@ -630,6 +810,7 @@ pub fn run_to_marker(mut cmd: Command, marker: &str, timeout: Duration) -> Resul
     let take = |m: Arc<Mutex<Vec<u8>>>| std::mem::take(&mut *m.lock().expect("console lock"));
     Ok(Console {
         outcome,
+        markers,
         stdout: take(kept),
         tail: take(tail),
         other_load: load,
@@ -637,16 +818,15 @@ pub fn run_to_marker(mut cmd: Command, marker: &str, timeout: Duration) -> Resul
 }
 
 /// Reads a console stream to its end, keeping the tail (and everything, into `kept`)
-/// and reporting the marker once.
+/// and reporting each marker once, with the time its last bytes were read.
 fn read_console(
     mut stream: Box<dyn Read + Send>,
-    mut scanner: Option<&mut MarkerScanner>,
+    mut scanner: Option<Scanner>,
     tail: &Mutex<Vec<u8>>,
     kept: Option<&Mutex<Vec<u8>>>,
     tx: &mpsc::Sender<Event>,
 ) {
     let mut buf = [0u8; 4096];
-    let mut reported = false;
     loop {
         let n = stream.read(&mut buf).unwrap_or(0);
         if n == 0 {
@@ -656,7 +836,7 @@ fn read_console(
             return;
         }
         let now = Instant::now();
-        // Kept before the marker is reported, so that what led up to it is complete.
+        // Kept before a marker is reported, so that what led up to it is complete.
         if let Some(k) = kept {
             let mut k = k.lock().expect("console lock");
             let room = KEEP_BYTES.saturating_sub(k.len()).min(n);
@@ -668,10 +848,9 @@ fn read_console(
             let excess = t.len().saturating_sub(TAIL_BYTES);
             t.drain(..excess);
         }
-        if let Some(s) = scanner.as_deref_mut() {
-            if !reported && s.feed(&buf[..n]) {
-                reported = true;
-                let _ = tx.send(Event::Marker(now));
+        if let Some(s) = scanner.as_mut() {
+            for i in s.feed(&buf[..n]) {
+                let _ = tx.send(Event::Marker(i, now));
             }
         }
     }
@@ -750,6 +929,150 @@ mod tests {
         assert!(!s.feed(b"READ"));
         assert!(!s.feed(b"\r\nY"));
         assert!(!s.feed(b""));
+    }
+
+    /// Two VMs' boot logs interleaved line by line, as Bothy's console mux sends them,
+    /// with one of Bothy's own lines and a guest line that merely contains a tag.
+    const SHARED: &[u8] = b"bothy: 2 VMs, 4 vCPUs on 2 CPUs\r\n\
+        [linux-a] [    0.000000] Booting Linux on physical CPU 0x0\r\n\
+        [linux-b] [    0.000000] Booting Linux on physical CPU 0x0\r\n\
+        [linux-a] echo [linux-b] BOTHY-GUEST\r\n\
+        [linux-b] BOTHY-GUEST-READY 6.12 cpus=2\r\n\
+        [linux-a] [    1.2] Run /init as init process\r\n\
+        [linux-a] BOTHY-GUEST-READY 6.12 cpus=2\r\n\
+        [linux-b] bothy-guest# ";
+
+    /// Index of the last byte of the first `needle` in `hay` at or after `from`.
+    fn end_of(hay: &[u8], needle: &str, from: usize) -> usize {
+        from + hay[from..]
+            .windows(needle.len())
+            .position(|w| w == needle.as_bytes())
+            .unwrap()
+            + needle.len()
+            - 1
+    }
+
+    fn tagged() -> TaggedScanner {
+        TaggedScanner::new(READY_MARKER, &["linux-a", "linux-b"])
+    }
+
+    #[test]
+    fn tagged_markers_interleaved_and_in_chunks() {
+        let b_at = end_of(SHARED, "[linux-b] BOTHY-GUEST-READY", 0);
+        let a_at = end_of(SHARED, "[linux-a] BOTHY-GUEST-READY", 0);
+        assert!(b_at < a_at);
+        // Every split point into two chunks: each VM is reported exactly once, in the
+        // chunk holding its marker's last byte.
+        for cut in 0..=SHARED.len() {
+            let mut s = tagged();
+            let first = s.feed(&SHARED[..cut]);
+            let second = s.feed(&SHARED[cut..]);
+            let want = |vm: usize, at: usize| {
+                if at < cut {
+                    (vec![vm], vec![])
+                } else {
+                    (vec![], vec![vm])
+                }
+            };
+            let (b1, b2) = want(1, b_at);
+            let (a1, a2) = want(0, a_at);
+            let sorted = |mut v: Vec<usize>| {
+                v.sort();
+                v
+            };
+            assert_eq!(sorted(first), sorted([b1, a1].concat()), "cut at {cut}");
+            assert_eq!(sorted(second), sorted([b2, a2].concat()), "cut at {cut}");
+            assert!(s.found(0) && s.found(1), "cut at {cut}");
+            assert!(s.feed(SHARED).is_empty(), "reported twice, cut at {cut}");
+        }
+        // One byte at a time: each found exactly when its last byte arrives.
+        let mut s = tagged();
+        let hits: Vec<(usize, Vec<usize>)> = SHARED
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (i, s.feed(&[*b])))
+            .filter(|(_, h)| !h.is_empty())
+            .collect();
+        assert_eq!(hits, vec![(b_at, vec![1]), (a_at, vec![0])]);
+    }
+
+    #[test]
+    fn tagged_marker_only_on_its_own_lines() {
+        let feed = |text: &[u8]| {
+            let mut s = tagged();
+            let mut hits = s.feed(text);
+            hits.sort();
+            hits
+        };
+        // Untagged: Bothy's own line, a single VM's console, an unknown VM, a tag
+        // that is not at the line's start, a tag without its space.
+        for text in [
+            &b"bothy: BOTHY-GUEST-READY\r\n"[..],
+            b"BOTHY-GUEST-READY 6.12 cpus=2\r\n",
+            b"[linux-c] BOTHY-GUEST-READY\r\n",
+            b"[linux-a]BOTHY-GUEST-READY\r\n",
+            b"x[linux-a] BOTHY-GUEST-READY\r\n",
+            b"[linux-b\r\n[linux-a BOTHY-GUEST-READY\r\n",
+        ] {
+            assert_eq!(
+                feed(text),
+                Vec::<usize>::new(),
+                "{:?}",
+                String::from_utf8_lossy(text)
+            );
+        }
+        // Half a marker from each VM makes none.
+        assert!(feed(b"[linux-a] BOTHY-GUEST-\r\n[linux-b] READY\r\n").is_empty());
+        // A line the mux broke in two (linux-a went quiet mid-line) still counts.
+        assert_eq!(
+            feed(b"[linux-a] BOTHY-GU\r\n[linux-b] login\r\n[linux-a] EST-READY 6.12\r\n"),
+            vec![0]
+        );
+        // Bare \n line ends, and a line tagged for each.
+        assert_eq!(
+            feed(b"[linux-b] BOTHY-GUEST-READY\n[linux-a] BOTHY-GUEST-READY"),
+            vec![0, 1]
+        );
+    }
+
+    #[test]
+    fn watch_labels_and_failures() {
+        let w = Watch::Tagged {
+            marker: READY_MARKER.into(),
+            vms: vec!["linux-a".into(), "linux-b".into()],
+        };
+        assert_eq!(w.count(), 2);
+        assert_eq!(w.label(1), "[linux-b] BOTHY-GUEST-READY");
+        let one = Watch::Marker(READY_MARKER.into());
+        assert_eq!((one.count(), one.label(0)), (1, READY_MARKER.to_string()));
+        let c = Console {
+            outcome: Outcome::TimedOut(Duration::from_secs(120)),
+            markers: vec![Some(Duration::from_millis(5250)), None],
+            stdout: Vec::new(),
+            tail: b"[linux-a] BOTHY-GUEST-READY\r\n[linux-b] Kernel panic\r\n".to_vec(),
+            other_load: None,
+        };
+        let e = c.failure_for(&w).unwrap().to_string();
+        assert!(
+            e.starts_with(
+                "timed out after 120 s without \"[linux-b] BOTHY-GUEST-READY\" (seen: \
+                 \"[linux-a] BOTHY-GUEST-READY\" after 5.25 s); QEMU was stopped\n\
+                 --- console tail ---\n[linux-a] BOTHY-GUEST-READY\n[linux-b] Kernel panic"
+            ),
+            "{e}"
+        );
+        let c = Console {
+            outcome: Outcome::Exited(None),
+            markers: vec![None],
+            ..c
+        };
+        let e = c.failure(READY_MARKER).unwrap().to_string();
+        assert!(
+            e.starts_with(
+                "QEMU exited before the guest printed \"BOTHY-GUEST-READY\" (status unknown)"
+            ),
+            "{e}"
+        );
     }
 
     #[test]
