@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use bothy_cli::bench::boot::{self, BootConfig};
 use bothy_cli::bench::{self, chart, micro, Config};
 use bothy_cli::cache::{repo_root, Cache};
 use bothy_cli::config::{Machine, OnExit, SystemConfig, VmConfig, DEFAULT_SLICE_US};
@@ -132,13 +133,13 @@ struct MicroArgs {
 
 #[derive(Subcommand)]
 enum BenchCmd {
-    /// Boot the demo Linux guest on bare QEMU, under Bothy and as a Xen dom0less
-    /// domU, alternately, and print the time to its /init marker and the ratios of
-    /// the medians.
+    /// Boot the demo Linux guest on bare QEMU, under Bothy (alone, and as one of two
+    /// VMs sharing the CPUs) and as a Xen dom0less domU, alternately, and print the
+    /// time to its /init marker and the ratios of the medians.
     Boot {
-        /// Only these configurations, comma-separated: bare,bothy,xen.
-        #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = Config::parse)]
-        only: Vec<Config>,
+        /// Only these configurations, comma-separated: bare,bothy,bothy-shared,xen.
+        #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = BootConfig::parse)]
+        only: Vec<BootConfig>,
         /// Boots per configuration.
         #[arg(long, default_value_t = 3)]
         runs: usize,
@@ -233,24 +234,59 @@ fn real_main() -> Result<()> {
             ..
         } => {
             let tmp = tempfile::Builder::new().prefix("bothy-bench-").tempdir()?;
-            let configs = selected(&only);
-            let (sys, image) = qemu_image(None, &machine, tmp.path())?;
-            let vm = &sys.vms[0];
-            let mut setup = bench::Setup {
+            let configs = BootConfig::selected(&only);
+            let a = Cache::default_location().guest_artifacts()?;
+            let initrd = tmp.path().join("initramfs.cpio.gz");
+            std::fs::write(&initrd, initramfs::build_demo(&a)?)?;
+            let mut setup = boot::Setup {
                 cpus: machine.smp,
                 memory: machine.mem,
-                image,
-                kernel: vm.kernel.clone(),
-                initrd: vm.initrd.clone(),
-                bootargs: vm.bootargs.clone(),
+                image: None,
+                shared: None,
+                kernel: a.kernel.clone(),
+                initrd: Some(initrd.clone()),
+                bootargs: boot::GUEST_BOOTARGS.into(),
                 xen: None,
                 configs: configs.clone(),
             };
-            if configs.contains(&Config::Xen) {
-                let bin = xen::fetch(&Cache::default_location())?;
-                setup.prepare_xen(&bin, vm.memory, tmp.path())?;
+            let write = |name: &str, packed: &pack::Packed| -> Result<PathBuf> {
+                let path = tmp.path().join(name);
+                std::fs::write(&path, &packed.bytes)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                Ok(path)
+            };
+            if configs.contains(&BootConfig::Bothy) {
+                let sys = boot::single_vm_system(&a.kernel, &initrd);
+                let packed =
+                    build_image(&sys, &machine, Some(&machine), Some(pack::QEMU_VIRT_PL011))?;
+                setup.image = Some(write("bothy.img", &packed)?);
             }
-            let report = bench::boot(&setup, runs, Duration::from_secs(timeout), json.as_deref())?;
+            if configs.contains(&BootConfig::BothyShared) {
+                let sys = boot::shared_system(&a.kernel, &initrd);
+                // Checked against the machine below: its RAM may have to grow.
+                let packed = build_image(&sys, &machine, None, Some(pack::QEMU_VIRT_PL011))?;
+                let memory =
+                    boot::memory_to_fit(&sys, machine.smp, machine.mem, packed.payload_size())?;
+                if memory != machine.mem {
+                    eprintln!(
+                        "bothy: bench boot: bothy-shared runs with -m {}: two {} VMs and \
+                         their images do not fit in {}",
+                        format_size(memory),
+                        format_size(boot::GUEST_MEMORY),
+                        format_size(machine.mem)
+                    );
+                }
+                setup.shared = Some(boot::Shared {
+                    image: write("bothy-shared.img", &packed)?,
+                    vms: sys.vms.iter().map(|v| v.name.clone()).collect(),
+                    memory,
+                });
+            }
+            if configs.contains(&BootConfig::Xen) {
+                let bin = xen::fetch(&Cache::default_location())?;
+                setup.prepare_xen(&bin, boot::GUEST_MEMORY, tmp.path())?;
+            }
+            let report = boot::boot(&setup, runs, Duration::from_secs(timeout), json.as_deref())?;
             print!("{}", report.render());
             Ok(())
         }

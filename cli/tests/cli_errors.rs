@@ -206,3 +206,17 @@ fn missing_system_file() {
         .failure()
         .stderr(predicate::str::contains("/nonexistent/system.toml"));
 }
+
+#[test]
+fn bench_boot_names_its_configurations() {
+    // Rejected while parsing the options, before anything is built or booted.
+    Command::new(common::bothy())
+        .args(["bench", "boot", "--only", "bothy,kvm"])
+        .timeout(std::time::Duration::from_secs(60))
+        .assert()
+        .failure()
+        .stderr(
+            predicate::str::contains("\"kvm\": not a configuration")
+                .and(predicate::str::contains("bare, bothy, bothy-shared, xen")),
+        );
+}
