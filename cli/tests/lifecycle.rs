@@ -176,3 +176,30 @@ fn memory_line(c: &mut Console) -> String {
     c.expect("bothy> ", RUN);
     line.trim().to_string()
 }
+
+/// A VM whose last running vCPU calls PSCI CPU_OFF can never run again: Bothy treats it
+/// as powered off, applies its `on_exit` (halt), and, with no VM left, powers the
+/// machine off.
+#[test]
+fn cpu_off_on_the_last_vcpu_powers_the_vm_off() {
+    let _q = qemu_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let path = system(dir.path(), "bootargs = \"selftest.end=cpu_off\"\n");
+    let mut cmd = Command::new(bothy());
+    cmd.arg("run").arg(&path).args(["--timeout", "120"]);
+    let mut c = Console::spawn(cmd, "CPU_OFF on the last vCPU");
+    c.expect("TEST summary:", RUN);
+    let line = c.expect("\n", RUN);
+    assert!(line.contains(" 0 failed"), "{line}");
+    c.expect("ending with CPU_OFF on the last vCPU", RUN);
+    c.expect(
+        "bothy: VM st powered off (its last vCPU called CPU_OFF)",
+        RUN,
+    );
+    c.expect("bothy: all VMs powered off", RUN);
+    assert!(c.wait(RUN).success(), "bothy run failed");
+    assert!(
+        !c.transcript().contains("TEST cpu_off_last fail"),
+        "CPU_OFF returned"
+    );
+}

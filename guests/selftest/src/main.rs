@@ -157,11 +157,37 @@ extern "C" fn primary_main(dtb: usize, base: usize, x1_x3: u64, relocs_unknown: 
     }
 
     println!("TEST summary: {passed} passed, {failed} failed");
-    let r = psci::hvc_raw(psci::PSCI_SYSTEM_OFF, 0, 0, 0);
-    println!("TEST system_off fail returned {:#x}", r[0]);
+    // vCPU 1 is off by now (cpu_on_again turned it off): CPU_OFF here leaves the VM with
+    // no vCPU that can run, which a hypervisor must treat as the VM powering off.
+    if dtb_contains(b"selftest.end=cpu_off") {
+        println!("# ending with CPU_OFF on the last vCPU");
+        let r = psci::hvc_raw(psci::PSCI_CPU_OFF, 0, 0, 0);
+        println!("TEST cpu_off_last fail returned {:#x}", r[0]);
+    } else {
+        let r = psci::hvc_raw(psci::PSCI_SYSTEM_OFF, 0, 0, 0);
+        println!("TEST system_off fail returned {:#x}", r[0]);
+    }
     loop {
         arch::wfi();
     }
+}
+
+/// Whether the DTB's bytes contain `needle`: a crude look for a switch in the
+/// bootargs (the selftest reads nothing else from the DTB, on purpose).
+fn dtb_contains(needle: &[u8]) -> bool {
+    const MAX_DTB: usize = 2 << 20;
+    let dtb = boot_info().dtb;
+    if dtb == 0 || needle.is_empty() {
+        return false;
+    }
+    // SAFETY: x0 at entry named the DTB the hypervisor placed in guest RAM (MMU off: the
+    // address is the IPA); its header's totalsize (big-endian, offset 4) bounds it, and
+    // the read is capped at 2 MiB in case the header is garbage.
+    let bytes = unsafe {
+        let total = u32::from_be(core::ptr::read_volatile((dtb + 4) as *const u32)) as usize;
+        core::slice::from_raw_parts(dtb as *const u8, total.min(MAX_DTB))
+    };
+    bytes.windows(needle.len()).any(|w| w == needle)
 }
 
 #[panic_handler]
