@@ -108,6 +108,18 @@ impl MmioBus {
             .map(|w| (w.device, ipa - w.base))
     }
 
+    /// The device whose window holds all of `[ipa, ipa + size)` (an access never
+    /// reaches past its window: one straddling the end is nobody's), and the offset.
+    #[inline(always)]
+    pub fn find_access(&self, ipa: u64, size: u8) -> Option<(Device, u64)> {
+        let last = ipa.checked_add(u64::from(size.max(1)) - 1)?;
+        self.windows
+            .iter()
+            .find(|w| w.base <= ipa && ipa <= w.last)
+            .filter(|w| last <= w.last)
+            .map(|w| (w.device, ipa - w.base))
+    }
+
     /// Where `device` sits (its first window).
     pub fn region_of(&self, device: Device) -> Option<Region> {
         self.windows[..self.len]
@@ -144,6 +156,10 @@ mod tests {
         assert_eq!(bus.find(0x0900_1000), None);
         assert_eq!(bus.find(0), None);
         assert_eq!(bus.find(u64::MAX), None);
+        // A whole access must lie in the window.
+        assert_eq!(bus.find_access(0x0900_0ff8, 8), Some((Device::Uart, 0xff8)));
+        assert_eq!(bus.find_access(0x0900_0ffc, 8), None, "straddles the end");
+        assert_eq!(bus.find_access(u64::MAX, 8), None);
         assert_eq!(
             bus.region_of(Device::Uart),
             Some(Region::new(0x0900_0000, 0x1000))

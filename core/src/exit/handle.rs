@@ -376,7 +376,7 @@ fn other_sync_exit(
 fn mmio(vm: &VmModel, vcpu: usize, frame: &mut GuestFrame, access: MmioAccess, hw: &mut impl Arch) {
     // The register a store writes (XZR reads as zero); loads do not need it.
     let value = || frame.x.get(usize::from(access.reg)).copied().unwrap_or(0);
-    let Some((device, offset)) = vm.bus.find(access.ipa) else {
+    let Some((device, offset)) = vm.bus.find_access(access.ipa, access.size) else {
         let far = hw.far_el2();
         inject_sync(
             frame,

@@ -377,6 +377,22 @@ fn an_access_outside_every_device_is_an_external_abort_at_the_guests_vector() {
 }
 
 #[test]
+fn an_access_straddling_the_end_of_a_device_is_an_abort() {
+    let mut g = Guest::new(1);
+    g.hw.el1[El1Reg::Sctlr as usize] = SCTLR_SPAN;
+    // ldr x1, [UART + 0xffc]: 4 of its 8 bytes are past the PL011's page.
+    assert_eq!(
+        g.mmio(0, layout::UART.base + 0xffc, 8, 1, false),
+        Action::Resume
+    );
+    assert_eq!(g.frame.elr, VBAR + 0x200, "an abort, not a partial read");
+    assert_eq!(
+        g.hw.el1[El1Reg::Esr as usize],
+        inject::data_abort_esr(false, false)
+    );
+}
+
+#[test]
 fn an_undefined_instruction_from_el0_goes_to_the_lower_el_vector_with_pan_set() {
     let mut g = Guest::new(1);
     g.frame.spsr = SPSR_EL0;
