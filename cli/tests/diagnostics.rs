@@ -159,3 +159,34 @@ fn entered_at_el3_says_so() {
         false,
     );
 }
+
+/// A payload whose header says it ends before the kernel its manifest names: Bothy
+/// refuses it by name instead of copying from past the payload.
+#[test]
+fn a_kernel_outside_the_payload_is_refused() {
+    let _q = qemu_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let img = common::selftest_image(dir.path());
+    let mut bytes = std::fs::read(&img).unwrap();
+    let magic = bothy_core::image::PAYLOAD_MAGIC;
+    let at = bytes
+        .windows(magic.len())
+        .enumerate()
+        .filter(|(i, w)| i % 4096 == 0 && *w == magic)
+        .map(|(i, _)| i)
+        .last()
+        .expect("payload header in the image");
+    let word = |b: &[u8], o: usize| u64::from_le_bytes(b[at + o..at + o + 8].try_into().unwrap());
+    // total_size := the end of the manifest, so the manifest still decodes.
+    let manifest_end = word(&bytes, 16) + word(&bytes, 24);
+    bytes[at + 32..at + 40].copy_from_slice(&manifest_end.to_le_bytes());
+    std::fs::write(&img, &bytes).unwrap();
+    let mut cmd = qemu("virt,virtualization=on,gic-version=3");
+    cmd.arg("-kernel").arg(&img);
+    expect_message(
+        cmd,
+        "kernel outside the payload",
+        "bothy: error: VM selftest: kernel: ",
+        true,
+    );
+}

@@ -103,7 +103,20 @@ impl Payload {
             self.base + self.header.manifest_offset,
             self.header.manifest_size as usize,
         );
-        Manifest::decode(bytes).map_err(|e| alloc::format!("{e}"))
+        let manifest = Manifest::decode(bytes).map_err(|e| alloc::format!("{e}"))?;
+        // Every blob the manifest names must lie inside the payload: a malformed image
+        // gets an error here, never a copy from wherever its offsets point.
+        for vm in &manifest.vms {
+            let refs = [("kernel", Some(vm.kernel)), ("initrd", vm.initrd)];
+            for (what, blob) in refs {
+                if let Some(blob) = blob {
+                    self.header
+                        .check_ref(blob.offset, blob.size)
+                        .map_err(|e| alloc::format!("VM {}: {what}: {e}", vm.name))?;
+                }
+            }
+        }
+        Ok(manifest)
     }
     fn end(&self) -> u64 {
         self.base + self.header.total_size
