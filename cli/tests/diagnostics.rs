@@ -169,12 +169,9 @@ fn a_kernel_outside_the_payload_is_refused() {
     let img = common::selftest_image(dir.path());
     let mut bytes = std::fs::read(&img).unwrap();
     let magic = bothy_core::image::PAYLOAD_MAGIC;
-    let at = bytes
-        .windows(magic.len())
-        .enumerate()
-        .filter(|(i, w)| i % 4096 == 0 && *w == magic)
-        .map(|(i, _)| i)
-        .last()
+    let at = (0..bytes.len().saturating_sub(magic.len()))
+        .step_by(4096)
+        .rfind(|&i| bytes[i..i + magic.len()] == magic)
         .expect("payload header in the image");
     let word = |b: &[u8], o: usize| u64::from_le_bytes(b[at + o..at + o + 8].try_into().unwrap());
     // total_size := the end of the manifest, so the manifest still decodes.
