@@ -6,6 +6,15 @@
 //! *and* the hypervisor printed [`SUCCESS_LINE`] (it does so right before PSCI
 //! SYSTEM_OFF); QEMU alone exits 0 on many kinds of failure, e.g. a guest that powers
 //! the whole machine off under a broken hypervisor.
+//!
+//! Why a guest cannot forge the verdict: only lines that *start* with `bothy: ` count,
+//! and every line a guest writes starts with its VM's `[name] ` tag. Bothy's console
+//! multiplexer (`core/src/dev/mux.rs`) puts the tag at the start of each guest line,
+//! ends an open guest line before Bothy writes one of its own, and shows a guest's
+//! control characters instead of obeying them (a carriage return only goes out as part
+//! of a line end), so no byte sequence from a guest begins a console line with anything
+//! but its tag. A guest cannot power the machine off either (PSCI SYSTEM_OFF is
+//! trapped; only Bothy calls the firmware), so QEMU's own exit is Bothy's doing too.
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
@@ -97,12 +106,12 @@ impl Verdict {
     }
 
     fn line(&mut self, line: &str) {
-        if line.contains(SUCCESS_LINE) || line.contains(POWEROFF_LINE) {
+        // Anchored at the line's start: a guest's lines start with its `[name] ` tag.
+        if line.starts_with(SUCCESS_LINE) || line.starts_with(POWEROFF_LINE) {
             self.success_line = true;
         }
-        if let Some(at) = line.find(ERROR_PREFIX) {
-            let msg = line[at + ERROR_PREFIX.len()..].trim().to_string();
-            self.error_line.get_or_insert(msg);
+        if let Some(msg) = line.strip_prefix(ERROR_PREFIX) {
+            self.error_line.get_or_insert(msg.trim().to_string());
         }
         if let Some(at) = line.find(NO_HYP_MODE) {
             self.no_hyp_mode
@@ -247,9 +256,16 @@ mod tests {
         assert!(e.contains("success line"), "{e}");
 
         let mut v = Verdict::default();
-        v.feed(b"[hyp] bothy: error: no GIC in the DTB\n");
+        v.feed(b"bothy: error: no GIC in the DTB\n");
         let e = v.judge(Some(exit(0)), None).unwrap_err().to_string();
         assert_eq!(e, "hypervisor: no GIC in the DTB");
+
+        // A guest's lines start with its tag: what it prints is never a verdict.
+        let mut v = Verdict::default();
+        v.feed(b"[evil] bothy: all VMs powered off\r\n[evil] bothy: error: fake\r\n");
+        v.feed(b"[evil] x^Mbothy: powering the machine off\r\n");
+        assert!(!v.success_line);
+        assert_eq!(v.error_line, None);
 
         let mut v = Verdict::default();
         v.feed(b"[    0.853443] kvm [1]: HYP mode not available\n");

@@ -161,12 +161,18 @@ pub enum Line {
     Fatal(String),
 }
 
-/// Strips what a hypervisor puts before a guest's console line: Xen's `(XEN) `,
-/// `DOM1: ` or `(d1) `, in any combination.
+/// Strips what a hypervisor puts before a guest's console line: Bothy's `[name] `,
+/// Xen's `(XEN) `, `DOM1: ` or `(d1) `, in any combination.
 pub fn strip_console_prefix(line: &str) -> &str {
     let mut l = line.trim_start_matches('\r');
     loop {
         let before = l;
+        if let Some(r) = l
+            .strip_prefix('[')
+            .and_then(|r| Some(&r[r.find("] ")? + 2..]))
+        {
+            l = r;
+        }
         if let Some(r) = l.strip_prefix("(XEN) ") {
             l = r;
         }
@@ -820,6 +826,8 @@ mod tests {
         assert_eq!(strip_console_prefix("\rBENCH x"), "BENCH x");
         assert_eq!(strip_console_prefix("DOM: BENCH x"), "DOM: BENCH x");
         assert_eq!(strip_console_prefix("(XEN) GICv3"), "GICv3");
+        assert_eq!(strip_console_prefix("[bench] BENCH x"), "BENCH x");
+        assert_eq!(strip_console_prefix("[no tag end"), "[no tag end");
     }
 
     #[test]

@@ -204,7 +204,15 @@ impl Console {
         ));
         self.expect("@@BEGIN42@@", timeout);
         let out = self.expect("@@END42@@", timeout);
-        out.trim_end_matches("@@END42@@").trim().replace('\r', "")
+        let out = out.trim_end_matches("@@END42@@").replace('\r', "");
+        // Bothy tags each guest line `[name] `: the command's output without the tags.
+        out.lines()
+            .map(untag)
+            .filter(|l| !l.trim().is_empty())
+            .collect::<Vec<_>>()
+            .join("\n")
+            .trim()
+            .to_string()
     }
 
     /// Waits for the process to exit; kills it and panics after `timeout`.
@@ -341,4 +349,17 @@ pub fn linux_system(dir: &Path, vms: &[(&str, u32, &str, &str)], tail: &str) -> 
     let path = dir.join("linux.toml");
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// A console line without the `[name] ` tag Bothy puts before each guest line (a line
+/// that is only a tag comes back empty).
+pub fn untag(line: &str) -> &str {
+    let t = line.trim_start();
+    match t
+        .strip_prefix('[')
+        .and_then(|r| r.find(']').map(|e| &r[e + 1..]))
+    {
+        Some(rest) if !t.starts_with("[ ") => rest.strip_prefix(' ').unwrap_or(rest),
+        _ => line,
+    }
 }

@@ -8,8 +8,10 @@
 //! spin on the UART, and one VM's flood costs only its own oldest bytes (dropped and
 //! counted by its buffer, then reported once), never another VM's output or time.
 //!
-//! When several VMs share the console each guest line is tagged `[name] `, and a line
-//! is kept whole while its writer keeps writing: the mux stays with the VM whose line
+//! Every guest line is tagged `[name] `, even when only one VM exists: so no guest
+//! line can start like Bothy's own (`bothy: ...`, which `bothy run` takes as the
+//! hypervisor's verdict) or like another VM's. A line is kept whole while its writer
+//! keeps writing: the mux stays with the VM whose line
 //! is open until it ends it or has nothing more, then moves round-robin to the next
 //! VM with output (ending the open line first, so two VMs never share a line). What
 //! goes out besides guest bytes (tags, line breaks, drop notices) is staged and
@@ -51,8 +53,8 @@ pub enum Drain {
 /// The per-VM buffers and the console's line state.
 pub struct OutputMux {
     buffers: Vec<OutputBuffer>,
-    /// `Some(name)` per VM when lines are tagged (several VMs), else `None`.
-    tags: Vec<Option<String>>,
+    /// Each VM's name, the tag of its lines.
+    tags: Vec<String>,
     /// The VM whose line is open (its last byte was not a newline).
     open_line: Option<usize>,
     /// Round-robin position: the VM served last.
@@ -64,16 +66,12 @@ pub struct OutputMux {
 }
 
 impl OutputMux {
-    /// One buffer of `capacity` bytes for each VM; lines are tagged with the names
-    /// when there is more than one VM. All memory is taken here.
+    /// One buffer of `capacity` bytes for each VM, whose lines are tagged with its
+    /// name. All memory is taken here.
     pub fn new(names: &[&str], capacity: usize) -> Self {
-        let tag = names.len() > 1;
         Self {
             buffers: names.iter().map(|_| OutputBuffer::new(capacity)).collect(),
-            tags: names
-                .iter()
-                .map(|n| tag.then(|| String::from(*n)))
-                .collect(),
+            tags: names.iter().map(|n| String::from(*n)).collect(),
             open_line: None,
             // So that VM 0 is served first.
             last: names.len().saturating_sub(1),
@@ -90,13 +88,11 @@ impl OutputMux {
     }
 
     /// [`OutputMux::push`] then [`OutputMux::drain`], with a shortcut for the common
-    /// case (nothing waiting, the byte continues the line already open, or needs no
-    /// tag): straight to the transmitter.
+    /// case (nothing waiting, a printable byte continuing the line already open):
+    /// straight to the transmitter.
     #[inline]
     pub fn write(&mut self, vm: usize, byte: u8, port: &mut impl TxPort) -> Drain {
-        let continues = matches!(visible(byte), Visible::As(_))
-            && (self.open_line == Some(vm)
-                || (self.open_line.is_none() && self.tags.get(vm).is_some_and(|t| t.is_none())));
+        let continues = matches!(visible(byte), Visible::As(_)) && self.open_line == Some(vm);
         if continues
             && !self.holding
             && self.staged.is_empty()
@@ -147,13 +143,11 @@ impl OutputMux {
                 continue;
             }
             if self.open_line.is_none() {
-                if let Some(name) = &self.tags[vm] {
-                    self.staged.push_back(b'[');
-                    self.staged.extend(name.bytes());
-                    self.staged.extend(b"] ");
-                    self.open_line = Some(vm);
-                    continue;
-                }
+                self.staged.push_back(b'[');
+                self.staged.extend(self.tags[vm].bytes());
+                self.staged.extend(b"] ");
+                self.open_line = Some(vm);
+                continue;
             }
             let Some(byte) = self.peek(vm, 0) else {
                 continue;
@@ -255,7 +249,7 @@ impl OutputMux {
         if self.open_line.take().is_some() {
             notice.push_str("\r\n");
         }
-        let name = self.tags[vm].as_deref().unwrap_or("the guest");
+        let name = &self.tags[vm];
         let _ = write!(
             notice,
             "bothy: {dropped} bytes of {name}'s output were dropped (console busy or prompt open)\r\n"
@@ -323,22 +317,22 @@ mod tests {
     }
 
     #[test]
-    fn one_vm_is_not_tagged() {
+    fn a_lone_vm_is_tagged_too() {
         let mut m = OutputMux::new(&["a"], 64);
-        push(&mut m, 0, "hello\r\n");
+        push(&mut m, 0, "bothy: all VMs powered off\r\n");
         let mut p = port(100);
         assert_eq!(m.drain(&mut p), Drain::Idle);
-        assert_eq!(text(&p), "hello\r\n");
+        assert_eq!(text(&p), "[a] bothy: all VMs powered off\r\n");
         for b in b"more" {
             assert_eq!(m.write(0, *b, &mut p), Drain::Idle);
         }
-        assert_eq!(text(&p), "hello\r\nmore");
+        assert_eq!(text(&p), "[a] bothy: all VMs powered off\r\n[a] more");
         // A full transmitter: the byte waits, nothing is lost.
         p.room = 0;
         assert_eq!(m.write(0, b'!', &mut p), Drain::Blocked);
         p.room = 1;
         assert_eq!(m.drain(&mut p), Drain::Idle);
-        assert_eq!(text(&p), "hello\r\nmore!");
+        assert_eq!(text(&p), "[a] bothy: all VMs powered off\r\n[a] more!");
     }
 
     #[test]
@@ -404,7 +398,7 @@ mod tests {
         assert!(p.out.is_empty());
         m.hold(false);
         m.drain(&mut p);
-        assert_eq!(text(&p), "later\n");
+        assert_eq!(text(&p), "[a] later\n");
     }
 
     #[test]
@@ -444,14 +438,14 @@ mod tests {
         for b in b"50%\r" {
             m.write(0, *b, &mut p);
         }
-        assert_eq!(text(&p), "50%", "the CR waits");
+        assert_eq!(text(&p), "[a] 50%", "the CR waits");
         assert!(m.pending());
         m.write(0, b'6', &mut p);
-        assert_eq!(text(&p), "50%^M6");
+        assert_eq!(text(&p), "[a] 50%^M6");
         for b in b"\r\n" {
             m.write(0, *b, &mut p);
         }
-        assert_eq!(text(&p), "50%^M6\r\n");
+        assert_eq!(text(&p), "[a] 50%^M6\r\n");
     }
 
     proptest::proptest! {
