@@ -116,6 +116,36 @@ pub trait Arch {
 
     /// The exiting vCPU's VM wrote `byte` to its console.
     fn console_out(&mut self, byte: u8);
+
+    /// The exiting vCPU did something Bothy answered with an exception injected into it
+    /// (an access outside its RAM and devices, an undefined or trapped instruction):
+    /// `hyp` counts it per VM and reports it, rate-limited, so a hostile or broken guest
+    /// is visible without being able to flood the console.
+    fn guest_fault(&mut self, fault: GuestFault);
+}
+
+/// An exception Bothy injected into a guest because of what the guest did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestFault {
+    /// The syndrome injected (ESR_EL1): its class says data abort, instruction abort
+    /// or undefined instruction.
+    pub esr: u64,
+    /// Where the guest was (the faulting instruction).
+    pub pc: u64,
+    /// The faulting virtual address (FAR_EL1 as injected; 0 for an undefined
+    /// instruction).
+    pub far: u64,
+}
+
+impl GuestFault {
+    /// What happened, in words.
+    pub fn kind(&self) -> &'static str {
+        match (self.esr >> 26) & 0x3f {
+            0x24 | 0x25 => "data access outside its RAM and devices",
+            0x20 | 0x21 => "instruction fetch outside its RAM",
+            _ => "undefined or trapped instruction",
+        }
+    }
 }
 
 /// One [`Arch`] call, as `FakeArch` records it.
@@ -125,6 +155,7 @@ pub enum ArchOp {
     TlbiVmid(Vmid),
     TlbiIpa(Vmid, u64),
     Wake(VcpuMask),
+    Fault(GuestFault),
 }
 
 /// An [`Arch`] for tests: appends each maintenance call and wake-up to `log`, keeps the
@@ -206,6 +237,10 @@ impl Arch for FakeArch {
 
     fn console_out(&mut self, byte: u8) {
         self.console.push(byte);
+    }
+
+    fn guest_fault(&mut self, fault: GuestFault) {
+        self.log.push(ArchOp::Fault(fault));
     }
 }
 

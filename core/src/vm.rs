@@ -37,6 +37,9 @@ pub struct VmModel {
     pub uart_line: IrqLine,
     /// Device windows → device models.
     pub bus: MmioBus,
+    /// Exceptions Bothy injected because of what the VM did (see
+    /// [`crate::arch::GuestFault`]), for rate-limited reports.
+    pub faults: AtomicU64,
     state: AtomicU8,
 }
 
@@ -82,6 +85,7 @@ impl VmModel {
             uart: Mutex::new(Console::new()),
             uart_line,
             bus,
+            faults: AtomicU64::new(0),
             state: AtomicU8::new(VmState::Running as u8),
         })
     }
@@ -121,6 +125,14 @@ impl VmModel {
 
     pub fn set_state(&self, to: VmState) {
         self.state.store(to as u8, Ordering::Release);
+    }
+
+    /// Counts one injected fault; true if it should be reported: the first few, then
+    /// the 2^n-th, so a flood costs the console a line per doubling.
+    pub fn note_fault(&self) -> (u64, bool) {
+        const ALWAYS: u64 = 8;
+        let n = self.faults.fetch_add(1, Ordering::Relaxed) + 1;
+        (n, n <= ALWAYS || n.is_power_of_two())
     }
 
     /// One byte of console input; returns the vCPUs to wake for the UART's interrupt.
@@ -218,6 +230,18 @@ mod tests {
         assert!(vm.leave_running(VmState::Off));
         assert!(!vm.leave_running(VmState::Crashed));
         assert_eq!(vm.state(), VmState::Off);
+    }
+
+    #[test]
+    fn fault_reports_thin_out() {
+        let vm = VmModel::new(1, Region::new(layout::RAM_BASE, 64 << 20)).unwrap();
+        let reported: alloc::vec::Vec<u64> = (0..2000)
+            .filter_map(|_| match vm.note_fault() {
+                (n, true) => Some(n),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(reported, [1, 2, 3, 4, 5, 6, 7, 8, 16, 32, 64, 128, 256, 512, 1024]);
     }
 
     #[test]

@@ -35,7 +35,7 @@ use crate::arch::aarch64::{gic, sysreg};
 use crate::machine::{self, machine, CpuContext, Machine};
 use crate::println;
 use crate::vm::Vm;
-use bothy_core::arch::{Arch, El1Reg};
+use bothy_core::arch::{Arch, El1Reg, GuestFault};
 use bothy_core::exit::handle::{self, Action};
 use bothy_core::exit::inject;
 use bothy_core::lifecycle::{self, AfterStop, VmState};
@@ -699,6 +699,23 @@ impl Arch for ExitHw {
     fn console_out(&mut self, byte: u8) {
         let (vm, _) = loaded(machine::this_cpu());
         crate::console::guest_byte(vm.index, byte);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn guest_fault(&mut self, fault: GuestFault) {
+        let (vm, vcpu) = loaded(machine::this_cpu());
+        let (n, report) = vm.note_fault();
+        if report {
+            println!(
+                "VM {} vCPU {vcpu}: {} at PC {:#x} (address {:#x}, ESR {:#x}); the guest got an exception [{n} so far]",
+                vm.name,
+                fault.kind(),
+                fault.pc,
+                fault.far,
+                fault.esr
+            );
+        }
     }
 }
 

@@ -45,7 +45,7 @@ use super::{
     SysRegAccess,
 };
 use crate::abi::{self, CallContext, Outcome, RETURN_SUCCESS};
-use crate::arch::{Arch, El1Reg};
+use crate::arch::{Arch, El1Reg, GuestFault};
 use crate::dev::Device;
 use crate::lifecycle::VmState;
 use crate::vgic::VcpuMask;
@@ -477,6 +477,11 @@ fn sysreg_access(
 #[cold]
 #[inline(never)]
 pub fn inject_sync(frame: &mut GuestFrame, esr: u64, far: u64, hw: &mut impl Arch) {
+    hw.guest_fault(GuestFault {
+        esr,
+        pc: frame.elr,
+        far,
+    });
     hw.set_el1(El1Reg::Esr, esr);
     hw.set_el1(El1Reg::Far, far);
     hw.set_el1(El1Reg::Elr, frame.elr);

@@ -393,6 +393,28 @@ fn an_access_straddling_the_end_of_a_device_is_an_abort() {
 }
 
 #[test]
+fn every_injected_exception_is_reported() {
+    let mut g = Guest::new(1);
+    g.mmio(0, 0x0a00_0010, 4, 1, true);
+    let far = g.hw.far_el2;
+    g.frame.elr = ELR;
+    g.exit(0, esr(0x3f, 0));
+    let faults: alloc::vec::Vec<_> = g
+        .hw
+        .log
+        .iter()
+        .filter_map(|op| match op {
+            crate::arch::ArchOp::Fault(f) => Some(*f),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(faults.len(), 2);
+    assert_eq!((faults[0].pc, faults[0].far), (ELR, far));
+    assert_eq!(faults[0].kind(), "data access outside its RAM and devices");
+    assert_eq!(faults[1].kind(), "undefined or trapped instruction");
+}
+
+#[test]
 fn an_undefined_instruction_from_el0_goes_to_the_lower_el_vector_with_pan_set() {
     let mut g = Guest::new(1);
     g.frame.spsr = SPSR_EL0;
