@@ -399,15 +399,14 @@ fn every_injected_exception_is_reported() {
     let far = g.hw.far_el2;
     g.frame.elr = ELR;
     g.exit(0, esr(0x3f, 0));
-    let faults: alloc::vec::Vec<_> = g
-        .hw
-        .log
-        .iter()
-        .filter_map(|op| match op {
-            crate::arch::ArchOp::Fault(f) => Some(*f),
-            _ => None,
-        })
-        .collect();
+    let faults: alloc::vec::Vec<_> =
+        g.hw.log
+            .iter()
+            .filter_map(|op| match op {
+                crate::arch::ArchOp::Fault(f) => Some(*f),
+                _ => None,
+            })
+            .collect();
     assert_eq!(faults.len(), 2);
     assert_eq!((faults[0].pc, faults[0].far), (ELR, far));
     assert_eq!(faults[0].kind(), "data access outside its RAM and devices");
