@@ -174,6 +174,7 @@ pub fn build(
         },
         &platform.memory,
         &devices,
+        Region::new(image_start, entry::text_end() - image_start),
         pa_bits,
     )
     .unwrap_or_else(|e| fatal(format_args!("cannot build EL2 page tables: {e:?}")));

@@ -7,8 +7,10 @@
 //! `TCR_EL2`, `TTBR0_EL2 = root` and sets `SCTLR_EL2.M/C/I`. Walking is `pgtable.rs`'s;
 //! this file owns the stage-1 EL2 attribute encoding.
 //!
-//! Normal memory is mapped read-write-executable: the image's text and data are not
-//! told apart here (a later W^X pass can remap the image with pages).
+//! Nothing is both writable and executable: Bothy's own text is mapped read-only and
+//! executable, every other page of RAM read-write and execute-never, and devices
+//! execute-never. A stray write cannot patch Bothy's code, and a jump into data (a
+//! guest's pages included) faults instead of running it.
 
 use alloc::vec::Vec;
 
@@ -36,8 +38,14 @@ const S1_SH_INNER: u64 = 0b11 << 8;
 const S1_AF: u64 = 1 << 10;
 /// XN (bit 54): execute-never. In the EL2 (E2H = 0) regime bit 53 is RES0.
 const S1_XN: u64 = 1 << 54;
+/// AP[2] (bit 7): read-only.
+const S1_AP2_RO: u64 = 1 << 7;
 
-const NORMAL_ATTRS: u64 = (ATTRIDX_NORMAL << S1_ATTRINDX_SHIFT) | S1_AP1_RES1 | S1_SH_INNER | S1_AF;
+const NORMAL: u64 = (ATTRIDX_NORMAL << S1_ATTRINDX_SHIFT) | S1_AP1_RES1 | S1_SH_INNER | S1_AF;
+/// RAM Bothy reads and writes (data, stacks, heap, tables, guests' RAM): never executed.
+const NORMAL_ATTRS: u64 = NORMAL | S1_XN;
+/// Bothy's text: executed, never written.
+const TEXT_ATTRS: u64 = NORMAL | S1_AP2_RO;
 /// Device memory: Inner Shareable like the rest (shareability of Device memory is
 /// treated as Outer Shareable by the architecture whatever SH says).
 const DEVICE_ATTRS: u64 =
@@ -71,16 +79,22 @@ pub struct IdMap {
     pub va_bits: u32,
 }
 
-/// Builds the EL2 identity map of `normal` (RAM, write-back) and `device` (MMIO) regions.
-/// Regions are rounded out to 4 KiB; regions of one kind may touch or overlap, but a
-/// page that is both normal and device is refused ([`MapError::AlreadyMapped`]).
-/// `pa_range_bits` is the CPU's physical address range (ID_AA64MMFR0_EL1.PARange).
+/// Builds the EL2 identity map of `normal` (RAM, write-back) and `device` (MMIO) regions,
+/// with `text` (Bothy's code, inside `normal`) read-only and executable and all else
+/// execute-never. Regions are rounded out to 4 KiB (`text` must be page-aligned);
+/// regions of one kind may touch or overlap, but a page that is both normal and device
+/// is refused ([`MapError::AlreadyMapped`]). `pa_range_bits` is the CPU's physical
+/// address range (ID_AA64MMFR0_EL1.PARange).
 pub fn build_el2_idmap(
     mem: &mut impl TableMemory,
     normal: &[Region],
     device: &[Region],
+    text: Region,
     pa_range_bits: u32,
 ) -> Result<IdMap, MapError> {
+    if !text.base.is_multiple_of(PAGE_SIZE) || !text.size.is_multiple_of(PAGE_SIZE) {
+        return Err(MapError::Unaligned);
+    }
     let normal = round_and_merge(normal)?;
     let device = round_and_merge(device)?;
     let top = normal
@@ -97,8 +111,11 @@ pub fn build_el2_idmap(
         return Err(MapError::OutOfRange);
     };
     let table = PageTable::new(mem, va_bits)?;
-    for r in &normal {
+    for r in &super::frames::free_regions(&normal, &[text]) {
         table.map(mem, r.base, r.base, r.size, NORMAL_ATTRS)?;
+    }
+    if text.size != 0 {
+        table.map(mem, text.base, text.base, text.size, TEXT_ATTRS)?;
     }
     for r in &device {
         table.map(mem, r.base, r.base, r.size, DEVICE_ATTRS)?;
@@ -144,6 +161,7 @@ mod tests {
 
     const G1: u64 = 0x4000_0000;
     const M2: u64 = 0x20_0000;
+    const NO_TEXT: Region = Region::new(0, 0);
 
     fn lookup(mem: &FakeMem, map: &IdMap, va: u64) -> Option<(u64, u64)> {
         // Rebuild the walker view from the published root and VA size.
@@ -190,14 +208,18 @@ mod tests {
         let ram = Region::new(0x4000_0000, 0x8000_0000); // 2 GiB at 1 GiB
         let uart = Region::new(0x0900_0000, 0x1000);
         let gic = Region::new(0x0800_0000, 0x20_0000);
-        let m = build_el2_idmap(&mut mem, &[ram], &[uart, gic], 40).unwrap();
+        let m = build_el2_idmap(&mut mem, &[ram], &[uart, gic], NO_TEXT, 40).unwrap();
         assert_eq!(m.va_bits, 39);
         assert_eq!(m.mair, 0xff04);
         // Root (level 1) + one L2 table for the MMIO gigabyte + one L3 table for the UART.
         assert_eq!(mem.tables(), 3, "RAM is two 1 GiB blocks");
         let (pa, attrs) = lookup(&mem, &m, 0x4123_4567).unwrap();
         assert_eq!(pa, 0x4123_4567);
-        assert_eq!(attrs, 1 << 2 | 1 << 6 | 0b11 << 8 | 1 << 10);
+        assert_eq!(
+            attrs,
+            1 << 2 | 1 << 6 | 0b11 << 8 | 1 << 10 | 1 << 54,
+            "RAM: RW, XN"
+        );
         let (pa, attrs) = lookup(&mem, &m, 0x0900_0010).unwrap();
         assert_eq!(pa, 0x0900_0010);
         assert_eq!(attrs, 1 << 6 | 0b11 << 8 | 1 << 10 | 1 << 54);
@@ -219,10 +241,37 @@ mod tests {
     }
 
     #[test]
+    fn bothys_text_is_the_only_executable_memory_and_is_read_only() {
+        let mut mem = FakeMem::new();
+        let ram = Region::new(0x4000_0000, 0x4000_0000);
+        let text = Region::new(0x4020_0000, 0x3_5000);
+        let m = build_el2_idmap(&mut mem, &[ram], &[], text, 40).unwrap();
+        let attrs = |va| lookup(&mem, &m, va).unwrap().1;
+        for va in [0x4020_0000, 0x4023_4fff] {
+            assert_eq!(
+                attrs(va) & (1 << 54 | 1 << 7),
+                1 << 7,
+                "text at {va:#x}: RO, X"
+            );
+        }
+        for va in [0x4000_0000, 0x401f_ffff, 0x4023_5000, 0x7fff_ffff] {
+            assert_eq!(
+                attrs(va) & (1 << 54 | 1 << 7),
+                1 << 54,
+                "data at {va:#x}: RW, XN"
+            );
+        }
+        assert_eq!(
+            build_el2_idmap(&mut mem, &[ram], &[], Region::new(0x4020_0800, 0x1000), 40),
+            Err(MapError::Unaligned)
+        );
+    }
+
+    #[test]
     fn high_memory_needs_48_bits() {
         let mut mem = FakeMem::new();
         let high = Region::new(0x80_0000_0000, G1); // at 512 GiB
-        let m = build_el2_idmap(&mut mem, &[high], &[], 48).unwrap();
+        let m = build_el2_idmap(&mut mem, &[high], &[], NO_TEXT, 48).unwrap();
         assert_eq!(m.va_bits, 48);
         assert_eq!(m.tcr & 0x3f, 16);
         assert_eq!((m.tcr >> 16) & 7, 5);
@@ -236,13 +285,15 @@ mod tests {
         let mut mem = FakeMem::new();
         let edge = Region::new(0x7f_c000_0000, G1);
         assert_eq!(
-            build_el2_idmap(&mut mem, &[edge], &[], 48).unwrap().va_bits,
+            build_el2_idmap(&mut mem, &[edge], &[], NO_TEXT, 48)
+                .unwrap()
+                .va_bits,
             39
         );
         let mut mem = FakeMem::new();
         let too_high = Region::new(1 << 48, 0x1000);
         assert_eq!(
-            build_el2_idmap(&mut mem, &[too_high], &[], 48),
+            build_el2_idmap(&mut mem, &[too_high], &[], NO_TEXT, 48),
             Err(MapError::OutOfRange)
         );
     }
@@ -257,7 +308,7 @@ mod tests {
             Region::new(0x4000_0000, 0x10),
             Region::new(0x5000_0000, 0),
         ];
-        let m = build_el2_idmap(&mut mem, &n, &[], 40).unwrap();
+        let m = build_el2_idmap(&mut mem, &n, &[], NO_TEXT, 40).unwrap();
         assert!(lookup(&mem, &m, 0x4000_0000).is_some());
         assert!(lookup(&mem, &m, 0x4000_1fff).is_some());
         assert_eq!(lookup(&mem, &m, 0x4000_2000), None);
@@ -275,12 +326,13 @@ mod tests {
             &mut mem,
             &[Region::new(0x4000_0000, M2)],
             &[Region::new(0x401f_f800, 0x10)],
+            NO_TEXT,
             40,
         );
         assert_eq!(r, Err(MapError::AlreadyMapped { addr: 0x401f_f000 }));
         let mut none = FakeMem::with_limit(0);
         assert_eq!(
-            build_el2_idmap(&mut none, &[Region::new(0, 0x1000)], &[], 40),
+            build_el2_idmap(&mut none, &[Region::new(0, 0x1000)], &[], NO_TEXT, 40),
             Err(MapError::OutOfMemory)
         );
     }

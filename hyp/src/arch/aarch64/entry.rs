@@ -102,6 +102,7 @@ extern "C" {
     static secondary_entry: u8;
     static __stacks_start: u8;
     static _start_image: u8;
+    static __text_end: u8;
     static _end: u8;
 }
 
@@ -116,6 +117,11 @@ pub fn image_bounds() -> (u64, u64) {
         core::ptr::addr_of!(_start_image) as u64,
         core::ptr::addr_of!(_end) as u64,
     )
+}
+
+/// Where this image's code ends (page-aligned): `[start, text_end)` is its text.
+pub fn text_end() -> u64 {
+    core::ptr::addr_of!(__text_end) as u64
 }
 
 /// Top of CPU `cpu`'s stack, where that CPU's guest register frame lives.

@@ -68,6 +68,9 @@ const SCTLR_M: u64 = 1 << 0;
 const SCTLR_C: u64 = 1 << 2;
 const SCTLR_SA: u64 = 1 << 3;
 const SCTLR_I: u64 = 1 << 12;
+/// WXN: a writable page is never executable, whatever its XN bit says (the tables
+/// already map only Bothy's read-only text executable; this makes it a hardware rule).
+const SCTLR_WXN: u64 = 1 << 19;
 
 /// Turn on EL2 translation with the given tables; identical on every CPU.
 pub fn enable(root: u64, tcr: u64, mair: u64) {
@@ -76,7 +79,7 @@ pub fn enable(root: u64, tcr: u64, mair: u64) {
     write_ttbr0_el2(root);
     isb();
     tlbi_all_local();
-    write_sctlr_el2(SCTLR_EL2_RES1 | SCTLR_M | SCTLR_C | SCTLR_SA | SCTLR_I);
+    write_sctlr_el2(SCTLR_EL2_RES1 | SCTLR_M | SCTLR_C | SCTLR_SA | SCTLR_I | SCTLR_WXN);
     isb();
 }
 
