@@ -15,6 +15,7 @@
 use crate::arch::aarch64::uart::Pl011;
 use bothy_core::dev::mux::{Drain, OutputMux, TxPort};
 use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicU64, Ordering};
 use spin::Mutex;
 
 /// Guest output buffered per VM (while the UART is busy or the prompt open).
@@ -102,6 +103,7 @@ pub fn init(base: u64) {
     let uart = Pl011::new(base);
     uart.enable();
     CONSOLE.lock().uart = Some(uart);
+    UART_BASE.store(base, Ordering::Relaxed);
 }
 
 pub fn uart() -> Option<Pl011> {
@@ -116,6 +118,49 @@ pub fn print(args: fmt::Arguments) {
     let _ = console.write_fmt(args);
     let _ = console.write_str("\n");
     console.end_own(true);
+}
+
+/// A fatal error's message, which must get out even if the console's lock is held: by
+/// another CPU that may never let go, or by this CPU itself (a fault inside console
+/// code). It waits a bounded time for the lock, then writes to the UART without it (a
+/// line may interleave with whatever the holder writes; better than silence).
+pub fn print_fatal(args: fmt::Arguments) {
+    const SPINS: u32 = 1_000_000;
+    for _ in 0..SPINS {
+        if let Some(mut console) = CONSOLE.try_lock() {
+            console.begin_own();
+            let _ = console.write_str("bothy: ");
+            let _ = console.write_fmt(args);
+            let _ = console.write_str("\n");
+            return;
+        }
+        core::hint::spin_loop();
+    }
+    let uart = UART_BASE.load(Ordering::Relaxed);
+    if uart != 0 {
+        let mut direct = Direct(Pl011::new(uart));
+        let _ = direct.write_str("\nbothy: ");
+        let _ = direct.write_fmt(args);
+        let _ = direct.write_str("\n");
+    }
+}
+
+/// The UART's address, readable without the console's lock (for [`print_fatal`]).
+static UART_BASE: AtomicU64 = AtomicU64::new(0);
+
+/// The UART written directly, bypassing the console's lock and state.
+struct Direct(Pl011);
+
+impl Write for Direct {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for byte in s.bytes() {
+            if byte == b'\n' {
+                self.0.putc(b'\r');
+            }
+            self.0.putc(byte);
+        }
+        Ok(())
+    }
 }
 
 /// Buffers for the output of the VMs named (at boot: the buffers are allocated once,

@@ -53,7 +53,7 @@ pub fn fatal(args: fmt::Arguments) -> ! {
     if IN_FATAL.swap(true, Ordering::AcqRel) {
         park_forever();
     }
-    console::print(format_args!("error: {args}"));
+    console::print_fatal(format_args!("error: {args}"));
     halt_machine()
 }
 
