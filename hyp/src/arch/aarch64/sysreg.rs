@@ -314,27 +314,39 @@ pub fn flush_local_guest_context() {
 /// Clean data cache lines covering `[addr, addr + len)` to the point of
 /// coherency, so a guest starting with its MMU off sees what Bothy wrote.
 pub fn clean_dcache_range(addr: u64, len: u64) {
-    const LINE: u64 = 64;
-    let mut line = addr & !(LINE - 1);
+    let step = dcache_line();
+    let mut line = addr & !(step - 1);
     while line < addr + len {
         // SAFETY: cleaning a cache line writes back data; it never changes memory contents.
         unsafe { core::arch::asm!("dc cvac, {}", in(reg) line, options(nostack, preserves_flags)) };
-        line += LINE;
+        line += step;
     }
     dsb_sy();
+}
+
+/// The smallest data cache line of any cache this CPU's maintenance reaches
+/// (CTR_EL0.DminLine, log2 of the line in words): stepping by it cannot skip a line,
+/// where a fixed 64 would on a CPU with 32-byte lines.
+fn dcache_line() -> u64 {
+    let ctr: u64;
+    // SAFETY: reading CTR_EL0 has no side effects.
+    unsafe {
+        core::arch::asm!("mrs {}, ctr_el0", out(reg) ctr, options(nomem, nostack, preserves_flags))
+    };
+    4 << ((ctr >> 16) & 0xf)
 }
 
 /// Invalidate data cache lines covering `[addr, addr + len)` to the point of
 /// coherency. Only for memory written with the MMU off (non-cacheable), so
 /// that stale lines a loader left behind cannot shadow it once caches are on.
 pub fn invalidate_dcache_range(addr: u64, len: u64) {
-    const LINE: u64 = 64;
-    let mut line = addr & !(LINE - 1);
+    let step = dcache_line();
+    let mut line = addr & !(step - 1);
     while line < addr + len {
         // SAFETY: callers pass memory whose only valid copy is in RAM (written
         // with the MMU off); dropping cached lines for it loses nothing.
         unsafe { core::arch::asm!("dc ivac, {}", in(reg) line, options(nostack, preserves_flags)) };
-        line += LINE;
+        line += step;
     }
     dsb_sy();
 }
