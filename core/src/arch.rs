@@ -34,10 +34,10 @@
 //! - **mirrored in `ArchOp`**, one variant per method, recorded by `FakeArch`.
 //!
 //! `Arch` methods run inside `core` operations, which `hyp` calls with its locks held
-//! (the VMID allocator's, the scheduler's), so they must not take those locks. The two
-//! exceptions are [`Arch::wake`] and [`Arch::console_out`], which reach the scheduler
-//! and the console: the exit policy calls them with no lock of its own held, and
-//! nothing else in `core` calls them.
+//! (the VMID allocator's, the scheduler's), so they must not take those locks. The
+//! exceptions are [`Arch::wake`], [`Arch::console_out`] and [`Arch::guest_fault`],
+//! which reach the scheduler and the console: the exit policy calls them with no lock
+//! of its own held, and nothing else in `core` calls them.
 //!
 //! [`Decision`]: crate::sched::Decision
 //! [`Stage2::unmap`]: crate::mem::Stage2::unmap

@@ -88,10 +88,16 @@ impl Console {
     /// Send what guest output the UART takes now; if it fills up, let its transmit
     /// interrupt call [`tx_interrupt`] for the rest.
     fn drain(&mut self) {
+        self.send(|mux, tx| mux.drain(tx));
+    }
+
+    /// Runs `send` on the mux and the transmitter; keeps the UART's transmit interrupt
+    /// on exactly while output is left waiting for room.
+    fn send(&mut self, send: impl FnOnce(&mut OutputMux, &mut Tx) -> Drain) {
         let (Some(uart), Some(mux)) = (self.uart, self.mux.as_mut()) else {
             return;
         };
-        let blocked = mux.drain(&mut Tx(uart)) == Drain::Blocked;
+        let blocked = send(mux, &mut Tx(uart)) == Drain::Blocked;
         if blocked != self.tx_irq {
             uart.set_tx_interrupt(blocked);
             self.tx_irq = blocked;
@@ -198,15 +204,7 @@ pub fn hold_guest_output(hold: bool) {
 
 /// One byte VM `vm` wrote to its UART. Never waits for the physical UART.
 pub fn guest_byte(vm: usize, byte: u8) {
-    let mut console = CONSOLE.lock();
-    let (Some(uart), Some(mux)) = (console.uart, console.mux.as_mut()) else {
-        return;
-    };
-    let blocked = mux.write(vm, byte, &mut Tx(uart)) == Drain::Blocked;
-    if blocked != console.tx_irq {
-        uart.set_tx_interrupt(blocked);
-        console.tx_irq = blocked;
-    }
+    CONSOLE.lock().send(|mux, tx| mux.write(vm, byte, tx));
 }
 
 /// The UART's transmit interrupt: it has room again.

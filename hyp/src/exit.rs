@@ -857,12 +857,11 @@ fn other_physical_irq(m: &'static Machine, running: Option<(&Vm, usize)>, intid:
     0
 }
 
-/// Fold list-register state back into the vGIC and refill them.
-#[inline(never)]
+/// Fold list-register state back into the vGIC and refill them (the exit policy's
+/// own routine, on this CPU's list registers).
+#[inline(always)]
 fn service_list_registers(vm: &Vm, vcpu: usize) {
-    // flush folds the list registers back (sync) before it fills them.
-    let mut lrs = machine::this_cpu().lrs;
-    vm.vgic.flush(vcpu, &mut lrs);
+    handle::serve_list_registers(vm, vcpu, &mut ExitHw);
 }
 
 /// Bytes from the physical UART: to Bothy's prompt first, which passes the rest on to

@@ -1,11 +1,11 @@
 //! Building a VM from its manifest entry: memory, stage-2, images, guest DTB, vCPUs.
 //!
-//! A VM is a plain struct shared by the CPUs that run its vCPUs. Everything
-//! that changes after boot is behind atomics or a lock: the vGIC, PSCI power
-//! states, the PL011 model, the VM's run state and each vCPU's saved registers.
+//! A VM is a plain struct shared by the CPUs that run its vCPUs: what its exits act on
+//! is a `bothy_core::vm::VmModel` it derefs to (run state, vGIC, PSCI power states,
+//! PL011, MMIO bus); everything that changes after boot is behind atomics or a lock.
 //! Guest RAM is one contiguous, 2 MiB-aligned block of physical memory mapped at
-//! IPA 0x4000_0000 in 4 KiB pages; device windows (GIC, UART) are left unmapped so
-//! every access traps.
+//! IPA 0x4000_0000 in 4 KiB pages (a `VmMemory`, rebuilt afresh when the VM restarts);
+//! device windows (GIC, UART) are left unmapped so every access traps.
 //!
 //! A [`Vcpu`] holds what its vCPU leaves behind when it is not on a CPU: its
 //! general-purpose frame and its EL1/FP/vGIC/timer context. The CPU that gives a

@@ -100,12 +100,8 @@ impl MmioBus {
     }
 
     /// The device whose window holds `ipa`, and the offset of `ipa` in that window.
-    #[inline(always)]
     pub fn find(&self, ipa: u64) -> Option<(Device, u64)> {
-        self.windows
-            .iter()
-            .find(|w| w.base <= ipa && ipa <= w.last)
-            .map(|w| (w.device, ipa - w.base))
+        self.find_access(ipa, 1)
     }
 
     /// The device whose window holds all of `[ipa, ipa + size)` (an access never
@@ -118,14 +114,6 @@ impl MmioBus {
             .find(|w| w.base <= ipa && ipa <= w.last)
             .filter(|w| last <= w.last)
             .map(|w| (w.device, ipa - w.base))
-    }
-
-    /// Where `device` sits (its first window).
-    pub fn region_of(&self, device: Device) -> Option<Region> {
-        self.windows[..self.len]
-            .iter()
-            .find(|w| w.device == device)
-            .map(|w| Region::new(w.base, w.last - w.base + 1))
     }
 }
 
@@ -160,10 +148,6 @@ mod tests {
         assert_eq!(bus.find_access(0x0900_0ff8, 8), Some((Device::Uart, 0xff8)));
         assert_eq!(bus.find_access(0x0900_0ffc, 8), None, "straddles the end");
         assert_eq!(bus.find_access(u64::MAX, 8), None);
-        assert_eq!(
-            bus.region_of(Device::Uart),
-            Some(Region::new(0x0900_0000, 0x1000))
-        );
     }
 
     #[test]

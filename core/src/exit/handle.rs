@@ -12,11 +12,11 @@
 //!
 //! | exit | action |
 //! |---|---|
-//! | HVC / SMC (SMCCC, PSCI) | values in x0–x3, [`Action::Resume`]; CPU_ON → [`Action::StartVcpu`]; CPU_OFF → [`Action::PowerOff`]; CPU_SUSPEND as WFI; SYSTEM_OFF / SYSTEM_RESET → [`Action::VmLeft`] (or [`Action::Stop`] if another vCPU stopped the VM first) |
+//! | HVC #0 / SMC #0 (SMCCC, PSCI); another immediate gets NOT_SUPPORTED | values in x0–x3, [`Action::Resume`]; CPU_ON → [`Action::StartVcpu`]; CPU_OFF → [`Action::PowerOff`]; CPU_SUSPEND as WFI; SYSTEM_OFF / SYSTEM_RESET → [`Action::VmLeft`] (or [`Action::Stop`] if another vCPU stopped the VM first) |
 //! | WFI | [`Action::Resume`] if an interrupt is pending, else [`Action::Block`] until one or the virtual timer's deadline |
 //! | WFE (trapped only on shared CPUs) | [`Action::Yield`] |
 //! | data abort in a device window | the device's read or write, [`Action::Resume`] |
-//! | data abort elsewhere, instruction abort, undefined | an exception injected into the guest, [`Action::Resume`] |
+//! | data abort elsewhere (or straddling a device window's end), instruction abort, undefined | an exception injected into the guest and reported through [`Arch::guest_fault`], [`Action::Resume`] |
 //! | `MSR ICC_SGI1R_EL1` | SGIs sent (other vCPUs woken), [`Action::Resume`] |
 //! | physical timer registers | read as zero, writes ignored |
 //!
