@@ -50,6 +50,8 @@ list, ls             VMs and their vCPUs: state, CPU, pinning, CPU time, exits
 stop NAME            power VM NAME off
 start NAME           boot VM NAME
 restart NAME         reset VM NAME and boot it again
+destroy NAME         take stopped VM NAME apart (memory, VMID, vCPUs go back)
+create NAME          build destroyed VM NAME again and boot it
 console NAME         send console input to VM NAME and leave the prompt
 help, ?              this list
 resume, exit, quit   leave the prompt; input goes back to the focused VM
@@ -174,6 +176,10 @@ pub enum Command {
     Stop(usize),
     Start(usize),
     Restart(usize),
+    /// Take a stopped VM apart (memory, VMID, vCPUs returned to the machine).
+    Destroy(usize),
+    /// Build a destroyed VM again from its description in the system file.
+    Create(usize),
     /// Give this VM the console input; the prompt has closed.
     Console(usize),
     /// `help` / `?`: print [`HELP`].
@@ -296,6 +302,8 @@ const VERBS: &[(&str, Takes)] = &[
     ("stop", Takes::Vm(Command::Stop)),
     ("start", Takes::Vm(Command::Start)),
     ("restart", Takes::Vm(Command::Restart)),
+    ("destroy", Takes::Vm(Command::Destroy)),
+    ("create", Takes::Vm(Command::Create)),
     ("console", Takes::Vm(Command::Console)),
     ("help", Takes::Nothing(Command::Help)),
     ("?", Takes::Nothing(Command::Help)),
@@ -950,6 +958,8 @@ mod tests {
         assert_eq!(run("start rtos"), Ok(Command::Start(1)));
         assert_eq!(run("restart linux"), Ok(Command::Restart(0)));
         assert_eq!(run("console rtos"), Ok(Command::Console(1)));
+        assert_eq!(run("destroy rtos"), Ok(Command::Destroy(1)));
+        assert_eq!(run("create linux"), Ok(Command::Create(0)));
         assert_eq!(run("help"), Ok(Command::Help));
         assert_eq!(run("?"), Ok(Command::Help));
         assert_eq!(run("resume"), Ok(Command::Resume));
@@ -981,6 +991,11 @@ mod tests {
         assert_eq!(run("start  "), Err("start needs a VM name".into()));
         assert_eq!(run("restart"), Err("restart needs a VM name".into()));
         assert_eq!(run("console"), Err("console needs a VM name".into()));
+        assert_eq!(run("destroy"), Err("destroy needs a VM name".into()));
+        assert_eq!(
+            run("create rtos now"),
+            Err("unexpected \"now\": create takes one VM name".into())
+        );
         assert_eq!(
             run("stop x"),
             Err("no VM named \"x\" (VMs: linux, rtos)".into())
@@ -1064,6 +1079,8 @@ mod tests {
             ("stop rtos", false),
             ("start rtos", false),
             ("restart rtos", false),
+            ("destroy rtos", false),
+            ("create rtos", false),
         ] {
             let mut p = opened();
             echoed(&mut p, line.as_bytes());

@@ -44,6 +44,14 @@
 //! program its EL2 timer next: the end of its slice, or the earliest deadline it
 //! watches. Dedicated CPUs get no deadline: their vCPU's timer is live in hardware.
 //!
+//! ## vCPUs that come and go
+//! VMs are created and destroyed at run time, so vCPUs are too: [`Scheduler::add_vcpu`]
+//! reuses the handle of a removed vCPU, and [`Scheduler::remove_vm`] takes away every
+//! vCPU of a stopped VM. A CPU that still holds a removed vCPU's registers (it idled
+//! with it loaded) simply forgets them: its next decision restores without a save, so
+//! nothing is ever written back into a destroyed VM. A CPU pinned at run time that is
+//! running a shared vCPU gives it back at its next look (the caller kicks it).
+//!
 //! ## TLB maintenance on migration
 //! Stage-1 TLB entries are tagged by VMID and ASID, not by vCPU: a guest that
 //! invalidates locally on one vCPU expects that vCPU's next run to see it. When a
@@ -115,6 +123,10 @@ pub struct StopVm {
     pub quiescent: bool,
 }
 
+/// Why [`Scheduler::remove_vm`] refused: one of the VM's vCPUs is still running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StillRunning;
+
 /// Why adding a vCPU failed: configuration errors, caught before any guest runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SchedError {
@@ -145,6 +157,9 @@ impl core::fmt::Display for SchedError {
         }
     }
 }
+
+/// The `vm` of a removed vCPU's entry: matches no VM.
+const NO_VM: usize = usize::MAX;
 
 #[derive(Clone, Debug)]
 struct Entry {
@@ -197,6 +212,8 @@ pub struct Scheduler {
     cpus: Vec<Cpu>,
     vcpus: Vec<Entry>,
     queue: VecDeque<VcpuId>,
+    /// Handles of removed vCPUs, for [`Self::add_vcpu`] to hand out again.
+    free: Vec<VcpuId>,
     slice: Ticks,
     /// CPUs that a deadline's wake-up (in [`Self::tick`]) gave work: bit per CPU.
     kicks: u64,
@@ -218,6 +235,7 @@ impl Scheduler {
                 .collect(),
             vcpus: Vec::new(),
             queue: VecDeque::new(),
+            free: Vec::new(),
             slice: slice.max(1),
             kicks: 0,
         }
@@ -228,7 +246,9 @@ impl Scheduler {
     }
 
     /// Register a vCPU of VM `vm` (a small index; see `flush_tlb`), initially Off.
-    /// Allocates; call when the VM is built, not on an exit path.
+    /// Allocates; call when the VM is built, not on an exit path. A pinned vCPU may take
+    /// a CPU that runs a shared vCPU now: kick that CPU, and it gives the CPU up when it
+    /// looks.
     pub fn add_vcpu(&mut self, vm: usize, placement: Placement) -> Result<VcpuId, SchedError> {
         let cpus = self.cpus.len();
         match placement {
@@ -242,11 +262,7 @@ impl Scheduler {
             }
             Placement::Shared => {}
         }
-        let id = VcpuId(self.vcpus.len());
-        if let Placement::Pinned(cpu) = placement {
-            self.cpus[cpu].dedicated = Some(id);
-        }
-        self.vcpus.push(Entry {
+        let entry = Entry {
             vm,
             placement,
             state: RunState::Off,
@@ -257,7 +273,20 @@ impl Scheduler {
             ran_on: 0,
             run_ticks: 0,
             since: 0,
-        });
+        };
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.vcpus[id.0] = entry;
+                id
+            }
+            None => {
+                self.vcpus.push(entry);
+                VcpuId(self.vcpus.len() - 1)
+            }
+        };
+        if let Placement::Pinned(cpu) = placement {
+            self.cpus[cpu].dedicated = Some(id);
+        }
         for cpu in &mut self.cpus {
             if cpu.last_of_vm.len() <= vm {
                 cpu.last_of_vm.resize(vm + 1, None);
@@ -266,6 +295,51 @@ impl Scheduler {
         // Room for every vCPU, so a push on an exit path never allocates.
         self.queue.reserve(self.vcpus.len());
         Ok(id)
+    }
+
+    /// Take away every vCPU of `vm`, whose vCPUs must all be stopped (none running).
+    /// Their handles may be handed out again; CPUs that held their registers forget
+    /// them, and CPUs pinned to them become shared. Returns the CPUs to kick (a freed
+    /// CPU may now run queued vCPUs).
+    pub fn remove_vm(&mut self, vm: usize) -> Result<u64, StillRunning> {
+        if vm == NO_VM {
+            return Ok(0);
+        }
+        if self.vm_running(vm) {
+            return Err(StillRunning);
+        }
+        let mut kicks = 0u64;
+        for i in 0..self.vcpus.len() {
+            if self.vcpus[i].vm != vm {
+                continue;
+            }
+            let id = VcpuId(i);
+            self.queue.retain(|q| *q != id);
+            for (n, c) in self.cpus.iter_mut().enumerate() {
+                if c.loaded == Some(id) {
+                    c.loaded = None;
+                }
+                if c.woken_here == Some(id) {
+                    c.woken_here = None;
+                }
+                if c.dedicated == Some(id) {
+                    c.dedicated = None;
+                    kicks |= 1u64.checked_shl(n as u32).unwrap_or(0);
+                }
+                if let Some(last) = c.last_of_vm.get_mut(vm) {
+                    *last = None;
+                }
+            }
+            let e = &mut self.vcpus[i];
+            e.vm = NO_VM;
+            e.state = RunState::Off;
+            e.placement = Placement::Shared;
+            e.wake_pending = false;
+            e.wake_at = None;
+            e.loaded_on = None;
+            self.free.push(id);
+        }
+        Ok(kicks)
     }
 
     /// Check, once all vCPUs are added, that shared vCPUs have somewhere to run.
@@ -313,7 +387,7 @@ impl Scheduler {
 
     /// An Off vCPU may run (PSCI CPU_ON, VM boot or restart). Returns the CPU to kick.
     pub fn start(&mut self, v: VcpuId) -> Kick {
-        match self.vcpus.get(v.0).map(|e| e.state) {
+        match self.vcpus.get(v.0).filter(|e| e.vm != NO_VM).map(|e| e.state) {
             Some(RunState::Off) => {
                 self.vcpus[v.0].state = RunState::Blocked;
                 self.vcpus[v.0].wake_at = None;
@@ -461,7 +535,13 @@ impl Scheduler {
             return Decision::keep_idle();
         };
         match c.current {
-            Some(v) if c.dedicated.is_some() => Decision::keep(v),
+            Some(v) if c.dedicated == Some(v) => Decision::keep(v),
+            // Pinned at run time while it ran a shared vCPU: give that one back.
+            Some(v) if c.dedicated.is_some() => {
+                self.leave(cpu, now, RunState::Runnable);
+                self.queue.push_back(v);
+                self.pick(cpu, now)
+            }
             Some(v) => {
                 if now < c.slice_end {
                     return Decision::keep(v);

@@ -63,6 +63,8 @@ pub struct OutputMux {
     staged: VecDeque<u8>,
     /// Guest output waits (Bothy's prompt is open).
     holding: bool,
+    /// Each buffer's size.
+    capacity: usize,
 }
 
 impl OutputMux {
@@ -77,7 +79,28 @@ impl OutputMux {
             last: names.len().saturating_sub(1),
             staged: VecDeque::with_capacity(256),
             holding: false,
+            capacity,
         }
+    }
+
+    /// VM `vm` (a new one, or one built again) is named `name` from now on. Output its
+    /// slot's previous VM left unsent is dropped rather than shown under the new name,
+    /// and a line it left open is ended. Allocates when the slot is new: call it when
+    /// a VM is built, not on an exit.
+    pub fn attach(&mut self, vm: usize, name: &str) {
+        let capacity = self.capacity;
+        while self.buffers.len() <= vm {
+            self.buffers.push(OutputBuffer::new(capacity));
+            self.tags.push(String::new());
+        }
+        self.buffers[vm].clear();
+        // Nor is the old VM's loss reported under the new name.
+        let _ = self.buffers[vm].take_dropped();
+        if self.open_line == Some(vm) {
+            self.staged.extend(b"\r\n");
+            self.open_line = None;
+        }
+        self.tags[vm] = String::from(name);
     }
 
     /// A byte VM `vm` wrote. Never blocks; call [`OutputMux::drain`] after.
@@ -333,6 +356,25 @@ mod tests {
         p.room = 1;
         assert_eq!(m.drain(&mut p), Drain::Idle);
         assert_eq!(text(&p), "[a] bothy: all VMs powered off\r\n[a] more!");
+    }
+
+    #[test]
+    fn a_slot_given_to_another_vm_takes_its_name_and_none_of_the_old_output() {
+        let mut m = OutputMux::new(&["a"], 64);
+        let mut p = port(8);
+        for b in b"old line, never ended" {
+            m.write(0, *b, &mut p);
+        }
+        // "[a] old " went out; the rest waits, and its line is open.
+        m.attach(0, "b");
+        m.attach(2, "c");
+        push(&mut m, 0, "new\n");
+        push(&mut m, 2, "third\n");
+        p.room = 100;
+        assert_eq!(m.drain(&mut p), Drain::Idle);
+        // Round robin from the VM served last (0): 2, then 0.
+        assert_eq!(text(&p), "[a] old \r\n[c] third\n[b] new\n");
+        assert!(!m.pending());
     }
 
     #[test]

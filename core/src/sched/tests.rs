@@ -87,6 +87,19 @@ impl Machine {
         }
     }
 
+    /// Remove VM `vm`'s vCPUs (`ids`); CPUs that held their registers drop them, as
+    /// the hypervisor does (it restores over them without a save).
+    fn remove(&mut self, vm: usize, ids: &[VcpuId]) -> Result<u64, StillRunning> {
+        let kicks = self.s.remove_vm(vm)?;
+        for held in &mut self.hw {
+            if held.is_some_and(|h| ids.contains(&h)) {
+                *held = None;
+            }
+        }
+        self.check();
+        Ok(kicks)
+    }
+
     /// A kicked or idle CPU looks again.
     fn look(&mut self, cpu: Kick) -> Option<VcpuId> {
         let cpu = cpu.expect("a CPU to kick");
@@ -386,6 +399,64 @@ fn wake_of_off_or_unknown_vcpu_does_nothing() {
     assert_eq!(m.tick(0), None);
 }
 
+#[test]
+fn a_removed_vm_gives_back_its_handles_and_no_cpu_saves_into_it() {
+    let mut m = Machine::new(1);
+    let a = shared(&mut m, 0, 2);
+    m.start(a[0]);
+    assert_eq!(m.s.current(0), Some(a[0]));
+    assert_eq!(m.remove(0, &a), Err(StillRunning), "a0 still runs");
+    let _ = m.s.stop_vm(0);
+    let (next, quiescent) = m.off(0);
+    assert_eq!((next, quiescent), (None, true));
+    // CPU 0 idles with a0's registers still loaded.
+    assert_eq!(m.s.loaded(0), Some(a[0]));
+    assert_eq!(m.remove(0, &a), Ok(0));
+    assert_eq!(m.s.loaded(0), None, "the dead vCPU's registers are forgotten");
+    assert_eq!(m.s.start(a[1]), None, "a removed handle cannot be started");
+    // A new VM takes the same slot and the same handles.
+    let b = shared(&mut m, 0, 2);
+    let mut reused = b.clone();
+    reused.sort();
+    let mut old = a.clone();
+    old.sort();
+    assert_eq!(reused, old);
+    let k = m.s.start(b[0]);
+    assert_eq!(k, Some(0));
+    let d = m.s.tick(0, m.now);
+    assert_eq!(
+        (d.save, d.restore, d.flush_tlb),
+        (None, Some(b[0]), false),
+        "restore without a save, no flush for the new VM"
+    );
+    m.apply(0, d);
+    assert_eq!(m.s.vm_alive(0), true);
+}
+
+#[test]
+fn a_removed_pinned_vm_frees_its_cpu_and_a_new_pin_evicts_a_shared_vcpu() {
+    let mut m = Machine::new(2);
+    let p = m.s.add_vcpu(0, Placement::Pinned(1)).unwrap();
+    let s = shared(&mut m, 1, 2);
+    m.start(p);
+    m.start(s[0]);
+    m.start(s[1]);
+    assert_eq!(m.s.current(1), Some(p));
+    assert_eq!(m.s.current(0), Some(s[0]));
+    let _ = m.s.stop_vm(0);
+    m.off(1);
+    assert_eq!(m.remove(0, &[p]), Ok(1 << 1), "CPU 1 is free: kick it");
+    assert_eq!(m.s.dedicated(1), None);
+    assert_eq!(m.look(Some(1)), Some(s[1]), "the queued shared vCPU runs there");
+    // Pinning CPU 1 again: the shared vCPU running there leaves at the next look.
+    let q = m.s.add_vcpu(2, Placement::Pinned(1)).unwrap();
+    let _ = m.s.start(q);
+    assert_eq!(m.tick(1), Some(q));
+    assert_eq!(m.s.state(s[1]), RunState::Runnable);
+    m.now += SLICE;
+    assert_eq!(m.tick(0), Some(s[1]), "the evicted vCPU gets CPU 0's next slice");
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     Start(usize),
@@ -394,6 +465,8 @@ enum Op {
     Yield(usize),
     Off(usize),
     StopVm(usize),
+    /// Remove the VM (if none of its vCPUs runs) and build it again.
+    Recreate(usize),
     Tick(usize),
     Advance(u8),
 }
@@ -406,6 +479,7 @@ fn op(cpus: usize, vcpus: usize) -> impl Strategy<Value = Op> {
         (0..cpus).prop_map(Op::Yield),
         (0..cpus).prop_map(Op::Off),
         (0..3usize).prop_map(Op::StopVm),
+        (0..3usize).prop_map(Op::Recreate),
         (0..cpus).prop_map(Op::Tick),
         any::<u8>().prop_map(Op::Advance),
     ]
@@ -437,6 +511,20 @@ proptest! {
                 Op::Yield(c) => { m.yield_cpu(c); }
                 Op::Off(c) => { m.off(c); }
                 Op::StopVm(vm) => { let _ = m.s.stop_vm(vm); }
+                Op::Recreate(vm) => {
+                    let mine: Vec<usize> = (0..6).filter(|i| i % 3 == vm).collect();
+                    let old: Vec<VcpuId> = mine.iter().map(|&i| ids[i]).collect();
+                    if m.remove(vm, &old).is_ok() {
+                        for &i in &mine {
+                            let placement = match pinned {
+                                Some(cpu) if i == 0 => Placement::Pinned(cpu),
+                                _ => Placement::Shared,
+                            };
+                            ids[i] = m.s.add_vcpu(vm, placement).unwrap();
+                            prop_assert!(old.contains(&ids[i]), "handles are reused");
+                        }
+                    }
+                }
                 Op::Tick(c) => {
                     let ran = m.tick(c);
                     if let (Some(cpu), Some(v)) = (pinned, ran) {
