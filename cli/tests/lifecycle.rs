@@ -1,7 +1,8 @@
 //! VM lifecycle policies with the bare-metal self-test guest (a few seconds a run):
 //! `on_exit = "restart"` boots the VM again each time it powers off, until it is
 //! stopped from Bothy's prompt (then the machine powers off when the prompt closes);
-//! `on_exit = "poweroff"` powers the whole machine off although another VM still runs.
+//! `on_exit = "poweroff"` powers the whole machine off although another VM still runs;
+//! a stopped VM is destroyed and created again from the prompt.
 
 mod common;
 
@@ -166,6 +167,86 @@ fn prompt_restarts_a_running_vm_and_starts_a_stopped_one() {
     c.send("resume");
     c.expect("bothy: all VMs powered off", RUN);
     assert!(c.wait(RUN).success(), "bothy run failed");
+}
+
+/// VMs as run-time objects: a stopped VM is destroyed from the prompt (its memory and
+/// VMID go back to the machine, `list` says so), refused while running, and created
+/// again from the system file; it boots and passes its checks, and the machine's
+/// memory record reads as before.
+#[test]
+fn a_stopped_vm_is_destroyed_and_created_again_from_the_prompt() {
+    let _q = qemu_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let guest = common::build_selftest_guest();
+    let text = format!(
+        "[[vm]]\nname = \"keep\"\ncpus = 1\nmemory = \"64M\"\nkernel = {k:?}\non_exit = \"restart\"\n\
+         [[vm]]\nname = \"st\"\ncpus = 2\nmemory = \"64M\"\nkernel = {k:?}\n",
+        k = guest.display().to_string()
+    );
+    let path = dir.path().join("destroy.toml");
+    std::fs::write(&path, text).unwrap();
+    let mut cmd = Command::new(bothy());
+    cmd.arg("run").arg(&path).args(["--timeout", "300"]);
+    let mut c = Console::spawn(cmd, "destroy/create");
+    c.expect("bothy: VM st powered off", RUN);
+    c.send_raw(b"\x1c\x1c\x1c");
+    c.expect("bothy> ", RUN);
+    let before = memory_line(&mut c);
+    let (held, vmids) = memory_figures(&before);
+
+    c.send("destroy keep");
+    c.expect("stop it first", RUN);
+    c.send("destroy st");
+    c.expect("bothy: VM st destroyed", RUN);
+    c.send("list");
+    c.expect("st: destroyed", RUN);
+    c.expect("bothy> ", RUN);
+    let after = memory_line(&mut c);
+    assert_eq!(
+        memory_figures(&after),
+        (held - 64, vmids - 1),
+        "destroying st gives back its 64 MiB and its VMID: {before} -> {after}"
+    );
+    c.send("start st");
+    c.expect("VM st does not exist (destroyed)", RUN);
+
+    c.send("create st");
+    c.expect("bothy: VM st : 2 vCPUs", RUN);
+    c.send("create st");
+    c.expect("VM st exists already", RUN);
+    c.send("resume");
+    let summary = c.expect("[st] TEST summary:", RUN);
+    let line = c.expect("\n", RUN);
+    assert!(line.contains(" 0 failed"), "created again:\n{summary}{line}");
+    c.expect("bothy: VM st powered off", RUN);
+
+    c.send_raw(b"\x1c\x1c\x1c");
+    c.expect("bothy> ", RUN);
+    assert_eq!(memory_line(&mut c), before, "memory after destroy and create");
+    loop {
+        c.send("stop keep");
+        let answers = [
+            "bothy: VM keep stopped from the prompt",
+            "VM keep is not running",
+        ];
+        if let Some((0, _)) = c.try_expect(&answers, RUN) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    c.send("resume");
+    c.expect("bothy: all VMs powered off", RUN);
+    assert!(c.wait(RUN).success(), "bothy run failed");
+}
+
+/// MiB held by VMs and VMIDs in use, from a `memory:` line.
+fn memory_figures(line: &str) -> (u64, u64) {
+    let number_before = |word: &str| -> u64 {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let at = words.iter().position(|w| w.starts_with(word)).unwrap();
+        words[at - 1].parse().unwrap()
+    };
+    (number_before("MiB"), number_before("VMIDs"))
 }
 
 /// The `memory:` line of the prompt's `list`.

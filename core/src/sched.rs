@@ -387,7 +387,12 @@ impl Scheduler {
 
     /// An Off vCPU may run (PSCI CPU_ON, VM boot or restart). Returns the CPU to kick.
     pub fn start(&mut self, v: VcpuId) -> Kick {
-        match self.vcpus.get(v.0).filter(|e| e.vm != NO_VM).map(|e| e.state) {
+        match self
+            .vcpus
+            .get(v.0)
+            .filter(|e| e.vm != NO_VM)
+            .map(|e| e.state)
+        {
             Some(RunState::Off) => {
                 self.vcpus[v.0].state = RunState::Blocked;
                 self.vcpus[v.0].wake_at = None;

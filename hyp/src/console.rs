@@ -175,6 +175,13 @@ pub fn init_guest_output(names: &[&str]) {
     CONSOLE.lock().mux = Some(OutputMux::new(names, OUTPUT_BUFFER));
 }
 
+/// VM slot `vm` now belongs to the VM named `name` (built at boot or at run time).
+pub fn attach_guest_output(vm: usize, name: &str) {
+    if let Some(mux) = CONSOLE.lock().mux.as_mut() {
+        mux.attach(vm, name);
+    }
+}
+
 /// Print text from Bothy's prompt as it is (no `bothy: ` prefix).
 pub fn print_raw(text: &str) {
     let mut console = CONSOLE.lock();

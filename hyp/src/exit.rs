@@ -28,19 +28,21 @@
 
 use crate::arch::aarch64::context::live_timer_deadline;
 use crate::arch::aarch64::lr::HwListRegs;
+use crate::arch::aarch64::percpu::ExitScope;
 use crate::arch::aarch64::vectors::{
     copy_frame, enter_guest, ExitKind as VectorExit, GuestFrame, Resume,
 };
 use crate::arch::aarch64::{gic, sysreg};
-use crate::machine::{self, machine, CpuContext, Machine};
+use crate::machine::{self, machine, CpuContext, Machine, Sched};
 use crate::println;
 use crate::vm::Vm;
+use alloc::sync::Arc;
 use bothy_core::arch::{Arch, El1Reg, GuestFault};
 use bothy_core::exit::handle::{self, Action};
 use bothy_core::exit::inject;
 use bothy_core::lifecycle::{self, AfterStop, VmState};
 use bothy_core::mem::Vmid;
-use bothy_core::sched::{Decision, Scheduler, Ticks};
+use bothy_core::sched::{Decision, Ticks};
 use bothy_core::vgic::VcpuMask;
 use bothy_core::vm::{ExitCounters, ExitKind};
 use core::sync::atomic::Ordering;
@@ -105,14 +107,45 @@ pub fn run_cpu(cpu: usize) -> ! {
     sysreg::write_vpidr_el2(sysreg::read_midr_el1());
     sysreg::tlbi_all_local();
     let mut frame = GuestFrame::default();
-    let (d, deadline) = {
+    let (plan, deadline) = {
         let mut s = m.sched.lock();
         let d = s.tick(cpu, sysreg::read_cntpct_el0());
-        (d, s.deadline(cpu))
+        (Plan::resolve(&s, d, cpu), s.deadline(cpu))
     };
-    let _ = leave(m, ctx, &frame, None, &d, None);
-    arrive(m, ctx, &mut frame, None, &d, deadline, false);
+    let scope = ExitScope::enter();
+    let _ = leave(ctx, &frame, None, &plan, None);
+    arrive(m, ctx, &mut frame, None, &plan, deadline, false, &scope);
     enter_guest(m.cpus[cpu].index, &frame)
+}
+
+/// A scheduler [`Decision`] with the vCPUs it names looked up (under the scheduler's
+/// lock, so they are the ones it meant even if VMs come and go right after).
+struct Plan {
+    d: Decision,
+    run: Option<(Arc<Vm>, usize)>,
+    save: Option<(Arc<Vm>, usize)>,
+    /// The CPU is pinned to a vCPU (it may have become so, or stopped being so, since
+    /// it last loaded one: VMs come and go).
+    dedicated: bool,
+}
+
+impl Plan {
+    fn resolve(s: &Sched, d: Decision, cpu: usize) -> Plan {
+        Plan {
+            run: d.run.and_then(|id| s.vcpu(id)),
+            save: d.save.and_then(|id| s.vcpu(id)),
+            dedicated: s.dedicated(cpu).is_some(),
+            d,
+        }
+    }
+}
+
+/// Whether `held` (a vCPU whose registers or frame this CPU has) is `other`.
+fn same_vcpu(held: Option<(&Vm, usize)>, other: &Option<(Arc<Vm>, usize)>) -> bool {
+    match (held, other) {
+        (Some((a, av)), Some((b, bv))) => core::ptr::eq(a, Arc::as_ptr(b)) && av == *bv,
+        _ => false,
+    }
 }
 
 /// Ask the scheduler what this CPU runs next, given why the current exit asked, and
@@ -123,8 +156,9 @@ fn schedule(frame: &mut GuestFrame) {
     let m = machine();
     let ctx = machine::this_cpu();
     let cpu = ctx.slot;
+    let scope = ExitScope::enter();
     let reason = Reason::take(ctx);
-    let current = ctx.loaded.get();
+    let current = ctx.loaded.get(&scope);
     let now = sysreg::read_cntpct_el0();
     let mut s = m.sched.lock();
     let mut finished_vm = None;
@@ -145,13 +179,14 @@ fn schedule(frame: &mut GuestFrame) {
                     // Only now: a CPU_ON that sees it Off finds the scheduler agreeing.
                     vm.power.power_off(vcpu);
                 }
-                finished_vm = Some((vm, quiescent, s.vm_alive(vm.index)));
+                finished_vm = Some((vm, quiescent, s.vm_alive(vm.index())));
             }
             d
         }
     };
     let deadline = s.deadline(cpu);
-    let owner = match leave(m, ctx, frame, current, &d, Some(s)) {
+    let plan = Plan::resolve(&s, d, cpu);
+    let owner = match leave(ctx, frame, current, &plan, Some(s)) {
         Left::Stays => {
             // The same vCPU goes on with the registers it has.
             arm_tick(deadline);
@@ -171,7 +206,7 @@ fn schedule(frame: &mut GuestFrame) {
     if let Some((vm, quiescent, alive)) = finished_vm {
         vcpus_stopped(vm, quiescent, alive);
     }
-    arrive(m, ctx, frame, owner, &d, deadline, look_first);
+    arrive(m, ctx, frame, owner, &plan, deadline, look_first, &scope);
 }
 
 /// What [`leave`] did with the vCPU whose registers are in the frame.
@@ -192,15 +227,14 @@ enum Left {
 /// locks are taken while the scheduler's lock (`s`) is still held, so whoever loads
 /// those vCPUs next waits for this.
 fn leave(
-    m: &Machine,
     ctx: &CpuContext,
     frame: &GuestFrame,
-    owner: Option<(&'static Vm, usize)>,
-    d: &Decision,
-    s: Option<MutexGuard<Scheduler>>,
+    owner: Option<(&Vm, usize)>,
+    plan: &Plan,
+    s: Option<MutexGuard<Sched>>,
 ) -> Left {
-    let owner_id = owner.map(|(vm, v)| vm.vcpus[v].id);
-    if d.run.is_some() && d.run == owner_id {
+    let d = &plan.d;
+    if d.run.is_some() && same_vcpu(owner, &plan.run) {
         return Left::Stays;
     }
     if d.run.is_none() && d.save.is_none() {
@@ -209,20 +243,19 @@ fn leave(
             None => Left::FrameSaved,
         };
     }
-    let out_regs = d.save.and_then(|id| m.vcpu(id));
     let mut frame_guard = owner.map(|(vm, v)| vm.vcpus[v].saved.lock());
-    let same = owner_id.is_some() && owner_id == d.save;
+    let same = same_vcpu(owner, &plan.save);
     let mut regs_guard = if same {
         None
     } else {
-        out_regs.map(|(vm, v)| vm.vcpus[v].saved.lock())
+        plan.save.as_ref().map(|(vm, v)| vm.vcpus[*v].saved.lock())
     };
     drop(s);
     if let Some(saved) = frame_guard.as_mut() {
         copy_frame(&mut saved.frame, frame);
     }
     if d.save.is_some() {
-        let mut cpuif = ctx.cpuif(m.vtimer_intid);
+        let mut cpuif = ctx.cpuif(machine().vtimer_intid);
         let saved = if same {
             frame_guard.as_mut()
         } else {
@@ -239,36 +272,39 @@ fn leave(
 /// The second half of carrying out `d`: load and run `d.run`, or idle until the
 /// scheduler has something for this CPU. `owner` is the vCPU whose frame is still in
 /// `frame` (one this CPU idles with). Leaves the registers to resume in `frame`.
-fn arrive(
+#[allow(clippy::too_many_arguments)]
+fn arrive<'s>(
     m: &'static Machine,
     ctx: &CpuContext,
     frame: &mut GuestFrame,
-    mut owner: Option<(&'static Vm, usize)>,
-    first: &Decision,
+    mut owner: Option<(&'s Vm, usize)>,
+    first: &Plan,
     mut deadline: Option<Ticks>,
     mut look_first: bool,
+    scope: &'s ExitScope,
 ) {
     let cpu = ctx.slot;
-    // By reference: a `Decision` passed by value is copied through `memcpy`.
-    let mut d = first;
-    let mut fresh: Decision;
+    // By reference: a `Plan` passed by value is copied through `memcpy`.
+    let mut plan = first;
+    let mut fresh: Plan;
     loop {
-        if let Some(id) = d.run {
-            let Some((vm, v)) = m.vcpu(id) else {
+        if let Some(id) = plan.d.run {
+            let Some((vm, v)) = plan.run.as_ref().map(|(vm, v)| (vm, *v)) else {
                 crate::fatal(format_args!(
                     "the scheduler chose vCPU {} which does not exist",
                     id.0
                 ))
             };
-            let in_slot = owner.is_some_and(|(o, ov)| o.index == vm.index && ov == v);
-            if d.restore != Some(id) {
+            let restore = plan.d.restore == Some(id);
+            let in_slot = owner.is_some_and(|(o, ov)| core::ptr::eq(o, Arc::as_ptr(vm)) && ov == v);
+            if !restore {
                 // Loaded here already, but the CPU may have parked its VTTBR while idle,
                 // or the VM may have restarted with new memory since.
                 use_vttbr(vm.vttbr.load(Ordering::Acquire));
             }
-            if d.restore == Some(id) || !in_slot {
+            if restore || !in_slot {
                 let saved = vm.vcpus[v].saved.lock();
-                if d.restore == Some(id) {
+                if restore {
                     sysreg::write_vttbr_el2(vm.vttbr.load(Ordering::Acquire));
                     sysreg::write_vtcr_el2(vm.vtcr);
                     sysreg::write_cntvoff_el2(vm.cntvoff);
@@ -276,14 +312,16 @@ fn arrive(
                     sysreg::isb();
                     let mut cpuif = ctx.cpuif(m.vtimer_intid);
                     saved.arch.restore(ctx.features, &mut cpuif);
-                    if d.flush_tlb {
+                    if plan.d.flush_tlb {
                         sysreg::flush_local_guest_context();
                     }
-                    ctx.loaded.set(vm, v);
+                    ctx.loaded.set(vm.clone(), v);
+                    machine::trap_wfe(!plan.dedicated);
                 }
                 copy_frame(frame, &saved.frame);
             }
-            if ctx.loaded.get().map(|(l, lv)| (l.index, lv)) != Some((vm.index, v)) {
+            let holds = ctx.loaded.get(scope);
+            if !holds.is_some_and(|(l, lv)| core::ptr::eq(l, Arc::as_ptr(vm)) && lv == v) {
                 crate::fatal(format_args!(
                     "CPU {cpu} runs VM {} vCPU {v} without its registers",
                     vm.name
@@ -304,7 +342,7 @@ fn arrive(
             // given back while this CPU sleeps).
             use_vttbr(m.parked_vttbr);
             sysreg::wfi();
-            let loaded = ctx.loaded.get();
+            let loaded = ctx.loaded.get(scope);
             let _ = drain_physical_irqs(m, loaded);
             // The vCPU this CPU idles with may have been given an interrupt meanwhile
             // (its timer fires here, into its own list registers).
@@ -318,11 +356,12 @@ fn arrive(
             }
         }
         let mut s = m.sched.lock();
-        fresh = s.tick(cpu, sysreg::read_cntpct_el0());
-        d = &fresh;
+        let d = s.tick(cpu, sysreg::read_cntpct_el0());
+        fresh = Plan::resolve(&s, d, cpu);
+        plan = &fresh;
         kick_mask(s.take_kicks());
         deadline = s.deadline(cpu);
-        if d.run.is_some() && leave(m, ctx, frame, owner, d, Some(s)) == Left::FrameSaved {
+        if plan.d.run.is_some() && leave(ctx, frame, owner, plan, Some(s)) == Left::FrameSaved {
             owner = None;
         }
     }
@@ -406,7 +445,7 @@ fn reset_vcpu_state(vm: &Vm, vcpu: usize) {
 /// `bothy_core::lifecycle` decides.
 #[cold]
 #[inline(never)]
-fn vcpus_stopped(vm: &'static Vm, quiescent: bool, alive: bool) {
+fn vcpus_stopped(vm: &Vm, quiescent: bool, alive: bool) {
     if lifecycle::all_vcpus_off(vm.state(), alive) && vm.leave_running(VmState::Off) {
         println!("VM {} powered off (its last vCPU called CPU_OFF)", vm.name);
     }
@@ -432,9 +471,9 @@ fn vcpus_stopped(vm: &'static Vm, quiescent: bool, alive: bool) {
 
 /// Stop every vCPU of `vm` after its state left `Running`; finishes at once if none
 /// was running.
-pub fn stop_vm(vm: &'static Vm) {
+pub fn stop_vm(vm: &Vm) {
     let m = machine();
-    let stop = m.sched.lock().stop_vm(vm.index);
+    let stop = m.sched.lock().stop_vm(vm.index());
     for cpu in stop.kicks {
         machine::kick(cpu);
     }
@@ -447,7 +486,7 @@ pub fn stop_vm(vm: &'static Vm) {
 /// the vGIC and power states, and start vCPU 0 at the kernel entry.
 #[cold]
 #[inline(never)]
-pub fn finish_reset(vm: &'static Vm) {
+pub fn finish_reset(vm: &Vm) {
     if let Err(e) =
         fresh_memory(vm).and_then(|()| vm.load_images().map_err(|e| alloc::format!("{e}")))
     {
@@ -482,7 +521,7 @@ pub fn finish_reset(vm: &'static Vm) {
 /// machine's memory record proves nothing leaked. No vCPU of the VM runs (it is
 /// quiescent); idle CPUs have parked their VTTBR, and this CPU parks it if it still
 /// holds the VM's. Other CPUs load the new VTTBR when they next run one of its vCPUs.
-fn fresh_memory(vm: &'static Vm) -> Result<(), alloc::string::String> {
+fn fresh_memory(vm: &Vm) -> Result<(), alloc::string::String> {
     let m = machine();
     if sysreg::read_vttbr_el2() == vm.vttbr.load(Ordering::Acquire) {
         use_vttbr(m.parked_vttbr);
@@ -532,10 +571,12 @@ fn wake(vm: &Vm, vcpu: usize) {
 /// A synchronous exit (hypercall, trapped instruction, stage-2 abort).
 pub extern "C" fn handle_sync_exit(frame: &mut GuestFrame) -> Resume {
     let ctx = machine::this_cpu();
-    let (vm, vcpu) = loaded(ctx);
+    let scope = ExitScope::enter();
+    let (vm, vcpu) = loaded(ctx, &scope);
     let esr = sysreg::read_esr_el2();
     let mut hw = ExitHw;
-    let action = handle::sync_exit::<false>(vm, vcpu, exits(ctx, vm, vcpu), frame, esr, &mut hw);
+    let exits = exits(ctx, vm, vcpu, &scope);
+    let action = handle::sync_exit::<false>(vm, vcpu, exits, frame, esr, &mut hw);
     if action == Action::Resume {
         return Resume::Saved;
     }
@@ -545,8 +586,9 @@ pub extern "C" fn handle_sync_exit(frame: &mut GuestFrame) -> Resume {
 /// A physical IRQ while the guest ran.
 pub extern "C" fn handle_irq_exit(_frame: &mut GuestFrame) -> Resume {
     let ctx = machine::this_cpu();
-    let (vm, vcpu) = loaded(ctx);
-    exits(ctx, vm, vcpu).count(ExitKind::Irq);
+    let scope = ExitScope::enter();
+    let (vm, vcpu) = loaded(ctx, &scope);
+    exits(ctx, vm, vcpu, &scope).count(ExitKind::Irq);
     // One interrupt per exit: another one pending brings the CPU straight back.
     let taken = take_physical_irq(machine(), Some((vm, vcpu))).unwrap_or(0);
     let action = handle::finish(vm, vcpu, taken & FLUSHED != 0, &mut ExitHw);
@@ -563,8 +605,9 @@ pub extern "C" fn handle_irq_exit(_frame: &mut GuestFrame) -> Resume {
 /// FIQ, SError, or anything from AArch32.
 pub extern "C" fn handle_other_exit(kind: u64, _frame: &mut GuestFrame) -> Resume {
     let ctx = machine::this_cpu();
-    let (vm, vcpu) = loaded(ctx);
-    exits(ctx, vm, vcpu).count(ExitKind::Other);
+    let scope = ExitScope::enter();
+    let (vm, vcpu) = loaded(ctx, &scope);
+    exits(ctx, vm, vcpu, &scope).count(ExitKind::Other);
     let flushed = other_exit(kind, vm, vcpu);
     match handle::finish(vm, vcpu, flushed, &mut ExitHw) {
         Action::Resume => Resume::Saved,
@@ -580,10 +623,12 @@ pub extern "C" fn handle_other_exit(kind: u64, _frame: &mut GuestFrame) -> Resum
 pub extern "C" fn handle_exit_all(frame: &mut GuestFrame, why: u64) {
     if Resume::from_raw(why) == Resume::SaveAllAndRetry {
         let ctx = machine::this_cpu();
-        let (vm, vcpu) = loaded(ctx);
+        let scope = ExitScope::enter();
+        let (vm, vcpu) = loaded(ctx, &scope);
         let esr = sysreg::read_esr_el2();
         let mut hw = ExitHw;
-        let action = handle::sync_exit::<true>(vm, vcpu, exits(ctx, vm, vcpu), frame, esr, &mut hw);
+        let exits = exits(ctx, vm, vcpu, &scope);
+        let action = handle::sync_exit::<true>(vm, vcpu, exits, frame, esr, &mut hw);
         if action == Action::Resume || carry_out(ctx, vm, vcpu, action) != Resume::Schedule {
             return;
         }
@@ -595,7 +640,7 @@ pub extern "C" fn handle_exit_all(frame: &mut GuestFrame, why: u64) {
 /// a start, and say how the vector code goes on.
 #[cold]
 #[inline(never)]
-fn carry_out(ctx: &CpuContext, vm: &'static Vm, vcpu: usize, action: Action) -> Resume {
+fn carry_out(ctx: &CpuContext, vm: &Vm, vcpu: usize, action: Action) -> Resume {
     let reason = match action {
         Action::Resume => return Resume::Saved,
         Action::NeedsAllRegisters => return Resume::SaveAllAndRetry,
@@ -693,18 +738,21 @@ impl Arch for ExitHw {
 
     #[inline(always)]
     fn wake(&mut self, vcpus: VcpuMask) {
-        kick_each(loaded(machine::this_cpu()).0, vcpus);
+        let scope = ExitScope::enter();
+        kick_each(loaded(machine::this_cpu(), &scope).0, vcpus);
     }
 
     fn console_out(&mut self, byte: u8) {
-        let (vm, _) = loaded(machine::this_cpu());
-        crate::console::guest_byte(vm.index, byte);
+        let scope = ExitScope::enter();
+        let (vm, _) = loaded(machine::this_cpu(), &scope);
+        crate::console::guest_byte(vm.index(), byte);
     }
 
     #[cold]
     #[inline(never)]
     fn guest_fault(&mut self, fault: GuestFault) {
-        let (vm, vcpu) = loaded(machine::this_cpu());
+        let scope = ExitScope::enter();
+        let (vm, vcpu) = loaded(machine::this_cpu(), &scope);
         let (n, report) = vm.note_fault();
         if report {
             println!(
@@ -721,8 +769,8 @@ impl Arch for ExitHw {
 
 /// The exit counters of the vCPU this CPU runs.
 #[inline(always)]
-fn exits<'a>(ctx: &'a CpuContext, vm: &'a Vm, vcpu: usize) -> &'a ExitCounters {
-    match ctx.loaded.exits() {
+fn exits<'s>(ctx: &CpuContext, vm: &'s Vm, vcpu: usize, scope: &'s ExitScope) -> &'s ExitCounters {
+    match ctx.loaded.exits(scope) {
         Some(exits) => exits,
         None => &vm.vcpus[vcpu].exits,
     }
@@ -730,8 +778,8 @@ fn exits<'a>(ctx: &'a CpuContext, vm: &'a Vm, vcpu: usize) -> &'a ExitCounters {
 
 /// The vCPU this CPU runs (an exit comes from it).
 #[inline(always)]
-fn loaded(ctx: &CpuContext) -> (&'static Vm, usize) {
-    match ctx.loaded.get() {
+fn loaded<'s>(ctx: &CpuContext, scope: &'s ExitScope) -> (&'s Vm, usize) {
+    match ctx.loaded.get(scope) {
         Some(loaded) => loaded,
         None => crate::fatal(format_args!(
             "exit on CPU slot {}, which runs no vCPU",
@@ -743,7 +791,7 @@ fn loaded(ctx: &CpuContext) -> (&'static Vm, usize) {
 /// FIQs, SErrors and anything from AArch32. Returns whether this vCPU's list registers
 /// were flushed on the way.
 #[inline(never)]
-fn other_exit(kind: u64, vm: &'static Vm, vcpu: usize) -> bool {
+fn other_exit(kind: u64, vm: &Vm, vcpu: usize) -> bool {
     match VectorExit::from_raw(kind) {
         VectorExit::Sync => false,
         VectorExit::Irq | VectorExit::Fiq => {
@@ -770,7 +818,7 @@ fn other_exit(kind: u64, vm: &'static Vm, vcpu: usize) -> bool {
 /// Stop a VM because of something it did that Bothy cannot reflect back to it.
 #[cold]
 #[inline(never)]
-fn crash_vm(vm: &'static Vm, why: core::fmt::Arguments) {
+fn crash_vm(vm: &Vm, why: core::fmt::Arguments) {
     if vm.leave_running(VmState::Crashed) {
         println!("error: VM {} stopped: {why}", vm.name);
         stop_vm(vm);

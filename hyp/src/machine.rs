@@ -1,9 +1,20 @@
 //! The machine as Bothy runs it: physical CPUs, the VMs, and the scheduler.
 //!
-//! Built once on the boot CPU ([`build`]) and then read-only (all mutable state
-//! inside is atomic or locked), so every CPU reads it without locking. Which vCPU
-//! each CPU runs is the scheduler's (`bothy_core::sched`) to decide, behind one lock
-//! taken only where a CPU may change vCPU; a pinned vCPU's CPU runs nothing else.
+//! Built once on the boot CPU ([`build`]); everything that changes later is atomic or
+//! locked, so every CPU reads it without locking. Which vCPU each CPU runs is the
+//! scheduler's (`bothy_core::sched`) to decide, behind one lock taken only where a
+//! CPU may change vCPU; a pinned vCPU's CPU runs nothing else.
+//!
+//! VMs are run-time objects: [`create_vm`] builds one from its description in the
+//! system file (at boot, and from the prompt's `create`) and [`destroy_vm`] takes a
+//! stopped one apart, giving back its memory, VMID and vCPUs. The VM table holds
+//! them by generation-tagged handle (`bothy_core::vm::VmTable`) as `Arc`s, and so do
+//! the scheduler's vCPU map and the CPUs holding one of their vCPUs' registers
+//! (`percpu::LoadedVcpu`), so a VM lives until the last of those lets go.
+//!
+//! Lock order: the prompt's, then `vms`, then the scheduler's, then one vCPU's
+//! `saved`; a VM's memory lock, then the machine's memory lock. `vms` is never taken
+//! while the scheduler's lock is held.
 
 use crate::arch::aarch64::context::{Features, HwCpuIf};
 use crate::arch::aarch64::lr::HwListRegs;
@@ -11,16 +22,24 @@ use crate::arch::aarch64::percpu::LoadedVcpu;
 use crate::arch::aarch64::{entry, firmware, gic, mmu, percpu, sysreg};
 use crate::vm::{self, BuildEnv, Vm};
 use crate::{exit, fatal, println};
+use alloc::format;
+use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
-use bothy_core::fdt::platform::Platform;
-use bothy_core::manifest::Manifest;
+use bothy_core::fdt::platform::{Platform, TimerIrqs};
+use bothy_core::lifecycle::VmState;
+use bothy_core::manifest::{Manifest, VmSpec};
 use bothy_core::mem::{
     build_el2_idmap, PageOwnership, RegionAllocator, Stage2, VmidAllocator, VmidBits, PAGE_SIZE,
 };
 use bothy_core::sched::{Placement, Scheduler, VcpuId};
+use bothy_core::vm::VmTable;
 use bothy_core::Region;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use spin::{Mutex, Once};
+use spin::{Mutex, Once, RwLock};
+
+/// Most VMs at once (the VM table's size; VM slots are 16-bit).
+pub const MAX_VMS: usize = 64;
 
 /// Physical SGI one CPU sends another: "look at your vCPU" (new interrupt, CPU_ON, VM stop).
 pub const KICK_SGI: u32 = 0;
@@ -44,11 +63,16 @@ pub struct Machine {
     pub parked_vttbr: u64,
     /// Physical memory after boot: what is free, who owns the rest, VMIDs in use.
     pub memory: Mutex<MachineMemory>,
-    pub vms: Vec<Vm>,
+    /// The VMs that exist now, by handle (a VM's slot is `Vm::index`).
+    pub vms: RwLock<VmTable<Arc<Vm>>>,
     /// Which vCPU runs where (slots of `cpus`); see `bothy_core::sched`.
-    pub sched: Mutex<Scheduler>,
-    /// The (VM, vCPU index) of each scheduler handle.
-    pub vcpu_of: Vec<(usize, usize)>,
+    pub sched: Mutex<Sched>,
+    /// The system file's VMs: what `create` builds (a VM's `template`).
+    pub templates: Vec<VmSpec>,
+    /// What building a VM needs from the platform.
+    pub payload_base: u64,
+    pub pa_bits: u32,
+    pub timer: TimerIrqs,
     pub gic_dist: u64,
     /// Physical INTIDs Bothy handles.
     pub vtimer_intid: u32,
@@ -58,8 +82,42 @@ pub struct Machine {
     pub uart_intid: Option<u32>,
     /// VMs not yet powered off; at zero Bothy powers the machine off.
     pub running_vms: AtomicUsize,
-    /// VM that receives console input.
+    /// Slot of the VM that receives console input.
     pub focus: AtomicUsize,
+}
+
+/// The scheduler, and the VM and vCPU behind each of its handles (under its lock, so
+/// a decision and the vCPUs it names are read together).
+pub struct Sched {
+    pub core: Scheduler,
+    vcpus: Vec<Option<(Arc<Vm>, usize)>>,
+}
+
+impl core::ops::Deref for Sched {
+    type Target = Scheduler;
+    fn deref(&self) -> &Scheduler {
+        &self.core
+    }
+}
+
+impl core::ops::DerefMut for Sched {
+    fn deref_mut(&mut self) -> &mut Scheduler {
+        &mut self.core
+    }
+}
+
+impl Sched {
+    /// The VM and vCPU behind a scheduler handle.
+    pub fn vcpu(&self, id: VcpuId) -> Option<(Arc<Vm>, usize)> {
+        self.vcpus.get(id.0)?.clone()
+    }
+
+    fn map(&mut self, id: VcpuId, to: Option<(Arc<Vm>, usize)>) {
+        if self.vcpus.len() <= id.0 {
+            self.vcpus.resize(id.0 + 1, None);
+        }
+        self.vcpus[id.0] = to;
+    }
 }
 
 /// The frame allocator, page-ownership record and VMID allocator, which live as long
@@ -71,10 +129,25 @@ pub struct MachineMemory {
 }
 
 impl Machine {
-    /// The VM and vCPU behind a scheduler handle.
-    pub fn vcpu(&self, id: VcpuId) -> Option<(&Vm, usize)> {
-        let &(vm, vcpu) = self.vcpu_of.get(id.0)?;
-        Some((self.vms.get(vm)?, vcpu))
+    /// The VM in slot `index`, if one exists.
+    pub fn vm_at(&self, index: usize) -> Option<Arc<Vm>> {
+        let vms = self.vms.read();
+        let handle = vms.handle_at(u16::try_from(index).ok()?)?;
+        vms.get(handle).cloned()
+    }
+
+    /// The VM built from template `template` (the system file's VM of that index).
+    pub fn vm_of_template(&self, template: usize) -> Option<Arc<Vm>> {
+        self.vms
+            .read()
+            .iter()
+            .find(|(_, vm)| vm.template == template)
+            .map(|(_, vm)| vm.clone())
+    }
+
+    /// Every VM, by slot.
+    pub fn all_vms(&self) -> Vec<Arc<Vm>> {
+        self.vms.read().iter().map(|(_, vm)| vm.clone()).collect()
     }
 }
 
@@ -240,46 +313,17 @@ pub fn build(
         });
     }
 
-    // 4. Every vCPU gets a scheduler handle: pinned ones own their CPU, the rest
-    //    share the CPUs nobody pinned.
+    // 4. The scheduler: pinned vCPUs own their CPU, the rest share the CPUs nobody
+    //    pinned.
     let freq = sysreg::read_cntfrq_el0();
     let slice = u64::from(manifest.slice_us) * freq / 1_000_000;
-    let mut sched = Scheduler::new(cpus.len(), slice);
-    let mut vcpu_of = Vec::new();
-    let mut plans = Vec::new();
-    for (vm_index, spec) in manifest.vms.iter().enumerate() {
-        let mut plan = Vec::new();
-        for vcpu in 0..spec.cpus as usize {
-            let placement = match spec.pin.get(vcpu) {
-                Some(&dt) => match cpus.iter().position(|c| c.dt_index == dt as usize) {
-                    Some(slot) => Placement::Pinned(slot),
-                    None => fatal(format_args!(
-                        "VM {}: pin: CPU {dt} is not online (online: {})",
-                        spec.name,
-                        online_list(&cpus)
-                    )),
-                },
-                None => Placement::Shared,
-            };
-            let id = sched
-                .add_vcpu(vm_index, placement)
-                .unwrap_or_else(|e| fatal(format_args!("VM {}: vCPU {vcpu}: {e}", spec.name)));
-            vcpu_of.push((vm_index, vcpu));
-            plan.push(id);
-        }
-        plans.push(plan);
-    }
-    if let Err(e) = sched.check() {
-        fatal(format_args!(
-            "{e}: pin fewer CPUs, or start QEMU with more (--smp)"
-        ));
-    }
+    let sched = Scheduler::new(cpus.len(), slice);
 
-    // 5. Physical GIC, then the VMs.
+    // 5. Physical GIC, memory bookkeeping, then the VMs.
     gic::init_distributor(platform.gic.dist.base);
     // One width for the allocator and VTCR_EL2.VS: if they disagreed, VMIDs 256
     // apart would share TLB entries.
-    let mut vmids =
+    let vmids =
         VmidAllocator::new(VmidBits::from_id_aa64mmfr1(sysreg::read_id_aa64mmfr1_el1()));
     // What an idle CPU installs: tables that translate nothing, under VMID 0.
     let parked_vttbr = Stage2::new(
@@ -305,44 +349,11 @@ pub fn build(
             fatal(format_args!("memory ownership record: {e:?}"));
         }
     }
-    let mut env = BuildEnv {
-        allocator: &mut allocator,
-        owners: &mut owners,
-        payload_base,
-        pa_bits,
-        timer: platform.timer,
-        vmids: &mut vmids,
-    };
-    let mut vms = Vec::new();
-    for ((index, spec), plan) in manifest.vms.iter().enumerate().zip(plans) {
-        let vm =
-            vm::build(index, spec, plan, &mut env).unwrap_or_else(|e| fatal(format_args!("{e}")));
-        println!(
-            "VM {} : {} vCPUs, {} MiB at {:#x}, kernel at IPA {:#x}{}",
-            vm.name,
-            vm.vcpus(),
-            vm.ram.size >> 20,
-            vm.ram_pa(),
-            vm.boot.kernel,
-            vm.boot
-                .initrd
-                .map_or(alloc::string::String::new(), |r| alloc::format!(
-                    ", initrd {} KiB",
-                    r.size >> 10
-                ))
-        );
-        vms.push(vm);
-    }
     let uart_intid = platform
         .uart
         .as_ref()
         .and_then(|u| u.spi)
         .map(|spi| spi + SPI_BASE);
-    let running = vms.len();
-    for vm in &vms {
-        vm.vcpus[0].boot.store(true, Ordering::Relaxed);
-        let _ = sched.start(vm.vcpus[0].id);
-    }
     MACHINE.call_once(|| Machine {
         cpus,
         parked_vttbr,
@@ -351,20 +362,29 @@ pub fn build(
             owners,
             vmids,
         }),
-        vms,
-        sched: Mutex::new(sched),
-        vcpu_of,
+        vms: RwLock::new(VmTable::new(MAX_VMS)),
+        sched: Mutex::new(Sched {
+            core: sched,
+            vcpus: Vec::new(),
+        }),
+        templates: manifest.vms,
+        payload_base,
+        pa_bits,
+        timer: platform.timer,
         gic_dist: platform.gic.dist.base,
         vtimer_intid: platform.timer.virt + PPI_BASE,
         tick_intid: platform.timer.hyp_phys + PPI_BASE,
         maintenance_intid: platform.gic.maintenance_ppi.unwrap_or(9) + PPI_BASE,
         uart_intid,
-        running_vms: AtomicUsize::new(running),
+        running_vms: AtomicUsize::new(0),
         focus: AtomicUsize::new(0),
     });
     let m = machine();
-    let names: Vec<&str> = m.vms.iter().map(|vm| vm.name.as_str()).collect();
-    crate::console::init_guest_output(&names);
+    crate::console::init_guest_output(&[]);
+    for template in 0..m.templates.len() {
+        create_vm(m, template).unwrap_or_else(|e| fatal(format_args!("{e}")));
+    }
+    VMS_BUILT.store(true, Ordering::Release);
     if let (Some(intid), Some(uart)) = (m.uart_intid, crate::console::uart()) {
         gic::enable_spi(m.gic_dist, intid, m.cpus[0].mpidr);
         uart.enable_rx_interrupt();
@@ -383,6 +403,10 @@ fn online_list(cpus: &[PhysCpu]) -> alloc::string::String {
     let words: Vec<alloc::string::String> = numbers.iter().map(|n| alloc::format!("{n}")).collect();
     words.join(", ")
 }
+
+/// The boot VMs are built: secondaries may set up and look for work (their WFE
+/// trapping follows from which CPUs those VMs pin).
+static VMS_BUILT: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
 /// Bit per CPU index that has checked in from `secondary_main`.
 static ONLINE: AtomicUsize = AtomicUsize::new(1);
@@ -434,8 +458,8 @@ pub fn secondary_main(index: usize) -> ! {
     ONLINE.fetch_or(1 << index, Ordering::AcqRel);
     let m = loop {
         match MACHINE.get() {
-            Some(m) => break m,
-            None => sysreg::wfe(),
+            Some(m) if VMS_BUILT.load(Ordering::Acquire) => break m,
+            _ => sysreg::wfe(),
         }
     };
     // A CPU that came up too late was not given an entry in the machine: park it.
@@ -511,20 +535,204 @@ fn setup_cpu(cpu: usize) {
     sysreg::write_mdcr_el2(((sysreg::read_pmcr_el0() >> 11) & 0x1f) | MDCR_EL2_HPMD);
     sysreg::write_cnthctl_el2(CNTHCTL_EL1PCTEN);
     sysreg::write_cnthp_ctl_el2(0);
-    // WFE yields on a shared CPU; on a dedicated one there is nobody to yield to, so
-    // it is not trapped at all.
-    let hcr = if dedicated {
-        HCR_GUEST & !HCR_TWE
-    } else {
-        HCR_GUEST
-    };
-    sysreg::write_hcr_el2(hcr);
-    sysreg::isb();
+    trap_wfe(!dedicated);
     let mut private = 1 << KICK_SGI;
     private |= 1 << m.maintenance_intid;
     private |= 1 << m.vtimer_intid;
     private |= 1 << m.tick_intid;
     gic::init_cpu(m.cpus[cpu].redist, private);
+}
+
+/// Build VM `template` of the system file and start its vCPU 0 (at boot, and from
+/// the prompt's `create`). A mistake in the description (a pin to a CPU that is not
+/// online or is taken) or a machine out of memory or VMIDs is an error, and leaves
+/// nothing behind.
+pub fn create_vm(m: &'static Machine, template: usize) -> Result<Arc<Vm>, String> {
+    let Some(spec) = m.templates.get(template) else {
+        return Err(format!("no VM description {template}"));
+    };
+    let name = &spec.name;
+    let mut placements = Vec::new();
+    for vcpu in 0..spec.cpus as usize {
+        placements.push(match spec.pin.get(vcpu) {
+            Some(&dt) => match m.cpus.iter().position(|c| c.dt_index == dt as usize) {
+                Some(slot) => Placement::Pinned(slot),
+                None => {
+                    return Err(format!(
+                        "VM {name}: pin: CPU {dt} is not online (online: {})",
+                        online_list(&m.cpus)
+                    ))
+                }
+            },
+            None => Placement::Shared,
+        });
+    }
+    // Held while the VM is built, so its slot stays the one `vacant` names.
+    let mut vms = m.vms.write();
+    if vms.iter().any(|(_, vm)| vm.template == template) {
+        return Err(format!("VM {name} exists already"));
+    }
+    let Some(handle) = vms.vacant() else {
+        return Err(format!("VM {name}: no room for another VM ({MAX_VMS} at most)"));
+    };
+    let index = usize::from(handle.index());
+    let ids = {
+        let mut s = m.sched.lock();
+        let mut ids = Vec::new();
+        let mut added = placements
+            .iter()
+            .enumerate()
+            .try_for_each(|(vcpu, &placement)| {
+                let id = s
+                    .add_vcpu(index, placement)
+                    .map_err(|e| format!("VM {name}: vCPU {vcpu}: {e}"))?;
+                ids.push(id);
+                Ok::<(), String>(())
+            });
+        if added.is_ok() {
+            added = s
+                .check()
+                .map_err(|e| format!("VM {name}: {e}: pin fewer CPUs, or start QEMU with more (--smp)"));
+        }
+        if let Err(e) = added {
+            let _ = s.remove_vm(index);
+            return Err(e);
+        }
+        ids
+    };
+    let built = {
+        let mut memory = m.memory.lock();
+        let mm = &mut *memory;
+        let mut env = BuildEnv {
+            allocator: &mut mm.allocator,
+            owners: &mut mm.owners,
+            payload_base: m.payload_base,
+            pa_bits: m.pa_bits,
+            timer: m.timer,
+            vmids: &mut mm.vmids,
+        };
+        vm::build(handle, template, spec, ids.clone(), &mut env)
+    };
+    let vm = match built {
+        Ok(vm) => Arc::new(vm),
+        Err(e) => {
+            let _ = m.sched.lock().remove_vm(index);
+            return Err(e);
+        }
+    };
+    if vms.insert(vm.clone()).is_err() {
+        // `vacant` said there was room and the lock is held: cannot happen, but
+        // give everything back rather than leak it.
+        let _ = m.sched.lock().remove_vm(index);
+        give_back_memory(m, &vm);
+        return Err(format!("VM {name}: no room in the VM table"));
+    }
+    drop(vms);
+    crate::console::attach_guest_output(index, name);
+    println!(
+        "VM {} : {} vCPUs, {} MiB at {:#x}, kernel at IPA {:#x}{}",
+        vm.name,
+        vm.vcpus(),
+        vm.ram.size >> 20,
+        vm.ram_pa(),
+        vm.boot.kernel,
+        vm.boot
+            .initrd
+            .map_or(String::new(), |r| format!(", initrd {} KiB", r.size >> 10))
+    );
+    m.running_vms.fetch_add(1, Ordering::AcqRel);
+    vm.vcpus[0].boot.store(true, Ordering::Relaxed);
+    let (start_kick, pinned_cpus) = {
+        let mut s = m.sched.lock();
+        for (v, &id) in ids.iter().enumerate() {
+            s.map(id, Some((vm.clone(), v)));
+        }
+        let pinned: Vec<usize> = (0..m.cpus.len())
+            .filter(|&cpu| s.dedicated(cpu).is_some_and(|d| ids.contains(&d)))
+            .collect();
+        (s.start(vm.vcpus[0].id), pinned)
+    };
+    // A CPU pinned now may be running a shared vCPU it must give back.
+    for cpu in pinned_cpus.into_iter().chain(start_kick) {
+        kick(cpu);
+    }
+    Ok(vm)
+}
+
+/// Take a stopped VM apart: out of the VM table and the scheduler, its memory (RAM,
+/// stage-2 tables, VMID) given back. CPUs that idle with one of its vCPUs loaded let
+/// go of it when they next load another (the `Arc`s they hold keep it alive till
+/// then; none of them can run it: its vCPUs are gone from the scheduler).
+pub fn destroy_vm(m: &'static Machine, vm: &Arc<Vm>) -> Result<(), String> {
+    let mut vms = m.vms.write();
+    if vms.get(vm.handle).is_none() {
+        return Err(format!("VM {} does not exist any more", vm.name));
+    }
+    if matches!(vm.state(), VmState::Running | VmState::Resetting) {
+        return Err(format!(
+            "VM {} is {}; stop it first",
+            vm.name,
+            vm.state().as_str()
+        ));
+    }
+    let kicks = {
+        let mut s = m.sched.lock();
+        let kicks = s
+            .remove_vm(vm.index())
+            .map_err(|_| format!("VM {} is still stopping; try again", vm.name))?;
+        for v in vm.vcpus.iter() {
+            s.map(v.id, None);
+        }
+        kicks
+    };
+    let _ = vms.remove(vm.handle);
+    drop(vms);
+    give_back_memory(m, vm);
+    if m.focus.load(Ordering::Relaxed) == vm.index() {
+        switch_focus(m);
+    }
+    for cpu in 0..m.cpus.len() {
+        if kicks & (1 << cpu) != 0 {
+            kick(cpu);
+        }
+    }
+    Ok(())
+}
+
+/// A VM's memory back to the machine (its vCPUs run nowhere).
+fn give_back_memory(m: &Machine, vm: &Vm) {
+    if sysreg::read_vttbr_el2() == vm.vttbr.load(Ordering::Acquire) {
+        sysreg::write_vttbr_el2(m.parked_vttbr);
+        sysreg::isb();
+    }
+    // Lock order: the VM's memory, then the machine's.
+    let Some(memory) = vm.memory.lock().take() else {
+        return;
+    };
+    let mut machine_memory = m.memory.lock();
+    let mm = &mut *machine_memory;
+    let mut frames = mmu::Frames {
+        allocator: &mut mm.allocator,
+        mmu_off: false,
+    };
+    if let Err(e) = memory.destroy(&mut frames, &mut mm.owners, &mut mm.vmids, &mut exit::ExitHw) {
+        println!("VM {}: part of its memory is still lent out and stays reserved: {e:?}", vm.name);
+    }
+}
+
+/// WFE yields on a shared CPU; on a dedicated one there is nobody to yield to, so it
+/// is not trapped at all. Set up with the CPU, and again when a vCPU is loaded (a CPU
+/// becomes dedicated or shared as pinned VMs are created and destroyed).
+pub fn trap_wfe(trap: bool) {
+    let hcr = if trap {
+        HCR_GUEST
+    } else {
+        HCR_GUEST & !HCR_TWE
+    };
+    if sysreg::read_hcr_el2() != hcr {
+        sysreg::write_hcr_el2(hcr);
+        sysreg::isb();
+    }
 }
 
 /// Ask physical CPU `cpu` to look at its vCPU.
@@ -552,7 +760,7 @@ pub fn vm_stopped(vm: &Vm) {
         crate::halt_machine();
     }
     // Keep the console useful: input should not go to a VM that can no longer read it.
-    if m.focus.load(Ordering::Relaxed) == vm.index {
+    if m.focus.load(Ordering::Relaxed) == vm.index() {
         switch_focus(m);
     }
 }
@@ -567,15 +775,17 @@ pub fn vm_started(vm: &Vm) {
 /// Give console input to the next running VM after the focused one.
 pub fn switch_focus(m: &Machine) {
     let from = m.focus.load(Ordering::Relaxed);
-    let next = (1..=m.vms.len())
-        .map(|step| (from + step) % m.vms.len())
-        .find(|&i| m.vms[i].state() == bothy_core::lifecycle::VmState::Running);
+    let vms = m.all_vms();
+    let next = vms
+        .iter()
+        .filter(|vm| vm.state() == VmState::Running)
+        .min_by_key(|vm| (vm.index() <= from, vm.index()));
     if let Some(next) = next {
-        m.focus.store(next, Ordering::Relaxed);
-        if m.vms.len() > 1 {
+        m.focus.store(next.index(), Ordering::Relaxed);
+        if vms.len() > 1 {
             println!(
                 "console input goes to VM {} (Ctrl-] switches)",
-                m.vms[next].name
+                next.name
             );
         }
     }

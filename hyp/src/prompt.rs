@@ -3,8 +3,11 @@
 //! Every byte from the physical UART goes through `bothy_core::prompt::Prompt`
 //! first (the line editing and command parsing live there, host-tested); this module
 //! carries out what comes back: bytes for the focused VM, echo, and the commands
-//! (`list`, `stop`, `start`, `restart`, `console`, `help`, `resume`). While the prompt
-//! is open, guest output is held (`console.rs`) and written out when it closes.
+//! (`list`, `stop`, `start`, `restart`, `destroy`, `create`, `console`, `help`,
+//! `resume`). While the prompt is open, guest output is held (`console.rs`) and
+//! written out when it closes. Commands name VMs by their name in the system file:
+//! at most one VM is built from each (`destroy` takes it apart, `create` builds it
+//! again).
 //!
 //! Runs in the UART's interrupt handler, on whichever CPU takes it, with no lock held
 //! but the prompt's own (lock order: prompt, then the scheduler or a VM's locks).
@@ -14,6 +17,7 @@ use crate::exit;
 use crate::machine::{self, machine, Machine};
 use crate::vm::Vm;
 use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use bothy_core::lifecycle::VmState;
 use bothy_core::prompt::{
@@ -37,7 +41,7 @@ pub fn is_open() -> bool {
 
 /// One byte typed on the physical console.
 pub fn input(m: &'static Machine, byte: u8) {
-    let names = NAMES.call_once(|| m.vms.iter().map(|vm| vm.name.as_str()).collect());
+    let names = NAMES.call_once(|| m.templates.iter().map(|t| t.name.as_str()).collect());
     let mut prompt = PROMPT_STATE.lock();
     match prompt.feed(byte, names) {
         Feed::Nothing => {}
@@ -94,29 +98,42 @@ fn closed(m: &'static Machine) {
 
 /// A byte for the VM that has the console (or Ctrl-], which moves it).
 fn to_guest(m: &Machine, byte: u8) {
-    if byte == SWITCH_FOCUS && m.vms.len() > 1 {
+    if byte == SWITCH_FOCUS && m.vms.read().len() > 1 {
         machine::switch_focus(m);
         return;
     }
-    let vm = &m.vms[m.focus.load(Ordering::Relaxed) % m.vms.len()];
-    exit::console_byte(vm, byte);
+    if let Some(vm) = m.vm_at(m.focus.load(Ordering::Relaxed)) {
+        exit::console_byte(&vm, byte);
+    }
 }
 
 fn run(m: &'static Machine, command: Command) {
-    let vm = |i: usize| -> &'static Vm { &m.vms[i % m.vms.len()] };
+    // The VM built from the system file's VM `i`, or why there is none.
+    let vm = |i: usize| -> Option<Arc<Vm>> {
+        let vm = m.vm_of_template(i);
+        if vm.is_none() {
+            let name = m.templates.get(i).map_or("?", |t| t.name.as_str());
+            say(format_args!(
+                "VM {name} does not exist (destroyed); `create {name}` builds it again"
+            ));
+        }
+        vm
+    };
     match command {
         Command::List => list(m),
         Command::Help => console::print_raw(HELP),
         Command::Resume => {}
         Command::Console(i) => {
-            m.focus.store(i, Ordering::Relaxed);
-            crate::println!("console input goes to VM {}", vm(i).name);
+            if let Some(vm) = vm(i) {
+                m.focus.store(vm.index(), Ordering::Relaxed);
+                crate::println!("console input goes to VM {}", vm.name);
+            }
         }
         Command::Stop(i) => {
-            let vm = vm(i);
+            let Some(vm) = vm(i) else { return };
             if vm.leave_running(VmState::Halted) {
                 crate::println!("VM {} stopped from the prompt", vm.name);
-                exit::stop_vm(vm);
+                exit::stop_vm(&vm);
             } else {
                 say(format_args!(
                     "VM {} is not running ({})",
@@ -126,30 +143,42 @@ fn run(m: &'static Machine, command: Command) {
             }
         }
         Command::Start(i) => {
-            let vm = vm(i);
+            let Some(vm) = vm(i) else { return };
             if vm.state() == VmState::Running {
                 say(format_args!("VM {} is running already", vm.name));
             } else {
-                start(m, vm);
+                start(m, &vm);
             }
         }
         Command::Restart(i) => {
-            let vm = vm(i);
+            let Some(vm) = vm(i) else { return };
             if vm.leave_running(VmState::Resetting) {
                 crate::println!("VM {} is restarting (from the prompt)", vm.name);
-                exit::stop_vm(vm);
+                exit::stop_vm(&vm);
             } else if vm.state() == VmState::Resetting {
                 say(format_args!("VM {} is restarting already", vm.name));
             } else {
-                start(m, vm);
+                start(m, &vm);
+            }
+        }
+        Command::Destroy(i) => {
+            let Some(vm) = vm(i) else { return };
+            match machine::destroy_vm(m, &vm) {
+                Ok(()) => crate::println!("VM {} destroyed", vm.name),
+                Err(e) => say(format_args!("{e}")),
+            }
+        }
+        Command::Create(i) => {
+            if let Err(e) = machine::create_vm(m, i) {
+                say(format_args!("{e}"));
             }
         }
     }
 }
 
 /// Boot a stopped VM again from its images.
-fn start(m: &Machine, vm: &'static Vm) {
-    let stopping = m.sched.lock().vm_running(vm.index);
+fn start(m: &Machine, vm: &Vm) {
+    let stopping = m.sched.lock().vm_running(vm.index());
     if stopping || vm.state() == VmState::Resetting {
         say(format_args!("VM {} is still stopping; try again", vm.name));
         return;
@@ -169,15 +198,14 @@ fn say(args: core::fmt::Arguments) {
 /// `list`: every VM, its vCPUs, where they run, their exits and CPU time.
 fn list(m: &Machine) {
     let now = crate::arch::aarch64::sysreg::read_cntpct_el0();
+    let all = m.all_vms();
     let statuses: Vec<Vec<VcpuStatus>> = {
         let s = m.sched.lock();
-        m.vms
-            .iter()
+        all.iter()
             .map(|vm| vm.vcpus.iter().map(|v| vcpu_status(&s, v, now)).collect())
             .collect()
     };
-    let vms: Vec<VmStatus> = m
-        .vms
+    let vms: Vec<VmStatus> = all
         .iter()
         .zip(&statuses)
         .map(|(vm, vcpus)| VmStatus {
@@ -192,6 +220,11 @@ fn list(m: &Machine) {
         &vms,
         crate::arch::aarch64::sysreg::read_cntfrq_el0(),
     );
+    for t in m.templates.iter() {
+        if !all.iter().any(|vm| vm.name == t.name) {
+            let _ = writeln!(text, "{}: destroyed (`create {}` builds it again)", t.name, t.name);
+        }
+    }
     let memory = m.memory.lock();
     let owned_by_vms: u64 = memory
         .owners

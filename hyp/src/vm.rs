@@ -28,7 +28,7 @@ use bothy_core::mem::{
     NotGuestRam, Owner, PageOwnership, RegionAllocator, VmMemory, VmMemorySpec, VmidAllocator,
 };
 use bothy_core::sched::VcpuId;
-use bothy_core::vm::{ExitCounters, VmModel};
+use bothy_core::vm::{ExitCounters, VmHandle, VmModel};
 use bothy_core::Region;
 use core::sync::atomic::{AtomicBool, AtomicU64};
 use spin::Mutex;
@@ -38,7 +38,10 @@ pub const IPA_BITS: u32 = 39;
 const RAM_ALIGN: u64 = 2 << 20;
 
 pub struct Vm {
-    pub index: usize,
+    /// Its handle in the machine's VM table; `index()` is its slot.
+    pub handle: VmHandle,
+    /// Which of the system file's VMs it was built from.
+    pub template: usize,
     pub name: String,
     /// VTTBR_EL2 (tables and VMID); replaced when the VM restarts with fresh memory.
     pub vttbr: AtomicU64,
@@ -73,6 +76,12 @@ impl core::ops::Deref for Vm {
 }
 
 impl Vm {
+    /// Its slot in the VM table: unique among the VMs that exist, reused after it is
+    /// destroyed (the scheduler and the page-ownership record know VMs by it).
+    pub fn index(&self) -> usize {
+        usize::from(self.handle.index())
+    }
+
     /// Where guest RAM starts physically.
     pub fn ram_pa(&self) -> u64 {
         self.memory.lock().as_ref().map_or(0, |m| m.ram_pa())
@@ -151,9 +160,11 @@ pub struct BuildEnv<'a> {
     pub vmids: &'a mut VmidAllocator,
 }
 
-/// Build VM `index`; `vcpus` are its vCPUs' scheduler handles.
+/// Build the VM `handle` will name, from template `template` (`spec`); `vcpus` are
+/// its vCPUs' scheduler handles.
 pub fn build(
-    index: usize,
+    handle: VmHandle,
+    template: usize,
     spec: &VmSpec,
     vcpus: Vec<VcpuId>,
     env: &mut BuildEnv,
@@ -174,7 +185,7 @@ pub fn build(
         ram_align: RAM_ALIGN,
         ipa_bits: IPA_BITS,
     };
-    let owner = Owner::Vm(u16::try_from(index).map_err(|_| format!("VM {name}: too many VMs"))?);
+    let owner = Owner::Vm(handle.index());
     let memory = VmMemory::create(
         owner,
         spec_memory,
@@ -216,7 +227,8 @@ pub fn build(
 
     let model = VmModel::new(vcpus, ram).map_err(|e| format!("VM {name}: {e:?}"))?;
     let vm = Vm {
-        index,
+        handle,
+        template,
         name: name.clone(),
         vttbr: AtomicU64::new(memory.vttbr()),
         vtcr: memory.stage2().vtcr(env.pa_bits) | env.vmids.bits().vtcr_vs(),

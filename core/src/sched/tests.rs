@@ -412,7 +412,11 @@ fn a_removed_vm_gives_back_its_handles_and_no_cpu_saves_into_it() {
     // CPU 0 idles with a0's registers still loaded.
     assert_eq!(m.s.loaded(0), Some(a[0]));
     assert_eq!(m.remove(0, &a), Ok(0));
-    assert_eq!(m.s.loaded(0), None, "the dead vCPU's registers are forgotten");
+    assert_eq!(
+        m.s.loaded(0),
+        None,
+        "the dead vCPU's registers are forgotten"
+    );
     assert_eq!(m.s.start(a[1]), None, "a removed handle cannot be started");
     // A new VM takes the same slot and the same handles.
     let b = shared(&mut m, 0, 2);
@@ -447,14 +451,22 @@ fn a_removed_pinned_vm_frees_its_cpu_and_a_new_pin_evicts_a_shared_vcpu() {
     m.off(1);
     assert_eq!(m.remove(0, &[p]), Ok(1 << 1), "CPU 1 is free: kick it");
     assert_eq!(m.s.dedicated(1), None);
-    assert_eq!(m.look(Some(1)), Some(s[1]), "the queued shared vCPU runs there");
+    assert_eq!(
+        m.look(Some(1)),
+        Some(s[1]),
+        "the queued shared vCPU runs there"
+    );
     // Pinning CPU 1 again: the shared vCPU running there leaves at the next look.
     let q = m.s.add_vcpu(2, Placement::Pinned(1)).unwrap();
     let _ = m.s.start(q);
     assert_eq!(m.tick(1), Some(q));
     assert_eq!(m.s.state(s[1]), RunState::Runnable);
     m.now += SLICE;
-    assert_eq!(m.tick(0), Some(s[1]), "the evicted vCPU gets CPU 0's next slice");
+    assert_eq!(
+        m.tick(0),
+        Some(s[1]),
+        "the evicted vCPU gets CPU 0's next slice"
+    );
 }
 
 #[derive(Clone, Debug)]

@@ -54,6 +54,22 @@ impl<T> VmTable<T> {
         }
     }
 
+    /// The handle the next [`Self::insert`] gives, if there is room: a VM being built
+    /// needs its slot number (its pages' owner, its scheduler index) before it exists.
+    pub fn vacant(&self) -> Option<VmHandle> {
+        match self.slots.iter().position(|s| s.vm.is_none()) {
+            Some(i) => Some(VmHandle {
+                index: i as u16,
+                generation: self.slots[i].generation,
+            }),
+            None if self.slots.len() < self.capacity => Some(VmHandle {
+                index: self.slots.len() as u16,
+                generation: 0,
+            }),
+            None => None,
+        }
+    }
+
     /// Puts `vm` in the lowest free slot; gives it back if the table is full.
     pub fn insert(&mut self, vm: T) -> Result<VmHandle, T> {
         let index = match self.slots.iter().position(|s| s.vm.is_none()) {
@@ -156,7 +172,9 @@ mod tests {
         assert_eq!((a.index(), b.index()), (0, 1));
         assert_eq!(t.remove(a), Some("a"));
         assert_eq!(t.remove(a), None, "removed twice");
+        let next = t.vacant();
         let c = t.insert("c").unwrap();
+        assert_eq!(next, Some(c), "vacant names the slot insert takes");
         assert_eq!(c.index(), 0, "lowest slot reused");
         assert_ne!(c, a);
         assert_eq!(t.get(a), None);

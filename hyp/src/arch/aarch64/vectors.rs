@@ -232,6 +232,7 @@ bothy_guest_exit_all:
     mov     x1, x0
     mov     x0, sp
     bl      {handle_exit_all}
+    bl      {release_retired}
 bothy_guest_resume_all:
     ldr     x19, [sp, #152]
     ldp     x20, x21, [sp, #160]
@@ -260,6 +261,7 @@ bothy_hyp_fault:
     handle_irq_exit = sym crate::exit::handle_irq_exit,
     handle_other_exit = sym crate::exit::handle_other_exit,
     handle_exit_all = sym crate::exit::handle_exit_all,
+    release_retired = sym super::percpu::release_retired,
     resume_all = const Resume::All as u64,
     hyp_fault = sym hyp_fault,
 );
@@ -285,8 +287,11 @@ pub fn enter_guest(cpu: usize, frame: &GuestFrame) -> ! {
     let slot = frame_of(cpu);
     // SAFETY: `slot` is this CPU's reserved frame area (above any Rust stack
     // frame, see entry.rs), aligned and sized for a GuestFrame; only this CPU uses it.
+    // The caller never returns (this does not), so nothing it borrowed from the loaded
+    // vCPU is used again: the retired VMs may go.
     unsafe {
         slot.write(*frame);
+        super::percpu::release_retired();
         bothy_enter_guest(slot)
     }
 }
