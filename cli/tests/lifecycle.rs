@@ -217,12 +217,19 @@ fn a_stopped_vm_is_destroyed_and_created_again_from_the_prompt() {
     c.send("resume");
     let summary = c.expect("[st] TEST summary:", RUN);
     let line = c.expect("\n", RUN);
-    assert!(line.contains(" 0 failed"), "created again:\n{summary}{line}");
+    assert!(
+        line.contains(" 0 failed"),
+        "created again:\n{summary}{line}"
+    );
     c.expect("bothy: VM st powered off", RUN);
 
     c.send_raw(b"\x1c\x1c\x1c");
     c.expect("bothy> ", RUN);
-    assert_eq!(memory_line(&mut c), before, "memory after destroy and create");
+    assert_eq!(
+        memory_line(&mut c),
+        before,
+        "memory after destroy and create"
+    );
     loop {
         c.send("stop keep");
         let answers = [

@@ -107,43 +107,44 @@ pub fn run_cpu(cpu: usize) -> ! {
     sysreg::write_vpidr_el2(sysreg::read_midr_el1());
     sysreg::tlbi_all_local();
     let mut frame = GuestFrame::default();
-    let (plan, deadline) = {
+    let (d, target, deadline) = {
         let mut s = m.sched.lock();
         let d = s.tick(cpu, sysreg::read_cntpct_el0());
-        (Plan::resolve(&s, d, cpu), s.deadline(cpu))
+        let target = Target::resolve(&s, &d, cpu);
+        (d, target, s.deadline(cpu))
     };
     let scope = ExitScope::enter();
-    let _ = leave(ctx, &frame, None, &plan, None);
-    arrive(m, ctx, &mut frame, None, &plan, deadline, false, &scope);
+    let _ = leave(ctx, &frame, None, &d, &target, &scope, None);
+    arrive(m, ctx, &mut frame, None, (&d, &target), deadline, false, &scope);
     enter_guest(m.cpus[cpu].index, &frame)
 }
 
-/// A scheduler [`Decision`] with the vCPUs it names looked up (under the scheduler's
-/// lock, so they are the ones it meant even if VMs come and go right after).
-struct Plan {
-    d: Decision,
+/// What a scheduler [`Decision`] needs looked up under the scheduler's lock: the VM
+/// and vCPU it runs (so they are the ones it meant even if VMs come and go right
+/// after), and whether the CPU is pinned. The vCPU it saves is the one this CPU holds
+/// (`CpuContext::loaded`). Kept apart from the `Decision`, which is passed by
+/// reference: moving one goes through `memcpy`.
+struct Target {
     run: Option<(Arc<Vm>, usize)>,
-    save: Option<(Arc<Vm>, usize)>,
     /// The CPU is pinned to a vCPU (it may have become so, or stopped being so, since
     /// it last loaded one: VMs come and go).
     dedicated: bool,
 }
 
-impl Plan {
-    fn resolve(s: &Sched, d: Decision, cpu: usize) -> Plan {
-        Plan {
+impl Target {
+    #[inline(always)]
+    fn resolve(s: &Sched, d: &Decision, cpu: usize) -> Target {
+        Target {
             run: d.run.and_then(|id| s.vcpu(id)),
-            save: d.save.and_then(|id| s.vcpu(id)),
             dedicated: s.dedicated(cpu).is_some(),
-            d,
         }
     }
 }
 
 /// Whether `held` (a vCPU whose registers or frame this CPU has) is `other`.
-fn same_vcpu(held: Option<(&Vm, usize)>, other: &Option<(Arc<Vm>, usize)>) -> bool {
+fn same_vcpu(held: Option<(&Vm, usize)>, other: Option<(&Vm, usize)>) -> bool {
     match (held, other) {
-        (Some((a, av)), Some((b, bv))) => core::ptr::eq(a, Arc::as_ptr(b)) && av == *bv,
+        (Some((a, av)), Some((b, bv))) => core::ptr::eq(a, b) && av == bv,
         _ => false,
     }
 }
@@ -185,8 +186,8 @@ fn schedule(frame: &mut GuestFrame) {
         }
     };
     let deadline = s.deadline(cpu);
-    let plan = Plan::resolve(&s, d, cpu);
-    let owner = match leave(ctx, frame, current, &plan, Some(s)) {
+    let target = Target::resolve(&s, &d, cpu);
+    let owner = match leave(ctx, frame, current, &d, &target, &scope, Some(s)) {
         Left::Stays => {
             // The same vCPU goes on with the registers it has.
             arm_tick(deadline);
@@ -206,7 +207,7 @@ fn schedule(frame: &mut GuestFrame) {
     if let Some((vm, quiescent, alive)) = finished_vm {
         vcpus_stopped(vm, quiescent, alive);
     }
-    arrive(m, ctx, frame, owner, &plan, deadline, look_first, &scope);
+    arrive(m, ctx, frame, owner, (&d, &target), deadline, look_first, &scope);
 }
 
 /// What [`leave`] did with the vCPU whose registers are in the frame.
@@ -226,15 +227,17 @@ enum Left {
 /// whose registers this CPU holds gets them saved if `d` loads another. The `saved`
 /// locks are taken while the scheduler's lock (`s`) is still held, so whoever loads
 /// those vCPUs next waits for this.
-fn leave(
+fn leave<'s>(
     ctx: &CpuContext,
     frame: &GuestFrame,
     owner: Option<(&Vm, usize)>,
-    plan: &Plan,
+    d: &Decision,
+    target: &Target,
+    scope: &'s ExitScope,
     s: Option<MutexGuard<Sched>>,
 ) -> Left {
-    let d = &plan.d;
-    if d.run.is_some() && same_vcpu(owner, &plan.run) {
+    let run = target.run.as_ref().map(|(vm, v)| (&**vm, *v));
+    if d.run.is_some() && same_vcpu(owner, run) {
         return Left::Stays;
     }
     if d.run.is_none() && d.save.is_none() {
@@ -243,12 +246,14 @@ fn leave(
             None => Left::FrameSaved,
         };
     }
+    // The scheduler saves only what this CPU holds.
+    let save = d.save.and_then(|_| ctx.loaded.get(scope));
     let mut frame_guard = owner.map(|(vm, v)| vm.vcpus[v].saved.lock());
-    let same = same_vcpu(owner, &plan.save);
+    let same = same_vcpu(owner, save);
     let mut regs_guard = if same {
         None
     } else {
-        plan.save.as_ref().map(|(vm, v)| vm.vcpus[*v].saved.lock())
+        save.map(|(vm, v)| vm.vcpus[v].saved.lock())
     };
     drop(s);
     if let Some(saved) = frame_guard.as_mut() {
@@ -278,24 +283,25 @@ fn arrive<'s>(
     ctx: &CpuContext,
     frame: &mut GuestFrame,
     mut owner: Option<(&'s Vm, usize)>,
-    first: &Plan,
+    first: (&Decision, &Target),
     mut deadline: Option<Ticks>,
     mut look_first: bool,
     scope: &'s ExitScope,
 ) {
     let cpu = ctx.slot;
-    // By reference: a `Plan` passed by value is copied through `memcpy`.
-    let mut plan = first;
-    let mut fresh: Plan;
+    // By reference: a `Decision` passed by value is copied through `memcpy`.
+    let (mut d, mut target) = first;
+    let mut fresh: Decision;
+    let mut fresh_target: Target;
     loop {
-        if let Some(id) = plan.d.run {
-            let Some((vm, v)) = plan.run.as_ref().map(|(vm, v)| (vm, *v)) else {
+        if let Some(id) = d.run {
+            let Some((vm, v)) = target.run.as_ref().map(|(vm, v)| (vm, *v)) else {
                 crate::fatal(format_args!(
                     "the scheduler chose vCPU {} which does not exist",
                     id.0
                 ))
             };
-            let restore = plan.d.restore == Some(id);
+            let restore = d.restore == Some(id);
             let in_slot = owner.is_some_and(|(o, ov)| core::ptr::eq(o, Arc::as_ptr(vm)) && ov == v);
             if !restore {
                 // Loaded here already, but the CPU may have parked its VTTBR while idle,
@@ -312,11 +318,11 @@ fn arrive<'s>(
                     sysreg::isb();
                     let mut cpuif = ctx.cpuif(m.vtimer_intid);
                     saved.arch.restore(ctx.features, &mut cpuif);
-                    if plan.d.flush_tlb {
+                    if d.flush_tlb {
                         sysreg::flush_local_guest_context();
                     }
                     ctx.loaded.set(vm.clone(), v);
-                    machine::trap_wfe(!plan.dedicated);
+                    machine::trap_wfe(!target.dedicated);
                 }
                 copy_frame(frame, &saved.frame);
             }
@@ -356,12 +362,13 @@ fn arrive<'s>(
             }
         }
         let mut s = m.sched.lock();
-        let d = s.tick(cpu, sysreg::read_cntpct_el0());
-        fresh = Plan::resolve(&s, d, cpu);
-        plan = &fresh;
+        fresh = s.tick(cpu, sysreg::read_cntpct_el0());
+        fresh_target = Target::resolve(&s, &fresh, cpu);
+        d = &fresh;
+        target = &fresh_target;
         kick_mask(s.take_kicks());
         deadline = s.deadline(cpu);
-        if plan.d.run.is_some() && leave(ctx, frame, owner, plan, Some(s)) == Left::FrameSaved {
+        if d.run.is_some() && leave(ctx, frame, owner, d, target, scope, Some(s)) == Left::FrameSaved {
             owner = None;
         }
     }

@@ -145,6 +145,10 @@ impl LoadedVcpu {
 pub unsafe extern "C" fn release_retired() {
     let Some(ctx) = get() else { return };
     for slot in &ctx.loaded.retired {
+        // Almost always empty: look before writing.
+        if slot.load(Ordering::Relaxed).is_null() {
+            continue;
+        }
         let old = slot.swap(core::ptr::null_mut(), Ordering::Relaxed);
         if !old.is_null() {
             // SAFETY: from `Arc::into_raw` in `set`, retired exactly once; the caller
