@@ -227,13 +227,13 @@ enum Left {
 /// whose registers this CPU holds gets them saved if `d` loads another. The `saved`
 /// locks are taken while the scheduler's lock (`s`) is still held, so whoever loads
 /// those vCPUs next waits for this.
-fn leave<'s>(
+fn leave(
     ctx: &CpuContext,
     frame: &GuestFrame,
     owner: Option<(&Vm, usize)>,
     d: &Decision,
     target: &Target,
-    scope: &'s ExitScope,
+    scope: &ExitScope,
     s: Option<MutexGuard<Sched>>,
 ) -> Left {
     let run = target.run.as_ref().map(|(vm, v)| (&**vm, *v));

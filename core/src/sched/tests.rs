@@ -434,7 +434,7 @@ fn a_removed_vm_gives_back_its_handles_and_no_cpu_saves_into_it() {
         "restore without a save, no flush for the new VM"
     );
     m.apply(0, d);
-    assert_eq!(m.s.vm_alive(0), true);
+    assert!(m.s.vm_alive(0));
 }
 
 #[test]
