@@ -1,6 +1,7 @@
 //! Building a VM from its manifest entry: memory, stage-2, images, guest DTB, vCPUs.
 //!
-//! A VM is a plain struct shared by the CPUs that run its vCPUs: what its exits act on
+//! A VM is a plain struct shared (as an `Arc`, see `machine.rs`) by the VM table, the
+//! scheduler's map and the CPUs that run its vCPUs: what its exits act on
 //! is a `bothy_core::vm::VmModel` it derefs to (run state, vGIC, PSCI power states,
 //! PL011, MMIO bus); everything that changes after boot is behind atomics or a lock.
 //! Guest RAM is one contiguous, 2 MiB-aligned block of physical memory mapped at
