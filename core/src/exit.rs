@@ -23,6 +23,7 @@ pub mod ec {
     pub const DABT_SAME: u32 = 0x25;
 }
 
+pub mod aarch32;
 pub mod handle;
 
 const ESR_EC_SHIFT: u32 = 26;
@@ -308,11 +309,15 @@ pub mod inject {
     }
 
     /// Offset into VBAR_EL1 of the synchronous vector for an exception taken
-    /// from the guest's current mode (`SPSR.M`): current EL with SP_ELx, or lower EL AArch64.
+    /// from the guest's current mode (`SPSR.M`): current EL with SP_EL0 or SP_ELx,
+    /// lower EL AArch64, or lower EL AArch32 (32-bit user space).
     pub const fn vector_offset(guest_spsr: u64) -> u64 {
         const MODE_MASK: u64 = 0xf;
         const EL1T: u64 = 0b0100;
         const EL1H: u64 = 0b0101;
+        if super::aarch32::is_aarch32(guest_spsr) {
+            return 0x600;
+        }
         match guest_spsr & MODE_MASK {
             EL1T => 0x000,
             EL1H => 0x200,
@@ -494,6 +499,8 @@ mod tests {
         assert_eq!(inject::vector_offset(0x3c5), 0x200);
         assert_eq!(inject::vector_offset(0x3c4), 0x000);
         assert_eq!(inject::vector_offset(0x0), 0x400);
+        assert_eq!(inject::vector_offset(0x10), 0x600, "A32 user mode");
+        assert_eq!(inject::vector_offset(0x30), 0x600, "T32 user mode");
     }
 
     #[test]

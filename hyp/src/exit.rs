@@ -39,7 +39,7 @@ use crate::vm::Vm;
 use alloc::sync::Arc;
 use bothy_core::arch::{Arch, El1Reg, GuestFault};
 use bothy_core::exit::handle::{self, Action};
-use bothy_core::exit::inject;
+use bothy_core::exit::{aarch32, inject};
 use bothy_core::lifecycle::{self, AfterStop, VmState};
 use bothy_core::mem::Vmid;
 use bothy_core::sched::{Decision, Ticks};
@@ -577,13 +577,23 @@ fn wake(vm: &Vm, vcpu: usize) {
 
 /// A synchronous exit (hypercall, trapped instruction, stage-2 abort).
 pub extern "C" fn handle_sync_exit(frame: &mut GuestFrame) -> Resume {
+    sync_exit::<false>(frame)
+}
+
+/// A synchronous exit from 32-bit user code (a trapped WFI or device access).
+pub extern "C" fn handle_sync_exit_a32(frame: &mut GuestFrame) -> Resume {
+    sync_exit::<true>(frame)
+}
+
+#[inline(always)]
+fn sync_exit<const FROM_A32: bool>(frame: &mut GuestFrame) -> Resume {
     let ctx = machine::this_cpu();
     let scope = ExitScope::enter();
     let (vm, vcpu) = loaded(ctx, &scope);
     let esr = sysreg::read_esr_el2();
     let mut hw = ExitHw;
     let exits = exits(ctx, vm, vcpu, &scope);
-    let action = handle::sync_exit::<false>(vm, vcpu, exits, frame, esr, &mut hw);
+    let action = handle::sync_exit::<false, FROM_A32>(vm, vcpu, exits, frame, esr, &mut hw);
     if action == Action::Resume {
         return Resume::Saved;
     }
@@ -635,7 +645,11 @@ pub extern "C" fn handle_exit_all(frame: &mut GuestFrame, why: u64) {
         let esr = sysreg::read_esr_el2();
         let mut hw = ExitHw;
         let exits = exits(ctx, vm, vcpu, &scope);
-        let action = handle::sync_exit::<true>(vm, vcpu, exits, frame, esr, &mut hw);
+        let action = if aarch32::is_aarch32(frame.spsr) {
+            handle::sync_exit::<true, true>(vm, vcpu, exits, frame, esr, &mut hw)
+        } else {
+            handle::sync_exit::<true, false>(vm, vcpu, exits, frame, esr, &mut hw)
+        };
         if action == Action::Resume || carry_out(ctx, vm, vcpu, action) != Resume::Schedule {
             return;
         }
@@ -795,7 +809,7 @@ fn loaded<'s>(ctx: &CpuContext, scope: &'s ExitScope) -> (&'s Vm, usize) {
     }
 }
 
-/// FIQs, SErrors and anything from AArch32. Returns whether this vCPU's list registers
+/// FIQs and SErrors (from AArch64 or AArch32). Returns whether this vCPU's list registers
 /// were flushed on the way.
 #[inline(never)]
 fn other_exit(kind: u64, vm: &Vm, vcpu: usize) -> bool {
@@ -812,23 +826,6 @@ fn other_exit(kind: u64, vm: &Vm, vcpu: usize) -> bool {
             );
             false
         }
-        VectorExit::Aarch32 => {
-            crash_vm(
-                vm,
-                format_args!("vCPU {vcpu} entered AArch32, which Bothy does not run"),
-            );
-            false
-        }
-    }
-}
-
-/// Stop a VM because of something it did that Bothy cannot reflect back to it.
-#[cold]
-#[inline(never)]
-fn crash_vm(vm: &Vm, why: core::fmt::Arguments) {
-    if vm.leave_running(VmState::Crashed) {
-        println!("error: VM {} stopped: {why}", vm.name);
-        stop_vm(vm);
     }
 }
 

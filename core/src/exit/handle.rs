@@ -40,9 +40,9 @@
 //! instruction, and must stay that way.
 
 use super::{
-    data_abort_srt, decode, decode_lower_data_abort, decode_sysreg_trap, ec, exception_class,
-    inject, sysreg as trapped, sysreg_rt, sysreg_syndrome, sysreg_write_syndrome, Exit, MmioAccess,
-    SysRegAccess,
+    aarch32, data_abort_srt, decode, decode_lower_data_abort, decode_sysreg_trap, ec,
+    exception_class, inject, sysreg as trapped, sysreg_rt, sysreg_syndrome, sysreg_write_syndrome,
+    Exit, MmioAccess, SysRegAccess,
 };
 use crate::abi::{self, CallContext, Outcome, RETURN_SUCCESS};
 use crate::arch::{Arch, El1Reg, GuestFault};
@@ -103,9 +103,11 @@ const SCTLR_EL1_SPAN: u64 = 1 << 23;
 const PSTATE_PAN: u64 = 1 << 22;
 
 /// Handle one synchronous exit of vCPU `vcpu` of `vm`, with ESR_EL2 `esr`. With
-/// `ALL_SAVED` false, x19–x29 are not in `frame` (see the module doc).
+/// `ALL_SAVED` false, x19–x29 are not in `frame` (see the module doc). `FROM_A32`: the
+/// vCPU ran AArch32 user code (`aarch32.rs`: instructions are stepped over by their
+/// length, conditions checked); a separate instance, so AArch64 exits pay nothing.
 #[inline(always)]
-pub fn sync_exit<const ALL_SAVED: bool>(
+pub fn sync_exit<const ALL_SAVED: bool, const FROM_A32: bool>(
     vm: &VmModel,
     vcpu: usize,
     exits: &ExitCounters,
@@ -132,7 +134,7 @@ pub fn sync_exit<const ALL_SAVED: bool>(
             return Action::NeedsAllRegisters;
         }
         exits.count(ExitKind::Mmio);
-        data_abort(vm, vcpu, frame, esr, hw);
+        data_abort::<FROM_A32>(vm, vcpu, frame, esr, hw);
         false
     } else if class == ec::SYSREG {
         let rt = sysreg_rt(esr);
@@ -147,7 +149,7 @@ pub fn sync_exit<const ALL_SAVED: bool>(
             false
         }
     } else {
-        match other_sync_exit(vm, vcpu, exits, frame, esr, hw) {
+        match other_sync_exit::<FROM_A32>(vm, vcpu, exits, frame, esr, hw) {
             Action::Resume => false,
             other => return other,
         }
@@ -299,11 +301,28 @@ fn sgi1r_write(
     done.flushed
 }
 
+/// Step over the instruction that trapped: 4 bytes from AArch64; from AArch32 by its
+/// length, with the IT state advanced.
+#[inline(always)]
+fn step_over<const FROM_A32: bool>(frame: &mut GuestFrame, esr: u64) {
+    if FROM_A32 {
+        aarch32::skip(frame, esr);
+    } else {
+        frame.elr += INSTRUCTION_SIZE;
+    }
+}
+
 /// A stage-2 data abort: an emulated device, or an abort for the guest.
 #[inline(never)]
-fn data_abort(vm: &VmModel, vcpu: usize, frame: &mut GuestFrame, esr: u64, hw: &mut impl Arch) {
+fn data_abort<const FROM_A32: bool>(
+    vm: &VmModel,
+    vcpu: usize,
+    frame: &mut GuestFrame,
+    esr: u64,
+    hw: &mut impl Arch,
+) {
     match decode_lower_data_abort(esr, hw.far_el2(), hw.hpfar_el2()) {
-        Exit::Mmio(access) => mmio(vm, vcpu, frame, access, hw),
+        Exit::Mmio(access) => mmio::<FROM_A32>(vm, vcpu, frame, access, esr, hw),
         _ => inject_bad_data_abort(frame, esr, hw),
     }
 }
@@ -323,7 +342,7 @@ fn inject_bad_data_abort(frame: &mut GuestFrame, esr: u64, hw: &mut impl Arch) {
 /// The rarer synchronous exits (WFI/WFE, SMC, aborts outside RAM and devices, anything
 /// undefined).
 #[inline(never)]
-fn other_sync_exit(
+fn other_sync_exit<const FROM_A32: bool>(
     vm: &VmModel,
     vcpu: usize,
     exits: &ExitCounters,
@@ -338,6 +357,12 @@ fn other_sync_exit(
         ec::HVC64 => ExitKind::Hypercall,
         _ => ExitKind::Other,
     });
+    if FROM_A32 && !aarch32::condition_passed(esr, frame.spsr) {
+        // A conditional A32/T32 instruction that trapped although its condition
+        // failed: it does nothing.
+        step_over::<true>(frame, esr);
+        return Action::Resume;
+    }
     match decode(esr, hw.far_el2(), hw.hpfar_el2()) {
         Exit::Hvc { imm: 0 } => return hypercall(vm, vcpu, frame, hw),
         Exit::Smc { imm: 0 } => {
@@ -350,14 +375,14 @@ fn other_sync_exit(
             return not_smccc(vm, vcpu, frame, hw);
         }
         Exit::Wait { wfe } => {
-            frame.elr += INSTRUCTION_SIZE;
+            step_over::<FROM_A32>(frame, esr);
             // WFE traps only on shared CPUs (hyp's CPU setup): offer the CPU.
             if wfe {
                 return Action::Yield;
             }
             return wait_for_interrupt(vm, vcpu, hw);
         }
-        Exit::Mmio(access) => mmio(vm, vcpu, frame, access, hw),
+        Exit::Mmio(access) => mmio::<FROM_A32>(vm, vcpu, frame, access, esr, hw),
         Exit::SysReg(access) => sysreg_access(vm, vcpu, frame, access, hw),
         Exit::BadDataAbort { .. } => inject_bad_data_abort(frame, esr, hw),
         Exit::BadInstructionAbort { far, .. } => inject_sync(
@@ -373,7 +398,14 @@ fn other_sync_exit(
 
 /// Emulate an access to a device on the VM's bus; anything else aborts.
 #[inline(always)]
-fn mmio(vm: &VmModel, vcpu: usize, frame: &mut GuestFrame, access: MmioAccess, hw: &mut impl Arch) {
+fn mmio<const FROM_A32: bool>(
+    vm: &VmModel,
+    vcpu: usize,
+    frame: &mut GuestFrame,
+    access: MmioAccess,
+    esr: u64,
+    hw: &mut impl Arch,
+) {
     // The register a store writes (XZR reads as zero); loads do not need it.
     let value = || frame.x.get(usize::from(access.reg)).copied().unwrap_or(0);
     let Some((device, offset)) = vm.bus.find_access(access.ipa, access.size) else {
@@ -410,7 +442,7 @@ fn mmio(vm: &VmModel, vcpu: usize, frame: &mut GuestFrame, access: MmioAccess, h
         }
     }
     wake(hw, kicks);
-    frame.elr += INSTRUCTION_SIZE;
+    step_over::<FROM_A32>(frame, esr);
 }
 
 #[inline(never)]

@@ -84,7 +84,7 @@ impl Guest {
 
     /// An exit of vCPU `vcpu` with every register in the frame.
     fn exit(&mut self, vcpu: usize, esr: u64) -> Action {
-        sync_exit::<true>(
+        sync_exit::<true, false>(
             &self.vm,
             vcpu,
             &self.exits,
@@ -96,7 +96,19 @@ impl Guest {
 
     /// An exit that saved x0–x18 and x30 only.
     fn fast_exit(&mut self, vcpu: usize, esr: u64) -> Action {
-        sync_exit::<false>(
+        sync_exit::<false, false>(
+            &self.vm,
+            vcpu,
+            &self.exits,
+            &mut self.frame,
+            esr,
+            &mut self.hw,
+        )
+    }
+
+    /// An exit from AArch32 user code (every register in the frame).
+    fn exit_a32(&mut self, vcpu: usize, esr: u64) -> Action {
+        sync_exit::<true, true>(
             &self.vm,
             vcpu,
             &self.exits,
@@ -463,6 +475,94 @@ fn the_physical_timer_reads_as_zero_and_other_registers_are_undefined() {
     );
     assert_eq!(g.frame.elr, VBAR + 0x200);
     assert_eq!(g.hw.el1[El1Reg::Esr as usize], inject::undefined_esr());
+}
+
+/// T32 user mode, and A32 user mode (SPSR.M[4] set: AArch32 state).
+const SPSR_T32_USR: u64 = 0x30;
+const SPSR_A32_USR: u64 = 0x10;
+const A32_PC: u64 = 0x8000;
+
+#[test]
+fn aarch32_user_code_is_stepped_by_its_instruction_length() {
+    let mut g = Guest::new(1);
+    g.frame.spsr = SPSR_T32_USR;
+    g.frame.elr = A32_PC;
+    // A 16-bit Thumb `str r1, [r0]` to the UART (IL clear).
+    g.frame.x[1] = u64::from(b't');
+    g.hw.far_el2 = layout::UART.base;
+    g.hw.hpfar_el2 = (layout::UART.base >> 12) << 4;
+    let t16_store = dabt(1, 1, true) & !ESR_IL;
+    assert_eq!(g.exit_a32(0, t16_store), Action::Resume);
+    assert_eq!(
+        (g.frame.elr, g.hw.console.as_slice()),
+        (A32_PC + 2, &b"t"[..])
+    );
+    // A 32-bit one (IL set) moves by 4; so does an A32 load.
+    assert_eq!(g.exit_a32(0, dabt(1, 1, true)), Action::Resume);
+    assert_eq!(g.frame.elr, A32_PC + 6);
+    g.frame.spsr = SPSR_A32_USR;
+    assert_eq!(g.exit_a32(0, dabt(4, 2, false)), Action::Resume);
+    assert_eq!(g.frame.elr, A32_PC + 10);
+    // A Thumb WFI (IL clear) blocks and resumes after itself.
+    g.frame.spsr = SPSR_T32_USR;
+    assert_eq!(
+        g.exit_a32(0, esr(ec::WFX, 0) & !ESR_IL),
+        Action::Block(None)
+    );
+    assert_eq!(g.frame.elr, A32_PC + 12);
+}
+
+#[test]
+fn a_trapped_wfi_whose_condition_fails_does_nothing() {
+    const CV: u64 = 1 << 24;
+    const EQ: u64 = 0 << 20;
+    const Z: u64 = 1 << 30;
+    let mut g = Guest::new(1);
+    g.frame.spsr = SPSR_A32_USR;
+    g.frame.elr = A32_PC;
+    // WFIEQ with Z clear: skipped, the vCPU does not block.
+    assert_eq!(g.exit_a32(0, esr(ec::WFX, CV | EQ)), Action::Resume);
+    assert_eq!(g.frame.elr, A32_PC + 4);
+    // With Z set it waits.
+    g.frame.spsr |= Z;
+    assert_eq!(g.exit_a32(0, esr(ec::WFX, CV | EQ)), Action::Block(None));
+}
+
+#[test]
+fn an_abort_in_aarch32_user_code_goes_to_the_aarch32_vector() {
+    let mut g = Guest::new(1);
+    g.frame.spsr = SPSR_T32_USR;
+    g.frame.elr = A32_PC;
+    g.hw.far_el2 = 0x10;
+    g.hw.hpfar_el2 = 0;
+    assert_eq!(g.exit_a32(0, dabt(4, 2, false) & !ESR_IL), Action::Resume);
+    let (esr_el1, _, elr, spsr, ..) = g.injected();
+    assert_eq!(esr_el1, inject::data_abort_esr(true, false));
+    assert_eq!(
+        (elr, spsr),
+        (A32_PC, SPSR_T32_USR),
+        "the kernel sees the user state"
+    );
+    assert_eq!(g.frame.elr, VBAR + 0x600);
+    assert_eq!(g.frame.spsr & 0x1f, 0x05, "EL1h, AArch64");
+}
+
+proptest! {
+    /// No exit from AArch32 user code panics, and each ends stepped over (by 2 or 4),
+    /// retried, or at the guest kernel's AArch32 vector.
+    #[test]
+    fn no_aarch32_exit_panics(class in 0u32..64, iss in 0u64..(1 << 25), il: bool,
+                              far: u64, hpfar: u64, flags in 0u64..16, thumb: bool) {
+        let mut g = Guest::new(1);
+        g.hw.far_el2 = far;
+        g.hw.hpfar_el2 = hpfar & ((1 << 44) - 1);
+        g.frame.elr = A32_PC;
+        g.frame.spsr = (if thumb { SPSR_T32_USR } else { SPSR_A32_USR }) | (flags << 28);
+        let e = (u64::from(class) << ESR_EC_SHIFT) | if il { ESR_IL } else { 0 } | iss;
+        let action = g.exit_a32(0, e);
+        let ends = [A32_PC, A32_PC + 2, A32_PC + 4, VBAR + 0x600];
+        prop_assert!(ends.contains(&g.frame.elr), "ELR {:#x} after {action:?}", g.frame.elr);
+    }
 }
 
 proptest! {

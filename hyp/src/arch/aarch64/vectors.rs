@@ -113,8 +113,6 @@ pub enum ExitKind {
     Irq = 1,
     Fiq = 2,
     SError = 3,
-    /// Any exception from AArch32 state, which Bothy's guests may not use.
-    Aarch32 = 4,
 }
 
 impl ExitKind {
@@ -123,8 +121,7 @@ impl ExitKind {
             0 => Self::Sync,
             1 => Self::Irq,
             2 => Self::Fiq,
-            3 => Self::SError,
-            _ => Self::Aarch32,
+            _ => Self::SError,
         }
     }
 }
@@ -192,10 +189,13 @@ bothy_el2_vectors:
     guest_vector {handle_irq_exit}  // irq
     guest_vector_other 2            // fiq
     guest_vector_other 3            // serror
-    guest_vector_other 4            // lower EL, AArch32
-    guest_vector_other 4
-    guest_vector_other 4
-    guest_vector_other 4
+    // Lower EL, AArch32: 32-bit user space under the guest's 64-bit kernel. The same
+    // frame (R0-R14 of user mode are X0-X14); only a synchronous exit is handled
+    // differently (instruction lengths, conditions: core's exit/aarch32.rs).
+    guest_vector {handle_sync_exit_a32}
+    guest_vector {handle_irq_exit}
+    guest_vector_other 2
+    guest_vector_other 3
 
 // x0 = the handler's Resume.
 bothy_guest_return:
@@ -258,6 +258,7 @@ bothy_hyp_fault:
 "#,
     frame = const GUEST_FRAME_SIZE,
     handle_sync_exit = sym crate::exit::handle_sync_exit,
+    handle_sync_exit_a32 = sym crate::exit::handle_sync_exit_a32,
     handle_irq_exit = sym crate::exit::handle_irq_exit,
     handle_other_exit = sym crate::exit::handle_other_exit,
     handle_exit_all = sym crate::exit::handle_exit_all,
