@@ -358,7 +358,8 @@ fn arm_tick(deadline: Option<Ticks>) {
 }
 
 /// A vCPU about to run that was (re)started: vCPU 0 at boot or after a reset goes to
-/// the kernel entry, one started by PSCI CPU_ON to the entry point it was given.
+/// the kernel entry, one started by PSCI CPU_ON to the entry point it was given. (PSCI
+/// has reported it On since that CPU_ON; only its registers are set here.)
 fn start_if_pending(vm: &Vm, v: usize, frame: &mut GuestFrame) {
     if vm.vcpus[v].boot.swap(false, Ordering::AcqRel) {
         reset_vcpu_state(vm, v);
@@ -374,7 +375,6 @@ fn start_if_pending(vm: &Vm, v: usize, frame: &mut GuestFrame) {
         frame.x[0] = context;
         frame.elr = entry;
         frame.spsr = inject::SPSR_EL1H_MASKED;
-        vm.power.mark_on(v);
     }
 }
 

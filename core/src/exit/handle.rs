@@ -86,8 +86,8 @@ pub enum Action {
     Yield,
     /// PSCI CPU_OFF: the vCPU stops; mark it Off once it has left the CPU.
     PowerOff,
-    /// PSCI CPU_ON accepted for this vCPU of the VM (it is `OnPending` in
-    /// [`VmModel::power`]): have it scheduled, then [`finish`] the exit.
+    /// PSCI CPU_ON accepted for this vCPU of the VM (it is On in [`VmModel::power`],
+    /// its start point stored there): have it scheduled, then [`finish`] the exit.
     StartVcpu(usize),
     /// This exit took the VM out of `Running` into the state given (SYSTEM_OFF → Off,
     /// SYSTEM_RESET → Resetting): report it and stop the VM; this vCPU stops.
