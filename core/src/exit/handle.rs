@@ -173,10 +173,11 @@ pub fn finish(vm: &VmModel, vcpu: usize, flushed: bool, hw: &mut impl Arch) -> A
     Action::Resume
 }
 
-/// Fold the list registers back into the vGIC and refill them.
+/// Fold the list registers back into the vGIC and refill them (asking `hw` whether a
+/// hardware-linked level interrupt waiting in software is still asserted).
 #[inline(never)]
 pub fn serve_list_registers(vm: &VmModel, vcpu: usize, hw: &mut impl Arch) {
-    vm.vgic.flush(vcpu, &mut hw.lrs());
+    vm.vgic.flush(vcpu, hw);
 }
 
 /// Whether general-purpose register `reg` is one an ordinary exit leaves out of the
@@ -294,7 +295,7 @@ fn sgi1r_write(
 ) -> bool {
     frame.elr += INSTRUCTION_SIZE;
     let value = frame.x.get(rt).copied().unwrap_or(0);
-    let done = vm.vgic.send_sgi_local(vcpu, value, &mut hw.lrs());
+    let done = vm.vgic.send_sgi_local(vcpu, value, hw);
     wake(hw, done.kicks);
     done.flushed
 }
