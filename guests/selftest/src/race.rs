@@ -297,13 +297,15 @@ pub fn cpu_on_race() -> CheckResult {
     let winners = results.iter().filter(|&&r| r == psci::SUCCESS).count();
     ensure!(
         winners == 1 && results.iter().all(|&r| r == psci::SUCCESS || r == psci::ALREADY_ON),
-        "CPU_ON({TARGET}) from vCPUs 0, 1, 2 returned {} {}, {} {}, {} {}: want one 0 SUCCESS and -4 ALREADY_ON for the others",
+        "CPU_ON({TARGET}) from vCPUs 0, 1, 2 returned {} {}, {} {}, {} {}: want one 0 SUCCESS and -4 ALREADY_ON for the others (vCPU {TARGET} started {} time(s), last with x0 = {:#x})",
         results[0],
         psci::name(results[0]),
         results[1],
         psci::name(results[1]),
         results[2],
-        psci::name(results[2])
+        psci::name(results[2]),
+        RACE.target_boots.load(Acquire),
+        RACE.target_ctx.load(Acquire)
     );
     ensure!(
         aff == psci::AFF_ON,
