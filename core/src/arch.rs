@@ -109,6 +109,19 @@ pub trait Arch {
         Self: 'a;
     fn lrs(&mut self) -> Self::Lrs<'_>;
 
+    /// Whether the source of hardware-linked level-sensitive interrupt `pintid` still
+    /// asserts it for the exiting vCPU; when it does not, the physical interrupt (which
+    /// EL2 acknowledged and left active for the guest to deactivate through its list
+    /// register) is deactivated, so the source can fire again. The vGIC asks this before
+    /// it puts such an interrupt, pending in software, into a list register
+    /// ([`crate::vgic::PhysCpu`]), never on the path that injects one that has just
+    /// fired.
+    ///
+    /// `hyp`: for the virtual timer's PPI, `CNTV_CTL_EL0` has ENABLE and ISTATUS set and
+    /// IMASK clear; if not, a write to this CPU's `GICR_ICACTIVER0`. Any other `pintid`
+    /// reads as high.
+    fn hw_line_high(&mut self, pintid: u32) -> bool;
+
     /// These vCPUs of the exiting vCPU's VM have new work (an interrupt became pending
     /// for them): wake each that is blocked, kick the CPU of each that runs. `hyp` takes
     /// the scheduler's lock.
@@ -156,6 +169,11 @@ pub enum ArchOp {
     TlbiIpa(Vmid, u64),
     Wake(VcpuMask),
     Fault(GuestFault),
+    /// [`Arch::hw_line_high`] asked about `pintid`, and the answer.
+    HwLine {
+        pintid: u32,
+        high: bool,
+    },
 }
 
 /// An [`Arch`] for tests: appends each maintenance call and wake-up to `log`, keeps the
@@ -171,6 +189,8 @@ pub struct FakeArch {
     pub hpfar_el2: u64,
     pub vtimer_deadline: Option<Ticks>,
     pub lrs: crate::vgic::lr::FakeListRegs,
+    /// Physical INTIDs whose hardware-linked source no longer asserts its level.
+    pub low_lines: alloc::vec::Vec<u32>,
     pub console: alloc::vec::Vec<u8>,
 }
 
@@ -229,6 +249,12 @@ impl Arch for FakeArch {
     type Lrs<'a> = &'a mut crate::vgic::lr::FakeListRegs;
     fn lrs(&mut self) -> Self::Lrs<'_> {
         &mut self.lrs
+    }
+
+    fn hw_line_high(&mut self, pintid: u32) -> bool {
+        let high = !self.low_lines.contains(&pintid);
+        self.log.push(ArchOp::HwLine { pintid, high });
+        high
     }
 
     fn wake(&mut self, vcpus: VcpuMask) {

@@ -404,7 +404,8 @@ fn arm_tick(deadline: Option<Ticks>) {
 }
 
 /// A vCPU about to run that was (re)started: vCPU 0 at boot or after a reset goes to
-/// the kernel entry, one started by PSCI CPU_ON to the entry point it was given.
+/// the kernel entry, one started by PSCI CPU_ON to the entry point it was given. (PSCI
+/// has reported it On since that CPU_ON; only its registers are set here.)
 fn start_if_pending(vm: &Vm, v: usize, frame: &mut GuestFrame) {
     if vm.vcpus[v].boot.swap(false, Ordering::AcqRel) {
         reset_vcpu_state(vm, v);
@@ -420,7 +421,6 @@ fn start_if_pending(vm: &Vm, v: usize, frame: &mut GuestFrame) {
         frame.x[0] = context;
         frame.elr = entry;
         frame.spsr = inject::SPSR_EL1H_MASKED;
-        vm.power.mark_on(v);
     }
 }
 
@@ -757,6 +757,25 @@ impl Arch for ExitHw {
         machine::this_cpu().lrs
     }
 
+    /// The loaded vCPU's timer condition, read live: nothing changes it while the vCPU
+    /// is at EL2 but the counter, which only ever raises it.
+    #[cold]
+    #[inline(never)]
+    fn hw_line_high(&mut self, pintid: u32) -> bool {
+        const ENABLE: u64 = 1 << 0;
+        const IMASK: u64 = 1 << 1;
+        const ISTATUS: u64 = 1 << 2;
+        if pintid != machine().vtimer_intid {
+            return true;
+        }
+        if sysreg::read_cntv_ctl_el0() & (ENABLE | IMASK | ISTATUS) == ENABLE | ISTATUS {
+            return true;
+        }
+        // Taken at EL2 and left active for the guest's EOI, which will never come.
+        gic::set_private_active(machine::this_cpu().redist, pintid, false);
+        false
+    }
+
     #[inline(always)]
     fn wake(&mut self, vcpus: VcpuMask) {
         let scope = ExitScope::enter();
@@ -871,8 +890,7 @@ fn take_physical_irq(m: &'static Machine, running: Option<(&Vm, usize)>) -> Opti
     if intid == m.vtimer_intid {
         if let Some((vm, vcpu)) = running {
             // Hardware-linked: the guest's EOI deactivates the physical interrupt.
-            let mut lrs = machine::this_cpu().lrs;
-            let local = vm.vgic.inject_hw_local(vcpu, intid, intid, &mut lrs);
+            let local = vm.vgic.inject_hw_local(vcpu, intid, intid, &mut ExitHw);
             kick_vcpus(vm, local.kicks);
             return Some(if local.flushed { FLUSHED } else { 0 });
         }

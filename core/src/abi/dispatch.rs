@@ -16,12 +16,11 @@
 use super::power::VcpuPower;
 use super::power::{CpuOnError, PowerState};
 use super::psci::{
-    self, AFFINITY_OFF, AFFINITY_ON, AFFINITY_ON_PENDING, ALREADY_ON,
-    CPU_SUSPEND_FEATURES_ORIGINAL_FORMAT, INVALID_ADDRESS, INVALID_PARAMETERS,
-    MIGRATE_INFO_TYPE_NOT_PRESENT, MPIDR_AFFINITY_MASK, ON_PENDING, PSCI_AFFINITY_INFO_32,
-    PSCI_AFFINITY_INFO_64, PSCI_CPU_OFF, PSCI_CPU_ON_32, PSCI_CPU_ON_64, PSCI_CPU_SUSPEND_32,
-    PSCI_CPU_SUSPEND_64, PSCI_FEATURES, PSCI_MIGRATE_INFO_TYPE, PSCI_SYSTEM_OFF, PSCI_SYSTEM_RESET,
-    PSCI_VERSION,
+    self, AFFINITY_OFF, AFFINITY_ON, ALREADY_ON, CPU_SUSPEND_FEATURES_ORIGINAL_FORMAT,
+    INVALID_ADDRESS, INVALID_PARAMETERS, MIGRATE_INFO_TYPE_NOT_PRESENT, MPIDR_AFFINITY_MASK,
+    PSCI_AFFINITY_INFO_32, PSCI_AFFINITY_INFO_64, PSCI_CPU_OFF, PSCI_CPU_ON_32, PSCI_CPU_ON_64,
+    PSCI_CPU_SUSPEND_32, PSCI_CPU_SUSPEND_64, PSCI_FEATURES, PSCI_MIGRATE_INFO_TYPE,
+    PSCI_SYSTEM_OFF, PSCI_SYSTEM_RESET, PSCI_VERSION,
 };
 use super::smccc::{self, ret_code, FunctionId, SMCCC_ARCH_FEATURES, SMCCC_VERSION};
 use crate::vm::VmModel;
@@ -42,9 +41,9 @@ pub enum Outcome {
     /// Write the value to `X0`, zero to `X1..X3`, and resume the caller after the
     /// HVC/SMC.
     Return(u64),
-    /// `CPU_ON` accepted: `target` is now `OnPending` with its start point stored in
-    /// [`VcpuPower`]. Kick the target's physical CPU, then return SUCCESS (`X0..X3` = 0)
-    /// to the caller.
+    /// `CPU_ON` accepted: `target` is now On with its start point stored in
+    /// [`VcpuPower`]. Have it scheduled, then return SUCCESS (`X0..X3` = 0) to the
+    /// caller.
     StartVcpu { target: usize },
     /// `CPU_OFF`: the caller stops; it never returns to the guest (a later `CPU_ON`
     /// restarts it at a new entry point). The hypervisor marks it Off
@@ -325,7 +324,9 @@ fn target_vcpu(ctx: &CallContext, mpidr: u64) -> Option<usize> {
 }
 
 /// `CPU_ON(target_cpu, entry_point, context_id)`. Checks run in TF-A's order: target,
-/// then entry point, then the target's state.
+/// then entry point, then the target's state. The first caller turns the target On, so
+/// racing callers get exactly one SUCCESS and ALREADY_ON for the rest (never
+/// ON_PENDING: see `power.rs`).
 fn cpu_on(ctx: &CallContext, a: &Args) -> Outcome {
     let Some(target) = target_vcpu(ctx, a.x(1)) else {
         return ret(INVALID_PARAMETERS);
@@ -337,7 +338,6 @@ fn cpu_on(ctx: &CallContext, a: &Args) -> Outcome {
     match ctx.vm.power.request_on(target, entry, context_id) {
         Ok(()) => Outcome::StartVcpu { target },
         Err(CpuOnError::AlreadyOn) => ret(ALREADY_ON),
-        Err(CpuOnError::OnPending) => ret(ON_PENDING),
         Err(CpuOnError::NoSuchVcpu) => ret(INVALID_PARAMETERS),
     }
 }
@@ -353,7 +353,6 @@ fn affinity_info(ctx: &CallContext, a: &Args) -> Outcome {
         Some(v) => ret_value(match ctx.vm.power.state(v) {
             PowerState::On => AFFINITY_ON,
             PowerState::Off => AFFINITY_OFF,
-            PowerState::OnPending => AFFINITY_ON_PENDING,
         }),
     }
 }
@@ -536,15 +535,23 @@ mod tests {
         let p = model();
         let on = [PSCI_CPU_ON_64.into(), mpidr(2), ENTRY, 0x1234];
         assert_eq!(call(&p, 0, &on), Outcome::StartVcpu { target: 2 });
-        assert_eq!(p.power.state(2), PowerState::OnPending);
-        assert_eq!(x0(call(&p, 0, &on)), err(ON_PENDING));
+        assert_eq!(p.power.state(2), PowerState::On, "on at once");
+        assert_eq!(affinity(&p, 2), AFFINITY_ON, "before it has run");
+        assert_eq!(x0(call(&p, 0, &on)), err(ALREADY_ON));
         assert_eq!(
-            x0(call(&p, 1, &on)),
-            err(ON_PENDING),
-            "from another caller too"
+            x0(call(
+                &p,
+                1,
+                &[PSCI_CPU_ON_64.into(), mpidr(2), ENTRY + 4, 9]
+            )),
+            err(ALREADY_ON),
+            "from another caller too, with another start point"
         );
-        assert_eq!(p.power.take_pending_start(2), Some((ENTRY, 0x1234)));
-        p.power.mark_on(2);
+        assert_eq!(
+            p.power.take_pending_start(2),
+            Some((ENTRY, 0x1234)),
+            "the first caller's start point"
+        );
         assert_eq!(x0(call(&p, 0, &on)), err(ALREADY_ON));
         // The caller itself is on.
         assert_eq!(
@@ -610,14 +617,8 @@ mod tests {
             call(&p, 0, &[PSCI_CPU_ON_64.into(), mpidr(1), ENTRY, 0]),
             Outcome::StartVcpu { target: 1 }
         ));
-        assert_eq!(affinity(&p, 1), AFFINITY_ON_PENDING);
+        assert_eq!(affinity(&p, 1), AFFINITY_ON, "on before it has run");
         p.power.take_pending_start(1);
-        assert_eq!(
-            affinity(&p, 1),
-            AFFINITY_ON_PENDING,
-            "still pending until it runs"
-        );
-        p.power.mark_on(1);
         assert_eq!(affinity(&p, 1), AFFINITY_ON);
         assert_eq!(call(&p, 1, &[PSCI_CPU_OFF.into()]), Outcome::StopVcpu);
         assert_eq!(affinity(&p, 1), AFFINITY_ON, "still leaving its CPU");
@@ -652,7 +653,7 @@ mod tests {
         // vCPU 0 can be brought back by anyone still running... here vCPU 3, after it
         // was itself started by the hypervisor.
         p.power.request_on(3, ENTRY, 0).unwrap();
-        p.power.mark_on(3);
+        p.power.take_pending_start(3);
         assert!(matches!(
             call(&p, 3, &[PSCI_CPU_ON_64.into(), mpidr(0), ENTRY + 8, 1]),
             Outcome::StartVcpu { target: 0 }
@@ -667,8 +668,8 @@ mod tests {
 
     #[test]
     fn interleaved_callers() {
-        // vCPU 0 starts 1; before 1 runs, 0 asks about it and 1's own start is raced by
-        // another CPU_ON from 0; then 1 starts 2 and 3, 3 powers off while 2 is pending.
+        // vCPU 0 starts 1; before 1 runs, 0 asks about it and tries again; then 1 starts
+        // 2 and 3, 3 powers off while 2 has not run yet, and 2 restarts 3.
         let p = model();
         let on = |caller, t: usize| {
             call(
@@ -678,21 +679,21 @@ mod tests {
             )
         };
         assert!(matches!(on(0, 1), Outcome::StartVcpu { target: 1 }));
-        assert_eq!(affinity(&p, 1), AFFINITY_ON_PENDING);
-        assert_eq!(x0(on(0, 1)), err(ON_PENDING));
+        assert_eq!(affinity(&p, 1), AFFINITY_ON);
+        assert_eq!(x0(on(0, 1)), err(ALREADY_ON));
         assert_eq!(p.power.take_pending_start(1), Some((ENTRY, 1)));
-        p.power.mark_on(1);
         assert!(matches!(on(1, 2), Outcome::StartVcpu { target: 2, .. }));
         assert!(matches!(on(1, 3), Outcome::StartVcpu { target: 3, .. }));
-        p.power.take_pending_start(3);
-        p.power.mark_on(3);
+        assert_eq!(p.power.take_pending_start(3), Some((ENTRY, 3)));
         assert_eq!(call(&p, 3, &[PSCI_CPU_OFF.into()]), Outcome::StopVcpu);
+        assert_eq!(x0(on(0, 3)), err(ALREADY_ON), "3 has not left its CPU yet");
         p.power.power_off(3);
-        assert_eq!(affinity(&p, 2), AFFINITY_ON_PENDING);
+        assert_eq!(affinity(&p, 2), AFFINITY_ON);
         assert_eq!(affinity(&p, 3), AFFINITY_OFF);
+        assert_eq!(x0(on(0, 2)), err(ALREADY_ON), "2 has not run yet");
         assert!(
             matches!(on(2, 3), Outcome::StartVcpu { .. }),
-            "pending vCPUs' starters are independent"
+            "a vCPU not yet loaded may start others"
         );
         assert_eq!(p.power.take_pending_start(2), Some((ENTRY, 2)));
         assert_eq!(p.power.take_pending_start(3), Some((ENTRY, 3)));
@@ -700,28 +701,112 @@ mod tests {
 
     #[test]
     fn concurrent_cpu_on_from_threads() {
+        // Every caller races for every other vCPU: per target, exactly one SUCCESS and
+        // ALREADY_ON for everyone else; AFFINITY_INFO never says anything but ON once
+        // a caller has seen either.
         let p = model();
-        let starts = std::sync::atomic::AtomicUsize::new(0);
+        let starts: [std::sync::atomic::AtomicUsize; NR] = Default::default();
+        let already_on = std::sync::atomic::AtomicUsize::new(0);
         std::thread::scope(|s| {
             for caller in 0..NR {
-                let (p, starts) = (&p, &starts);
+                let (p, starts, already_on) = (&p, &starts, &already_on);
                 s.spawn(move || {
                     for t in 1..NR {
                         match call(p, caller, &[PSCI_CPU_ON_64.into(), mpidr(t), ENTRY, 0]) {
-                            Outcome::StartVcpu { .. } => {
-                                starts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            Outcome::StartVcpu { target } => {
+                                starts[target].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             }
-                            o => assert_eq!(x0(o), err(ON_PENDING)),
+                            o => {
+                                assert_eq!(x0(o), err(ALREADY_ON));
+                                already_on.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
                         }
+                        assert_eq!(affinity(p, t), AFFINITY_ON);
                     }
                 });
             }
         });
-        assert_eq!(
-            starts.into_inner(),
-            NR - 1,
-            "each Off vCPU started exactly once"
-        );
+        for (t, n) in starts.iter().enumerate().skip(1) {
+            assert_eq!(n.load(std::sync::atomic::Ordering::Relaxed), 1, "vCPU {t}");
+        }
+        assert_eq!(already_on.into_inner(), NR * (NR - 1) - (NR - 1));
+    }
+
+    /// One step of a PSCI history, for the property below.
+    #[derive(Clone, Copy, Debug)]
+    enum Step {
+        /// `CPU_ON(target)` from `caller`, with `tag` as the context ID.
+        On {
+            caller: usize,
+            target: usize,
+            tag: u64,
+        },
+        /// The hypervisor loads `target` (takes its start point if it has one).
+        Load(usize),
+        /// `target` calls `CPU_OFF` and the hypervisor has it leave its CPU.
+        Off(usize),
+        /// `AFFINITY_INFO(target)`.
+        Affinity(usize),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (0..NR, 0..NR, any::<u64>()).prop_map(|(caller, target, tag)| Step::On {
+                caller,
+                target,
+                tag
+            }),
+            (0..NR).prop_map(Step::Load),
+            (0..NR).prop_map(Step::Off),
+            (0..NR).prop_map(Step::Affinity),
+        ]
+    }
+
+    proptest! {
+        /// Against a model of what KVM answers: a vCPU is on from the CPU_ON that
+        /// succeeded until its CPU_OFF; between the two every CPU_ON gets ALREADY_ON,
+        /// and the first load after it starts at that CPU_ON's entry, once.
+        #[test]
+        fn cpu_on_histories_match_the_model(steps in proptest::collection::vec(step(), 0..64)) {
+            let p = model();
+            // (on, start point not yet taken) per vCPU.
+            let mut want: [(bool, Option<u64>); NR] = [(false, None); NR];
+            want[0].0 = true;
+            for s in steps {
+                match s {
+                    Step::On { caller, target, tag } => {
+                        // Only a vCPU that runs can call.
+                        if !want[caller].0 || want[caller].1.is_some() {
+                            continue;
+                        }
+                        let got = call(&p, caller, &[PSCI_CPU_ON_64.into(), mpidr(target), ENTRY, tag]);
+                        if want[target].0 {
+                            prop_assert_eq!(got, Outcome::Return(err(ALREADY_ON)));
+                        } else {
+                            prop_assert_eq!(got, Outcome::StartVcpu { target });
+                            want[target] = (true, Some(tag));
+                        }
+                    }
+                    Step::Load(t) => {
+                        let start = p.power.take_pending_start(t);
+                        prop_assert_eq!(start, want[t].1.take().map(|tag| (ENTRY, tag)));
+                    }
+                    Step::Off(t) => {
+                        if !want[t].0 || want[t].1.is_some() {
+                            continue;
+                        }
+                        prop_assert_eq!(call(&p, t, &[PSCI_CPU_OFF.into()]), Outcome::StopVcpu);
+                        prop_assert_eq!(affinity(&p, t), AFFINITY_ON);
+                        p.power.power_off(t);
+                        want[t] = (false, None);
+                    }
+                    Step::Affinity(t) => {
+                        let on = if want[t].0 { AFFINITY_ON } else { AFFINITY_OFF };
+                        prop_assert_eq!(affinity(&p, t), on);
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -10,8 +10,8 @@
 //!   carry out (write registers, start or stop a vCPU, suspend, stop or reset the VM).
 //!
 //! Called from `hyp`'s HVC/SMC exit path with the caller's registers; `hyp` keeps the
-//! `VcpuPower` of each VM and, for a `StartVcpu`, wakes the target's physical CPU, which
-//! then calls [`VcpuPower::take_pending_start`] and [`VcpuPower::mark_on`].
+//! `VcpuPower` of each VM and, for a `StartVcpu`, has the target scheduled; the CPU
+//! that first loads it calls [`VcpuPower::take_pending_start`] for its entry point.
 
 mod dispatch;
 mod power;

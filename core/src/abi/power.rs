@@ -2,17 +2,21 @@
 //!
 //! State machine (DEN0022 §5.1.4–5.1.5):
 //! ```text
-//!   Off --CPU_ON(entry, ctx)--> OnPending --hyp starts it, mark_on--> On
-//!   On  --CPU_OFF (by itself)--> Off
+//!   Off --CPU_ON(entry, ctx)--> On (start point stored)
+//!   On  --CPU_OFF (by itself, once it has left its CPU)--> Off
 //!   any --reset()--> vCPU 0 On, all others Off
 //! ```
-//! A vCPU in `OnPending` owns the `(entry, context_id)` its starter gave; the hypervisor
-//! takes it once ([`VcpuPower::take_pending_start`]) to set the new vCPU's PC and `X0`.
+//! A successful `CPU_ON` makes its target `On` at once, as KVM does: every later
+//! `CPU_ON` gets `ALREADY_ON` and `AFFINITY_INFO` answers ON, so of any number of racing
+//! callers exactly one sees `SUCCESS` (guests written against KVM count on that; a
+//! PSCI that answers `ON_PENDING` to the losers makes them retry or give up). Bothy
+//! never reports `ON_PENDING`. The `(entry, context_id)` the winner gave stays stored
+//! until the hypervisor takes it once ([`VcpuPower::take_pending_start`]), when it
+//! first loads the new vCPU, to set its PC and `X0`.
 //!
 //! vCPUs on different physical CPUs call `CPU_ON`/`AFFINITY_INFO` concurrently, so each
 //! vCPU's state sits behind its own spin lock: every transition is one short critical
-//! section, and two racing `CPU_ON`s for the same target see exactly one winner
-//! (`SUCCESS`) while the loser gets `ON_PENDING` or `ALREADY_ON`.
+//! section.
 //!
 //! Indices come from the hypervisor (the caller's vCPU) or from the VM's MPIDR map; an
 //! index outside the VM is treated as a vCPU that does not exist, never as a panic.
@@ -23,24 +27,23 @@ use spin::Mutex;
 /// PSCI power state of one vCPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PowerState {
+    /// Running, or started by a `CPU_ON` and about to run.
     On,
     Off,
-    /// `CPU_ON` accepted, the vCPU has not run its first instruction yet.
-    OnPending,
 }
 
 /// Why a `CPU_ON` request was refused; maps 1:1 onto PSCI return codes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CpuOnError {
     AlreadyOn,
-    OnPending,
     NoSuchVcpu,
 }
 
 #[derive(Clone, Copy, Debug)]
 struct Slot {
     state: PowerState,
-    /// `(entry, context_id)`; `Some` only while `state == OnPending` and not yet taken.
+    /// `(entry, context_id)` of the `CPU_ON` that turned the vCPU on; `Some` from then
+    /// until the hypervisor first loads it.
     start: Option<(u64, u64)>,
 }
 
@@ -87,47 +90,28 @@ impl VcpuPower {
             .map_or(PowerState::Off, |s| s.lock().state)
     }
 
-    /// The `CPU_ON` transition `Off -> OnPending`, atomically, recording where the vCPU
-    /// will start. The hypervisor may also call it to start a vCPU on its own account.
+    /// The `CPU_ON` transition `Off -> On`, atomically, recording where the vCPU will
+    /// start. The hypervisor may also call it to start a vCPU on its own account.
     pub fn request_on(&self, vcpu: usize, entry: u64, context_id: u64) -> Result<(), CpuOnError> {
         let slot = self.slots.get(vcpu).ok_or(CpuOnError::NoSuchVcpu)?;
         let mut s = slot.lock();
         match s.state {
             PowerState::On => Err(CpuOnError::AlreadyOn),
-            PowerState::OnPending => Err(CpuOnError::OnPending),
             PowerState::Off => {
-                s.state = PowerState::OnPending;
+                s.state = PowerState::On;
                 s.start = Some((entry, context_id));
                 Ok(())
             }
         }
     }
 
-    /// The target vCPU's physical CPU collects its start point: `Some` once per
-    /// accepted `CPU_ON`, `None` otherwise. The state stays `OnPending` until
-    /// [`mark_on`](Self::mark_on), so `AFFINITY_INFO` keeps answering `ON_PENDING`.
+    /// The physical CPU loading the vCPU collects its start point: `Some` once per
+    /// accepted `CPU_ON`, `None` otherwise (also after a `CPU_OFF` or reset dropped it).
     pub fn take_pending_start(&self, vcpu: usize) -> Option<(u64, u64)> {
-        let mut s = self.slots.get(vcpu)?.lock();
-        if s.state == PowerState::OnPending {
-            s.start.take()
-        } else {
-            None
-        }
+        self.slots.get(vcpu)?.lock().start.take()
     }
 
-    /// The target vCPU actually started: `OnPending -> On`. Any other state is left
-    /// alone (a `reset()` may have raced with the start).
-    pub fn mark_on(&self, vcpu: usize) {
-        if let Some(slot) = self.slots.get(vcpu) {
-            let mut s = slot.lock();
-            if s.state == PowerState::OnPending {
-                s.state = PowerState::On;
-                s.start = None;
-            }
-        }
-    }
-
-    /// `CPU_OFF`: the vCPU becomes Off and forgets any pending start.
+    /// `CPU_OFF`, once the vCPU has left its CPU: it becomes Off and forgets any start.
     pub fn power_off(&self, vcpu: usize) {
         if let Some(slot) = self.slots.get(vcpu) {
             *slot.lock() = Slot {
@@ -164,49 +148,64 @@ mod tests {
         let p = VcpuPower::new(2);
         assert_eq!(p.take_pending_start(1), None);
         p.request_on(1, 0x4008_0000, 7).unwrap();
-        assert_eq!(p.state(1), PowerState::OnPending);
-        assert_eq!(p.request_on(1, 0, 0), Err(CpuOnError::OnPending));
-        assert_eq!(p.take_pending_start(1), Some((0x4008_0000, 7)));
+        assert_eq!(
+            p.state(1),
+            PowerState::On,
+            "on from the moment CPU_ON succeeds"
+        );
+        assert_eq!(p.request_on(1, 0, 0), Err(CpuOnError::AlreadyOn));
+        assert_eq!(
+            p.take_pending_start(1),
+            Some((0x4008_0000, 7)),
+            "the winner's"
+        );
         assert_eq!(p.take_pending_start(1), None, "taken once");
-        assert_eq!(p.state(1), PowerState::OnPending);
-        p.mark_on(1);
         assert_eq!(p.state(1), PowerState::On);
         assert_eq!(p.request_on(1, 0, 0), Err(CpuOnError::AlreadyOn));
         p.power_off(1);
         assert_eq!(p.state(1), PowerState::Off);
+        p.request_on(1, 0x4009_0000, 8).unwrap();
+        assert_eq!(p.take_pending_start(1), Some((0x4009_0000, 8)), "restart");
         assert_eq!(p.request_on(5, 0, 0), Err(CpuOnError::NoSuchVcpu));
+        assert_eq!(p.take_pending_start(5), None);
     }
 
     #[test]
-    fn mark_on_only_from_pending_and_reset_restores() {
+    fn off_and_reset_drop_a_start_not_yet_taken() {
         let p = VcpuPower::new(3);
-        p.mark_on(1);
-        assert_eq!(p.state(1), PowerState::Off);
+        p.request_on(1, 1, 2).unwrap();
+        p.power_off(1);
+        assert_eq!(p.take_pending_start(1), None);
         p.request_on(2, 1, 2).unwrap();
         p.power_off(0);
         p.reset();
         assert_eq!(p.state(0), PowerState::On);
         assert_eq!(p.state(2), PowerState::Off);
         assert_eq!(p.take_pending_start(2), None, "reset drops pending starts");
-        p.mark_on(99); // ignored, no panic
-        p.power_off(99);
+        p.power_off(99); // ignored, no panic
     }
 
     #[test]
     fn racing_cpu_on_has_one_winner() {
         let p = VcpuPower::new(2);
         let wins = std::sync::atomic::AtomicUsize::new(0);
+        let already_on = std::sync::atomic::AtomicUsize::new(0);
         std::thread::scope(|s| {
             for t in 0..8u64 {
-                let (p, wins) = (&p, &wins);
-                s.spawn(move || {
-                    if p.request_on(1, 0x1000 * t, t).is_ok() {
+                let (p, wins, already_on) = (&p, &wins, &already_on);
+                s.spawn(move || match p.request_on(1, 0x1000 * t, t) {
+                    Ok(()) => {
                         wins.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        assert_eq!(e, CpuOnError::AlreadyOn);
+                        already_on.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                 });
             }
         });
-        assert_eq!(wins.into_inner(), 1);
-        assert!(p.take_pending_start(1).is_some());
+        assert_eq!((wins.into_inner(), already_on.into_inner()), (1, 7));
+        let (entry, context) = p.take_pending_start(1).unwrap();
+        assert_eq!(entry, 0x1000 * context, "one caller's pair, not a mix");
     }
 }

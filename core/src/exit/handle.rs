@@ -86,8 +86,8 @@ pub enum Action {
     Yield,
     /// PSCI CPU_OFF: the vCPU stops; mark it Off once it has left the CPU.
     PowerOff,
-    /// PSCI CPU_ON accepted for this vCPU of the VM (it is `OnPending` in
-    /// [`VmModel::power`]): have it scheduled, then [`finish`] the exit.
+    /// PSCI CPU_ON accepted for this vCPU of the VM (it is On in [`VmModel::power`],
+    /// its start point stored there): have it scheduled, then [`finish`] the exit.
     StartVcpu(usize),
     /// This exit took the VM out of `Running` into the state given (SYSTEM_OFF → Off,
     /// SYSTEM_RESET → Resetting): report it and stop the VM; this vCPU stops.
@@ -175,10 +175,11 @@ pub fn finish(vm: &VmModel, vcpu: usize, flushed: bool, hw: &mut impl Arch) -> A
     Action::Resume
 }
 
-/// Fold the list registers back into the vGIC and refill them.
+/// Fold the list registers back into the vGIC and refill them (asking `hw` whether a
+/// hardware-linked level interrupt waiting in software is still asserted).
 #[inline(never)]
 pub fn serve_list_registers(vm: &VmModel, vcpu: usize, hw: &mut impl Arch) {
-    vm.vgic.flush(vcpu, &mut hw.lrs());
+    vm.vgic.flush(vcpu, hw);
 }
 
 /// Whether general-purpose register `reg` is one an ordinary exit leaves out of the
@@ -296,7 +297,7 @@ fn sgi1r_write(
 ) -> bool {
     frame.elr += INSTRUCTION_SIZE;
     let value = frame.x.get(rt).copied().unwrap_or(0);
-    let done = vm.vgic.send_sgi_local(vcpu, value, &mut hw.lrs());
+    let done = vm.vgic.send_sgi_local(vcpu, value, hw);
     wake(hw, done.kicks);
     done.flushed
 }

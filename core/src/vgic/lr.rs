@@ -28,14 +28,26 @@
 //! (a software ISPENDR on it is lost — an accepted approximation).
 //!
 //! Level-sensitive interrupts without a hardware link go in with the EOI bit, so that the
-//! guest's EOI raises a maintenance interrupt and `sync` re-samples the line. An edge
+//! guest's EOI raises a maintenance interrupt and `sync` re-samples the line. A
+//! hardware-linked one (the virtual timer) needs no EOI bit: the guest's EOI deactivates
+//! the physical interrupt, which fires again at EL2 if its source still asserts it. But
+//! one that fired while it could not be delivered (disabled at the vGIC, or withdrawn
+//! from its LR) waits in software, and its source may have dropped meanwhile (the guest
+//! turned the timer off): `flush` asks the source ([`PhysCpu::line_high`]) before it
+//! puts such an interrupt into an LR, and drops it if the level is gone. That covers the
+//! guest enabling it again, an earlier instance's EOI freeing the LR, and the vCPU being
+//! loaded, since each ends in a flush. The exit path's injection of a timer that has
+//! just fired does not ask: its level is high by construction. An edge
 //! interrupt that fires again while its LR is active is upgraded in place to
 //! pending+active (as KVM does) instead of waiting for the LR to drain; a hardware-linked
 //! one keeps its latch until the LR frees, because HW=1 LRs cannot be pending+active.
 
 use super::irq::{Irq, Trigger, LR_STATE_ACTIVE, LR_STATE_PENDING};
 use super::state::{BitIter, CpuState, State};
-use super::{MAX_LRS, NR_PRIVATE, SPI_BASE};
+use super::{MAX_LRS, NR_PRIVATE, NR_SGIS, SPI_BASE};
+
+/// `CpuState::pend[0]` bits of the PPIs (INTIDs 16-31).
+const PPI_BITS: u32 = !((1 << NR_SGIS) - 1);
 
 /// The virtual CPU interface's list registers of the physical CPU running the vCPU.
 pub trait ListRegs {
@@ -55,6 +67,37 @@ pub trait ListRegs {
     fn eisr(&self) -> u16;
     /// Write ICH_HCR_EL2.
     fn set_hcr(&mut self, v: u64);
+}
+
+/// The physical CPU a vCPU runs on, as a flush uses it: that vCPU's list registers, and
+/// the sources of its hardware-linked level-sensitive interrupts. `hyp`'s is its exit
+/// policy's [`Arch`](crate::arch::Arch) (every `Arch` is one); the vGIC's tests use
+/// [`FakeListRegs`].
+pub trait PhysCpu {
+    type Lrs<'a>: ListRegs
+    where
+        Self: 'a;
+    fn list_regs(&mut self) -> Self::Lrs<'_>;
+    /// Whether the source of hardware-linked level-sensitive interrupt `pintid` still
+    /// asserts it. When it does not, the physical interrupt (which EL2 acknowledged and
+    /// left active for the guest to deactivate) is deactivated, so the source can fire
+    /// again. See [`Arch::hw_line_high`](crate::arch::Arch::hw_line_high).
+    fn line_high(&mut self, pintid: u32) -> bool;
+}
+
+impl<A: crate::arch::Arch> PhysCpu for A {
+    type Lrs<'a>
+        = A::Lrs<'a>
+    where
+        Self: 'a;
+    #[inline(always)]
+    fn list_regs(&mut self) -> A::Lrs<'_> {
+        self.lrs()
+    }
+    #[inline(always)]
+    fn line_high(&mut self, pintid: u32) -> bool {
+        self.hw_line_high(pintid)
+    }
 }
 
 /// A borrowed set of list registers is one too (the exit policy's `Arch` hands out
@@ -265,15 +308,15 @@ impl State {
         vcpu: usize,
         intid: u32,
         hw: Option<u32>,
-        lrs: &mut impl ListRegs,
+        pcpu: &mut impl PhysCpu,
     ) -> bool {
-        self.sync_lrs(vcpu, lrs);
+        self.sync_lrs(vcpu, &mut pcpu.list_regs());
         if let (Some(phys), Some(irq)) = (hw, self.irq_mut(vcpu, intid)) {
             irq.hw = Some(phys);
         }
         // Private: the vCPU itself is the only one with work.
         let _ = self.raise_private(vcpu, intid);
-        self.flush_cpu(vcpu, lrs)
+        self.flush_cpu(vcpu, pcpu)
     }
 
     /// `sync_cpu` without zeroing the freed hardware LRs (`flush_cpu` does that last).
@@ -467,30 +510,14 @@ impl State {
         Some(evicted)
     }
 
-    /// Sync, reconcile, fill. Returns whether any LR is left occupied.
-    pub fn flush_cpu(&mut self, vcpu: usize, lrs: &mut impl ListRegs) -> bool {
-        let n = lrs.count().min(MAX_LRS);
-        let Some(cpu) = self.cpus.get_mut(vcpu) else {
+    /// Sync, reconcile, resample, fill. Returns whether any LR is left occupied.
+    pub fn flush_cpu(&mut self, vcpu: usize, pcpu: &mut impl PhysCpu) -> bool {
+        let Some(n) = self.sync_and_reconcile(vcpu, &mut pcpu.list_regs()) else {
             return false;
         };
-        if core::mem::take(&mut cpu.wipe_lrs) {
-            for i in 0..n {
-                lrs.write(i, 0);
-            }
-        }
-        // `hyp` has usually just synced: with no LR left occupied there is nothing to read.
-        if cpu.occupied != 0 {
-            self.sync_lrs(vcpu, lrs);
-        }
-        let Some(cpu) = self.cpus.get_mut(vcpu) else {
-            return false;
-        };
-        let dirty = core::mem::take(&mut cpu.dirty) & cpu.occupied & lr_mask(n);
-        if dirty != 0 {
-            for i in BitIter(u32::from(dirty)) {
-                self.reconcile(vcpu, i as usize, lrs);
-            }
-        }
+        self.resample_hw_lines(vcpu, pcpu);
+        let mut lrs = pcpu.list_regs();
+        let lrs = &mut lrs;
 
         // Best first, as many as there are LRs (one candidate needs no sorting).
         let grp1 = self.grp1;
@@ -516,6 +543,63 @@ impl State {
         let overflow = evicted || total > placed;
         lrs.set_hcr(HCR_EN | if overflow { HCR_UIE } else { 0 });
         cpu.occupied & lr_mask(n) != 0
+    }
+
+    /// The first half of `flush_cpu`: wipe stale LRs, sync, reconcile the dirty ones.
+    /// Returns how many LRs are used, `None` for a vCPU outside the VM.
+    fn sync_and_reconcile(&mut self, vcpu: usize, lrs: &mut impl ListRegs) -> Option<usize> {
+        let n = lrs.count().min(MAX_LRS);
+        let cpu = self.cpus.get_mut(vcpu)?;
+        if core::mem::take(&mut cpu.wipe_lrs) {
+            for i in 0..n {
+                lrs.write(i, 0);
+            }
+        }
+        // `hyp` has usually just synced: with no LR left occupied there is nothing to read.
+        if cpu.occupied != 0 {
+            self.sync_lrs(vcpu, lrs);
+        }
+        let cpu = self.cpus.get_mut(vcpu)?;
+        let dirty = core::mem::take(&mut cpu.dirty) & cpu.occupied & lr_mask(n);
+        if dirty != 0 {
+            for i in BitIter(u32::from(dirty)) {
+                self.reconcile(vcpu, i as usize, lrs);
+            }
+        }
+        Some(n)
+    }
+
+    /// Hardware-linked level PPIs of `vcpu` about to be offered from software go in only
+    /// while their source still asserts them (see the module doc): ask, and drop those
+    /// it no longer does. Only PPIs indexed as deliverable can be placed by this flush;
+    /// one that is not (disabled) is asked when it becomes deliverable, which flushes.
+    /// A software ISPENDR on such a PPI is lost with it, as for a withdrawn level
+    /// interrupt.
+    fn resample_hw_lines(&mut self, vcpu: usize, pcpu: &mut impl PhysCpu) {
+        let Some(cpu) = self.cpus.get_mut(vcpu) else {
+            return;
+        };
+        let ppis = cpu.pend[0] & PPI_BITS;
+        if ppis == 0 {
+            return;
+        }
+        for intid in BitIter(ppis) {
+            let irq = &mut cpu.private[intid as usize % NR_PRIVATE];
+            let Some(pintid) = irq.hw else {
+                continue;
+            };
+            if irq.trigger == Trigger::Level
+                && irq.latch
+                && irq.lr.is_none()
+                && !pcpu.line_high(pintid)
+            {
+                irq.latch = false;
+                cpu.clear_pend(intid);
+            }
+        }
+        if cpu.pend[0] == 0 {
+            cpu.pend_words &= !1;
+        }
     }
 
     /// Prune the `pend` index and fill LRs with the best candidates. Returns how many
@@ -725,6 +809,10 @@ impl CpuState {
 pub struct FakeListRegs {
     pub lr: alloc::vec::Vec<u64>,
     pub hcr: u64,
+    /// Physical INTIDs whose hardware-linked source no longer asserts its level.
+    pub low_lines: alloc::vec::Vec<u32>,
+    /// Every [`PhysCpu::line_high`] asked, in order.
+    pub lines_asked: alloc::vec::Vec<u32>,
 }
 
 #[cfg(any(test, feature = "std"))]
@@ -732,7 +820,7 @@ impl FakeListRegs {
     pub fn new(n: usize) -> FakeListRegs {
         FakeListRegs {
             lr: alloc::vec![0; n],
-            hcr: 0,
+            ..FakeListRegs::default()
         }
     }
 
@@ -794,5 +882,17 @@ impl ListRegs for FakeListRegs {
     }
     fn set_hcr(&mut self, v: u64) {
         self.hcr = v;
+    }
+}
+
+#[cfg(any(test, feature = "std"))]
+impl PhysCpu for FakeListRegs {
+    type Lrs<'a> = &'a mut FakeListRegs;
+    fn list_regs(&mut self) -> &mut FakeListRegs {
+        self
+    }
+    fn line_high(&mut self, pintid: u32) -> bool {
+        self.lines_asked.push(pintid);
+        !self.low_lines.contains(&pintid)
     }
 }

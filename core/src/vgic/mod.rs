@@ -19,7 +19,7 @@
 //!   and [`VGic::inject_hw_local`] (its timer PPI) are called by the CPU running that vCPU
 //!   with its list registers, and sync, latch and flush in one pass under one lock;
 //!   [`Local::flushed`] tells `hyp` the flush is done.
-//! - Exit path of vCPU `v`: `if vgic.needs_flush(v) { vgic.sync(v, lrs); vgic.flush(v, lrs) }`
+//! - Exit path of vCPU `v`: `if vgic.needs_flush(v) { vgic.sync(v, lrs); vgic.flush(v, pcpu) }`
 //!   before the `eret`; a maintenance interrupt exit calls `sync` (flush follows as above).
 //!   `flush` syncs by itself, so `flush` alone gives exactly the same result, with one
 //!   lock round trip less.
@@ -88,6 +88,10 @@
 //!   the guest may see one spurious interrupt (Linux tolerates it).
 //! - Hardware-linked interrupts (`inject_hw`) keep their link (`pINTID`) for good, like
 //!   KVM's timer; a second injection while the LR is still active waits for it to drain.
+//!   A hardware-linked PPI is level-sensitive: one that waits in software (it fired
+//!   while disabled, or was withdrawn from its LR) is resampled through
+//!   [`PhysCpu::line_high`] before it goes into an LR, and dropped if its source has
+//!   let go (see `lr.rs`), as KVM does for its timer.
 
 mod access;
 pub mod cpuif;
@@ -107,7 +111,7 @@ use core::sync::atomic::{AtomicU32, Ordering};
 use spin::Mutex;
 
 pub use cpuif::{CpuInterface, V3CpuIf};
-pub use lr::ListRegs;
+pub use lr::{ListRegs, PhysCpu};
 pub use mask::VcpuMask;
 pub use sgi::Sgi1r;
 
@@ -373,20 +377,19 @@ impl VGic {
         self.mark(kick)
     }
 
-    /// `send_sgi` from the vCPU whose list registers `lrs` are (it is running on this
-    /// CPU), for the exit path. An SGI to itself goes straight into an LR: sync, latch
+    /// `send_sgi` from the vCPU that runs on `pcpu` (this CPU), for the exit path. An SGI to itself goes straight into an LR: sync, latch
     /// and flush under one lock, where `send_sgi` + `flush` would take it twice. Returns
     /// what to kick and whether `from_vcpu` was flushed (see [`Local`]).
     pub fn send_sgi_local(
         &self,
         from_vcpu: usize,
         icc_sgi1r: u64,
-        lrs: &mut impl ListRegs,
+        pcpu: &mut impl PhysCpu,
     ) -> Local {
         if !Sgi1r::only_to_self(icc_sgi1r, from_vcpu, self.nr_vcpus) {
             return Local::not_flushed(self.send_sgi(from_vcpu, icc_sgi1r));
         }
-        self.raise_and_flush(from_vcpu, Sgi1r::decode(icc_sgi1r).intid, None, lrs);
+        self.raise_and_flush(from_vcpu, Sgi1r::decode(icc_sgi1r).intid, None, pcpu);
         Local::FLUSHED
     }
 
@@ -400,16 +403,18 @@ impl VGic {
         vcpu: usize,
         intid: u32,
         phys_intid: Option<u32>,
-        lrs: &mut impl ListRegs,
+        pcpu: &mut impl PhysCpu,
     ) {
         let mut st = self.state.lock();
-        // Everyone who sets WORK holds the lock, so this flush covers it all.
-        let Some(busy) = st.raise_private_fast(vcpu, intid, phys_intid, lrs) else {
+        // Everyone who sets WORK holds the lock, so this flush covers it all. No other
+        // candidate waits on this path, so no hardware-linked level needs asking.
+        let Some(busy) = st.raise_private_fast(vcpu, intid, phys_intid, &mut pcpu.list_regs())
+        else {
             // Out of line and last, so the fast path needs no registers saved for it.
             // Letting go of the lock meanwhile is harmless: the general path starts
             // from whatever state it finds.
             drop(st);
-            return self.raise_and_flush_general(vcpu, intid, phys_intid, lrs);
+            return self.raise_and_flush_general(vcpu, intid, phys_intid, pcpu);
         };
         self.set_flags(vcpu, if busy { FLAG_LRS_BUSY } else { 0 });
     }
@@ -421,10 +426,10 @@ impl VGic {
         vcpu: usize,
         intid: u32,
         phys_intid: Option<u32>,
-        lrs: &mut impl ListRegs,
+        pcpu: &mut impl PhysCpu,
     ) {
         let mut st = self.state.lock();
-        let busy = st.raise_private_general(vcpu, intid, phys_intid, lrs);
+        let busy = st.raise_private_general(vcpu, intid, phys_intid, pcpu);
         self.set_flags(vcpu, if busy { FLAG_LRS_BUSY } else { 0 });
     }
 
@@ -493,20 +498,20 @@ impl VGic {
         self.mark(kick)
     }
 
-    /// `inject_hw` of a PPI of the vCPU whose list registers `lrs` are (it runs on this
-    /// CPU): injected and flushed under one lock, like [`VGic::send_sgi_local`]. An SPI,
-    /// or a vCPU index out of range, takes the `inject_hw` path.
+    /// `inject_hw` of a PPI of the vCPU that runs on `pcpu` (this CPU): injected and
+    /// flushed under one lock, like [`VGic::send_sgi_local`]. An SPI, or a vCPU index
+    /// out of range, takes the `inject_hw` path.
     pub fn inject_hw_local(
         &self,
         vcpu: usize,
         intid: u32,
         phys_intid: u32,
-        lrs: &mut impl ListRegs,
+        pcpu: &mut impl PhysCpu,
     ) -> Local {
         if intid >= SPI_BASE || vcpu >= self.nr_vcpus {
             return Local::not_flushed(self.inject_hw(vcpu, intid, phys_intid));
         }
-        self.raise_and_flush(vcpu, intid, Some(phys_intid), lrs);
+        self.raise_and_flush(vcpu, intid, Some(phys_intid), pcpu);
         Local::FLUSHED
     }
 
@@ -516,15 +521,17 @@ impl VGic {
         self.state.lock().has_pending_cpu(vcpu)
     }
 
-    /// Before entering `vcpu`: fold back, reconcile and fill its LRs, and program
-    /// ICH_HCR_EL2 (En, plus UIE when interrupts are left waiting for an LR).
-    pub fn flush(&self, vcpu: usize, lrs: &mut impl ListRegs) {
+    /// Before entering `vcpu`, which runs on `pcpu`: fold back, reconcile and fill its
+    /// LRs (a hardware-linked level interrupt waiting in software only if its source
+    /// still asserts it), and program ICH_HCR_EL2 (En, plus UIE when interrupts are left
+    /// waiting for an LR).
+    pub fn flush(&self, vcpu: usize, pcpu: &mut impl PhysCpu) {
         if vcpu >= self.nr_vcpus {
             return;
         }
         let mut st = self.state.lock();
         // Everyone who sets WORK holds the lock, so clearing it at the end loses nothing.
-        let busy = st.flush_cpu(vcpu, lrs);
+        let busy = st.flush_cpu(vcpu, pcpu);
         self.set_flags(vcpu, if busy { FLAG_LRS_BUSY } else { 0 });
     }
 

@@ -387,6 +387,136 @@ fn hw_timer_ppi_lr_bits_are_exact() {
     assert_eq!((l.lr[0] >> 48) & 0xff, 0xA0);
 }
 
+/// vCPU 0 of a booted vGIC with its timer PPI (27, hardware-linked to 27) enabled and
+/// its list registers flushed once.
+fn timer_ready() -> (VGic, FakeLrs) {
+    let g = booted(1, 32);
+    let mut l = FakeLrs::new(4);
+    run_exit(&g, 0, &mut l);
+    g.redist_write(0, rd(0) + SGI + ISENABLER, 4, 1 << 27);
+    run_exit(&g, 0, &mut l);
+    (g, l)
+}
+
+fn set_timer_ppi(g: &VGic, l: &mut FakeLrs, enabled: bool) {
+    let reg = if enabled { ISENABLER } else { ICENABLER };
+    g.redist_write(0, rd(0) + SGI + reg, 4, 1 << 27);
+    run_exit(g, 0, l);
+}
+
+#[test]
+fn a_timer_that_fires_while_enabled_goes_straight_in_without_asking_its_line() {
+    let (g, mut l) = timer_ready();
+    let r = g.inject_hw_local(0, 27, 27, &mut l);
+    assert!(r.flushed);
+    assert_eq!(l.valid(), [27]);
+    assert!(l.lines_asked.is_empty(), "just fired: high by construction");
+}
+
+#[test]
+fn a_timer_latched_while_disabled_is_dropped_if_its_line_fell_before_the_enable() {
+    let (g, mut l) = timer_ready();
+    set_timer_ppi(&g, &mut l, false);
+    // Fires while disabled: nothing for the guest yet.
+    let _ = g.inject_hw_local(0, 27, 27, &mut l);
+    assert!(l.valid().is_empty());
+    assert!(!g.has_pending(0));
+    // The guest turns its timer off, then enables the PPI again.
+    l.low_lines = vec![27];
+    set_timer_ppi(&g, &mut l, true);
+    assert_eq!(l.lines_asked, [27], "asked once, at the enable");
+    assert!(
+        l.valid().is_empty(),
+        "a condition that went away is not delivered"
+    );
+    assert!(!g.has_pending(0));
+    assert!(!g.needs_flush(0));
+    assert_eq!(
+        g.redist_read(0, rd(0) + SGI + ISPENDR, 4) & 1 << 27,
+        0,
+        "not pending to the guest either"
+    );
+    // Nothing of it is left behind: the next firing is delivered as usual.
+    l.low_lines.clear();
+    let _ = g.inject_hw_local(0, 27, 27, &mut l);
+    assert_eq!(l.valid(), [27]);
+    assert_eq!(l.lines_asked, [27]);
+}
+
+#[test]
+fn a_timer_latched_while_disabled_is_delivered_if_its_line_is_still_high() {
+    let (g, mut l) = timer_ready();
+    set_timer_ppi(&g, &mut l, false);
+    let _ = g.inject_hw_local(0, 27, 27, &mut l);
+    assert!(l.valid().is_empty());
+    set_timer_ppi(&g, &mut l, true);
+    assert_eq!(l.lines_asked, [27]);
+    assert_eq!(l.valid(), [27]);
+    assert_ne!(l.lr[0] & LR_HW, 0, "still hardware-linked");
+    assert_eq!(l.ack_eoi(), Some(27));
+}
+
+#[test]
+fn a_timer_withdrawn_from_its_lr_by_a_disable_is_resampled_at_the_enable() {
+    let (g, mut l) = timer_ready();
+    let _ = g.inject_hw_local(0, 27, 27, &mut l);
+    assert_eq!(l.valid(), [27]);
+    // Disabled before the guest acknowledged it: taken back, pending in software.
+    set_timer_ppi(&g, &mut l, false);
+    assert!(l.valid().is_empty());
+    l.low_lines = vec![27];
+    set_timer_ppi(&g, &mut l, true);
+    assert_eq!(l.lines_asked, [27]);
+    assert!(l.valid().is_empty());
+    assert!(!g.has_pending(0));
+}
+
+#[test]
+fn a_timer_latched_behind_its_active_lr_is_resampled_when_the_guest_eois() {
+    let (g, mut l) = timer_ready();
+    let _ = g.inject_hw_local(0, 27, 27, &mut l);
+    assert_eq!(l.ack(), Some(27));
+    // Fires again while the guest handles the first (its LR active): it waits.
+    let _ = g.inject_hw_local(0, 27, 27, &mut l);
+    run_exit(&g, 0, &mut l);
+    assert_eq!(l.valid(), [27]);
+    assert_eq!(lr_state(l.lr[0]), LR_STATE_ACTIVE);
+    // The handler turns the timer off and EOIs: the waiting instance is stale.
+    l.low_lines = vec![27];
+    l.eoi(27);
+    run_exit(&g, 0, &mut l);
+    assert_eq!(l.lines_asked, [27], "asked when the EOI freed the LR");
+    assert!(l.valid().is_empty());
+    assert!(!g.has_pending(0));
+    // With the line high instead, it is delivered again after the EOI.
+    l.low_lines.clear();
+    let _ = g.inject_hw_local(0, 27, 27, &mut l);
+    assert_eq!(l.ack(), Some(27));
+    let _ = g.inject_hw_local(0, 27, 27, &mut l);
+    run_exit(&g, 0, &mut l);
+    l.eoi(27);
+    run_exit(&g, 0, &mut l);
+    assert_eq!(l.valid(), [27]);
+}
+
+#[test]
+fn only_hardware_linked_level_ppis_are_resampled() {
+    let (g, mut l) = timer_ready();
+    l.low_lines = vec![27, 26];
+    // A PPI without a hardware link (software ISPENDR on PPI 26) is not asked about.
+    g.redist_write(0, rd(0) + SGI + ISENABLER, 4, 1 << 26);
+    g.redist_write(0, rd(0) + SGI + ISPENDR, 4, 1 << 26);
+    run_exit(&g, 0, &mut l);
+    assert_eq!(l.valid(), [26]);
+    // The timer configured edge-triggered latches like any edge.
+    g.redist_write(0, rd(0) + SGI + ICFGR + 4, 4, 0b10 << ((27 - 16) * 2));
+    set_timer_ppi(&g, &mut l, false);
+    let _ = g.inject_hw_local(0, 27, 27, &mut l);
+    set_timer_ppi(&g, &mut l, true);
+    assert!(l.lines_asked.is_empty());
+    assert!(l.valid().contains(&27));
+}
+
 #[test]
 fn edge_repending_while_active_becomes_pending_and_active() {
     let g = booted(1, 32);

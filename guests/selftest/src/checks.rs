@@ -1,7 +1,9 @@
 //! The checks, in the order they run. Each returns `Ok(())` or a one-line reason; a
 //! check that faults unexpectedly or panics is abandoned by the runner (main.rs) and
 //! reported as failed, and the next one runs. Checks share state only where the
-//! hardware does: vCPU 1's power state and the GIC set up by `gic_init`.
+//! hardware does: vCPU 1's power state and the GIC set up by `gic_init`. `cpu_on_race`
+//! (race.rs) needs 4 vCPUs and reports itself skipped with fewer; it leaves vCPUs 2 and
+//! 3 off and vCPU 1 as it found it, for `cpu_off` and what follows.
 //!
 //! `cpu_on_bad_entry` runs last on purpose: an implementation that wrongly accepts the
 //! bad entry point (bare QEMU does) leaves vCPU 1 executing garbage.
@@ -36,8 +38,10 @@ pub static CHECKS: &[Check] = &[
     ("ipi_between_vcpus", ipi_between_vcpus),
     ("vtimer", vtimer),
     ("wfi_returns", wfi_returns),
+    ("vtimer_level_resampled", vtimer_level_resampled),
     ("bad_access", bad_access),
     ("bad_access_beyond_ipa", bad_access_beyond_ipa),
+    ("cpu_on_race", crate::race::cpu_on_race),
     ("cpu_off", cpu_off),
     ("cpu_on_again", cpu_on_again),
     ("cpu_on_bad_entry", cpu_on_bad_entry),
@@ -49,6 +53,7 @@ const BOOT_MAGIC_AGAIN: u64 = 0xB07B_5E1F_7E57_0002;
 const FDT_MAGIC: u32 = 0xd00d_feed;
 const IMAGE_ALIGN: usize = 2 << 20;
 const CNTV_CTL_ENABLE: u64 = 1;
+const CNTV_CTL_ISTATUS: u64 = 1 << 2;
 
 static GIC_READY: AtomicBool = AtomicBool::new(false);
 
@@ -239,16 +244,16 @@ fn gic_init() -> CheckResult {
     gic::cpu_init(0)?;
     // The interrupt checks need only vCPU 0's side; the topology check below may still fail.
     GIC_READY.store(true, Release);
-    let (aff0, last0) = gic::rd_typer(0);
-    ensure!(
-        aff0 == 0 && !last0,
-        "GICR_TYPER frame 0: affinity {aff0:#x} Last {last0}, want 0 / false"
-    );
-    let (aff1, last1) = gic::rd_typer(1);
-    ensure!(
-        aff1 == 1 && last1,
-        "GICR_TYPER frame 1: affinity {aff1:#x} Last {last1}, want 1 / true"
-    );
+    // One frame per vCPU PSCI knows of, the last one marked Last.
+    let n = crate::race::nr_vcpus()?;
+    for frame in 0..n {
+        let (aff, last) = gic::rd_typer(frame);
+        let want_last = frame + 1 == n;
+        ensure!(
+            aff == frame as u64 && last == want_last,
+            "GICR_TYPER frame {frame} of {n}: affinity {aff:#x} Last {last}, want {frame:#x} / {want_last}"
+        );
+    }
     Ok(())
 }
 
@@ -400,6 +405,55 @@ fn wfi_returns() -> CheckResult {
         (at - deadline) * 1_000_000 / freq
     );
     Ok(())
+}
+
+/// The timer's interrupt is level-sensitive: one that fired while its PPI was disabled
+/// at the GIC must not be delivered once the guest has turned the timer off and enabled
+/// the PPI again, and must be if the condition still holds then.
+fn vtimer_level_resampled() -> CheckResult {
+    need_gic()?;
+    // Negative: fire, turn off, enable: nothing may arrive.
+    let fired = timer_fired_while_disabled(|| {
+        write_sysreg!("cntv_ctl_el0", 0);
+        arch::isb();
+    })?;
+    ensure!(
+        !fired,
+        "virtual timer IRQ delivered after the timer was turned off (CNTV_CTL_EL0 = 0) while its PPI was disabled"
+    );
+    // Positive: the condition still true at the enable: it arrives.
+    let fired = timer_fired_while_disabled(|| {})?;
+    write_sysreg!("cntv_ctl_el0", 0);
+    ensure!(
+        fired,
+        "virtual timer IRQ not delivered within 1 s of enabling its PPI, with the timer still firing"
+    );
+    Ok(())
+}
+
+/// With the timer PPI disabled, let the timer fire (deadline in the past), wait, run
+/// `before_enable`, enable the PPI, and watch for the interrupt (20 ms if `before_enable`
+/// turned the timer off, else 1 s). Returns whether it was taken.
+fn timer_fired_while_disabled(before_enable: impl FnOnce()) -> Result<bool, crate::msg::Msg> {
+    gic::set_private_enabled(0, VTIMER_INTID, false)?;
+    exceptions::clear_timer_fired(0);
+    exceptions::clear_seen(0, VTIMER_INTID);
+    write_sysreg!("cntv_cval_el0", arch::now().saturating_sub(1));
+    write_sysreg!("cntv_ctl_el0", CNTV_CTL_ENABLE);
+    arch::isb();
+    // Time for the timer to fire (at EL2 under a hypervisor), IRQs unmasked.
+    let early = wait_irq(5, || exceptions::timer_fired_at(0) != 0);
+    let ctl = read_sysreg!("cntv_ctl_el0");
+    before_enable();
+    let still_on = read_sysreg!("cntv_ctl_el0") & CNTV_CTL_ENABLE != 0;
+    gic::set_private_enabled(0, VTIMER_INTID, true)?;
+    ensure!(!early, "virtual timer IRQ taken while its PPI was disabled");
+    ensure!(
+        ctl & CNTV_CTL_ISTATUS != 0,
+        "CNTV_CTL_EL0 = {ctl:#x}: ISTATUS clear with the deadline in the past"
+    );
+    let ms = if still_on { 1000 } else { 20 };
+    Ok(wait_irq(ms, || exceptions::timer_fired_at(0) != 0))
 }
 
 fn describe_abort(f: &Fault) -> crate::msg::Msg {

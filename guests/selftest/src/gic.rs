@@ -11,8 +11,9 @@ use crate::platform::{GICD_BASE, GICR_BASE, GICR_STRIDE};
 pub use rt::gic::{ack, eoi, INTID_SPECIAL_FIRST, INTID_SPECIAL_LAST};
 use rt::gic::{
     Stuck, ENABLED_PRIVATE, GICD_CTLR_ARE_NS, GICD_CTLR_ENABLE_G1, GICD_CTLR_ENABLE_G1A,
-    GICD_PIDR2, GICD_TYPER, GICR_IGROUPR0, GICR_ISENABLER0, GICR_SGI_OFFSET, GICR_TYPER,
-    GICR_TYPER_LAST, ICC_SRE_SRE, PMR_ALLOW_ALL, RWP_TIMEOUT_MS,
+    GICD_PIDR2, GICD_TYPER, GICR_CTLR, GICR_CTLR_RWP, GICR_ICENABLER0, GICR_IGROUPR0,
+    GICR_ISENABLER0, GICR_SGI_OFFSET, GICR_TYPER, GICR_TYPER_LAST, ICC_SRE_SRE, PMR_ALLOW_ALL,
+    RWP_TIMEOUT_MS,
 };
 
 const PIDR2_ARCHREV_SHIFT: u32 = 4;
@@ -105,4 +106,16 @@ pub fn cpu_init(cpu: usize) -> Result<(), Msg> {
 /// Group 1 SGI `intid` to the vCPU with Aff0 = `target` (Aff1..3 = 0).
 pub fn send_sgi(intid: u32, target: usize) {
     rt::gic::send_sgi(intid, target as u64);
+}
+
+/// Enable or disable SGI/PPI `intid` at `cpu`'s redistributor, waiting for the write to
+/// take effect (GICR_CTLR.RWP) as Linux does.
+pub fn set_private_enabled(cpu: usize, intid: u32, enabled: bool) -> Result<(), Msg> {
+    let reg = if enabled {
+        GICR_ISENABLER0
+    } else {
+        GICR_ICENABLER0
+    };
+    arch::mmio_write32(sgi_base(cpu) + reg, 1 << intid);
+    rt::gic::wait_clear(rd_base(cpu) + GICR_CTLR, GICR_CTLR_RWP, "GICR_CTLR.RWP").map_err(stuck)
 }

@@ -1,8 +1,9 @@
 //! Bothy selftest guest: a bare-metal EL1 program, packaged as an arm64 Linux `Image`,
 //! that checks a hypervisor's behaviour from inside (PSCI/SMCCC over HVC, vCPU bring-up,
 //! GICv3 SGIs and IPIs, the virtual timer and WFI, aborts on bad IPAs) and prints one
-//! `TEST <name> ok` / `TEST <name> fail <why>` line per check, then
-//! `TEST summary: N passed, M failed`, then powers the VM off with PSCI SYSTEM_OFF.
+//! `TEST <name> ok` / `TEST <name> fail <why>` / `TEST <name> skipped (<why>)` line per
+//! check, then `TEST summary: N passed, M failed, K skipped`, then powers the VM off with
+//! PSCI SYSTEM_OFF.
 //! Lines starting with `#` are information only.
 //!
 //! Boot (guests/rt: entry.S): Image header, self-relocation of .rela.dyn (linked at 0,
@@ -23,6 +24,7 @@ mod gic;
 mod msg;
 mod platform;
 mod psci;
+mod race;
 mod smp;
 
 pub(crate) use rt::{arch, uart};
@@ -110,7 +112,7 @@ extern "C" fn primary_main(dtb: usize, base: usize, x1_x3: u64, relocs_unknown: 
         arch::counter_freq()
     );
 
-    let (mut passed, mut failed) = (0u32, 0u32);
+    let (mut passed, mut failed, mut skipped) = (0u32, 0u32, 0u32);
     for (i, (name, _)) in checks::CHECKS.iter().enumerate() {
         CURRENT.store(i, SeqCst);
         // SAFETY: see ResultCell.
@@ -130,6 +132,10 @@ extern "C" fn primary_main(dtb: usize, base: usize, x1_x3: u64, relocs_unknown: 
             (false, Some(Ok(()))) => {
                 passed += 1;
                 println!("TEST {name} ok");
+            }
+            (false, Some(Err(why))) if why.skipped => {
+                skipped += 1;
+                println!("TEST {name} skipped ({why})");
             }
             (false, Some(Err(why))) => {
                 failed += 1;
@@ -156,9 +162,10 @@ extern "C" fn primary_main(dtb: usize, base: usize, x1_x3: u64, relocs_unknown: 
         }
     }
 
-    println!("TEST summary: {passed} passed, {failed} failed");
-    // vCPU 1 is off by now (cpu_on_again turned it off): CPU_OFF here leaves the VM with
-    // no vCPU that can run, which a hypervisor must treat as the VM powering off.
+    println!("TEST summary: {passed} passed, {failed} failed, {skipped} skipped");
+    // vCPU 1 is off by now (cpu_on_again turned it off), and so are vCPUs 2 and 3
+    // (cpu_on_race turned them off): CPU_OFF here leaves the VM with no vCPU that can
+    // run, which a hypervisor must treat as the VM powering off.
     if dtb_contains(b"selftest.end=cpu_off") {
         println!("# ending with CPU_OFF on the last vCPU");
         let r = psci::hvc_raw(psci::PSCI_CPU_OFF, 0, 0, 0);

@@ -1,11 +1,14 @@
 //! `Msg`: a fixed-size, allocation-free failure message, and the `bail!`/`ensure!` macros
-//! the checks use to return one. Longer messages are truncated.
+//! the checks use to return one; `skip!` returns one that says the check could not run
+//! here (reported as skipped, not failed). Longer messages are truncated.
 
 use core::fmt;
 
 pub struct Msg {
     buf: [u8; 240],
     len: usize,
+    /// Not a failure: the check needs something this VM does not have.
+    pub skipped: bool,
 }
 
 impl Msg {
@@ -13,9 +16,18 @@ impl Msg {
         let mut m = Msg {
             buf: [0; 240],
             len: 0,
+            skipped: false,
         };
         let _ = fmt::Write::write_fmt(&mut m, args);
         m
+    }
+
+    /// Why a check did not run.
+    pub fn skip(args: fmt::Arguments) -> Msg {
+        Msg {
+            skipped: true,
+            ..Msg::new(args)
+        }
     }
 
     pub fn as_str(&self) -> &str {
@@ -53,6 +65,12 @@ macro_rules! bail {
     ($($arg:tt)*) => { return Err($crate::msg::msg!($($arg)*)) };
 }
 
+macro_rules! skip {
+    ($($arg:tt)*) => {
+        return Err($crate::msg::Msg::skip(format_args!($($arg)*)))
+    };
+}
+
 macro_rules! ensure {
     ($cond:expr, $($arg:tt)*) => {
         if !$cond {
@@ -64,3 +82,4 @@ macro_rules! ensure {
 pub(crate) use bail;
 pub(crate) use ensure;
 pub(crate) use msg;
+pub(crate) use skip;

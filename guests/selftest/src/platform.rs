@@ -13,7 +13,8 @@ pub const GICR_BASE: usize = 0x080A_0000;
 pub use rt::gic::GICR_STRIDE;
 /// Start of guest RAM.
 pub const RAM_BASE: usize = 0x4000_0000;
-/// Number of vCPUs the selftest expects (MPIDR Aff0 = 0 and 1).
+/// vCPUs that run Rust and take exceptions (MPIDR Aff0 = 0 and 1). `cpu_on_race`
+/// briefly runs vCPUs 2 and 3 too, in assembly with interrupts masked.
 pub const NR_VCPUS: usize = 2;
 /// Virtual timer PPI (INTID).
 pub use rt::gic::VTIMER_INTID;

@@ -29,6 +29,9 @@ pub const CMD_OFF: u32 = 2;
 /// Arm vCPU 1's own virtual timer for CNTVCT = arg; on expiry it sends SGI_WATCHDOG.
 pub const CMD_WATCHDOG: u32 = 3;
 pub const CMD_WATCHDOG_CANCEL: u32 = 4;
+/// Take part in `cpu_on_race` (race.rs): the primary does not wait for the
+/// acknowledgement before it starts the race.
+pub const CMD_RACE: u32 = 5;
 
 const CMD_TIMEOUT_MS: u64 = 1000;
 
@@ -119,6 +122,7 @@ fn run(cmd: u32, arg: u64) -> u32 {
             arch::isb();
             0
         }
+        CMD_RACE => crate::race::vcpu1_calls(),
         CMD_WATCHDOG_CANCEL => {
             WATCHDOG_ARMED.store(false, Release);
             write_sysreg!("cntv_ctl_el0", 0);
@@ -173,6 +177,12 @@ pub fn start(ctx: u64) -> Result<(), Msg> {
 
 /// Send vCPU 1 a command and wait for its acknowledgement.
 pub fn command(cmd: u32, arg: u64) -> Result<(), Msg> {
+    let seq = post(cmd, arg)?;
+    wait_ack(seq, cmd)
+}
+
+/// Send vCPU 1 a command; returns its sequence number for [`wait_ack`].
+pub fn post(cmd: u32, arg: u64) -> Result<u32, Msg> {
     if !RUNNING.load(Acquire) {
         bail!("vCPU 1 is not running (an earlier check failed)");
     }
@@ -185,6 +195,11 @@ pub fn command(cmd: u32, arg: u64) -> Result<(), Msg> {
     if WFI_MODE.load(Acquire) {
         gic::send_sgi(SGI_KICK, 1);
     }
+    Ok(seq)
+}
+
+/// Wait for vCPU 1 to acknowledge command `cmd`, posted as `seq`.
+pub fn wait_ack(seq: u32, cmd: u32) -> Result<(), Msg> {
     if !arch::wait_until(CMD_TIMEOUT_MS, || ACK_SEQ.load(Acquire) == seq) {
         RUNNING.store(false, Release);
         bail!(

@@ -11,7 +11,7 @@ use crate::abi::psci::{
     INVALID_PARAMETERS, PSCI_CPU_OFF, PSCI_CPU_ON_64, PSCI_CPU_SUSPEND_64, PSCI_SYSTEM_OFF,
     PSCI_SYSTEM_RESET, PSCI_VERSION, VERSION_1_1,
 };
-use crate::arch::FakeArch;
+use crate::arch::{ArchOp, FakeArch};
 use crate::layout;
 use crate::vm::ExitCounters;
 use crate::Region;
@@ -304,6 +304,54 @@ fn wfi_blocks_until_the_timer_deadline_or_resumes_if_an_interrupt_waits() {
     // Now vCPU 0's WFI returns at once, with SGI 3 in its list registers.
     assert_eq!(g.exit(0, esr(ec::WFX, 0)), Action::Resume);
     assert_eq!(g.hw.lrs.valid(), [3]);
+}
+
+#[test]
+fn a_timer_whose_condition_went_away_before_the_enable_is_not_delivered() {
+    const IGROUPR0: u64 = 0x1_0080;
+    const ISENABLER0: u64 = 0x1_0100;
+    const ICENABLER0: u64 = 0x1_0180;
+    const TIMER: u32 = 27;
+    let mut g = Guest::new(1);
+    g.enable_sgis();
+    let rd = layout::gic_redist(1).base;
+    g.write32(0, rd + IGROUPR0, 0xffff | 1 << TIMER);
+    let line = |g: &Guest| {
+        g.hw.log
+            .iter()
+            .filter_map(|op| match op {
+                ArchOp::HwLine { pintid, high } => Some((*pintid, *high)),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    // The timer fires (hyp injects it) while its PPI is disabled; the guest turns the
+    // timer off, then enables the PPI.
+    let _ = g.vm.vgic.inject_hw_local(0, TIMER, TIMER, &mut g.hw);
+    assert!(g.hw.lrs.valid().is_empty());
+    g.hw.low_lines = vec![TIMER];
+    assert_eq!(g.write32(0, rd + ISENABLER0, 1 << TIMER), Action::Resume);
+    assert_eq!(line(&g), [(TIMER, false)], "resampled at the enable");
+    assert!(g.hw.lrs.valid().is_empty());
+    g.hw.vtimer_deadline = None;
+    assert_eq!(
+        g.exit(0, esr(ec::WFX, 0)),
+        Action::Block(None),
+        "nothing pending for WFI either"
+    );
+    // The condition still true at the enable: delivered, hardware-linked.
+    g.hw.low_lines.clear();
+    g.write32(0, rd + ICENABLER0, 1 << TIMER);
+    let _ = g.vm.vgic.inject_hw_local(0, TIMER, TIMER, &mut g.hw);
+    assert!(g.hw.lrs.valid().is_empty());
+    g.write32(0, rd + ISENABLER0, 1 << TIMER);
+    assert_eq!(line(&g), [(TIMER, false), (TIMER, true)]);
+    assert_eq!(g.hw.lrs.valid(), [TIMER]);
+    // A timer that fires while enabled is not asked about (the hot path).
+    assert_eq!(g.hw.lrs.ack_eoi(), Some(TIMER));
+    let _ = g.vm.vgic.inject_hw_local(0, TIMER, TIMER, &mut g.hw);
+    assert_eq!(g.hw.lrs.valid(), [TIMER]);
+    assert_eq!(line(&g).len(), 2);
 }
 
 #[test]
