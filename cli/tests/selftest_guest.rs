@@ -28,6 +28,7 @@ const REQUIRED: &[&str] = &[
     "ipi_between_vcpus",
     "vtimer",
     "wfi_returns",
+    "aarch32_el0",
     "vtimer_level_resampled",
     "bad_access",
     "cpu_on_race",

@@ -15,7 +15,7 @@ use crate::exceptions::{
     self, guarded, Fault, DFSC_EXT_ABORT, EC_DABT_CUR, EC_DABT_LOW, EC_UNKNOWN, ESR_FNV,
 };
 use crate::gic;
-use crate::msg::{bail, ensure, CheckResult};
+use crate::msg::{bail, ensure, skip, CheckResult};
 use crate::platform::*;
 use crate::psci::{self, call, call_raw, CallError};
 use crate::smp;
@@ -38,6 +38,7 @@ pub static CHECKS: &[Check] = &[
     ("ipi_between_vcpus", ipi_between_vcpus),
     ("vtimer", vtimer),
     ("wfi_returns", wfi_returns),
+    ("aarch32_el0", aarch32_el0),
     ("vtimer_level_resampled", vtimer_level_resampled),
     ("bad_access", bad_access),
     ("bad_access_beyond_ipa", bad_access_beyond_ipa),
@@ -286,6 +287,58 @@ extern "C" {
     /// regs.S: which of x19–x29 came back changed across a hypercall, MMIO accesses
     /// and an SGI write that name some of them (bit n = xn).
     fn keep_registers_across_exits(gicd_typer: usize) -> u64;
+}
+
+/// 32-bit user code: a trapped 16-bit Thumb store and WFI are stepped over by 2 bytes
+/// (A32 ones by 4), and an access outside the VM aborts to the AArch32 vector
+/// (el0.rs). Skipped on a CPU without AArch32 at EL0.
+fn aarch32_el0() -> CheckResult {
+    need_gic()?;
+    const SGI: u32 = 1;
+    const UART_DR: u64 = UART_BASE as u64;
+    /// Below RAM, above every device window: nothing is there.
+    const NOWHERE: u64 = 0x3000_0000;
+    let el0 = read_sysreg!("id_aa64pfr0_el1") & 0xf;
+    if el0 != 2 {
+        skip!("ID_AA64PFR0_EL1.EL0 = {el0}: no AArch32 at EL0");
+    }
+    for (thumb, load_at) in [
+        (true, crate::el0::T32_LOAD_AT),
+        (false, crate::el0::A32_LOAD_AT),
+    ] {
+        let set = if thumb { "T32" } else { "A32" };
+        // Pending but masked at EL0: the snippet's WFI must return at once.
+        gic::send_sgi(SGI, 0);
+        let run = crate::el0::run_a32(thumb, UART_DR, b'\n', NOWHERE);
+        ensure!(
+            run.unexpected_esr == 0,
+            "{set}: unexpected exception from EL0, ESR_EL1={:#x}",
+            run.unexpected_esr & !(1 << 63)
+        );
+        ensure!(
+            run.r5_at_svc == 3,
+            "{set}: R5 = {} at the SVC, wanted 3 (an instruction was skipped or run twice)",
+            run.r5_at_svc
+        );
+        ensure!(
+            run.aborts == 1 && run.abort_at == load_at,
+            "{set}: {} aborts, the last at +{:#x}; wanted one, at the load (+{load_at:#x})",
+            run.aborts,
+            run.abort_at
+        );
+        ensure!(
+            run.abort_esr >> 26 == EC_DABT_LOW,
+            "{set}: abort ESR_EL1={:#x}, wanted a data abort from a lower EL",
+            run.abort_esr
+        );
+        // Take the SGI now, so it does not linger into later checks.
+        ensure!(
+            wait_irq(1000, || exceptions::seen(0, SGI)),
+            "{set}: SGI {SGI} not taken after the run"
+        );
+        exceptions::clear_seen(0, SGI);
+    }
+    Ok(())
 }
 
 fn exits_keep_registers() -> CheckResult {

@@ -25,6 +25,10 @@ use crate::smp;
 use crate::uart::println;
 use rt::exceptions::{park, Frame, KIND_IRQ_SPX, KIND_SYNC_SPX};
 
+/// Vector kinds (offset / 0x80) of exceptions from AArch32 EL0 (el0.rs).
+const KIND_SYNC_A32: u64 = 12;
+const KIND_IRQ_A32: u64 = 13;
+
 /// SPSR for check_recover: EL1h, DAIF all masked.
 const SPSR_EL1H_MASKED: u64 = 0x3c5;
 
@@ -184,8 +188,9 @@ extern "C" fn el1_exception(frame: &mut Frame, kind: u64) {
     }
     IN_HANDLER[cpu].store(true, Relaxed);
     match kind {
-        KIND_IRQ_SPX => irq(cpu),
+        KIND_IRQ_SPX | KIND_IRQ_A32 => irq(cpu),
         KIND_SYNC_SPX => sync(cpu, frame),
+        KIND_SYNC_A32 if cpu == 0 => crate::el0::sync(frame),
         _ => {
             let fault = record(cpu);
             abandon(cpu, frame, kind, fault);

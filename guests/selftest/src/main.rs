@@ -19,6 +19,7 @@
 #![allow(clippy::result_large_err)]
 
 mod checks;
+mod el0;
 mod exceptions;
 mod gic;
 mod msg;
@@ -37,6 +38,7 @@ use crate::uart::println;
 
 core::arch::global_asm!(include_str!("guard.S"), options(raw));
 core::arch::global_asm!(include_str!("regs.S"), options(raw));
+core::arch::global_asm!(include_str!("el0.S"), options(raw));
 
 extern "C" {
     /// Calls `f`; returns 0 when it returns, 1 when `check_recover` abandoned it.

@@ -185,13 +185,25 @@ bothy_el2_vectors:
     hyp_vector 5
     hyp_vector 6
     hyp_vector 7
-    guest_vector {handle_sync_exit} // lower EL, AArch64: sync
+    // Lower EL, AArch64: the guest's EL1 is always AArch64 (HCR_EL2.RW), so this
+    // group also takes exits from 32-bit user code under it (the vector group follows
+    // the state of the EL just below EL2, not of the code that trapped). Such code has
+    // the same frame (R0-R14 of user mode are X0-X14); a synchronous exit from it is
+    // handled by its own instance of the exit policy (instruction lengths, conditions:
+    // core's exit/aarch32.rs), told apart by SPSR_EL2.M[4] (x1 after save_frame).
+    .balign 0x80
+    save_frame
+    mov     x0, sp
+    tbnz    x1, #4, 1f
+    bl      {handle_sync_exit}
+    b       bothy_guest_return
+1:  bl      {handle_sync_exit_a32}
+    b       bothy_guest_return
     guest_vector {handle_irq_exit}  // irq
     guest_vector_other 2            // fiq
     guest_vector_other 3            // serror
-    // Lower EL, AArch32: 32-bit user space under the guest's 64-bit kernel. The same
-    // frame (R0-R14 of user mode are X0-X14); only a synchronous exit is handled
-    // differently (instruction lengths, conditions: core's exit/aarch32.rs).
+    // Lower EL, AArch32: only if the guest's EL1 were AArch32, which Bothy never
+    // allows; handled the same way all the same.
     guest_vector {handle_sync_exit_a32}
     guest_vector {handle_irq_exit}
     guest_vector_other 2

@@ -1,0 +1,52 @@
+// Running a snippet of 32-bit user code (AArch32 EL0) from the primary vCPU, and
+// coming back: a setjmp/longjmp across an exception return (see el0.rs).
+
+.section .text.el0, "ax"
+// u64 run_el0(x0 = entry, x1 = SPSR, x2 = &[u64; 8] initial R0-R7): drop to EL0 and
+// return when the snippet's SVC (or any unexpected exception from it) calls el0_return.
+.global run_el0
+run_el0:
+    adrp    x9, el0_jmp_buf
+    add     x9, x9, :lo12:el0_jmp_buf
+    stp     x19, x20, [x9, #0]
+    stp     x21, x22, [x9, #16]
+    stp     x23, x24, [x9, #32]
+    stp     x25, x26, [x9, #48]
+    stp     x27, x28, [x9, #64]
+    stp     x29, x30, [x9, #80]
+    mov     x10, sp
+    str     x10, [x9, #96]
+    msr     elr_el1, x0
+    msr     spsr_el1, x1
+    mov     x10, x2
+    ldp     x0, x1, [x10, #0]
+    ldp     x2, x3, [x10, #16]
+    ldp     x4, x5, [x10, #32]
+    ldp     x6, x7, [x10, #48]
+    mov     x8, xzr
+    mov     x9, xzr
+    mov     x10, xzr
+    isb
+    eret
+
+// Back on run_el0's stack and registers; returns 0 to its caller. Reached by eret from
+// the exception handler (EL1h, interrupts masked).
+.global el0_return
+el0_return:
+    adrp    x9, el0_jmp_buf
+    add     x9, x9, :lo12:el0_jmp_buf
+    ldp     x19, x20, [x9, #0]
+    ldp     x21, x22, [x9, #16]
+    ldp     x23, x24, [x9, #32]
+    ldp     x25, x26, [x9, #48]
+    ldp     x27, x28, [x9, #64]
+    ldp     x29, x30, [x9, #80]
+    ldr     x10, [x9, #96]
+    mov     sp, x10
+    mov     x0, #0
+    ret
+
+.section .bss.el0, "aw", %nobits
+.balign 16
+el0_jmp_buf:
+    .skip   112
