@@ -26,3 +26,6 @@ fi
 
 step "cargo test --workspace"
 cargo test --workspace
+
+step "scripts/fuzz.sh (each fuzz target for a bounded time; skipped without nightly)"
+./scripts/fuzz.sh

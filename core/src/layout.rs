@@ -52,6 +52,9 @@ pub enum PlanError {
         ram: u64,
     },
     RamUnaligned(Region),
+    /// The RAM runs past the end of the address space (a manifest's `memory` near
+    /// 2^64): nothing in it can be placed by address arithmetic.
+    RamWraps(Region),
 }
 
 impl fmt::Display for PlanError {
@@ -66,6 +69,11 @@ impl fmt::Display for PlanError {
             PlanError::RamUnaligned(r) => write!(
                 f,
                 "guest RAM {:#x}+{:#x} is not 2 MiB aligned",
+                r.base, r.size
+            ),
+            PlanError::RamWraps(r) => write!(
+                f,
+                "guest RAM {:#x}+{:#x} runs past the end of the address space",
                 r.base, r.size
             ),
         }
@@ -84,6 +92,11 @@ pub fn plan_boot(
 ) -> Result<BootPlan, PlanError> {
     if !ram.base.is_multiple_of(KERNEL_ALIGN) || !ram.size.is_multiple_of(KERNEL_ALIGN) {
         return Err(PlanError::RamUnaligned(ram));
+    }
+    // Found writing the `manifest` fuzz target: with `Region::end` saturating, such RAM let the
+    // kernel's address overflow and the initrd land below the kernel's end.
+    if ram.base.checked_add(ram.size).is_none() {
+        return Err(PlanError::RamWraps(ram));
     }
     let initrd_size = initrd_size.unwrap_or(0);
     let kernel_end = ram
@@ -159,6 +172,14 @@ mod tests {
         .unwrap_err();
         assert!(matches!(err, PlanError::DoesNotFit { .. }));
         assert!(err.to_string().contains("32 MiB"));
+    }
+
+    #[test]
+    fn ram_past_the_end_of_the_address_space_is_an_error() {
+        let ram = Region::new(RAM_BASE, 0xffff_ffff_ffe0_0000);
+        let err = plan_boot(ram, &header(0xffff_ffff_f000_0000, 0x1000), Some(0x1000));
+        assert_eq!(err, Err(PlanError::RamWraps(ram)));
+        assert!(err.unwrap_err().to_string().contains("past the end"));
     }
 
     #[test]

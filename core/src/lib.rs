@@ -18,6 +18,8 @@ pub mod arch;
 pub mod dev;
 pub mod exit;
 pub mod fdt;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod image;
 pub mod layout;
 pub mod lifecycle;

@@ -96,6 +96,9 @@ pub enum Action {
     Stop,
 }
 
+/// Stepping over a trapped instruction adds this to ELR wrapping, as the PC does: a
+/// guest may run its last word of address space (0xffff_ffff_ffff_fffc, mapped through
+/// TTBR1), and a checked add there let it panic a debug build of the hypervisor.
 const INSTRUCTION_SIZE: u64 = 4;
 const SGI1R_WRITE: u64 = sysreg_write_syndrome(trapped::ICC_SGI1R_EL1);
 /// SCTLR_EL1.SPAN: when clear, exception entry to EL1 sets PSTATE.PAN.
@@ -295,7 +298,7 @@ fn sgi1r_write(
     rt: usize,
     hw: &mut impl Arch,
 ) -> bool {
-    frame.elr += INSTRUCTION_SIZE;
+    frame.elr = frame.elr.wrapping_add(INSTRUCTION_SIZE);
     let value = frame.x.get(rt).copied().unwrap_or(0);
     let done = vm.vgic.send_sgi_local(vcpu, value, hw);
     wake(hw, done.kicks);
@@ -309,7 +312,7 @@ fn step_over<const FROM_A32: bool>(frame: &mut GuestFrame, esr: u64) {
     if FROM_A32 {
         aarch32::skip(frame, esr);
     } else {
-        frame.elr += INSTRUCTION_SIZE;
+        frame.elr = frame.elr.wrapping_add(INSTRUCTION_SIZE);
     }
 }
 
@@ -367,12 +370,12 @@ fn other_sync_exit<const FROM_A32: bool>(
     match decode(esr, hw.far_el2(), hw.hpfar_el2()) {
         Exit::Hvc { imm: 0 } => return hypercall(vm, vcpu, frame, hw),
         Exit::Smc { imm: 0 } => {
-            frame.elr += INSTRUCTION_SIZE;
+            frame.elr = frame.elr.wrapping_add(INSTRUCTION_SIZE);
             return hypercall(vm, vcpu, frame, hw);
         }
         Exit::Hvc { .. } => return not_smccc(vm, vcpu, frame, hw),
         Exit::Smc { .. } => {
-            frame.elr += INSTRUCTION_SIZE;
+            frame.elr = frame.elr.wrapping_add(INSTRUCTION_SIZE);
             return not_smccc(vm, vcpu, frame, hw);
         }
         Exit::Wait { wfe } => {
@@ -500,7 +503,7 @@ fn sysreg_access(
         inject_sync(frame, inject::undefined_esr(), 0, hw);
         return;
     }
-    frame.elr += INSTRUCTION_SIZE;
+    frame.elr = frame.elr.wrapping_add(INSTRUCTION_SIZE);
 }
 
 /// Deliver a synchronous exception to the guest's EL1 vector, as the hardware would:

@@ -41,9 +41,16 @@ pub fn free_regions(memory: &[Region], reserved: &[Region]) -> Vec<Region> {
     free
 }
 
-/// Sorts, drops empty regions and merges overlapping or adjacent ones.
+/// Sorts, drops empty regions and merges overlapping or adjacent ones. A region that
+/// runs past the end of the address space (a hostile DTB's `reg`) is cut at its end:
+/// uncut, such a size made [`RegionAllocator::free_bytes`] overflow (found with the
+/// `fdt_platform` fuzz target).
 pub(crate) fn normalize(regions: &[Region]) -> Vec<Region> {
-    let mut v: Vec<Region> = regions.iter().copied().filter(|r| r.size != 0).collect();
+    let mut v: Vec<Region> = regions
+        .iter()
+        .filter(|r| r.size != 0)
+        .map(|r| Region::new(r.base, r.end() - r.base))
+        .collect();
     v.sort_unstable();
     let mut out: Vec<Region> = Vec::with_capacity(v.len());
     for r in v {
@@ -168,6 +175,21 @@ mod tests {
 
     fn r(base: u64, size: u64) -> Region {
         Region::new(base, size)
+    }
+
+    #[test]
+    fn memory_past_the_end_of_the_address_space_is_cut_there() {
+        let mem = [r(0x4000_0000, 0x4000_0000), r(0x1_0000_0000, u64::MAX)];
+        let free = free_regions(&mem, &[r(0x1_0000_0000, 0x1000)]);
+        assert_eq!(
+            free,
+            vec![
+                r(0x4000_0000, 0x4000_0000),
+                r(0x1_0000_1000, u64::MAX - 0x1_0000_1000)
+            ]
+        );
+        let alloc = RegionAllocator::new(&mem, &[]);
+        assert_eq!(alloc.free_bytes(), 0x4000_0000 + (u64::MAX - 0x1_0000_0000));
     }
 
     #[test]

@@ -194,6 +194,32 @@ fn a_trapped_smc_is_answered_and_stepped_over() {
     assert_eq!(g.exits.get(ExitKind::Other), 1);
 }
 
+/// Found by `fuzz/` (exit_decode): stepping over an instruction in the last word of the
+/// address space overflowed ELR and panicked a debug build. Every path that steps over
+/// its instruction wraps instead.
+#[test]
+fn stepping_over_the_last_word_of_the_address_space_wraps() {
+    const LAST_WORD: u64 = u64::MAX - 3;
+    type Step = fn(&mut Guest) -> Action;
+    let steps: [(&str, Step); 5] = [
+        ("smc", |g| g.exit(0, esr(ec::SMC64, 0))),
+        ("wfe", |g| g.exit(0, esr(ec::WFX, 1))),
+        ("mmio", |g| g.mmio(0, layout::UART.base + 0x18, 4, 1, false)),
+        ("sgi", |g| {
+            g.exit(0, sysreg_esr(trapped::ICC_SGI1R_EL1, 1, false))
+        }),
+        ("timer", |g| {
+            g.exit(0, sysreg_esr(trapped::CNTP_CTL_EL0, 1, true))
+        }),
+    ];
+    for (what, step) in steps {
+        let mut g = Guest::new(1);
+        g.frame.elr = LAST_WORD;
+        step(&mut g);
+        assert_eq!(g.frame.elr, 0, "{what}");
+    }
+}
+
 #[test]
 fn only_hvc_and_smc_0_are_smccc_calls() {
     let mut g = Guest::new(1);
