@@ -24,6 +24,7 @@ pub mod ec {
 }
 
 pub mod handle;
+pub mod idregs;
 
 const ESR_EC_SHIFT: u32 = 26;
 const ESR_EC_MASK: u64 = 0x3f;
