@@ -12,6 +12,7 @@ use crate::arch::aarch64::{entry, firmware, gic, mmu, percpu, sysreg};
 use crate::vm::{self, BuildEnv, Vm};
 use crate::{exit, fatal, println};
 use alloc::vec::Vec;
+use bothy_core::exit::idregs::{self, IdRegs, Traps};
 use bothy_core::fdt::platform::Platform;
 use bothy_core::manifest::Manifest;
 use bothy_core::mem::{
@@ -60,6 +61,9 @@ pub struct Machine {
     pub running_vms: AtomicUsize,
     /// VM that receives console input.
     pub focus: AtomicUsize,
+    /// Trap bits every CPU sets beside its own constants, so that guests' ID
+    /// registers (`bothy_core::exit::idregs`) hide what is trapped.
+    pub traps: Traps,
 }
 
 /// The frame allocator, page-ownership record and VMID allocator, which live as long
@@ -305,7 +309,20 @@ pub fn build(
             fatal(format_args!("memory ownership record: {e:?}"));
         }
     }
+    // The ID registers every VM reads: the boot CPU's, less what the traps hide.
+    let host = IdRegs::from_fn(|r| sysreg::read_id_space(r.crm, r.op2));
+    let traps = idregs::required(&host);
+    let id_regs = idregs::sanitise(
+        &host,
+        &Traps {
+            hcr: HCR_GUEST | traps.hcr,
+            cptr: CPTR_EL2_RES1 | traps.cptr,
+            mdcr: traps.mdcr,
+        },
+        vm::IPA_BITS,
+    );
     let mut env = BuildEnv {
+        id_regs,
         allocator: &mut allocator,
         owners: &mut owners,
         payload_base,
@@ -361,6 +378,7 @@ pub fn build(
         uart_intid,
         running_vms: AtomicUsize::new(running),
         focus: AtomicUsize::new(0),
+        traps,
     });
     let m = machine();
     let names: Vec<&str> = m.vms.iter().map(|vm| vm.name.as_str()).collect();
@@ -450,7 +468,8 @@ pub fn secondary_main(index: usize) -> ! {
 
 // HCR_EL2 (Arm ARM D17.2.48): stage 2 on, physical IRQ/FIQ/SError to EL2,
 // trap WFI/WFE and SMC, broadcast maintenance inner shareable, AArch64 EL1,
-// and let the guest use pointer authentication without trapping.
+// and let the guest use pointer authentication without trapping. TID3 and the
+// traps that hide features come from `Machine::traps`.
 const HCR_VM: u64 = 1 << 0;
 const HCR_SWIO: u64 = 1 << 1;
 const HCR_FMO: u64 = 1 << 3;
@@ -477,7 +496,8 @@ pub const HCR_GUEST: u64 = HCR_VM
     | HCR_RW
     | HCR_APK
     | HCR_API;
-/// CPTR_EL2 (nVHE): RES1 bits only, so FP/SIMD, SVE and SME are not trapped.
+/// CPTR_EL2 (nVHE): RES1 bits only, so FP/SIMD and SVE are not trapped; SME (TSM)
+/// and AMU (TAM) traps come from `Machine::traps`.
 const CPTR_EL2_RES1: u64 = (1 << 13) | (1 << 9) | 0xff;
 /// CNTHCTL_EL2: EL1 may read the physical counter; the EL1 physical timer traps.
 const CNTHCTL_EL1PCTEN: u64 = 1 << 0;
@@ -496,19 +516,19 @@ fn setup_cpu(cpu: usize) {
     });
     percpu::install(ctx);
     sysreg::write_vbar_el2(crate::arch::aarch64::vectors::vector_table());
-    sysreg::write_cptr_el2(CPTR_EL2_RES1);
+    // With E2H = 0, CPTR_EL2.TSM traps EL2's own SME accesses too: SMCR_EL2 is left
+    // alone, as SME is not offered to guests (ZA and streaming mode are not switched).
+    sysreg::write_cptr_el2(CPTR_EL2_RES1 | m.traps.cptr);
     // Guests get 128-bit SVE vectors: then a vCPU switch saves the Z registers with
     // the V registers (arch/aarch64/context.rs).
     if ctx.features.sve {
         sysreg::write_zcr_el2(0);
     }
-    if (sysreg::read_id_aa64pfr1_el1() >> 24) & 0xf != 0 {
-        sysreg::write_smcr_el2((1 << 31) | 0xf);
-    }
-    // All PMU counters belong to the guest (HPMN = PMCR_EL0.N), nothing traps, and
-    // none counts events at EL2 (HPMD): a guest must not time or profile Bothy.
+    // All PMU counters belong to the guest (HPMN = PMCR_EL0.N), the PMU does not
+    // trap, and none counts events at EL2 (HPMD, and HCCD for the cycle counter from PMUv3p5):
+    // a guest must not time or profile Bothy.
     const MDCR_EL2_HPMD: u64 = 1 << 17;
-    sysreg::write_mdcr_el2(((sysreg::read_pmcr_el0() >> 11) & 0x1f) | MDCR_EL2_HPMD);
+    sysreg::write_mdcr_el2(((sysreg::read_pmcr_el0() >> 11) & 0x1f) | MDCR_EL2_HPMD | m.traps.mdcr);
     sysreg::write_cnthctl_el2(CNTHCTL_EL1PCTEN);
     sysreg::write_cnthp_ctl_el2(0);
     // WFE yields on a shared CPU; on a dedicated one there is nobody to yield to, so
@@ -517,7 +537,7 @@ fn setup_cpu(cpu: usize) {
         HCR_GUEST & !HCR_TWE
     } else {
         HCR_GUEST
-    };
+    } | m.traps.hcr;
     sysreg::write_hcr_el2(hcr);
     sysreg::isb();
     let mut private = 1 << KICK_SGI;
