@@ -1,7 +1,8 @@
 //! The bare-metal selftest guest (guests/selftest) checks Bothy from inside a VM:
 //! PSCI and its error codes, secondary vCPU bring-up, IPIs between vCPUs, the
 //! virtual timer, WFI, aborts on out-of-range accesses, NOT_SUPPORTED for
-//! unknown hypercalls, and x19–x29 surviving exits that do and do not name them. Every check must report `ok` under Bothy.
+//! unknown hypercalls, x19–x29 surviving exits that do and do not name them, and the ID
+//! registers hiding what Bothy traps. Every check must report `ok` under Bothy.
 
 mod common;
 
@@ -16,6 +17,7 @@ const REQUIRED: &[&str] = &[
     "smccc_version",
     "psci_features",
     "unknown_hvc",
+    "id_registers_hide_what_is_trapped",
     "cpu_on_errors",
     "affinity_info",
     "secondary_boot",
