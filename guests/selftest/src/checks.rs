@@ -217,6 +217,18 @@ fn id_registers_hide_what_is_trapped() -> CheckResult {
         again == pfr1,
         "ID_AA64PFR1_EL1 changed to {again:#x} after a write"
     );
+    // What one trapped read costs (docs/PERFORMANCE.md): under -icount
+    // (selftest_guest.rs) a counter tick is one instruction.
+    const READS: u64 = 16;
+    let start = arch::now();
+    for _ in 0..READS {
+        core::hint::black_box(read_sysreg!("id_aa64isar0_el1"));
+    }
+    let ticks = arch::now() - start;
+    println!(
+        "# id_registers_hide_what_is_trapped: {} counter ticks per ID-register read",
+        ticks / READS
+    );
     Ok(())
 }
 
