@@ -89,8 +89,12 @@ impl IdReg {
         Self { crm, op2 }
     }
 
-    /// Position in [`IdRegs`]; `crm` 1..=7 and `op2` 0..=7 give 0..56.
+    /// Position in [`IdRegs`]; `crm` 1..=7 and `op2` 0..=7 give 0..56. Anything else
+    /// gives a position past the end (which reads 0), never a panic.
     pub const fn index(self) -> usize {
+        if self.crm == 0 || self.op2 > 7 {
+            return usize::MAX;
+        }
         (self.crm as usize - 1) * 8 + self.op2 as usize
     }
 

@@ -416,6 +416,13 @@ fn the_id_space_is_crm_1_to_7_and_unallocated_encodings_read_zero() {
         assert_eq!(r.index(), i);
         assert_eq!(IdReg::of(&access(3, 0, 0, r.crm, r.op2)), Some(r));
     }
+    // Positions outside the space read 0 and ignore writes.
+    let mut regs = view;
+    for r in [IdReg::new(0, 0), IdReg::new(4, 8), IdReg::new(8, 0)] {
+        regs.set(r, 1);
+        assert_eq!(regs.get(r), 0);
+    }
+    assert_eq!(regs, view);
     // Outside it: MIDR (CRm 0), another op1 or CRn, another op0.
     assert_eq!(view.read(&access(3, 0, 0, 0, 0)), None);
     assert_eq!(view.read(&access(3, 1, 0, 4, 0)), None);
