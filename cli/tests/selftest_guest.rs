@@ -1,10 +1,11 @@
 //! The bare-metal selftest guest (guests/selftest) checks Bothy from inside a VM:
 //! PSCI and its error codes, secondary vCPU bring-up, concurrent CPU_ON of one target,
-//! IPIs between vCPUs, the virtual timer (and its level being resampled), WFI, aborts
-//! on out-of-range accesses, NOT_SUPPORTED for unknown hypercalls, and x19–x29
-//! surviving exits that do and do not name them. Every check must report `ok` under
-//! Bothy: with 2 vCPUs all but `cpu_on_race`, which needs 4 and reports itself skipped,
-//! and with 4 vCPUs on QEMU's 2 CPUs every one.
+//! IPIs between vCPUs, the virtual timer (and its level being resampled), WFI, 32-bit
+//! user code, aborts on out-of-range accesses, NOT_SUPPORTED for unknown hypercalls,
+//! x19–x29 surviving exits that do and do not name them, and the ID registers hiding
+//! what Bothy traps. Every check must report `ok` under Bothy: with 2 vCPUs all but
+//! `cpu_on_race`, which needs 4 and reports itself skipped, and with 4 vCPUs on QEMU's
+//! 2 CPUs every one.
 
 mod common;
 
@@ -19,6 +20,7 @@ const REQUIRED: &[&str] = &[
     "smccc_version",
     "psci_features",
     "unknown_hvc",
+    "id_registers_hide_what_is_trapped",
     "cpu_on_errors",
     "affinity_info",
     "secondary_boot",

@@ -17,6 +17,7 @@ pub use table::{VmHandle, VmTable};
 use crate::abi::VcpuPower;
 use crate::dev::console::Console;
 use crate::dev::{BusError, Device, MmioBus};
+use crate::exit::idregs::IdRegs;
 use crate::layout;
 use crate::lifecycle::VmState;
 use crate::prompt::ExitCounts;
@@ -40,6 +41,9 @@ pub struct VmModel {
     /// Exceptions Bothy injected because of what the VM did (see
     /// [`crate::arch::GuestFault`]), for rate-limited reports.
     pub faults: AtomicU64,
+    /// The ID registers as this VM reads them (HCR_EL2.TID3): `hyp` sets them from
+    /// [`crate::exit::idregs::sanitise`] when it builds the VM; all zero until then.
+    pub id_regs: IdRegs,
     state: AtomicU8,
 }
 
@@ -86,6 +90,7 @@ impl VmModel {
             uart_line,
             bus,
             faults: AtomicU64::new(0),
+            id_regs: IdRegs::ZERO,
             state: AtomicU8::new(VmState::Running as u8),
         })
     }

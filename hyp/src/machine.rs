@@ -26,6 +26,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use bothy_core::exit::idregs::{self, IdRegs, Traps};
 use bothy_core::fdt::platform::{Platform, TimerIrqs};
 use bothy_core::lifecycle::VmState;
 use bothy_core::manifest::{Manifest, VmSpec};
@@ -84,6 +85,11 @@ pub struct Machine {
     pub running_vms: AtomicUsize,
     /// Slot of the VM that receives console input.
     pub focus: AtomicUsize,
+    /// Trap bits every CPU sets beside its own constants, so that guests' ID
+    /// registers (`bothy_core::exit::idregs`) hide what is trapped.
+    pub traps: Traps,
+    /// The ID registers every VM reads (HCR_EL2.TID3): the boot CPU's, sanitised.
+    pub id_regs: IdRegs,
 }
 
 /// The scheduler, and the VM and vCPU behind each of its handles (under its lock, so
@@ -349,6 +355,18 @@ pub fn build(
             fatal(format_args!("memory ownership record: {e:?}"));
         }
     }
+    // The ID registers every VM reads: the boot CPU's, less what the traps hide.
+    let host = IdRegs::from_fn(|r| sysreg::read_id_space(r.crm, r.op2));
+    let traps = idregs::required(&host);
+    let id_regs = idregs::sanitise(
+        &host,
+        &Traps {
+            hcr: HCR_GUEST | traps.hcr,
+            cptr: CPTR_EL2_RES1 | traps.cptr,
+            mdcr: traps.mdcr,
+        },
+        vm::IPA_BITS,
+    );
     let uart_intid = platform
         .uart
         .as_ref()
@@ -378,6 +396,8 @@ pub fn build(
         uart_intid,
         running_vms: AtomicUsize::new(0),
         focus: AtomicUsize::new(0),
+        traps,
+        id_regs,
     });
     let m = machine();
     crate::console::init_guest_output(&[]);
@@ -474,7 +494,8 @@ pub fn secondary_main(index: usize) -> ! {
 
 // HCR_EL2 (Arm ARM D17.2.48): stage 2 on, physical IRQ/FIQ/SError to EL2,
 // trap WFI/WFE and SMC, broadcast maintenance inner shareable, AArch64 EL1,
-// and let the guest use pointer authentication without trapping.
+// and let the guest use pointer authentication without trapping. TID3 and the
+// traps that hide features come from `Machine::traps`.
 const HCR_VM: u64 = 1 << 0;
 const HCR_SWIO: u64 = 1 << 1;
 const HCR_FMO: u64 = 1 << 3;
@@ -501,7 +522,8 @@ pub const HCR_GUEST: u64 = HCR_VM
     | HCR_RW
     | HCR_APK
     | HCR_API;
-/// CPTR_EL2 (nVHE): RES1 bits only, so FP/SIMD, SVE and SME are not trapped.
+/// CPTR_EL2 (nVHE): RES1 bits only, so FP/SIMD and SVE are not trapped; SME (TSM)
+/// and AMU (TAM) traps come from `Machine::traps`.
 const CPTR_EL2_RES1: u64 = (1 << 13) | (1 << 9) | 0xff;
 /// CNTHCTL_EL2: EL1 may read the physical counter; the EL1 physical timer traps.
 const CNTHCTL_EL1PCTEN: u64 = 1 << 0;
@@ -520,19 +542,19 @@ fn setup_cpu(cpu: usize) {
     });
     percpu::install(ctx);
     sysreg::write_vbar_el2(crate::arch::aarch64::vectors::vector_table());
-    sysreg::write_cptr_el2(CPTR_EL2_RES1);
+    // With E2H = 0, CPTR_EL2.TSM traps EL2's own SME accesses too: SMCR_EL2 is left
+    // alone, as SME is not offered to guests (ZA and streaming mode are not switched).
+    sysreg::write_cptr_el2(CPTR_EL2_RES1 | m.traps.cptr);
     // Guests get 128-bit SVE vectors: then a vCPU switch saves the Z registers with
     // the V registers (arch/aarch64/context.rs).
     if ctx.features.sve {
         sysreg::write_zcr_el2(0);
     }
-    if (sysreg::read_id_aa64pfr1_el1() >> 24) & 0xf != 0 {
-        sysreg::write_smcr_el2((1 << 31) | 0xf);
-    }
-    // All PMU counters belong to the guest (HPMN = PMCR_EL0.N), nothing traps, and
-    // none counts events at EL2 (HPMD): a guest must not time or profile Bothy.
+    // All PMU counters belong to the guest (HPMN = PMCR_EL0.N), the PMU does not
+    // trap, and none counts events at EL2 (HPMD, and HCCD for the cycle counter from PMUv3p5):
+    // a guest must not time or profile Bothy.
     const MDCR_EL2_HPMD: u64 = 1 << 17;
-    sysreg::write_mdcr_el2(((sysreg::read_pmcr_el0() >> 11) & 0x1f) | MDCR_EL2_HPMD);
+    sysreg::write_mdcr_el2(((sysreg::read_pmcr_el0() >> 11) & 0x1f) | MDCR_EL2_HPMD | m.traps.mdcr);
     sysreg::write_cnthctl_el2(CNTHCTL_EL1PCTEN);
     sysreg::write_cnthp_ctl_el2(0);
     trap_wfe(!dedicated);
@@ -604,6 +626,7 @@ pub fn create_vm(m: &'static Machine, template: usize) -> Result<Arc<Vm>, String
         let mut memory = m.memory.lock();
         let mm = &mut *memory;
         let mut env = BuildEnv {
+            id_regs: m.id_regs,
             allocator: &mut mm.allocator,
             owners: &mut mm.owners,
             payload_base: m.payload_base,
@@ -728,7 +751,7 @@ pub fn trap_wfe(trap: bool) {
         HCR_GUEST
     } else {
         HCR_GUEST & !HCR_TWE
-    };
+    } | machine().traps.hcr;
     if sysreg::read_hcr_el2() != hcr {
         sysreg::write_hcr_el2(hcr);
         sysreg::isb();

@@ -20,6 +20,7 @@ use crate::arch::aarch64::{mmio, mmu::Frames, sysreg};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
+use bothy_core::exit::idregs::IdRegs;
 use bothy_core::fdt::guest::{build_guest_dtb, GuestDtbConfig};
 use bothy_core::fdt::platform::TimerIrqs;
 use bothy_core::layout::{self, BootPlan};
@@ -159,6 +160,8 @@ pub struct BuildEnv<'a> {
     pub timer: TimerIrqs,
     /// VMIDs for the VMs built (8 or 16 bits, as the CPU supports).
     pub vmids: &'a mut VmidAllocator,
+    /// The ID registers its guests read (HCR_EL2.TID3).
+    pub id_regs: IdRegs,
 }
 
 /// Build the VM `handle` will name, from template `template` (`spec`); `vcpus` are
@@ -226,7 +229,8 @@ pub fn build(
         ));
     }
 
-    let model = VmModel::new(vcpus, ram).map_err(|e| format!("VM {name}: {e:?}"))?;
+    let mut model = VmModel::new(vcpus, ram).map_err(|e| format!("VM {name}: {e:?}"))?;
+    model.id_regs = env.id_regs;
     let vm = Vm {
         handle,
         template,

@@ -19,6 +19,7 @@
 //! | data abort elsewhere (or straddling a device window's end), instruction abort, undefined | an exception injected into the guest and reported through [`Arch::guest_fault`], [`Action::Resume`] |
 //! | `MSR ICC_SGI1R_EL1` | SGIs sent (other vCPUs woken), [`Action::Resume`] |
 //! | physical timer registers | read as zero, writes ignored |
+//! | ID registers (HCR_EL2.TID3) | read the VM's sanitised view ([`super::idregs`]); a write is undefined |
 //!
 //! After any exit that resumes, [`finish`] stops the vCPU if its VM no longer runs and
 //! otherwise refills its list registers if the vGIC has work for it. `hyp`'s IRQ path
@@ -478,7 +479,8 @@ fn uart_access(
 }
 
 /// Trapped system registers: SGIs are sent, the physical timer reads as zero and
-/// ignores writes, anything else is undefined for the guest.
+/// ignores writes, ID registers read the VM's view ([`super::idregs`]), anything else
+/// is undefined for the guest.
 #[inline(never)]
 fn sysreg_access(
     vm: &VmModel,
@@ -498,6 +500,12 @@ fn sysreg_access(
     {
         if access.read && access.reg != 31 {
             frame.x[access.reg as usize] = 0;
+        }
+    } else if let Some(value) = vm.id_regs.read(&access).filter(|_| access.read) {
+        // The ID space (HCR_EL2.TID3): the VM's sanitised view. Its registers are
+        // read-only, so a write falls through to undefined, as on hardware.
+        if access.reg != 31 {
+            frame.x[access.reg as usize] = value;
         }
     } else {
         inject_sync(frame, inject::undefined_esr(), 0, hw);

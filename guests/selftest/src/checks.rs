@@ -29,6 +29,10 @@ pub static CHECKS: &[Check] = &[
     ("smccc_version", smccc_version),
     ("psci_features", psci_features),
     ("unknown_hvc", unknown_hvc),
+    (
+        "id_registers_hide_what_is_trapped",
+        id_registers_hide_what_is_trapped,
+    ),
     ("cpu_on_errors", cpu_on_errors),
     ("affinity_info", affinity_info),
     ("secondary_boot", secondary_boot),
@@ -163,6 +167,85 @@ fn unknown_hvc() -> CheckResult {
             "HVC {id:#x} returned x0 = {x0:#x}, want -1 NOT_SUPPORTED"
         );
     }
+    Ok(())
+}
+
+/// Bothy traps the ID registers (HCR_EL2.TID3) and shows what a guest may use: MTE
+/// (tag access traps) and SME (CPTR_EL2.TSM: ZA is not switched) read as absent, and
+/// a register of the hidden SME is then undefined, as its absence says. The ID space's
+/// unallocated encodings read zero, and its registers cannot be written.
+fn id_registers_hide_what_is_trapped() -> CheckResult {
+    let pfr1 = read_sysreg!("id_aa64pfr1_el1");
+    let (mte, sme) = ((pfr1 >> 8) & 0xf, (pfr1 >> 24) & 0xf);
+    ensure!(
+        mte == 0 && sme == 0,
+        "ID_AA64PFR1_EL1 = {pfr1:#x}: MTE {mte}, SME {sme}, want both 0 (Bothy traps them)"
+    );
+    let smfr0 = read_sysreg!("S3_0_C0_C4_5");
+    ensure!(smfr0 == 0, "ID_AA64SMFR0_EL1 = {smfr0:#x}, want 0");
+    // ID_AA64PFR0_EL1: EL1 is AArch64 only; EL0 may have AArch32 (32-bit user space
+    // is handled, see aarch32_el0), and then MVFR0 describes its FP/SIMD.
+    let pfr0 = read_sysreg!("id_aa64pfr0_el1");
+    let (el0, el1) = (pfr0 & 0xf, (pfr0 >> 4) & 0xf);
+    ensure!(
+        el1 == 1,
+        "ID_AA64PFR0_EL1.EL1 = {el1}, want 1 (AArch64 only)"
+    );
+    ensure!(
+        el0 == 1 || el0 == 2,
+        "ID_AA64PFR0_EL1.EL0 = {el0}, want 1 or 2"
+    );
+    let mvfr0 = read_sysreg!("mvfr0_el1");
+    ensure!(
+        (el0 == 2) == (mvfr0 != 0),
+        "MVFR0_EL1 = {mvfr0:#x} with ID_AA64PFR0_EL1.EL0 = {el0}"
+    );
+    // Unallocated in the ID space (op0 3, op1 0, CRn 0, CRm 1..=7).
+    for (name, v) in [
+        ("S3_0_C0_C4_3", read_sysreg!("S3_0_C0_C4_3")),
+        ("S3_0_C0_C7_7", read_sysreg!("S3_0_C0_C7_7")),
+    ] {
+        ensure!(
+            v == 0,
+            "unallocated ID register {name} reads {v:#x}, want 0"
+        );
+    }
+    // With CPACR_EL1.SMEN open, so that the access is not the guest's own EL1 trap.
+    const CPACR_SMEN: u64 = 0b11 << 24;
+    let cpacr = read_sysreg!("cpacr_el1");
+    write_sysreg!("cpacr_el1", cpacr | CPACR_SMEN);
+    arch::isb();
+    let (_, fault) = guarded(|| read_sysreg!("S3_0_C1_C2_6"));
+    write_sysreg!("cpacr_el1", cpacr);
+    arch::isb();
+    match fault {
+        Some(f) if f.ec() == EC_UNKNOWN => {}
+        Some(f) => bail!("MRS SMCR_EL1 (SME hidden): {f}, want an undefined instruction"),
+        None => bail!("MRS SMCR_EL1 worked, but SME reads as absent"),
+    }
+    let (_, fault) = guarded(|| write_sysreg!("S3_0_C0_C4_1", pfr1 | 1 << 8));
+    match fault {
+        Some(f) if f.ec() == EC_UNKNOWN => {}
+        Some(f) => bail!("MSR ID_AA64PFR1_EL1: {f}, want an undefined instruction"),
+        None => bail!("MSR ID_AA64PFR1_EL1 completed, want an undefined instruction"),
+    }
+    let again = read_sysreg!("id_aa64pfr1_el1");
+    ensure!(
+        again == pfr1,
+        "ID_AA64PFR1_EL1 changed to {again:#x} after a write"
+    );
+    // What one trapped read costs (docs/PERFORMANCE.md): under -icount
+    // (selftest_guest.rs) a counter tick is one instruction.
+    const READS: u64 = 16;
+    let start = arch::now();
+    for _ in 0..READS {
+        core::hint::black_box(read_sysreg!("id_aa64isar0_el1"));
+    }
+    let ticks = arch::now() - start;
+    println!(
+        "# id_registers_hide_what_is_trapped: {} counter ticks per ID-register read",
+        ticks / READS
+    );
     Ok(())
 }
 

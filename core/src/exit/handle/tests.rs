@@ -639,6 +639,59 @@ proptest! {
     }
 }
 
+#[test]
+fn id_registers_read_the_vms_view_and_writes_are_undefined() {
+    use crate::exit::idregs::{field, reg, IdReg, IdRegs};
+    let mut g = Guest::new(1);
+    let mut view = IdRegs::ZERO;
+    view.set(reg::ID_AA64PFR0_EL1, 0x1100_0000_1011_0011);
+    view.set(reg::ID_AA64MMFR0_EL1, 0x1_0122);
+    g.vm.id_regs = view;
+    let enc = |r: IdReg| (3, 0, 0, r.crm, r.op2);
+    g.frame.x[7] = 0xdead;
+    assert_eq!(
+        g.exit(0, sysreg_esr(enc(reg::ID_AA64PFR0_EL1), 7, true)),
+        Action::Resume
+    );
+    assert_eq!(
+        (g.frame.x[7], g.frame.elr),
+        (view.get(reg::ID_AA64PFR0_EL1), ELR + 4)
+    );
+    assert_eq!(g.exits.get(ExitKind::Sysreg), 1);
+    // A register the view zeroes (SME's) and an unallocated encoding read zero.
+    for r in [reg::ID_AA64SMFR0_EL1, IdReg::new(4, 3), IdReg::new(7, 7)] {
+        g.frame.x[7] = 0xdead;
+        g.frame.elr = ELR;
+        assert_eq!(g.exit(0, sysreg_esr(enc(r), 7, true)), Action::Resume);
+        assert_eq!((g.frame.x[7], g.frame.elr), (0, ELR + 4), "{r:?}");
+    }
+    // Into XZR: nothing written, still stepped over.
+    g.frame.elr = ELR;
+    assert_eq!(
+        g.exit(0, sysreg_esr(enc(reg::ID_AA64MMFR0_EL1), 31, true)),
+        Action::Resume
+    );
+    assert_eq!(g.frame.elr, ELR + 4);
+    // Through x19..x29: every register first, then the same answer.
+    g.frame.elr = ELR;
+    let mrs_x20 = sysreg_esr(enc(reg::ID_AA64MMFR0_EL1), 20, true);
+    assert_eq!(g.fast_exit(0, mrs_x20), Action::NeedsAllRegisters);
+    assert_eq!(g.exit(0, mrs_x20), Action::Resume);
+    assert_eq!(g.frame.x[20], view.get(reg::ID_AA64MMFR0_EL1));
+    assert_eq!(view.field(field::PFR0_EL0), 1);
+    // MSR to an ID register: undefined instruction, the register unchanged.
+    g.frame.elr = ELR;
+    g.frame.x[3] = 0;
+    assert_eq!(
+        g.exit(0, sysreg_esr(enc(reg::ID_AA64PFR1_EL1), 3, false)),
+        Action::Resume
+    );
+    assert_eq!(g.frame.elr, VBAR + 0x200);
+    assert_eq!(g.hw.el1[El1Reg::Esr as usize], inject::undefined_esr());
+    assert_eq!(g.hw.el1[El1Reg::Elr as usize], ELR);
+    assert_eq!(g.vm.id_regs, view);
+}
+
 proptest! {
     /// No exit a guest can cause panics, and each ends where the architecture says: the
     /// instruction retried or stepped over, or the guest at one of its EL1 sync

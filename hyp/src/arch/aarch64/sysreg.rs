@@ -162,6 +162,41 @@ sysreg!(read_ich_ap1r1_el2, write_ich_ap1r1_el2, "S3_4_C12_C9_1");
 sysreg!(read_ich_ap1r2_el2, write_ich_ap1r2_el2, "S3_4_C12_C9_2");
 sysreg!(read_ich_ap1r3_el2, write_ich_ap1r3_el2, "S3_4_C12_C9_3");
 
+/// The ID space HCR_EL2.TID3 traps for guests (op0 3, op1 0, CRn 0, CRm 1..=7): read
+/// here at EL2, where it is not trapped, for `bothy_core::exit::idregs`.
+macro_rules! id_space {
+    ($(($crm:literal, $op2:literal) => $name:literal),* $(,)?) => {
+        /// The ID register at (CRm, op2); outside the space, 0. Encodings not allocated
+        /// on this CPU read as zero (the architecture reserves them RAZ).
+        pub fn read_id_space(crm: u8, op2: u8) -> u64 {
+            let value: u64;
+            match (crm, op2) {
+                // SAFETY: reading an ID register has no side effects.
+                $(($crm, $op2) => unsafe { core::arch::asm!(concat!("mrs {}, ", $name), out(reg) value, options(nomem, nostack, preserves_flags)) },)*
+                _ => value = 0,
+            }
+            value
+        }
+    };
+}
+
+id_space!(
+    (1, 0) => "S3_0_C0_C1_0", (1, 1) => "S3_0_C0_C1_1", (1, 2) => "S3_0_C0_C1_2", (1, 3) => "S3_0_C0_C1_3",
+    (1, 4) => "S3_0_C0_C1_4", (1, 5) => "S3_0_C0_C1_5", (1, 6) => "S3_0_C0_C1_6", (1, 7) => "S3_0_C0_C1_7",
+    (2, 0) => "S3_0_C0_C2_0", (2, 1) => "S3_0_C0_C2_1", (2, 2) => "S3_0_C0_C2_2", (2, 3) => "S3_0_C0_C2_3",
+    (2, 4) => "S3_0_C0_C2_4", (2, 5) => "S3_0_C0_C2_5", (2, 6) => "S3_0_C0_C2_6", (2, 7) => "S3_0_C0_C2_7",
+    (3, 0) => "S3_0_C0_C3_0", (3, 1) => "S3_0_C0_C3_1", (3, 2) => "S3_0_C0_C3_2", (3, 3) => "S3_0_C0_C3_3",
+    (3, 4) => "S3_0_C0_C3_4", (3, 5) => "S3_0_C0_C3_5", (3, 6) => "S3_0_C0_C3_6", (3, 7) => "S3_0_C0_C3_7",
+    (4, 0) => "S3_0_C0_C4_0", (4, 1) => "S3_0_C0_C4_1", (4, 2) => "S3_0_C0_C4_2", (4, 3) => "S3_0_C0_C4_3",
+    (4, 4) => "S3_0_C0_C4_4", (4, 5) => "S3_0_C0_C4_5", (4, 6) => "S3_0_C0_C4_6", (4, 7) => "S3_0_C0_C4_7",
+    (5, 0) => "S3_0_C0_C5_0", (5, 1) => "S3_0_C0_C5_1", (5, 2) => "S3_0_C0_C5_2", (5, 3) => "S3_0_C0_C5_3",
+    (5, 4) => "S3_0_C0_C5_4", (5, 5) => "S3_0_C0_C5_5", (5, 6) => "S3_0_C0_C5_6", (5, 7) => "S3_0_C0_C5_7",
+    (6, 0) => "S3_0_C0_C6_0", (6, 1) => "S3_0_C0_C6_1", (6, 2) => "S3_0_C0_C6_2", (6, 3) => "S3_0_C0_C6_3",
+    (6, 4) => "S3_0_C0_C6_4", (6, 5) => "S3_0_C0_C6_5", (6, 6) => "S3_0_C0_C6_6", (6, 7) => "S3_0_C0_C6_7",
+    (7, 0) => "S3_0_C0_C7_0", (7, 1) => "S3_0_C0_C7_1", (7, 2) => "S3_0_C0_C7_2", (7, 3) => "S3_0_C0_C7_3",
+    (7, 4) => "S3_0_C0_C7_4", (7, 5) => "S3_0_C0_C7_5", (7, 6) => "S3_0_C0_C7_6", (7, 7) => "S3_0_C0_C7_7",
+);
+
 macro_rules! list_registers {
     ($($n:literal => $name:literal),* $(,)?) => {
         /// ICH_LR<n>_EL2; `n` beyond the implemented count reads 0 / is ignored.
