@@ -8,6 +8,8 @@
 #     debs/                 the .deb files as downloaded
 #     linux/                linux-image-*-arm64 extracted (boot/vmlinuz-*, lib/modules/*)
 #     busybox/              busybox-static extracted (bin/busybox)
+#     busybox32/            busybox-static:armhf extracted (bin/busybox): a 32-bit
+#                           program the Linux tests run under the 64-bit guest kernel
 #     xen/                  xen-hypervisor-4.17-arm64 extracted (boot/xen-4.17-arm64),
 #                           the third configuration of `bothy bench`
 set -euo pipefail
@@ -62,12 +64,14 @@ else
 fi
 
 # --- guest artifacts from Debian's arm64 archive -----------------------------
-if ! dpkg --print-foreign-architectures | grep -qx arm64; then
-    say "dpkg --add-architecture arm64"
-    as_root dpkg --add-architecture arm64
-    apt_updated=0
-    apt_update_once
-fi
+for arch in arm64 armhf; do
+    if ! dpkg --print-foreign-architectures | grep -qx "$arch"; then
+        say "dpkg --add-architecture $arch"
+        as_root dpkg --add-architecture "$arch"
+        apt_updated=0
+        apt_update_once
+    fi
+done
 
 mkdir -p "$cache/debs"
 
@@ -87,17 +91,17 @@ if [ -z "$kpkg" ]; then
     exit 1
 fi
 
-# fetch PACKAGE DESTDIR: download the .deb (once) and extract it (once).
+# fetch PACKAGE DESTDIR [ARCH]: download the .deb (once) and extract it (once).
 fetch() {
-    local pkg="$1" dest="$2" deb
-    deb="$(ls "$cache/debs/${pkg}"_*_arm64.deb 2>/dev/null | head -n1 || true)"
+    local pkg="$1" dest="$2" arch="${3:-arm64}" deb
+    deb="$(ls "$cache/debs/${pkg}"_*_"$arch".deb 2>/dev/null | head -n1 || true)"
     if [ -z "$deb" ]; then
-        say "apt-get download $pkg:arm64 -> $cache/debs/"
-        if ! (cd "$cache/debs" && apt-get download -q "$pkg:arm64"); then
+        say "apt-get download $pkg:$arch -> $cache/debs/"
+        if ! (cd "$cache/debs" && apt-get download -q "$pkg:$arch"); then
             apt_update_once
-            (cd "$cache/debs" && apt-get download -q "$pkg:arm64")
+            (cd "$cache/debs" && apt-get download -q "$pkg:$arch")
         fi
-        deb="$(ls "$cache/debs/${pkg}"_*_arm64.deb | head -n1)"
+        deb="$(ls "$cache/debs/${pkg}"_*_"$arch".deb | head -n1)"
     else
         say "cached $(basename "$deb")"
     fi
@@ -112,11 +116,13 @@ fetch() {
 
 fetch "$kpkg" "$cache/linux"
 fetch busybox-static "$cache/busybox"
+fetch busybox-static "$cache/busybox32" armhf
 # Xen for `bothy bench` (dom0less, booted directly by QEMU): the package itself, no
 # version pinned (the CLI resolves the candidate the same way when the cache is empty).
 fetch xen-hypervisor-4.17-arm64 "$cache/xen"
 
 say "guest kernel: $(ls "$cache"/linux/boot/vmlinuz-* | head -n1)"
 say "busybox:      $cache/busybox/bin/busybox"
+say "busybox32:    $cache/busybox32/bin/busybox (armhf)"
 say "xen:          $(ls "$cache"/xen/boot/xen-*-arm64 | head -n1)"
 say "done"

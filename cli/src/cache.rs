@@ -58,6 +58,9 @@ pub struct GuestArtifacts {
     pub kernel_release: String,
     pub modules_dir: PathBuf,
     pub busybox: PathBuf,
+    /// busybox for armhf (32-bit), if fetched: the Linux tests run it under the 64-bit
+    /// kernel to exercise 32-bit user space.
+    pub busybox32: Option<PathBuf>,
 }
 
 impl Cache {
@@ -104,11 +107,13 @@ impl Cache {
             "busybox is not in the cache ({}): {hint}",
             busybox.display()
         );
+        let busybox32 = Some(self.root.join("busybox32/bin/busybox")).filter(|p| p.is_file());
         Ok(GuestArtifacts {
             kernel,
             kernel_release,
             modules_dir,
             busybox,
+            busybox32,
         })
     }
 

@@ -78,12 +78,30 @@ pub fn build_demo(artifacts: &GuestArtifacts) -> Result<Vec<u8>> {
     let module_rel = "kernel/drivers/virtio/virtio_mmio.ko";
     let module_xz = artifacts.modules_dir.join(format!("{module_rel}.xz"));
     let module = read_module(&module_xz, &artifacts.modules_dir.join(module_rel))?;
-    let cpio = demo_cpio(&busybox, &artifacts.kernel_release, module.as_deref());
+    let busybox32 = match &artifacts.busybox32 {
+        Some(path) => {
+            Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)
+        }
+        None => None,
+    };
+    let cpio = demo_cpio(
+        &busybox,
+        busybox32.as_deref(),
+        &artifacts.kernel_release,
+        module.as_deref(),
+    );
     gzip(&cpio)
 }
 
 /// The uncompressed archive; separate from the file handling so it is unit-testable.
-pub fn demo_cpio(busybox: &[u8], kernel_release: &str, virtio_mmio: Option<&[u8]>) -> Vec<u8> {
+/// `busybox32`, an armhf busybox, goes in as `/bin/busybox32` (a 32-bit program for the
+/// tests to run under the 64-bit kernel).
+pub fn demo_cpio(
+    busybox: &[u8],
+    busybox32: Option<&[u8]>,
+    kernel_release: &str,
+    virtio_mmio: Option<&[u8]>,
+) -> Vec<u8> {
     let mut w = CpioWriter::new();
     for d in [
         "bin",
@@ -105,6 +123,9 @@ pub fn demo_cpio(busybox: &[u8], kernel_release: &str, virtio_mmio: Option<&[u8]
     // The kernel opens /dev/console for init's stdio before anything is mounted.
     w.char_dev("dev/console", 0o600, 5, 1);
     w.file("bin/busybox", 0o755, busybox);
+    if let Some(b32) = busybox32 {
+        w.file("bin/busybox32", 0o755, b32);
+    }
     for (dir, applet) in APPLETS {
         let target = if *dir == "bin" {
             "busybox"
@@ -158,11 +179,17 @@ mod tests {
 
     #[test]
     fn archive_has_init_busybox_and_module() {
-        let a = demo_cpio(b"BUSYBOX", "6.12.1-arm64", Some(b"\x7fELFko"));
+        let a = demo_cpio(
+            b"BUSYBOX",
+            Some(b"BUSYBOX32"),
+            "6.12.1-arm64",
+            Some(b"\x7fELFko"),
+        );
         let s = String::from_utf8_lossy(&a);
         for name in [
             "init\0",
             "bin/busybox\0",
+            "bin/busybox32\0",
             "bin/sh\0",
             "sbin/poweroff\0",
             "etc/inittab\0",
@@ -178,7 +205,7 @@ mod tests {
 
     #[test]
     fn module_optional() {
-        let a = demo_cpio(b"BB", "r", None);
+        let a = demo_cpio(b"BB", None, "r", None);
         assert!(!String::from_utf8_lossy(&a).contains("virtio_mmio"));
     }
 }

@@ -17,9 +17,14 @@ use common::{bothy, qemu_lock, Console};
 const CMD: Duration = Duration::from_secs(60);
 
 fn artifacts() -> bothy_cli::cache::GuestArtifacts {
-    Cache::default_location()
+    let a = Cache::default_location()
         .guest_artifacts()
-        .expect("guest artifacts (run ./scripts/setup.sh)")
+        .expect("guest artifacts (run ./scripts/setup.sh)");
+    assert!(
+        a.busybox32.is_some(),
+        "no armhf busybox in the cache (run ./scripts/setup.sh)"
+    );
+    a
 }
 
 /// The checks both variants share: boot to a shell, inspect the machine, power off.
@@ -48,6 +53,18 @@ fn guest_script(c: &mut Console, boot: Duration) {
     );
     let module = c.run("ls /lib/modules/*/kernel/drivers/virtio/", CMD);
     assert!(module.contains("virtio_mmio.ko"), "{module}");
+
+    // 32-bit user space under the 64-bit kernel (armhf busybox): it runs (with the
+    // 32-bit personality the kernel calls the machine "armv8l"), and a loop long enough
+    // to be interrupted many times (timer, IPIs: exits to the hypervisor from AArch32
+    // code) finishes with the right count.
+    let arch = c.run("busybox32 linux32 uname -m", CMD);
+    assert!(arch.contains("armv8l"), "32-bit busybox: {arch:?}");
+    let looped = c.run(
+        "busybox32 sh -c 'i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; echo a32=$i'",
+        Duration::from_secs(120),
+    );
+    assert!(looped.contains("a32=20000"), "32-bit loop: {looped:?}");
 
     // Idle past the kernel's 10 s hard-lockup threshold: the virtual timer must keep
     // firing on both CPUs while they sit in WFI, and IPIs must flow both ways.
