@@ -1,9 +1,9 @@
 //! The attacker's cases, in the order they run, and the runner. Each case does what a
 //! hostile guest would and returns `Ok(())` when Bothy answered as it must, or a
 //! one-line reason. A case that faults unexpectedly or panics is abandoned and fails
-//! alone (`run_guarded`, low.S). vCPU 1 is started first and spins for the whole run
-//! (a CPU hog: with the victim that makes three vCPUs on two CPUs, so the victim is
-//! time-shared with the attacker), taking the SGIs the SGI case sends it.
+//! alone (`run_guarded`, low.S). vCPUs 1 and 2 are started first and spin for the whole
+//! run (CPU hogs: with the victim that makes four vCPUs on two CPUs, so the victim is
+//! time-shared with the attacker), taking the SGIs the SGI case sends them.
 //!
 //! Gated cases (bootarg `attacker.<gate>=1`) are those that find a Bothy bug not fixed
 //! yet: they would crash the VM or fail; each names the bug where it is gated.
