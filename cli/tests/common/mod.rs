@@ -288,6 +288,19 @@ pub fn build_selftest_guest() -> PathBuf {
     dir.join("target/aarch64-unknown-none/release/selftest")
 }
 
+/// Builds the bare-metal attacker guest (guests/attacker: attacker or victim by its
+/// bootargs) and returns its ELF.
+pub fn build_attacker_guest() -> PathBuf {
+    let dir = repo().join("guests/attacker");
+    let status = Command::new("cargo")
+        .args(["build", "--release", "--target", "aarch64-unknown-none"])
+        .current_dir(&dir)
+        .status()
+        .expect("cargo build of guests/attacker");
+    assert!(status.success(), "building guests/attacker failed");
+    dir.join("target/aarch64-unknown-none/release/attacker")
+}
+
 /// A system file with one selftest VM of `cpus` vCPUs, written into `dir`.
 pub fn selftest_system(dir: &Path, cpus: u32) -> PathBuf {
     let guest = build_selftest_guest();
