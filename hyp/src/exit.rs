@@ -432,6 +432,7 @@ fn reset_vcpu_state(vm: &Vm, vcpu: usize) {
     sysreg::write_vbar_el1(0);
     sysreg::write_cntv_ctl_el0(0);
     sysreg::write_cntkctl_el1(0);
+    crate::arch::aarch64::context::reset_pmu(ctx.features);
     let mut lrs = ctx.lrs;
     for i in 0..bothy_core::vgic::ListRegs::count(&lrs) {
         bothy_core::vgic::ListRegs::write(&mut lrs, i, 0);

@@ -25,6 +25,9 @@ use core::arch::global_asm;
 pub struct Features {
     pub sve: bool,
     pub pauth: bool,
+    /// Event counters of the PMU (PMCR_EL0.N), if it has PMUv3: the guest's PMU state
+    /// is switched with its vCPU.
+    pub pmu_counters: Option<usize>,
     /// ICH_APxR<n> registers implemented (1, 2 or 4).
     pub aprs: usize,
 }
@@ -39,9 +42,14 @@ impl Features {
             (isar1 >> 4) & 0xff != 0 || (isar1 >> 24) & 0xff != 0 || (isar2 >> 12) & 0xf != 0;
         // ICH_VTR_EL2.PREbits = preemption bits - 1: 5 bits -> 1 APR, 6 -> 2, 7 -> 4.
         let pre_bits = ((read_ich_vtr_el2() >> 26) & 0x7) + 1;
+        // ID_AA64DFR0_EL1.PMUVer: 0 none, 0xF IMPLEMENTATION DEFINED (not PMUv3).
+        let pmuver = (read_id_aa64dfr0_el1() >> 8) & 0xf;
+        let pmu_counters =
+            (pmuver != 0 && pmuver != 0xf).then(|| ((read_pmcr_el0() >> 11) & 0x1f) as usize);
         Features {
             sve: (pfr0 >> 32) & 0xf != 0,
             pauth,
+            pmu_counters,
             aprs: match pre_bits {
                 7.. => 4,
                 6 => 2,
@@ -97,11 +105,80 @@ struct FpRegs {
 /// P0–P15 and FFR at up to a 2048-bit vector length (2 bytes each at 128 bits).
 const SVE_PRED_BYTES: usize = 17 * 32;
 
+/// A vCPU's PMU: guests use the PMU directly (nothing traps), so its counters and
+/// controls move with the vCPU; otherwise a vCPU would count what other vCPUs (of other
+/// VMs) do on its CPU, and read what they left. Zero (all off) for a new vCPU.
+#[derive(Clone, Copy, Debug, Default)]
+struct PmuRegs {
+    pmcr: u64,
+    cnten: u64,
+    inten: u64,
+    ovs: u64,
+    userenr: u64,
+    selr: u64,
+    ccntr: u64,
+    ccfiltr: u64,
+    evcntr: [u64; 31],
+    evtyper: [u64; 31],
+}
+
+/// PMCR_EL0 bits that hold state (E, D, X, DP, LC, LP); P and C are actions.
+const PMCR_STATE: u64 = 0b1111_1001;
+
+impl PmuRegs {
+    fn save(&mut self, counters: usize) {
+        self.pmcr = read_pmcr_el0() & PMCR_STATE;
+        self.cnten = read_pmcntenset_el0();
+        self.inten = read_pmintenset_el1();
+        self.ovs = read_pmovsset_el0();
+        self.userenr = read_pmuserenr_el0();
+        self.selr = read_pmselr_el0();
+        self.ccntr = read_pmccntr_el0();
+        self.ccfiltr = read_pmccfiltr_el0();
+        for n in 0..counters.min(31) {
+            write_pmselr_el0(n as u64);
+            isb();
+            self.evcntr[n] = read_pmxevcntr_el0();
+            self.evtyper[n] = read_pmxevtyper_el0();
+        }
+    }
+
+    fn restore(&self, counters: usize) {
+        // Everything off while the counters are loaded, then on as the vCPU had it.
+        write_pmcr_el0(0);
+        write_pmcntenclr_el0(u64::MAX);
+        write_pmintenclr_el1(u64::MAX);
+        write_pmovsclr_el0(u64::MAX);
+        for n in 0..counters.min(31) {
+            write_pmselr_el0(n as u64);
+            isb();
+            write_pmxevtyper_el0(self.evtyper[n]);
+            write_pmxevcntr_el0(self.evcntr[n]);
+        }
+        write_pmccfiltr_el0(self.ccfiltr);
+        write_pmccntr_el0(self.ccntr);
+        write_pmselr_el0(self.selr);
+        write_pmuserenr_el0(self.userenr);
+        write_pmovsset_el0(self.ovs);
+        write_pmintenset_el1(self.inten);
+        write_pmcntenset_el0(self.cnten);
+        write_pmcr_el0(self.pmcr);
+    }
+}
+
+/// Turn the PMU off and zero it, as at a vCPU's reset.
+pub fn reset_pmu(f: Features) {
+    if let Some(counters) = f.pmu_counters {
+        PmuRegs::default().restore(counters);
+    }
+}
+
 /// Everything of one vCPU that [`VcpuContext::save`] takes out of a CPU.
 #[derive(Clone, Copy, Debug)]
 pub struct VcpuContext {
     el1: El1Regs,
     fp: FpRegs,
+    pmu: PmuRegs,
     sve_preds: [u8; SVE_PRED_BYTES],
     pub gic: V3CpuIf,
 }
@@ -111,6 +188,7 @@ impl Default for VcpuContext {
         VcpuContext {
             el1: El1Regs::default(),
             fp: FpRegs::default(),
+            pmu: PmuRegs::default(),
             sve_preds: [0; SVE_PRED_BYTES],
             gic: V3CpuIf::default(),
         }
@@ -353,6 +431,9 @@ impl VcpuContext {
             // caps guests to (ZCR_EL2.LEN = 0), and more; SVE is not trapped at EL2.
             unsafe { bothy_sve_preds_save(self.sve_preds.as_mut_ptr()) };
         }
+        if let Some(counters) = f.pmu_counters {
+            self.pmu.save(counters);
+        }
         cpuif.put(&mut self.gic);
     }
 
@@ -401,6 +482,9 @@ impl VcpuContext {
             write_zcr_el1(e.zcr);
             // SAFETY: as in `save`; the buffer was filled by it (or is zero).
             unsafe { bothy_sve_preds_restore(self.sve_preds.as_ptr()) };
+        }
+        if let Some(counters) = f.pmu_counters {
+            self.pmu.restore(counters);
         }
         cpuif.load(&self.gic);
         // The timer last, with the interrupt interface ready for what it raises.

@@ -40,7 +40,21 @@ sysreg!(
     "id_aa64mmfr1_el1"
 );
 sysreg!(read_id_aa64pfr1_el1, _write_pfr1_unused, "id_aa64pfr1_el1");
-sysreg!(read_pmcr_el0, _write_pmcr_unused, "pmcr_el0");
+sysreg!(read_pmcr_el0, write_pmcr_el0, "pmcr_el0");
+// The guest's PMU state, switched with its vCPU (context.rs).
+sysreg!(read_id_aa64dfr0_el1, _write_dfr0_unused, "id_aa64dfr0_el1");
+sysreg!(read_pmcntenset_el0, write_pmcntenset_el0, "pmcntenset_el0");
+sysreg!(_read_pmcntenclr_unused, write_pmcntenclr_el0, "pmcntenclr_el0");
+sysreg!(read_pmintenset_el1, write_pmintenset_el1, "pmintenset_el1");
+sysreg!(_read_pmintenclr_unused, write_pmintenclr_el1, "pmintenclr_el1");
+sysreg!(read_pmovsset_el0, write_pmovsset_el0, "pmovsset_el0");
+sysreg!(_read_pmovsclr_unused, write_pmovsclr_el0, "pmovsclr_el0");
+sysreg!(read_pmuserenr_el0, write_pmuserenr_el0, "pmuserenr_el0");
+sysreg!(read_pmselr_el0, write_pmselr_el0, "pmselr_el0");
+sysreg!(read_pmccntr_el0, write_pmccntr_el0, "pmccntr_el0");
+sysreg!(read_pmccfiltr_el0, write_pmccfiltr_el0, "pmccfiltr_el0");
+sysreg!(read_pmxevcntr_el0, write_pmxevcntr_el0, "pmxevcntr_el0");
+sysreg!(read_pmxevtyper_el0, write_pmxevtyper_el0, "pmxevtyper_el0");
 
 sysreg!(read_hcr_el2, write_hcr_el2, "hcr_el2");
 sysreg!(read_sctlr_el2, write_sctlr_el2, "sctlr_el2");
