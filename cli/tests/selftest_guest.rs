@@ -30,6 +30,7 @@ const REQUIRED: &[&str] = &[
     "ipi_between_vcpus",
     "vtimer",
     "wfi_returns",
+    "el1_physical_timer",
     "aarch32_el0",
     "vtimer_level_resampled",
     "bad_access",

@@ -102,6 +102,10 @@ pub trait Arch {
     /// cannot fire. A blocked vCPU is woken then.
     fn vtimer_deadline(&self) -> Option<Ticks>;
 
+    /// The physical counter now (CNTPCT_EL0): the time base of the emulated EL1
+    /// physical timer.
+    fn counter(&self) -> Ticks;
+
     /// The list registers of the virtual CPU interface this CPU holds for the exiting
     /// vCPU (a handle: `hyp`'s is a copy of the CPU's probed LR count).
     type Lrs<'a>: ListRegs
@@ -129,6 +133,10 @@ pub trait Arch {
 
     /// The exiting vCPU's VM wrote `byte` to its console.
     fn console_out(&mut self, byte: u8);
+
+    /// Make this CPU look at its vCPU again at counter value `at` at the latest (the
+    /// vCPU's emulated physical timer comes due then): an earlier EL2 timer stays.
+    fn look_at(&mut self, at: Ticks);
 
     /// The exiting vCPU did something Bothy answered with an exception injected into it
     /// (an access outside its RAM and devices, an undefined or trapped instruction):
@@ -174,6 +182,8 @@ pub enum ArchOp {
         pintid: u32,
         high: bool,
     },
+    /// [`Arch::look_at`].
+    LookAt(Ticks),
 }
 
 /// An [`Arch`] for tests: appends each maintenance call and wake-up to `log`, keeps the
@@ -188,6 +198,8 @@ pub struct FakeArch {
     pub far_el2: u64,
     pub hpfar_el2: u64,
     pub vtimer_deadline: Option<Ticks>,
+    /// What [`Arch::counter`] reads.
+    pub now: Ticks,
     pub lrs: crate::vgic::lr::FakeListRegs,
     /// Physical INTIDs whose hardware-linked source no longer asserts its level.
     pub low_lines: alloc::vec::Vec<u32>,
@@ -246,6 +258,10 @@ impl Arch for FakeArch {
         self.vtimer_deadline
     }
 
+    fn counter(&self) -> Ticks {
+        self.now
+    }
+
     type Lrs<'a> = &'a mut crate::vgic::lr::FakeListRegs;
     fn lrs(&mut self) -> Self::Lrs<'_> {
         &mut self.lrs
@@ -259,6 +275,10 @@ impl Arch for FakeArch {
 
     fn wake(&mut self, vcpus: VcpuMask) {
         self.log.push(ArchOp::Wake(vcpus));
+    }
+
+    fn look_at(&mut self, at: Ticks) {
+        self.log.push(ArchOp::LookAt(at));
     }
 
     fn console_out(&mut self, byte: u8) {

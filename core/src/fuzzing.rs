@@ -613,7 +613,10 @@ fn after_exit(vm: &VmModel, v: usize, cpu: &mut Cpu, action: Action) {
             ArchOp::Fault(fault) => {
                 let _ = fault.kind();
             }
-            ArchOp::TlbiVmid(_) | ArchOp::TlbiIpa(..) | ArchOp::HwLine { .. } => {}
+            ArchOp::TlbiVmid(_)
+            | ArchOp::TlbiIpa(..)
+            | ArchOp::HwLine { .. }
+            | ArchOp::LookAt(_) => {}
         }
     }
     cpu.hw.console.clear();

@@ -16,6 +16,7 @@ pub use table::{VmHandle, VmTable};
 
 use crate::abi::VcpuPower;
 use crate::dev::console::Console;
+use crate::dev::ptimer::{PhysTimer, TimerReg};
 use crate::dev::{BusError, Device, MmioBus};
 use crate::exit::idregs::IdRegs;
 use crate::layout;
@@ -44,7 +45,36 @@ pub struct VmModel {
     /// The ID registers as this VM reads them (HCR_EL2.TID3): `hyp` sets them from
     /// [`crate::exit::idregs::sanitise`] when it builds the VM; all zero until then.
     pub id_regs: IdRegs,
+    /// Each vCPU's emulated EL1 physical timer (`dev/ptimer.rs`).
+    ptimers: alloc::vec::Vec<Mutex<PtimerSlot>>,
+    /// The INTID of its interrupt (the physical-timer PPI of the guest's device tree):
+    /// `hyp` sets it from the platform's when it builds the VM.
+    pub ptimer_intid: u32,
     state: AtomicU8,
+}
+
+/// The physical-timer PPI's INTID on QEMU's `virt` board (PPI 14), until `hyp` sets
+/// the platform's.
+pub const PTIMER_INTID_DEFAULT: u32 = 30;
+
+/// A vCPU's physical timer and the level its line was last handed to the vGIC at.
+#[derive(Default)]
+struct PtimerSlot {
+    timer: PhysTimer,
+    line: bool,
+}
+
+impl core::ops::Deref for PtimerSlot {
+    type Target = PhysTimer;
+    fn deref(&self) -> &PhysTimer {
+        &self.timer
+    }
+}
+
+impl core::ops::DerefMut for PtimerSlot {
+    fn deref_mut(&mut self) -> &mut PhysTimer {
+        &mut self.timer
+    }
 }
 
 /// Why a [`VmModel`] could not be built.
@@ -91,6 +121,10 @@ impl VmModel {
             bus,
             faults: AtomicU64::new(0),
             id_regs: IdRegs::ZERO,
+            ptimers: (0..vcpus)
+                .map(|_| Mutex::new(PtimerSlot::default()))
+                .collect(),
+            ptimer_intid: PTIMER_INTID_DEFAULT,
             state: AtomicU8::new(VmState::Running as u8),
         })
     }
@@ -138,6 +172,65 @@ impl VmModel {
         const ALWAYS: u64 = 8;
         let n = self.faults.fetch_add(1, Ordering::Relaxed) + 1;
         (n, n <= ALWAYS || n.is_power_of_two())
+    }
+
+    /// A trapped access to `vcpu`'s physical timer at counter value `now`: the value a
+    /// read returns (0 for a write), and the vCPUs to wake if its line rose.
+    pub fn ptimer_access(
+        &self,
+        vcpu: usize,
+        reg: TimerReg,
+        write: Option<u64>,
+        now: u64,
+    ) -> (u64, VcpuMask) {
+        let Some(slot) = self.ptimers.get(vcpu) else {
+            return (0, VcpuMask::EMPTY);
+        };
+        let mut timer = slot.lock();
+        let value = match write {
+            Some(v) => {
+                timer.write(reg, v, now);
+                0
+            }
+            None => timer.read(reg, now),
+        };
+        (value, self.drive_ptimer_line(vcpu, &mut timer, now))
+    }
+
+    /// Bring `vcpu`'s physical-timer line up to date at `now` (time passes without a
+    /// trap): the vCPUs to wake if it rose, and when it will rise next, if it will. One
+    /// uncontended lock when nothing changed (the vGIC is told only of changes).
+    pub fn ptimer_update(&self, vcpu: usize, now: u64) -> (VcpuMask, Option<u64>) {
+        let Some(slot) = self.ptimers.get(vcpu) else {
+            return (VcpuMask::EMPTY, None);
+        };
+        let mut timer = slot.lock();
+        let kicks = self.drive_ptimer_line(vcpu, &mut timer, now);
+        (kicks, timer.deadline(now))
+    }
+
+    /// Under the timer's lock (so racing updates apply their levels in order): hand the
+    /// vGIC the line's level if it changed.
+    fn drive_ptimer_line(&self, vcpu: usize, timer: &mut PtimerSlot, now: u64) -> VcpuMask {
+        let level = timer.timer.level(now);
+        if level == timer.line {
+            return VcpuMask::EMPTY;
+        }
+        timer.line = level;
+        self.vgic.set_private_level(vcpu, self.ptimer_intid, level)
+    }
+
+    /// When `vcpu`'s physical timer next raises its line, if it will.
+    pub fn ptimer_deadline(&self, vcpu: usize, now: u64) -> Option<u64> {
+        self.ptimers.get(vcpu)?.lock().timer.deadline(now)
+    }
+
+    /// `vcpu` starts afresh (reset, CPU_ON): its physical timer is off.
+    pub fn ptimer_reset(&self, vcpu: usize) {
+        if let Some(slot) = self.ptimers.get(vcpu) {
+            *slot.lock() = PtimerSlot::default();
+            let _ = self.vgic.set_private_level(vcpu, self.ptimer_intid, false);
+        }
     }
 
     /// One byte of console input; returns the vCPUs to wake for the UART's interrupt.

@@ -190,7 +190,10 @@ fn schedule(frame: &mut GuestFrame) {
     let owner = match leave(ctx, frame, current, &d, &target, &scope, Some(s)) {
         Left::Stays => {
             // The same vCPU goes on with the registers it has.
-            arm_tick(deadline);
+            match current {
+                Some((vm, v)) => arm_tick(with_ptimer(deadline, vm, v, now)),
+                None => arm_tick(deadline),
+            }
             if let Some((vm, v)) = current {
                 if vm.vgic.needs_flush(v) {
                     service_list_registers(vm, v);
@@ -334,7 +337,9 @@ fn arrive<'s>(
                 ));
             }
             start_if_pending(vm, v, frame);
-            arm_tick(deadline);
+            // Its emulated physical timer may have come due while it was off this CPU.
+            let (_own, ptimer_due) = vm.ptimer_update(v, sysreg::read_cntpct_el0());
+            arm_tick(sooner(deadline, ptimer_due));
             if vm.vgic.needs_flush(v) {
                 service_list_registers(vm, v);
             }
@@ -343,16 +348,24 @@ fn arrive<'s>(
         if look_first {
             look_first = false;
         } else {
-            arm_tick(deadline);
+            // The vCPU this CPU idles with (a pinned one has no scheduler deadline) may
+            // have its emulated physical timer due first.
+            let loaded = ctx.loaded.get(scope);
+            match loaded {
+                Some((vm, v)) => {
+                    arm_tick(with_ptimer(deadline, vm, v, sysreg::read_cntpct_el0()))
+                }
+                None => arm_tick(deadline),
+            }
             // Idle: no translation of a guest's may stay installed (its memory may be
             // given back while this CPU sleeps).
             use_vttbr(m.parked_vttbr);
             sysreg::wfi();
-            let loaded = ctx.loaded.get(scope);
             let _ = drain_physical_irqs(m, loaded);
             // The vCPU this CPU idles with may have been given an interrupt meanwhile
-            // (its timer fires here, into its own list registers).
+            // (its timers fire here: the virtual one into its own list registers).
             if let Some((vm, v)) = loaded {
+                let _ = vm.ptimer_update(v, sysreg::read_cntpct_el0());
                 if vm.vgic.needs_flush(v) {
                     service_list_registers(vm, v);
                 }
@@ -389,6 +402,18 @@ fn kick_mask(mut mask: u64) {
         let cpu = mask.trailing_zeros() as usize;
         mask &= mask - 1;
         machine::kick(cpu);
+    }
+}
+
+/// `deadline`, or the emulated physical timer of `vm`'s vCPU `v` if that is due first.
+fn with_ptimer(deadline: Option<Ticks>, vm: &Vm, v: usize, now: Ticks) -> Option<Ticks> {
+    sooner(deadline, vm.ptimer_deadline(v, now))
+}
+
+fn sooner(a: Option<Ticks>, b: Option<Ticks>) -> Option<Ticks> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -432,6 +457,7 @@ fn reset_vcpu_state(vm: &Vm, vcpu: usize) {
     sysreg::write_vbar_el1(0);
     sysreg::write_cntv_ctl_el0(0);
     sysreg::write_cntkctl_el1(0);
+    vm.ptimer_reset(vcpu);
     crate::arch::aarch64::context::reset_pmu(ctx.features);
     let mut lrs = ctx.lrs;
     for i in 0..bothy_core::vgic::ListRegs::count(&lrs) {
@@ -609,6 +635,10 @@ pub extern "C" fn handle_irq_exit(_frame: &mut GuestFrame) -> Resume {
     exits(ctx, vm, vcpu, &scope).count(ExitKind::Irq);
     // One interrupt per exit: another one pending brings the CPU straight back.
     let taken = take_physical_irq(machine(), Some((vm, vcpu))).unwrap_or(0);
+    if taken & TICK != 0 {
+        // The EL2 timer also stands for this vCPU's emulated physical timer.
+        let _ = vm.ptimer_update(vcpu, sysreg::read_cntpct_el0());
+    }
     let action = handle::finish(vm, vcpu, taken & FLUSHED != 0, &mut ExitHw);
     if action == Action::Resume && taken & TICK == 0 {
         return Resume::Saved;
@@ -750,6 +780,19 @@ impl Arch for ExitHw {
 
     fn vtimer_deadline(&self) -> Option<Ticks> {
         live_timer_deadline(sysreg::read_cntvoff_el2())
+    }
+
+    #[inline(always)]
+    fn counter(&self) -> Ticks {
+        sysreg::read_cntpct_el0()
+    }
+
+    #[cold]
+    fn look_at(&mut self, at: Ticks) {
+        let armed = sysreg::read_cnthp_ctl_el2() & TICK_ENABLE != 0;
+        if !armed || sysreg::read_cnthp_cval_el2() > at {
+            arm_tick(Some(at));
+        }
     }
 
     type Lrs<'a> = HwListRegs;

@@ -231,6 +231,8 @@ pub fn build(
 
     let mut model = VmModel::new(vcpus, ram).map_err(|e| format!("VM {name}: {e:?}"))?;
     model.id_regs = env.id_regs;
+    // The physical-timer PPI the guest's device tree names (from the platform's).
+    model.ptimer_intid = env.timer.phys + 16;
     let vm = Vm {
         handle,
         template,

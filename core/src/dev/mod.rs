@@ -7,6 +7,7 @@ pub mod console;
 pub mod mux;
 pub mod outbuf;
 pub mod pl011;
+pub mod ptimer;
 
 pub use bus::{BusError, Device, MmioBus};
 pub use pl011::{Pl011, Pl011Effect};

@@ -47,6 +47,7 @@ use super::{
 };
 use crate::abi::{self, CallContext, Outcome, RETURN_SUCCESS};
 use crate::arch::{Arch, El1Reg, GuestFault};
+use crate::dev::ptimer::TimerReg;
 use crate::dev::Device;
 use crate::lifecycle::VmState;
 use crate::vgic::VcpuMask;
@@ -283,11 +284,18 @@ fn leave_running(vm: &VmModel, to: VmState) -> Action {
 #[cold]
 #[inline(never)]
 fn wait_for_interrupt(vm: &VmModel, vcpu: usize, hw: &mut impl Arch) -> Action {
+    // The emulated physical timer may have come due since it was last looked at.
+    let (_own, ptimer_due) = vm.ptimer_update(vcpu, hw.counter());
     serve_list_registers(vm, vcpu, hw);
     if vm.vgic.has_pending(vcpu) || vm.state() != VmState::Running {
         return Action::Resume;
     }
-    Action::Block(hw.vtimer_deadline().and_then(NonZeroU64::new))
+    // Woken by whichever timer is due first.
+    let deadline = match (hw.vtimer_deadline(), ptimer_due) {
+        (Some(v), Some(p)) => Some(v.min(p)),
+        (v, p) => v.or(p),
+    };
+    Action::Block(deadline.and_then(NonZeroU64::new))
 }
 
 /// `MSR ICC_SGI1R_EL1, Xt`. Returns whether this vCPU's list registers were flushed.
@@ -494,12 +502,19 @@ fn sysreg_access(
         return;
     } else if access.is(trapped::ICC_ASGI1R_EL1) || access.is(trapped::ICC_SGI0R_EL1) {
         // Group-0 / alternate-group SGIs: the guest has only group 1; ignore.
-    } else if access.is(trapped::CNTP_CTL_EL0)
-        || access.is(trapped::CNTP_CVAL_EL0)
-        || access.is(trapped::CNTP_TVAL_EL0)
-    {
+    } else if let Some(reg) = physical_timer_reg(&access) {
+        let write =
+            (!access.read).then(|| frame.x.get(usize::from(access.reg)).copied().unwrap_or(0));
+        // A line that rose is this vCPU's own: `finish` refills its list registers at the
+        // end of the exit, so there is nobody to wake.
+        let now = hw.counter();
+        let (value, _own) = vm.ptimer_access(vcpu, reg, write, now);
         if access.read && access.reg != 31 {
-            frame.x[access.reg as usize] = 0;
+            frame.x[access.reg as usize] = value;
+        }
+        // While it runs, Bothy's EL2 timer stands for this one.
+        if let Some(at) = vm.ptimer_deadline(vcpu, now) {
+            hw.look_at(at);
         }
     } else if let Some(value) = vm.id_regs.read(&access).filter(|_| access.read) {
         // The ID space (HCR_EL2.TID3): the VM's sanitised view. Its registers are
@@ -512,6 +527,19 @@ fn sysreg_access(
         return;
     }
     frame.elr = frame.elr.wrapping_add(INSTRUCTION_SIZE);
+}
+
+/// The emulated physical-timer register a trapped access names, if any.
+fn physical_timer_reg(access: &SysRegAccess) -> Option<TimerReg> {
+    if access.is(trapped::CNTP_CTL_EL0) {
+        Some(TimerReg::Ctl)
+    } else if access.is(trapped::CNTP_CVAL_EL0) {
+        Some(TimerReg::Cval)
+    } else if access.is(trapped::CNTP_TVAL_EL0) {
+        Some(TimerReg::Tval)
+    } else {
+        None
+    }
 }
 
 /// Deliver a synchronous exception to the guest's EL1 vector, as the hardware would:

@@ -471,6 +471,31 @@ impl VGic {
         self.mark(kick)
     }
 
+    /// Drive the input line of PPI `intid` of `vcpu`: an interrupt Bothy emulates in
+    /// software for one vCPU (the EL1 physical timer). Like [`VGic::set_spi_level`]:
+    /// level-sensitive unless the guest made it edge-triggered, and repeating the current
+    /// level is a cheap no-op. SGIs and SPIs are refused.
+    pub fn set_private_level(&self, vcpu: usize, intid: u32, level: bool) -> VcpuMask {
+        if !(16..SPI_BASE).contains(&intid) || vcpu >= self.nr_vcpus {
+            return VcpuMask::EMPTY;
+        }
+        let mut st = self.state.lock();
+        let Some(irq) = st.irq_mut(vcpu, intid) else {
+            return VcpuMask::EMPTY;
+        };
+        if irq.level == level {
+            return VcpuMask::EMPTY;
+        }
+        irq.level = level;
+        let edge = level && irq.trigger == Trigger::Edge;
+        irq.latch |= edge;
+        if !level {
+            return VcpuMask::EMPTY;
+        }
+        let kick = st.kick_for(vcpu, intid, edge);
+        self.mark(kick)
+    }
+
     /// A physical interrupt `phys_intid` that EL2 took (and left active) is to be seen by
     /// the guest as `intid` (PPI of `vcpu`, or SPI) through a hardware-linked LR: the
     /// guest's deactivation then deactivates the physical interrupt.

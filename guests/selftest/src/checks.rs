@@ -42,6 +42,7 @@ pub static CHECKS: &[Check] = &[
     ("ipi_between_vcpus", ipi_between_vcpus),
     ("vtimer", vtimer),
     ("wfi_returns", wfi_returns),
+    ("el1_physical_timer", el1_physical_timer),
     ("aarch32_el0", aarch32_el0),
     ("vtimer_level_resampled", vtimer_level_resampled),
     ("bad_access", bad_access),
@@ -490,6 +491,78 @@ fn vtimer() -> CheckResult {
     println!(
         "# vtimer: CNTFRQ {freq} Hz, IRQ handled {} us after the deadline",
         (at - deadline) * 1_000_000 / freq
+    );
+    Ok(())
+}
+
+/// The EL1 physical timer (which Bothy emulates): programmed through TVAL it fires on
+/// time on its own PPI, CTL shows ISTATUS, and a WFI with interrupts masked is woken by
+/// it (the vCPU is blocked meanwhile, so Bothy must keep time for it).
+fn el1_physical_timer() -> CheckResult {
+    need_gic()?;
+    let freq = arch::counter_freq();
+    ensure!(freq != 0, "CNTFRQ_EL0 is 0");
+    let pct = || {
+        arch::isb();
+        read_sysreg!("cntpct_el0")
+    };
+    gic::set_private_enabled(0, PTIMER_INTID, true)?;
+    exceptions::clear_ptimer_fired();
+    exceptions::clear_seen(0, PTIMER_INTID);
+    // 2 ms through TVAL.
+    let start = pct();
+    write_sysreg!("cntp_tval_el0", freq / 500);
+    write_sysreg!("cntp_ctl_el0", CNTV_CTL_ENABLE);
+    arch::isb();
+    let cval = read_sysreg!("cntp_cval_el0");
+    ensure!(
+        cval >= start + freq / 500 && cval <= pct() + freq / 500,
+        "CNTP_CVAL_EL0 = {cval:#x} after TVAL = 2 ms at CNTPCT {start:#x}"
+    );
+    let fired = wait_irq(1000, || exceptions::ptimer_fired_at() != 0);
+    let ctl = read_sysreg!("cntp_ctl_el0");
+    write_sysreg!("cntp_ctl_el0", 0);
+    ensure!(
+        fired,
+        "physical timer IRQ (INTID {PTIMER_INTID}) not taken within 1 s of a 2 ms deadline"
+    );
+    let at = exceptions::ptimer_fired_at();
+    ensure!(
+        at >= cval,
+        "physical timer IRQ handled at CNTPCT {at:#x}, before CVAL {cval:#x}"
+    );
+    ensure!(
+        ctl == 0b111,
+        "CNTP_CTL_EL0 = {ctl:#x} after it fired and was masked, want ENABLE|IMASK|ISTATUS"
+    );
+    // Blocked in WFI (interrupts masked: a pending one still wakes it) until it fires.
+    exceptions::clear_seen(0, PTIMER_INTID);
+    let deadline = pct() + freq / 200;
+    write_sysreg!("cntp_cval_el0", deadline);
+    write_sysreg!("cntp_ctl_el0", CNTV_CTL_ENABLE);
+    arch::isb();
+    let mut wakes = 0;
+    while pct() < deadline && wakes < 1000 {
+        arch::wfi();
+        wakes += 1;
+    }
+    let woke_at = pct();
+    // Take the pending interrupt (it masks the timer), then turn it off.
+    let taken = wait_irq(1000, || exceptions::seen(0, PTIMER_INTID));
+    write_sysreg!("cntp_ctl_el0", 0);
+    gic::set_private_enabled(0, PTIMER_INTID, false)?;
+    ensure!(
+        woke_at >= deadline,
+        "WFI loop ended at CNTPCT {woke_at:#x}, before the deadline {deadline:#x} ({wakes} wake-ups)"
+    );
+    ensure!(
+        taken,
+        "the physical timer's IRQ was not pending after it woke the WFI"
+    );
+    println!(
+        "# el1_physical_timer: IRQ {} us after CVAL; WFI woken {} us after its deadline ({wakes} wake-ups)",
+        (at - cval) * 1_000_000 / freq,
+        (woke_at - deadline) * 1_000_000 / freq
     );
     Ok(())
 }

@@ -20,7 +20,7 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::*};
 
 use crate::arch::{self, read_sysreg, write_sysreg};
 use crate::gic;
-use crate::platform::{NR_VCPUS, VTIMER_INTID};
+use crate::platform::{NR_VCPUS, PTIMER_INTID, VTIMER_INTID};
 use crate::smp;
 use crate::uart::println;
 use rt::exceptions::{park, Frame, KIND_IRQ_SPX, KIND_SYNC_SPX};
@@ -137,6 +137,17 @@ pub fn guarded<R>(f: impl FnOnce() -> R) -> (R, Option<Fault>) {
 
 /// Bitmask of INTIDs 0..63 each vCPU acknowledged.
 static SEEN: [AtomicU64; NR_VCPUS] = [const { AtomicU64::new(0) }; NR_VCPUS];
+/// CNTPCT when vCPU 0 handled its EL1 physical timer's IRQ (0: not yet).
+static PTIMER_AT: AtomicU64 = AtomicU64::new(0);
+
+pub fn ptimer_fired_at() -> u64 {
+    PTIMER_AT.load(Acquire)
+}
+
+pub fn clear_ptimer_fired() {
+    PTIMER_AT.store(0, Release);
+}
+
 /// CNTVCT when each vCPU handled its virtual timer IRQ (0: not yet).
 static TIMER_AT: [AtomicU64; NR_VCPUS] = [const { AtomicU64::new(0) }; NR_VCPUS];
 static IN_HANDLER: [AtomicBool; NR_VCPUS] = [const { AtomicBool::new(false) }; NR_VCPUS];
@@ -267,6 +278,13 @@ fn irq(cpu: usize) {
         if cpu == 1 && smp::WATCHDOG_ARMED.load(Acquire) {
             smp::WATCHDOG_ARMED.store(false, Release);
             gic::send_sgi(smp::SGI_WATCHDOG, 0);
+        }
+    }
+    if intid == PTIMER_INTID {
+        // Level-triggered too: masked at the source before EOI.
+        write_sysreg!("cntp_ctl_el0", CNTV_CTL_ENABLE | CNTV_CTL_IMASK);
+        if cpu == 0 {
+            PTIMER_AT.store(read_sysreg!("cntpct_el0"), Release);
         }
     }
     if cpu == 1 && intid == smp::SGI_PING {

@@ -18,6 +18,9 @@ pub const RAM_BASE: usize = 0x4000_0000;
 pub const NR_VCPUS: usize = 2;
 /// Virtual timer PPI (INTID).
 pub use rt::gic::VTIMER_INTID;
+/// The EL1 physical timer's PPI (14) as an INTID, as QEMU's board and Bothy's guest
+/// device tree have it.
+pub const PTIMER_INTID: u32 = 30;
 /// UART SPI (INTID), documented only: the selftest does not use UART interrupts.
 #[allow(dead_code)]
 pub const UART_INTID: u32 = 33;

@@ -534,21 +534,60 @@ fn an_instruction_abort_outside_ram_is_reflected() {
 }
 
 #[test]
-fn the_physical_timer_reads_as_zero_and_other_registers_are_undefined() {
+fn unknown_trapped_registers_are_undefined() {
     let mut g = Guest::new(1);
-    g.frame.x[4] = 77;
-    assert_eq!(
-        g.exit(0, sysreg_esr(trapped::CNTP_CVAL_EL0, 4, true)),
-        Action::Resume
-    );
-    assert_eq!((g.frame.x[4], g.frame.elr), (0, ELR + 4));
-    // An unknown trapped register: undefined instruction at the guest's vector.
     assert_eq!(
         g.exit(0, sysreg_esr((3, 0, 15, 0, 0), 4, true)),
         Action::Resume
     );
     assert_eq!(g.frame.elr, VBAR + 0x200);
     assert_eq!(g.hw.el1[El1Reg::Esr as usize], inject::undefined_esr());
+}
+
+#[test]
+fn the_physical_timer_is_emulated_and_its_interrupt_delivered() {
+    const PTIMER_INTID: u64 = 30;
+    let mut g = Guest::new(1);
+    g.enable_sgis();
+    // PPI 30 in group 1 with a priority, then enabled (vCPU 0's SGI frame), as a
+    // driver would.
+    let sgi_frame = layout::gic_redist(1).base + 0x1_0000;
+    g.write32(0, sgi_frame + 0x80, 0xffff | 1 << PTIMER_INTID);
+    g.write32(0, sgi_frame + 0x400 + 28, 0xa0a0_a0a0);
+    g.write32(0, sgi_frame + 0x100, 1 << PTIMER_INTID);
+    g.frame.elr = ELR;
+    g.hw.now = 1_000;
+    // TVAL = 500, then CTL = ENABLE.
+    g.frame.x[2] = 500;
+    g.exit(0, sysreg_esr(trapped::CNTP_TVAL_EL0, 2, false));
+    g.frame.x[2] = 1;
+    g.exit(0, sysreg_esr(trapped::CNTP_CTL_EL0, 2, false));
+    g.frame.x[3] = 77;
+    g.exit(0, sysreg_esr(trapped::CNTP_CVAL_EL0, 3, true));
+    assert_eq!(g.frame.x[3], 1_500, "CVAL = now + TVAL");
+    assert!(
+        g.hw.log.contains(&ArchOp::LookAt(1_500)),
+        "the CPU is asked to look again when it comes due: {:?}",
+        g.hw.log
+    );
+    assert_eq!(g.frame.elr, ELR + 12);
+    // WFI with nothing pending blocks until the timer's deadline.
+    g.hw.vtimer_deadline = Some(9_000);
+    assert_eq!(
+        g.exit(0, esr(ec::WFX, 0)),
+        Action::Block(NonZeroU64::new(1_500))
+    );
+    assert!(g.hw.lrs.valid().is_empty());
+    // Time passes: CTL shows ISTATUS, and the next WFI returns with INTID 30 in the LRs.
+    g.hw.now = 1_600;
+    g.exit(0, sysreg_esr(trapped::CNTP_CTL_EL0, 3, true));
+    assert_eq!(g.frame.x[3], 0b101, "ENABLE | ISTATUS");
+    assert_eq!(g.exit(0, esr(ec::WFX, 0)), Action::Resume);
+    assert_eq!(g.hw.lrs.valid(), [PTIMER_INTID as u32]);
+    // Masking it drops the line (level-sensitive): nothing new is raised.
+    g.frame.x[2] = 0b11;
+    g.exit(0, sysreg_esr(trapped::CNTP_CTL_EL0, 2, false));
+    assert_eq!(g.vm.ptimer_deadline(0, 1_600), None);
 }
 
 /// T32 user mode, and A32 user mode (SPSR.M[4] set: AArch32 state).
