@@ -254,6 +254,7 @@ pub fn build(
         &platform.memory,
         &devices,
         Region::new(image_start, entry::text_end() - image_start),
+        &entry::stack_layout().guards().collect::<Vec<_>>(),
         pa_bits,
     )
     .unwrap_or_else(|e| fatal(format_args!("cannot build EL2 page tables: {e:?}")));
@@ -272,6 +273,10 @@ pub fn build(
         core::ptr::addr_of!(EL2_TABLES) as u64,
         core::mem::size_of::<Once<El2Tables>>() as u64,
     );
+    if manifest.debug_overflow_stack {
+        println!("fault injection: overflowing the EL2 stack");
+        overflow_stack(0, &[]);
+    }
 
     // 3. Physical CPUs, boot CPU first. Secondaries are started now and only
     //    those that check in within a bounded time get vCPUs.
@@ -414,6 +419,18 @@ pub fn build(
     sysreg::sev();
     setup_cpu(0);
     exit::run_cpu(0)
+}
+
+/// Fault injection (`bothy image --debug-overflow-stack`, tests only): recurse until the
+/// stack runs into its guard page. Each frame's array is passed down so the compiler
+/// can neither drop it nor turn the recursion into a loop.
+#[inline(never)]
+#[allow(unconditional_recursion)] // on purpose: it ends in the guard page
+fn overflow_stack(depth: u64, caller: &[u64]) -> u64 {
+    let frame = [depth; 32];
+    core::hint::black_box(&frame);
+    let below = core::hint::black_box(overflow_stack(depth + 1, &frame));
+    below ^ caller.first().copied().unwrap_or(0)
 }
 
 /// "0-1, 3" style list of the online CPUs' device-tree numbers.

@@ -260,7 +260,26 @@ bothy_enter_guest:
     mov     sp, x0
     b       bothy_guest_resume_all
 
+// A fault at EL2 is Bothy's own and fatal. SP may be in a guard page (a stack
+// overflow), so no Rust runs before SP is this CPU's emergency stack: the slot the
+// faulting SP lies in (the spare one past MAX_CPUS when it lies in none) names it.
+// Registers are not preserved: nothing returns from here.
 bothy_hyp_fault:
+    mov     x4, sp
+    adrp    x5, __stacks_start
+    add     x5, x5, :lo12:__stacks_start
+    sub     x6, x4, x5
+    lsr     x6, x6, #{stack_shift}
+    mov     x7, #{max_cpus}
+    cmp     x6, x7
+    csel    x6, x6, x7, lo
+    adrp    x5, __emergency_stacks_start
+    add     x5, x5, :lo12:__emergency_stacks_start
+    add     x6, x6, #1
+    mov     x7, #{emergency_size}
+    madd    x5, x6, x7, x5
+    mov     sp, x5
+    mov     x29, #0
     mrs     x1, esr_el2
     mrs     x2, elr_el2
     mrs     x3, far_el2
@@ -277,6 +296,9 @@ bothy_hyp_fault:
     release_retired = sym super::percpu::release_retired,
     resume_all = const Resume::All as u64,
     hyp_fault = sym hyp_fault,
+    stack_shift = const super::entry::STACK_SIZE.trailing_zeros(),
+    max_cpus = const super::entry::MAX_CPUS,
+    emergency_size = const super::entry::EMERGENCY_STACK_SIZE,
 );
 
 extern "C" {
@@ -309,8 +331,21 @@ pub fn enter_guest(cpu: usize, frame: &GuestFrame) -> ! {
     }
 }
 
-extern "C" fn hyp_fault(kind: u64, esr: u64, elr: u64, far: u64) -> ! {
-    crate::fatal(format_args!(
-        "exception at EL2 (vector {kind}): ESR_EL2={esr:#x} ELR_EL2={elr:#x} FAR_EL2={far:#x}"
+/// ESR_EL2.EC of a data abort taken without a change of exception level.
+const EC_DATA_ABORT_SAME_EL: u64 = 0x25;
+
+/// Every exception Bothy takes from itself, on this CPU's emergency stack (`sp` is the
+/// one it faulted with).
+extern "C" fn hyp_fault(kind: u64, esr: u64, elr: u64, far: u64, sp: u64) -> ! {
+    let overflow = (esr >> 26 == EC_DATA_ABORT_SAME_EL)
+        .then(|| super::entry::stack_layout().overflowed(far))
+        .flatten();
+    if let Some(cpu) = overflow {
+        crate::fatal_bug(format_args!(
+            "EL2 stack overflow on CPU {cpu} (PC {elr:#x}, SP {sp:#x}, address {far:#x})"
+        ))
+    }
+    crate::fatal_bug(format_args!(
+        "exception at EL2 (vector {kind}): ESR_EL2={esr:#x} ELR_EL2={elr:#x} FAR_EL2={far:#x} SP={sp:#x}"
     ))
 }
