@@ -41,6 +41,8 @@ pub struct VmModel {
     /// Exceptions Bothy injected because of what the VM did (see
     /// [`crate::arch::GuestFault`]), for rate-limited reports.
     pub faults: AtomicU64,
+    /// SErrors the VM caused, for rate-limited reports.
+    pub serrors: AtomicU64,
     /// The ID registers as this VM reads them (HCR_EL2.TID3): `hyp` sets them from
     /// [`crate::exit::idregs::sanitise`] when it builds the VM; all zero until then.
     pub id_regs: IdRegs,
@@ -90,6 +92,7 @@ impl VmModel {
             uart_line,
             bus,
             faults: AtomicU64::new(0),
+            serrors: AtomicU64::new(0),
             id_regs: IdRegs::ZERO,
             state: AtomicU8::new(VmState::Running as u8),
         })
@@ -135,9 +138,13 @@ impl VmModel {
     /// Counts one injected fault; true if it should be reported: the first few, then
     /// the 2^n-th, so a flood costs the console a line per doubling.
     pub fn note_fault(&self) -> (u64, bool) {
-        const ALWAYS: u64 = 8;
-        let n = self.faults.fetch_add(1, Ordering::Relaxed) + 1;
-        (n, n <= ALWAYS || n.is_power_of_two())
+        rate_limited(&self.faults)
+    }
+
+    /// Counts one SError the VM caused; true if it should be reported (as
+    /// [`Self::note_fault`]).
+    pub fn note_serror(&self) -> (u64, bool) {
+        rate_limited(&self.serrors)
     }
 
     /// One byte of console input; returns the vCPUs to wake for the UART's interrupt.
@@ -148,6 +155,13 @@ impl VmModel {
         self.vgic
             .set_line_level(self.uart_line, console.irq_level())
     }
+}
+
+/// Counts one event; true for the first few, then the 2^n-th.
+fn rate_limited(counter: &AtomicU64) -> (u64, bool) {
+    const ALWAYS: u64 = 8;
+    let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
+    (n, n <= ALWAYS || n.is_power_of_two())
 }
 
 /// Kinds of exit counted per vCPU (indexes of [`ExitCounters`]).

@@ -559,6 +559,12 @@ fn setup_cpu(cpu: usize) {
     });
     percpu::install(ctx);
     sysreg::write_vbar_el2(crate::arch::aarch64::vectors::vector_table());
+    // With RAS, guests' SErrors are told apart at every exit (vectors.rs): from now on
+    // an SError taken at EL2 is Bothy's own. Without, one pending from a guest would be
+    // taken here and blamed on Bothy, so they stay masked.
+    if sysreg::has_ras() {
+        sysreg::unmask_serror();
+    }
     // With E2H = 0, CPTR_EL2.TSM traps EL2's own SME accesses too: SMCR_EL2 is left
     // alone, as SME is not offered to guests (ZA and streaming mode are not switched).
     sysreg::write_cptr_el2(CPTR_EL2_RES1 | m.traps.cptr);

@@ -228,6 +228,22 @@ list_registers!(
     12 => "S3_4_C12_C13_4", 13 => "S3_4_C12_C13_5", 14 => "S3_4_C12_C13_6", 15 => "S3_4_C12_C13_7",
 );
 
+// RAS: the SError an `esb` deferred while SErrors were masked.
+sysreg!(read_disr_el1, write_disr_el1, "S3_0_C12_C1_1");
+
+/// FEAT_RAS (ID_AA64PFR0_EL1.RAS): `esb` synchronises errors and DISR_EL1 exists.
+pub fn has_ras() -> bool {
+    (read_id_aa64pfr0_el1() >> 28) & 0xf != 0
+}
+
+/// Take SErrors at EL2 from now on (PSTATE.A clear): one Bothy causes is reported as
+/// Bothy's (the vectors' `hyp_fault`) instead of being blamed on the next guest.
+#[inline(always)]
+pub fn unmask_serror() {
+    // SAFETY: clearing PSTATE.A only lets an SError be taken; VBAR_EL2 is set (entry.rs).
+    unsafe { core::arch::asm!("msr daifclr, #4", options(nomem, nostack, preserves_flags)) };
+}
+
 /// Instruction synchronization barrier.
 #[inline(always)]
 pub fn isb() {
