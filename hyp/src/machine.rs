@@ -265,8 +265,7 @@ pub fn build(
     });
     // Everything Bothy wrote so far (relocations, .bss, heap, stacks) went to RAM
     // with the MMU off; drop any stale lines the loader left for that range.
-    let (start, end) = entry::image_bounds();
-    sysreg::invalidate_dcache_range(start, end - start);
+    entry::invalidate_image_dcache();
     mmu::enable(tables.root, tables.tcr, tables.mair);
     // Secondaries read EL2_TABLES with their MMU (and caches) still off.
     sysreg::clean_dcache_range(
@@ -453,12 +452,7 @@ fn start_secondaries(mpidrs: &[u64]) -> usize {
     let conduit = crate::firmware_conduit().unwrap_or(firmware::Conduit::Smc);
     let mut expected = 1;
     for (index, &mpidr) in mpidrs.iter().enumerate().skip(1) {
-        let status = firmware::cpu_on(
-            conduit,
-            mpidr,
-            entry::secondary_entry_address(),
-            index as u64,
-        );
+        let status = firmware::cpu_on(conduit, mpidr, index);
         if status == 0 {
             expected |= 1 << index;
         } else {
@@ -558,7 +552,7 @@ fn setup_cpu(cpu: usize) {
         wake_at: AtomicU64::new(0),
     });
     percpu::install(ctx);
-    sysreg::write_vbar_el2(crate::arch::aarch64::vectors::vector_table());
+    crate::arch::aarch64::vectors::install();
     // With RAS, guests' SErrors are told apart at every exit (vectors.rs): from now on
     // an SError taken at EL2 is Bothy's own. Without, one pending from a guest would be
     // taken here and blamed on Bothy, so they stay masked.

@@ -146,6 +146,14 @@ pub fn stack_top(cpu: usize) -> u64 {
     base + ((cpu + 1) * STACK_SIZE) as u64
 }
 
+/// Drop any data-cache lines for this image (.bss and stacks included), which Bothy
+/// wrote with the MMU off: stale lines a loader left must not shadow it once caches
+/// are on. Call once, before the MMU is on.
+pub fn invalidate_image_dcache() {
+    let (start, end) = image_bounds();
+    super::sysreg::invalidate_dcache_range(start, end - start);
+}
+
 /// Where the per-CPU stacks and their guard pages are.
 pub fn stack_layout() -> StackLayout {
     StackLayout {

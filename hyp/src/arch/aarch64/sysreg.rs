@@ -6,6 +6,25 @@
 //! feature flag. Field layouts are named next to their users.
 
 macro_rules! sysreg {
+    // Registers whose writes could take over EL2 (its translation, vectors, per-CPU
+    // pointer): written only inside `arch`, through functions that choose the value.
+    ($read:ident, $write:ident, $name:literal, arch_only) => {
+        #[inline(always)]
+        #[allow(dead_code)]
+        pub fn $read() -> u64 {
+            let value: u64;
+            // SAFETY: reading this system register has no side effects at EL2.
+            unsafe { core::arch::asm!(concat!("mrs {}, ", $name), out(reg) value, options(nomem, nostack, preserves_flags)) };
+            value
+        }
+        #[inline(always)]
+        #[allow(dead_code)]
+        pub(super) fn $write(value: u64) {
+            // SAFETY: only `arch` writes it, with values it built (mmu.rs, vectors.rs,
+            // percpu.rs) under the register's architectural rules.
+            unsafe { core::arch::asm!(concat!("msr ", $name, ", {}"), in(reg) value, options(nostack, preserves_flags)) };
+        }
+    };
     ($read:ident, $write:ident, $name:literal) => {
         #[inline(always)]
         #[allow(dead_code)]
@@ -43,11 +62,11 @@ sysreg!(read_id_aa64pfr1_el1, _write_pfr1_unused, "id_aa64pfr1_el1");
 sysreg!(read_pmcr_el0, _write_pmcr_unused, "pmcr_el0");
 
 sysreg!(read_hcr_el2, write_hcr_el2, "hcr_el2");
-sysreg!(read_sctlr_el2, write_sctlr_el2, "sctlr_el2");
-sysreg!(read_tcr_el2, write_tcr_el2, "tcr_el2");
-sysreg!(read_mair_el2, write_mair_el2, "mair_el2");
-sysreg!(read_ttbr0_el2, write_ttbr0_el2, "ttbr0_el2");
-sysreg!(read_vbar_el2, write_vbar_el2, "vbar_el2");
+sysreg!(read_sctlr_el2, write_sctlr_el2, "sctlr_el2", arch_only);
+sysreg!(read_tcr_el2, write_tcr_el2, "tcr_el2", arch_only);
+sysreg!(read_mair_el2, write_mair_el2, "mair_el2", arch_only);
+sysreg!(read_ttbr0_el2, write_ttbr0_el2, "ttbr0_el2", arch_only);
+sysreg!(read_vbar_el2, write_vbar_el2, "vbar_el2", arch_only);
 sysreg!(read_vtcr_el2, write_vtcr_el2, "vtcr_el2");
 sysreg!(read_vttbr_el2, write_vttbr_el2, "vttbr_el2");
 sysreg!(read_vpidr_el2, write_vpidr_el2, "vpidr_el2");
@@ -56,7 +75,7 @@ sysreg!(read_cptr_el2, write_cptr_el2, "cptr_el2");
 sysreg!(read_mdcr_el2, write_mdcr_el2, "mdcr_el2");
 sysreg!(read_cnthctl_el2, write_cnthctl_el2, "cnthctl_el2");
 sysreg!(read_cntvoff_el2, write_cntvoff_el2, "cntvoff_el2");
-sysreg!(read_tpidr_el2, write_tpidr_el2, "tpidr_el2");
+sysreg!(read_tpidr_el2, write_tpidr_el2, "tpidr_el2", arch_only);
 sysreg!(read_esr_el2, _write_esr_el2_unused, "esr_el2");
 sysreg!(read_far_el2, _write_far_el2_unused, "far_el2");
 sysreg!(read_hpfar_el2, _write_hpfar_el2_unused, "hpfar_el2");
@@ -120,7 +139,16 @@ sysreg!(read_cnthp_cval_el2, write_cnthp_cval_el2, "cnthp_cval_el2");
 
 // GICv3 physical CPU interface (the EL1 names address the physical interface at EL2).
 sysreg!(read_icc_sre_el2, write_icc_sre_el2, "S3_4_C12_C9_5");
-sysreg!(read_icc_iar1_el1, _write_icc_iar1_unused, "S3_0_C12_C12_0");
+/// Reading ICC_IAR1_EL1 *acknowledges* the interrupt it returns (it becomes active):
+/// not a plain read, so arch-only and never `nomem` (`gic::acknowledge` is the one user).
+#[inline(always)]
+pub(super) fn acknowledge_icc_iar1_el1() -> u64 {
+    let value: u64;
+    // SAFETY: acknowledging changes the GIC's state, not memory; the caller handles
+    // (and ends) the interrupt it returns.
+    unsafe { core::arch::asm!("mrs {}, S3_0_C12_C12_0", out(reg) value, options(nostack, preserves_flags)) };
+    value
+}
 sysreg!(
     _read_icc_eoir1_unused,
     write_icc_eoir1_el1,
@@ -390,7 +418,8 @@ fn dcache_line() -> u64 {
 /// Invalidate data cache lines covering `[addr, addr + len)` to the point of
 /// coherency. Only for memory written with the MMU off (non-cacheable), so
 /// that stale lines a loader left behind cannot shadow it once caches are on.
-pub fn invalidate_dcache_range(addr: u64, len: u64) {
+/// Arch-only: on other memory it throws away data (`entry::invalidate_image_dcache`).
+pub(super) fn invalidate_dcache_range(addr: u64, len: u64) {
     let step = dcache_line();
     let mut line = addr & !(step - 1);
     while line < addr + len {

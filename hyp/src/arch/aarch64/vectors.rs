@@ -351,9 +351,15 @@ extern "C" {
     fn bothy_enter_guest(frame: *mut GuestFrame) -> !;
 }
 
+/// Install this CPU's EL2 vectors (VBAR_EL2): no caller chooses the address.
+pub fn install() {
+    super::sysreg::write_vbar_el2(vector_table());
+    super::sysreg::isb();
+}
+
 /// Address for VBAR_EL2: the table that checks for guests' SErrors at every exit when
 /// this CPU has RAS (`esb`, DISR_EL1), the one that cannot otherwise.
-pub fn vector_table() -> u64 {
+fn vector_table() -> u64 {
     if super::sysreg::has_ras() {
         core::ptr::addr_of!(bothy_el2_vectors) as u64
     } else {
@@ -362,13 +368,16 @@ pub fn vector_table() -> u64 {
 }
 
 /// This CPU's guest frame: the top of its stack, which Rust code never uses.
-pub fn frame_of(cpu: usize) -> *mut GuestFrame {
+fn frame_of(cpu: usize) -> *mut GuestFrame {
     (super::entry::stack_top(cpu) - GUEST_FRAME_SIZE as u64) as *mut GuestFrame
 }
 
 /// Load `frame` into this CPU's frame slot and run the guest. Never returns:
 /// every later exit starts afresh at the top of the stack.
 pub fn enter_guest(cpu: usize, frame: &GuestFrame) -> ! {
+    if cpu >= super::entry::MAX_CPUS {
+        crate::fatal_bug(format_args!("no stack slot {cpu} to run a guest from"));
+    }
     let slot = frame_of(cpu);
     // SAFETY: `slot` is this CPU's reserved frame area (above any Rust stack
     // frame, see entry.rs), aligned and sized for a GuestFrame; only this CPU uses it.
