@@ -181,6 +181,10 @@ pub enum ExitKind {
 pub struct ExitCounters([AtomicU64; 6]);
 
 impl ExitCounters {
+    pub const fn new() -> Self {
+        ExitCounters([const { AtomicU64::new(0) }; 6])
+    }
+
     #[inline(always)]
     pub fn count(&self, kind: ExitKind) {
         let counter = &self.0[kind as usize];

@@ -65,6 +65,17 @@ pub struct GuestFrame {
     pub spsr: u64,
 }
 
+impl GuestFrame {
+    /// Writes general-purpose register `reg` as an instruction names it (0..=30; 31 is
+    /// XZR, so the write is discarded). Never panics: no bounds check on the exit path.
+    #[inline(always)]
+    pub fn set_reg(&mut self, reg: u8, value: u64) {
+        if let Some(x) = self.x.get_mut(usize::from(reg)) {
+            *x = value;
+        }
+    }
+}
+
 /// The first of the callee-saved registers (x19–x29) an ordinary exit leaves out of
 /// its [`GuestFrame`].
 pub const FIRST_UNSAVED: usize = 19;
@@ -442,9 +453,7 @@ fn mmio<const FROM_A32: bool>(
         Device::Uart => uart_access(vm, offset, access, value(), hw),
     };
     if let Some(raw) = result {
-        if access.reg != 31 {
-            frame.x[access.reg as usize] = access.load_result(raw);
-        }
+        frame.set_reg(access.reg, access.load_result(raw));
     }
     wake(hw, kicks);
     step_over::<FROM_A32>(frame, esr);
@@ -498,15 +507,13 @@ fn sysreg_access(
         || access.is(trapped::CNTP_CVAL_EL0)
         || access.is(trapped::CNTP_TVAL_EL0)
     {
-        if access.read && access.reg != 31 {
-            frame.x[access.reg as usize] = 0;
+        if access.read {
+            frame.set_reg(access.reg, 0);
         }
     } else if let Some(value) = vm.id_regs.read(&access).filter(|_| access.read) {
         // The ID space (HCR_EL2.TID3): the VM's sanitised view. Its registers are
         // read-only, so a write falls through to undefined, as on hardware.
-        if access.reg != 31 {
-            frame.x[access.reg as usize] = value;
-        }
+        frame.set_reg(access.reg, value);
     } else {
         inject_sync(frame, inject::undefined_esr(), 0, hw);
         return;
