@@ -38,6 +38,8 @@ need_pkgs=()
 command -v qemu-system-aarch64 >/dev/null || need_pkgs+=(qemu-system-arm)
 command -v dtc >/dev/null || need_pkgs+=(device-tree-compiler)
 [ -f /usr/lib/u-boot/qemu_arm64/u-boot.bin ] || need_pkgs+=(u-boot-qemu)
+# objdump for the EL2 binary (scripts/bounds-checks.sh counts its bounds checks).
+command -v aarch64-linux-gnu-objdump >/dev/null || need_pkgs+=(binutils-aarch64-linux-gnu)
 # The font of `bothy bench`'s PNG chart (loaded from the file; no fontconfig).
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_pkgs+=(fonts-dejavu-core)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then

@@ -24,6 +24,11 @@ if [ -f hyp/Cargo.toml ]; then
     (cd hyp && cargo clippy --release -- -D warnings)
 fi
 
+if [ -f hyp/Cargo.toml ]; then
+    step "scripts/bounds-checks.sh (panic_bounds_check call sites in the EL2 binary only go down)"
+    ./scripts/bounds-checks.sh
+fi
+
 step "cargo test --workspace"
 cargo test --workspace
 

@@ -63,6 +63,10 @@ enum Cmd {
         /// Board the image is for.
         #[arg(long, value_enum, default_value = "qemu-virt")]
         board: Board,
+        /// Fault injection for Bothy's own tests: the hypervisor overflows its EL2 stack
+        /// on purpose at boot, to show the guard pages catch it. Never for real use.
+        #[arg(long, hide = true)]
+        debug_overflow_stack: bool,
     },
     /// Build an image and run it on QEMU with the console attached.
     ///
@@ -176,11 +180,12 @@ fn real_main() -> Result<()> {
             output,
             machine,
             board,
+            debug_overflow_stack,
         } => {
             let sys = SystemConfig::load(&system)?;
             let early = (board == Board::QemuVirt).then_some(pack::QEMU_VIRT_PL011);
             let check = (board == Board::QemuVirt).then_some(&machine);
-            let packed = build_image(&sys, &machine, check, early)?;
+            let packed = build_image_with(&sys, &machine, check, early, debug_overflow_stack)?;
             std::fs::write(&output, &packed.bytes)
                 .with_context(|| format!("writing {}", output.display()))?;
             report(&output, &sys, &packed);
@@ -482,6 +487,17 @@ fn build_image(
     check: Option<&MachineArgs>,
     early_console: Option<u64>,
 ) -> Result<pack::Packed> {
+    build_image_with(sys, args, check, early_console, false)
+}
+
+/// [`build_image`], with the `--debug-overflow-stack` fault injection or not.
+fn build_image_with(
+    sys: &SystemConfig,
+    args: &MachineArgs,
+    check: Option<&MachineArgs>,
+    early_console: Option<u64>,
+    overflow_stack: bool,
+) -> Result<pack::Packed> {
     let machine = check.map(|m| Machine {
         cpus: m.smp,
         memory: m.mem,
@@ -496,7 +512,7 @@ fn build_image(
         std::fs::read(&elf_path).with_context(|| format!("reading {}", elf_path.display()))?;
     let flat = flatten::flatten_elf(&elf)
         .with_context(|| format!("flattening hypervisor ELF {}", elf_path.display()))?;
-    let packed = pack::pack(&flat, &vms, sys.slice_us, early_console)?;
+    let packed = pack::pack(&flat, &vms, sys.slice_us, early_console, overflow_stack)?;
     if let Some(m) = machine {
         sys.check_fits(m, packed.payload_size())?;
     }

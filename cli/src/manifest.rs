@@ -13,12 +13,13 @@ use crate::pack::{BlobRef, LoadedVm};
 /// Encodes the manifest for `vms`, whose blobs sit at `refs` (kernel, initrd) in the
 /// payload, with time slice `slice_us`. The FDT's size does not depend on the offsets'
 /// values (fixed 64-bit cells), which lets the packer measure it before the offsets are
-/// known.
+/// known. `overflow_stack` is the `--debug-overflow-stack` fault injection (tests only).
 pub fn encode(
     vms: &[LoadedVm],
     refs: &[(BlobRef, Option<BlobRef>)],
     slice_us: u32,
     early_console: Option<u64>,
+    overflow_stack: bool,
 ) -> Result<Vec<u8>> {
     ensure!(vms.len() == refs.len(), "internal: one blob set per VM");
     let manifest = Manifest {
@@ -38,6 +39,7 @@ pub fn encode(
             .collect(),
         early_console: early_console.map(|pl011_base| EarlyConsole { pl011_base }),
         slice_us,
+        debug_overflow_stack: overflow_stack,
     };
     Ok(manifest.encode())
 }

@@ -107,12 +107,14 @@ impl Packed {
 }
 
 /// Packs the flattened hypervisor and the VMs into one image; `slice_us` is the time
-/// slice of time-shared vCPUs.
+/// slice of time-shared vCPUs; `overflow_stack` the `--debug-overflow-stack` fault
+/// injection (tests only).
 pub fn pack(
     hyp: &Flat,
     vms: &[LoadedVm],
     slice_us: u32,
     early_console: Option<u64>,
+    overflow_stack: bool,
 ) -> Result<Packed> {
     let hyp_size = hyp.bytes.len() as u64;
     let poff = payload_offset(hyp_size);
@@ -121,10 +123,11 @@ pub fn pack(
     // The manifest's size does not depend on the offsets' values, so measure it with
     // placeholders, lay the blobs out after it, then encode for real.
     let placeholder = vec![(BlobRef::default(), None); vms.len()];
-    let mut manifest = crate::manifest::encode(vms, &placeholder, slice_us, early_console)?;
+    let mut manifest =
+        crate::manifest::encode(vms, &placeholder, slice_us, early_console, overflow_stack)?;
     let (refs, end) = loop {
         let (refs, end) = layout_blobs(vms, manifest_offset + manifest.len() as u64);
-        let real = crate::manifest::encode(vms, &refs, slice_us, early_console)?;
+        let real = crate::manifest::encode(vms, &refs, slice_us, early_console, overflow_stack)?;
         if real.len() == manifest.len() {
             manifest = real;
             break (refs, end);
@@ -229,7 +232,7 @@ mod tests {
         ];
         vms[0].config.pin = vec![1];
         vms[0].config.on_exit = bothy_core::manifest::OnExit::Restart;
-        let p = pack(&h, &vms, 2_000, Some(QEMU_VIRT_PL011)).unwrap();
+        let p = pack(&h, &vms, 2_000, Some(QEMU_VIRT_PL011), false).unwrap();
         assert_eq!(p.hyp_size, 0x1_2010);
         assert_eq!(p.payload_offset, 0x1_3000);
         let file = &p.bytes;

@@ -187,3 +187,35 @@ fn a_kernel_outside_the_payload_is_refused() {
         true,
     );
 }
+
+/// The fault-injection knob `--debug-overflow-stack` makes the boot CPU recurse until its
+/// EL2 stack runs out: the guard page below it must catch that (instead of the stack
+/// silently overwriting the next CPU's), and the fault must still be reported, from
+/// the emergency stack.
+#[test]
+fn an_el2_stack_overflow_is_caught_by_the_guard_page() {
+    let _q = qemu_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let system = common::selftest_system(dir.path(), 2);
+    let img = dir.path().join("overflow.img");
+    let status = Command::new(common::bothy())
+        .arg("image")
+        .arg(&system)
+        .arg("-o")
+        .arg(&img)
+        .arg("--debug-overflow-stack")
+        .status()
+        .expect("bothy image");
+    assert!(
+        status.success(),
+        "bothy image --debug-overflow-stack failed"
+    );
+    let mut cmd = qemu("virt,virtualization=on,gic-version=3");
+    cmd.arg("-kernel").arg(&img);
+    expect_message(
+        cmd,
+        "stack overflow",
+        "bothy: fatal: EL2 stack overflow on CPU 0",
+        true,
+    );
+}

@@ -26,6 +26,7 @@ pub mod ec {
 pub mod aarch32;
 pub mod handle;
 pub mod idregs;
+pub mod serror;
 
 const ESR_EC_SHIFT: u32 = 26;
 const ESR_EC_MASK: u64 = 0x3f;

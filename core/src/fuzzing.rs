@@ -1172,6 +1172,7 @@ mod tests {
                     pl011_base: layout::UART.base,
                 }),
                 slice_us: 5000,
+                debug_overflow_stack: false,
             };
             let encoded = m.encode();
             let kernel = crate::linux::test_image(0x8_0000, 32 << 20, 64);

@@ -42,6 +42,8 @@ pub struct VmModel {
     /// Exceptions Bothy injected because of what the VM did (see
     /// [`crate::arch::GuestFault`]), for rate-limited reports.
     pub faults: AtomicU64,
+    /// SErrors the VM caused, for rate-limited reports.
+    pub serrors: AtomicU64,
     /// The ID registers as this VM reads them (HCR_EL2.TID3): `hyp` sets them from
     /// [`crate::exit::idregs::sanitise`] when it builds the VM; all zero until then.
     pub id_regs: IdRegs,
@@ -120,6 +122,7 @@ impl VmModel {
             uart_line,
             bus,
             faults: AtomicU64::new(0),
+            serrors: AtomicU64::new(0),
             id_regs: IdRegs::ZERO,
             ptimers: (0..vcpus)
                 .map(|_| Mutex::new(PtimerSlot::default()))
@@ -169,9 +172,13 @@ impl VmModel {
     /// Counts one injected fault; true if it should be reported: the first few, then
     /// the 2^n-th, so a flood costs the console a line per doubling.
     pub fn note_fault(&self) -> (u64, bool) {
-        const ALWAYS: u64 = 8;
-        let n = self.faults.fetch_add(1, Ordering::Relaxed) + 1;
-        (n, n <= ALWAYS || n.is_power_of_two())
+        rate_limited(&self.faults)
+    }
+
+    /// Counts one SError the VM caused; true if it should be reported (as
+    /// [`Self::note_fault`]).
+    pub fn note_serror(&self) -> (u64, bool) {
+        rate_limited(&self.serrors)
     }
 
     /// A trapped access to `vcpu`'s physical timer at counter value `now`: the value a
@@ -243,6 +250,13 @@ impl VmModel {
     }
 }
 
+/// Counts one event; true for the first few, then the 2^n-th.
+fn rate_limited(counter: &AtomicU64) -> (u64, bool) {
+    const ALWAYS: u64 = 8;
+    let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
+    (n, n <= ALWAYS || n.is_power_of_two())
+}
+
 /// Kinds of exit counted per vCPU (indexes of [`ExitCounters`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(usize)]
@@ -260,6 +274,10 @@ pub enum ExitKind {
 pub struct ExitCounters([AtomicU64; 6]);
 
 impl ExitCounters {
+    pub const fn new() -> Self {
+        ExitCounters([const { AtomicU64::new(0) }; 6])
+    }
+
     #[inline(always)]
     pub fn count(&self, kind: ExitKind) {
         let counter = &self.0[kind as usize];

@@ -854,9 +854,12 @@ impl Arch for ExitHw {
 /// The exit counters of the vCPU this CPU runs.
 #[inline(always)]
 fn exits<'s>(ctx: &CpuContext, vm: &'s Vm, vcpu: usize, scope: &'s ExitScope) -> &'s ExitCounters {
+    // Counters for a vCPU that is not there (cannot happen: `loaded` names a vCPU of
+    // its VM): counted nowhere, rather than a bounds check on every exit.
+    static NOWHERE: ExitCounters = ExitCounters::new();
     match ctx.loaded.exits(scope) {
         Some(exits) => exits,
-        None => &vm.vcpus[vcpu].exits,
+        None => vm.vcpus.get(vcpu).map_or(&NOWHERE, |v| &v.exits),
     }
 }
 
@@ -882,14 +885,56 @@ fn other_exit(kind: u64, vm: &Vm, vcpu: usize) -> bool {
             drain_physical_irqs(machine(), Some((vm, vcpu))) & FLUSHED != 0
         }
         VectorExit::SError => {
-            println!(
-                "VM {}: vCPU {vcpu} raised an SError (ESR {:#x}); ignored",
-                vm.name,
-                sysreg::read_esr_el2()
-            );
+            guest_serror(vm, vcpu, sysreg::read_esr_el2());
             false
         }
     }
+}
+
+/// An SError the exit's `esb` found pending from the guest (syndrome from DISR_EL1),
+/// before the exit itself is handled: `Resume::Saved` carries on with the exit, anything
+/// else stops this vCPU (its VM stopped).
+#[cold]
+pub extern "C" fn handle_deferred_serror(syndrome: u64, _frame: &mut GuestFrame) -> Resume {
+    sysreg::write_disr_el1(0);
+    let ctx = machine::this_cpu();
+    let scope = ExitScope::enter();
+    let (vm, vcpu) = loaded(ctx, &scope);
+    exits(ctx, vm, vcpu, &scope).count(ExitKind::Other);
+    if guest_serror(vm, vcpu, syndrome) {
+        return Resume::Saved;
+    }
+    Reason::Off.set(ctx);
+    Resume::Schedule
+}
+
+/// The guest running here caused an SError (`bothy_core::exit::serror` decides what
+/// follows). Returns whether the vCPU carries on.
+#[cold]
+#[inline(never)]
+fn guest_serror(vm: &Vm, vcpu: usize, syndrome: u64) -> bool {
+    use bothy_core::exit::serror::{classify, describe, Verdict};
+    let verdict = classify(syndrome);
+    let what = describe(syndrome);
+    if verdict == Verdict::Uncontainable {
+        crate::fatal(format_args!(
+            "VM {} vCPU {vcpu}: uncontainable SError (syndrome {syndrome:#x}); nothing can be trusted to be intact",
+            vm.name
+        ))
+    }
+    let (n, report) = vm.note_serror();
+    let stop = verdict == Verdict::StopVm;
+    if report {
+        println!(
+            "VM {} vCPU {vcpu}: {what} SError (syndrome {syndrome:#x}); {} [{n} so far]",
+            vm.name,
+            if stop { "the VM is stopped" } else { "the guest carries on" }
+        );
+    }
+    if stop && vm.leave_running(VmState::Crashed) {
+        stop_vm(vm);
+    }
+    !stop
 }
 
 /// What [`take_physical_irqs`] did: the loaded vCPU's list registers were flushed.

@@ -254,6 +254,7 @@ pub fn build(
         &platform.memory,
         &devices,
         Region::new(image_start, entry::text_end() - image_start),
+        &entry::stack_layout().guards().collect::<Vec<_>>(),
         pa_bits,
     )
     .unwrap_or_else(|e| fatal(format_args!("cannot build EL2 page tables: {e:?}")));
@@ -264,14 +265,17 @@ pub fn build(
     });
     // Everything Bothy wrote so far (relocations, .bss, heap, stacks) went to RAM
     // with the MMU off; drop any stale lines the loader left for that range.
-    let (start, end) = entry::image_bounds();
-    sysreg::invalidate_dcache_range(start, end - start);
+    entry::invalidate_image_dcache();
     mmu::enable(tables.root, tables.tcr, tables.mair);
     // Secondaries read EL2_TABLES with their MMU (and caches) still off.
     sysreg::clean_dcache_range(
         core::ptr::addr_of!(EL2_TABLES) as u64,
         core::mem::size_of::<Once<El2Tables>>() as u64,
     );
+    if manifest.debug_overflow_stack {
+        println!("fault injection: overflowing the EL2 stack");
+        overflow_stack(0, &[]);
+    }
 
     // 3. Physical CPUs, boot CPU first. Secondaries are started now and only
     //    those that check in within a bounded time get vCPUs.
@@ -416,6 +420,18 @@ pub fn build(
     exit::run_cpu(0)
 }
 
+/// Fault injection (`bothy image --debug-overflow-stack`, tests only): recurse until the
+/// stack runs into its guard page. Each frame's array is passed down so the compiler
+/// can neither drop it nor turn the recursion into a loop.
+#[inline(never)]
+#[allow(unconditional_recursion)] // on purpose: it ends in the guard page
+fn overflow_stack(depth: u64, caller: &[u64]) -> u64 {
+    let frame = [depth; 32];
+    core::hint::black_box(&frame);
+    let below = core::hint::black_box(overflow_stack(depth + 1, &frame));
+    below ^ caller.first().copied().unwrap_or(0)
+}
+
 /// "0-1, 3" style list of the online CPUs' device-tree numbers.
 fn online_list(cpus: &[PhysCpu]) -> alloc::string::String {
     let mut numbers: Vec<usize> = cpus.iter().map(|c| c.dt_index).collect();
@@ -436,12 +452,7 @@ fn start_secondaries(mpidrs: &[u64]) -> usize {
     let conduit = crate::firmware_conduit().unwrap_or(firmware::Conduit::Smc);
     let mut expected = 1;
     for (index, &mpidr) in mpidrs.iter().enumerate().skip(1) {
-        let status = firmware::cpu_on(
-            conduit,
-            mpidr,
-            entry::secondary_entry_address(),
-            index as u64,
-        );
+        let status = firmware::cpu_on(conduit, mpidr, index);
         if status == 0 {
             expected |= 1 << index;
         } else {
@@ -541,7 +552,13 @@ fn setup_cpu(cpu: usize) {
         wake_at: AtomicU64::new(0),
     });
     percpu::install(ctx);
-    sysreg::write_vbar_el2(crate::arch::aarch64::vectors::vector_table());
+    crate::arch::aarch64::vectors::install();
+    // With RAS, guests' SErrors are told apart at every exit (vectors.rs): from now on
+    // an SError taken at EL2 is Bothy's own. Without, one pending from a guest would be
+    // taken here and blamed on Bothy, so they stay masked.
+    if sysreg::has_ras() {
+        sysreg::unmask_serror();
+    }
     // With E2H = 0, CPTR_EL2.TSM traps EL2's own SME accesses too: SMCR_EL2 is left
     // alone, as SME is not offered to guests (ZA and streaming mode are not switched).
     sysreg::write_cptr_el2(CPTR_EL2_RES1 | m.traps.cptr);

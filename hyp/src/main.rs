@@ -49,11 +49,21 @@ fn firmware_conduit() -> Option<firmware::Conduit> {
 
 /// Report an unrecoverable error and stop the machine (power off if PSCI is known).
 pub fn fatal(args: fmt::Arguments) -> ! {
+    stop("error", args)
+}
+
+/// Like [`fatal`], for Bothy's own faults (an exception or SError at EL2, a stack
+/// overflow): `bothy: fatal: ...`, so a bug reads differently from a bad setting.
+pub fn fatal_bug(args: fmt::Arguments) -> ! {
+    stop("fatal", args)
+}
+
+fn stop(what: &str, args: fmt::Arguments) -> ! {
     // A fault while reporting (say, an SMC with no EL3 behind it) must not recurse.
     if IN_FATAL.swap(true, Ordering::AcqRel) {
         park_forever();
     }
-    console::print_fatal(format_args!("error: {args}"));
+    console::print_fatal(format_args!("{what}: {args}"));
     halt_machine()
 }
 

@@ -116,9 +116,7 @@ impl Vm {
             ram.range(*ipa, bytes.len() as u64)?;
         }
         for (ipa, bytes) in images.into_iter().flatten() {
-            let dst = ram.range(ipa, bytes.len() as u64)?;
-            mmio::copy_to_phys(dst.base, bytes);
-            sysreg::clean_dcache_range(dst.base, dst.size);
+            mmio::copy_to_guest(&ram, ipa, bytes)?;
         }
         sysreg::invalidate_icache_all();
         Ok(())

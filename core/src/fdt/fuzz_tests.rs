@@ -116,6 +116,7 @@ fn manifest_blob() -> Vec<u8> {
             pl011_base: 0x900_0000,
         }),
         slice_us: super::manifest::DEFAULT_SLICE_US,
+        debug_overflow_stack: false,
     }
     .encode()
 }
@@ -287,6 +288,7 @@ proptest! {
                 .collect(),
             early_console: console.map(|pl011_base| EarlyConsole { pl011_base }),
             slice_us: super::manifest::DEFAULT_SLICE_US,
+        debug_overflow_stack: false,
         };
         let valid = !m.vms.is_empty()
             && m.vms.iter().all(|v| {

@@ -12,6 +12,7 @@
 //!     compatible = "bothy,manifest-v1";
 //!     bothy,slice-us = <10000>;                // optional, default 10000 (10 ms)
 //!     chosen { bothy,early-console-pl011 = /bits/ 64 <0x9000000>; };  // optional
+//!     bothy,debug-overflow-stack;              // fault injection, for tests only
 //!     vms {
 //!         vm@0 {
 //!             name = "linux1";
@@ -47,6 +48,9 @@ pub const MANIFEST_COMPATIBLE: &str = "bothy,manifest-v1";
 const EARLY_CONSOLE_PL011: &str = "bothy,early-console-pl011";
 /// Root property: the time slice of time-shared vCPUs, in microseconds.
 const SLICE_US: &str = "bothy,slice-us";
+/// Root property (empty): fault injection for tests; the boot CPU overflows its EL2
+/// stack on purpose once its MMU is on (`bothy image --debug-overflow-stack`).
+const DEBUG_OVERFLOW_STACK: &str = "bothy,debug-overflow-stack";
 /// Time slice when the manifest gives none: 10 ms.
 pub const DEFAULT_SLICE_US: u32 = 10_000;
 /// Longest time slice: 1 s.
@@ -66,6 +70,9 @@ pub struct Manifest {
     pub early_console: Option<EarlyConsole>,
     /// Time slice of time-shared vCPUs in microseconds, 1..=[`MAX_SLICE_US`].
     pub slice_us: u32,
+    /// Fault injection for tests: the hypervisor overflows its stack at boot, to show
+    /// the guard pages catch it. Never set by a system file.
+    pub debug_overflow_stack: bool,
 }
 
 impl Default for Manifest {
@@ -74,6 +81,7 @@ impl Default for Manifest {
             vms: Vec::new(),
             early_console: None,
             slice_us: DEFAULT_SLICE_US,
+            debug_overflow_stack: false,
         }
     }
 }
@@ -202,6 +210,9 @@ impl Manifest {
         w.begin_node("");
         w.property_string("compatible", MANIFEST_COMPATIBLE);
         w.property_u32(SLICE_US, self.slice_us);
+        if self.debug_overflow_stack {
+            w.property_empty(DEBUG_OVERFLOW_STACK);
+        }
         if let Some(console) = self.early_console {
             w.begin_node("chosen");
             w.property_u64(EARLY_CONSOLE_PL011, console.pl011_base);
@@ -288,6 +299,7 @@ impl Manifest {
             vms,
             early_console,
             slice_us,
+            debug_overflow_stack: root.property(DEBUG_OVERFLOW_STACK).is_some(),
         })
     }
 }
@@ -473,6 +485,7 @@ mod tests {
                 pl011_base: 0x0900_0000,
             }),
             slice_us: 2_500,
+            debug_overflow_stack: false,
         }
     }
 
@@ -489,6 +502,7 @@ mod tests {
         m.vms[0].on_exit = OnExit::Poweroff;
         m.vms[1].pin = alloc::vec![2];
         m.slice_us = MAX_SLICE_US;
+        m.debug_overflow_stack = true;
         assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);
     }
 

@@ -83,16 +83,20 @@ pub struct IdMap {
 /// with `text` (Bothy's code, inside `normal`) read-only and executable and all else
 /// execute-never. Regions are rounded out to 4 KiB (`text` must be page-aligned);
 /// regions of one kind may touch or overlap, but a page that is both normal and device
-/// is refused ([`MapError::AlreadyMapped`]). `pa_range_bits` is the CPU's physical
-/// address range (ID_AA64MMFR0_EL1.PARange).
+/// is refused ([`MapError::AlreadyMapped`]). `unmapped` (page-aligned) is left out of
+/// `normal`: the guard pages below the per-CPU stacks (`super::stacks`), so a stack
+/// overflow faults. `pa_range_bits` is the CPU's physical address range
+/// (ID_AA64MMFR0_EL1.PARange).
 pub fn build_el2_idmap(
     mem: &mut impl TableMemory,
     normal: &[Region],
     device: &[Region],
     text: Region,
+    unmapped: &[Region],
     pa_range_bits: u32,
 ) -> Result<IdMap, MapError> {
-    if !text.base.is_multiple_of(PAGE_SIZE) || !text.size.is_multiple_of(PAGE_SIZE) {
+    let aligned = |r: &Region| r.base.is_multiple_of(PAGE_SIZE) && r.size.is_multiple_of(PAGE_SIZE);
+    if !aligned(&text) || !unmapped.iter().all(aligned) {
         return Err(MapError::Unaligned);
     }
     let normal = round_and_merge(normal)?;
@@ -111,7 +115,10 @@ pub fn build_el2_idmap(
         return Err(MapError::OutOfRange);
     };
     let table = PageTable::new(mem, va_bits)?;
-    for r in &super::frames::free_regions(&normal, &[text]) {
+    let mut holes = Vec::with_capacity(unmapped.len() + 1);
+    holes.push(text);
+    holes.extend_from_slice(unmapped);
+    for r in &super::frames::free_regions(&normal, &holes) {
         table.map(mem, r.base, r.base, r.size, NORMAL_ATTRS)?;
     }
     if text.size != 0 {
@@ -208,7 +215,7 @@ mod tests {
         let ram = Region::new(0x4000_0000, 0x8000_0000); // 2 GiB at 1 GiB
         let uart = Region::new(0x0900_0000, 0x1000);
         let gic = Region::new(0x0800_0000, 0x20_0000);
-        let m = build_el2_idmap(&mut mem, &[ram], &[uart, gic], NO_TEXT, 40).unwrap();
+        let m = build_el2_idmap(&mut mem, &[ram], &[uart, gic], NO_TEXT, &[], 40).unwrap();
         assert_eq!(m.va_bits, 39);
         assert_eq!(m.mair, 0xff04);
         // Root (level 1) + one L2 table for the MMIO gigabyte + one L3 table for the UART.
@@ -245,7 +252,7 @@ mod tests {
         let mut mem = FakeMem::new();
         let ram = Region::new(0x4000_0000, 0x4000_0000);
         let text = Region::new(0x4020_0000, 0x3_5000);
-        let m = build_el2_idmap(&mut mem, &[ram], &[], text, 40).unwrap();
+        let m = build_el2_idmap(&mut mem, &[ram], &[], text, &[], 40).unwrap();
         let attrs = |va| lookup(&mem, &m, va).unwrap().1;
         for va in [0x4020_0000, 0x4023_4fff] {
             assert_eq!(
@@ -262,7 +269,14 @@ mod tests {
             );
         }
         assert_eq!(
-            build_el2_idmap(&mut mem, &[ram], &[], Region::new(0x4020_0800, 0x1000), 40),
+            build_el2_idmap(
+                &mut mem,
+                &[ram],
+                &[],
+                Region::new(0x4020_0800, 0x1000),
+                &[],
+                40
+            ),
             Err(MapError::Unaligned)
         );
     }
@@ -271,7 +285,7 @@ mod tests {
     fn high_memory_needs_48_bits() {
         let mut mem = FakeMem::new();
         let high = Region::new(0x80_0000_0000, G1); // at 512 GiB
-        let m = build_el2_idmap(&mut mem, &[high], &[], NO_TEXT, 48).unwrap();
+        let m = build_el2_idmap(&mut mem, &[high], &[], NO_TEXT, &[], 48).unwrap();
         assert_eq!(m.va_bits, 48);
         assert_eq!(m.tcr & 0x3f, 16);
         assert_eq!((m.tcr >> 16) & 7, 5);
@@ -285,7 +299,7 @@ mod tests {
         let mut mem = FakeMem::new();
         let edge = Region::new(0x7f_c000_0000, G1);
         assert_eq!(
-            build_el2_idmap(&mut mem, &[edge], &[], NO_TEXT, 48)
+            build_el2_idmap(&mut mem, &[edge], &[], NO_TEXT, &[], 48)
                 .unwrap()
                 .va_bits,
             39
@@ -293,7 +307,7 @@ mod tests {
         let mut mem = FakeMem::new();
         let too_high = Region::new(1 << 48, 0x1000);
         assert_eq!(
-            build_el2_idmap(&mut mem, &[too_high], &[], NO_TEXT, 48),
+            build_el2_idmap(&mut mem, &[too_high], &[], NO_TEXT, &[], 48),
             Err(MapError::OutOfRange)
         );
     }
@@ -308,7 +322,7 @@ mod tests {
             Region::new(0x4000_0000, 0x10),
             Region::new(0x5000_0000, 0),
         ];
-        let m = build_el2_idmap(&mut mem, &n, &[], NO_TEXT, 40).unwrap();
+        let m = build_el2_idmap(&mut mem, &n, &[], NO_TEXT, &[], 40).unwrap();
         assert!(lookup(&mem, &m, 0x4000_0000).is_some());
         assert!(lookup(&mem, &m, 0x4000_1fff).is_some());
         assert_eq!(lookup(&mem, &m, 0x4000_2000), None);
@@ -327,13 +341,60 @@ mod tests {
             &[Region::new(0x4000_0000, M2)],
             &[Region::new(0x401f_f800, 0x10)],
             NO_TEXT,
+            &[],
             40,
         );
         assert_eq!(r, Err(MapError::AlreadyMapped { addr: 0x401f_f000 }));
         let mut none = FakeMem::with_limit(0);
         assert_eq!(
-            build_el2_idmap(&mut none, &[Region::new(0, 0x1000)], &[], NO_TEXT, 40),
+            build_el2_idmap(&mut none, &[Region::new(0, 0x1000)], &[], NO_TEXT, &[], 40),
             Err(MapError::OutOfMemory)
+        );
+    }
+
+    #[test]
+    fn stack_guard_pages_are_left_unmapped() {
+        use crate::mem::stacks::StackLayout;
+        let mut mem = FakeMem::new();
+        let ram = Region::new(0x4000_0000, 0x4000_0000);
+        let text = Region::new(0x4020_0000, 0x3_5000);
+        let stacks = StackLayout {
+            base: 0x4030_0000,
+            slot_size: 0x1_0000,
+            cpus: 8,
+        };
+        let guards: Vec<Region> = stacks.guards().collect();
+        let m = build_el2_idmap(&mut mem, &[ram], &[], text, &guards, 40).unwrap();
+        for cpu in 0..stacks.cpus {
+            let guard = stacks.guard(cpu).unwrap();
+            let stack = stacks.stack(cpu).unwrap();
+            assert_eq!(lookup(&mem, &m, guard.base), None, "CPU {cpu}'s guard");
+            assert_eq!(lookup(&mem, &m, guard.end() - 8), None, "CPU {cpu}'s guard");
+            for va in [stack.base, stack.end() - 8] {
+                let (pa, attrs) = lookup(&mem, &m, va).expect("stack mapped");
+                assert_eq!(pa, va);
+                assert_eq!(attrs & (1 << 54 | 1 << 7), 1 << 54, "stack: RW, XN");
+            }
+        }
+        assert!(lookup(&mem, &m, 0x4020_0000).is_some(), "text still mapped");
+        assert!(
+            lookup(&mem, &m, 0x402f_f000).is_some(),
+            "RAM below the slots"
+        );
+        assert!(
+            lookup(&mem, &m, 0x4038_0000).is_some(),
+            "RAM above the slots"
+        );
+        assert_eq!(
+            build_el2_idmap(
+                &mut mem,
+                &[ram],
+                &[],
+                text,
+                &[Region::new(0x4030_0800, 0x1000)],
+                40
+            ),
+            Err(MapError::Unaligned)
         );
     }
 }

@@ -3,6 +3,7 @@
 //! - `pgtable.rs`: the VMSAv8-64 table walker (4 KiB granule) shared by both formats;
 //! - `stage2.rs`: [`Stage2`], a VM's IPA → PA tables, plus its `VTCR_EL2`/`VTTBR_EL2`;
 //! - `idmap.rs`: [`build_el2_idmap`], Bothy's own EL2 stage-1 identity map;
+//! - `stacks.rs`: [`stacks::StackLayout`], the per-CPU EL2 stacks and their guard pages;
 //! - `frames.rs`: [`free_regions`] and [`RegionAllocator`], physical memory bookkeeping;
 //! - `vmid.rs`: [`VmidAllocator`], VMIDs for VMs that come and go (a freed VMID is
 //!   invalidated through [`crate::arch::Arch::tlbi_vmid`] before anyone gets it again);
@@ -25,6 +26,7 @@ mod guest_ram;
 mod idmap;
 mod ownership;
 mod pgtable;
+pub mod stacks;
 mod stage2;
 mod vm_memory;
 mod vmid;

@@ -267,7 +267,9 @@ impl VGic {
 
     /// Set `vcpu`'s flags to `flags` (with the state lock held).
     fn set_flags(&self, vcpu: usize, flags: u32) {
-        let f = &self.flags[vcpu];
+        // `% MAX_VCPUS` (a mask): vcpu < nr_vcpus <= MAX_VCPUS already, and the exit path
+        // then carries no bounds check.
+        let f = &self.flags[vcpu % MAX_VCPUS];
         if f.load(Ordering::Relaxed) != flags {
             f.store(flags, Ordering::Release);
         }
@@ -567,7 +569,7 @@ impl VGic {
             return;
         }
         let mut st = self.state.lock();
-        let mut flags = self.flags[vcpu].load(Ordering::Relaxed) & FLAG_WORK;
+        let mut flags = self.flags[vcpu % MAX_VCPUS].load(Ordering::Relaxed) & FLAG_WORK;
         if st.sync_cpu(vcpu, lrs) {
             // A freed LR may let a waiting or re-asserted interrupt in.
             flags |= FLAG_WORK;
@@ -593,7 +595,7 @@ impl VGic {
         }
         let mut st = self.state.lock();
         st.reset_cpu(vcpu);
-        self.flags[vcpu].store(FLAG_WORK, Ordering::Release);
+        self.flags[vcpu % MAX_VCPUS].store(FLAG_WORK, Ordering::Release);
     }
 
     /// Reset the whole vGIC (VM reset): distributor, SPIs and every vCPU.

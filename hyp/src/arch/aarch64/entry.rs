@@ -9,15 +9,23 @@
 //! Secondary CPUs enter at `secondary_entry` (PSCI CPU_ON, context id = CPU
 //! index) and get their own stack.
 //!
-//! Each CPU's stack is 64 KiB inside `.stacks`; its top `GUEST_FRAME_SIZE`
+//! Each CPU's stack is a 64 KiB slot inside `.stacks`; its top `GUEST_FRAME_SIZE`
 //! bytes hold the register frame of the vCPU that CPU runs (see vectors.rs), so
-//! Rust code starts below it.
+//! Rust code starts below it, and its lowest 4 KiB are a guard page the EL2 identity
+//! map leaves out ([`stack_layout`]): an overflow faults instead of writing the next
+//! CPU's frame. EL2's own faults run on a separate small emergency stack per CPU
+//! ([`EMERGENCY_STACK_SIZE`], also in `.stacks`), so an overflow can still be reported.
 
+use bothy_core::mem::stacks::StackLayout;
 use core::arch::global_asm;
 
-/// Per-CPU stack size; must match the linker script's `.stacks` reservation.
+/// Per-CPU stack slot (guard page included); must match the linker script's `.stacks`
+/// reservation. A power of two: the fault vector finds a slot with a shift.
 pub const STACK_SIZE: usize = 0x1_0000;
 pub const MAX_CPUS: usize = 8;
+/// Per-CPU emergency stack for faults at EL2 (MAX_CPUS + 1 of them, linker script).
+pub const EMERGENCY_STACK_SIZE: usize = 0x2000;
+const _: () = assert!(STACK_SIZE.is_power_of_two());
 
 global_asm!(
     r#"
@@ -80,10 +88,18 @@ secondary_entry:
 6:  wfe
     b       6b
 
-// sp = top of CPU x0's stack, less the guest register frame kept there.
+// sp = top of CPU x0's stack, less the guest register frame kept there; at EL2, the
+// vectors installed, so a fault from here on (a stack overflow included) is reported.
 // Clobbers x0-x2 only; returns with lr intact.
 bothy_set_stack:
-    adrp    x1, __stacks_start
+    mrs     x1, CurrentEL
+    cmp     x1, #8                  // EL2
+    b.ne    1f
+    adrp    x1, bothy_el2_vectors
+    add     x1, x1, :lo12:bothy_el2_vectors
+    msr     vbar_el2, x1
+    isb
+1:  adrp    x1, __stacks_start
     add     x1, x1, :lo12:__stacks_start
     add     x2, x0, #1
     mov     x0, #{stack_size}
@@ -128,4 +144,21 @@ pub fn text_end() -> u64 {
 pub fn stack_top(cpu: usize) -> u64 {
     let base = core::ptr::addr_of!(__stacks_start) as u64;
     base + ((cpu + 1) * STACK_SIZE) as u64
+}
+
+/// Drop any data-cache lines for this image (.bss and stacks included), which Bothy
+/// wrote with the MMU off: stale lines a loader left must not shadow it once caches
+/// are on. Call once, before the MMU is on.
+pub fn invalidate_image_dcache() {
+    let (start, end) = image_bounds();
+    super::sysreg::invalidate_dcache_range(start, end - start);
+}
+
+/// Where the per-CPU stacks and their guard pages are.
+pub fn stack_layout() -> StackLayout {
+    StackLayout {
+        base: core::ptr::addr_of!(__stacks_start) as u64,
+        slot_size: STACK_SIZE as u64,
+        cpus: MAX_CPUS,
+    }
 }

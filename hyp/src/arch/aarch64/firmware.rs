@@ -28,9 +28,11 @@ fn call(conduit: Conduit, fid: u64, a1: u64, a2: u64, a3: u64) -> i64 {
     x0 as i64
 }
 
-/// Start physical CPU `mpidr` at `entry` (a physical address) with x0 = `context`.
-pub fn cpu_on(conduit: Conduit, mpidr: u64, entry: u64, context: u64) -> i64 {
-    call(conduit, PSCI_CPU_ON_64, mpidr, entry, context)
+/// Start physical CPU `mpidr` at Bothy's `secondary_entry` with x0 = `cpu` (its stack
+/// slot): no caller chooses where a CPU starts.
+pub fn cpu_on(conduit: Conduit, mpidr: u64, cpu: usize) -> i64 {
+    let entry = super::entry::secondary_entry_address();
+    call(conduit, PSCI_CPU_ON_64, mpidr, entry, cpu as u64)
 }
 
 /// Power the machine off. Returns only if the firmware refused.

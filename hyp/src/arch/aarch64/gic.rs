@@ -153,7 +153,7 @@ pub fn set_private_active(redist: u64, intid: u32, active: bool) {
 /// Acknowledge the highest-priority pending interrupt (SPURIOUS when none).
 #[inline(always)]
 pub fn acknowledge() -> u32 {
-    (read_icc_iar1_el1() & 0xff_ffff) as u32
+    (acknowledge_icc_iar1_el1() & 0xff_ffff) as u32
 }
 
 /// Drop the running priority; with EOImode = 1 the interrupt stays active.

@@ -6,6 +6,25 @@
 //! feature flag. Field layouts are named next to their users.
 
 macro_rules! sysreg {
+    // Registers whose writes could take over EL2 (its translation, vectors, per-CPU
+    // pointer): written only inside `arch`, through functions that choose the value.
+    ($read:ident, $write:ident, $name:literal, arch_only) => {
+        #[inline(always)]
+        #[allow(dead_code)]
+        pub fn $read() -> u64 {
+            let value: u64;
+            // SAFETY: reading this system register has no side effects at EL2.
+            unsafe { core::arch::asm!(concat!("mrs {}, ", $name), out(reg) value, options(nomem, nostack, preserves_flags)) };
+            value
+        }
+        #[inline(always)]
+        #[allow(dead_code)]
+        pub(super) fn $write(value: u64) {
+            // SAFETY: only `arch` writes it, with values it built (mmu.rs, vectors.rs,
+            // percpu.rs) under the register's architectural rules.
+            unsafe { core::arch::asm!(concat!("msr ", $name, ", {}"), in(reg) value, options(nostack, preserves_flags)) };
+        }
+    };
     ($read:ident, $write:ident, $name:literal) => {
         #[inline(always)]
         #[allow(dead_code)]
@@ -57,11 +76,11 @@ sysreg!(read_pmxevcntr_el0, write_pmxevcntr_el0, "pmxevcntr_el0");
 sysreg!(read_pmxevtyper_el0, write_pmxevtyper_el0, "pmxevtyper_el0");
 
 sysreg!(read_hcr_el2, write_hcr_el2, "hcr_el2");
-sysreg!(read_sctlr_el2, write_sctlr_el2, "sctlr_el2");
-sysreg!(read_tcr_el2, write_tcr_el2, "tcr_el2");
-sysreg!(read_mair_el2, write_mair_el2, "mair_el2");
-sysreg!(read_ttbr0_el2, write_ttbr0_el2, "ttbr0_el2");
-sysreg!(read_vbar_el2, write_vbar_el2, "vbar_el2");
+sysreg!(read_sctlr_el2, write_sctlr_el2, "sctlr_el2", arch_only);
+sysreg!(read_tcr_el2, write_tcr_el2, "tcr_el2", arch_only);
+sysreg!(read_mair_el2, write_mair_el2, "mair_el2", arch_only);
+sysreg!(read_ttbr0_el2, write_ttbr0_el2, "ttbr0_el2", arch_only);
+sysreg!(read_vbar_el2, write_vbar_el2, "vbar_el2", arch_only);
 sysreg!(read_vtcr_el2, write_vtcr_el2, "vtcr_el2");
 sysreg!(read_vttbr_el2, write_vttbr_el2, "vttbr_el2");
 sysreg!(read_vpidr_el2, write_vpidr_el2, "vpidr_el2");
@@ -70,7 +89,7 @@ sysreg!(read_cptr_el2, write_cptr_el2, "cptr_el2");
 sysreg!(read_mdcr_el2, write_mdcr_el2, "mdcr_el2");
 sysreg!(read_cnthctl_el2, write_cnthctl_el2, "cnthctl_el2");
 sysreg!(read_cntvoff_el2, write_cntvoff_el2, "cntvoff_el2");
-sysreg!(read_tpidr_el2, write_tpidr_el2, "tpidr_el2");
+sysreg!(read_tpidr_el2, write_tpidr_el2, "tpidr_el2", arch_only);
 sysreg!(read_esr_el2, _write_esr_el2_unused, "esr_el2");
 sysreg!(read_far_el2, _write_far_el2_unused, "far_el2");
 sysreg!(read_hpfar_el2, _write_hpfar_el2_unused, "hpfar_el2");
@@ -134,7 +153,16 @@ sysreg!(read_cnthp_cval_el2, write_cnthp_cval_el2, "cnthp_cval_el2");
 
 // GICv3 physical CPU interface (the EL1 names address the physical interface at EL2).
 sysreg!(read_icc_sre_el2, write_icc_sre_el2, "S3_4_C12_C9_5");
-sysreg!(read_icc_iar1_el1, _write_icc_iar1_unused, "S3_0_C12_C12_0");
+/// Reading ICC_IAR1_EL1 *acknowledges* the interrupt it returns (it becomes active):
+/// not a plain read, so arch-only and never `nomem` (`gic::acknowledge` is the one user).
+#[inline(always)]
+pub(super) fn acknowledge_icc_iar1_el1() -> u64 {
+    let value: u64;
+    // SAFETY: acknowledging changes the GIC's state, not memory; the caller handles
+    // (and ends) the interrupt it returns.
+    unsafe { core::arch::asm!("mrs {}, S3_0_C12_C12_0", out(reg) value, options(nostack, preserves_flags)) };
+    value
+}
 sysreg!(
     _read_icc_eoir1_unused,
     write_icc_eoir1_el1,
@@ -241,6 +269,22 @@ list_registers!(
     8 => "S3_4_C12_C13_0", 9 => "S3_4_C12_C13_1", 10 => "S3_4_C12_C13_2", 11 => "S3_4_C12_C13_3",
     12 => "S3_4_C12_C13_4", 13 => "S3_4_C12_C13_5", 14 => "S3_4_C12_C13_6", 15 => "S3_4_C12_C13_7",
 );
+
+// RAS: the SError an `esb` deferred while SErrors were masked.
+sysreg!(read_disr_el1, write_disr_el1, "S3_0_C12_C1_1");
+
+/// FEAT_RAS (ID_AA64PFR0_EL1.RAS): `esb` synchronises errors and DISR_EL1 exists.
+pub fn has_ras() -> bool {
+    (read_id_aa64pfr0_el1() >> 28) & 0xf != 0
+}
+
+/// Take SErrors at EL2 from now on (PSTATE.A clear): one Bothy causes is reported as
+/// Bothy's (the vectors' `hyp_fault`) instead of being blamed on the next guest.
+#[inline(always)]
+pub fn unmask_serror() {
+    // SAFETY: clearing PSTATE.A only lets an SError be taken; VBAR_EL2 is set (entry.rs).
+    unsafe { core::arch::asm!("msr daifclr, #4", options(nomem, nostack, preserves_flags)) };
+}
 
 /// Instruction synchronization barrier.
 #[inline(always)]
@@ -388,7 +432,8 @@ fn dcache_line() -> u64 {
 /// Invalidate data cache lines covering `[addr, addr + len)` to the point of
 /// coherency. Only for memory written with the MMU off (non-cacheable), so
 /// that stale lines a loader left behind cannot shadow it once caches are on.
-pub fn invalidate_dcache_range(addr: u64, len: u64) {
+/// Arch-only: on other memory it throws away data (`entry::invalidate_image_dcache`).
+pub(super) fn invalidate_dcache_range(addr: u64, len: u64) {
     let step = dcache_line();
     let mut line = addr & !(step - 1);
     while line < addr + len {

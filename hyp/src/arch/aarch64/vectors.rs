@@ -148,19 +148,45 @@ global_asm!(
     str     x1, [sp, #256]
 .endm
 
+// With RAS: an SError the guest caused and that is still pending is deferred into
+// DISR_EL1 by the `esb` (PSTATE.A is masked on exception entry), so it is found while
+// this exit is still the guest's; then SErrors are unmasked while Bothy runs, so one
+// Bothy causes is taken at EL2 as its own (fatal), and `bothy_guest_resume`'s `esb`
+// takes any still pending before the eret. A deferred one is handled first
+// (handle_deferred_serror(syndrome, frame)); its Resume::Saved carries on with this
+// exit, anything else (the VM stops) goes straight back. Keeps x1 = SPSR_EL2.
+// Without RAS (no DISR_EL1, `esb` a NOP) SErrors stay masked in Bothy as before.
+.macro serror_check ras
+.if \ras
+    esb
+    mrs     x0, disr_el1
+    cbz     x0, 8f
+    mov     x1, sp
+    bl      {handle_deferred_serror}
+    msr     daifclr, #4
+    cbnz    x0, bothy_guest_return
+    ldr     x1, [sp, #256]
+    b       9f
+8:  msr     daifclr, #4
+9:
+.endif
+.endm
+
 // The two hot exits call their own handler(frame) from the vector itself.
-.macro guest_vector handler
+.macro guest_vector handler, ras
     .balign 0x80
     save_frame
+    serror_check \ras
     mov     x0, sp
     bl      \handler
     b       bothy_guest_return
 .endm
 
 // The rest call handle_other_exit(kind, frame).
-.macro guest_vector_other kind
+.macro guest_vector_other kind, ras
     .balign 0x80
     save_frame
+    serror_check \ras
     mov     x0, #\kind
     mov     x1, sp
     bl      {handle_other_exit}
@@ -173,10 +199,9 @@ global_asm!(
     b       bothy_hyp_fault
 .endm
 
-    .section .text.vectors, "ax"
-    .balign 0x800
-    .global bothy_el2_vectors
-bothy_el2_vectors:
+// The table, with (ras = 1) or without the SError checks at guest exit; a CPU installs
+// the one its ID_AA64PFR0_EL1.RAS allows (vector_table).
+.macro el2_vectors ras
     hyp_vector 0                    // current EL, SP_EL0
     hyp_vector 1
     hyp_vector 2
@@ -193,21 +218,36 @@ bothy_el2_vectors:
     // core's exit/aarch32.rs), told apart by SPSR_EL2.M[4] (x1 after save_frame).
     .balign 0x80
     save_frame
+    serror_check \ras
     mov     x0, sp
     tbnz    x1, #4, 1f
     bl      {handle_sync_exit}
     b       bothy_guest_return
 1:  bl      {handle_sync_exit_a32}
     b       bothy_guest_return
-    guest_vector {handle_irq_exit}  // irq
-    guest_vector_other 2            // fiq
-    guest_vector_other 3            // serror
+    guest_vector {handle_irq_exit}, \ras   // irq
+    guest_vector_other 2, \ras             // fiq
+    guest_vector_other 3, \ras             // serror
     // Lower EL, AArch32: only if the guest's EL1 were AArch32, which Bothy never
     // allows; handled the same way all the same.
-    guest_vector {handle_sync_exit_a32}
-    guest_vector {handle_irq_exit}
-    guest_vector_other 2
-    guest_vector_other 3
+    guest_vector {handle_sync_exit_a32}, \ras
+    guest_vector {handle_irq_exit}, \ras
+    guest_vector_other 2, \ras
+    guest_vector_other 3, \ras
+.endm
+
+    .arch_extension ras
+    .section .text.vectors, "ax"
+    .balign 0x800
+    .global bothy_el2_vectors
+bothy_el2_vectors:
+    el2_vectors 1
+    // A slot over 32 instructions would push the rest out of place silently; then
+    // this .org would have to move backwards, which the assembler refuses.
+    .org    bothy_el2_vectors + 0x800
+    .global bothy_el2_vectors_noras
+bothy_el2_vectors_noras:
+    el2_vectors 0
 
 // x0 = the handler's Resume.
 bothy_guest_return:
@@ -229,6 +269,9 @@ bothy_guest_resume:
     ldr     x18, [sp, #144]
     ldp     x0, x1, [sp, #0]
     add     sp, sp, #{frame}
+    // An SError Bothy caused is taken here, at EL2, not blamed on the guest after the
+    // eret (with RAS; a NOP without).
+    esb
     eret
 
 // x0 = Resume::All, Resume::SaveAllAndRetry or Resume::Schedule.
@@ -260,7 +303,26 @@ bothy_enter_guest:
     mov     sp, x0
     b       bothy_guest_resume_all
 
+// A fault at EL2 is Bothy's own and fatal. SP may be in a guard page (a stack
+// overflow), so no Rust runs before SP is this CPU's emergency stack: the slot the
+// faulting SP lies in (the spare one past MAX_CPUS when it lies in none) names it.
+// Registers are not preserved: nothing returns from here.
 bothy_hyp_fault:
+    mov     x4, sp
+    adrp    x5, __stacks_start
+    add     x5, x5, :lo12:__stacks_start
+    sub     x6, x4, x5
+    lsr     x6, x6, #{stack_shift}
+    mov     x7, #{max_cpus}
+    cmp     x6, x7
+    csel    x6, x6, x7, lo
+    adrp    x5, __emergency_stacks_start
+    add     x5, x5, :lo12:__emergency_stacks_start
+    add     x6, x6, #1
+    mov     x7, #{emergency_size}
+    madd    x5, x6, x7, x5
+    mov     sp, x5
+    mov     x29, #0
     mrs     x1, esr_el2
     mrs     x2, elr_el2
     mrs     x3, far_el2
@@ -273,30 +335,49 @@ bothy_hyp_fault:
     handle_sync_exit_a32 = sym crate::exit::handle_sync_exit_a32,
     handle_irq_exit = sym crate::exit::handle_irq_exit,
     handle_other_exit = sym crate::exit::handle_other_exit,
+    handle_deferred_serror = sym crate::exit::handle_deferred_serror,
     handle_exit_all = sym crate::exit::handle_exit_all,
     release_retired = sym super::percpu::release_retired,
     resume_all = const Resume::All as u64,
     hyp_fault = sym hyp_fault,
+    stack_shift = const super::entry::STACK_SIZE.trailing_zeros(),
+    max_cpus = const super::entry::MAX_CPUS,
+    emergency_size = const super::entry::EMERGENCY_STACK_SIZE,
 );
 
 extern "C" {
     static bothy_el2_vectors: u8;
+    static bothy_el2_vectors_noras: u8;
     fn bothy_enter_guest(frame: *mut GuestFrame) -> !;
 }
 
-/// Address for VBAR_EL2.
-pub fn vector_table() -> u64 {
-    core::ptr::addr_of!(bothy_el2_vectors) as u64
+/// Install this CPU's EL2 vectors (VBAR_EL2): no caller chooses the address.
+pub fn install() {
+    super::sysreg::write_vbar_el2(vector_table());
+    super::sysreg::isb();
+}
+
+/// Address for VBAR_EL2: the table that checks for guests' SErrors at every exit when
+/// this CPU has RAS (`esb`, DISR_EL1), the one that cannot otherwise.
+fn vector_table() -> u64 {
+    if super::sysreg::has_ras() {
+        core::ptr::addr_of!(bothy_el2_vectors) as u64
+    } else {
+        core::ptr::addr_of!(bothy_el2_vectors_noras) as u64
+    }
 }
 
 /// This CPU's guest frame: the top of its stack, which Rust code never uses.
-pub fn frame_of(cpu: usize) -> *mut GuestFrame {
+fn frame_of(cpu: usize) -> *mut GuestFrame {
     (super::entry::stack_top(cpu) - GUEST_FRAME_SIZE as u64) as *mut GuestFrame
 }
 
 /// Load `frame` into this CPU's frame slot and run the guest. Never returns:
 /// every later exit starts afresh at the top of the stack.
 pub fn enter_guest(cpu: usize, frame: &GuestFrame) -> ! {
+    if cpu >= super::entry::MAX_CPUS {
+        crate::fatal_bug(format_args!("no stack slot {cpu} to run a guest from"));
+    }
     let slot = frame_of(cpu);
     // SAFETY: `slot` is this CPU's reserved frame area (above any Rust stack
     // frame, see entry.rs), aligned and sized for a GuestFrame; only this CPU uses it.
@@ -309,8 +390,26 @@ pub fn enter_guest(cpu: usize, frame: &GuestFrame) -> ! {
     }
 }
 
-extern "C" fn hyp_fault(kind: u64, esr: u64, elr: u64, far: u64) -> ! {
-    crate::fatal(format_args!(
-        "exception at EL2 (vector {kind}): ESR_EL2={esr:#x} ELR_EL2={elr:#x} FAR_EL2={far:#x}"
+/// ESR_EL2.EC of a data abort taken without a change of exception level.
+const EC_DATA_ABORT_SAME_EL: u64 = 0x25;
+
+/// Every exception Bothy takes from itself, on this CPU's emergency stack (`sp` is the
+/// one it faulted with).
+extern "C" fn hyp_fault(kind: u64, esr: u64, elr: u64, far: u64, sp: u64) -> ! {
+    let overflow = (esr >> 26 == EC_DATA_ABORT_SAME_EL)
+        .then(|| super::entry::stack_layout().overflowed(far))
+        .flatten();
+    if kind & 3 == 3 {
+        crate::fatal_bug(format_args!(
+            "SError at EL2: Bothy caused it (ESR_EL2={esr:#x}, PC {elr:#x})"
+        ))
+    }
+    if let Some(cpu) = overflow {
+        crate::fatal_bug(format_args!(
+            "EL2 stack overflow on CPU {cpu} (PC {elr:#x}, SP {sp:#x}, address {far:#x})"
+        ))
+    }
+    crate::fatal_bug(format_args!(
+        "exception at EL2 (vector {kind}): ESR_EL2={esr:#x} ELR_EL2={elr:#x} FAR_EL2={far:#x} SP={sp:#x}"
     ))
 }
