@@ -153,17 +153,7 @@ fn prompt_restarts_a_running_vm_and_starts_a_stopped_one() {
     // Every restart gave the VM fresh memory (new tables, a new VMID) and gave the old
     // back: after several, the machine's memory record reads exactly as before.
     assert_eq!(memory_line(&mut c), before, "memory leaked across restarts");
-    loop {
-        c.send("stop st");
-        let answers = [
-            "bothy: VM st stopped from the prompt",
-            "VM st is not running",
-        ];
-        if let Some((0, _)) = c.try_expect(&answers, RUN) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    stop_until_stopped(&mut c, "st");
     c.send("resume");
     c.expect("bothy: all VMs powered off", RUN);
     assert!(c.wait(RUN).success(), "bothy run failed");
@@ -230,20 +220,27 @@ fn a_stopped_vm_is_destroyed_and_created_again_from_the_prompt() {
         before,
         "memory after destroy and create"
     );
+    stop_until_stopped(&mut c, "keep");
+    c.send("resume");
+    c.expect("bothy: all VMs powered off", RUN);
+    assert!(c.wait(RUN).success(), "bothy run failed");
+}
+
+/// `stop NAME` at the open prompt until it takes (the VM may be between two of its own
+/// restarts, when it is not running for a moment).
+fn stop_until_stopped(c: &mut Console, name: &str) {
+    let answers = [
+        format!("bothy: VM {name} stopped from the prompt"),
+        format!("VM {name} is not running"),
+    ];
+    let answers = [answers[0].as_str(), answers[1].as_str()];
     loop {
-        c.send("stop keep");
-        let answers = [
-            "bothy: VM keep stopped from the prompt",
-            "VM keep is not running",
-        ];
+        c.send(&format!("stop {name}"));
         if let Some((0, _)) = c.try_expect(&answers, RUN) {
             break;
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    c.send("resume");
-    c.expect("bothy: all VMs powered off", RUN);
-    assert!(c.wait(RUN).success(), "bothy run failed");
 }
 
 /// MiB held by VMs and VMIDs in use, from a `memory:` line.
