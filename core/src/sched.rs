@@ -111,6 +111,30 @@ impl Decision {
     }
 }
 
+/// The earlier of two optional deadlines (`None`: never).
+pub fn earliest(a: Option<Ticks>, b: Option<Ticks>) -> Option<Ticks> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Where each of a VM's `vcpus` vCPUs runs: vCPU `n` on the CPU `pin[n]` names (a
+/// device-tree CPU number; `online` lists the online CPUs' numbers by scheduler slot),
+/// the rest shared. `Err(cpu)`: a pin names a CPU that is not online.
+pub fn placements(vcpus: usize, pin: &[u32], online: &[usize]) -> Result<Vec<Placement>, u32> {
+    (0..vcpus)
+        .map(|vcpu| match pin.get(vcpu) {
+            Some(&dt) => online
+                .iter()
+                .position(|&n| n == dt as usize)
+                .map(Placement::Pinned)
+                .ok_or(dt),
+            None => Ok(Placement::Shared),
+        })
+        .collect()
+}
+
 /// A CPU to interrupt ("look at your scheduling state"), if any.
 pub type Kick = Option<usize>;
 
@@ -598,10 +622,7 @@ impl Scheduler {
             .filter(|e| e.state == RunState::Blocked && e.placement == Placement::Shared)
             .filter_map(|e| e.wake_at)
             .min();
-        match (slice, wake) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        earliest(slice, wake)
     }
 
     /// `cpu`'s current vCPU leaves the CPU in `to` (its registers stay loaded).

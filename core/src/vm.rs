@@ -66,19 +66,6 @@ struct PtimerSlot {
     line: bool,
 }
 
-impl core::ops::Deref for PtimerSlot {
-    type Target = PhysTimer;
-    fn deref(&self) -> &PhysTimer {
-        &self.timer
-    }
-}
-
-impl core::ops::DerefMut for PtimerSlot {
-    fn deref_mut(&mut self) -> &mut PhysTimer {
-        &mut self.timer
-    }
-}
-
 /// Why a [`VmModel`] could not be built.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ModelError {
@@ -196,10 +183,10 @@ impl VmModel {
         let mut timer = slot.lock();
         let value = match write {
             Some(v) => {
-                timer.write(reg, v, now);
+                timer.timer.write(reg, v, now);
                 0
             }
-            None => timer.read(reg, now),
+            None => timer.timer.read(reg, now),
         };
         (value, self.drive_ptimer_line(vcpu, &mut timer, now))
     }
@@ -213,7 +200,7 @@ impl VmModel {
         };
         let mut timer = slot.lock();
         let kicks = self.drive_ptimer_line(vcpu, &mut timer, now);
-        (kicks, timer.deadline(now))
+        (kicks, timer.timer.deadline(now))
     }
 
     /// Under the timer's lock (so racing updates apply their levels in order): hand the

@@ -42,7 +42,7 @@ use bothy_core::exit::handle::{self, Action};
 use bothy_core::exit::{aarch32, inject};
 use bothy_core::lifecycle::{self, AfterStop, VmState};
 use bothy_core::mem::Vmid;
-use bothy_core::sched::{Decision, Ticks};
+use bothy_core::sched::{earliest, Decision, Ticks};
 use bothy_core::vgic::VcpuMask;
 use bothy_core::vm::{ExitCounters, ExitKind};
 use core::sync::atomic::Ordering;
@@ -339,7 +339,7 @@ fn arrive<'s>(
             start_if_pending(vm, v, frame);
             // Its emulated physical timer may have come due while it was off this CPU.
             let (_own, ptimer_due) = vm.ptimer_update(v, sysreg::read_cntpct_el0());
-            arm_tick(sooner(deadline, ptimer_due));
+            arm_tick(earliest(deadline, ptimer_due));
             if vm.vgic.needs_flush(v) {
                 service_list_registers(vm, v);
             }
@@ -407,14 +407,7 @@ fn kick_mask(mut mask: u64) {
 
 /// `deadline`, or the emulated physical timer of `vm`'s vCPU `v` if that is due first.
 fn with_ptimer(deadline: Option<Ticks>, vm: &Vm, v: usize, now: Ticks) -> Option<Ticks> {
-    sooner(deadline, vm.ptimer_deadline(v, now))
-}
-
-fn sooner(a: Option<Ticks>, b: Option<Ticks>) -> Option<Ticks> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
+    earliest(deadline, vm.ptimer_deadline(v, now))
 }
 
 /// Program this CPU's EL2 timer for the scheduler's next deadline (or stop it).

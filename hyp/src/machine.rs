@@ -33,7 +33,7 @@ use bothy_core::manifest::{Manifest, VmSpec};
 use bothy_core::mem::{
     build_el2_idmap, PageOwnership, RegionAllocator, Stage2, VmidAllocator, VmidBits, PAGE_SIZE,
 };
-use bothy_core::sched::{Placement, Scheduler, VcpuId};
+use bothy_core::sched::{Scheduler, VcpuId};
 use bothy_core::vm::VmTable;
 use bothy_core::Region;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -591,21 +591,14 @@ pub fn create_vm(m: &'static Machine, template: usize) -> Result<Arc<Vm>, String
         return Err(format!("no VM description {template}"));
     };
     let name = &spec.name;
-    let mut placements = Vec::new();
-    for vcpu in 0..spec.cpus as usize {
-        placements.push(match spec.pin.get(vcpu) {
-            Some(&dt) => match m.cpus.iter().position(|c| c.dt_index == dt as usize) {
-                Some(slot) => Placement::Pinned(slot),
-                None => {
-                    return Err(format!(
-                        "VM {name}: pin: CPU {dt} is not online (online: {})",
-                        online_list(&m.cpus)
-                    ))
-                }
-            },
-            None => Placement::Shared,
-        });
-    }
+    let online: Vec<usize> = m.cpus.iter().map(|c| c.dt_index).collect();
+    let placements = bothy_core::sched::placements(spec.cpus as usize, &spec.pin, &online)
+        .map_err(|dt| {
+            format!(
+                "VM {name}: pin: CPU {dt} is not online (online: {})",
+                online_list(&m.cpus)
+            )
+        })?;
     // Held while the VM is built, so its slot stays the one `vacant` names.
     let mut vms = m.vms.write();
     if vms.iter().any(|(_, vm)| vm.template == template) {

@@ -302,10 +302,7 @@ fn wait_for_interrupt(vm: &VmModel, vcpu: usize, hw: &mut impl Arch) -> Action {
         return Action::Resume;
     }
     // Woken by whichever timer is due first.
-    let deadline = match (hw.vtimer_deadline(), ptimer_due) {
-        (Some(v), Some(p)) => Some(v.min(p)),
-        (v, p) => v.or(p),
-    };
+    let deadline = crate::sched::earliest(hw.vtimer_deadline(), ptimer_due);
     Action::Block(deadline.and_then(NonZeroU64::new))
 }
 
@@ -499,8 +496,8 @@ fn uart_access(
     result
 }
 
-/// Trapped system registers: SGIs are sent, the physical timer reads as zero and
-/// ignores writes, ID registers read the VM's view ([`super::idregs`]), anything else
+/// Trapped system registers: SGIs are sent, the EL1 physical timer is emulated
+/// (`dev/ptimer.rs`), ID registers read the VM's view ([`super::idregs`]), anything else
 /// is undefined for the guest.
 #[inline(never)]
 fn sysreg_access(

@@ -136,6 +136,25 @@ fn configuration_errors() {
 }
 
 #[test]
+fn pins_name_device_tree_cpus_and_the_rest_share() {
+    // Online CPUs by slot: the boot CPU (DT 2) first, then DT 0 and 3.
+    let online = [2, 0, 3];
+    assert_eq!(
+        placements(3, &[3, 2], &online),
+        Ok(vec![
+            Placement::Pinned(2),
+            Placement::Pinned(0),
+            Placement::Shared
+        ])
+    );
+    assert_eq!(placements(2, &[], &online), Ok(vec![Placement::Shared; 2]));
+    assert_eq!(placements(1, &[1], &online), Err(1), "CPU 1 is not online");
+    assert_eq!(earliest(Some(5), Some(3)), Some(3));
+    assert_eq!(earliest(None, Some(3)), Some(3));
+    assert_eq!(earliest(None, None), None);
+}
+
+#[test]
 fn round_robin_within_one_slice() {
     // Three busy vCPUs on one CPU: each runs exactly one slice in turn.
     let mut m = Machine::new(1);

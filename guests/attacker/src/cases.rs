@@ -618,8 +618,8 @@ fn el2_registers() -> CheckResult {
     Ok(())
 }
 
-/// Registers Bothy traps and emulates: the EL1 physical timer reads as zero and ignores
-/// writes; group-0 and alternate-group SGIs are ignored; HVC and SMC with an immediate
+/// Registers Bothy traps and emulates: the EL1 physical timer is the vCPU's own (writes
+/// read back, ISTATUS shown); group-0 and alternate-group SGIs are ignored; HVC and SMC with an immediate
 /// other than 0 return NOT_SUPPORTED; SMC #0 is a PSCI call like HVC #0.
 fn trapped_registers() -> CheckResult {
     // The physical timer is this vCPU's own (emulated): what it writes reads back, RES0
