@@ -42,7 +42,7 @@ use bothy_core::exit::handle::{self, Action};
 use bothy_core::exit::{aarch32, inject};
 use bothy_core::lifecycle::{self, AfterStop, VmState};
 use bothy_core::mem::Vmid;
-use bothy_core::sched::{earliest, Decision, Ticks};
+use bothy_core::sched::{earliest, Decision, RunState, Ticks};
 use bothy_core::vgic::VcpuMask;
 use bothy_core::vm::{ExitCounters, ExitKind};
 use core::sync::atomic::Ordering;
@@ -172,19 +172,36 @@ fn schedule(frame: &mut GuestFrame) {
         Reason::Yield => s.yield_cpu(cpu, now),
         Reason::Block(wake_at) => s.block(cpu, now, wake_at),
         Reason::Off | Reason::PowerOff => {
-            let (d, quiescent) = s.off_current(cpu, now);
-            if let Some((vm, vcpu)) = current {
-                // A stopped vCPU's timer must not fire while it stays loaded here.
-                sysreg::write_cntv_ctl_el0(0);
-                if reason == Reason::PowerOff {
-                    // Only now: a CPU_ON that sees it Off finds the scheduler agreeing.
-                    vm.power.power_off(vcpu);
-                }
-                finished_vm = Some((vm, quiescent, s.vm_alive(vm.index())));
+            let d = s.off_current(cpu, now);
+            if let (Some((vm, vcpu)), Reason::PowerOff) = (current, reason) {
+                // Only now: a CPU_ON that sees it Off finds the scheduler agreeing.
+                vm.power.power_off(vcpu);
             }
             d
         }
     };
+    let stopping = matches!(reason, Reason::Off | Reason::PowerOff);
+    // Taken on every pass, so a finish can never be left for a later one.
+    let finished_stop = s.take_finished_stop();
+    // The common case (a block, yield or tick of a running VM's vCPU) skips this.
+    if let Some((vm, v)) = current.filter(|(vm, _)| stopping || vm.state() != VmState::Running) {
+        // Whatever brought it here, the vCPU may now be off: the scheduler turns a
+        // vCPU of a stopping VM off at a tick, block or yield too.
+        if vm.vcpus.get(v).is_some_and(|x| s.state(x.id) == RunState::Off) {
+            // A stopped vCPU's timer must not fire while it stays loaded here.
+            sysreg::write_cntv_ctl_el0(0);
+        }
+        // The stop this pass finished (exactly one pass finishes each), or the VM's
+        // last vCPU called CPU_OFF: decided under the scheduler's lock, so a stop or
+        // start from elsewhere cannot come between the check and the state change.
+        let finished = finished_stop == Some(vm.index());
+        let all_off = stopping
+            && lifecycle::all_vcpus_off(vm.state(), s.vm_alive(vm.index()))
+            && vm.leave_running(VmState::Off);
+        if finished || all_off {
+            finished_vm = Some((vm, all_off));
+        }
+    }
     let deadline = s.deadline(cpu);
     let target = Target::resolve(&s, &d, cpu);
     let owner = match leave(ctx, frame, current, &d, &target, &scope, Some(s)) {
@@ -207,8 +224,8 @@ fn schedule(frame: &mut GuestFrame) {
     // Stopping a VM may restart it here, and nobody kicks a CPU on its own behalf:
     // then the CPU must look again before it sleeps.
     let look_first = finished_vm.is_some();
-    if let Some((vm, quiescent, alive)) = finished_vm {
-        vcpus_stopped(vm, quiescent, alive);
+    if let Some((vm, all_off)) = finished_vm {
+        vcpus_stopped(vm, all_off);
     }
     arrive(m, ctx, frame, owner, (&d, &target), deadline, look_first, &scope);
 }
@@ -472,11 +489,16 @@ fn reset_vcpu_state(vm: &Vm, vcpu: usize) {
 /// `bothy_core::lifecycle` decides.
 #[cold]
 #[inline(never)]
-fn vcpus_stopped(vm: &Vm, quiescent: bool, alive: bool) {
-    if lifecycle::all_vcpus_off(vm.state(), alive) && vm.leave_running(VmState::Off) {
+fn vcpus_stopped(vm: &Vm, all_off: bool) {
+    let _finishing = vm.lifecycle.lock();
+    // The prompt may have destroyed it between the scheduler naming this CPU and now.
+    if !machine::exists(vm) {
+        return;
+    }
+    if all_off {
         println!("VM {} powered off (its last vCPU called CPU_OFF)", vm.name);
     }
-    match lifecycle::after_stop(vm.state(), vm.on_exit, quiescent) {
+    match lifecycle::after_stop(vm.state(), vm.on_exit) {
         AfterStop::Nothing => {}
         AfterStop::Reload => finish_reset(vm),
         AfterStop::Stop => machine::vm_stopped(vm),
@@ -505,7 +527,7 @@ pub fn stop_vm(vm: &Vm) {
         machine::kick(cpu);
     }
     if stop.quiescent {
-        vcpus_stopped(vm, true, false);
+        vcpus_stopped(vm, false);
     }
 }
 

@@ -697,6 +697,8 @@ pub fn create_vm(m: &'static Machine, template: usize) -> Result<Arc<Vm>, String
 /// go of it when they next load another (the `Arc`s they hold keep it alive till
 /// then; none of them can run it: its vCPUs are gone from the scheduler).
 pub fn destroy_vm(m: &'static Machine, vm: &Arc<Vm>) -> Result<(), String> {
+    // Not while a CPU finishes its stop (it may be about to reload its memory).
+    let _lifecycle = vm.lifecycle.lock();
     let mut vms = m.vms.write();
     if vms.get(vm.handle).is_none() {
         return Err(format!("VM {} does not exist any more", vm.name));
@@ -799,6 +801,13 @@ pub fn vm_stopped(vm: &Vm) {
 }
 
 /// A stopped VM starts again (from the prompt): it counts as running.
+/// Whether `vm` is still in the VM table (not destroyed).
+pub fn exists(vm: &Vm) -> bool {
+    machine()
+        .vm_at(vm.index())
+        .is_some_and(|v| core::ptr::eq(Arc::as_ptr(&v), vm))
+}
+
 pub fn vm_started(vm: &Vm) {
     if !vm.counted.swap(true, Ordering::AcqRel) {
         machine().running_vms.fetch_add(1, Ordering::AcqRel);

@@ -62,6 +62,11 @@ pub struct Vm {
     /// Counted in `Machine::running_vms` (true from boot until it stops for good), so
     /// a stop reported twice is counted once.
     pub counted: AtomicBool,
+    /// Held by whoever finishes a stop (`exit::vcpus_stopped`), starts the stopped VM
+    /// again or destroys it (the prompt), so that two of those never interleave: the
+    /// CPU that finishes a stop does so after the scheduler's lock is released, and the
+    /// prompt must not reload or give back memory under it.
+    pub lifecycle: Mutex<()>,
     /// What a reset reloads: the manifest's images and the generated DTB.
     kernel: PayloadRef,
     initrd: Option<PayloadRef>,
@@ -244,6 +249,7 @@ pub fn build(
         boot,
         on_exit: spec.on_exit,
         counted: AtomicBool::new(true),
+        lifecycle: Mutex::new(()),
         kernel: spec.kernel,
         initrd: spec.initrd,
         dtb,
