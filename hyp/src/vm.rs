@@ -217,6 +217,8 @@ pub fn build(
         uart: layout::UART,
         uart_spi: layout::UART_SPI,
         timer: env.timer,
+        // Not yet: nothing delivers the PMU's overflow interrupt.
+        pmu: None,
         bootargs: &spec.bootargs,
         initrd: boot.initrd,
     });
