@@ -38,6 +38,7 @@ use crate::println;
 use crate::vm::Vm;
 use alloc::sync::Arc;
 use bothy_core::arch::{Arch, El1Reg, GuestFault};
+use bothy_core::dev::pmu::{self, Fired};
 use bothy_core::exit::handle::{self, Action};
 use bothy_core::exit::{aarch32, inject};
 use bothy_core::lifecycle::{self, AfterStop, VmState};
@@ -174,8 +175,9 @@ fn schedule(frame: &mut GuestFrame) {
         Reason::Off | Reason::PowerOff => {
             let (d, quiescent) = s.off_current(cpu, now);
             if let Some((vm, vcpu)) = current {
-                // A stopped vCPU's timer must not fire while it stays loaded here.
+                // A stopped vCPU's timer and PMU must not fire while it stays loaded here.
                 sysreg::write_cntv_ctl_el0(0);
+                silence_pmu(m, ctx);
                 if reason == Reason::PowerOff {
                     // Only now: a CPU_ON that sees it Off finds the scheduler agreeing.
                     vm.power.power_off(vcpu);
@@ -263,7 +265,7 @@ fn leave(
         copy_frame(&mut saved.frame, frame);
     }
     if d.save.is_some() {
-        let mut cpuif = ctx.cpuif(machine().vtimer_intid);
+        let mut cpuif = ctx.cpuif(machine().hw_ppis);
         let saved = if same {
             frame_guard.as_mut()
         } else {
@@ -319,7 +321,7 @@ fn arrive<'s>(
                     sysreg::write_cntvoff_el2(vm.cntvoff);
                     sysreg::write_vmpidr_el2(VMPIDR_RES1 | v as u64);
                     sysreg::isb();
-                    let mut cpuif = ctx.cpuif(m.vtimer_intid);
+                    let mut cpuif = ctx.cpuif(m.hw_ppis);
                     saved.arch.restore(ctx.features, &mut cpuif);
                     if d.flush_tlb {
                         sysreg::flush_local_guest_context();
@@ -460,9 +462,9 @@ fn reset_vcpu_state(vm: &Vm, vcpu: usize) {
     sysreg::write_ich_ap0r0_el2(0);
     sysreg::write_ich_ap1r0_el2(0);
     sysreg::write_ich_hcr_el2(ICH_HCR_EN);
-    // A timer interrupt the previous incarnation never EOIed stays active in the
+    // A timer or PMU interrupt the previous incarnation never EOIed stays active in the
     // physical GIC and would block the next one.
-    gic::set_private_active(ctx.redist, machine().vtimer_intid, false);
+    gic::set_private_active(ctx.redist, machine().hw_ppis, false);
     vm.vgic.reset_vcpu(vcpu);
     sysreg::isb();
 }
@@ -794,23 +796,36 @@ impl Arch for ExitHw {
         machine::this_cpu().lrs
     }
 
-    /// The loaded vCPU's timer condition, read live: nothing changes it while the vCPU
-    /// is at EL2 but the counter, which only ever raises it.
+    /// The loaded vCPU's timer condition or PMU overflow, read live: nothing changes
+    /// them while the vCPU is at EL2 but the counter, which only ever raises the timer's
+    /// (EL2 counts no PMU events: MDCR_EL2.HPMD).
     #[cold]
     #[inline(never)]
     fn hw_line_high(&mut self, pintid: u32) -> bool {
         const ENABLE: u64 = 1 << 0;
         const IMASK: u64 = 1 << 1;
         const ISTATUS: u64 = 1 << 2;
-        if pintid != machine().vtimer_intid {
+        let m = machine();
+        let ctx = machine::this_cpu();
+        let high = if pintid == m.vtimer_intid {
+            sysreg::read_cntv_ctl_el0() & (ENABLE | IMASK | ISTATUS) == ENABLE | ISTATUS
+        } else if Some(pintid) == m.pmu_intid {
+            // A CPU without the PMU's registers (a machine whose CPUs differ) has no
+            // overflow to offer.
+            ctx.features.pmu_counters.is_some()
+                && pmu::overflow_asserted(
+                    sysreg::read_pmcr_el0(),
+                    sysreg::read_pmovsset_el0(),
+                    sysreg::read_pmintenset_el1(),
+                )
+        } else {
             return true;
+        };
+        if !high {
+            // Taken at EL2 and left active for the guest's EOI, which will never come.
+            gic::set_private_active(ctx.redist, 1 << (pintid % 32), false);
         }
-        if sysreg::read_cntv_ctl_el0() & (ENABLE | IMASK | ISTATUS) == ENABLE | ISTATUS {
-            return true;
-        }
-        // Taken at EL2 and left active for the guest's EOI, which will never come.
-        gic::set_private_active(machine::this_cpu().redist, pintid, false);
-        false
+        high
     }
 
     #[inline(always)]
@@ -934,6 +949,9 @@ fn guest_serror(vm: &Vm, vcpu: usize, syndrome: u64) -> bool {
 const FLUSHED: u8 = 1 << 0;
 /// ... and the scheduler's timer fired.
 const TICK: u8 = 1 << 1;
+/// (Between `other_physical_irq` and `take_physical_irq` only: the interrupt is the
+/// guest's to deactivate.)
+const LEFT_ACTIVE: u8 = 1 << 2;
 
 /// Acknowledge and handle every pending physical interrupt on this CPU. Returns
 /// [`FLUSHED`] and [`TICK`] bits.
@@ -979,15 +997,23 @@ fn take_physical_irq(m: &'static Machine, running: Option<(&Vm, usize)>) -> Opti
         sysreg::write_cntv_ctl_el0(0);
     } else {
         done = other_physical_irq(m, running, intid);
+        if done & LEFT_ACTIVE != 0 {
+            return Some(done & !LEFT_ACTIVE);
+        }
     }
     // KICK_SGI needs nothing more: the caller re-examines its vCPU afterwards.
     gic::deactivate(intid);
     Some(done)
 }
 
-/// The rarer physical interrupts: maintenance, the scheduler's tick, the console UART.
+/// The rarer physical interrupts: maintenance, the scheduler's tick, the PMU's overflow,
+/// the console UART. [`LEFT_ACTIVE`] in the answer: the interrupt went to the guest
+/// hardware-linked, and its EOI deactivates it.
 #[inline(never)]
 fn other_physical_irq(m: &'static Machine, running: Option<(&Vm, usize)>, intid: u32) -> u8 {
+    if Some(intid) == m.pmu_intid {
+        return pmu_overflow(m, running, intid);
+    }
     if intid == m.maintenance_intid {
         // The condition (EOI of a level interrupt, LR underflow) stays asserted
         // until the list registers are folded back: do it now, not later.
@@ -1007,6 +1033,35 @@ fn other_physical_irq(m: &'static Machine, running: Option<(&Vm, usize)>, intid:
         crate::console::tx_interrupt();
     }
     0
+}
+
+/// The PMU on this CPU overflowed: the vCPU whose registers the CPU holds gets it,
+/// hardware-linked (`bothy_core::dev::pmu`); with none loaded, the PMU's interrupt is
+/// turned off (the last vCPU's context has its enables) and it is deactivated.
+#[cold]
+#[inline(never)]
+fn pmu_overflow(m: &'static Machine, running: Option<(&Vm, usize)>, intid: u32) -> u8 {
+    let holder = running.map(|(vm, vcpu)| (&vm.vgic, vcpu));
+    match pmu::fired(holder, intid, &mut ExitHw) {
+        Fired::Delivered(local) => {
+            if let Some((vm, _)) = running {
+                kick_vcpus(vm, local.kicks);
+            }
+            LEFT_ACTIVE | if local.flushed { FLUSHED } else { 0 }
+        }
+        Fired::Nobody => {
+            silence_pmu(m, machine::this_cpu());
+            0
+        }
+    }
+}
+
+/// Turn off the PMU's overflow interrupt on this CPU (when it holds no vCPU that may
+/// take it): the saved context keeps the vCPU's enables, and loading a vCPU rewrites them.
+fn silence_pmu(m: &Machine, ctx: &CpuContext) {
+    if m.pmu_intid.is_some() && ctx.features.pmu_counters.is_some() {
+        sysreg::write_pmintenclr_el1(u64::MAX);
+    }
 }
 
 /// Fold list-register state back into the vGIC and refill them (the exit policy's
