@@ -806,24 +806,16 @@ impl Arch for ExitHw {
         const IMASK: u64 = 1 << 1;
         const ISTATUS: u64 = 1 << 2;
         let m = machine();
-        let ctx = machine::this_cpu();
         let high = if pintid == m.vtimer_intid {
             sysreg::read_cntv_ctl_el0() & (ENABLE | IMASK | ISTATUS) == ENABLE | ISTATUS
-        } else if Some(pintid) == m.pmu_intid {
-            // A CPU without the PMU's registers (a machine whose CPUs differ) has no
-            // overflow to offer.
-            ctx.features.pmu_counters.is_some()
-                && pmu::overflow_asserted(
-                    sysreg::read_pmcr_el0(),
-                    sysreg::read_pmovsset_el0(),
-                    sysreg::read_pmintenset_el1(),
-                )
+        } else if pintid == m.pmu_intid {
+            pmu_line_high()
         } else {
             return true;
         };
         if !high {
             // Taken at EL2 and left active for the guest's EOI, which will never come.
-            gic::set_private_active(ctx.redist, 1 << (pintid % 32), false);
+            gic::set_private_active(machine::this_cpu().redist, 1 << (pintid % 32), false);
         }
         high
     }
@@ -949,9 +941,6 @@ fn guest_serror(vm: &Vm, vcpu: usize, syndrome: u64) -> bool {
 const FLUSHED: u8 = 1 << 0;
 /// ... and the scheduler's timer fired.
 const TICK: u8 = 1 << 1;
-/// (Between `other_physical_irq` and `take_physical_irq` only: the interrupt is the
-/// guest's to deactivate.)
-const LEFT_ACTIVE: u8 = 1 << 2;
 
 /// Acknowledge and handle every pending physical interrupt on this CPU. Returns
 /// [`FLUSHED`] and [`TICK`] bits.
@@ -995,25 +984,20 @@ fn take_physical_irq(m: &'static Machine, running: Option<(&Vm, usize)>) -> Opti
             return Some(if local.flushed { FLUSHED } else { 0 });
         }
         sysreg::write_cntv_ctl_el0(0);
+    } else if intid == m.pmu_intid {
+        // Hardware-linked too (`pmu_overflow` deactivates it when no vCPU takes it).
+        return Some(pmu_overflow(m, running, intid));
     } else {
         done = other_physical_irq(m, running, intid);
-        if done & LEFT_ACTIVE != 0 {
-            return Some(done & !LEFT_ACTIVE);
-        }
     }
     // KICK_SGI needs nothing more: the caller re-examines its vCPU afterwards.
     gic::deactivate(intid);
     Some(done)
 }
 
-/// The rarer physical interrupts: maintenance, the scheduler's tick, the PMU's overflow,
-/// the console UART. [`LEFT_ACTIVE`] in the answer: the interrupt went to the guest
-/// hardware-linked, and its EOI deactivates it.
+/// The rarer physical interrupts: maintenance, the scheduler's tick, the console UART.
 #[inline(never)]
 fn other_physical_irq(m: &'static Machine, running: Option<(&Vm, usize)>, intid: u32) -> u8 {
-    if Some(intid) == m.pmu_intid {
-        return pmu_overflow(m, running, intid);
-    }
     if intid == m.maintenance_intid {
         // The condition (EOI of a level interrupt, LR underflow) stays asserted
         // until the list registers are folded back: do it now, not later.
@@ -1036,8 +1020,9 @@ fn other_physical_irq(m: &'static Machine, running: Option<(&Vm, usize)>, intid:
 }
 
 /// The PMU on this CPU overflowed: the vCPU whose registers the CPU holds gets it,
-/// hardware-linked (`bothy_core::dev::pmu`); with none loaded, the PMU's interrupt is
-/// turned off (the last vCPU's context has its enables) and it is deactivated.
+/// hardware-linked (`bothy_core::dev::pmu`), and its EOI deactivates it; with none
+/// loaded, the PMU's interrupt is turned off (the last vCPU's context has its enables)
+/// and it is deactivated here. Returns [`FLUSHED`] as `take_physical_irq`.
 #[cold]
 #[inline(never)]
 fn pmu_overflow(m: &'static Machine, running: Option<(&Vm, usize)>, intid: u32) -> u8 {
@@ -1047,19 +1032,37 @@ fn pmu_overflow(m: &'static Machine, running: Option<(&Vm, usize)>, intid: u32) 
             if let Some((vm, _)) = running {
                 kick_vcpus(vm, local.kicks);
             }
-            LEFT_ACTIVE | if local.flushed { FLUSHED } else { 0 }
+            if local.flushed {
+                FLUSHED
+            } else {
+                0
+            }
         }
         Fired::Nobody => {
             silence_pmu(m, machine::this_cpu());
+            gic::deactivate(intid);
             0
         }
     }
 }
 
+/// The loaded vCPU's PMU overflow line, from its live registers. A CPU without the
+/// PMU's registers (a machine whose CPUs differ) has no overflow to offer.
+#[cold]
+#[inline(never)]
+fn pmu_line_high() -> bool {
+    machine::this_cpu().features.pmu_counters.is_some()
+        && pmu::overflow_asserted(
+            sysreg::read_pmcr_el0(),
+            sysreg::read_pmovsset_el0(),
+            sysreg::read_pmintenset_el1(),
+        )
+}
+
 /// Turn off the PMU's overflow interrupt on this CPU (when it holds no vCPU that may
 /// take it): the saved context keeps the vCPU's enables, and loading a vCPU rewrites them.
 fn silence_pmu(m: &Machine, ctx: &CpuContext) {
-    if m.pmu_intid.is_some() && ctx.features.pmu_counters.is_some() {
+    if m.pmu_intid != gic::SPURIOUS && ctx.features.pmu_counters.is_some() {
         sysreg::write_pmintenclr_el1(u64::MAX);
     }
 }

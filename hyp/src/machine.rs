@@ -79,8 +79,9 @@ pub struct Machine {
     pub pmu: Option<Pmu>,
     /// Physical INTIDs Bothy handles.
     pub vtimer_intid: u32,
-    /// The PMU's overflow interrupt, when guests have a PMU.
-    pub pmu_intid: Option<u32>,
+    /// The PMU's overflow interrupt when guests have a PMU, else `gic::SPURIOUS`, which
+    /// no acknowledged interrupt is (a plain compare on the IRQ path: see `exit.rs`).
+    pub pmu_intid: u32,
     /// The PPIs injected hardware-linked (bit n = INTID n): `vtimer_intid`, `pmu_intid`.
     pub hw_ppis: u32,
     /// The EL2 physical timer: the scheduling tick of time-shared CPUs.
@@ -381,8 +382,8 @@ pub fn build(
     // Guests get the PMU if the host's device tree and the boot CPU both have one.
     let pmu = bothy_core::dev::pmu::offered(platform.pmu, sysreg::read_id_aa64dfr0_el1());
     let vtimer_intid = platform.timer.virt + PPI_BASE;
-    let pmu_intid = pmu.map(Pmu::intid);
-    let hw_ppis = 1 << vtimer_intid | pmu_intid.map_or(0, |intid| 1 << intid);
+    let pmu_intid = pmu.map_or(gic::SPURIOUS, Pmu::intid);
+    let hw_ppis = 1 << vtimer_intid | pmu.map_or(0, |p| 1 << p.intid());
     let uart_intid = platform
         .uart
         .as_ref()
