@@ -51,6 +51,18 @@ fn guest_script(c: &mut Console, boot: Duration) {
         timer.contains("arch_timer: cp15 timer"),
         "no architected timer in dmesg:\n{timer}"
     );
+    // The tree describes a PMU (QEMU's own; Bothy's when the host has one) and Linux's
+    // PMUv3 driver takes it, with its overflow interrupt (checked in /proc/interrupts
+    // below).
+    let pmu = c.run(
+        "dmesg | grep -i 'PMU driver'; \
+         test -d /sys/bus/event_source/devices/armv8_pmuv3 && echo pmu-in-sysfs",
+        CMD,
+    );
+    assert!(
+        pmu.contains("armv8_pmuv3 PMU driver") && pmu.contains("pmu-in-sysfs"),
+        "the PMUv3 driver did not probe:\n{pmu}"
+    );
     let module = c.run("ls /lib/modules/*/kernel/drivers/virtio/", CMD);
     assert!(module.contains("virtio_mmio.ko"), "{module}");
 
@@ -77,6 +89,11 @@ fn guest_script(c: &mut Console, boot: Duration) {
         "lockup or RCU stall reports:\n{idle}"
     );
     let irqs = c.run("cat /proc/interrupts", CMD);
+    assert!(
+        irqs.lines()
+            .any(|l| l.contains("arm-pmu") && l.contains("Level")),
+        "the PMU's overflow interrupt is not requested (level-sensitive):\n{irqs}"
+    );
     for needle in [
         "arch_timer",
         "Rescheduling interrupts",

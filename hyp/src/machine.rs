@@ -27,7 +27,7 @@ use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use bothy_core::exit::idregs::{self, IdRegs, Traps};
-use bothy_core::fdt::platform::{Platform, TimerIrqs};
+use bothy_core::fdt::platform::{Platform, Pmu, TimerIrqs};
 use bothy_core::lifecycle::VmState;
 use bothy_core::manifest::{Manifest, VmSpec};
 use bothy_core::mem::{
@@ -75,8 +75,15 @@ pub struct Machine {
     pub pa_bits: u32,
     pub timer: TimerIrqs,
     pub gic_dist: u64,
+    /// The PMU guests get (its overflow PPI is theirs), if the host has one.
+    pub pmu: Option<Pmu>,
     /// Physical INTIDs Bothy handles.
     pub vtimer_intid: u32,
+    /// The PMU's overflow interrupt when guests have a PMU, else `gic::SPURIOUS`, which
+    /// no acknowledged interrupt is (a plain compare on the IRQ path: see `exit.rs`).
+    pub pmu_intid: u32,
+    /// The PPIs injected hardware-linked (bit n = INTID n): `vtimer_intid`, `pmu_intid`.
+    pub hw_ppis: u32,
     /// The EL2 physical timer: the scheduling tick of time-shared CPUs.
     pub tick_intid: u32,
     pub maintenance_intid: u32,
@@ -184,13 +191,14 @@ pub struct CpuContext {
 }
 
 impl CpuContext {
-    /// This CPU's virtual CPU interface, for a context switch.
-    pub fn cpuif(&self, vtimer_intid: u32) -> HwCpuIf {
+    /// This CPU's virtual CPU interface, for a context switch; `hw_ppis` are the PPIs
+    /// injected hardware-linked ([`Machine::hw_ppis`]).
+    pub fn cpuif(&self, hw_ppis: u32) -> HwCpuIf {
         HwCpuIf {
             lr_count: bothy_core::vgic::ListRegs::count(&self.lrs),
             aprs: self.features.aprs,
             redist: self.redist,
-            vtimer_intid,
+            hw_ppis,
         }
     }
 }
@@ -371,6 +379,11 @@ pub fn build(
         },
         vm::IPA_BITS,
     );
+    // Guests get the PMU if the host's device tree and the boot CPU both have one.
+    let pmu = bothy_core::dev::pmu::offered(platform.pmu, sysreg::read_id_aa64dfr0_el1());
+    let vtimer_intid = platform.timer.virt + PPI_BASE;
+    let pmu_intid = pmu.map_or(gic::SPURIOUS, Pmu::intid);
+    let hw_ppis = 1 << vtimer_intid | pmu.map_or(0, |p| 1 << p.intid());
     let uart_intid = platform
         .uart
         .as_ref()
@@ -394,7 +407,10 @@ pub fn build(
         pa_bits,
         timer: platform.timer,
         gic_dist: platform.gic.dist.base,
-        vtimer_intid: platform.timer.virt + PPI_BASE,
+        pmu,
+        vtimer_intid,
+        pmu_intid,
+        hw_ppis,
         tick_intid: platform.timer.hyp_phys + PPI_BASE,
         maintenance_intid: platform.gic.maintenance_ppi.unwrap_or(9) + PPI_BASE,
         uart_intid,
@@ -577,7 +593,7 @@ fn setup_cpu(cpu: usize) {
     trap_wfe(!dedicated);
     let mut private = 1 << KICK_SGI;
     private |= 1 << m.maintenance_intid;
-    private |= 1 << m.vtimer_intid;
+    private |= m.hw_ppis;
     private |= 1 << m.tick_intid;
     gic::init_cpu(m.cpus[cpu].redist, private);
 }
@@ -642,6 +658,7 @@ pub fn create_vm(m: &'static Machine, template: usize) -> Result<Arc<Vm>, String
             payload_base: m.payload_base,
             pa_bits: m.pa_bits,
             timer: m.timer,
+            pmu: m.pmu,
             vmids: &mut mm.vmids,
         };
         vm::build(handle, template, spec, ids.clone(), &mut env)

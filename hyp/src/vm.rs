@@ -22,7 +22,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use bothy_core::exit::idregs::IdRegs;
 use bothy_core::fdt::guest::{build_guest_dtb, GuestDtbConfig};
-use bothy_core::fdt::platform::TimerIrqs;
+use bothy_core::fdt::platform::{Pmu, TimerIrqs};
 use bothy_core::layout::{self, BootPlan};
 use bothy_core::linux::ImageHeader;
 use bothy_core::manifest::{OnExit, PayloadRef, VmSpec};
@@ -161,6 +161,8 @@ pub struct BuildEnv<'a> {
     pub payload_base: u64,
     pub pa_bits: u32,
     pub timer: TimerIrqs,
+    /// The PMU its guests get (described in their device tree), if any.
+    pub pmu: Option<Pmu>,
     /// VMIDs for the VMs built (8 or 16 bits, as the CPU supports).
     pub vmids: &'a mut VmidAllocator,
     /// The ID registers its guests read (HCR_EL2.TID3).
@@ -222,6 +224,7 @@ pub fn build(
         uart: layout::UART,
         uart_spi: layout::UART_SPI,
         timer: env.timer,
+        pmu: env.pmu,
         bootargs: &spec.bootargs,
         initrd: boot.initrd,
     });

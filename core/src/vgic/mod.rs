@@ -12,7 +12,8 @@
 //!   the whole GICR region ([`VGic::REDIST_STRIDE`] per vCPU).
 //! - `ICC_SGI1R_EL1` trap: [`VGic::send_sgi`].
 //! - Devices and EL2 interrupts: [`VGic::set_spi_level`] (emulated level lines such as the
-//!   PL011), [`VGic::inject_hw`] (hardware-linked: virtual timer PPI 27 → physical 27).
+//!   PL011), [`VGic::inject_hw`] (hardware-linked: virtual timer PPI 27 → physical 27,
+//!   the PMU's overflow PPI 23 → physical 23).
 //! - Every call that can create work returns a [`VcpuMask`]: `hyp` IPIs those vCPUs that
 //!   run on other CPUs so they exit and flush.
 //! - The exit path's shortcuts: [`VGic::send_sgi_local`] (an SGI the vCPU sends itself)

@@ -21,6 +21,7 @@
 mod checks;
 mod el0;
 mod exceptions;
+mod fdt;
 mod gic;
 mod msg;
 mod platform;
