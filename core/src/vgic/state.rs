@@ -36,7 +36,9 @@ pub const IROUTER_MASK: u64 =
 pub struct CpuState {
     /// SGIs 0-15 and PPIs 16-31 (banked per redistributor).
     pub private: [Irq; NR_PRIVATE],
-    /// GICR_WAKER.ProcessorSleep (ChildrenAsleep mirrors it).
+    /// GICR_WAKER.ProcessorSleep (ChildrenAsleep mirrors it): while set, nothing goes
+    /// into this vCPU's LRs and pending ones are taken back; interrupts stay pending
+    /// (and indexed in `pend`) until it is cleared.
     pub sleep: bool,
     /// INTID held by each list register, as far as we know (`None` = free).
     pub lrs: [Option<u32>; MAX_LRS],
