@@ -92,7 +92,7 @@ impl RegFile for Redist<'_> {
             GICR_CTLR | GICR_STATUSR => 0,
             GICR_IIDR => IIDR_VALUE,
             GICR_WAKER => {
-                if self.st.cpus[self.cpu].sleep {
+                if self.st.cpus[self.cpu].asleep() {
                     WAKER_PROCESSOR_SLEEP | WAKER_CHILDREN_ASLEEP
                 } else {
                     0
@@ -116,10 +116,10 @@ impl RegFile for Redist<'_> {
             GICR_WAKER => {
                 let cpu = &mut self.st.cpus[self.cpu];
                 let sleep = value & WAKER_PROCESSOR_SLEEP != 0;
-                if sleep == cpu.sleep {
+                if sleep == cpu.asleep() {
                     return VcpuMask::EMPTY;
                 }
-                cpu.sleep = sleep;
+                cpu.set_asleep(sleep);
                 // Falling asleep, what waits unacknowledged in its LRs goes back
                 // (reconcile takes it out); waking, what was held (still in the `pend`
                 // index: nothing prunes it while asleep) goes in. Either way its next
