@@ -378,15 +378,16 @@ pub fn build(
     }
     // The ID registers every VM reads: every online CPU's combined, less what any
     // CPU's traps hide.
-    let id_regs = idregs::machine_view(
-        &cpu_id_regs,
-        &Traps {
-            hcr: HCR_GUEST,
-            cptr: CPTR_EL2_RES1,
-            mdcr: 0,
-        },
-        vm::IPA_BITS,
-    );
+    let own_traps = Traps {
+        hcr: HCR_GUEST,
+        cptr: CPTR_EL2_RES1,
+        mdcr: 0,
+    };
+    let id_regs = idregs::machine_view(&cpu_id_regs, &own_traps, vm::IPA_BITS);
+    let hidden = idregs::machine_hidden(&cpu_id_regs, &own_traps);
+    if !hidden.is_empty() {
+        println!("CPU features VMs do not see (trapped): {}", hidden.join(", "));
+    }
     let uart_intid = platform
         .uart
         .as_ref()

@@ -588,6 +588,8 @@ pub enum Want {
 /// One trap decision and the fields that hide the feature it traps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Pairing {
+    /// The feature, as Bothy's boot report names it.
+    pub name: &'static str,
     pub trap: TrapBit,
     pub want: Want,
     pub hides: &'static [Hide],
@@ -631,66 +633,79 @@ pub const PAIRINGS: &[Pairing] = {
     ];
     &[
         Pairing {
+            name: "MTE",
             trap: TrapBit::clear(Hcr, HCR_ATA),
             want: Want::Hyp,
             hides: &[F(PFR1_MTE, 0), F(PFR1_MTE_FRAC, 0), F(PFR1_MTEX, 0)],
         },
         Pairing {
+            name: "SCXTNUM",
             trap: TrapBit::clear(Hcr, HCR_ENSCXT),
             want: Want::Hyp,
             hides: &[F(PFR0_CSV2, 1), F(PFR1_CSV2_FRAC, 1)],
         },
         Pairing {
+            name: "pointer authentication",
             trap: TrapBit::clear(Hcr, HCR_API),
             want: Want::Hyp,
             hides: PAUTH,
         },
         Pairing {
+            name: "pointer authentication",
             trap: TrapBit::clear(Hcr, HCR_APK),
             want: Want::Hyp,
             hides: PAUTH,
         },
         Pairing {
+            name: "RAS",
             trap: TrapBit::set(Hcr, HCR_TERR),
             want: Want::IfHost(PFR0_RAS),
             hides: &[F(PFR0_RAS, 0), F(PFR1_RAS_FRAC, 0), F(MMFR2_IESB, 0)],
         },
         Pairing {
+            name: "LORegions",
             trap: TrapBit::set(Hcr, HCR_TLOR),
             want: Want::IfHost(MMFR1_LO),
             hides: &[F(MMFR1_LO, 0)],
         },
         Pairing {
+            name: "SVE",
             trap: TrapBit::set(Cptr, CPTR_TZ),
             want: Want::Hyp,
             hides: &[F(PFR0_SVE, 0), R(ID_AA64ZFR0_EL1)],
         },
         Pairing {
+            name: "SME",
             trap: TrapBit::set(Cptr, CPTR_TSM),
             want: Want::Always,
             hides: &[F(PFR1_SME, 0), R(ID_AA64SMFR0_EL1)],
         },
         Pairing {
+            name: "AMU",
             trap: TrapBit::set(Cptr, CPTR_TAM),
             want: Want::IfHost(PFR0_AMU),
             hides: &[F(PFR0_AMU, 0)],
         },
         Pairing {
+            name: "trace",
             trap: TrapBit::set(Cptr, CPTR_TTA),
             want: Want::IfHost(DFR0_TRACEVER),
             hides: &[F(DFR0_TRACEVER, 0)],
         },
         Pairing {
+            name: "PMU",
             trap: TrapBit::set(Mdcr, MDCR_TPM),
             want: Want::Hyp,
             hides: &[F(DFR0_PMUVER, 0), F(DFR0_PMSS, 0)],
         },
         Pairing {
+            name: "SPE",
             trap: TrapBit::set(Mdcr, MDCR_TPMS),
             want: Want::IfHost(DFR0_PMSVER),
             hides: &[F(DFR0_PMSVER, 0)],
         },
         Pairing {
+            name: "trace filter",
             trap: TrapBit::set(Mdcr, MDCR_TTRF),
             want: Want::IfHost(DFR0_TRACEFILT),
             hides: &[F(DFR0_TRACEFILT, 0)],
@@ -887,6 +902,22 @@ pub fn combine(a: &IdRegs, b: &IdRegs) -> IdRegs {
     out
 }
 
+/// The features `host` has that `traps` hide, by [`Pairing::name`], each once, in
+/// [`PAIRINGS`] order (Bothy's boot report).
+pub fn hidden_features(host: &IdRegs, traps: &Traps) -> alloc::vec::Vec<&'static str> {
+    let mut names = alloc::vec::Vec::new();
+    for p in PAIRINGS.iter().filter(|p| p.trap.in_effect(traps)) {
+        let has = p.hides.iter().any(|hide| match *hide {
+            Hide::Field(field, max) => host.field(field) > max,
+            Hide::Reg(reg) => host.get(reg) != 0,
+        });
+        if has && !names.contains(&p.name) {
+            names.push(p.name);
+        }
+    }
+    names
+}
+
 /// The trap bits a CPU whose ID registers are `own` runs guests with: `base` (`hyp`'s
 /// constants) and what [`required`] asks for on it.
 pub fn cpu_traps(base: &Traps, own: &IdRegs) -> Traps {
@@ -897,14 +928,27 @@ pub fn cpu_traps(base: &Traps, own: &IdRegs) -> Traps {
 /// with [`cpu_traps`]: the CPUs [`combine`]d, sanitised with every trap any of them
 /// sets in effect, for a stage 2 of `ipa_bits`.
 pub fn machine_view(cpus: &[IdRegs], base: &Traps, ipa_bits: u32) -> IdRegs {
+    let (host, traps) = machine(cpus, base);
+    sanitise(&host, &traps, ipa_bits)
+}
+
+/// The features every CPU of [`machine_view`]'s machine has and VMs do not see
+/// because a trap hides them ([`hidden_features`]), for Bothy's boot report.
+pub fn machine_hidden(cpus: &[IdRegs], base: &Traps) -> alloc::vec::Vec<&'static str> {
+    let (host, traps) = machine(cpus, base);
+    hidden_features(&host, &traps)
+}
+
+/// `cpus` [`combine`]d, and every trap any of them sets.
+fn machine(cpus: &[IdRegs], base: &Traps) -> (IdRegs, Traps) {
     let Some((first, rest)) = cpus.split_first() else {
-        return sanitise(&IdRegs::ZERO, base, ipa_bits);
+        return (IdRegs::ZERO, *base);
     };
     let host = rest.iter().fold(*first, |acc, cpu| combine(&acc, cpu));
     let traps = cpus
         .iter()
         .fold(*base, |traps, cpu| traps.union(&cpu_traps(base, cpu)));
-    sanitise(&host, &traps, ipa_bits)
+    (host, traps)
 }
 
 #[cfg(test)]

@@ -688,6 +688,34 @@ fn each_cpu_traps_its_own_features_and_the_view_hides_what_any_traps() {
 }
 
 #[test]
+fn the_boot_report_names_what_the_machine_has_and_vms_do_not_see() {
+    let host = qemu_max();
+    assert_eq!(
+        machine_hidden(&[host, host], &bothy_base()),
+        ["SCXTNUM", "RAS", "LORegions", "SME"]
+    );
+    // QEMU virt,mte=on: MTE too, named first.
+    let mut mte = host;
+    mte.set_field(PFR1_MTE, 2);
+    assert_eq!(
+        machine_hidden(&[mte], &bothy_base()),
+        ["MTE", "SCXTNUM", "RAS", "LORegions", "SME"]
+    );
+    // A feature only one CPU has is not on the machine: not named.
+    assert_eq!(
+        machine_hidden(&[mte, host], &bothy_base()),
+        ["SCXTNUM", "RAS", "LORegions", "SME"]
+    );
+    // Pointer authentication trapped: named once for its two trap bits.
+    let pauth = with_fields(&[(ISAR1_APA, 1)]);
+    assert_eq!(
+        hidden_features(&pauth, &Traps::default()),
+        ["pointer authentication"]
+    );
+    assert!(hidden_features(&IdRegs::ZERO, &Traps::default()).is_empty());
+}
+
+#[test]
 fn qemu_max_on_every_cpu_gives_the_boot_cpus_view() {
     let host = qemu_max();
     let one = sanitise(&host, &bothy_traps(&host), 39);
