@@ -56,6 +56,9 @@ pub struct PhysCpu {
     pub dt_index: usize,
     pub mpidr: u64,
     pub redist: u64,
+    /// Trap bits it sets beside Bothy's constants, for its own features (see
+    /// `bothy_core::exit::idregs::required`: some are RES0 where a feature is missing).
+    pub traps: Traps,
 }
 
 pub struct Machine {
@@ -92,10 +95,8 @@ pub struct Machine {
     pub running_vms: AtomicUsize,
     /// Slot of the VM that receives console input.
     pub focus: AtomicUsize,
-    /// Trap bits every CPU sets beside its own constants, so that guests' ID
-    /// registers (`bothy_core::exit::idregs`) hide what is trapped.
-    pub traps: Traps,
-    /// The ID registers every VM reads (HCR_EL2.TID3): the boot CPU's, sanitised.
+    /// The ID registers every VM reads (HCR_EL2.TID3): every online CPU's combined,
+    /// sanitised (`bothy_core::exit::idregs::machine_view`).
     pub id_regs: IdRegs,
 }
 
@@ -184,6 +185,8 @@ pub struct CpuContext {
     pub lrs: HwListRegs,
     pub features: Features,
     pub redist: u64,
+    /// `PhysCpu::traps` of this CPU, for the exit path's HCR_EL2 writes.
+    pub traps: Traps,
     /// Why the current exit asked for the scheduler (`exit::Reason`, encoded), and the
     /// wake-up deadline that goes with a block.
     pub reason: AtomicU64,
@@ -312,12 +315,21 @@ pub fn build(
         );
         mpidrs.truncate(entry::MAX_CPUS);
     }
+    // Each CPU reads its own ID registers as it checks in (vCPUs move between CPUs, so
+    // what VMs are shown must hold on all of them); this one first.
+    record_id_regs(0);
     let online = start_secondaries(&mpidrs);
     let mut cpus = Vec::new();
+    let mut cpu_id_regs = Vec::new();
     for (index, &mpidr) in mpidrs.iter().enumerate() {
         if online & (1 << index) == 0 {
             continue;
         }
+        // Recorded before the CPU checked in (`secondary_main`).
+        let Some(own) = CPU_ID_REGS.get(index).and_then(Once::get).copied() else {
+            println!("warning: CPU {mpidr:#x} came up without its ID registers; not using it");
+            continue;
+        };
         let redist = gic::find_redistributor(&platform.gic.redists, mpidr).unwrap_or_else(|| {
             fatal(format_args!(
                 "no GICv3 redistributor for CPU MPIDR {mpidr:#x}"
@@ -328,7 +340,12 @@ pub fn build(
             dt_index: dt_order[index],
             mpidr,
             redist,
+            traps: idregs::required(&own),
         });
+        cpu_id_regs.push(own);
+    }
+    if cpu_id_regs.iter().any(|r| Some(r) != cpu_id_regs.first()) {
+        println!("CPUs differ in their ID registers: VMs are shown what every CPU has");
     }
 
     // 4. The scheduler: pinned vCPUs own their CPU, the rest share the CPUs nobody
@@ -367,18 +384,18 @@ pub fn build(
             fatal(format_args!("memory ownership record: {e:?}"));
         }
     }
-    // The ID registers every VM reads: the boot CPU's, less what the traps hide.
-    let host = IdRegs::from_fn(|r| sysreg::read_id_space(r.crm, r.op2));
-    let traps = idregs::required(&host);
-    let id_regs = idregs::sanitise(
-        &host,
-        &Traps {
-            hcr: HCR_GUEST | traps.hcr,
-            cptr: CPTR_EL2_RES1 | traps.cptr,
-            mdcr: traps.mdcr,
-        },
-        vm::IPA_BITS,
-    );
+    // The ID registers every VM reads: every online CPU's combined, less what any
+    // CPU's traps hide.
+    let own_traps = Traps {
+        hcr: HCR_GUEST,
+        cptr: CPTR_EL2_RES1,
+        mdcr: 0,
+    };
+    let id_regs = idregs::machine_view(&cpu_id_regs, &own_traps, vm::IPA_BITS);
+    let hidden = idregs::machine_hidden(&cpu_id_regs, &own_traps);
+    if !hidden.is_empty() {
+        println!("CPU features VMs do not see (trapped): {}", hidden.join(", "));
+    }
     // Guests get the PMU if the host's device tree and the boot CPU both have one.
     let pmu = bothy_core::dev::pmu::offered(platform.pmu, sysreg::read_id_aa64dfr0_el1());
     let vtimer_intid = platform.timer.virt + PPI_BASE;
@@ -416,7 +433,6 @@ pub fn build(
         uart_intid,
         running_vms: AtomicUsize::new(0),
         focus: AtomicUsize::new(0),
-        traps,
         id_regs,
     });
     let m = machine();
@@ -463,6 +479,16 @@ static VMS_BUILT: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBoo
 /// Bit per CPU index that has checked in from `secondary_main`.
 static ONLINE: AtomicUsize = AtomicUsize::new(1);
 
+/// Each CPU's own ID registers, by CPU index, recorded before it checks in.
+static CPU_ID_REGS: [Once<IdRegs>; entry::MAX_CPUS] = [const { Once::new() }; entry::MAX_CPUS];
+
+/// Read this CPU's ID registers (at EL2 they do not trap) into [`CPU_ID_REGS`].
+fn record_id_regs(index: usize) {
+    if let Some(slot) = CPU_ID_REGS.get(index) {
+        slot.call_once(|| IdRegs::from_fn(|r| sysreg::read_id_space(r.crm, r.op2)));
+    }
+}
+
 /// PSCI CPU_ON every secondary and wait (bounded) for each to check in.
 fn start_secondaries(mpidrs: &[u64]) -> usize {
     let conduit = crate::firmware_conduit().unwrap_or(firmware::Conduit::Smc);
@@ -502,6 +528,7 @@ pub fn secondary_main(index: usize) -> ! {
     }
     percpu::clear();
     mmu::enable(tables.root, tables.tcr, tables.mair);
+    record_id_regs(index);
     ONLINE.fetch_or(1 << index, Ordering::AcqRel);
     let m = loop {
         match MACHINE.get() {
@@ -522,7 +549,7 @@ pub fn secondary_main(index: usize) -> ! {
 // HCR_EL2 (Arm ARM D17.2.48): stage 2 on, physical IRQ/FIQ/SError to EL2,
 // trap WFI/WFE and SMC, broadcast maintenance inner shareable, AArch64 EL1,
 // and let the guest use pointer authentication without trapping. TID3 and the
-// traps that hide features come from `Machine::traps`.
+// traps that hide features come from `PhysCpu::traps`.
 const HCR_VM: u64 = 1 << 0;
 const HCR_SWIO: u64 = 1 << 1;
 const HCR_FMO: u64 = 1 << 3;
@@ -550,7 +577,7 @@ pub const HCR_GUEST: u64 = HCR_VM
     | HCR_APK
     | HCR_API;
 /// CPTR_EL2 (nVHE): RES1 bits only, so FP/SIMD and SVE are not trapped; SME (TSM)
-/// and AMU (TAM) traps come from `Machine::traps`.
+/// and AMU (TAM) traps come from `PhysCpu::traps`.
 const CPTR_EL2_RES1: u64 = (1 << 13) | (1 << 9) | 0xff;
 /// CNTHCTL_EL2: EL1 may read the physical counter; the EL1 physical timer traps.
 const CNTHCTL_EL1PCTEN: u64 = 1 << 0;
@@ -564,6 +591,7 @@ fn setup_cpu(cpu: usize) {
         lrs: HwListRegs::probe(),
         features: Features::probe(),
         redist: m.cpus[cpu].redist,
+        traps: m.cpus[cpu].traps,
         reason: AtomicU64::new(0),
         wake_at: AtomicU64::new(0),
     });
@@ -577,7 +605,7 @@ fn setup_cpu(cpu: usize) {
     }
     // With E2H = 0, CPTR_EL2.TSM traps EL2's own SME accesses too: SMCR_EL2 is left
     // alone, as SME is not offered to guests (ZA and streaming mode are not switched).
-    sysreg::write_cptr_el2(CPTR_EL2_RES1 | m.traps.cptr);
+    sysreg::write_cptr_el2(CPTR_EL2_RES1 | ctx.traps.cptr);
     // Guests get 128-bit SVE vectors: then a vCPU switch saves the Z registers with
     // the V registers (arch/aarch64/context.rs).
     if ctx.features.sve {
@@ -587,7 +615,7 @@ fn setup_cpu(cpu: usize) {
     // trap, and none counts events at EL2 (HPMD, and HCCD for the cycle counter from PMUv3p5):
     // a guest must not time or profile Bothy.
     const MDCR_EL2_HPMD: u64 = 1 << 17;
-    sysreg::write_mdcr_el2(((sysreg::read_pmcr_el0() >> 11) & 0x1f) | MDCR_EL2_HPMD | m.traps.mdcr);
+    sysreg::write_mdcr_el2(((sysreg::read_pmcr_el0() >> 11) & 0x1f) | MDCR_EL2_HPMD | ctx.traps.mdcr);
     sysreg::write_cnthctl_el2(CNTHCTL_EL1PCTEN);
     sysreg::write_cnthp_ctl_el2(0);
     trap_wfe(!dedicated);
@@ -780,7 +808,7 @@ pub fn trap_wfe(trap: bool) {
         HCR_GUEST
     } else {
         HCR_GUEST & !HCR_TWE
-    } | machine().traps.hcr;
+    } | this_cpu().traps.hcr;
     if sysreg::read_hcr_el2() != hcr {
         sysreg::write_hcr_el2(hcr);
         sysreg::isb();

@@ -84,6 +84,12 @@
 //!   next flush (a not-yet-acknowledged LR of a disabled interrupt is withdrawn); ISPENDR
 //!   latches and merges (edge: pending+active in place); ISACTIVER is ignored. Reads show
 //!   software state OR'd with the LR state as of the last sync.
+//! - GICR_WAKER (§12.10.28): while a vCPU's redistributor is asleep (ProcessorSleep =
+//!   1, its reset value; ChildrenAsleep reads the same) nothing goes into that vCPU's
+//!   LRs: SGIs, PPIs and SPIs routed to it stay pending at the redistributor, and what
+//!   sits in its LRs still only pending is taken back. Waking it delivers them. A held
+//!   interrupt still ends a WFI (`has_pending`), as the redistributor's WakeRequest
+//!   would wake a powered-down PE.
 //! - An interrupt made active by ISACTIVER (not through an LR) is not delivered until
 //!   ICACTIVER clears it. A level line that drops while its LR is pending is not withdrawn;
 //!   the guest may see one spurious interrupt (Linux tolerates it).

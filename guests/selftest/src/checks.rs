@@ -46,6 +46,7 @@ pub static CHECKS: &[Check] = &[
     ("aarch32_el0", aarch32_el0),
     ("vtimer_level_resampled", vtimer_level_resampled),
     ("pmu_overflow_irq", pmu_overflow_irq),
+    ("sgi_held_while_asleep", sgi_held_while_asleep),
     ("bad_access", bad_access),
     ("bad_access_beyond_ipa", bad_access_beyond_ipa),
     ("cpu_on_race", crate::race::cpu_on_race),
@@ -798,6 +799,47 @@ fn pmu_overflow_cases(intid: u32, watch: bool) -> CheckResult {
     ensure!(
         !watch || exceptions::pmu_irqs(1) == 0,
         "vCPU 1 took vCPU 0's PMU overflow interrupt"
+    );
+    Ok(())
+}
+
+/// A redistributor the guest put to sleep (GICR_WAKER.ProcessorSleep) holds an SGI
+/// pending instead of forwarding it to the CPU interface, and delivers it once woken.
+fn sgi_held_while_asleep() -> CheckResult {
+    need_gic()?;
+    const SGI: u32 = 6;
+    exceptions::clear_seen(0, SGI);
+    // Linux's order (gic_cpu_pm_notifier): Group 1 off at the CPU interface, then the
+    // redistributor to sleep. Group 1 is turned back on (IRQs stay masked) so that an
+    // SGI forwarded to the CPU interface would show in ICC_HPPIR1_EL1.
+    let group1 = |on: u64| {
+        write_sysreg!("icc_igrpen1_el1", on);
+        arch::isb();
+    };
+    group1(0);
+    let asleep = gic::set_asleep(0, true);
+    group1(1);
+    gic::send_sgi(SGI, 0);
+    arch::isb();
+    let hppir = read_sysreg!("icc_hppir1_el1") & 0xff_ffff;
+    let pending = gic::pending_private(0);
+    // Awake again before anything can fail, so the checks after this one have a GIC.
+    group1(0);
+    let awake = gic::set_asleep(0, false);
+    group1(1);
+    asleep?;
+    awake?;
+    ensure!(
+        hppir == u64::from(gic::INTID_SPECIAL_LAST),
+        "ICC_HPPIR1_EL1 = {hppir}: SGI {SGI} reached the CPU interface while its redistributor slept, want 1023"
+    );
+    ensure!(
+        pending & (1 << SGI) != 0,
+        "GICR_ISPENDR0 = {pending:#x}: SGI {SGI} not pending at the sleeping redistributor"
+    );
+    ensure!(
+        wait_irq(1000, || exceptions::seen(0, SGI)),
+        "SGI {SGI}, held while the redistributor slept, not taken within 1 s of waking it"
     );
     Ok(())
 }

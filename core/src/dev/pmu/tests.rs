@@ -23,11 +23,14 @@ const ISPENDR0: u64 = SGI_FRAME + 0x200;
 const LR_STATE_PENDING: u8 = 0b01;
 const LR_STATE_ACTIVE: u8 = 0b10;
 
-/// A vGIC with group 1 enabled and, on every vCPU, the PMU's PPI enabled.
+/// A vGIC with group 1 enabled and, on every vCPU, the redistributor awake (it resets
+/// asleep and holds interrupts until the guest wakes it) and the PMU's PPI enabled.
 fn booted(vcpus: usize) -> VGic {
+    const GICR_WAKER: u64 = 0x14;
     let g = VGic::new(vcpus, 32);
     g.dist_write(0, 0, 4, GICD_CTLR_ARE_G1);
     for v in 0..vcpus {
+        let _ = g.redist_write(v, v as u64 * VGic::REDIST_STRIDE + GICR_WAKER, 4, 0);
         set_enabled(&g, v, PMU, true);
     }
     g
