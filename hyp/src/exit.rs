@@ -32,7 +32,7 @@ use crate::arch::aarch64::percpu::ExitScope;
 use crate::arch::aarch64::vectors::{
     copy_frame, enter_guest, ExitKind as VectorExit, GuestFrame, Resume,
 };
-use crate::arch::aarch64::{gic, sysreg};
+use crate::arch::aarch64::{gic, mmu, sysreg};
 use crate::machine::{self, machine, CpuContext, Machine, Sched};
 use crate::println;
 use crate::vm::Vm;
@@ -328,13 +328,12 @@ fn arrive<'s>(
             if !restore {
                 // Loaded here already, but the CPU may have parked its VTTBR while idle,
                 // or the VM may have restarted with new memory since.
-                use_vttbr(vm.vttbr.load(Ordering::Acquire));
+                mmu::use_stage2(vm.vttbr.load(Ordering::Acquire));
             }
             if restore || !in_slot {
                 let saved = vm.vcpus[v].saved.lock();
                 if restore {
-                    sysreg::write_vttbr_el2(vm.vttbr.load(Ordering::Acquire));
-                    sysreg::write_vtcr_el2(vm.vtcr);
+                    mmu::load_stage2(vm.vttbr.load(Ordering::Acquire), vm.vtcr);
                     sysreg::write_cntvoff_el2(vm.cntvoff);
                     sysreg::write_vmpidr_el2(VMPIDR_RES1 | v as u64);
                     sysreg::isb();
@@ -378,7 +377,7 @@ fn arrive<'s>(
             }
             // Idle: no translation of a guest's may stay installed (its memory may be
             // given back while this CPU sleeps).
-            use_vttbr(m.parked_vttbr);
+            mmu::use_stage2(m.parked_vttbr);
             sysreg::wfi();
             let _ = drain_physical_irqs(m, loaded);
             // The vCPU this CPU idles with may have been given an interrupt meanwhile
@@ -403,15 +402,6 @@ fn arrive<'s>(
         if d.run.is_some() && leave(ctx, frame, owner, d, target, scope, Some(s)) == Left::FrameSaved {
             owner = None;
         }
-    }
-}
-
-/// Install `vttbr` on this CPU unless it is installed already.
-#[inline(always)]
-fn use_vttbr(vttbr: u64) {
-    if sysreg::read_vttbr_el2() != vttbr {
-        sysreg::write_vttbr_el2(vttbr);
-        sysreg::isb();
     }
 }
 
@@ -574,8 +564,8 @@ pub fn finish_reset(vm: &Vm) {
 /// holds the VM's. Other CPUs load the new VTTBR when they next run one of its vCPUs.
 fn fresh_memory(vm: &Vm) -> Result<(), alloc::string::String> {
     let m = machine();
-    if sysreg::read_vttbr_el2() == vm.vttbr.load(Ordering::Acquire) {
-        use_vttbr(m.parked_vttbr);
+    if mmu::stage2_is(vm.vttbr.load(Ordering::Acquire)) {
+        mmu::use_stage2(m.parked_vttbr);
     }
     // Lock order: the VM's memory, then the machine's.
     let mut slot = vm.memory.lock();

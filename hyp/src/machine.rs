@@ -19,6 +19,7 @@
 use crate::arch::aarch64::context::{Features, HwCpuIf};
 use crate::arch::aarch64::lr::HwListRegs;
 use crate::arch::aarch64::percpu::LoadedVcpu;
+use crate::arch::aarch64::traps::{self, CpuTraps};
 use crate::arch::aarch64::{entry, firmware, gic, mmu, percpu, sysreg};
 use crate::vm::{self, BuildEnv, Vm};
 use crate::{exit, fatal, println};
@@ -26,12 +27,13 @@ use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use bothy_core::exit::idregs::{self, IdRegs, Traps};
+use bothy_core::exit::idregs::{self, IdRegs};
 use bothy_core::fdt::platform::{Platform, Pmu, TimerIrqs};
 use bothy_core::lifecycle::VmState;
 use bothy_core::manifest::{Manifest, VmSpec};
 use bothy_core::mem::{
-    build_el2_idmap, PageOwnership, RegionAllocator, Stage2, VmidAllocator, VmidBits, PAGE_SIZE,
+    build_el2_idmap, PageOwnership, RegionAllocator, Stage2, VmidAllocator, VmidBits, Vttbr,
+    PAGE_SIZE,
 };
 use bothy_core::sched::{Scheduler, VcpuId};
 use bothy_core::vm::VmTable;
@@ -56,15 +58,15 @@ pub struct PhysCpu {
     pub dt_index: usize,
     pub mpidr: u64,
     pub redist: u64,
-    /// Trap bits it sets beside Bothy's constants, for its own features (see
+    /// Its trap controls: Bothy's, and the trap bits for its own features (see
     /// `bothy_core::exit::idregs::required`: some are RES0 where a feature is missing).
-    pub traps: Traps,
+    pub traps: CpuTraps,
 }
 
 pub struct Machine {
     pub cpus: Vec<PhysCpu>,
     /// VTTBR_EL2 of an idle CPU: an empty stage-2 table, VMID 0 (never allocated).
-    pub parked_vttbr: u64,
+    pub parked_vttbr: Vttbr,
     /// Physical memory after boot: what is free, who owns the rest, VMIDs in use.
     pub memory: Mutex<MachineMemory>,
     /// The VMs that exist now, by handle (a VM's slot is `Vm::index`).
@@ -186,7 +188,7 @@ pub struct CpuContext {
     pub features: Features,
     pub redist: u64,
     /// `PhysCpu::traps` of this CPU, for the exit path's HCR_EL2 writes.
-    pub traps: Traps,
+    pub traps: CpuTraps,
     /// Why the current exit asked for the scheduler (`exit::Reason`, encoded), and the
     /// wake-up deadline that goes with a block.
     pub reason: AtomicU64,
@@ -335,12 +337,17 @@ pub fn build(
                 "no GICv3 redistributor for CPU MPIDR {mpidr:#x}"
             ))
         });
+        let traps = CpuTraps::new(&idregs::required(&own)).unwrap_or_else(|unknown| {
+            fatal(format_args!(
+                "CPU {mpidr:#x} needs trap bits Bothy does not know to be traps: {unknown:x?}"
+            ))
+        });
         cpus.push(PhysCpu {
             index,
             dt_index: dt_order[index],
             mpidr,
             redist,
-            traps: idregs::required(&own),
+            traps,
         });
         cpu_id_regs.push(own);
     }
@@ -369,7 +376,7 @@ pub fn build(
         vm::IPA_BITS,
     )
     .unwrap_or_else(|e| fatal(format_args!("cannot build the idle stage 2: {e}")))
-    .vttbr(0);
+    .idle_vttbr();
     // Every page still free is tracked from here on; Bothy's own (image, tables,
     // stacks) is outside the record and can never be assigned to a VM.
     let mut owners = PageOwnership::new();
@@ -386,11 +393,7 @@ pub fn build(
     }
     // The ID registers every VM reads: every online CPU's combined, less what any
     // CPU's traps hide.
-    let own_traps = Traps {
-        hcr: HCR_GUEST,
-        cptr: CPTR_EL2_RES1,
-        mdcr: 0,
-    };
+    let own_traps = traps::own();
     let id_regs = idregs::machine_view(&cpu_id_regs, &own_traps, vm::IPA_BITS);
     let hidden = idregs::machine_hidden(&cpu_id_regs, &own_traps);
     if !hidden.is_empty() {
@@ -546,42 +549,6 @@ pub fn secondary_main(index: usize) -> ! {
     exit::run_cpu(slot)
 }
 
-// HCR_EL2 (Arm ARM D17.2.48): stage 2 on, physical IRQ/FIQ/SError to EL2,
-// trap WFI/WFE and SMC, broadcast maintenance inner shareable, AArch64 EL1,
-// and let the guest use pointer authentication without trapping. TID3 and the
-// traps that hide features come from `PhysCpu::traps`.
-const HCR_VM: u64 = 1 << 0;
-const HCR_SWIO: u64 = 1 << 1;
-const HCR_FMO: u64 = 1 << 3;
-const HCR_IMO: u64 = 1 << 4;
-const HCR_AMO: u64 = 1 << 5;
-const HCR_FB: u64 = 1 << 9;
-const HCR_BSU_INNER: u64 = 1 << 10;
-const HCR_TWI: u64 = 1 << 13;
-pub const HCR_TWE: u64 = 1 << 14;
-const HCR_TSC: u64 = 1 << 19;
-const HCR_RW: u64 = 1 << 31;
-const HCR_APK: u64 = 1 << 40;
-const HCR_API: u64 = 1 << 41;
-pub const HCR_GUEST: u64 = HCR_VM
-    | HCR_SWIO
-    | HCR_FMO
-    | HCR_IMO
-    | HCR_AMO
-    | HCR_FB
-    | HCR_BSU_INNER
-    | HCR_TWI
-    | HCR_TWE
-    | HCR_TSC
-    | HCR_RW
-    | HCR_APK
-    | HCR_API;
-/// CPTR_EL2 (nVHE): RES1 bits only, so FP/SIMD and SVE are not trapped; SME (TSM)
-/// and AMU (TAM) traps come from `PhysCpu::traps`.
-const CPTR_EL2_RES1: u64 = (1 << 13) | (1 << 9) | 0xff;
-/// CNTHCTL_EL2: EL1 may read the physical counter; the EL1 physical timer traps.
-const CNTHCTL_EL1PCTEN: u64 = 1 << 0;
-
 fn setup_cpu(cpu: usize) {
     let m = machine();
     let dedicated = m.sched.lock().dedicated(cpu).is_some();
@@ -603,20 +570,7 @@ fn setup_cpu(cpu: usize) {
     if sysreg::has_ras() {
         sysreg::unmask_serror();
     }
-    // With E2H = 0, CPTR_EL2.TSM traps EL2's own SME accesses too: SMCR_EL2 is left
-    // alone, as SME is not offered to guests (ZA and streaming mode are not switched).
-    sysreg::write_cptr_el2(CPTR_EL2_RES1 | ctx.traps.cptr);
-    // Guests get 128-bit SVE vectors: then a vCPU switch saves the Z registers with
-    // the V registers (arch/aarch64/context.rs).
-    if ctx.features.sve {
-        sysreg::write_zcr_el2(0);
-    }
-    // All PMU counters belong to the guest (HPMN = PMCR_EL0.N), the PMU does not
-    // trap, and none counts events at EL2 (HPMD, and HCCD for the cycle counter from PMUv3p5):
-    // a guest must not time or profile Bothy.
-    const MDCR_EL2_HPMD: u64 = 1 << 17;
-    sysreg::write_mdcr_el2(((sysreg::read_pmcr_el0() >> 11) & 0x1f) | MDCR_EL2_HPMD | ctx.traps.mdcr);
-    sysreg::write_cnthctl_el2(CNTHCTL_EL1PCTEN);
+    traps::init_cpu(&ctx.traps, ctx.features.sve);
     sysreg::write_cnthp_ctl_el2(0);
     trap_wfe(!dedicated);
     let mut private = 1 << KICK_SGI;
@@ -781,9 +735,8 @@ pub fn destroy_vm(m: &'static Machine, vm: &Arc<Vm>) -> Result<(), String> {
 
 /// A VM's memory back to the machine (its vCPUs run nowhere).
 fn give_back_memory(m: &Machine, vm: &Vm) {
-    if sysreg::read_vttbr_el2() == vm.vttbr.load(Ordering::Acquire) {
-        sysreg::write_vttbr_el2(m.parked_vttbr);
-        sysreg::isb();
+    if mmu::stage2_is(vm.vttbr.load(Ordering::Acquire)) {
+        mmu::use_stage2(m.parked_vttbr);
     }
     // Lock order: the VM's memory, then the machine's.
     let Some(memory) = vm.memory.lock().take() else {
@@ -804,15 +757,7 @@ fn give_back_memory(m: &Machine, vm: &Vm) {
 /// is not trapped at all. Set up with the CPU, and again when a vCPU is loaded (a CPU
 /// becomes dedicated or shared as pinned VMs are created and destroyed).
 pub fn trap_wfe(trap: bool) {
-    let hcr = if trap {
-        HCR_GUEST
-    } else {
-        HCR_GUEST & !HCR_TWE
-    } | this_cpu().traps.hcr;
-    if sysreg::read_hcr_el2() != hcr {
-        sysreg::write_hcr_el2(hcr);
-        sysreg::isb();
-    }
+    traps::set_hcr(&this_cpu().traps, trap);
 }
 
 /// Ask physical CPU `cpu` to look at its vCPU.

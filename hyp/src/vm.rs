@@ -27,12 +27,13 @@ use bothy_core::layout::{self, BootPlan};
 use bothy_core::linux::ImageHeader;
 use bothy_core::manifest::{OnExit, PayloadRef, VmSpec};
 use bothy_core::mem::{
-    NotGuestRam, Owner, PageOwnership, RegionAllocator, VmMemory, VmMemorySpec, VmidAllocator,
+    AtomicVttbr, NotGuestRam, Owner, PageOwnership, RegionAllocator, VmMemory, VmMemorySpec,
+    VmidAllocator, Vtcr,
 };
 use bothy_core::sched::VcpuId;
 use bothy_core::vm::{ExitCounters, VmHandle, VmModel};
 use bothy_core::Region;
-use core::sync::atomic::{AtomicBool, AtomicU64};
+use core::sync::atomic::AtomicBool;
 use spin::Mutex;
 
 /// Guest IPA space: 39 bits lets stage-2 start at level 1 without concatenated tables.
@@ -46,8 +47,8 @@ pub struct Vm {
     pub template: usize,
     pub name: String,
     /// VTTBR_EL2 (tables and VMID); replaced when the VM restarts with fresh memory.
-    pub vttbr: AtomicU64,
-    pub vtcr: u64,
+    pub vttbr: AtomicVttbr,
+    pub vtcr: Vtcr,
     /// CNTVOFF_EL2: the VM's virtual counter starts near zero when it is built.
     pub cntvoff: u64,
     /// What its exits act on: run state, guest RAM (IPA), vGIC, PSCI power states,
@@ -243,8 +244,8 @@ pub fn build(
         handle,
         template,
         name: name.clone(),
-        vttbr: AtomicU64::new(memory.vttbr()),
-        vtcr: memory.stage2().vtcr(env.pa_bits) | env.vmids.bits().vtcr_vs(),
+        vttbr: AtomicVttbr::new(memory.vttbr()),
+        vtcr: memory.stage2().vtcr(env.pa_bits, env.vmids.bits()),
         cntvoff: sysreg::read_cntpct_el0(),
         model,
         memory: Mutex::new(Some(memory)),

@@ -36,7 +36,7 @@ pub use guest_ram::{GuestRam, NotGuestRam};
 pub use idmap::{build_el2_idmap, IdMap};
 pub use ownership::{Owner, OwnershipError, OwnershipOp, PageOwnership, Refusal, State};
 pub use pgtable::{pa_range_bits, pa_range_encoding, PAGE_SIZE};
-pub use stage2::{S2Attr, Stage2, VTCR_EL2_VS};
+pub use stage2::{AtomicVttbr, S2Attr, Stage2, Vtcr, Vttbr, VTCR_EL2_VS};
 pub use vm_memory::{CreateError, Destroyed, PhysMemory, VmMemory, VmMemorySpec};
 pub use vmid::{Vmid, VmidAllocator, VmidBits, VmidError};
 

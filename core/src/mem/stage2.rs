@@ -11,9 +11,10 @@
 //! bits (VTCR_EL2.SL0 = 1) and at level 0 above (SL0 = 2); no concatenated roots.
 
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use super::pgtable::{pa_range_encoding, PageTable};
-use super::{MapError, TableMemory};
+use super::{MapError, TableMemory, Vmid, VmidBits};
 use crate::Region;
 
 /// Stage-2 leaf attributes (Arm ARM D8.3.2, "Stage 2 memory region attributes").
@@ -99,6 +100,60 @@ pub const VTCR_EL2_VS: u64 = 1 << 19;
 const VTCR_RES1: u64 = 1 << 31;
 /// VTTBR_EL2.VMID, bits [63:48] (bits [55:48] with 8-bit VMIDs).
 const VTTBR_VMID_SHIFT: u32 = 48;
+
+/// A `VTTBR_EL2` value: the root of a [`Stage2`] and the VMID it translates under.
+/// Only a `Stage2` makes one ([`Stage2::vttbr`], [`Stage2::idle_vttbr`]), so `hyp`
+/// installs it without taking a raw value: no safe caller can point the stage-2 walker
+/// at memory that is not a stage-2 root, or tag a VM's TLB entries with a VMID it was
+/// not given. That the tables still exist while it is installed is `hyp`'s to keep (it
+/// parks an idle CPU's stage 2 and frees tables only once no CPU has them installed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(transparent)]
+pub struct Vttbr(u64);
+
+impl Vttbr {
+    /// The register value.
+    #[inline(always)]
+    pub const fn bits(self) -> u64 {
+        self.0
+    }
+}
+
+/// A [`Vttbr`] that changes while others read it (a VM's, replaced when it restarts
+/// with fresh memory): an `AtomicU64` that only ever holds a `Vttbr`.
+#[derive(Debug)]
+pub struct AtomicVttbr(AtomicU64);
+
+impl AtomicVttbr {
+    pub const fn new(vttbr: Vttbr) -> Self {
+        Self(AtomicU64::new(vttbr.0))
+    }
+
+    #[inline(always)]
+    pub fn load(&self, order: Ordering) -> Vttbr {
+        Vttbr(self.0.load(order))
+    }
+
+    pub fn store(&self, vttbr: Vttbr, order: Ordering) {
+        self.0.store(vttbr.0, order)
+    }
+}
+
+/// A `VTCR_EL2` value: the geometry of a [`Stage2`]'s tables (IPA size, start level,
+/// granule, walk attributes), the physical address size and the VMID width. Only
+/// [`Stage2::vtcr`] makes one, so the walker is never told a geometry the tables were
+/// not built for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(transparent)]
+pub struct Vtcr(u64);
+
+impl Vtcr {
+    /// The register value.
+    #[inline(always)]
+    pub const fn bits(self) -> u64 {
+        self.0
+    }
+}
 
 /// A VM's stage-2 tables. Plain data: the tables live in [`TableMemory`], which every
 /// operation takes, so one `Stage2` never outlives or aliases its memory provider.
@@ -189,25 +244,40 @@ impl Stage2 {
     }
 
     /// `VTCR_EL2` for these tables on a CPU with a `pa_range_bits` physical address
-    /// range (from ID_AA64MMFR0_EL1.PARange). The IPA size must not exceed it: choose
-    /// `ipa_bits` accordingly. VS is left clear (see [`VTCR_EL2_VS`]).
-    pub fn vtcr(&self, pa_range_bits: u32) -> u64 {
+    /// range (from ID_AA64MMFR0_EL1.PARange) and VMIDs `vmids` wide (VS set for 16 bits:
+    /// the allocator's width and VS come from the same [`VmidBits`]). The IPA size must
+    /// not exceed the PA range: choose `ipa_bits` accordingly.
+    pub fn vtcr(&self, pa_range_bits: u32, vmids: VmidBits) -> Vtcr {
         let t0sz = u64::from(64 - self.ipa_bits());
         // SL0 for a 4 KiB granule: 0 = level 2, 1 = level 1, 2 = level 0.
         let sl0 = u64::from(2 - self.start_level());
-        VTCR_RES1
-            | (t0sz << VTCR_T0SZ_SHIFT)
-            | (sl0 << VTCR_SL0_SHIFT)
-            | VTCR_IRGN0_WBWA
-            | VTCR_ORGN0_WBWA
-            | VTCR_SH0_INNER
-            | VTCR_TG0_4K
-            | (pa_range_encoding(pa_range_bits) << VTCR_PS_SHIFT)
+        Vtcr(
+            VTCR_RES1
+                | (t0sz << VTCR_T0SZ_SHIFT)
+                | (sl0 << VTCR_SL0_SHIFT)
+                | VTCR_IRGN0_WBWA
+                | VTCR_ORGN0_WBWA
+                | VTCR_SH0_INNER
+                | VTCR_TG0_4K
+                | (pa_range_encoding(pa_range_bits) << VTCR_PS_SHIFT)
+                | vmids.vtcr_vs(),
+        )
     }
 
-    /// `VTTBR_EL2`: root table address (BADDR) and VMID. CnP is left clear.
-    pub fn vttbr(&self, vmid: u16) -> u64 {
-        (u64::from(vmid) << VTTBR_VMID_SHIFT) | self.root()
+    /// `VTTBR_EL2` for these tables under VMID `vmid`: root table address (BADDR) and
+    /// VMID. CnP is left clear.
+    pub fn vttbr(&self, vmid: Vmid) -> Vttbr {
+        self.vttbr_raw(vmid.get())
+    }
+
+    /// `VTTBR_EL2` for these tables under VMID 0, which is never handed out: for tables
+    /// that map nothing, installed on a CPU that runs no vCPU (`hyp`'s idle stage 2).
+    pub fn idle_vttbr(&self) -> Vttbr {
+        self.vttbr_raw(0)
+    }
+
+    fn vttbr_raw(&self, vmid: u16) -> Vttbr {
+        Vttbr((u64::from(vmid) << VTTBR_VMID_SHIFT) | self.root())
     }
 }
 
@@ -435,7 +505,7 @@ mod tests {
     #[test]
     fn vtcr_and_vttbr_fields() {
         let (_, s39) = s2(39);
-        let v = s39.vtcr(40);
+        let v = s39.vtcr(40, VmidBits::Eight).bits();
         assert_eq!(v & 0x3f, 25, "T0SZ");
         assert_eq!((v >> 6) & 3, 1, "SL0: start at level 1");
         assert_eq!((v >> 8) & 3, 1, "IRGN0 WBWA");
@@ -446,20 +516,28 @@ mod tests {
         assert_eq!(v >> 31 & 1, 1, "RES1");
         assert_eq!(v & VTCR_EL2_VS, 0);
         assert_eq!(v, 0x8002_3559);
+        assert_eq!(s39.vtcr(40, VmidBits::Sixteen).bits(), v | VTCR_EL2_VS);
 
         let (_, s40) = s2(40);
-        let v = s40.vtcr(48);
+        let v = s40.vtcr(48, VmidBits::Eight).bits();
         assert_eq!((v & 0x3f, (v >> 6) & 3, (v >> 16) & 7), (24, 2, 5));
         let (_, s48) = s2(48);
-        assert_eq!(s48.vtcr(44) & 0x3f, 16);
-        assert_eq!((s48.vtcr(44) >> 16) & 7, 4);
+        let v = s48.vtcr(44, VmidBits::Eight).bits();
+        assert_eq!((v & 0x3f, (v >> 16) & 7), (16, 4));
         let (_, s32) = s2(32);
-        assert_eq!((s32.vtcr(32) & 0x3f, (s32.vtcr(32) >> 6) & 3), (32, 1));
+        let v = s32.vtcr(32, VmidBits::Eight).bits();
+        assert_eq!((v & 0x3f, (v >> 6) & 3), (32, 1));
 
-        let t = s40.vttbr(0x1234);
+        let t = s40.vttbr(Vmid::for_test(0x1234)).bits();
         assert_eq!(t >> 48, 0x1234);
         assert_eq!(t & ((1 << 48) - 1), s40.root());
-        assert_eq!(s40.vttbr(0) & 1, 0, "CnP clear");
+        assert_eq!(t & 1, 0, "CnP clear");
+        let idle = s40.idle_vttbr().bits();
+        assert_eq!(idle, s40.root(), "VMID 0, CnP clear");
+
+        let cell = AtomicVttbr::new(s40.idle_vttbr());
+        cell.store(s39.vttbr(Vmid::for_test(7)), Ordering::Relaxed);
+        assert_eq!(cell.load(Ordering::Relaxed), s39.vttbr(Vmid::for_test(7)));
     }
 
     /// One mapping of a reference model: IPA range → PA, attributes.

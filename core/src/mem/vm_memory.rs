@@ -19,7 +19,7 @@
 
 use super::{
     GuestRam, MapError, Owner, OwnershipError, PageOwnership, S2Attr, Stage2, TableMemory, Vmid,
-    VmidAllocator,
+    VmidAllocator, Vttbr,
 };
 use crate::arch::Arch;
 use crate::Region;
@@ -252,9 +252,9 @@ impl VmMemory {
         self.vmid
     }
 
-    /// `VTTBR_EL2` for this VM.
-    pub fn vttbr(&self) -> u64 {
-        self.stage2.vttbr(self.vmid.get())
+    /// `VTTBR_EL2` for this VM: its own stage-2 root and VMID.
+    pub fn vttbr(&self) -> Vttbr {
+        self.stage2.vttbr(self.vmid)
     }
 }
 

@@ -71,6 +71,12 @@ impl Vmid {
     pub fn get(self) -> u16 {
         self.0
     }
+
+    /// Any VMID, for tests that need one without an allocator.
+    #[cfg(test)]
+    pub(crate) const fn for_test(vmid: u16) -> Vmid {
+        Vmid(vmid)
+    }
 }
 
 /// How wide VMIDs are on this machine.
@@ -94,8 +100,8 @@ impl VmidBits {
         }
     }
 
-    /// The bits to OR into every VM's `VTCR_EL2` ([`Stage2::vtcr`](super::Stage2::vtcr)
-    /// leaves VS clear): [`VTCR_EL2_VS`](super::VTCR_EL2_VS) for 16-bit VMIDs, else 0.
+    /// The bits [`Stage2::vtcr`](super::Stage2::vtcr) ORs into every VM's `VTCR_EL2`:
+    /// [`VTCR_EL2_VS`](super::VTCR_EL2_VS) for 16-bit VMIDs, else 0.
     pub const fn vtcr_vs(self) -> u64 {
         match self {
             VmidBits::Eight => 0,

@@ -144,7 +144,7 @@ fn a_created_vm_owns_scrubbed_ram_mapped_at_its_ipa() {
         Some(vm.ram_pa() + 0x12_3000)
     );
     assert_eq!(vm.stage2().translate(&m.mem, 0x4000_0000 + (8 << 20)), None);
-    assert_eq!(vm.vttbr() >> 48, u64::from(vm.vmid().get()));
+    assert_eq!(vm.vttbr().bits() >> 48, u64::from(vm.vmid().get()));
 }
 
 #[test]

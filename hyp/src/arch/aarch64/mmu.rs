@@ -1,11 +1,14 @@
-//! EL2's own translation (an identity map) and the stage-2 table memory.
+//! EL2's own translation (an identity map), the stage-2 table memory, and which
+//! stage 2 a CPU translates guests through.
 //!
 //! Table *layout* is decided in bothy_core::mem; this file supplies the
-//! physical memory the tables live in and flips the system registers.
+//! physical memory the tables live in and flips the system registers. A guest's
+//! stage-2 registers take only a `Vttbr`/`Vtcr`, which `bothy_core::mem::Stage2` makes
+//! from its own root and VMID.
 
 use super::mmio;
 use super::sysreg::*;
-use bothy_core::mem::{PhysMemory, RegionAllocator, TableMemory};
+use bothy_core::mem::{PhysMemory, RegionAllocator, TableMemory, Vtcr, Vttbr};
 use bothy_core::Region;
 
 const PAGE: u64 = 4096;
@@ -81,6 +84,29 @@ pub fn enable(root: u64, tcr: u64, mair: u64) {
     tlbi_all_local();
     write_sctlr_el2(SCTLR_EL2_RES1 | SCTLR_M | SCTLR_C | SCTLR_SA | SCTLR_I | SCTLR_WXN);
     isb();
+}
+
+/// Whether this CPU translates guests through `vttbr` now.
+#[inline(always)]
+pub fn stage2_is(vttbr: Vttbr) -> bool {
+    read_vttbr_el2() == vttbr.bits()
+}
+
+/// Make `vttbr` this CPU's stage 2 unless it is already.
+#[inline(always)]
+pub fn use_stage2(vttbr: Vttbr) {
+    if !stage2_is(vttbr) {
+        write_vttbr_el2(vttbr.bits());
+        isb();
+    }
+}
+
+/// Load a VM's stage 2 (`vtcr`: its tables' geometry) as a vCPU of it is loaded; in
+/// effect after the caller's next `isb`, once the rest of the vCPU is loaded too.
+#[inline(always)]
+pub fn load_stage2(vttbr: Vttbr, vtcr: Vtcr) {
+    write_vttbr_el2(vttbr.bits());
+    write_vtcr_el2(vtcr.bits());
 }
 
 /// The CPU's physical address size in bits (ID_AA64MMFR0_EL1.PARange).

@@ -9,5 +9,6 @@ pub mod mmio;
 pub mod mmu;
 pub mod percpu;
 pub mod sysreg;
+pub mod traps;
 pub mod uart;
 pub mod vectors;

@@ -7,7 +7,8 @@
 
 macro_rules! sysreg {
     // Registers whose writes could take over EL2 (its translation, vectors, per-CPU
-    // pointer): written only inside `arch`, through functions that choose the value.
+    // pointer) or free a guest (its stage 2, its traps): written only inside `arch`,
+    // through functions that choose the value or take one a table builder made.
     ($read:ident, $write:ident, $name:literal, arch_only) => {
         #[inline(always)]
         #[allow(dead_code)]
@@ -21,7 +22,7 @@ macro_rules! sysreg {
         #[allow(dead_code)]
         pub(super) fn $write(value: u64) {
             // SAFETY: only `arch` writes it, with values it built (mmu.rs, vectors.rs,
-            // percpu.rs) under the register's architectural rules.
+            // percpu.rs, traps.rs) under the register's architectural rules.
             unsafe { core::arch::asm!(concat!("msr ", $name, ", {}"), in(reg) value, options(nostack, preserves_flags)) };
         }
     };
@@ -75,19 +76,19 @@ sysreg!(read_pmccfiltr_el0, write_pmccfiltr_el0, "pmccfiltr_el0");
 sysreg!(read_pmxevcntr_el0, write_pmxevcntr_el0, "pmxevcntr_el0");
 sysreg!(read_pmxevtyper_el0, write_pmxevtyper_el0, "pmxevtyper_el0");
 
-sysreg!(read_hcr_el2, write_hcr_el2, "hcr_el2");
+sysreg!(read_hcr_el2, write_hcr_el2, "hcr_el2", arch_only);
 sysreg!(read_sctlr_el2, write_sctlr_el2, "sctlr_el2", arch_only);
 sysreg!(read_tcr_el2, write_tcr_el2, "tcr_el2", arch_only);
 sysreg!(read_mair_el2, write_mair_el2, "mair_el2", arch_only);
 sysreg!(read_ttbr0_el2, write_ttbr0_el2, "ttbr0_el2", arch_only);
 sysreg!(read_vbar_el2, write_vbar_el2, "vbar_el2", arch_only);
-sysreg!(read_vtcr_el2, write_vtcr_el2, "vtcr_el2");
-sysreg!(read_vttbr_el2, write_vttbr_el2, "vttbr_el2");
+sysreg!(read_vtcr_el2, write_vtcr_el2, "vtcr_el2", arch_only);
+sysreg!(read_vttbr_el2, write_vttbr_el2, "vttbr_el2", arch_only);
 sysreg!(read_vpidr_el2, write_vpidr_el2, "vpidr_el2");
 sysreg!(read_vmpidr_el2, write_vmpidr_el2, "vmpidr_el2");
 sysreg!(read_cptr_el2, write_cptr_el2, "cptr_el2");
 sysreg!(read_mdcr_el2, write_mdcr_el2, "mdcr_el2");
-sysreg!(read_cnthctl_el2, write_cnthctl_el2, "cnthctl_el2");
+sysreg!(read_cnthctl_el2, write_cnthctl_el2, "cnthctl_el2", arch_only);
 sysreg!(read_cntvoff_el2, write_cntvoff_el2, "cntvoff_el2");
 sysreg!(read_tpidr_el2, write_tpidr_el2, "tpidr_el2", arch_only);
 sysreg!(read_esr_el2, _write_esr_el2_unused, "esr_el2");
@@ -96,7 +97,7 @@ sysreg!(read_hpfar_el2, _write_hpfar_el2_unused, "hpfar_el2");
 sysreg!(read_cntpct_el0, _write_cntpct_unused, "cntpct_el0");
 sysreg!(read_cntfrq_el0, _write_cntfrq_unused, "cntfrq_el0");
 // ZCR_EL2 / SMCR_EL2: only touched when SVE / SME are implemented.
-sysreg!(read_zcr_el2, write_zcr_el2, "S3_4_C1_C2_0");
+sysreg!(read_zcr_el2, write_zcr_el2, "S3_4_C1_C2_0", arch_only);
 sysreg!(read_smcr_el2, write_smcr_el2, "S3_4_C1_C2_6");
 
 // The guest's EL1 state Bothy sets on vCPU reset and when injecting exceptions.
