@@ -574,11 +574,7 @@ fn fresh_memory(vm: &Vm) -> Result<(), alloc::string::String> {
     let Some(old) = slot.take() else {
         return Err(alloc::string::String::from("its memory is gone"));
     };
-    let mut frames = crate::arch::aarch64::mmu::Frames {
-        allocator: &mut mm.allocator,
-        mmu_off: false,
-    };
-    match old.rebuild(&mut frames, &mut mm.owners, &mut mm.vmids, &mut ExitHw) {
+    match mmu::rebuild_vm_memory(old, &mut mm.allocator, &mut mm.owners, &mut mm.vmids, &mut ExitHw) {
         Ok(new) => {
             vm.vttbr.store(new.vttbr(), Ordering::Release);
             *slot = Some(new);

@@ -17,7 +17,9 @@
 //! while the scheduler's lock is held.
 
 use crate::arch::aarch64::context::{Features, HwCpuIf};
+use crate::arch::aarch64::entry::Payload;
 use crate::arch::aarch64::lr::HwListRegs;
+use crate::arch::aarch64::mmu::El2Map;
 use crate::arch::aarch64::percpu::LoadedVcpu;
 use crate::arch::aarch64::traps::{self, CpuTraps};
 use crate::arch::aarch64::{entry, firmware, gic, mmu, percpu, sysreg};
@@ -32,8 +34,7 @@ use bothy_core::fdt::platform::{Platform, Pmu, TimerIrqs};
 use bothy_core::lifecycle::VmState;
 use bothy_core::manifest::{Manifest, VmSpec};
 use bothy_core::mem::{
-    build_el2_idmap, PageOwnership, RegionAllocator, Stage2, VmidAllocator, VmidBits, Vttbr,
-    PAGE_SIZE,
+    PageOwnership, RegionAllocator, VmidAllocator, VmidBits, Vttbr, PAGE_SIZE,
 };
 use bothy_core::sched::{Scheduler, VcpuId};
 use bothy_core::vm::VmTable;
@@ -76,7 +77,7 @@ pub struct Machine {
     /// The system file's VMs: what `create` builds (a VM's `template`).
     pub templates: Vec<VmSpec>,
     /// What building a VM needs from the platform.
-    pub payload_base: u64,
+    pub payload: Payload,
     pub pa_bits: u32,
     pub timer: TimerIrqs,
     pub gic_dist: u64,
@@ -167,14 +168,6 @@ impl Machine {
     }
 }
 
-/// What secondaries need to turn their MMU on before they can read [`MACHINE`].
-#[derive(Clone, Copy)]
-struct El2Tables {
-    root: u64,
-    tcr: u64,
-    mair: u64,
-}
-
 static MACHINE: Once<Machine> = Once::new();
 
 /// What the exit path needs about the CPU it runs on, without touching [`Machine`].
@@ -220,7 +213,8 @@ pub fn this_cpu() -> &'static CpuContext {
         None => fatal(format_args!("this CPU has no context")),
     }
 }
-static EL2_TABLES: Once<El2Tables> = Once::new();
+/// What secondaries need to turn their MMU on before they can read [`MACHINE`].
+static EL2_TABLES: Once<El2Map> = Once::new();
 
 pub fn machine() -> &'static Machine {
     // Only reachable after build() (CPUs start running guests after it).
@@ -238,15 +232,14 @@ pub fn current_cpu() -> usize {
 pub fn build(
     platform: Platform,
     manifest: Manifest,
-    payload_base: u64,
-    payload_end: u64,
+    payload: Payload,
     dtb: Region,
 ) -> ! {
     // 1. Memory Bothy may hand out: RAM minus firmware reservations, this image
     //    with its payload, and the firmware DTB.
     let (image_start, _) = entry::image_bounds();
     let mut reserved = platform.reserved.clone();
-    reserved.push(Region::new(image_start, payload_end - image_start));
+    reserved.push(Region::new(image_start, payload.end() - image_start));
     reserved.push(dtb);
     let mut allocator = RegionAllocator::new(&platform.memory, &reserved);
 
@@ -259,31 +252,17 @@ pub fn build(
     devices.push(platform.gic.dist);
     devices.extend(platform.gic.redists.iter().copied());
     let pa_bits = mmu::pa_bits();
-    let idmap = build_el2_idmap(
-        &mut mmu::Frames {
-            allocator: &mut allocator,
-            mmu_off: true,
-        },
-        &platform.memory,
-        &devices,
-        Region::new(image_start, entry::text_end() - image_start),
-        &entry::stack_layout().guards().collect::<Vec<_>>(),
-        pa_bits,
-    )
-    .unwrap_or_else(|e| fatal(format_args!("cannot build EL2 page tables: {e:?}")));
-    let tables = *EL2_TABLES.call_once(|| El2Tables {
-        root: idmap.root,
-        tcr: idmap.tcr,
-        mair: idmap.mair,
-    });
+    let idmap = mmu::build_el2_map(&mut allocator, &platform.memory, &devices)
+        .unwrap_or_else(|e| fatal(format_args!("cannot build EL2 page tables: {e:?}")));
+    let tables = EL2_TABLES.call_once(|| idmap);
     // Everything Bothy wrote so far (relocations, .bss, heap, stacks) went to RAM
     // with the MMU off; drop any stale lines the loader left for that range.
     entry::invalidate_image_dcache();
-    mmu::enable(tables.root, tables.tcr, tables.mair);
+    mmu::enable(tables);
     // Secondaries read EL2_TABLES with their MMU (and caches) still off.
     sysreg::clean_dcache_range(
         core::ptr::addr_of!(EL2_TABLES) as u64,
-        core::mem::size_of::<Once<El2Tables>>() as u64,
+        core::mem::size_of::<Once<El2Map>>() as u64,
     );
     if manifest.debug_overflow_stack {
         println!("fault injection: overflowing the EL2 stack");
@@ -368,15 +347,8 @@ pub fn build(
     let vmids =
         VmidAllocator::new(VmidBits::from_id_aa64mmfr1(sysreg::read_id_aa64mmfr1_el1()));
     // What an idle CPU installs: tables that translate nothing, under VMID 0.
-    let parked_vttbr = Stage2::new(
-        &mut mmu::Frames {
-            allocator: &mut allocator,
-            mmu_off: false,
-        },
-        vm::IPA_BITS,
-    )
-    .unwrap_or_else(|e| fatal(format_args!("cannot build the idle stage 2: {e}")))
-    .idle_vttbr();
+    let parked_vttbr = mmu::idle_stage2(&mut allocator, vm::IPA_BITS)
+        .unwrap_or_else(|e| fatal(format_args!("cannot build the idle stage 2: {e}")));
     // Every page still free is tracked from here on; Bothy's own (image, tables,
     // stacks) is outside the record and can never be assigned to a VM.
     let mut owners = PageOwnership::new();
@@ -423,7 +395,7 @@ pub fn build(
             vcpus: Vec::new(),
         }),
         templates: manifest.vms,
-        payload_base,
+        payload,
         pa_bits,
         timer: platform.timer,
         gic_dist: platform.gic.dist.base,
@@ -519,7 +491,7 @@ fn start_secondaries(mpidrs: &[u64]) -> usize {
 }
 
 pub fn secondary_main(index: usize) -> ! {
-    let Some(tables) = EL2_TABLES.get().copied() else {
+    let Some(tables) = EL2_TABLES.get() else {
         crate::halt_machine()
     };
     let el = (sysreg::read_current_el() >> 2) & 3;
@@ -530,7 +502,7 @@ pub fn secondary_main(index: usize) -> ! {
         }
     }
     percpu::clear();
-    mmu::enable(tables.root, tables.tcr, tables.mair);
+    mmu::enable(tables);
     record_id_regs(index);
     ONLINE.fetch_or(1 << index, Ordering::AcqRel);
     let m = loop {
@@ -637,7 +609,7 @@ pub fn create_vm(m: &'static Machine, template: usize) -> Result<Arc<Vm>, String
             id_regs: m.id_regs,
             allocator: &mut mm.allocator,
             owners: &mut mm.owners,
-            payload_base: m.payload_base,
+            payload: m.payload,
             pa_bits: m.pa_bits,
             timer: m.timer,
             pmu: m.pmu,
@@ -744,11 +716,7 @@ fn give_back_memory(m: &Machine, vm: &Vm) {
     };
     let mut machine_memory = m.memory.lock();
     let mm = &mut *machine_memory;
-    let mut frames = mmu::Frames {
-        allocator: &mut mm.allocator,
-        mmu_off: false,
-    };
-    if let Err(e) = memory.destroy(&mut frames, &mut mm.owners, &mut mm.vmids, &mut exit::ExitHw) {
+    if let Err(e) = mmu::destroy_vm_memory(memory, &mut mm.allocator, &mut mm.owners, &mut mm.vmids, &mut exit::ExitHw) {
         println!("VM {}: part of its memory is still lent out and stays reserved: {e:?}", vm.name);
     }
 }

@@ -25,10 +25,10 @@ mod machine;
 mod prompt;
 mod vm;
 
-use arch::aarch64::{entry, firmware, heap, mmio, percpu, sysreg};
+use arch::aarch64::entry::{DtbError, FirmwareDtb, Payload};
+use arch::aarch64::{entry, firmware, heap, percpu, sysreg};
 use bothy_core::fdt::platform::{Conduit as DtConduit, Platform, UartKind};
 use bothy_core::fdt::Fdt;
-use bothy_core::image::{payload_offset, PayloadHeader, PAYLOAD_HEADER_SIZE};
 use bothy_core::manifest::Manifest;
 use core::fmt;
 use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -94,78 +94,57 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
 }
 
 /// The payload (manifest + guest images) the CLI appended after the image.
-struct Payload {
-    base: u64,
-    header: PayloadHeader,
-}
-
 fn find_payload() -> Result<Payload, alloc::string::String> {
-    let (start, end) = entry::image_bounds();
-    let base = start + payload_offset(end - start);
-    let header = PayloadHeader::decode(mmio::phys_bytes(base, PAYLOAD_HEADER_SIZE))
-        .map_err(|e| alloc::format!("boot image at {start:#x} carries no usable payload: {e} (build it with `bothy image`)"))?;
-    Ok(Payload { base, header })
+    entry::payload().map_err(|e| {
+        alloc::format!(
+            "boot image at {:#x} carries no usable payload: {e} (build it with `bothy image`)",
+            entry::image_bounds().0
+        )
+    })
 }
 
-impl Payload {
-    fn manifest(&self) -> Result<Manifest, alloc::string::String> {
-        let bytes = mmio::phys_bytes(
-            self.base + self.header.manifest_offset,
-            self.header.manifest_size as usize,
-        );
-        let manifest = Manifest::decode(bytes).map_err(|e| alloc::format!("{e}"))?;
-        // Every blob the manifest names must lie inside the payload: a malformed image
-        // gets an error here, never a copy from wherever its offsets point.
-        for vm in &manifest.vms {
-            let refs = [("kernel", Some(vm.kernel)), ("initrd", vm.initrd)];
-            for (what, blob) in refs {
-                if let Some(blob) = blob {
-                    self.header
-                        .check_ref(blob.offset, blob.size)
-                        .map_err(|e| alloc::format!("VM {}: {what}: {e}", vm.name))?;
-                }
+/// The manifest in `payload`, with every blob it names checked to lie inside it: a
+/// malformed image gets an error here, never a copy from wherever its offsets point.
+fn manifest(payload: &Payload) -> Result<Manifest, alloc::string::String> {
+    let manifest = Manifest::decode(payload.manifest_bytes()).map_err(|e| alloc::format!("{e}"))?;
+    for vm in &manifest.vms {
+        let refs = [("kernel", Some(vm.kernel)), ("initrd", vm.initrd)];
+        for (what, blob) in refs {
+            if let Some(blob) = blob {
+                payload
+                    .header()
+                    .check_ref(blob.offset, blob.size)
+                    .map_err(|e| alloc::format!("VM {}: {what}: {e}", vm.name))?;
             }
         }
-        Ok(manifest)
     }
-    fn end(&self) -> u64 {
-        self.base + self.header.total_size
-    }
+    Ok(manifest)
 }
 
 /// The firmware's device tree, or why it is unusable.
-fn firmware_dtb(dtb: u64) -> Result<Fdt<'static>, alloc::string::String> {
-    const FDT_ALIGN: u64 = 8;
-    const FDT_HEADER: usize = 40;
-    const FDT_MAX: usize = 2 << 20;
-    if dtb == 0 {
-        return Err("no device tree: the loader passed x0 = 0 (boot Bothy like an arm64 Linux kernel, with a DTB in x0)".into());
-    }
-    if !dtb.is_multiple_of(FDT_ALIGN) {
-        return Err(alloc::format!(
-            "device tree address {dtb:#x} (x0) is not 8-byte aligned"
-        ));
-    }
-    let size = bothy_core::fdt::header_total_size(mmio::phys_bytes(dtb, FDT_HEADER))
-        .map_err(|e| alloc::format!("device tree at {dtb:#x}: {e}"))?;
-    if size > FDT_MAX {
-        return Err(alloc::format!(
-            "device tree at {dtb:#x} claims {size} bytes; the limit is 2 MiB"
-        ));
-    }
-    Fdt::new(mmio::phys_bytes(dtb, size))
-        .map_err(|e| alloc::format!("device tree at {dtb:#x}: {e}"))
+fn firmware_dtb(dtb: FirmwareDtb) -> Result<Fdt<'static>, alloc::string::String> {
+    let at = dtb.addr();
+    let bytes = dtb.bytes().map_err(|e| match e {
+        DtbError::Missing => "no device tree: the loader passed x0 = 0 (boot Bothy like an arm64 Linux kernel, with a DTB in x0)".into(),
+        DtbError::Misaligned => alloc::format!("device tree address {at:#x} (x0) is not 8-byte aligned"),
+        DtbError::Header(e) => alloc::format!("device tree at {at:#x}: {e}"),
+        DtbError::TooLarge(size) => alloc::format!(
+            "device tree at {at:#x} claims {size} bytes; the limit is {} MiB",
+            entry::FDT_MAX >> 20
+        ),
+    })?;
+    Fdt::new(bytes).map_err(|e| alloc::format!("device tree at {at:#x}: {e}"))
 }
 
 /// Entered from `entry.rs` on the boot CPU, MMU off, with the loader's x0.
-pub extern "C" fn boot_primary(dtb: u64, _load_base: u64) -> ! {
+pub fn boot_primary(dtb: FirmwareDtb) -> ! {
     heap::init();
     let el = (sysreg::read_current_el() >> 2) & 3;
     let payload = find_payload();
     let early_console = payload
         .as_ref()
         .ok()
-        .and_then(|p| p.manifest().ok())
+        .and_then(|p| manifest(p).ok())
         .and_then(|m| m.early_console);
 
     let platform = firmware_dtb(dtb).and_then(|fdt| {
@@ -212,20 +191,18 @@ pub extern "C" fn boot_primary(dtb: u64, _load_base: u64) -> ! {
         fatal(format_args!("the device tree's /chosen/stdout-path names no PL011 UART; Bothy needs one for its console"));
     }
     let payload = payload.unwrap_or_else(|why| fatal(format_args!("{why}")));
-    let manifest = payload
-        .manifest()
-        .unwrap_or_else(|why| fatal(format_args!("{why}")));
+    let manifest = manifest(&payload).unwrap_or_else(|why| fatal(format_args!("{why}")));
     println!(
         "Bothy {} at EL2: image {:#x}..{:#x}, device tree {:#x}, {} CPUs, {} MiB RAM",
         env!("CARGO_PKG_VERSION"),
         entry::image_bounds().0,
         payload.end(),
-        dtb,
+        dtb.addr(),
         platform.cpus.len(),
         platform.memory.iter().map(|r| r.size).sum::<u64>() >> 20
     );
-    let dtb_region = bothy_core::Region::new(dtb, fdt.total_size() as u64);
-    machine::build(platform, manifest, payload.base, payload.end(), dtb_region)
+    let dtb_region = bothy_core::Region::new(dtb.addr(), fdt.total_size() as u64);
+    machine::build(platform, manifest, payload, dtb_region)
 }
 
 /// Entered from `entry.rs` on a secondary CPU started by [`machine::build`].

@@ -16,7 +16,8 @@
 
 use crate::arch::aarch64::context::VcpuContext;
 use crate::arch::aarch64::vectors::GuestFrame;
-use crate::arch::aarch64::{mmio, mmu::Frames, sysreg};
+use crate::arch::aarch64::entry::Payload;
+use crate::arch::aarch64::{mmio, mmu, sysreg};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -25,7 +26,7 @@ use bothy_core::fdt::guest::{build_guest_dtb, GuestDtbConfig};
 use bothy_core::fdt::platform::{Pmu, TimerIrqs};
 use bothy_core::layout::{self, BootPlan};
 use bothy_core::linux::ImageHeader;
-use bothy_core::manifest::{OnExit, PayloadRef, VmSpec};
+use bothy_core::manifest::{OnExit, VmSpec};
 use bothy_core::mem::{
     AtomicVttbr, NotGuestRam, Owner, PageOwnership, RegionAllocator, VmMemory, VmMemorySpec,
     VmidAllocator, Vtcr,
@@ -68,11 +69,10 @@ pub struct Vm {
     /// CPU that finishes a stop does so after the scheduler's lock is released, and the
     /// prompt must not reload or give back memory under it.
     pub lifecycle: Mutex<()>,
-    /// What a reset reloads: the manifest's images and the generated DTB.
-    kernel: PayloadRef,
-    initrd: Option<PayloadRef>,
+    /// What a reset reloads: the manifest's images (in the payload) and the generated DTB.
+    kernel: &'static [u8],
+    initrd: Option<&'static [u8]>,
     dtb: Vec<u8>,
-    payload_base: u64,
 }
 
 impl core::ops::Deref for Vm {
@@ -105,15 +105,12 @@ impl Vm {
         let Some(ram) = self.memory.lock().as_ref().map(|m| m.guest_ram()) else {
             return Err(NotGuestRam { ipa: 0, len: 0 });
         };
-        let kernel = payload_bytes(self.payload_base, self.kernel);
         let initrd = match (self.initrd, self.boot.initrd) {
-            (Some(initrd), Some(place)) => {
-                Some((place.base, payload_bytes(self.payload_base, initrd)))
-            }
+            (Some(initrd), Some(place)) => Some((place.base, initrd)),
             _ => None,
         };
         let images = [
-            Some((self.boot.kernel, kernel)),
+            Some((self.boot.kernel, self.kernel)),
             initrd,
             Some((self.boot.dtb, self.dtb.as_slice())),
         ];
@@ -150,16 +147,12 @@ pub struct Saved {
     pub arch: VcpuContext,
 }
 
-fn payload_bytes(payload_base: u64, blob: PayloadRef) -> &'static [u8] {
-    mmio::phys_bytes(payload_base + blob.offset, blob.size as usize)
-}
-
 /// Everything a VM needs from the machine it is built on.
 pub struct BuildEnv<'a> {
     pub allocator: &'a mut RegionAllocator,
     /// The machine's page-ownership record: a VM's RAM becomes its own.
     pub owners: &'a mut PageOwnership,
-    pub payload_base: u64,
+    pub payload: Payload,
     pub pa_bits: u32,
     pub timer: TimerIrqs,
     /// The PMU its guests get (described in their device tree), if any.
@@ -180,26 +173,33 @@ pub fn build(
     env: &mut BuildEnv,
 ) -> Result<Vm, String> {
     let name = &spec.name;
-    let kernel_bytes = payload_bytes(env.payload_base, spec.kernel);
-    let header = ImageHeader::parse(kernel_bytes).map_err(|e| format!("VM {name}: kernel: {e}"))?;
+    let kernel = env
+        .payload
+        .bytes(spec.kernel.offset, spec.kernel.size)
+        .map_err(|e| format!("VM {name}: kernel: {e}"))?;
+    let initrd = match spec.initrd {
+        Some(r) => Some(
+            env.payload
+                .bytes(r.offset, r.size)
+                .map_err(|e| format!("VM {name}: initrd: {e}"))?,
+        ),
+        None => None,
+    };
+    let header = ImageHeader::parse(kernel).map_err(|e| format!("VM {name}: kernel: {e}"))?;
     let ram = Region::new(layout::RAM_BASE, spec.memory);
     let boot = layout::plan_boot(ram, &header, spec.initrd.map(|r| r.size))
         .map_err(|e| format!("VM {name}: {e}"))?;
 
-    let mut frames = Frames {
-        allocator: env.allocator,
-        mmu_off: false,
-    };
     let spec_memory = VmMemorySpec {
         ram,
         ram_align: RAM_ALIGN,
         ipa_bits: IPA_BITS,
     };
     let owner = Owner::Vm(handle.index());
-    let memory = VmMemory::create(
+    let memory = mmu::create_vm_memory(
         owner,
         spec_memory,
-        &mut frames,
+        env.allocator,
         env.owners,
         env.vmids,
         &mut crate::exit::ExitHw,
@@ -254,10 +254,9 @@ pub fn build(
         on_exit: spec.on_exit,
         counted: AtomicBool::new(true),
         lifecycle: Mutex::new(()),
-        kernel: spec.kernel,
-        initrd: spec.initrd,
+        kernel,
+        initrd,
         dtb,
-        payload_base: env.payload_base,
     };
     vm.load_images()
         .map_err(|e| format!("VM {name}: its images do not fit: {e}"))?;

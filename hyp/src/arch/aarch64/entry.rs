@@ -6,6 +6,9 @@
 //! `adr`, patches every `R_AARCH64_RELATIVE` slot, zeroes .bss, and calls
 //! [`crate::boot_primary`] with the DTB pointer the loader left in x0. The MMU
 //! is off, so nothing before the relocation loop may load an absolute address.
+//! What the loader handed over is read only through [`FirmwareDtb`] (the x0 address,
+//! made nowhere else) and [`Payload`] (the payload after this image, read only within
+//! what the loader loaded and where its header says).
 //! Secondary CPUs enter at `secondary_entry` (PSCI CPU_ON, context id = CPU
 //! index) and get their own stack.
 //!
@@ -16,8 +19,12 @@
 //! CPU's frame. EL2's own faults run on a separate small emergency stack per CPU
 //! ([`EMERGENCY_STACK_SIZE`], also in `.stacks`), so an overflow can still be reported.
 
+use super::mmio;
+use bothy_core::fdt::{header_total_size, FdtError};
+use bothy_core::image::{payload_offset, ImageError, PayloadHeader, PAYLOAD_HEADER_SIZE};
 use bothy_core::mem::stacks::StackLayout;
 use core::arch::global_asm;
+use core::fmt;
 
 /// Per-CPU stack slot (guard page included); must match the linker script's `.stacks`
 /// reservation. A power of two: the fault vector finds a slot with a shift.
@@ -108,11 +115,152 @@ bothy_set_stack:
     mov     x29, #0
     ret
 "#,
-    boot_primary = sym crate::boot_primary,
+    boot_primary = sym boot_primary,
     boot_secondary = sym crate::boot_secondary,
     stack_size = const STACK_SIZE,
     frame = const super::vectors::GUEST_FRAME_SIZE,
 );
+
+/// The boot CPU's first Rust, with the loader's x0: the one place a [`FirmwareDtb`] is
+/// made.
+extern "C" fn boot_primary(dtb: u64) -> ! {
+    crate::boot_primary(FirmwareDtb { addr: dtb })
+}
+
+/// The device tree the loader passed in x0 (booting.rst: "the physical address of a
+/// device tree blob in system RAM"). Only the entry code makes one, so no other address
+/// is ever read as the firmware's device tree.
+#[derive(Clone, Copy, Debug)]
+pub struct FirmwareDtb {
+    addr: u64,
+}
+
+/// Why the loader's device tree cannot be read.
+#[derive(Clone, Debug)]
+pub enum DtbError {
+    /// x0 was 0.
+    Missing,
+    /// x0 is not 8-byte aligned.
+    Misaligned,
+    /// Its header is not a device tree's.
+    Header(FdtError),
+    /// Its header claims more than [`FDT_MAX`] bytes.
+    TooLarge(usize),
+}
+
+/// The largest firmware device tree Bothy reads (booting.rst's limit).
+pub const FDT_MAX: usize = 2 << 20;
+
+impl FirmwareDtb {
+    /// Where it is (for messages, and to keep it out of the memory Bothy hands out).
+    pub fn addr(&self) -> u64 {
+        self.addr
+    }
+
+    /// The whole blob, as long as its header says (at most [`FDT_MAX`] bytes).
+    pub fn bytes(&self) -> Result<&'static [u8], DtbError> {
+        const FDT_ALIGN: u64 = 8;
+        const FDT_HEADER: usize = 40;
+        if self.addr == 0 {
+            return Err(DtbError::Missing);
+        }
+        if !self.addr.is_multiple_of(FDT_ALIGN) {
+            return Err(DtbError::Misaligned);
+        }
+        let size = header_total_size(mmio::phys_bytes(self.addr, FDT_HEADER))
+            .map_err(DtbError::Header)?;
+        if size > FDT_MAX {
+            return Err(DtbError::TooLarge(size));
+        }
+        Ok(mmio::phys_bytes(self.addr, size))
+    }
+}
+
+/// The payload `bothy image` appended after this image (header, manifest, guest
+/// images): Bothy's own, never written. Made only by [`payload`], which checks it lies
+/// within what the loader loaded; its bytes are read only where its header says.
+#[derive(Clone, Copy, Debug)]
+pub struct Payload {
+    base: u64,
+    header: PayloadHeader,
+}
+
+/// Why there is no usable payload.
+#[derive(Clone, Copy, Debug)]
+pub enum PayloadError {
+    Header(ImageError),
+    /// It ends beyond the image the loader loaded (the Image header's `image_size`).
+    BeyondImage { end: u64, loaded_end: u64 },
+}
+
+impl fmt::Display for PayloadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PayloadError::Header(e) => write!(f, "{e}"),
+            PayloadError::BeyondImage { end, loaded_end } => write!(
+                f,
+                "it ends at {end:#x}, beyond the {loaded_end:#x} the Image header's image_size covers"
+            ),
+        }
+    }
+}
+
+/// Offset of `image_size` in the Image header (booting.rst), which `bothy image` sets
+/// to cover the payload.
+const IMAGE_SIZE_OFFSET: u64 = 16;
+
+/// The payload after this image, if its header is valid and it lies within the image
+/// the loader loaded.
+pub fn payload() -> Result<Payload, PayloadError> {
+    let (start, end) = image_bounds();
+    let base = start + payload_offset(end - start);
+    let image_size = mmio::phys_bytes(start + IMAGE_SIZE_OFFSET, 8)
+        .try_into()
+        .map_or(0, u64::from_le_bytes);
+    let loaded_end = start.saturating_add(image_size);
+    if base.saturating_add(PAYLOAD_HEADER_SIZE as u64) > loaded_end {
+        return Err(PayloadError::Header(ImageError::Truncated {
+            len: loaded_end.saturating_sub(base) as usize,
+        }));
+    }
+    let header = PayloadHeader::decode(mmio::phys_bytes(base, PAYLOAD_HEADER_SIZE))
+        .map_err(PayloadError::Header)?;
+    let payload_end = base.saturating_add(header.total_size);
+    if payload_end > loaded_end {
+        return Err(PayloadError::BeyondImage {
+            end: payload_end,
+            loaded_end,
+        });
+    }
+    Ok(Payload { base, header })
+}
+
+impl Payload {
+    /// Where it ends (this image and its payload are kept out of the memory Bothy hands
+    /// out).
+    pub fn end(&self) -> u64 {
+        self.base + self.header.total_size
+    }
+
+    pub fn header(&self) -> &PayloadHeader {
+        &self.header
+    }
+
+    /// The manifest (its range was checked against the payload by the header's decode).
+    pub fn manifest_bytes(&self) -> &'static [u8] {
+        mmio::phys_bytes(
+            self.base + self.header.manifest_offset,
+            self.header.manifest_size as usize,
+        )
+    }
+
+    /// The `size` bytes at `offset` (a kernel or initrd the manifest names), if they lie
+    /// inside the payload ([`PayloadHeader::check_ref`]).
+    pub fn bytes(&self, offset: u64, size: u64) -> Result<&'static [u8], ImageError> {
+        self.header.check_ref(offset, size)?;
+        Ok(mmio::phys_bytes(self.base + offset, size as usize))
+    }
+}
 
 extern "C" {
     static secondary_entry: u8;

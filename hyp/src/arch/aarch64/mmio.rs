@@ -4,8 +4,9 @@
 //! as a pointer once it is mapped. These helpers are the only places that turn
 //! integers into pointers; callers pass addresses the device tree or Bothy's own
 //! allocator vouched for. Only `arch` may pass raw addresses (the functions taking one
-//! are `pub(super)`), except [`phys_bytes`], which only reads; outside, guest RAM is
-//! written through [`copy_to_guest`], which takes a checked IPA range.
+//! are `pub(super)`); outside, guest RAM is written through [`copy_to_guest`], which
+//! takes a checked IPA range, and what the loader handed over is read through
+//! `entry::FirmwareDtb` and `entry::Payload`.
 
 use bothy_core::mem::{GuestRam, NotGuestRam};
 
@@ -36,7 +37,7 @@ pub(super) fn write64(addr: u64, value: u64) {
 
 /// A byte slice over physical memory Bothy owns or was handed by the loader
 /// (the DTB, the payload). The memory is never written while the slice lives.
-pub fn phys_bytes(addr: u64, len: usize) -> &'static [u8] {
+pub(super) fn phys_bytes(addr: u64, len: usize) -> &'static [u8] {
     // SAFETY: callers pass memory the device tree or image layout reserved for
     // Bothy; it is mapped (or the MMU is off) and not mutated afterwards.
     unsafe { core::slice::from_raw_parts(addr as *const u8, len) }
