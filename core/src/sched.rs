@@ -306,9 +306,15 @@ impl Scheduler {
             run_ticks: 0,
             since: 0,
         };
-        let id = match self.free.pop() {
-            Some(id) => {
-                self.vcpus[id.0] = entry;
+        // A free handle names an entry of `vcpus` (entries are never removed); were one
+        // not to, a new entry is pushed instead.
+        let reused = self
+            .free
+            .pop()
+            .and_then(|id| Some((id, self.vcpus.get_mut(id.0)?)));
+        let id = match reused {
+            Some((id, slot)) => {
+                *slot = entry;
                 id
             }
             None => {
@@ -317,7 +323,10 @@ impl Scheduler {
             }
         };
         if let Placement::Pinned(cpu) = placement {
-            self.cpus[cpu].dedicated = Some(id);
+            // Checked above: the CPU exists.
+            if let Some(c) = self.cpus.get_mut(cpu) {
+                c.dedicated = Some(id);
+            }
         }
         for cpu in &mut self.cpus {
             if cpu.last_of_vm.len() <= vm {
@@ -344,13 +353,20 @@ impl Scheduler {
             return Err(StillRunning);
         }
         let mut kicks = 0u64;
-        for i in 0..self.vcpus.len() {
-            if self.vcpus[i].vm != vm {
+        let Scheduler {
+            vcpus,
+            queue,
+            cpus,
+            free,
+            ..
+        } = self;
+        for (i, e) in vcpus.iter_mut().enumerate() {
+            if e.vm != vm {
                 continue;
             }
             let id = VcpuId(i);
-            self.queue.retain(|q| *q != id);
-            for (n, c) in self.cpus.iter_mut().enumerate() {
+            queue.retain(|q| *q != id);
+            for (n, c) in cpus.iter_mut().enumerate() {
                 if c.loaded == Some(id) {
                     c.loaded = None;
                 }
@@ -365,14 +381,13 @@ impl Scheduler {
                     *last = None;
                 }
             }
-            let e = &mut self.vcpus[i];
             e.vm = NO_VM;
             e.state = RunState::Off;
             e.placement = Placement::Shared;
             e.wake_pending = false;
             e.wake_at = None;
             e.loaded_on = None;
-            self.free.push(id);
+            free.push(id);
         }
         if let Some(stopping) = self.stopping.get_mut(vm) {
             *stopping = false;
@@ -435,8 +450,10 @@ impl Scheduler {
             .map(|e| e.state)
         {
             Some(RunState::Off) => {
-                self.vcpus[v.0].state = RunState::Blocked;
-                self.vcpus[v.0].wake_at = None;
+                if let Some(e) = self.vcpus.get_mut(v.0) {
+                    e.state = RunState::Blocked;
+                    e.wake_at = None;
+                }
                 self.wake(v)
             }
             _ => None,
@@ -456,18 +473,21 @@ impl Scheduler {
             RunState::Blocked => {
                 e.wake_at = None;
                 // Back to where its registers are, if that CPU idles; else its own CPU,
-                // else the queue.
+                // else the queue. (Its CPUs are ones `cpus` has: `add_vcpu` checked a pin
+                // and `pick` records where it ran; were one not, the queue takes it.)
                 let home = match (e.loaded_on, e.placement) {
                     (_, Placement::Pinned(cpu)) => Some(cpu),
-                    (Some(cpu), _) if self.cpus[cpu].current.is_none() => Some(cpu),
+                    (Some(cpu), _) if self.cpus.get(cpu).is_some_and(|c| c.current.is_none()) => {
+                        Some(cpu)
+                    }
                     _ => None,
                 };
-                if let Some(cpu) = home {
+                if let Some((cpu, c)) = home.and_then(|cpu| Some((cpu, self.cpus.get_mut(cpu)?))) {
                     e.state = RunState::Runnable;
                     if e.placement == Placement::Shared {
-                        self.cpus[cpu].woken_here = Some(v);
+                        c.woken_here = Some(v);
                     }
-                    if self.cpus[cpu].current.is_none() {
+                    if c.current.is_none() {
                         // The idle CPU picks it up on its next look.
                         return Some(cpu);
                     }
@@ -499,15 +519,18 @@ impl Scheduler {
         if self.stopping_vcpu(v) {
             return self.off_current(cpu, now);
         }
-        let e = &mut self.vcpus[v.0];
+        // `current` names an entry of `vcpus`; were it not to, it keeps running.
+        let Some(e) = self.vcpus.get_mut(v.0) else {
+            return Decision::keep(v);
+        };
         if core::mem::take(&mut e.wake_pending) {
             return Decision::keep(v);
         }
         if wake_at.is_some_and(|t| t <= now) {
             return Decision::keep(v);
         }
+        e.wake_at = wake_at;
         self.leave(cpu, now, RunState::Blocked);
-        self.vcpus[v.0].wake_at = wake_at;
         self.pick(cpu, now)
     }
 
@@ -517,7 +540,12 @@ impl Scheduler {
         match self.current(cpu) {
             Some(v) if self.stopping_vcpu(v) => self.off_current(cpu, now),
             Some(v) if self.queue.is_empty() => Decision::keep(v),
-            Some(v) if self.vcpus[v.0].placement == Placement::Shared => {
+            Some(v)
+                if self
+                    .vcpus
+                    .get(v.0)
+                    .is_some_and(|e| e.placement == Placement::Shared) =>
+            {
                 self.leave(cpu, now, RunState::Runnable);
                 self.queue.push_back(v);
                 self.pick(cpu, now)
@@ -631,7 +659,9 @@ impl Scheduler {
                     return Decision::keep(v);
                 }
                 if self.queue.is_empty() {
-                    self.cpus[cpu].slice_end = now + self.slice;
+                    if let Some(c) = self.cpus.get_mut(cpu) {
+                        c.slice_end = now + self.slice;
+                    }
                     return Decision::keep(v);
                 }
                 self.leave(cpu, now, RunState::Runnable);
@@ -646,9 +676,10 @@ impl Scheduler {
     /// run them are collected for [`Self::take_kicks`].
     fn expire(&mut self, now: Ticks) {
         for i in 0..self.vcpus.len() {
-            if self.vcpus[i].state == RunState::Blocked
-                && self.vcpus[i].wake_at.is_some_and(|t| t <= now)
-            {
+            let due = self.vcpus.get(i).is_some_and(|e| {
+                e.state == RunState::Blocked && e.wake_at.is_some_and(|t| t <= now)
+            });
+            if due {
                 if let Some(cpu) = self.wake(VcpuId(i)) {
                     self.kicks |= 1u64.checked_shl(cpu as u32).unwrap_or(0);
                 }
@@ -682,8 +713,9 @@ impl Scheduler {
 
     /// `cpu`'s current vCPU leaves the CPU in `to` (its registers stay loaded).
     fn leave(&mut self, cpu: usize, now: Ticks, to: RunState) {
-        if let Some(v) = self.cpus[cpu].current.take() {
-            let e = &mut self.vcpus[v.0];
+        let current = self.cpus.get_mut(cpu).and_then(|c| c.current.take());
+        // `current` names an entry of `vcpus`.
+        if let Some(e) = current.and_then(|v| self.vcpus.get_mut(v.0)) {
             e.run_ticks += now.saturating_sub(e.since);
             e.state = to;
             e.wake_pending = false;
@@ -692,31 +724,35 @@ impl Scheduler {
 
     /// What an idle (or just vacated) CPU runs next.
     fn pick(&mut self, cpu: usize, now: Ticks) -> Decision {
-        let Some(c) = self.cpus.get(cpu) else {
+        let Scheduler {
+            cpus,
+            vcpus,
+            queue,
+            slice,
+            ..
+        } = self;
+        let Some(c) = cpus.get_mut(cpu) else {
             return Decision::keep_idle();
         };
-        let runnable = |v: VcpuId| self.vcpus[v.0].state == RunState::Runnable;
-        let next = match (c.dedicated, c.woken_here) {
+        let runnable = |v: VcpuId| {
+            vcpus
+                .get(v.0)
+                .is_some_and(|e| e.state == RunState::Runnable)
+        };
+        let next = match (c.dedicated, c.woken_here.take()) {
             (Some(v), _) => runnable(v).then_some(v),
             (None, Some(v)) if runnable(v) => Some(v),
-            (None, _) => None,
+            (None, _) => Self::pop_runnable(queue, vcpus),
         };
-        self.cpus[cpu].woken_here = None;
-        let next = match next {
-            Some(v) => Some(v),
-            None if self.cpus[cpu].dedicated.is_none() => self.pop_runnable(),
-            None => None,
-        };
-        let Some(v) = next else {
+        // Whatever `pick` chose is runnable, so in `vcpus`.
+        let Some((v, vm)) = next.and_then(|v| Some((v, vcpus.get(v.0)?.vm))) else {
             return Decision::keep_idle();
         };
-        let c = &mut self.cpus[cpu];
         let (save, restore) = if c.loaded == Some(v) {
             (None, None)
         } else {
             (c.loaded, Some(v))
         };
-        let vm = self.vcpus[v.0].vm;
         let flush_tlb = restore.is_some()
             && c.last_of_vm
                 .get(vm)
@@ -728,17 +764,18 @@ impl Scheduler {
         }
         c.current = Some(v);
         c.loaded = Some(v);
-        c.slice_end = now + self.slice;
-        if let Some(old) = save {
-            self.vcpus[old.0].loaded_on = None;
+        c.slice_end = now + *slice;
+        if let Some(old) = save.and_then(|old| vcpus.get_mut(old.0)) {
+            old.loaded_on = None;
         }
-        let e = &mut self.vcpus[v.0];
-        e.state = RunState::Running(cpu);
-        e.loaded_on = Some(cpu);
-        e.last_cpu = Some(cpu);
-        e.ran_on |= 1u64.checked_shl(cpu as u32).unwrap_or(0);
-        e.since = now;
-        e.wake_pending = false;
+        if let Some(e) = vcpus.get_mut(v.0) {
+            e.state = RunState::Running(cpu);
+            e.loaded_on = Some(cpu);
+            e.last_cpu = Some(cpu);
+            e.ran_on |= 1u64.checked_shl(cpu as u32).unwrap_or(0);
+            e.since = now;
+            e.wake_pending = false;
+        }
         Decision {
             run: Some(v),
             save,
@@ -748,9 +785,12 @@ impl Scheduler {
     }
 
     /// The first queued vCPU that is still runnable and not loaded on another CPU.
-    fn pop_runnable(&mut self) -> Option<VcpuId> {
-        while let Some(v) = self.queue.pop_front() {
-            if self.vcpus[v.0].state == RunState::Runnable {
+    fn pop_runnable(queue: &mut VecDeque<VcpuId>, vcpus: &[Entry]) -> Option<VcpuId> {
+        while let Some(v) = queue.pop_front() {
+            if vcpus
+                .get(v.0)
+                .is_some_and(|e| e.state == RunState::Runnable)
+            {
                 return Some(v);
             }
         }
