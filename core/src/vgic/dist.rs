@@ -150,17 +150,22 @@ impl RegFile for Dist<'_> {
     }
 
     fn read_dword(&mut self, offset: u64) -> u64 {
-        match self.router_intid(offset) {
-            Some(intid) => self.st.irouter[(intid - SPI_BASE) as usize],
-            None => 0,
-        }
+        // `router_intid` names an SPI this VM has: one with an IROUTER.
+        self.router_intid(offset)
+            .and_then(|intid| self.st.irouter.get((intid - SPI_BASE) as usize))
+            .copied()
+            .unwrap_or(0)
     }
 
     fn write_dword(&mut self, offset: u64, value: u64) -> VcpuMask {
+        // `router_intid` names an SPI this VM has: one with an IROUTER.
         let Some(intid) = self.router_intid(offset) else {
             return VcpuMask::EMPTY;
         };
-        self.st.irouter[(intid - SPI_BASE) as usize] = value & IROUTER_MASK;
+        let Some(route) = self.st.irouter.get_mut((intid - SPI_BASE) as usize) else {
+            return VcpuMask::EMPTY;
+        };
+        *route = value & IROUTER_MASK;
         // A pending SPI that now has a (new) target must reach it.
         self.st.kick_for(self.vcpu, intid, false)
     }

@@ -232,7 +232,10 @@ impl State {
     /// in it first.
     fn free_lr(&mut self, vcpu: usize, i: usize) {
         let grp1 = self.grp1;
-        let cpu = &mut self.cpus[vcpu];
+        // Callers pass a vCPU whose LRs they hold: one in `cpus`.
+        let Some(cpu) = self.cpus.get_mut(vcpu) else {
+            return;
+        };
         cpu.occupied &= !(1 << i);
         cpu.dirty &= !(1 << i);
         cpu.unzeroed |= 1 << i;
@@ -244,7 +247,9 @@ impl State {
                 irq.clear_active_req = false;
                 if irq.deliverable(grp1) {
                     if intid < SPI_BASE {
-                        self.cpus[vcpu].set_pend(intid);
+                        if let Some(cpu) = self.cpus.get_mut(vcpu) {
+                            cpu.set_pend(intid);
+                        }
                     } else {
                         self.note(vcpu, intid);
                     }
@@ -457,11 +462,14 @@ impl State {
     fn prune(&mut self, vcpu: usize) -> (usize, u32) {
         let mut count = 0;
         let mut first = u32::MAX;
-        let mut words = self.cpus[vcpu].pend_words;
+        // `vcpu` is one `flush_cpu` checked; `w` is below 32, the number of `pend` words.
+        let mut words = self.cpus.get(vcpu).map_or(0, |c| c.pend_words);
         while words != 0 {
             let w = words.trailing_zeros();
             words &= words - 1;
-            let bits = self.cpus[vcpu].pend[w as usize];
+            let Some(&bits) = self.cpus.get(vcpu).and_then(|c| c.pend.get(w as usize)) else {
+                continue;
+            };
             let mut live = bits;
             for b in BitIter(bits) {
                 let intid = w * 32 + b;
@@ -473,10 +481,13 @@ impl State {
                     _ => live &= !(1 << b),
                 }
             }
-            let cpu = &mut self.cpus[vcpu];
-            cpu.pend[w as usize] = live;
-            if live == 0 {
-                cpu.pend_words &= !(1 << w);
+            if let Some(cpu) = self.cpus.get_mut(vcpu) {
+                if let Some(word) = cpu.pend.get_mut(w as usize) {
+                    *word = live;
+                }
+                if live == 0 {
+                    cpu.pend_words &= !(1 << w);
+                }
             }
         }
         (count, first)
@@ -501,7 +512,8 @@ impl State {
     /// Returns `None` when neither exists, else whether it evicted.
     fn fill(&mut self, vcpu: usize, n: usize, key: u32, lrs: &mut impl ListRegs) -> Option<bool> {
         let (prio, intid) = ((key >> 16) as u8, key & 0xffff);
-        let free = !self.cpus[vcpu].occupied & lr_mask(n);
+        // `vcpu` is one `flush_cpu` checked: no LR to fill were it not.
+        let free = !self.cpus.get(vcpu)?.occupied & lr_mask(n);
         let (slot, evicted) = if free != 0 {
             (free.trailing_zeros() as usize, false)
         } else {

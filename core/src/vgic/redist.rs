@@ -92,7 +92,7 @@ impl RegFile for Redist<'_> {
             GICR_CTLR | GICR_STATUSR => 0,
             GICR_IIDR => IIDR_VALUE,
             GICR_WAKER => {
-                if self.st.cpus[self.cpu].asleep() {
+                if self.st.cpus.get(self.cpu).is_some_and(|c| c.asleep()) {
                     WAKER_PROCESSOR_SLEEP | WAKER_CHILDREN_ASLEEP
                 } else {
                     0
@@ -114,7 +114,10 @@ impl RegFile for Redist<'_> {
     fn write_word(&mut self, offset: u64, value: u32) -> VcpuMask {
         match offset {
             GICR_WAKER => {
-                let cpu = &mut self.st.cpus[self.cpu];
+                // A frame exists only for a vCPU the VM has (`VGic::redist_*`).
+                let Some(cpu) = self.st.cpus.get_mut(self.cpu) else {
+                    return VcpuMask::EMPTY;
+                };
                 let sleep = value & WAKER_PROCESSOR_SLEEP != 0;
                 if sleep == cpu.asleep() {
                     return VcpuMask::EMPTY;

@@ -213,9 +213,13 @@ impl State {
         if !irq.deliverable(grp1) {
             return VcpuMask::EMPTY;
         }
-        match self.owner(vcpu, intid) {
-            Some(owner) => {
-                self.cpus[owner].set_pend(intid);
+        // An owner is below `nr_vcpus`, which is how many `cpus` there are.
+        match self
+            .owner(vcpu, intid)
+            .and_then(|owner| Some((owner, self.cpus.get_mut(owner)?)))
+        {
+            Some((owner, cpu)) => {
+                cpu.set_pend(intid);
                 VcpuMask::one(owner)
             }
             None => VcpuMask::EMPTY,
@@ -255,8 +259,9 @@ impl State {
             .irq(vcpu, intid)
             .is_some_and(|irq| irq.deliverable(self.grp1))
         {
-            if let Some(owner) = self.owner(vcpu, intid) {
-                self.cpus[owner].set_pend(intid);
+            // An owner is below `nr_vcpus`, which is how many `cpus` there are.
+            if let Some(cpu) = self.owner(vcpu, intid).and_then(|o| self.cpus.get_mut(o)) {
+                cpu.set_pend(intid);
             }
         }
     }
