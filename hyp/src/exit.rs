@@ -35,7 +35,7 @@ use crate::arch::aarch64::vectors::{
 use crate::arch::aarch64::{gic, mmu, sysreg};
 use crate::machine::{self, machine, CpuContext, Machine, Sched};
 use crate::println;
-use crate::vm::Vm;
+use crate::vm::{Saved, Vcpu, Vm};
 use alloc::sync::Arc;
 use bothy_core::arch::{Arch, El1Reg, GuestFault};
 use bothy_core::dev::pmu::{self, Fired};
@@ -117,7 +117,9 @@ pub fn run_cpu(cpu: usize) -> ! {
     let scope = ExitScope::enter();
     let _ = leave(ctx, &frame, None, &d, &target, &scope, None);
     arrive(m, ctx, &mut frame, None, (&d, &target), deadline, false, &scope);
-    enter_guest(m.cpus[cpu].index, &frame)
+    // `cpu` is this CPU's slot in `cpus`; were it not, there is no stack slot either and
+    // `enter_guest` says so.
+    enter_guest(m.cpus.get(cpu).map_or(usize::MAX, |c| c.index), &frame)
 }
 
 /// What a scheduler [`Decision`] needs looked up under the scheduler's lock: the VM
@@ -270,12 +272,12 @@ fn leave(
     }
     // The scheduler saves only what this CPU holds.
     let save = d.save.and_then(|_| ctx.loaded.get(scope));
-    let mut frame_guard = owner.map(|(vm, v)| vm.vcpus[v].saved.lock());
+    let mut frame_guard = owner.and_then(|(vm, v)| saved_of(vm, v));
     let same = same_vcpu(owner, save);
     let mut regs_guard = if same {
         None
     } else {
-        save.map(|(vm, v)| vm.vcpus[v].saved.lock())
+        save.and_then(|(vm, v)| saved_of(vm, v))
     };
     drop(s);
     if let Some(saved) = frame_guard.as_mut() {
@@ -294,6 +296,13 @@ fn leave(
         ctx.loaded.clear();
     }
     Left::FrameSaved
+}
+
+/// The `saved` lock of `vm`'s vCPU `v`: one of its vCPUs (what `LoadedVcpu` holds and
+/// the scheduler's map names); were it not, there would be nothing to save into.
+#[inline(always)]
+fn saved_of(vm: &Vm, v: usize) -> Option<MutexGuard<'_, Saved>> {
+    vm.vcpus.get(v).map(|x| x.saved.lock())
 }
 
 /// The second half of carrying out `d`: load and run `d.run`, or idle until the
@@ -317,7 +326,9 @@ fn arrive<'s>(
     let mut fresh_target: Target;
     loop {
         if let Some(id) = d.run {
-            let Some((vm, v)) = target.run.as_ref().map(|(vm, v)| (vm, *v)) else {
+            let run = target.run.as_ref();
+            let Some((vm, v, vcpu)) = run.and_then(|(vm, v)| Some((vm, *v, vm.vcpus.get(*v)?)))
+            else {
                 crate::fatal(format_args!(
                     "the scheduler chose vCPU {} which does not exist",
                     id.0
@@ -331,7 +342,7 @@ fn arrive<'s>(
                 mmu::use_stage2(vm.vttbr.load(Ordering::Acquire));
             }
             if restore || !in_slot {
-                let saved = vm.vcpus[v].saved.lock();
+                let saved = vcpu.saved.lock();
                 if restore {
                     mmu::load_stage2(vm.vttbr.load(Ordering::Acquire), vm.vtcr);
                     sysreg::write_cntvoff_el2(vm.cntvoff);
@@ -354,7 +365,7 @@ fn arrive<'s>(
                     vm.name
                 ));
             }
-            start_if_pending(vm, v, frame);
+            start_if_pending(vm, v, vcpu, frame);
             // Its emulated physical timer may have come due while it was off this CPU.
             let (_own, ptimer_due) = vm.ptimer_update(v, sysreg::read_cntpct_el0());
             arm_tick(earliest(deadline, ptimer_due));
@@ -433,14 +444,14 @@ fn arm_tick(deadline: Option<Ticks>) {
 /// A vCPU about to run that was (re)started: vCPU 0 at boot or after a reset goes to
 /// the kernel entry, one started by PSCI CPU_ON to the entry point it was given. (PSCI
 /// has reported it On since that CPU_ON; only its registers are set here.)
-fn start_if_pending(vm: &Vm, v: usize, frame: &mut GuestFrame) {
-    if vm.vcpus[v].boot.swap(false, Ordering::AcqRel) {
+fn start_if_pending(vm: &Vm, v: usize, vcpu: &Vcpu, frame: &mut GuestFrame) {
+    if vcpu.boot.swap(false, Ordering::AcqRel) {
         reset_vcpu_state(vm, v);
         *frame = GuestFrame::default();
         frame.x[0] = vm.boot.dtb;
         frame.elr = vm.boot.kernel;
         frame.spsr = inject::SPSR_EL1H_MASKED;
-    } else if !vm.vcpus[v].psci_start.swap(false, Ordering::AcqRel) {
+    } else if !vcpu.psci_start.swap(false, Ordering::AcqRel) {
         // The common case: no lock taken.
     } else if let Some((entry, context)) = vm.power.take_pending_start(v) {
         reset_vcpu_state(vm, v);
@@ -539,7 +550,11 @@ pub fn finish_reset(vm: &Vm) {
     vm.power.reset();
     // A rebooted guest finds the distributor and every redistributor as at power-on.
     vm.vgic.reset();
-    vm.vcpus[0].boot.store(true, Ordering::Release);
+    // Every VM has a vCPU 0 (`VmModel::new` refuses none); without one, nothing starts.
+    let Some(vcpu0) = vm.vcpus.first() else {
+        return;
+    };
+    vcpu0.boot.store(true, Ordering::Release);
     // Running and vCPU 0 started in one step under the scheduler's lock: a stop that
     // comes between them (from the prompt) finds the VM Running and vCPU 0 runnable,
     // and stops both, instead of stopping an idle VM whose vCPU then starts anyway.
@@ -549,7 +564,7 @@ pub fn finish_reset(vm: &Vm) {
             return;
         }
         vm.set_state(VmState::Running);
-        s.start(vm.vcpus[0].id)
+        s.start(vcpu0.id)
     };
     println!("VM {} restarted", vm.name);
     if let Some(cpu) = kick {

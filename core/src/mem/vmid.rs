@@ -171,13 +171,15 @@ impl VmidAllocator {
     /// The lowest free VMID, now in use; `None` when all are in use. The VMID carries no
     /// TLB entries from a previous owner (they were invalidated when it was freed).
     pub fn alloc(&mut self) -> Option<Vmid> {
-        let offset = self.map[self.first_free_word..]
-            .iter()
-            .position(|&w| w != u64::MAX)?;
-        let word = self.first_free_word + offset;
+        let (word, bits) = self
+            .map
+            .iter_mut()
+            .enumerate()
+            .skip(self.first_free_word)
+            .find(|(_, w)| **w != u64::MAX)?;
         self.first_free_word = word;
-        let bit = self.map[word].trailing_ones() as usize;
-        self.map[word] |= 1 << bit;
+        let bit = bits.trailing_ones() as usize;
+        *bits |= 1 << bit;
         self.in_use += 1;
         // The map has at most 1 << 16 bits, so the index fits.
         Some(Vmid((word * 64 + bit) as u16))
