@@ -59,8 +59,11 @@ impl OutputBuffer {
             return;
         }
         if self.len == capacity {
-            // Overwrite the oldest in place; the ring simply moves on by one.
-            self.buf[self.head] = byte;
+            // Overwrite the oldest in place; the ring simply moves on by one. (`head` is
+            // always below the capacity.)
+            if let Some(oldest) = self.buf.get_mut(self.head) {
+                *oldest = byte;
+            }
             self.head = (self.head + 1) % capacity;
             self.dropped += 1;
         } else {

@@ -70,6 +70,7 @@ const IFLS_RESET: u32 = 0x12;
 
 /// Receive FIFO depth (§2.4.2).
 pub const RX_FIFO_DEPTH: usize = 32;
+const _: () = assert!(RX_FIFO_DEPTH.is_power_of_two());
 
 /// What a register write asks of the caller.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -156,7 +157,8 @@ impl Pl011 {
         if self.rx_len == 0 {
             return 0;
         }
-        let byte = self.rx[self.rx_head];
+        // `rx_head` stays below the depth, a power of two: the mask only tells the compiler.
+        let byte = self.rx[self.rx_head % RX_FIFO_DEPTH];
         self.rx_head = (self.rx_head + 1) % RX_FIFO_DEPTH;
         self.rx_len -= 1;
         // The overrun flag rides on the character read after it happened.
