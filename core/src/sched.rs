@@ -473,8 +473,7 @@ impl Scheduler {
             RunState::Blocked => {
                 e.wake_at = None;
                 // Back to where its registers are, if that CPU idles; else its own CPU,
-                // else the queue. (Its CPUs are ones `cpus` has: `add_vcpu` checked a pin
-                // and `pick` records where it ran; were one not, the queue takes it.)
+                // else the queue.
                 let home = match (e.loaded_on, e.placement) {
                     (_, Placement::Pinned(cpu)) => Some(cpu),
                     (Some(cpu), _) if self.cpus.get(cpu).is_some_and(|c| c.current.is_none()) => {
@@ -482,6 +481,8 @@ impl Scheduler {
                     }
                     _ => None,
                 };
+                // A home is a CPU `cpus` has (`add_vcpu` checked the pin, `pick` recorded
+                // where it ran); were it not, the queue would take the vCPU.
                 if let Some((cpu, c)) = home.and_then(|cpu| Some((cpu, self.cpus.get_mut(cpu)?))) {
                     e.state = RunState::Runnable;
                     if e.placement == Placement::Shared {

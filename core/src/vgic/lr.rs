@@ -463,7 +463,9 @@ impl State {
         let mut count = 0;
         let mut first = u32::MAX;
         // `vcpu` is one `flush_cpu` checked; `w` is below 32, the number of `pend` words.
-        let mut words = self.cpus.get(vcpu).map_or(0, |c| c.pend_words);
+        let Some(mut words) = self.cpus.get(vcpu).map(|c| c.pend_words) else {
+            return (count, first);
+        };
         while words != 0 {
             let w = words.trailing_zeros();
             words &= words - 1;

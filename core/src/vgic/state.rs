@@ -213,17 +213,15 @@ impl State {
         if !irq.deliverable(grp1) {
             return VcpuMask::EMPTY;
         }
+        let Some(owner) = self.owner(vcpu, intid) else {
+            return VcpuMask::EMPTY;
+        };
         // An owner is below `nr_vcpus`, which is how many `cpus` there are.
-        match self
-            .owner(vcpu, intid)
-            .and_then(|owner| Some((owner, self.cpus.get_mut(owner)?)))
-        {
-            Some((owner, cpu)) => {
-                cpu.set_pend(intid);
-                VcpuMask::one(owner)
-            }
-            None => VcpuMask::EMPTY,
-        }
+        let Some(cpu) = self.cpus.get_mut(owner) else {
+            return VcpuMask::EMPTY;
+        };
+        cpu.set_pend(intid);
+        VcpuMask::one(owner)
     }
 
     /// Latch an edge on private interrupt `intid` of `vcpu` (an SGI): `kick_for` with
