@@ -156,6 +156,7 @@ impl OutputMux {
             if self.holding {
                 return Drain::Idle;
             }
+            // A VM with a buffer (one that is `ready`): the lookups below cannot miss.
             let Some(vm) = self.next_vm() else {
                 return Drain::Idle;
             };
@@ -167,7 +168,8 @@ impl OutputMux {
             }
             if self.open_line.is_none() {
                 self.staged.push_back(b'[');
-                self.staged.extend(self.tags[vm].bytes());
+                self.staged
+                    .extend(self.tags.get(vm).map_or(&b""[..], |t| t.as_bytes()));
                 self.staged.extend(b"] ");
                 self.open_line = Some(vm);
                 continue;
@@ -180,23 +182,23 @@ impl OutputMux {
                     if !port.try_put(byte) {
                         return Drain::Blocked;
                     }
-                    let _ = self.buffers[vm].pop();
+                    self.pop(vm);
                     self.open_line = (byte != b'\n').then_some(vm);
                 }
                 Visible::Caret(c) => {
-                    let _ = self.buffers[vm].pop();
+                    self.pop(vm);
                     self.staged.extend([b'^', c]);
                     self.open_line = Some(vm);
                 }
                 Visible::CarriageReturn => match self.peek(vm, 1) {
                     Some(b'\n') => {
-                        let _ = self.buffers[vm].pop();
-                        let _ = self.buffers[vm].pop();
+                        self.pop(vm);
+                        self.pop(vm);
                         self.staged.extend(b"\r\n");
                         self.open_line = None;
                     }
                     Some(_) => {
-                        let _ = self.buffers[vm].pop();
+                        self.pop(vm);
                         self.staged.extend(b"^M");
                         self.open_line = Some(vm);
                     }
@@ -206,7 +208,7 @@ impl OutputMux {
                 },
             }
             self.last = vm;
-            if self.buffers[vm].is_empty() {
+            if self.buffers.get(vm).is_some_and(OutputBuffer::is_empty) {
                 self.report_drops(vm);
             }
         }
@@ -249,7 +251,7 @@ impl OutputMux {
     /// Whether `vm` has output that can go now: anything but a lone carriage return,
     /// which waits to see whether a newline follows.
     fn ready(&self, vm: usize) -> bool {
-        match self.buffers[vm].len() {
+        match self.buffers.get(vm).map_or(0, OutputBuffer::len) {
             0 => false,
             1 => self.peek(vm, 0) != Some(b'\r'),
             _ => true,
@@ -258,13 +260,22 @@ impl OutputMux {
 
     /// The `n`th waiting byte of `vm` (0: the oldest).
     fn peek(&self, vm: usize, n: usize) -> Option<u8> {
-        let (first, second) = self.buffers[vm].as_slices();
+        let (first, second) = self.buffers.get(vm)?.as_slices();
         first.iter().chain(second).nth(n).copied()
+    }
+
+    /// Drop `vm`'s oldest waiting byte (sent, or shown otherwise).
+    fn pop(&mut self, vm: usize) {
+        if let Some(buffer) = self.buffers.get_mut(vm) {
+            let _ = buffer.pop();
+        }
     }
 
     /// Say once how much of `vm`'s output its full buffer lost.
     fn report_drops(&mut self, vm: usize) {
-        let dropped = self.buffers[vm].take_dropped();
+        let Some(dropped) = self.buffers.get_mut(vm).map(OutputBuffer::take_dropped) else {
+            return;
+        };
         if dropped == 0 {
             return;
         }
@@ -272,7 +283,7 @@ impl OutputMux {
         if self.open_line.take().is_some() {
             notice.push_str("\r\n");
         }
-        let name = &self.tags[vm];
+        let name = self.tags.get(vm).map_or("", String::as_str);
         let _ = write!(
             notice,
             "bothy: {dropped} bytes of {name}'s output were dropped (console busy or prompt open)\r\n"

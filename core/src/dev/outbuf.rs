@@ -77,7 +77,8 @@ impl OutputBuffer {
         if self.len == 0 {
             return None;
         }
-        let byte = self.buf[self.head];
+        // `head` is always below the capacity.
+        let byte = *self.buf.get(self.head)?;
         self.head = (self.head + 1) % self.capacity();
         self.len -= 1;
         Some(byte)
