@@ -589,7 +589,14 @@ fn fresh_memory(vm: &Vm) -> Result<(), alloc::string::String> {
     let Some(old) = slot.take() else {
         return Err(alloc::string::String::from("its memory is gone"));
     };
-    match mmu::rebuild_vm_memory(old, &mut mm.allocator, &mut mm.owners, &mut mm.vmids, &mut ExitHw) {
+    let rebuilt = mmu::rebuild_vm_memory(
+        old,
+        &mut mm.allocator,
+        &mut mm.owners,
+        &mut mm.vmids,
+        &mut ExitHw,
+    );
+    match rebuilt {
         Ok(new) => {
             vm.vttbr.store(new.vttbr(), Ordering::Release);
             *slot = Some(new);

@@ -33,9 +33,7 @@ use bothy_core::exit::idregs::{self, IdRegs};
 use bothy_core::fdt::platform::{Platform, Pmu, TimerIrqs};
 use bothy_core::lifecycle::VmState;
 use bothy_core::manifest::{Manifest, VmSpec};
-use bothy_core::mem::{
-    PageOwnership, RegionAllocator, VmidAllocator, VmidBits, Vttbr, PAGE_SIZE,
-};
+use bothy_core::mem::{PageOwnership, RegionAllocator, VmidAllocator, VmidBits, Vttbr, PAGE_SIZE};
 use bothy_core::sched::{Scheduler, VcpuId};
 use bothy_core::vm::VmTable;
 use bothy_core::Region;
@@ -229,12 +227,7 @@ pub fn current_cpu() -> usize {
     percpu::get().map_or(usize::MAX, |ctx| ctx.slot)
 }
 
-pub fn build(
-    platform: Platform,
-    manifest: Manifest,
-    payload: Payload,
-    dtb: Region,
-) -> ! {
+pub fn build(platform: Platform, manifest: Manifest, payload: Payload, dtb: Region) -> ! {
     // 1. Memory Bothy may hand out: RAM minus firmware reservations, this image
     //    with its payload, and the firmware DTB.
     let (image_start, _) = entry::image_bounds();
@@ -716,8 +709,17 @@ fn give_back_memory(m: &Machine, vm: &Vm) {
     };
     let mut machine_memory = m.memory.lock();
     let mm = &mut *machine_memory;
-    if let Err(e) = mmu::destroy_vm_memory(memory, &mut mm.allocator, &mut mm.owners, &mut mm.vmids, &mut exit::ExitHw) {
-        println!("VM {}: part of its memory is still lent out and stays reserved: {e:?}", vm.name);
+    if let Err(e) = mmu::destroy_vm_memory(
+        memory,
+        &mut mm.allocator,
+        &mut mm.owners,
+        &mut mm.vmids,
+        &mut exit::ExitHw,
+    ) {
+        println!(
+            "VM {}: part of its memory is still lent out and stays reserved: {e:?}",
+            vm.name
+        );
     }
 }
 

@@ -15,8 +15,8 @@
 //! lock until they are complete (lock order: scheduler, then one `saved`).
 
 use crate::arch::aarch64::context::VcpuContext;
-use crate::arch::aarch64::vectors::GuestFrame;
 use crate::arch::aarch64::entry::Payload;
+use crate::arch::aarch64::vectors::GuestFrame;
 use crate::arch::aarch64::{mmio, mmu, sysreg};
 use alloc::format;
 use alloc::string::String;

@@ -167,8 +167,8 @@ impl FirmwareDtb {
         if !self.addr.is_multiple_of(FDT_ALIGN) {
             return Err(DtbError::Misaligned);
         }
-        let size = header_total_size(mmio::phys_bytes(self.addr, FDT_HEADER))
-            .map_err(DtbError::Header)?;
+        let size =
+            header_total_size(mmio::phys_bytes(self.addr, FDT_HEADER)).map_err(DtbError::Header)?;
         if size > FDT_MAX {
             return Err(DtbError::TooLarge(size));
         }
@@ -190,7 +190,10 @@ pub struct Payload {
 pub enum PayloadError {
     Header(ImageError),
     /// It ends beyond the image the loader loaded (the Image header's `image_size`).
-    BeyondImage { end: u64, loaded_end: u64 },
+    BeyondImage {
+        end: u64,
+        loaded_end: u64,
+    },
 }
 
 impl fmt::Display for PayloadError {

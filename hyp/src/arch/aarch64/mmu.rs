@@ -13,8 +13,8 @@ use alloc::vec::Vec;
 use bothy_core::arch::Arch;
 use bothy_core::mem::{
     build_el2_idmap, CreateError, Destroyed, MapError, Owner, OwnershipError, PageOwnership,
-    PhysMemory, RegionAllocator, Stage2, TableMemory, VmMemory, VmMemorySpec, VmidAllocator,
-    Vtcr, Vttbr,
+    PhysMemory, RegionAllocator, Stage2, TableMemory, VmMemory, VmMemorySpec, VmidAllocator, Vtcr,
+    Vttbr,
 };
 use bothy_core::Region;
 
@@ -51,7 +51,14 @@ pub fn create_vm_memory(
     vmids: &mut VmidAllocator,
     arch: &mut impl Arch,
 ) -> Result<VmMemory, CreateError> {
-    VmMemory::create(owner, spec, &mut Frames::new(allocator), owners, vmids, arch)
+    VmMemory::create(
+        owner,
+        spec,
+        &mut Frames::new(allocator),
+        owners,
+        vmids,
+        arch,
+    )
 }
 
 /// `VmMemory::rebuild` (a VM restarting), in memory from `allocator`. As for
