@@ -138,6 +138,18 @@ pub trait Arch {
     /// vCPU's emulated physical timer comes due then): an earlier EL2 timer stays.
     fn look_at(&mut self, at: Ticks);
 
+    /// The exiting vCPU's first access to a debug register trapped
+    /// ([`crate::exit::debug`]): give it the CPU's debug registers. Its values (zero:
+    /// it held none) go into the breakpoint and watchpoint registers, the OS lock and the
+    /// double lock, and its accesses stop trapping; the exit policy then has it execute
+    /// the instruction again.
+    ///
+    /// `hyp`: [`crate::exit::debug::claim`] on this CPU's registers: MSR of each
+    /// DBGBVR/DBGBCR/DBGWVR/DBGWCR<n>_EL1 the CPU has, OSLAR_EL1 and OSDLR_EL1 with 0,
+    /// then MDCR_EL2.TDA and TDOSA cleared (no barrier: the `ERET` that resumes the
+    /// vCPU synchronises them).
+    fn claim_debug(&mut self);
+
     /// The exiting vCPU did something Bothy answered with an exception injected into it
     /// (an access outside its RAM and devices, an undefined or trapped instruction):
     /// `hyp` counts it per VM and reports it, rate-limited, so a hostile or broken guest
@@ -184,6 +196,8 @@ pub enum ArchOp {
     },
     /// [`Arch::look_at`].
     LookAt(Ticks),
+    /// [`Arch::claim_debug`].
+    ClaimDebug,
 }
 
 /// An [`Arch`] for tests: appends each maintenance call and wake-up to `log`, keeps the
@@ -283,6 +297,10 @@ impl Arch for FakeArch {
 
     fn console_out(&mut self, byte: u8) {
         self.console.push(byte);
+    }
+
+    fn claim_debug(&mut self) {
+        self.log.push(ArchOp::ClaimDebug);
     }
 
     fn guest_fault(&mut self, fault: GuestFault) {
