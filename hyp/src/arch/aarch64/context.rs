@@ -12,11 +12,14 @@
 //! the predicates, FFR and ZCR_EL1 need SVE instructions. SME streaming state (ZA,
 //! PSTATE.SM) is not switched: see docs/STATUS.md.
 //!
-//! Not switched either (docs/STATUS.md): debug breakpoints/watchpoints and the PMU,
-//! which guests do not get to use across a switch yet.
+//! Breakpoints and watchpoints (with the OS lock and double lock) move only while a
+//! vCPU holds them: until its first access they trap (MDCR_EL2.TDA/TDOSA) and a
+//! switch moves none of them. `bothy_core::exit::debug` decides when; [`HwDebug`] moves
+//! them.
 
 use super::gic;
 use super::sysreg::*;
+use bothy_core::exit::debug::{self, DebugHw, DebugRegs, DebugShape, MAX_POINTS};
 use bothy_core::vgic::{CpuInterface, V3CpuIf, MAX_LRS};
 use core::arch::global_asm;
 
@@ -30,6 +33,8 @@ pub struct Features {
     pub pmu_counters: Option<usize>,
     /// ICH_APxR<n> registers implemented (1, 2 or 4).
     pub aprs: usize,
+    /// Breakpoints and watchpoints, and whether MDCR_EL2.TDCC exists.
+    pub debug: DebugShape,
 }
 
 impl Features {
@@ -55,6 +60,7 @@ impl Features {
                 6 => 2,
                 _ => 1,
             },
+            debug: DebugShape::from_id(read_id_aa64dfr0_el1(), read_id_aa64mmfr0_el1()),
         }
     }
 }
@@ -173,6 +179,64 @@ pub fn reset_pmu(f: Features) {
     }
 }
 
+/// This CPU's self-hosted debug registers, moved as `bothy_core::exit::debug` says.
+struct HwDebug;
+
+/// OSLSR_EL1.OSLK (OSLAR_EL1.OSLA, which sets it, is bit 0); OSDLR_EL1.DLK.
+const OSLSR_OSLK: u64 = 1 << 1;
+const OSDLR_DLK: u64 = 1 << 0;
+
+impl DebugHw for HwDebug {
+    #[inline(always)]
+    fn mdcr(&self) -> u64 {
+        read_mdcr_el2()
+    }
+
+    #[inline(always)]
+    fn set_mdcr(&mut self, value: u64) {
+        write_mdcr_el2(value);
+    }
+
+    fn save(&mut self, shape: DebugShape, regs: &mut DebugRegs) {
+        for n in 0..usize::from(shape.breakpoints).min(MAX_POINTS) {
+            regs.bvr[n] = read_dbgbvr(n);
+            regs.bcr[n] = read_dbgbcr(n);
+        }
+        for n in 0..usize::from(shape.watchpoints).min(MAX_POINTS) {
+            regs.wvr[n] = read_dbgwvr(n);
+            regs.wcr[n] = read_dbgwcr(n);
+        }
+        regs.os_lock = read_oslsr_el1() & OSLSR_OSLK != 0;
+        regs.double_lock = read_osdlr_el1() & OSDLR_DLK != 0;
+    }
+
+    fn load(&mut self, shape: DebugShape, regs: &DebugRegs) {
+        for n in 0..usize::from(shape.breakpoints).min(MAX_POINTS) {
+            write_dbgbvr(n, regs.bvr[n]);
+            write_dbgbcr(n, regs.bcr[n]);
+        }
+        for n in 0..usize::from(shape.watchpoints).min(MAX_POINTS) {
+            write_dbgwvr(n, regs.wvr[n]);
+            write_dbgwcr(n, regs.wcr[n]);
+        }
+        write_oslar_el1(u64::from(regs.os_lock));
+        write_osdlr_el1(u64::from(regs.double_lock));
+    }
+}
+
+/// The running vCPU's first trapped debug-register access: it gets the CPU's debug
+/// registers, zero (`bothy_core::arch::Arch::claim_debug`).
+pub fn claim_debug(f: Features) {
+    debug::claim(&mut HwDebug, f.debug);
+}
+
+/// A vCPU's reset: its debug registers trapped again, MDSCR_EL1 zero (debug exceptions
+/// off, so nothing left in the CPU can fire for it).
+pub fn reset_debug(f: Features) {
+    debug::reset(&mut HwDebug, f.debug);
+    write_mdscr_el1(0);
+}
+
 /// Everything of one vCPU that [`VcpuContext::save`] takes out of a CPU.
 #[derive(Clone, Copy, Debug)]
 pub struct VcpuContext {
@@ -181,6 +245,10 @@ pub struct VcpuContext {
     pmu: PmuRegs,
     sve_preds: [u8; SVE_PRED_BYTES],
     pub gic: V3CpuIf,
+    /// Its breakpoints and watchpoints, meaningful while `debug_claimed`.
+    debug: DebugRegs,
+    /// It holds the debug registers: they are loaded (and untrapped) when it runs.
+    debug_claimed: bool,
 }
 
 impl Default for VcpuContext {
@@ -191,6 +259,8 @@ impl Default for VcpuContext {
             pmu: PmuRegs::default(),
             sve_preds: [0; SVE_PRED_BYTES],
             gic: V3CpuIf::default(),
+            debug: DebugRegs::default(),
+            debug_claimed: false,
         }
     }
 }
@@ -434,11 +504,28 @@ impl VcpuContext {
         if let Some(counters) = f.pmu_counters {
             self.pmu.save(counters);
         }
+        self.put_debug(f);
         cpuif.put(&mut self.gic);
+    }
+
+    /// Its debug registers saved if it holds them (MDCR_EL2.TDA clear); nothing moves
+    /// for a vCPU that does not (never touched them, or went back to trapped).
+    #[inline(always)]
+    fn put_debug(&mut self, f: Features) {
+        self.debug_claimed = debug::put(&mut HwDebug, f.debug, &mut self.debug, self.el1.mdscr);
+    }
+
+    /// Its debug registers loaded if it holds them, and MDCR_EL2's traps set to match.
+    /// First in [`Self::restore`], so its OS lock is in place when MDSCR_EL1 (some of
+    /// whose bits the OS lock makes writable) is written.
+    #[inline(always)]
+    fn load_debug(&self, f: Features) {
+        debug::load(&mut HwDebug, f.debug, &self.debug, self.debug_claimed);
     }
 
     /// Load this vCPU's state into this CPU (the reverse of [`Self::save`]).
     pub fn restore(&self, f: Features, cpuif: &mut HwCpuIf) {
+        self.load_debug(f);
         let e = &self.el1;
         write_sctlr_el1(e.sctlr);
         write_cpacr_el1(e.cpacr);
