@@ -142,13 +142,14 @@ pub trait Arch {
     /// ([`crate::exit::debug`]): give it the CPU's debug registers. Its values (zero:
     /// it held none) go into the breakpoint and watchpoint registers, the OS lock and the
     /// double lock, and its accesses stop trapping; the exit policy then has it execute
-    /// the instruction again.
+    /// the instruction again. `false` if it held them already (the access trapped for
+    /// another reason, and would trap again): nothing is done.
     ///
-    /// `hyp`: [`crate::exit::debug::claim`] on this CPU's registers: MSR of each
-    /// DBGBVR/DBGBCR/DBGWVR/DBGWCR<n>_EL1 the CPU has, OSLAR_EL1 and OSDLR_EL1 with 0,
-    /// then MDCR_EL2.TDA and TDOSA cleared (no barrier: the `ERET` that resumes the
-    /// vCPU synchronises them).
-    fn claim_debug(&mut self);
+    /// `hyp`: [`crate::exit::debug::claim`] on this CPU's registers: unless
+    /// MDCR_EL2.TDA is clear, MSR of each DBGBVR/DBGBCR/DBGWVR/DBGWCR<n>_EL1 the CPU has,
+    /// OSLAR_EL1 and OSDLR_EL1 with 0, then MDCR_EL2.TDA and TDOSA cleared (no barrier:
+    /// the `ERET` that resumes the vCPU synchronises them).
+    fn claim_debug(&mut self) -> bool;
 
     /// The exiting vCPU did something Bothy answered with an exception injected into it
     /// (an access outside its RAM and devices, an undefined or trapped instruction):
@@ -215,6 +216,8 @@ pub struct FakeArch {
     /// What [`Arch::counter`] reads.
     pub now: Ticks,
     pub lrs: crate::vgic::lr::FakeListRegs,
+    /// The vCPU holds the debug registers ([`Arch::claim_debug`] succeeded).
+    pub debug_claimed: bool,
     /// Physical INTIDs whose hardware-linked source no longer asserts its level.
     pub low_lines: alloc::vec::Vec<u32>,
     pub console: alloc::vec::Vec<u8>,
@@ -299,8 +302,9 @@ impl Arch for FakeArch {
         self.console.push(byte);
     }
 
-    fn claim_debug(&mut self) {
+    fn claim_debug(&mut self) -> bool {
         self.log.push(ArchOp::ClaimDebug);
+        !core::mem::replace(&mut self.debug_claimed, true)
     }
 
     fn guest_fault(&mut self, fault: GuestFault) {

@@ -829,8 +829,8 @@ impl Arch for ExitHw {
     /// The first trapped debug-register access of the vCPU this CPU runs.
     #[cold]
     #[inline(never)]
-    fn claim_debug(&mut self) {
-        crate::arch::aarch64::context::claim_debug(machine::this_cpu().features);
+    fn claim_debug(&mut self) -> bool {
+        crate::arch::aarch64::context::claim_debug(machine::this_cpu().features)
     }
 
     #[cold]

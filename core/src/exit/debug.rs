@@ -222,10 +222,16 @@ pub fn load(hw: &mut impl DebugHw, shape: DebugShape, regs: &DebugRegs, claimed:
 }
 
 /// The running vCPU's first trapped access: its values (zero, as it was trapped) into
-/// the CPU, and no more traps ([`crate::arch::Arch::claim_debug`]).
-pub fn claim(hw: &mut impl DebugHw, shape: DebugShape) {
+/// the CPU, and no more traps ([`crate::arch::Arch::claim_debug`]). Returns `false`,
+/// and moves nothing, if it held them already: then something else trapped the access
+/// (a fine-grained trap Bothy does not set), and running it again would only trap again.
+pub fn claim(hw: &mut impl DebugHw, shape: DebugShape) -> bool {
+    if claimed(hw.mdcr()) {
+        return false;
+    }
     hw.load(shape, &DebugRegs::default());
     set_traps(hw, shape, true);
+    true
 }
 
 /// The running vCPU is reset: trapped again (whatever it left in the CPU is then

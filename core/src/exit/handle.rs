@@ -535,14 +535,12 @@ fn sysreg_access(
     } else if let Some(answer) = debug::answer(&access, DebugShape::of_view(&vm.id_regs)) {
         // Debug registers (MDCR_EL2.TDA/TDOSA/TDRA, [`super::debug`]).
         match answer {
-            debug::Answer::Claim => {
-                // Not stepped over: the guest executes it again, untrapped.
-                hw.claim_debug();
-                return;
-            }
+            // Not stepped over: the guest executes it again, untrapped.
+            debug::Answer::Claim if hw.claim_debug() => return,
             debug::Answer::Zero if access.read => frame.set_reg(access.reg, 0),
             debug::Answer::Zero => {}
-            debug::Answer::Undefined => {
+            // Or a claim trapped again: running it once more would only trap again.
+            debug::Answer::Claim | debug::Answer::Undefined => {
                 inject_sync(frame, inject::undefined_esr(), 0, hw);
                 return;
             }

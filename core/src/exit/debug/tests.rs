@@ -297,7 +297,7 @@ impl Cpu {
             return;
         }
         assert_eq!(answer(&access(enc, read), QEMU), Some(Answer::Claim));
-        claim(&mut self.hw, QEMU);
+        assert!(claim(&mut self.hw, QEMU));
     }
 
     fn switch(&mut self, to: usize, save: bool) {
@@ -442,6 +442,16 @@ fn a_linux_like_boot_goes_back_to_trapped_after_one_switch() {
         cpu.run(Op::Switch(to));
     }
     assert_eq!((cpu.hw.saves, cpu.hw.loads), (saves, loads));
+}
+
+#[test]
+fn a_claim_of_registers_already_held_moves_nothing() {
+    let mut cpu = Cpu::new(1);
+    cpu.run(Op::Point(0, 1, Some(0x4000)));
+    let (loads, writes) = (cpu.hw.loads, cpu.hw.mdcr_writes);
+    assert!(!claim(&mut cpu.hw, QEMU));
+    assert_eq!((cpu.hw.loads, cpu.hw.mdcr_writes), (loads, writes));
+    assert_eq!(cpu.hw.regs.bvr[1], 0x4000);
 }
 
 #[test]

@@ -748,12 +748,22 @@ fn a_first_debug_register_access_claims_them_and_runs_again() {
         ((2, 0, 1, 0, 4), false),
     ] {
         g.hw.log.clear();
+        g.hw.debug_claimed = false;
         g.frame.x[3] = 0xdead;
         assert_eq!(g.exit(0, sysreg_esr(enc, 3, read)), Action::Resume);
         assert_eq!(g.hw.log, [ArchOp::ClaimDebug], "{enc:?}");
         assert_eq!((g.frame.elr, g.frame.x[3]), (ELR, 0xdead), "{enc:?}");
     }
     assert_eq!(g.exits.get(ExitKind::Sysreg), 4);
+    // Once it holds them, an access that traps all the same (something else traps it)
+    // would trap forever if run again: undefined.
+    g.frame.elr = ELR;
+    assert_eq!(
+        g.exit(0, sysreg_esr((2, 0, 0, 1, 4), 3, true)),
+        Action::Resume
+    );
+    assert_eq!(g.frame.elr, VBAR + 0x200);
+    assert_eq!(g.hw.el1[El1Reg::Esr as usize], inject::undefined_esr());
     // Through x19..x29: every register first, like any other system register.
     assert_eq!(
         g.fast_exit(0, sysreg_esr((2, 0, 0, 0, 4), 20, false)),

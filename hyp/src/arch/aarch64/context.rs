@@ -225,9 +225,9 @@ impl DebugHw for HwDebug {
 }
 
 /// The running vCPU's first trapped debug-register access: it gets the CPU's debug
-/// registers, zero (`bothy_core::arch::Arch::claim_debug`).
-pub fn claim_debug(f: Features) {
-    debug::claim(&mut HwDebug, f.debug);
+/// registers, zero (`bothy_core::arch::Arch::claim_debug`); `false` if it had them.
+pub fn claim_debug(f: Features) -> bool {
+    debug::claim(&mut HwDebug, f.debug)
 }
 
 /// A vCPU's reset: its debug registers trapped again, MDSCR_EL1 zero (debug exceptions
