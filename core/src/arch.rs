@@ -146,7 +146,7 @@ pub trait Arch {
     /// another reason, and would trap again): nothing is done.
     ///
     /// `hyp`: [`crate::exit::debug::claim`] on this CPU's registers: unless
-    /// MDCR_EL2.TDA is clear, MSR of each DBGBVR/DBGBCR/DBGWVR/DBGWCR<n>_EL1 the CPU has,
+    /// MDCR_EL2.TDA is clear, MSR of each `DBGBVR/DBGBCR/DBGWVR/DBGWCR<n>_EL1` the CPU has,
     /// OSLAR_EL1 and OSDLR_EL1 with 0, then MDCR_EL2.TDA and TDOSA cleared (no barrier:
     /// the `ERET` that resumes the vCPU synchronises them).
     fn claim_debug(&mut self) -> bool;

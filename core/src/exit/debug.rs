@@ -1,16 +1,17 @@
 //! Hardware breakpoints and watchpoints: whose they are while a vCPU runs, and when
 //! they move with it.
 //!
-//! A CPU has one set of self-hosted debug registers (DBGBVR/DBGBCR<n>_EL1 for each
-//! breakpoint, DBGWVR/DBGWCR<n>_EL1 for each watchpoint, the OS lock and double lock),
-//! and every vCPU that runs on it would otherwise read, and be hit by, what the vCPU
-//! before it left there. Saving and restoring them on every switch would cost about
+//! A CPU has one set of self-hosted debug registers (`DBGBVR<n>_EL1` and
+//! `DBGBCR<n>_EL1` for each breakpoint, `DBGWVR<n>_EL1` and `DBGWCR<n>_EL1` for each
+//! watchpoint, the OS lock and double lock), and every vCPU that runs on it would
+//! otherwise read, and be hit by, what the vCPU before it left there. Saving and restoring them on every switch would cost about
 //! forty system-register moves on each (`vcpu_switch` is a measured hot path) for
 //! registers almost no guest uses. So they are switched lazily, as KVM does:
 //!
-//! - **Trapped.** A vCPU whose debug state is all zero runs with MDCR_EL2.TDA and
-//!   TDOSA set: every access to a debug register traps. A switch to or from it moves
-//!   none of them; `hyp` only makes sure the trap bits are set ([`DebugShape::traps`]).
+//! - **Trapped.** A vCPU that does not hold the debug registers (its debug state is all
+//!   zero) runs with MDCR_EL2.TDA and TDOSA set: every access to a debug register traps.
+//!   A switch to or from it moves none of them; `hyp` only makes sure the trap bits are
+//!   set ([`DebugShape::traps`]: an MRS of MDCR_EL2 and a compare).
 //! - **Claimed.** Its first trapped access ([`answer`] says [`Answer::Claim`]) has
 //!   `hyp` load its values (zero, by the rule above) into the CPU and clear the traps
 //!   ([`crate::arch::Arch::claim_debug`]); the instruction is not stepped over, so the
@@ -22,11 +23,23 @@
 //!   debug exceptions (MDE, KDE); once they are all zero again it goes back to trapped.
 //!   Linux writes MDSCR_EL1 and OSLAR_EL1 when a CPU comes up, so a Linux vCPU that
 //!   never sets a breakpoint is switched once and then trapped again, as under KVM.
-//! - **Reset** (PSCI CPU_ON, a VM's restart): trapped, MDSCR_EL1 zero.
+//! - **Reset** (PSCI CPU_ON, a VM's restart): trapped, MDSCR_EL1 zero; so a claim
+//!   finds zeros and the OS lock unlocked, as under KVM (the architecture's cold reset
+//!   locks it; Linux unlocks it at every CPU bring-up).
 //!
 //! Whether the vCPU a CPU runs holds the debug registers is MDCR_EL2.TDA itself
-//! ([`claimed`]): `hyp` sets it from the vCPU's saved state when it loads one, clears it
-//! on a claim, and reads it when it saves.
+//! ([`claimed`]): `hyp` sets it from the vCPU's saved state when it loads one
+//! ([`load`]), clears it on a claim ([`claim`]), sets it on a reset ([`reset`]) and reads
+//! it when it saves ([`put`]); those four are the whole sequence, over [`DebugHw`].
+//!
+//! ## TDOSA and TDRA
+//! TDOSA traps the OS lock (OSLAR/OSLSR_EL1), the double lock (OSDLR_EL1) and
+//! DBGPRCR_EL1: per-CPU state that turns a vCPU's debug exceptions off, so it moves
+//! with the rest: trapped and lifted with TDA, OSLK and DLK switched. (KVM keeps TDOSA
+//! set and emulates the OS lock; here Linux's unlock at bring-up is one claim, and the
+//! lock's effect on debug exceptions is the hardware's own.) TDRA traps MDRAR_EL1
+//! alone, the physical address of the debug ROM table: a host detail with nothing to
+//! switch, so it is always set and the register reads 0 ("not valid").
 //!
 //! ## Why a trapped vCPU cannot see the values of the one before it
 //! A switch from a vCPU that holds the debug registers to one that does not leaves the
@@ -42,7 +55,7 @@
 //! ## The registers, and what a trapped access does ([`answer`])
 //! | registers (op0 = 2) | trapped by | answer |
 //! |---|---|---|
-//! | DBGBVR/DBGBCR/DBGWVR/DBGWCR<n>_EL1, n below the count | TDA | claim; switched |
+//! | `DBGBVR/DBGBCR/DBGWVR/DBGWCR<n>_EL1`, n below the count | TDA | claim; switched |
 //! | the same beyond the count | (UNDEFINED before any trap) | undefined |
 //! | MDSCR_EL1 | TDA | claim; switched with the EL1 registers on every switch |
 //! | OSLAR_EL1 (write), OSLSR_EL1 (read): the OS lock | TDOSA | claim; OSLSR_EL1.OSLK switched |
@@ -56,8 +69,9 @@
 //! Not switched, so shared by the vCPUs on a CPU that hold the debug registers: the
 //! DCC where FEAT_FGT is absent (MDCR_EL2.TDCC does not exist there, and TDA is clear
 //! for them), DBGPRCR_EL1.CORENPDRQ, the CLAIM tags and OSECCR_EL1. QEMU 7.2 implements
-//! none of DBGPRCR, the CLAIM tags, DBGAUTHSTATUS or the DCC data registers (they are
-//! undefined there, for guests and for Bothy alike), so Bothy never touches them.
+//! none of DBGPRCR, the CLAIM tags, DBGAUTHSTATUS, OSECCR or the DCC data registers
+//! (they are undefined there, for guests and for Bothy alike), so Bothy never touches
+//! them.
 //!
 //! Reference: Arm ARM (DDI 0487) D2 "AArch64 Self-hosted Debug", MDCR_EL2 (TDA, TDOSA,
 //! TDRA, TDCC), MDSCR_EL1 (MDE, KDE), OSLSR_EL1, OSDLR_EL1, ID_AA64DFR0_EL1 (BRPs,
