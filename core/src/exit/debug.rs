@@ -139,22 +139,17 @@ impl DebugShape {
 
     /// MDCR_EL2's debug trap bits while a vCPU runs: all of them until it has claimed
     /// the debug registers; after, only the ones that are never lifted (MDRAR_EL1, and
-    /// the DCC where FEAT_FGT lets it be trapped on its own).
+    /// the DCC where FEAT_FGT lets it be trapped on its own). Branch-free: it is on
+    /// every vCPU switch.
+    #[inline(always)]
     pub const fn traps(self, claimed: bool) -> u64 {
-        let always = mdcr::TDRA | self.tdcc_bit();
-        if claimed {
-            always
-        } else {
-            always | mdcr::TDA | mdcr::TDOSA
-        }
+        let lifted = (mdcr::TDA | mdcr::TDOSA) * claimed as u64;
+        self.trap_mask() & !lifted
     }
 
+    #[inline(always)]
     const fn tdcc_bit(self) -> u64 {
-        if self.tdcc {
-            mdcr::TDCC
-        } else {
-            0
-        }
+        (self.tdcc as u64) << mdcr::TDCC.trailing_zeros()
     }
 }
 

@@ -197,6 +197,10 @@ impl DebugHw for HwDebug {
         write_mdcr_el2(value);
     }
 
+    // Out of line: only vCPUs that use breakpoints get here, and inlined into the
+    // switch these loops cost every switch registers.
+    #[cold]
+    #[inline(never)]
     fn save(&mut self, shape: DebugShape, regs: &mut DebugRegs) {
         for n in 0..usize::from(shape.breakpoints).min(MAX_POINTS) {
             regs.bvr[n] = read_dbgbvr(n);
@@ -210,6 +214,8 @@ impl DebugHw for HwDebug {
         regs.double_lock = read_osdlr_el1() & OSDLR_DLK != 0;
     }
 
+    #[cold]
+    #[inline(never)]
     fn load(&mut self, shape: DebugShape, regs: &DebugRegs) {
         for n in 0..usize::from(shape.breakpoints).min(MAX_POINTS) {
             write_dbgbvr(n, regs.bvr[n]);
@@ -516,16 +522,18 @@ impl VcpuContext {
     }
 
     /// Its debug registers loaded if it holds them, and MDCR_EL2's traps set to match.
-    /// First in [`Self::restore`], so its OS lock is in place when MDSCR_EL1 (some of
-    /// whose bits the OS lock makes writable) is written.
+    /// Then MDSCR_EL1 once more, now under its own OS lock (which makes some of its bits
+    /// writable); a vCPU that does not hold them has those bits clear.
     #[inline(always)]
     fn load_debug(&self, f: Features) {
         debug::load(&mut HwDebug, f.debug, &self.debug, self.debug_claimed);
+        if self.debug_claimed {
+            write_mdscr_el1(self.el1.mdscr);
+        }
     }
 
     /// Load this vCPU's state into this CPU (the reverse of [`Self::save`]).
     pub fn restore(&self, f: Features, cpuif: &mut HwCpuIf) {
-        self.load_debug(f);
         let e = &self.el1;
         write_sctlr_el1(e.sctlr);
         write_cpacr_el1(e.cpacr);
@@ -574,6 +582,7 @@ impl VcpuContext {
             self.pmu.restore(counters);
         }
         cpuif.load(&self.gic);
+        self.load_debug(f);
         // The timer last, with the interrupt interface ready for what it raises.
         write_cntv_cval_el0(e.cntv_cval);
         write_cntv_ctl_el0(e.cntv_ctl);
