@@ -161,8 +161,9 @@ pub const fn claimed(mdcr_el2: u64) -> bool {
 
 /// The debug registers a vCPU takes with it while it holds them ([`DebugShape`] says
 /// how many of each array are real). MDSCR_EL1 is not here: it moves with the EL1
-/// registers on every switch.
+/// registers on every switch. `repr(C)`: `hyp`'s assembly fills the arrays by offset.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
 pub struct DebugRegs {
     pub bvr: [u64; MAX_POINTS],
     pub bcr: [u64; MAX_POINTS],

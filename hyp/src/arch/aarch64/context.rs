@@ -197,19 +197,15 @@ impl DebugHw for HwDebug {
         write_mdcr_el2(value);
     }
 
-    // Out of line: only vCPUs that use breakpoints get here, and inlined into the
-    // switch these loops cost every switch registers.
+    // Out of line: only vCPUs that use breakpoints get here.
     #[cold]
     #[inline(never)]
     fn save(&mut self, shape: DebugShape, regs: &mut DebugRegs) {
-        for n in 0..usize::from(shape.breakpoints).min(MAX_POINTS) {
-            regs.bvr[n] = read_dbgbvr(n);
-            regs.bcr[n] = read_dbgbcr(n);
-        }
-        for n in 0..usize::from(shape.watchpoints).min(MAX_POINTS) {
-            regs.wvr[n] = read_dbgwvr(n);
-            regs.wcr[n] = read_dbgwcr(n);
-        }
+        let (b, w) = points(shape);
+        // SAFETY: `regs` is a whole `DebugRegs` (repr(C), the offsets the routine is
+        // assembled with); it reads breakpoints 0..b and watchpoints 0..w, at most 16
+        // each, which this CPU has (ID_AA64DFR0_EL1.BRPs/WRPs).
+        unsafe { bothy_debug_save(regs, b, w) };
         regs.os_lock = read_oslsr_el1() & OSLSR_OSLK != 0;
         regs.double_lock = read_osdlr_el1() & OSDLR_DLK != 0;
     }
@@ -217,17 +213,85 @@ impl DebugHw for HwDebug {
     #[cold]
     #[inline(never)]
     fn load(&mut self, shape: DebugShape, regs: &DebugRegs) {
-        for n in 0..usize::from(shape.breakpoints).min(MAX_POINTS) {
-            write_dbgbvr(n, regs.bvr[n]);
-            write_dbgbcr(n, regs.bcr[n]);
-        }
-        for n in 0..usize::from(shape.watchpoints).min(MAX_POINTS) {
-            write_dbgwvr(n, regs.wvr[n]);
-            write_dbgwcr(n, regs.wcr[n]);
-        }
+        let (b, w) = points(shape);
+        // SAFETY: as in `save`; the registers written are the guest's own, and debug
+        // exceptions are never taken from EL2 with the debug target at EL1 (MDCR_EL2.TDE
+        // clear).
+        unsafe { bothy_debug_load(regs, b, w) };
         write_oslar_el1(u64::from(regs.os_lock));
         write_osdlr_el1(u64::from(regs.double_lock));
     }
+}
+
+/// The breakpoints and watchpoints the routines move, at most [`MAX_POINTS`] each.
+fn points(shape: DebugShape) -> (usize, usize) {
+    (
+        usize::from(shape.breakpoints).min(MAX_POINTS),
+        usize::from(shape.watchpoints).min(MAX_POINTS),
+    )
+}
+
+// bothy_debug_save/load(x0 = DebugRegs*, x1 = breakpoints, x2 = watchpoints; 0..=16):
+// a branch into a run of four instructions per breakpoint (and per watchpoint), from
+// number 15 down to 0, so n of them cost 4n + 3 instructions: the loop the compiler
+// makes of them (a jump table per register) cost about four times that on each switch
+// of a vCPU that uses breakpoints.
+global_asm!(
+    r#"
+    .section .text.bothy_debug, "ax"
+    .global bothy_debug_save
+bothy_debug_save:
+    adr     x9, 1f
+    sub     x9, x9, x1, lsl #4
+    br      x9
+    .irp    i, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0
+    mrs     x10, dbgbvr\i\()_el1
+    str     x10, [x0, #(\i * 8 + {bvr})]
+    mrs     x10, dbgbcr\i\()_el1
+    str     x10, [x0, #(\i * 8 + {bcr})]
+    .endr
+1:  adr     x9, 2f
+    sub     x9, x9, x2, lsl #4
+    br      x9
+    .irp    i, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0
+    mrs     x10, dbgwvr\i\()_el1
+    str     x10, [x0, #(\i * 8 + {wvr})]
+    mrs     x10, dbgwcr\i\()_el1
+    str     x10, [x0, #(\i * 8 + {wcr})]
+    .endr
+2:  ret
+
+    .global bothy_debug_load
+bothy_debug_load:
+    adr     x9, 1f
+    sub     x9, x9, x1, lsl #4
+    br      x9
+    .irp    i, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0
+    ldr     x10, [x0, #(\i * 8 + {bvr})]
+    msr     dbgbvr\i\()_el1, x10
+    ldr     x10, [x0, #(\i * 8 + {bcr})]
+    msr     dbgbcr\i\()_el1, x10
+    .endr
+1:  adr     x9, 2f
+    sub     x9, x9, x2, lsl #4
+    br      x9
+    .irp    i, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0
+    ldr     x10, [x0, #(\i * 8 + {wvr})]
+    msr     dbgwvr\i\()_el1, x10
+    ldr     x10, [x0, #(\i * 8 + {wcr})]
+    msr     dbgwcr\i\()_el1, x10
+    .endr
+2:  ret
+"#,
+    bvr = const core::mem::offset_of!(DebugRegs, bvr),
+    bcr = const core::mem::offset_of!(DebugRegs, bcr),
+    wvr = const core::mem::offset_of!(DebugRegs, wvr),
+    wcr = const core::mem::offset_of!(DebugRegs, wcr),
+);
+
+extern "C" {
+    fn bothy_debug_save(regs: *mut DebugRegs, breakpoints: usize, watchpoints: usize);
+    fn bothy_debug_load(regs: *const DebugRegs, breakpoints: usize, watchpoints: usize);
 }
 
 /// The running vCPU's first trapped debug-register access: it gets the CPU's debug

@@ -271,64 +271,14 @@ list_registers!(
     12 => "S3_4_C12_C13_4", 13 => "S3_4_C12_C13_5", 14 => "S3_4_C12_C13_6", 15 => "S3_4_C12_C13_7",
 );
 
-// Self-hosted debug: a guest's breakpoints, watchpoints, OS lock and double lock, moved
-// only while a vCPU holds them (context.rs, bothy_core::exit::debug). MDCR_EL2's TDA
-// bit says whether the running vCPU does: change MDCR_EL2 read-modify-write only.
-// OSLAR (write-only) and OSLSR (read-only) by encoding, so no accessor names an
-// access the register does not have.
+// Self-hosted debug: a guest's OS lock and double lock, moved with its breakpoints and
+// watchpoints (context.rs's assembly) only while a vCPU holds them
+// (bothy_core::exit::debug). MDCR_EL2's TDA bit says whether the running vCPU does:
+// change MDCR_EL2 read-modify-write only. OSLAR (write-only) and OSLSR (read-only) by
+// encoding, so no accessor names an access the register does not have.
 sysreg!(read_oslsr_el1, _write_oslsr_unused, "S2_0_C1_C1_4");
 sysreg!(_read_oslar_unused, write_oslar_el1, "S2_0_C1_C0_4");
 sysreg!(read_osdlr_el1, write_osdlr_el1, "osdlr_el1");
-
-macro_rules! debug_points {
-    ($read:ident, $write:ident, $what:literal: $($n:literal => $name:literal),* $(,)?) => {
-        #[doc = concat!($what, " `n`; `n` beyond the 16 there can be reads 0 / is ignored.")]
-        #[inline(always)]
-        pub fn $read(n: usize) -> u64 {
-            let value: u64;
-            match n {
-                // SAFETY: reading a debug register has no side effects.
-                $($n => unsafe { core::arch::asm!(concat!("mrs {}, ", $name), out(reg) value, options(nomem, nostack, preserves_flags)) },)*
-                _ => value = 0,
-            }
-            value
-        }
-        #[inline(always)]
-        pub fn $write(n: usize, value: u64) {
-            match n {
-                // SAFETY: a guest's breakpoint or watchpoint; debug exceptions are never
-                // taken from EL2 with the debug target at EL1 (MDCR_EL2.TDE clear).
-                $($n => unsafe { core::arch::asm!(concat!("msr ", $name, ", {}"), in(reg) value, options(nostack, preserves_flags)) },)*
-                _ => {}
-            }
-        }
-    };
-}
-
-debug_points!(read_dbgbvr, write_dbgbvr, "DBGBVR<n>_EL1":
-    0 => "S2_0_C0_C0_4", 1 => "S2_0_C0_C1_4", 2 => "S2_0_C0_C2_4", 3 => "S2_0_C0_C3_4",
-    4 => "S2_0_C0_C4_4", 5 => "S2_0_C0_C5_4", 6 => "S2_0_C0_C6_4", 7 => "S2_0_C0_C7_4",
-    8 => "S2_0_C0_C8_4", 9 => "S2_0_C0_C9_4", 10 => "S2_0_C0_C10_4", 11 => "S2_0_C0_C11_4",
-    12 => "S2_0_C0_C12_4", 13 => "S2_0_C0_C13_4", 14 => "S2_0_C0_C14_4", 15 => "S2_0_C0_C15_4",
-);
-debug_points!(read_dbgbcr, write_dbgbcr, "DBGBCR<n>_EL1":
-    0 => "S2_0_C0_C0_5", 1 => "S2_0_C0_C1_5", 2 => "S2_0_C0_C2_5", 3 => "S2_0_C0_C3_5",
-    4 => "S2_0_C0_C4_5", 5 => "S2_0_C0_C5_5", 6 => "S2_0_C0_C6_5", 7 => "S2_0_C0_C7_5",
-    8 => "S2_0_C0_C8_5", 9 => "S2_0_C0_C9_5", 10 => "S2_0_C0_C10_5", 11 => "S2_0_C0_C11_5",
-    12 => "S2_0_C0_C12_5", 13 => "S2_0_C0_C13_5", 14 => "S2_0_C0_C14_5", 15 => "S2_0_C0_C15_5",
-);
-debug_points!(read_dbgwvr, write_dbgwvr, "DBGWVR<n>_EL1":
-    0 => "S2_0_C0_C0_6", 1 => "S2_0_C0_C1_6", 2 => "S2_0_C0_C2_6", 3 => "S2_0_C0_C3_6",
-    4 => "S2_0_C0_C4_6", 5 => "S2_0_C0_C5_6", 6 => "S2_0_C0_C6_6", 7 => "S2_0_C0_C7_6",
-    8 => "S2_0_C0_C8_6", 9 => "S2_0_C0_C9_6", 10 => "S2_0_C0_C10_6", 11 => "S2_0_C0_C11_6",
-    12 => "S2_0_C0_C12_6", 13 => "S2_0_C0_C13_6", 14 => "S2_0_C0_C14_6", 15 => "S2_0_C0_C15_6",
-);
-debug_points!(read_dbgwcr, write_dbgwcr, "DBGWCR<n>_EL1":
-    0 => "S2_0_C0_C0_7", 1 => "S2_0_C0_C1_7", 2 => "S2_0_C0_C2_7", 3 => "S2_0_C0_C3_7",
-    4 => "S2_0_C0_C4_7", 5 => "S2_0_C0_C5_7", 6 => "S2_0_C0_C6_7", 7 => "S2_0_C0_C7_7",
-    8 => "S2_0_C0_C8_7", 9 => "S2_0_C0_C9_7", 10 => "S2_0_C0_C10_7", 11 => "S2_0_C0_C11_7",
-    12 => "S2_0_C0_C12_7", 13 => "S2_0_C0_C13_7", 14 => "S2_0_C0_C14_7", 15 => "S2_0_C0_C15_7",
-);
 
 // RAS: the SError an `esb` deferred while SErrors were masked.
 sysreg!(read_disr_el1, write_disr_el1, "S3_0_C12_C1_1");
