@@ -574,8 +574,8 @@ impl VcpuContext {
         if let Some(counters) = f.pmu_counters {
             self.pmu.save(counters);
         }
-        self.put_debug(f);
         cpuif.put(&mut self.gic);
+        self.put_debug(f);
     }
 
     /// Its debug registers saved if it holds them (MDCR_EL2.TDA clear); nothing moves
