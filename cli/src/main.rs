@@ -84,6 +84,10 @@ enum Cmd {
         /// Extra argument for QEMU (repeatable), e.g. --qemu-arg=-s.
         #[arg(long = "qemu-arg", value_name = "ARG", allow_hyphen_values = true)]
         qemu_args: Vec<String>,
+        /// Extra property of QEMU's virt board (repeatable), added to its -machine
+        /// option, e.g. --machine-opt mte=on for a CPU with MTE and tag memory.
+        #[arg(long = "machine-opt", value_name = "KEY=VALUE", value_parser = parse_machine_opt)]
+        machine_opts: Vec<String>,
         /// Enter at EL1 (virtualization=off): only to check that Bothy refuses.
         #[arg(long, hide = true)]
         el1: bool,
@@ -166,6 +170,16 @@ fn parse_mem(s: &str) -> Result<u64, String> {
     Ok(v)
 }
 
+/// One `key=value` property for QEMU's `-machine virt,...` (a comma would start another).
+fn parse_machine_opt(s: &str) -> Result<String, String> {
+    match s.split_once('=') {
+        Some((key, _)) if !key.is_empty() && !s.contains(',') => Ok(s.to_string()),
+        _ => Err(format!(
+            "{s}: want one KEY=VALUE property of QEMU's virt machine, e.g. mte=on"
+        )),
+    }
+}
+
 fn main() {
     if let Err(e) = real_main() {
         eprintln!("bothy: error: {e:#}");
@@ -196,6 +210,7 @@ fn real_main() -> Result<()> {
             timeout,
             machine,
             qemu_args,
+            machine_opts,
             el1,
         } => {
             let tmp = tempfile::Builder::new().prefix("bothy-run-").tempdir()?;
@@ -204,6 +219,7 @@ fn real_main() -> Result<()> {
                 cpus: machine.smp,
                 memory: machine.mem,
                 el2: !el1,
+                machine_opts,
                 extra_args: qemu_args,
             };
             eprintln!(

@@ -45,6 +45,9 @@ pub struct Machine {
     pub memory: u64,
     /// `virtualization=on`: enter at EL2. Off only to test the EL1 refusal.
     pub el2: bool,
+    /// More `virt` board properties, `key=value` each, added to `-machine`
+    /// (`mte=on`: a CPU with MTE and tag memory).
+    pub machine_opts: Vec<String>,
     pub extra_args: Vec<String>,
 }
 
@@ -54,6 +57,7 @@ impl Default for Machine {
             cpus: 2,
             memory: 1 << 30,
             el2: true,
+            machine_opts: Vec::new(),
             extra_args: Vec::new(),
         }
     }
@@ -64,8 +68,13 @@ impl Machine {
     pub fn command(&self, image: &Path) -> Command {
         let mut c = Command::new(QEMU);
         let virt = if self.el2 { "on" } else { "off" };
+        let mut machine = format!("virt,virtualization={virt},gic-version=3");
+        for opt in &self.machine_opts {
+            machine.push(',');
+            machine.push_str(opt);
+        }
         c.arg("-machine")
-            .arg(format!("virt,virtualization={virt},gic-version=3"))
+            .arg(machine)
             // pauth-impdef: same features, about twice as fast under TCG.
             .args(["-cpu", "max,pauth-impdef=on"])
             .arg("-smp")
@@ -230,6 +239,13 @@ mod tests {
             "-machine virt,virtualization=on,gic-version=3 -cpu max,pauth-impdef=on -smp 2 \
              -m 1024M -nographic -nic none -kernel /tmp/b.img -s"
         );
+        let mte = Machine {
+            machine_opts: vec!["mte=on".into()],
+            ..Machine::default()
+        };
+        let c = mte.command(Path::new("/tmp/b.img"));
+        let args: Vec<_> = c.get_args().map(|a| a.to_string_lossy()).collect();
+        assert_eq!(args[1], "virt,virtualization=on,gic-version=3,mte=on");
     }
 
     #[test]

@@ -194,6 +194,18 @@ fn bad_mem_option() {
 }
 
 #[test]
+fn bad_machine_opt() {
+    for bad in ["mte", "=on", "mte=on,secure=on"] {
+        bothy(GOOD, &["run", "--machine-opt", bad])
+            .failure()
+            .stderr(
+                predicate::str::contains("--machine-opt")
+                    .and(predicate::str::contains("KEY=VALUE")),
+            );
+    }
+}
+
+#[test]
 fn missing_hypervisor_is_explained() {
     fails_with(GOOD, &["image"], &["--hyp", "/nonexistent/bothy-hyp"]);
 }

@@ -32,13 +32,9 @@ fn on_exit_restart_boots_the_vm_again_until_stopped_from_the_prompt() {
     let mut cmd = Command::new(bothy());
     cmd.arg("run").arg(&path).args(["--timeout", "300"]);
     let mut c = Console::spawn(cmd, "on_exit restart");
-    for round in 0..2 {
-        let summary = c.expect("TEST summary:", RUN);
-        let line = c.expect("\n", RUN);
-        assert!(
-            line.contains(" 0 failed"),
-            "round {round}:\n{summary}{line}"
-        );
+    for round in 1..=2 {
+        let summary = c.expect_vm_summary("st", round, RUN);
+        assert!(summary.contains(" 0 failed"), "round {round}: {summary}");
         c.expect("bothy: VM st restarts (on_exit = \"restart\")", RUN);
         c.expect("bothy: VM st restarted", RUN);
     }
@@ -93,6 +89,7 @@ fn prompt_restarts_a_running_vm_and_starts_a_stopped_one() {
     let path = system(dir.path(), "on_exit = \"restart\"\n");
     let mut cmd = Command::new(bothy());
     cmd.arg("run").arg(&path).args(["--timeout", "300"]);
+    cmd.args(common::debug_args());
     let mut c = Console::spawn(cmd, "prompt restart/start");
     c.expect("TEST summary:", RUN);
     c.send_raw(b"\x1c\x1c\x1c");
@@ -142,11 +139,13 @@ fn prompt_restarts_a_running_vm_and_starts_a_stopped_one() {
         "start of a running VM"
     );
 
-    // Back to the guest: the restarted VM passes its checks again.
+    // Back to the guest: the restarted VM passes its checks again (its output was held
+    // while the prompt was open: the next summary is one it printed since).
+    let seen = c.vm_summaries("st");
     c.send("resume");
-    c.expect("TEST summary:", RUN);
-    let line = c.expect("\n", RUN);
-    assert!(line.contains(" 0 failed"), "after start: {line}");
+    let summary = c.expect_vm_summary("st", seen + 1, RUN);
+    assert!(summary.contains(" 0 failed"), "after start: {summary}");
+    c.skip_to_end();
 
     c.send_raw(b"\x1c\x1c\x1c");
     c.expect("bothy> ", RUN);
@@ -164,8 +163,6 @@ fn prompt_restarts_a_running_vm_and_starts_a_stopped_one() {
 /// again from the system file; it boots and passes its checks, and the machine's
 /// memory record reads as before.
 #[test]
-#[ignore = "open bug: about 1 run in 20 on a loaded 2-core machine, the created VM's vCPU 0 stops \
-            making progress mid-check (docs/STATUS.md, Known limits); passes otherwise: run with --ignored"]
 fn a_stopped_vm_is_destroyed_and_created_again_from_the_prompt() {
     let _q = qemu_lock();
     let dir = tempfile::tempdir().unwrap();
@@ -179,6 +176,7 @@ fn a_stopped_vm_is_destroyed_and_created_again_from_the_prompt() {
     std::fs::write(&path, text).unwrap();
     let mut cmd = Command::new(bothy());
     cmd.arg("run").arg(&path).args(["--timeout", "300"]);
+    cmd.args(common::debug_args());
     let mut c = Console::spawn(cmd, "destroy/create");
     c.expect("bothy: VM st powered off", RUN);
     c.send_raw(b"\x1c\x1c\x1c");
@@ -207,13 +205,13 @@ fn a_stopped_vm_is_destroyed_and_created_again_from_the_prompt() {
     c.send("create st");
     c.expect("VM st exists already", RUN);
     c.send("resume");
-    let summary = c.expect("[st] TEST summary:", RUN);
-    let line = c.expect("\n", RUN);
-    assert!(
-        line.contains(" 0 failed"),
-        "created again:\n{summary}{line}"
-    );
-    c.expect("bothy: VM st powered off", RUN);
+    // It ran while the prompt was open, so its output was held and comes out now, maybe
+    // after Bothy reported its power-off (Bothy's own lines are not held): look for
+    // both in the whole transcript rather than in order.
+    let summary = c.expect_vm_summary("st", 2, RUN);
+    assert!(summary.contains(" 0 failed"), "created again: {summary}");
+    c.expect_count("bothy: VM st powered off", 2, RUN);
+    c.skip_to_end();
 
     c.send_raw(b"\x1c\x1c\x1c");
     c.expect("bothy> ", RUN);
@@ -275,9 +273,8 @@ fn cpu_off_on_the_last_vcpu_powers_the_vm_off() {
     let mut cmd = Command::new(bothy());
     cmd.arg("run").arg(&path).args(["--timeout", "120"]);
     let mut c = Console::spawn(cmd, "CPU_OFF on the last vCPU");
-    c.expect("TEST summary:", RUN);
-    let line = c.expect("\n", RUN);
-    assert!(line.contains(" 0 failed"), "{line}");
+    let summary = c.expect_vm_summary("st", 1, RUN);
+    assert!(summary.contains(" 0 failed"), "{summary}");
     c.expect("ending with CPU_OFF on the last vCPU", RUN);
     c.expect(
         "bothy: VM st powered off (its last vCPU called CPU_OFF)",

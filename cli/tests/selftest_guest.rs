@@ -1,6 +1,9 @@
 //! The bare-metal selftest guest (guests/selftest) checks Bothy from inside a VM:
 //! PSCI and its error codes, secondary vCPU bring-up, concurrent CPU_ON of one target,
-//! IPIs between vCPUs, the virtual timer (and its level being resampled), WFI, 32-bit
+//! IPIs between vCPUs, the virtual timer (and its level being resampled), the PMU's
+//! overflow interrupt (from the device tree's PMU node, to the right vCPU,
+//! level-sensitive), SGIs held by a redistributor the guest put to sleep (GICR_WAKER),
+//! WFI, 32-bit
 //! user code, aborts on out-of-range accesses, NOT_SUPPORTED for unknown hypercalls,
 //! x19–x29 surviving exits that do and do not name them, and the ID registers hiding
 //! what Bothy traps. Every check must report `ok` under Bothy: with 2 vCPUs all but
@@ -33,6 +36,8 @@ const REQUIRED: &[&str] = &[
     "el1_physical_timer",
     "aarch32_el0",
     "vtimer_level_resampled",
+    "pmu_overflow_irq",
+    "sgi_held_while_asleep",
     "bad_access",
     "cpu_on_race",
     "cpu_off",

@@ -122,8 +122,9 @@ pub trait Arch {
     /// fired.
     ///
     /// `hyp`: for the virtual timer's PPI, `CNTV_CTL_EL0` has ENABLE and ISTATUS set and
-    /// IMASK clear; if not, a write to this CPU's `GICR_ICACTIVER0`. Any other `pintid`
-    /// reads as high.
+    /// IMASK clear; for the PMU's overflow PPI, [`crate::dev::pmu::overflow_asserted`] on
+    /// PMCR_EL0, PMOVSSET_EL0 and PMINTENSET_EL1; if not, a write to this CPU's
+    /// `GICR_ICACTIVER0`. Any other `pintid` reads as high.
     fn hw_line_high(&mut self, pintid: u32) -> bool;
 
     /// These vCPUs of the exiting vCPU's VM have new work (an interrupt became pending

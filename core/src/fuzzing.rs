@@ -1085,7 +1085,7 @@ mod tests {
         use super::super::*;
         use crate::fdt::guest::{build_guest_dtb, GuestDtbConfig};
         use crate::fdt::manifest::{EarlyConsole, OnExit, PayloadRef, VmSpec};
-        use crate::fdt::platform::TimerIrqs;
+        use crate::fdt::platform::{Pmu, TimerIrqs};
         use crate::fdt::test_trees::{self, full_platform, QEMU_VIRT_GICV3_SMP2};
         use crate::image::PAYLOAD_ALIGN;
 
@@ -1116,6 +1116,7 @@ mod tests {
                     virt: 11,
                     hyp_phys: 10,
                 },
+                pmu: Some(Pmu { ppi: 7 }),
                 bootargs: "console=ttyAMA0",
                 initrd: Some(Region::new(0x4800_0000, 0x1000)),
             });

@@ -3,9 +3,12 @@
 //! A VM stops in two steps (the hypervisor's `exit.rs` carries them out): its
 //! [`VmState`] leaves `Running` (a guest's SYSTEM_OFF or SYSTEM_RESET, a fault Bothy
 //! cannot reflect, Bothy's prompt), and its vCPUs are stopped — those running on a CPU
-//! at their next exit. The CPU on which the last running vCPU stops finds the VM
-//! *quiescent* and asks [`after_stop`] what to finish with; only then may the VM's
-//! memory be rewritten, since no vCPU can be executing in it.
+//! at their next scheduling point (an exit, or their slice's end). The scheduler names
+//! exactly one finisher: the caller of its `stop_vm` when no vCPU was running, or
+//! else the CPU on which the last running vCPU stops (`Scheduler::take_finished_stop`).
+//! That CPU finds the VM *quiescent* and asks [`after_stop`] what to finish with; only
+//! then may the VM's memory be rewritten, since no vCPU can be executing in it, and no
+//! vCPU of it can be started in between (the scheduler refuses while a stop is on).
 //!
 //! ```text
 //!   Running --SYSTEM_OFF / last CPU_OFF--> Off     --quiescent--> on_exit: halt | restart | poweroff
@@ -61,7 +64,7 @@ impl VmState {
 /// What the hypervisor finishes a VM's stop with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AfterStop {
-    /// Nothing yet (a vCPU still runs) or nothing at all (the VM runs).
+    /// Nothing: the VM runs (it was started again before its stop was finished).
     Nothing,
     /// Reload the images, reset the vGIC and power states, start vCPU 0.
     Reload,
@@ -80,11 +83,8 @@ pub fn all_vcpus_off(state: VmState, alive: bool) -> bool {
     state == VmState::Running && !alive
 }
 
-/// Some of a VM's vCPUs stopped; `quiescent`: none runs on any CPU now. What to do.
-pub fn after_stop(state: VmState, on_exit: OnExit, quiescent: bool) -> AfterStop {
-    if !quiescent {
-        return AfterStop::Nothing;
-    }
+/// The VM's stop is finished (none of its vCPUs runs on any CPU): what to do next.
+pub fn after_stop(state: VmState, on_exit: OnExit) -> AfterStop {
     match (state, on_exit) {
         (VmState::Running, _) => AfterStop::Nothing,
         (VmState::Resetting, _) => AfterStop::Reload,
@@ -109,15 +109,6 @@ mod tests {
     const POLICIES: [OnExit; 3] = [OnExit::Halt, OnExit::Restart, OnExit::Poweroff];
 
     #[test]
-    fn nothing_happens_while_a_vcpu_still_runs() {
-        for s in STATES {
-            for p in POLICIES {
-                assert_eq!(after_stop(s, p, false), AfterStop::Nothing, "{s:?} {p:?}");
-            }
-        }
-    }
-
-    #[test]
     fn the_last_one_out_finishes_by_state_and_policy() {
         use AfterStop::*;
         let table = [
@@ -129,7 +120,7 @@ mod tests {
         ];
         for (state, want) in table {
             for (p, w) in POLICIES.into_iter().zip(want) {
-                assert_eq!(after_stop(state, p, true), w, "{state:?} {p:?}");
+                assert_eq!(after_stop(state, p), w, "{state:?} {p:?}");
             }
         }
     }

@@ -241,6 +241,12 @@ pub struct Scheduler {
     slice: Ticks,
     /// CPUs that a deadline's wake-up (in [`Self::tick`]) gave work: bit per CPU.
     kicks: u64,
+    /// Per VM index: [`Self::stop_vm`] found vCPUs of it running, and not all of them
+    /// have left their CPUs yet.
+    stopping: Vec<bool>,
+    /// The VM whose stop the last call finished (its last running vCPU left its CPU),
+    /// for [`Self::take_finished_stop`].
+    finished: Option<usize>,
 }
 
 impl Scheduler {
@@ -262,6 +268,8 @@ impl Scheduler {
             free: Vec::new(),
             slice: slice.max(1),
             kicks: 0,
+            stopping: Vec::new(),
+            finished: None,
         }
     }
 
@@ -316,6 +324,9 @@ impl Scheduler {
                 cpu.last_of_vm.resize(vm + 1, None);
             }
         }
+        if self.stopping.len() <= vm {
+            self.stopping.resize(vm + 1, false);
+        }
         // Room for every vCPU, so a push on an exit path never allocates.
         self.queue.reserve(self.vcpus.len());
         Ok(id)
@@ -362,6 +373,9 @@ impl Scheduler {
             e.wake_at = None;
             e.loaded_on = None;
             self.free.push(id);
+        }
+        if let Some(stopping) = self.stopping.get_mut(vm) {
+            *stopping = false;
         }
         Ok(kicks)
     }
@@ -410,11 +424,14 @@ impl Scheduler {
     }
 
     /// An Off vCPU may run (PSCI CPU_ON, VM boot or restart). Returns the CPU to kick.
+    /// Refused (None, it stays Off) while its VM is being stopped: a vCPU that had not
+    /// yet noticed the stop may still call CPU_ON, and the started vCPU would otherwise
+    /// outlive the stop into the VM's next run.
     pub fn start(&mut self, v: VcpuId) -> Kick {
         match self
             .vcpus
             .get(v.0)
-            .filter(|e| e.vm != NO_VM)
+            .filter(|e| e.vm != NO_VM && !self.vm_stopping(e.vm))
             .map(|e| e.state)
         {
             Some(RunState::Off) => {
@@ -479,6 +496,9 @@ impl Scheduler {
         let Some(v) = self.current(cpu) else {
             return self.pick(cpu, now);
         };
+        if self.stopping_vcpu(v) {
+            return self.off_current(cpu, now);
+        }
         let e = &mut self.vcpus[v.0];
         if core::mem::take(&mut e.wake_pending) {
             return Decision::keep(v);
@@ -495,6 +515,7 @@ impl Scheduler {
     /// if another vCPU is waiting, else keeps running.
     pub fn yield_cpu(&mut self, cpu: usize, now: Ticks) -> Decision {
         match self.current(cpu) {
+            Some(v) if self.stopping_vcpu(v) => self.off_current(cpu, now),
             Some(v) if self.queue.is_empty() => Decision::keep(v),
             Some(v) if self.vcpus[v.0].placement == Placement::Shared => {
                 self.leave(cpu, now, RunState::Runnable);
@@ -507,20 +528,49 @@ impl Scheduler {
     }
 
     /// The vCPU running on `cpu` stops (PSCI CPU_OFF, its VM stopped). Returns what the
-    /// CPU does next and whether no vCPU of its VM runs anywhere now.
-    pub fn off_current(&mut self, cpu: usize, now: Ticks) -> (Decision, bool) {
-        let Some(v) = self.current(cpu) else {
-            return (self.pick(cpu, now), false);
+    /// CPU does next. If its VM was being stopped and it was the last of the VM's vCPUs
+    /// on a CPU, the stop is finished: [`Self::take_finished_stop`] says so.
+    #[inline(never)] // rare; tick, block and yield call it for a stopping VM's vCPU
+    pub fn off_current(&mut self, cpu: usize, now: Ticks) -> Decision {
+        let Some(vm) = self
+            .current(cpu)
+            .and_then(|v| self.vcpus.get(v.0))
+            .map(|e| e.vm)
+        else {
+            return self.pick(cpu, now);
         };
-        let vm = self.vcpus[v.0].vm;
         self.leave(cpu, now, RunState::Off);
-        let quiescent = !self.vm_running(vm);
-        (self.pick(cpu, now), quiescent)
+        if self.vm_stopping(vm) && !self.vm_running(vm) {
+            if let Some(stopping) = self.stopping.get_mut(vm) {
+                *stopping = false;
+            }
+            self.finished = Some(vm);
+        }
+        self.pick(cpu, now)
+    }
+
+    /// The VM whose stop the last [`Self::off_current`], [`Self::tick`],
+    /// [`Self::block`] or [`Self::yield_cpu`] finished, if any (cleared by the call). Exactly
+    /// one call finishes each stop that [`Self::stop_vm`] could not finish at once, so
+    /// exactly one CPU goes on to what follows (reload, restart, power-off).
+    pub fn take_finished_stop(&mut self) -> Option<usize> {
+        self.finished.take()
+    }
+
+    /// Whether `vm` is being stopped (some of its vCPUs have yet to leave their CPUs).
+    pub fn vm_stopping(&self, vm: usize) -> bool {
+        self.stopping.get(vm).copied().unwrap_or(false)
+    }
+
+    fn stopping_vcpu(&self, v: VcpuId) -> bool {
+        self.vcpus.get(v.0).is_some_and(|e| self.vm_stopping(e.vm))
     }
 
     /// Stop every vCPU of `vm`: those not running become Off at once; the CPUs running
-    /// the others are returned to kick, and each calls [`Self::off_current`] when it
-    /// notices.
+    /// the others are returned to kick, and each stops its vCPU when it next schedules
+    /// ([`Self::off_current`], or a tick, block or yield, which turn a vCPU of a stopping
+    /// VM off). If none was running (`quiescent`), the caller finishes the stop;
+    /// otherwise the call that takes the last one off does ([`Self::take_finished_stop`]).
     pub fn stop_vm(&mut self, vm: usize) -> StopVm {
         let mut out = StopVm::default();
         for (i, e) in self.vcpus.iter_mut().enumerate() {
@@ -539,6 +589,10 @@ impl Scheduler {
             e.wake_at = None;
         }
         out.quiescent = out.kicks.is_empty();
+        // `add_vcpu` sized `stopping` for every VM that has vCPUs.
+        if let (false, Some(stopping)) = (out.quiescent, self.stopping.get_mut(vm)) {
+            *stopping = true;
+        }
         out
     }
 
@@ -564,6 +618,7 @@ impl Scheduler {
             return Decision::keep_idle();
         };
         match c.current {
+            Some(v) if self.stopping_vcpu(v) => self.off_current(cpu, now),
             Some(v) if c.dedicated == Some(v) => Decision::keep(v),
             // Pinned at run time while it ran a shared vCPU: give that one back.
             Some(v) if c.dedicated.is_some() => {

@@ -38,11 +38,12 @@ use crate::println;
 use crate::vm::Vm;
 use alloc::sync::Arc;
 use bothy_core::arch::{Arch, El1Reg, GuestFault};
+use bothy_core::dev::pmu::{self, Fired};
 use bothy_core::exit::handle::{self, Action};
 use bothy_core::exit::{aarch32, inject};
 use bothy_core::lifecycle::{self, AfterStop, VmState};
 use bothy_core::mem::Vmid;
-use bothy_core::sched::{earliest, Decision, Ticks};
+use bothy_core::sched::{earliest, Decision, RunState, Ticks};
 use bothy_core::vgic::VcpuMask;
 use bothy_core::vm::{ExitCounters, ExitKind};
 use core::sync::atomic::Ordering;
@@ -172,19 +173,37 @@ fn schedule(frame: &mut GuestFrame) {
         Reason::Yield => s.yield_cpu(cpu, now),
         Reason::Block(wake_at) => s.block(cpu, now, wake_at),
         Reason::Off | Reason::PowerOff => {
-            let (d, quiescent) = s.off_current(cpu, now);
-            if let Some((vm, vcpu)) = current {
-                // A stopped vCPU's timer must not fire while it stays loaded here.
-                sysreg::write_cntv_ctl_el0(0);
-                if reason == Reason::PowerOff {
-                    // Only now: a CPU_ON that sees it Off finds the scheduler agreeing.
-                    vm.power.power_off(vcpu);
-                }
-                finished_vm = Some((vm, quiescent, s.vm_alive(vm.index())));
+            let d = s.off_current(cpu, now);
+            if let (Some((vm, vcpu)), Reason::PowerOff) = (current, reason) {
+                // Only now: a CPU_ON that sees it Off finds the scheduler agreeing.
+                vm.power.power_off(vcpu);
             }
             d
         }
     };
+    let stopping = matches!(reason, Reason::Off | Reason::PowerOff);
+    // Taken on every pass, so a finish can never be left for a later one.
+    let finished_stop = s.take_finished_stop();
+    // The common case (a block, yield or tick of a running VM's vCPU) skips this.
+    if let Some((vm, v)) = current.filter(|(vm, _)| stopping || vm.state() != VmState::Running) {
+        // Whatever brought it here, the vCPU may now be off: the scheduler turns a
+        // vCPU of a stopping VM off at a tick, block or yield too.
+        if vm.vcpus.get(v).is_some_and(|x| s.state(x.id) == RunState::Off) {
+            // A stopped vCPU's timer and PMU must not fire while it stays loaded here.
+            sysreg::write_cntv_ctl_el0(0);
+            silence_pmu(m, ctx);
+        }
+        // The stop this pass finished (exactly one pass finishes each), or the VM's
+        // last vCPU called CPU_OFF: decided under the scheduler's lock, so a stop or
+        // start from elsewhere cannot come between the check and the state change.
+        let finished = finished_stop == Some(vm.index());
+        let all_off = stopping
+            && lifecycle::all_vcpus_off(vm.state(), s.vm_alive(vm.index()))
+            && vm.leave_running(VmState::Off);
+        if finished || all_off {
+            finished_vm = Some((vm, all_off));
+        }
+    }
     let deadline = s.deadline(cpu);
     let target = Target::resolve(&s, &d, cpu);
     let owner = match leave(ctx, frame, current, &d, &target, &scope, Some(s)) {
@@ -207,8 +226,8 @@ fn schedule(frame: &mut GuestFrame) {
     // Stopping a VM may restart it here, and nobody kicks a CPU on its own behalf:
     // then the CPU must look again before it sleeps.
     let look_first = finished_vm.is_some();
-    if let Some((vm, quiescent, alive)) = finished_vm {
-        vcpus_stopped(vm, quiescent, alive);
+    if let Some((vm, all_off)) = finished_vm {
+        vcpus_stopped(vm, all_off);
     }
     arrive(m, ctx, frame, owner, (&d, &target), deadline, look_first, &scope);
 }
@@ -263,7 +282,7 @@ fn leave(
         copy_frame(&mut saved.frame, frame);
     }
     if d.save.is_some() {
-        let mut cpuif = ctx.cpuif(machine().vtimer_intid);
+        let mut cpuif = ctx.cpuif(machine().hw_ppis);
         let saved = if same {
             frame_guard.as_mut()
         } else {
@@ -319,7 +338,7 @@ fn arrive<'s>(
                     sysreg::write_cntvoff_el2(vm.cntvoff);
                     sysreg::write_vmpidr_el2(VMPIDR_RES1 | v as u64);
                     sysreg::isb();
-                    let mut cpuif = ctx.cpuif(m.vtimer_intid);
+                    let mut cpuif = ctx.cpuif(m.hw_ppis);
                     saved.arch.restore(ctx.features, &mut cpuif);
                     if d.flush_tlb {
                         sysreg::flush_local_guest_context();
@@ -461,9 +480,9 @@ fn reset_vcpu_state(vm: &Vm, vcpu: usize) {
     sysreg::write_ich_ap0r0_el2(0);
     sysreg::write_ich_ap1r0_el2(0);
     sysreg::write_ich_hcr_el2(ICH_HCR_EN);
-    // A timer interrupt the previous incarnation never EOIed stays active in the
+    // A timer or PMU interrupt the previous incarnation never EOIed stays active in the
     // physical GIC and would block the next one.
-    gic::set_private_active(ctx.redist, machine().vtimer_intid, false);
+    gic::set_private_active(ctx.redist, machine().hw_ppis, false);
     vm.vgic.reset_vcpu(vcpu);
     sysreg::isb();
 }
@@ -473,11 +492,16 @@ fn reset_vcpu_state(vm: &Vm, vcpu: usize) {
 /// `bothy_core::lifecycle` decides.
 #[cold]
 #[inline(never)]
-fn vcpus_stopped(vm: &Vm, quiescent: bool, alive: bool) {
-    if lifecycle::all_vcpus_off(vm.state(), alive) && vm.leave_running(VmState::Off) {
+fn vcpus_stopped(vm: &Vm, all_off: bool) {
+    let _finishing = vm.lifecycle.lock();
+    // The prompt may have destroyed it between the scheduler naming this CPU and now.
+    if !machine::exists(vm) {
+        return;
+    }
+    if all_off {
         println!("VM {} powered off (its last vCPU called CPU_OFF)", vm.name);
     }
-    match lifecycle::after_stop(vm.state(), vm.on_exit, quiescent) {
+    match lifecycle::after_stop(vm.state(), vm.on_exit) {
         AfterStop::Nothing => {}
         AfterStop::Reload => finish_reset(vm),
         AfterStop::Stop => machine::vm_stopped(vm),
@@ -506,7 +530,7 @@ pub fn stop_vm(vm: &Vm) {
         machine::kick(cpu);
     }
     if stop.quiescent {
-        vcpus_stopped(vm, true, false);
+        vcpus_stopped(vm, false);
     }
 }
 
@@ -795,23 +819,28 @@ impl Arch for ExitHw {
         machine::this_cpu().lrs
     }
 
-    /// The loaded vCPU's timer condition, read live: nothing changes it while the vCPU
-    /// is at EL2 but the counter, which only ever raises it.
+    /// The loaded vCPU's timer condition or PMU overflow, read live: nothing changes
+    /// them while the vCPU is at EL2 but the counter, which only ever raises the timer's
+    /// (EL2 counts no PMU events: MDCR_EL2.HPMD).
     #[cold]
     #[inline(never)]
     fn hw_line_high(&mut self, pintid: u32) -> bool {
         const ENABLE: u64 = 1 << 0;
         const IMASK: u64 = 1 << 1;
         const ISTATUS: u64 = 1 << 2;
-        if pintid != machine().vtimer_intid {
+        let m = machine();
+        let high = if pintid == m.vtimer_intid {
+            sysreg::read_cntv_ctl_el0() & (ENABLE | IMASK | ISTATUS) == ENABLE | ISTATUS
+        } else if pintid == m.pmu_intid {
+            pmu_line_high()
+        } else {
             return true;
+        };
+        if !high {
+            // Taken at EL2 and left active for the guest's EOI, which will never come.
+            gic::set_private_active(machine::this_cpu().redist, 1 << (pintid % 32), false);
         }
-        if sysreg::read_cntv_ctl_el0() & (ENABLE | IMASK | ISTATUS) == ENABLE | ISTATUS {
-            return true;
-        }
-        // Taken at EL2 and left active for the guest's EOI, which will never come.
-        gic::set_private_active(machine::this_cpu().redist, pintid, false);
-        false
+        high
     }
 
     #[inline(always)]
@@ -985,6 +1014,9 @@ fn take_physical_irq(m: &'static Machine, running: Option<(&Vm, usize)>) -> Opti
             return Some(if local.flushed { FLUSHED } else { 0 });
         }
         sysreg::write_cntv_ctl_el0(0);
+    } else if intid == m.pmu_intid {
+        // Hardware-linked too (`pmu_overflow` deactivates it when no vCPU takes it).
+        return Some(pmu_overflow(m, running, intid));
     } else {
         done = other_physical_irq(m, running, intid);
     }
@@ -1015,6 +1047,54 @@ fn other_physical_irq(m: &'static Machine, running: Option<(&Vm, usize)>, intid:
         crate::console::tx_interrupt();
     }
     0
+}
+
+/// The PMU on this CPU overflowed: the vCPU whose registers the CPU holds gets it,
+/// hardware-linked (`bothy_core::dev::pmu`), and its EOI deactivates it; with none
+/// loaded, the PMU's interrupt is turned off (the last vCPU's context has its enables)
+/// and it is deactivated here. Returns [`FLUSHED`] as `take_physical_irq`.
+#[cold]
+#[inline(never)]
+fn pmu_overflow(m: &'static Machine, running: Option<(&Vm, usize)>, intid: u32) -> u8 {
+    let holder = running.map(|(vm, vcpu)| (&vm.vgic, vcpu));
+    match pmu::fired(holder, intid, &mut ExitHw) {
+        Fired::Delivered(local) => {
+            if let Some((vm, _)) = running {
+                kick_vcpus(vm, local.kicks);
+            }
+            if local.flushed {
+                FLUSHED
+            } else {
+                0
+            }
+        }
+        Fired::Nobody => {
+            silence_pmu(m, machine::this_cpu());
+            gic::deactivate(intid);
+            0
+        }
+    }
+}
+
+/// The loaded vCPU's PMU overflow line, from its live registers. A CPU without the
+/// PMU's registers (a machine whose CPUs differ) has no overflow to offer.
+#[cold]
+#[inline(never)]
+fn pmu_line_high() -> bool {
+    machine::this_cpu().features.pmu_counters.is_some()
+        && pmu::overflow_asserted(
+            sysreg::read_pmcr_el0(),
+            sysreg::read_pmovsset_el0(),
+            sysreg::read_pmintenset_el1(),
+        )
+}
+
+/// Turn off the PMU's overflow interrupt on this CPU (when it holds no vCPU that may
+/// take it): the saved context keeps the vCPU's enables, and loading a vCPU rewrites them.
+fn silence_pmu(m: &Machine, ctx: &CpuContext) {
+    if m.pmu_intid != gic::SPURIOUS && ctx.features.pmu_counters.is_some() {
+        sysreg::write_pmintenclr_el1(u64::MAX);
+    }
 }
 
 /// Fold list-register state back into the vGIC and refill them (the exit policy's

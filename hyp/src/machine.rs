@@ -27,7 +27,7 @@ use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use bothy_core::exit::idregs::{self, IdRegs, Traps};
-use bothy_core::fdt::platform::{Platform, TimerIrqs};
+use bothy_core::fdt::platform::{Platform, Pmu, TimerIrqs};
 use bothy_core::lifecycle::VmState;
 use bothy_core::manifest::{Manifest, VmSpec};
 use bothy_core::mem::{
@@ -56,6 +56,9 @@ pub struct PhysCpu {
     pub dt_index: usize,
     pub mpidr: u64,
     pub redist: u64,
+    /// Trap bits it sets beside Bothy's constants, for its own features (see
+    /// `bothy_core::exit::idregs::required`: some are RES0 where a feature is missing).
+    pub traps: Traps,
 }
 
 pub struct Machine {
@@ -75,8 +78,15 @@ pub struct Machine {
     pub pa_bits: u32,
     pub timer: TimerIrqs,
     pub gic_dist: u64,
+    /// The PMU guests get (its overflow PPI is theirs), if the host has one.
+    pub pmu: Option<Pmu>,
     /// Physical INTIDs Bothy handles.
     pub vtimer_intid: u32,
+    /// The PMU's overflow interrupt when guests have a PMU, else `gic::SPURIOUS`, which
+    /// no acknowledged interrupt is (a plain compare on the IRQ path: see `exit.rs`).
+    pub pmu_intid: u32,
+    /// The PPIs injected hardware-linked (bit n = INTID n): `vtimer_intid`, `pmu_intid`.
+    pub hw_ppis: u32,
     /// The EL2 physical timer: the scheduling tick of time-shared CPUs.
     pub tick_intid: u32,
     pub maintenance_intid: u32,
@@ -85,10 +95,8 @@ pub struct Machine {
     pub running_vms: AtomicUsize,
     /// Slot of the VM that receives console input.
     pub focus: AtomicUsize,
-    /// Trap bits every CPU sets beside its own constants, so that guests' ID
-    /// registers (`bothy_core::exit::idregs`) hide what is trapped.
-    pub traps: Traps,
-    /// The ID registers every VM reads (HCR_EL2.TID3): the boot CPU's, sanitised.
+    /// The ID registers every VM reads (HCR_EL2.TID3): every online CPU's combined,
+    /// sanitised (`bothy_core::exit::idregs::machine_view`).
     pub id_regs: IdRegs,
 }
 
@@ -177,6 +185,8 @@ pub struct CpuContext {
     pub lrs: HwListRegs,
     pub features: Features,
     pub redist: u64,
+    /// `PhysCpu::traps` of this CPU, for the exit path's HCR_EL2 writes.
+    pub traps: Traps,
     /// Why the current exit asked for the scheduler (`exit::Reason`, encoded), and the
     /// wake-up deadline that goes with a block.
     pub reason: AtomicU64,
@@ -184,13 +194,14 @@ pub struct CpuContext {
 }
 
 impl CpuContext {
-    /// This CPU's virtual CPU interface, for a context switch.
-    pub fn cpuif(&self, vtimer_intid: u32) -> HwCpuIf {
+    /// This CPU's virtual CPU interface, for a context switch; `hw_ppis` are the PPIs
+    /// injected hardware-linked ([`Machine::hw_ppis`]).
+    pub fn cpuif(&self, hw_ppis: u32) -> HwCpuIf {
         HwCpuIf {
             lr_count: bothy_core::vgic::ListRegs::count(&self.lrs),
             aprs: self.features.aprs,
             redist: self.redist,
-            vtimer_intid,
+            hw_ppis,
         }
     }
 }
@@ -304,12 +315,21 @@ pub fn build(
         );
         mpidrs.truncate(entry::MAX_CPUS);
     }
+    // Each CPU reads its own ID registers as it checks in (vCPUs move between CPUs, so
+    // what VMs are shown must hold on all of them); this one first.
+    record_id_regs(0);
     let online = start_secondaries(&mpidrs);
     let mut cpus = Vec::new();
+    let mut cpu_id_regs = Vec::new();
     for (index, &mpidr) in mpidrs.iter().enumerate() {
         if online & (1 << index) == 0 {
             continue;
         }
+        // Recorded before the CPU checked in (`secondary_main`).
+        let Some(own) = CPU_ID_REGS.get(index).and_then(Once::get).copied() else {
+            println!("warning: CPU {mpidr:#x} came up without its ID registers; not using it");
+            continue;
+        };
         let redist = gic::find_redistributor(&platform.gic.redists, mpidr).unwrap_or_else(|| {
             fatal(format_args!(
                 "no GICv3 redistributor for CPU MPIDR {mpidr:#x}"
@@ -320,7 +340,12 @@ pub fn build(
             dt_index: dt_order[index],
             mpidr,
             redist,
+            traps: idregs::required(&own),
         });
+        cpu_id_regs.push(own);
+    }
+    if cpu_id_regs.iter().any(|r| Some(r) != cpu_id_regs.first()) {
+        println!("CPUs differ in their ID registers: VMs are shown what every CPU has");
     }
 
     // 4. The scheduler: pinned vCPUs own their CPU, the rest share the CPUs nobody
@@ -359,18 +384,23 @@ pub fn build(
             fatal(format_args!("memory ownership record: {e:?}"));
         }
     }
-    // The ID registers every VM reads: the boot CPU's, less what the traps hide.
-    let host = IdRegs::from_fn(|r| sysreg::read_id_space(r.crm, r.op2));
-    let traps = idregs::required(&host);
-    let id_regs = idregs::sanitise(
-        &host,
-        &Traps {
-            hcr: HCR_GUEST | traps.hcr,
-            cptr: CPTR_EL2_RES1 | traps.cptr,
-            mdcr: traps.mdcr,
-        },
-        vm::IPA_BITS,
-    );
+    // The ID registers every VM reads: every online CPU's combined, less what any
+    // CPU's traps hide.
+    let own_traps = Traps {
+        hcr: HCR_GUEST,
+        cptr: CPTR_EL2_RES1,
+        mdcr: 0,
+    };
+    let id_regs = idregs::machine_view(&cpu_id_regs, &own_traps, vm::IPA_BITS);
+    let hidden = idregs::machine_hidden(&cpu_id_regs, &own_traps);
+    if !hidden.is_empty() {
+        println!("CPU features VMs do not see (trapped): {}", hidden.join(", "));
+    }
+    // Guests get the PMU if the host's device tree and the boot CPU both have one.
+    let pmu = bothy_core::dev::pmu::offered(platform.pmu, sysreg::read_id_aa64dfr0_el1());
+    let vtimer_intid = platform.timer.virt + PPI_BASE;
+    let pmu_intid = pmu.map_or(gic::SPURIOUS, Pmu::intid);
+    let hw_ppis = 1 << vtimer_intid | pmu.map_or(0, |p| 1 << p.intid());
     let uart_intid = platform
         .uart
         .as_ref()
@@ -394,13 +424,15 @@ pub fn build(
         pa_bits,
         timer: platform.timer,
         gic_dist: platform.gic.dist.base,
-        vtimer_intid: platform.timer.virt + PPI_BASE,
+        pmu,
+        vtimer_intid,
+        pmu_intid,
+        hw_ppis,
         tick_intid: platform.timer.hyp_phys + PPI_BASE,
         maintenance_intid: platform.gic.maintenance_ppi.unwrap_or(9) + PPI_BASE,
         uart_intid,
         running_vms: AtomicUsize::new(0),
         focus: AtomicUsize::new(0),
-        traps,
         id_regs,
     });
     let m = machine();
@@ -447,6 +479,16 @@ static VMS_BUILT: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBoo
 /// Bit per CPU index that has checked in from `secondary_main`.
 static ONLINE: AtomicUsize = AtomicUsize::new(1);
 
+/// Each CPU's own ID registers, by CPU index, recorded before it checks in.
+static CPU_ID_REGS: [Once<IdRegs>; entry::MAX_CPUS] = [const { Once::new() }; entry::MAX_CPUS];
+
+/// Read this CPU's ID registers (at EL2 they do not trap) into [`CPU_ID_REGS`].
+fn record_id_regs(index: usize) {
+    if let Some(slot) = CPU_ID_REGS.get(index) {
+        slot.call_once(|| IdRegs::from_fn(|r| sysreg::read_id_space(r.crm, r.op2)));
+    }
+}
+
 /// PSCI CPU_ON every secondary and wait (bounded) for each to check in.
 fn start_secondaries(mpidrs: &[u64]) -> usize {
     let conduit = crate::firmware_conduit().unwrap_or(firmware::Conduit::Smc);
@@ -486,6 +528,7 @@ pub fn secondary_main(index: usize) -> ! {
     }
     percpu::clear();
     mmu::enable(tables.root, tables.tcr, tables.mair);
+    record_id_regs(index);
     ONLINE.fetch_or(1 << index, Ordering::AcqRel);
     let m = loop {
         match MACHINE.get() {
@@ -506,7 +549,7 @@ pub fn secondary_main(index: usize) -> ! {
 // HCR_EL2 (Arm ARM D17.2.48): stage 2 on, physical IRQ/FIQ/SError to EL2,
 // trap WFI/WFE and SMC, broadcast maintenance inner shareable, AArch64 EL1,
 // and let the guest use pointer authentication without trapping. TID3 and the
-// traps that hide features come from `Machine::traps`.
+// traps that hide features come from `PhysCpu::traps`.
 const HCR_VM: u64 = 1 << 0;
 const HCR_SWIO: u64 = 1 << 1;
 const HCR_FMO: u64 = 1 << 3;
@@ -534,7 +577,7 @@ pub const HCR_GUEST: u64 = HCR_VM
     | HCR_APK
     | HCR_API;
 /// CPTR_EL2 (nVHE): RES1 bits only, so FP/SIMD and SVE are not trapped; SME (TSM)
-/// and AMU (TAM) traps come from `Machine::traps`.
+/// and AMU (TAM) traps come from `PhysCpu::traps`.
 const CPTR_EL2_RES1: u64 = (1 << 13) | (1 << 9) | 0xff;
 /// CNTHCTL_EL2: EL1 may read the physical counter; the EL1 physical timer traps.
 const CNTHCTL_EL1PCTEN: u64 = 1 << 0;
@@ -548,6 +591,7 @@ fn setup_cpu(cpu: usize) {
         lrs: HwListRegs::probe(),
         features: Features::probe(),
         redist: m.cpus[cpu].redist,
+        traps: m.cpus[cpu].traps,
         reason: AtomicU64::new(0),
         wake_at: AtomicU64::new(0),
     });
@@ -561,7 +605,7 @@ fn setup_cpu(cpu: usize) {
     }
     // With E2H = 0, CPTR_EL2.TSM traps EL2's own SME accesses too: SMCR_EL2 is left
     // alone, as SME is not offered to guests (ZA and streaming mode are not switched).
-    sysreg::write_cptr_el2(CPTR_EL2_RES1 | m.traps.cptr);
+    sysreg::write_cptr_el2(CPTR_EL2_RES1 | ctx.traps.cptr);
     // Guests get 128-bit SVE vectors: then a vCPU switch saves the Z registers with
     // the V registers (arch/aarch64/context.rs).
     if ctx.features.sve {
@@ -571,13 +615,13 @@ fn setup_cpu(cpu: usize) {
     // trap, and none counts events at EL2 (HPMD, and HCCD for the cycle counter from PMUv3p5):
     // a guest must not time or profile Bothy.
     const MDCR_EL2_HPMD: u64 = 1 << 17;
-    sysreg::write_mdcr_el2(((sysreg::read_pmcr_el0() >> 11) & 0x1f) | MDCR_EL2_HPMD | m.traps.mdcr);
+    sysreg::write_mdcr_el2(((sysreg::read_pmcr_el0() >> 11) & 0x1f) | MDCR_EL2_HPMD | ctx.traps.mdcr);
     sysreg::write_cnthctl_el2(CNTHCTL_EL1PCTEN);
     sysreg::write_cnthp_ctl_el2(0);
     trap_wfe(!dedicated);
     let mut private = 1 << KICK_SGI;
     private |= 1 << m.maintenance_intid;
-    private |= 1 << m.vtimer_intid;
+    private |= m.hw_ppis;
     private |= 1 << m.tick_intid;
     gic::init_cpu(m.cpus[cpu].redist, private);
 }
@@ -642,6 +686,7 @@ pub fn create_vm(m: &'static Machine, template: usize) -> Result<Arc<Vm>, String
             payload_base: m.payload_base,
             pa_bits: m.pa_bits,
             timer: m.timer,
+            pmu: m.pmu,
             vmids: &mut mm.vmids,
         };
         vm::build(handle, template, spec, ids.clone(), &mut env)
@@ -697,6 +742,8 @@ pub fn create_vm(m: &'static Machine, template: usize) -> Result<Arc<Vm>, String
 /// go of it when they next load another (the `Arc`s they hold keep it alive till
 /// then; none of them can run it: its vCPUs are gone from the scheduler).
 pub fn destroy_vm(m: &'static Machine, vm: &Arc<Vm>) -> Result<(), String> {
+    // Not while a CPU finishes its stop (it may be about to reload its memory).
+    let _lifecycle = vm.lifecycle.lock();
     let mut vms = m.vms.write();
     if vms.get(vm.handle).is_none() {
         return Err(format!("VM {} does not exist any more", vm.name));
@@ -761,7 +808,7 @@ pub fn trap_wfe(trap: bool) {
         HCR_GUEST
     } else {
         HCR_GUEST & !HCR_TWE
-    } | machine().traps.hcr;
+    } | this_cpu().traps.hcr;
     if sysreg::read_hcr_el2() != hcr {
         sysreg::write_hcr_el2(hcr);
         sysreg::isb();
@@ -799,6 +846,13 @@ pub fn vm_stopped(vm: &Vm) {
 }
 
 /// A stopped VM starts again (from the prompt): it counts as running.
+/// Whether `vm` is still in the VM table (not destroyed).
+pub fn exists(vm: &Vm) -> bool {
+    machine()
+        .vm_at(vm.index())
+        .is_some_and(|v| core::ptr::eq(Arc::as_ptr(&v), vm))
+}
+
 pub fn vm_started(vm: &Vm) {
     if !vm.counted.swap(true, Ordering::AcqRel) {
         machine().running_vms.fetch_add(1, Ordering::AcqRel);

@@ -178,7 +178,14 @@ fn run(m: &'static Machine, command: Command) {
 
 /// Boot a stopped VM again from its images.
 fn start(m: &Machine, vm: &Vm) {
-    let stopping = m.sched.lock().vm_running(vm.index());
+    // Decided and done under the VM's lifecycle lock: a CPU finishing the VM's stop
+    // (on_exit restart, a reload) waits, then finds it running and does nothing.
+    let _lifecycle = vm.lifecycle.lock();
+    let stopping = m.sched.lock().vm_stopping(vm.index());
+    if vm.state() == VmState::Running {
+        say(format_args!("VM {} is running already", vm.name));
+        return;
+    }
     if stopping || vm.state() == VmState::Resetting {
         say(format_args!("VM {} is still stopping; try again", vm.name));
         return;

@@ -22,7 +22,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use bothy_core::exit::idregs::IdRegs;
 use bothy_core::fdt::guest::{build_guest_dtb, GuestDtbConfig};
-use bothy_core::fdt::platform::TimerIrqs;
+use bothy_core::fdt::platform::{Pmu, TimerIrqs};
 use bothy_core::layout::{self, BootPlan};
 use bothy_core::linux::ImageHeader;
 use bothy_core::manifest::{OnExit, PayloadRef, VmSpec};
@@ -62,6 +62,11 @@ pub struct Vm {
     /// Counted in `Machine::running_vms` (true from boot until it stops for good), so
     /// a stop reported twice is counted once.
     pub counted: AtomicBool,
+    /// Held by whoever finishes a stop (`exit::vcpus_stopped`), starts the stopped VM
+    /// again or destroys it (the prompt), so that two of those never interleave: the
+    /// CPU that finishes a stop does so after the scheduler's lock is released, and the
+    /// prompt must not reload or give back memory under it.
+    pub lifecycle: Mutex<()>,
     /// What a reset reloads: the manifest's images and the generated DTB.
     kernel: PayloadRef,
     initrd: Option<PayloadRef>,
@@ -156,6 +161,8 @@ pub struct BuildEnv<'a> {
     pub payload_base: u64,
     pub pa_bits: u32,
     pub timer: TimerIrqs,
+    /// The PMU its guests get (described in their device tree), if any.
+    pub pmu: Option<Pmu>,
     /// VMIDs for the VMs built (8 or 16 bits, as the CPU supports).
     pub vmids: &'a mut VmidAllocator,
     /// The ID registers its guests read (HCR_EL2.TID3).
@@ -217,6 +224,7 @@ pub fn build(
         uart: layout::UART,
         uart_spi: layout::UART_SPI,
         timer: env.timer,
+        pmu: env.pmu,
         bootargs: &spec.bootargs,
         initrd: boot.initrd,
     });
@@ -244,6 +252,7 @@ pub fn build(
         boot,
         on_exit: spec.on_exit,
         counted: AtomicBool::new(true),
+        lifecycle: Mutex::new(()),
         kernel: spec.kernel,
         initrd: spec.initrd,
         dtb,

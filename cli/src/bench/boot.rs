@@ -227,6 +227,7 @@ impl Setup {
             cpus: self.cpus,
             memory,
             el2,
+            machine_opts: Vec::new(),
             extra_args,
         }
         .command(kernel)

@@ -46,25 +46,30 @@ impl Console {
     /// a process group of its own so that killing it also kills what it started
     /// (`bothy run` starts QEMU).
     pub fn spawn(mut cmd: Command, name: &str) -> Self {
+        // One pipe for both streams, as a shell's `2>&1`: the transcript then has the
+        // hypervisor's lines (QEMU's stdout, passed on by `bothy run`) and `bothy`'s own
+        // (stderr) in the order they were written. Two pipes read by two threads could
+        // splice one into the middle of the other.
+        let (reader, writer) = std::io::pipe().expect("pipe");
         cmd.process_group(0)
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .stdout(writer.try_clone().expect("pipe"))
+            .stderr(writer);
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("{name}: cannot spawn {cmd:?}: {e}"));
-        let streams: Vec<Box<dyn Read + Send>> = vec![
-            Box::new(child.stdout.take().expect("piped")),
-            Box::new(child.stderr.take().expect("piped")),
-        ];
+        // The parent's copies of the writing end must go, or the reader never sees the
+        // end of the output.
+        drop(cmd);
         let out = Arc::new((
             Mutex::new(Output {
                 bytes: Vec::new(),
-                open: streams.len(),
+                open: 1,
             }),
             Condvar::new(),
         ));
-        for mut s in streams {
+        {
+            let mut s = reader;
             let out = Arc::clone(&out);
             std::thread::spawn(move || {
                 let mut buf = [0u8; 4096];
@@ -97,6 +102,23 @@ impl Console {
         String::from_utf8_lossy(&self.out.0.lock().unwrap().bytes).into_owned()
     }
 
+    /// The whole transcript written to a file for a failed test (its tail alone may
+    /// be all one busy VM's lines); returns where, to be said in the failure.
+    fn keep_transcript(&self) -> String {
+        dump_cpus_if_debugging(&self.name);
+        let safe: String = self
+            .name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let path =
+            std::env::temp_dir().join(format!("bothy-failed-{safe}-{}.txt", std::process::id()));
+        match std::fs::write(&path, self.out.0.lock().unwrap().bytes.as_slice()) {
+            Ok(()) => format!("--- whole transcript in {} ---", path.display()),
+            Err(e) => format!("--- whole transcript not kept: {e} ---"),
+        }
+    }
+
     fn tail(&self) -> String {
         let t = self.transcript();
         let start = t.len().saturating_sub(6000);
@@ -113,9 +135,10 @@ impl Console {
         match self.try_expect(&[pattern], timeout) {
             Some((_, text)) => text,
             None => panic!(
-                "{}: did not see {pattern:?} within {timeout:?}\n--- console tail ---\n{}",
+                "{}: did not see {pattern:?} within {timeout:?}\n--- console tail ---\n{}\n{}",
                 self.name,
-                self.tail()
+                self.tail(),
+                self.keep_transcript()
             ),
         }
     }
@@ -126,25 +149,85 @@ impl Console {
     /// contiguous in the transcript. Does not move the `expect` cursor.
     pub fn expect_vm(&mut self, vm: &str, pattern: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
-        let tag = format!("[{vm}] ");
         loop {
-            let stream: String = self
-                .transcript()
-                .lines()
-                .filter_map(|l| l.strip_prefix(&tag))
-                .collect();
+            let stream = self.vm_stream(vm);
             if stream.contains(pattern) {
                 return;
             }
             if Instant::now() >= deadline {
                 panic!(
-                    "{}: VM {vm} did not print {pattern:?} within {timeout:?}\n--- console tail ---\n{}",
+                    "{}: VM {vm} did not print {pattern:?} within {timeout:?}\n--- console tail ---\n{}\n{}",
                     self.name,
-                    self.tail()
+                    self.tail(),
+                    self.keep_transcript()
                 );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// VM `vm`'s own output: its `[vm] `-tagged lines with the tags taken off, joined
+    /// without the line breaks (see `expect_vm`).
+    fn vm_stream(&self, vm: &str) -> String {
+        let tag = format!("[{vm}] ");
+        self.transcript()
+            .lines()
+            .filter_map(|l| l.strip_prefix(&tag))
+            .collect()
+    }
+
+    /// The `n`-th (from 1) self-test summary VM `vm` printed — e.g. `24 passed, 0
+    /// failed, 1 skipped` — from its own output, so a summary line that another VM's
+    /// output or Bothy's cut in two still reads whole. Waits for it; does not move the
+    /// `expect` cursor.
+    pub fn expect_vm_summary(&mut self, vm: &str, n: usize, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let stream = self.vm_stream(vm);
+            let summary = stream
+                .split("TEST summary: ")
+                .nth(n)
+                .and_then(|rest| rest.find(" skipped").map(|end| rest[..end + 8].to_string()));
+            if let Some(summary) = summary {
+                return summary;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "{}: VM {vm} did not print its summary {n} times within {timeout:?}\n--- console tail ---\n{}\n{}",
+                    self.name,
+                    self.tail(),
+                    self.keep_transcript()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// How many self-test summaries VM `vm` has printed so far.
+    pub fn vm_summaries(&self, vm: &str) -> usize {
+        self.vm_stream(vm).matches("TEST summary: ").count()
+    }
+
+    /// Waits until `pattern` occurs `n` times in the whole transcript (for lines whose
+    /// order against held guest output is not fixed); does not move the cursor.
+    pub fn expect_count(&mut self, pattern: &str, n: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.transcript().matches(pattern).count() < n {
+            if Instant::now() >= deadline {
+                panic!(
+                    "{}: {pattern:?} not seen {n} times within {timeout:?}\n--- console tail ---\n{}\n{}",
+                    self.name,
+                    self.tail(),
+                    self.keep_transcript()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Moves the `expect` cursor to the end of what has been printed so far.
+    pub fn skip_to_end(&mut self) {
+        self.cursor = self.out.0.lock().unwrap().bytes.len();
     }
 
     /// Waits for the first of `patterns`; returns its index and the text up to it,
@@ -223,9 +306,10 @@ impl Console {
             None => {
                 self.kill();
                 panic!(
-                    "{}: still running after {timeout:?}; killed\n--- console tail ---\n{}",
+                    "{}: still running after {timeout:?}; killed\n--- console tail ---\n{}\n{}",
                     self.name,
-                    self.tail()
+                    self.tail(),
+                    self.keep_transcript()
                 )
             }
         }
@@ -259,6 +343,46 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// The `bothy` binary under test.
+/// With `BOTHY_TEST_GDB=PORT` set, extra `bothy run` arguments that open QEMU's gdb
+/// stub on that port, so that a test that times out can dump what each CPU was doing
+/// (`dump_cpus_if_debugging`); nothing otherwise.
+pub fn debug_args() -> Vec<String> {
+    match std::env::var("BOTHY_TEST_GDB") {
+        Ok(port) => vec!["--qemu-arg=-gdb".into(), format!("--qemu-arg=tcp::{port}")],
+        Err(_) => Vec::new(),
+    }
+}
+
+/// For `BOTHY_TEST_GDB`: each CPU's registers and backtrace (EL2 symbols from the
+/// hypervisor's ELF at QEMU's `-kernel` load address) into a file beside the transcript.
+fn dump_cpus_if_debugging(name: &str) {
+    let Ok(port) = std::env::var("BOTHY_TEST_GDB") else {
+        return;
+    };
+    let elf = repo().join("hyp/target/aarch64-unknown-none/release/bothy-hyp");
+    let out = Command::new("gdb-multiarch")
+        .args(["-batch", "-ex", "set pagination off"])
+        .args(["-ex", &format!("target remote :{port}")])
+        .args([
+            "-ex",
+            &format!("add-symbol-file {} -o 0x40200000", elf.display()),
+        ])
+        .args(["-ex", "info threads", "-ex", "thread apply all bt 20"])
+        .args([
+            "-ex",
+            "thread apply all info registers pc sp elr_el2 esr_el2 spsr_el2 x0 x1 x2 x30",
+        ])
+        .output();
+    let safe: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let path = std::env::temp_dir().join(format!("bothy-gdb-{safe}-{}.txt", std::process::id()));
+    if let Ok(o) = out {
+        let _ = std::fs::write(&path, [o.stdout, o.stderr].concat());
+    }
+}
+
 pub fn bothy() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_bothy"))
 }

@@ -5,7 +5,8 @@
 //! usable: a stock Linux guest on a CPU with MTE sees MTE, writes `TFSR_EL1`, which
 //! HCR_EL2.ATA = 0 traps, and gets an undefined instruction at boot. So `hyp` sets
 //! HCR_EL2.TID3, every read of the ID space traps, and the exit policy answers it from
-//! a view computed once per VM by [`sanitise`]: the exit path only indexes a table.
+//! a view computed once at boot by [`machine_view`] (every CPU's registers combined,
+//! then [`sanitise`]d): the exit path only indexes a table.
 //!
 //! ## Which registers
 //! TID3 traps the whole space op0 = 3, op1 = 0, CRn = 0, CRm = 1..=7 (56 encodings,
@@ -74,8 +75,17 @@
 //! the cycle counter from counting at EL2. The GIC field reads GICv3 (the virtual CPU
 //! interface Bothy gives), not GICv4.1.
 //!
-//! The host values come from the boot CPU. On a machine whose CPUs differ, the view
-//! should be the per-field minimum over all CPUs, since vCPUs move between them.
+//! ## A machine of CPUs that differ
+//! vCPUs move between physical CPUs, so a VM's view must hold on every one of them:
+//! [`machine_view`] combines the ID registers of every CPU Bothy brings up, field by
+//! field, into the value that promises no more than any of them ([`combine`], by the
+//! [`Combine`] rule of each field, as Linux sanitises its own CPUs' registers in
+//! arch/arm64/kernel/cpufeature.c: the lower value for most fields; signed for the few
+//! where 0xF means "not implemented"; the higher for SpecSEI; a safe value when an
+//! `FTR_EXACT` field differs), and sanitises that. Traps are per CPU: each sets what
+//! [`required`] asks for *its* features ([`cpu_traps`]; a bit such as HCR_EL2.TERR is
+//! RES0 on a CPU without the feature, and MDCR_EL2.HCCD must be set on a PMUv3p5 CPU
+//! even if another has an older PMU), and the view hides what any CPU traps.
 
 use super::SysRegAccess;
 
@@ -579,6 +589,8 @@ pub enum Want {
 /// One trap decision and the fields that hide the feature it traps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Pairing {
+    /// The feature, as Bothy's boot report names it.
+    pub name: &'static str,
     pub trap: TrapBit,
     pub want: Want,
     pub hides: &'static [Hide],
@@ -622,72 +634,97 @@ pub const PAIRINGS: &[Pairing] = {
     ];
     &[
         Pairing {
+            name: "MTE",
             trap: TrapBit::clear(Hcr, HCR_ATA),
             want: Want::Hyp,
             hides: &[F(PFR1_MTE, 0), F(PFR1_MTE_FRAC, 0), F(PFR1_MTEX, 0)],
         },
         Pairing {
+            name: "SCXTNUM",
             trap: TrapBit::clear(Hcr, HCR_ENSCXT),
             want: Want::Hyp,
             hides: &[F(PFR0_CSV2, 1), F(PFR1_CSV2_FRAC, 1)],
         },
         Pairing {
+            name: "pointer authentication",
             trap: TrapBit::clear(Hcr, HCR_API),
             want: Want::Hyp,
             hides: PAUTH,
         },
         Pairing {
+            name: "pointer authentication",
             trap: TrapBit::clear(Hcr, HCR_APK),
             want: Want::Hyp,
             hides: PAUTH,
         },
         Pairing {
+            name: "RAS",
             trap: TrapBit::set(Hcr, HCR_TERR),
             want: Want::IfHost(PFR0_RAS),
             hides: &[F(PFR0_RAS, 0), F(PFR1_RAS_FRAC, 0), F(MMFR2_IESB, 0)],
         },
         Pairing {
+            name: "LORegions",
             trap: TrapBit::set(Hcr, HCR_TLOR),
             want: Want::IfHost(MMFR1_LO),
             hides: &[F(MMFR1_LO, 0)],
         },
         Pairing {
+            name: "SVE",
             trap: TrapBit::set(Cptr, CPTR_TZ),
             want: Want::Hyp,
             hides: &[F(PFR0_SVE, 0), R(ID_AA64ZFR0_EL1)],
         },
         Pairing {
+            name: "SME",
             trap: TrapBit::set(Cptr, CPTR_TSM),
             want: Want::Always,
             hides: &[F(PFR1_SME, 0), R(ID_AA64SMFR0_EL1)],
         },
         Pairing {
+            name: "AMU",
             trap: TrapBit::set(Cptr, CPTR_TAM),
             want: Want::IfHost(PFR0_AMU),
             hides: &[F(PFR0_AMU, 0)],
         },
         Pairing {
+            name: "trace",
             trap: TrapBit::set(Cptr, CPTR_TTA),
             want: Want::IfHost(DFR0_TRACEVER),
             hides: &[F(DFR0_TRACEVER, 0)],
         },
         Pairing {
+            name: "PMU",
             trap: TrapBit::set(Mdcr, MDCR_TPM),
             want: Want::Hyp,
             hides: &[F(DFR0_PMUVER, 0), F(DFR0_PMSS, 0)],
         },
         Pairing {
+            name: "SPE",
             trap: TrapBit::set(Mdcr, MDCR_TPMS),
             want: Want::IfHost(DFR0_PMSVER),
             hides: &[F(DFR0_PMSVER, 0)],
         },
         Pairing {
+            name: "trace filter",
             trap: TrapBit::set(Mdcr, MDCR_TTRF),
             want: Want::IfHost(DFR0_TRACEFILT),
             hides: &[F(DFR0_TRACEFILT, 0)],
         },
     ]
 };
+
+impl Traps {
+    /// The bits set in either: traps in effect on either CPU (Bothy's enable bits, such
+    /// as HCR_EL2.API, are its own constants, the same on every CPU).
+    pub fn union(&self, other: &Traps) -> Traps {
+        Traps {
+            hcr: self.hcr | other.hcr,
+            cptr: self.cptr | other.cptr,
+            mdcr: self.mdcr | other.mdcr,
+        }
+    }
+}
 
 /// The trap bits `hyp` must set on a host with ID registers `host`, beside its own:
 /// TID3, and each [`PAIRINGS`] bit that [`Want`]s setting here.
@@ -764,6 +801,155 @@ pub fn sanitise(host: &IdRegs, traps: &Traps, ipa_bits: u32) -> IdRegs {
         view.set(reg::ID_AA64ZFR0_EL1, 0);
     }
     view
+}
+
+/// How two CPUs' values of one field combine into the machine's: the value that
+/// promises no more than either (Linux's `FTR_*` types in arch/arm64/kernel/cpufeature.c).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Combine {
+    /// The lower (`FTR_LOWER_SAFE`): each value adds to the ones below it. Most fields.
+    Lower,
+    /// The lower as a signed 4-bit number (`S_ARM64_FTR_BITS`, `FTR_LOWER_SAFE`): 0xF
+    /// (-1) means "not implemented", 0 the base feature, 1 and up additions.
+    LowerSigned,
+    /// The higher (`FTR_HIGHER_SAFE`): a higher value promises less.
+    Higher,
+    /// The same value on every CPU, or else this safe one (`FTR_EXACT`): values that are
+    /// not steps on one scale (algorithms, interfaces).
+    Exact(u8),
+}
+
+impl Combine {
+    /// The machine's value of a field one CPU reads as `a` and another as `b`.
+    pub fn apply(self, a: u8, b: u8) -> u8 {
+        match self {
+            Combine::Lower => a.min(b),
+            Combine::LowerSigned => {
+                if signed(a) <= signed(b) {
+                    a
+                } else {
+                    b
+                }
+            }
+            Combine::Higher => a.max(b),
+            Combine::Exact(_) if a == b => a,
+            Combine::Exact(safe) => safe,
+        }
+    }
+
+    /// Whether `v` promises no more than `x` under this rule.
+    pub fn no_more(self, v: u8, x: u8) -> bool {
+        match self {
+            Combine::Lower => v <= x,
+            Combine::LowerSigned => signed(v) <= signed(x),
+            Combine::Higher => v >= x,
+            Combine::Exact(safe) => v == x || v == safe,
+        }
+    }
+}
+
+/// A 4-bit field read as a signed number (0xF is -1).
+fn signed(v: u8) -> i8 {
+    (((v & 0xf) << 4) as i8) >> 4
+}
+
+/// The fields that do not combine by [`Combine::Lower`], as Linux's cpufeature.c has
+/// them. Fields Bothy does not show read 0 whatever their rule.
+pub const COMBINE: &[(Field, Combine)] = {
+    use field::*;
+    use Combine::*;
+    &[
+        // 0xF: no floating point, no Advanced SIMD, no async tag faults, no 4 KiB or
+        // 64 KiB granule, no OS Double Lock.
+        (PFR0_FP, LowerSigned),
+        (PFR0_ADVSIMD, LowerSigned),
+        (PFR1_MTE_FRAC, LowerSigned),
+        (MMFR0_TGRAN4, LowerSigned),
+        (MMFR0_TGRAN64, LowerSigned),
+        (DFR0_DOUBLELOCK, LowerSigned),
+        // Different PMUs or debug architectures are not one scale: no PMU, Armv8.0 debug.
+        (DFR0_PMUVER, Exact(0)),
+        (DFR0_DEBUGVER, Exact(6)),
+        // A pointer signed on one CPU must authenticate on the other: the same
+        // algorithm everywhere, or no address authentication.
+        (ISAR1_APA, Exact(0)),
+        (ISAR1_API, Exact(0)),
+        (ISAR2_APA3, Exact(0)),
+        // 1: an SError may come from a speculative read; safer to expect it.
+        (MMFR1_SPECSEI, Higher),
+    ]
+};
+
+/// The rule `field` combines by.
+pub fn combine_rule(field: Field) -> Combine {
+    COMBINE
+        .iter()
+        .find(|(f, _)| *f == field)
+        .map_or(Combine::Lower, |&(_, rule)| rule)
+}
+
+/// Two CPUs' ID registers as one: every 4-bit field of every register by its
+/// [`combine_rule`]. Commutative and associative, so the order CPUs come up in does
+/// not matter.
+pub fn combine(a: &IdRegs, b: &IdRegs) -> IdRegs {
+    let mut out = IdRegs::ZERO;
+    for i in 0..ID_SPACE_LEN {
+        let reg = IdReg::at(i);
+        for shift in (0..64).step_by(4) {
+            let f = Field { reg, shift };
+            out.set_field(f, combine_rule(f).apply(a.field(f), b.field(f)));
+        }
+    }
+    out
+}
+
+/// The features `host` has that `traps` hide, by [`Pairing::name`], each once, in
+/// [`PAIRINGS`] order (Bothy's boot report).
+pub fn hidden_features(host: &IdRegs, traps: &Traps) -> alloc::vec::Vec<&'static str> {
+    let mut names = alloc::vec::Vec::new();
+    for p in PAIRINGS.iter().filter(|p| p.trap.in_effect(traps)) {
+        let has = p.hides.iter().any(|hide| match *hide {
+            Hide::Field(field, max) => host.field(field) > max,
+            Hide::Reg(reg) => host.get(reg) != 0,
+        });
+        if has && !names.contains(&p.name) {
+            names.push(p.name);
+        }
+    }
+    names
+}
+
+/// The trap bits a CPU whose ID registers are `own` runs guests with: `base` (`hyp`'s
+/// constants) and what [`required`] asks for on it.
+pub fn cpu_traps(base: &Traps, own: &IdRegs) -> Traps {
+    base.union(&required(own))
+}
+
+/// The ID registers every VM reads on a machine whose CPUs read `cpus` and each run
+/// with [`cpu_traps`]: the CPUs [`combine`]d, sanitised with every trap any of them
+/// sets in effect, for a stage 2 of `ipa_bits`.
+pub fn machine_view(cpus: &[IdRegs], base: &Traps, ipa_bits: u32) -> IdRegs {
+    let (host, traps) = machine(cpus, base);
+    sanitise(&host, &traps, ipa_bits)
+}
+
+/// The features every CPU of [`machine_view`]'s machine has and VMs do not see
+/// because a trap hides them ([`hidden_features`]), for Bothy's boot report.
+pub fn machine_hidden(cpus: &[IdRegs], base: &Traps) -> alloc::vec::Vec<&'static str> {
+    let (host, traps) = machine(cpus, base);
+    hidden_features(&host, &traps)
+}
+
+/// `cpus` [`combine`]d, and every trap any of them sets.
+fn machine(cpus: &[IdRegs], base: &Traps) -> (IdRegs, Traps) {
+    let Some((first, rest)) = cpus.split_first() else {
+        return (IdRegs::ZERO, *base);
+    };
+    let host = rest.iter().fold(*first, |acc, cpu| combine(&acc, cpu));
+    let traps = cpus
+        .iter()
+        .fold(*base, |traps, cpu| traps.union(&cpu_traps(base, cpu)));
+    (host, traps)
 }
 
 #[cfg(test)]

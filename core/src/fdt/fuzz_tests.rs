@@ -10,7 +10,7 @@ use proptest::prelude::*;
 
 use super::guest::{build_guest_dtb, GuestDtbConfig};
 use super::manifest::{EarlyConsole, Manifest, PayloadRef, VmSpec, MAX_VCPUS, MEMORY_GRANULE};
-use super::platform::{Platform, TimerIrqs};
+use super::platform::{Platform, Pmu, TimerIrqs};
 use super::test_trees::{full_platform, QEMU_VIRT_GICV3_SMP2};
 use super::{header_total_size, Fdt};
 use crate::Region;
@@ -95,6 +95,7 @@ fn guest_blob() -> Vec<u8> {
             virt: 11,
             hyp_phys: 10,
         },
+        pmu: Some(Pmu { ppi: 7 }),
         bootargs: "console=ttyAMA0",
         initrd: Some(Region::new(0x4800_0000, 0x1000)),
     })

@@ -5,7 +5,8 @@
 //! and flags, so an unmodified distribution kernel (Debian arm64) that boots on QEMU
 //! boots on Bothy. It describes only what Bothy emulates: vCPUs with PSCI over HVC, RAM,
 //! the GICv3 distributor/redistributors, the architected timer, one PL011 and its fixed
-//! APB clock. [`build_guest_dtb_with_extra`] lets callers add more (virtio-mmio,
+//! APB clock, and the PMU when the host has one whose overflow interrupt Bothy
+//! delivers (`dev::pmu`). [`build_guest_dtb_with_extra`] lets callers add more (virtio-mmio,
 //! Gunyah capabilities).
 //!
 //! Called by the VM builder (`core` vm setup) for each VM it starts; the output is
@@ -14,7 +15,7 @@
 use alloc::format;
 use alloc::vec::Vec;
 
-use super::platform::TimerIrqs;
+use super::platform::{Pmu, TimerIrqs, PMU_COMPATIBLE};
 use super::FdtWriter;
 use crate::Region;
 
@@ -53,6 +54,8 @@ pub struct GuestDtbConfig<'a> {
     /// The emulated PL011's SPI number (INTID = 32 + n).
     pub uart_spi: u32,
     pub timer: TimerIrqs,
+    /// `pmu` (`arm,armv8-pmuv3`, its overflow PPI level-high, as the host's), or none.
+    pub pmu: Option<Pmu>,
     pub bootargs: &'a str,
     /// Written as `linux,initrd-start`/`linux,initrd-end` in `/chosen`.
     pub initrd: Option<Region>,
@@ -111,6 +114,13 @@ pub fn build_guest_dtb_with_extra(
     w.property_reg64(&[cfg.uart]);
     w.property_stringlist("compatible", &["arm,pl011", "arm,primecell"]);
     w.end_node();
+
+    if let Some(pmu) = cfg.pmu {
+        w.begin_node("pmu");
+        w.property_cells("interrupts", &[GIC_PPI, pmu.ppi, IRQ_TYPE_LEVEL_HIGH]);
+        w.property_string("compatible", PMU_COMPATIBLE);
+        w.end_node();
+    }
 
     w.begin_node(&format!("intc@{:x}", cfg.gic_dist.base));
     w.property_u32("phandle", phandles.gic);
@@ -197,6 +207,7 @@ mod tests {
                 virt: 11,
                 hyp_phys: 10,
             },
+            pmu: Some(Pmu { ppi: 7 }),
             bootargs: "console=ttyAMA0 earlycon",
             initrd: Some(Region::new(0x4800_0000, 0x10_0000)),
         }
@@ -224,6 +235,7 @@ mod tests {
             (0x0900_0000, 0x1000, Some(1), UartKind::Pl011)
         );
         assert_eq!(p.psci.unwrap().conduit, Conduit::Hvc);
+        assert_eq!(p.pmu, Some(Pmu { ppi: 7 }));
 
         let root = fdt.root();
         assert_eq!(root.property_str("model"), Some("Bothy VM"));
@@ -285,6 +297,28 @@ mod tests {
             .has_property("linux,initrd-start"));
     }
 
+    #[test]
+    fn a_pmu_only_when_the_host_has_one() {
+        let blob = build_guest_dtb(&config());
+        let fdt = Fdt::new(&blob).unwrap();
+        let pmu = fdt.find_compatible(PMU_COMPATIBLE).unwrap();
+        let cells: Vec<u32> = pmu
+            .property("interrupts")
+            .unwrap()
+            .as_u32_iter()
+            .unwrap()
+            .collect();
+        assert_eq!(cells, [GIC_PPI, 7, IRQ_TYPE_LEVEL_HIGH]);
+        let blob = build_guest_dtb(&GuestDtbConfig {
+            pmu: None,
+            ..config()
+        });
+        let fdt = Fdt::new(&blob).unwrap();
+        assert!(fdt.find_compatible(PMU_COMPATIBLE).is_none());
+        assert!(fdt.find_node("/pmu").is_none());
+        assert_eq!(Platform::discover(&fdt).unwrap().pmu, None);
+    }
+
     /// dtc is the reference implementation: it must accept the blob and, decompiled, it
     /// must show the nodes Linux needs.
     #[test]
@@ -320,6 +354,8 @@ mod tests {
             "method = \"hvc\";",
             "cpu@2 {",
             "linux,initrd-start = <0x00 0x48000000>;",
+            // As QEMU's node for the same PMU.
+            "pmu {\n\t\tinterrupts = <0x01 0x07 0x04>;\n\t\tcompatible = \"arm,armv8-pmuv3\";",
         ] {
             assert!(dts.contains(needle), "missing {needle:?} in:\n{dts}");
         }

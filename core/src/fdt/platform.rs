@@ -1,5 +1,6 @@
 //! Host platform discovery: turns the firmware's DTB into the plain facts the boot
-//! sequence needs (memory, reservations, CPUs, GICv3, timer PPIs, console UART, PSCI).
+//! sequence needs (memory, reservations, CPUs, GICv3, timer PPIs, console UART, PSCI,
+//! and the PMU's overflow PPI when there is one).
 //!
 //! Called once by `hyp` at boot (DESIGN.md §2 step 3), before anything else can go
 //! wrong quietly, so every error names the node or property that is missing or wrong.
@@ -36,6 +37,12 @@ const GIC_V2_COMPATIBLES: &[&str] = &[
     "qcom,msm-qgic2",
 ];
 pub const TIMER_COMPATIBLE: &str = "arm,armv8-timer";
+/// The generic PMUv3 binding (`arm,pmu.yaml`); boards may name the core instead
+/// (`arm,cortex-a72-pmu`, `arm,neoverse-n1-pmu`), and some list both.
+pub const PMU_COMPATIBLE: &str = "arm,armv8-pmuv3";
+/// Prefixes of the binding's per-core CPU PMU compatibles (each ends in `-pmu`). Other
+/// `arm,*-pmu` nodes (the DSU's, interconnects') are not the CPU's PMU.
+const CPU_PMU_PREFIXES: &[&str] = &["arm,cortex-a", "arm,cortex-x", "arm,neoverse-"];
 pub const PL011_COMPATIBLE: &str = "arm,pl011";
 /// PSCI compatibles, newest first (binding `arm,psci.yaml`).
 pub const PSCI_COMPATIBLES: &[&str] = &["arm,psci-1.0", "arm,psci-0.2", "arm,psci"];
@@ -44,6 +51,12 @@ pub const GIC_SPI: u32 = 0;
 pub const GIC_PPI: u32 = 1;
 /// PPIs are INTIDs 16..32, numbered 0..16 in the device tree.
 pub const PPI_COUNT: u32 = 16;
+pub const PPI_INTID_BASE: u32 = 16;
+/// Trigger type in the low bits of a GIC specifier's flags cell (bits [15:8] are a
+/// GICv2 PPI CPU mask, meaningless on GICv3).
+pub const IRQ_TYPE_MASK: u32 = 0xf;
+pub const IRQ_TYPE_NONE: u32 = 0;
+pub const IRQ_TYPE_LEVEL_HIGH: u32 = 4;
 /// `#interrupt-cells` of the GIC binding when a controller does not say.
 const DEFAULT_INTERRUPT_CELLS: u32 = 3;
 /// A GIC specifier needs at least `<type number>`.
@@ -69,6 +82,9 @@ pub struct Platform {
     /// The console from `/chosen/stdout-path`; `None` when there is none.
     pub uart: Option<Uart>,
     pub psci: Option<Psci>,
+    /// The PMU's overflow interrupt, if the tree describes a PMU whose interrupt Bothy
+    /// can hand to guests (see [`Pmu`]).
+    pub pmu: Option<Pmu>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,6 +120,23 @@ pub struct TimerIrqs {
     pub phys: u32,
     pub virt: u32,
     pub hyp_phys: u32,
+}
+
+/// A PMU's overflow interrupt: one PPI (0..16; INTID = 16 + n), level-high. Only a
+/// PPI can follow a vCPU from CPU to CPU (each CPU's PMU raises the same INTID on its
+/// own redistributor), and Bothy delivers it as a level-sensitive hardware-linked
+/// interrupt, so a PMU wired to per-CPU SPIs (`interrupt-affinity`), or declared
+/// edge-triggered, is not offered to guests (`pmu` is `None` for it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pmu {
+    pub ppi: u32,
+}
+
+impl Pmu {
+    /// Its INTID.
+    pub fn intid(self) -> u32 {
+        self.ppi + PPI_INTID_BASE
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -268,6 +301,7 @@ impl Platform {
             timer: timer(fdt)?,
             uart: uart(fdt)?,
             psci: psci(fdt)?,
+            pmu: pmu(fdt),
         })
     }
 }
@@ -431,6 +465,27 @@ fn timer(fdt: &Fdt) -> Result<TimerIrqs, PlatformError> {
     })
 }
 
+/// The first enabled PMUv3 node's overflow interrupt, when it is one level-high PPI
+/// (a flags cell of 0, or none, is taken as level-high: the binding's only choice for a
+/// PMU PPI). Bothy runs without a PMU for guests otherwise, so a PMU node it cannot use,
+/// malformed ones included, is no error.
+fn pmu(fdt: &Fdt) -> Option<Pmu> {
+    let cpu_pmu = |c: &str| {
+        c == PMU_COMPATIBLE
+            || (c.ends_with("-pmu") && CPU_PMU_PREFIXES.iter().any(|p| c.starts_with(p)))
+    };
+    let node = fdt
+        .nodes()
+        .find(|n| n.is_enabled() && n.compatible().any(cpu_pmu))?;
+    let specs = interrupt_specs(fdt, &node).ok()?;
+    let &(kind, ppi, flags) = specs.first()?;
+    let level_high = matches!(
+        flags.map(|f| f & IRQ_TYPE_MASK),
+        None | Some(IRQ_TYPE_NONE) | Some(IRQ_TYPE_LEVEL_HIGH)
+    );
+    (kind == GIC_PPI && ppi < PPI_COUNT && level_high).then_some(Pmu { ppi })
+}
+
 fn uart(fdt: &Fdt) -> Result<Option<Uart>, PlatformError> {
     let Some((path, _options)) = fdt.stdout_path() else {
         return Ok(None);
@@ -496,6 +551,14 @@ fn translated_reg(node: &Node) -> Result<Option<Vec<Region>>, PlatformError> {
 /// The `(type, number)` pairs of `node`'s `interrupts`, using the `#interrupt-cells` of
 /// its interrupt parent (inherited from ancestors; the GIC binding's 3 if unresolvable).
 fn interrupts(fdt: &Fdt, node: &Node) -> Result<Vec<(u32, u32)>, PlatformError> {
+    Ok(interrupt_specs(fdt, node)?
+        .into_iter()
+        .map(|(kind, n, _)| (kind, n))
+        .collect())
+}
+
+/// `interrupts` as `(type, number, flags)`; flags is `None` with 2-cell specifiers.
+fn interrupt_specs(fdt: &Fdt, node: &Node) -> Result<Vec<(u32, u32, Option<u32>)>, PlatformError> {
     let Some(prop) = node.property("interrupts") else {
         return Ok(Vec::new());
     };
@@ -517,7 +580,10 @@ fn interrupts(fdt: &Fdt, node: &Node) -> Result<Vec<(u32, u32)>, PlatformError> 
     if !values.len().is_multiple_of(chunk) {
         return Err(bad("is not a whole number of interrupt specifiers"));
     }
-    Ok(values.chunks_exact(chunk).map(|s| (s[0], s[1])).collect())
+    Ok(values
+        .chunks_exact(chunk)
+        .map(|s| (s[0], s[1], s.get(2).copied()))
+        .collect())
 }
 
 /// The node's interrupt parent: its own or the nearest ancestor's `interrupt-parent`

@@ -76,9 +76,16 @@ impl Machine {
         let d = self.s.yield_cpu(cpu, self.now);
         self.apply(cpu, d)
     }
+    /// The vCPU on `cpu` stops; also returns whether that finished its VM's stop.
     fn off(&mut self, cpu: usize) -> (Option<VcpuId>, bool) {
-        let (d, quiescent) = self.s.off_current(cpu, self.now);
-        (self.apply(cpu, d), quiescent)
+        let vm = self.s.current(cpu).map(|v| self.s.vcpus[v.0].vm);
+        let d = self.s.off_current(cpu, self.now);
+        let finished = self.s.take_finished_stop();
+        assert!(
+            finished.is_none() || finished == vm,
+            "finished another VM's stop"
+        );
+        (self.apply(cpu, d), finished.is_some())
     }
     /// Start `v` and let the kicked CPU (if any) look.
     fn start(&mut self, v: VcpuId) {
@@ -407,6 +414,73 @@ fn stop_vm_removes_queued_and_blocked_vcpus() {
     assert_eq!(m.tick(0), Some(v[0]));
 }
 
+/// A vCPU whose VM is being stopped may reach the scheduler for another reason first
+/// (its slice ended, it blocked in WFI or yielded in WFE before it saw the kick): it
+/// goes off all the same, and that call finishes the stop. Before, it went back to the
+/// queue or blocked, the stop was finished by nobody or too early, and the vCPU ran on
+/// into the VM's next life with its old registers.
+#[test]
+fn a_vcpu_of_a_stopping_vm_goes_off_whatever_brings_it_to_the_scheduler() {
+    for how in ["tick", "block", "yield"] {
+        let mut m = Machine::new(2);
+        let v = shared(&mut m, 0, 2);
+        let other = shared(&mut m, 1, 1);
+        m.start(v[0]);
+        m.start(v[1]);
+        m.s.start(other[0]);
+        assert_eq!(m.s.state(v[1]), RunState::Running(1));
+        let stop = m.s.stop_vm(0);
+        assert_eq!(stop.kicks, vec![0, 1]);
+        let (_, finished) = m.off(0);
+        assert!(!finished, "v1 still runs");
+        m.now += 2 * SLICE;
+        let next = match how {
+            "tick" => m.tick(1),
+            "block" => m.block(1, Some(m.now + 5)),
+            _ => m.yield_cpu(1),
+        };
+        assert_eq!(m.s.state(v[1]), RunState::Off, "{how}");
+        assert_eq!(m.s.take_finished_stop(), Some(0), "{how} finishes the stop");
+        assert_eq!(m.s.take_finished_stop(), None, "once");
+        assert!(!m.s.queue.contains(&v[1]), "{how}: not queued");
+        assert_ne!(next, Some(v[1]), "{how}");
+        m.now += 10 * SLICE;
+        for cpu in 0..2 {
+            assert_ne!(m.tick(cpu), Some(v[1]), "{how}: never runs again");
+        }
+    }
+}
+
+/// CPU_ON from a vCPU that has not yet noticed its VM's stop is refused by the
+/// scheduler: the target stays Off, and the stop still finishes when the caller leaves.
+#[test]
+fn no_vcpu_starts_while_its_vm_is_stopping() {
+    let mut m = Machine::new(2);
+    let v = shared(&mut m, 0, 2);
+    m.start(v[0]);
+    assert!(!m.s.stop_vm(0).quiescent);
+    assert_eq!(m.s.start(v[1]), None);
+    assert_eq!(m.s.state(v[1]), RunState::Off);
+    let (_, finished) = m.off(0);
+    assert!(finished);
+    assert!(!m.s.vm_alive(0));
+    // Once stopped, the VM's vCPUs may be started again (its next run).
+    assert_eq!(m.s.start(v[0]), Some(0));
+}
+
+/// A pinned vCPU's slice never ends, but a tick while its VM stops takes it off too.
+#[test]
+fn a_pinned_vcpu_of_a_stopping_vm_goes_off_at_a_tick() {
+    let mut m = Machine::new(2);
+    let p = m.s.add_vcpu(0, Placement::Pinned(1)).unwrap();
+    m.start(p);
+    assert_eq!(m.s.current(1), Some(p));
+    assert!(!m.s.stop_vm(0).quiescent);
+    assert_eq!(m.tick(1), None);
+    assert_eq!(m.s.state(p), RunState::Off);
+    assert_eq!(m.s.take_finished_stop(), Some(0));
+}
+
 #[test]
 fn wake_of_off_or_unknown_vcpu_does_nothing() {
     let mut m = Machine::new(1);
@@ -534,14 +608,27 @@ proptest! {
             };
             ids.push(m.s.add_vcpu(i % 3, placement).unwrap());
         }
+        // Per VM: a stop is under way (stop_vm found vCPUs running).
+        let mut stopping = [false; 3];
         for o in ops {
             match o {
                 Op::Start(v) => { let _ = m.s.start(ids[v]); }
                 Op::Wake(v) => { let _ = m.s.wake(ids[v]); }
                 Op::Block(c, t) => { m.block(c, t.map(|t| m.now + Ticks::from(t))); }
                 Op::Yield(c) => { m.yield_cpu(c); }
-                Op::Off(c) => { m.off(c); }
-                Op::StopVm(vm) => { let _ = m.s.stop_vm(vm); }
+                Op::Off(c) => {
+                    let vm = m.s.current(c).map(|v| m.s.vcpus[v.0].vm);
+                    if let (_, true) = m.off(c) {
+                        let vm = vm.expect("a stop finished by a CPU that ran nothing");
+                        prop_assert!(stopping[vm], "VM {vm}'s stop finished but none was under way");
+                        stopping[vm] = false;
+                    }
+                }
+                Op::StopVm(vm) => {
+                    if !m.s.stop_vm(vm).quiescent {
+                        stopping[vm] = true;
+                    }
+                }
                 Op::Recreate(vm) => {
                     let mine: Vec<usize> = (0..6).filter(|i| i % 3 == vm).collect();
                     let old: Vec<VcpuId> = mine.iter().map(|&i| ids[i]).collect();
@@ -568,6 +655,19 @@ proptest! {
                     }
                 }
                 Op::Advance(t) => m.now += Ticks::from(t),
+            }
+            if let Some(vm) = m.s.take_finished_stop() {
+                prop_assert!(stopping[vm], "VM {vm}'s stop finished but none was under way");
+                stopping[vm] = false;
+            }
+            for (vm, &under_way) in stopping.iter().enumerate() {
+                prop_assert_eq!(m.s.vm_stopping(vm), under_way);
+                for e in m.s.vcpus.iter().filter(|e| e.vm == vm) {
+                    prop_assert!(
+                        !under_way || matches!(e.state, RunState::Off | RunState::Running(_)),
+                        "VM {} stopping with a vCPU {:?}", vm, e.state
+                    );
+                }
             }
         }
     }

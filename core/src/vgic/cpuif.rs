@@ -30,17 +30,21 @@ pub struct V3CpuIf {
 }
 
 impl V3CpuIf {
-    /// Whether one of the first `count` saved list registers (the implemented ones)
-    /// holds hardware-linked `pintid` in any state: its physical interrupt must then be
-    /// active on whichever CPU loads the vCPU, so the guest's deactivation reaches it
-    /// and the source cannot fire again meanwhile.
-    pub fn holds_hw(&self, pintid: u32, count: usize) -> bool {
+    /// Which of the hardware-linked PPIs in `linked` (bit n = INTID n: the virtual
+    /// timer's, the PMU's) one of the first `count` saved list registers (the implemented
+    /// ones) holds, in any state. Each such physical interrupt must be active on whichever
+    /// CPU loads the vCPU, so the guest's deactivation reaches it and its source cannot
+    /// fire again meanwhile; on the CPU the vCPU leaves, it must not stay active.
+    pub fn hw_ppis_held(&self, linked: u32, count: usize) -> u32 {
         use super::lr::{lr_state, LR_HW, LR_PINTID_MASK, LR_PINTID_SHIFT};
-        self.lrs[..count.min(MAX_LRS)].iter().any(|&lr| {
-            lr & LR_HW != 0
-                && lr_state(lr) != 0
-                && ((lr >> LR_PINTID_SHIFT) & LR_PINTID_MASK) == u64::from(pintid)
-        })
+        let mut held = 0;
+        for &lr in &self.lrs[..count.min(MAX_LRS)] {
+            let pintid = (lr >> LR_PINTID_SHIFT) & LR_PINTID_MASK;
+            if lr & LR_HW != 0 && lr_state(lr) != 0 && pintid < 32 {
+                held |= 1 << pintid;
+            }
+        }
+        held & linked
     }
 }
 
@@ -60,16 +64,27 @@ mod tests {
     use crate::vgic::lr::{LR_HW, LR_PINTID_SHIFT, LR_STATE_SHIFT};
 
     #[test]
-    fn holds_hw_only_for_a_live_hardware_linked_lr() {
+    fn hw_ppis_held_only_for_live_hardware_linked_lrs() {
+        const LINKED: u32 = 1 << 27 | 1 << 23;
         let mut s = V3CpuIf::default();
-        let hw27 = LR_HW | (27u64 << LR_PINTID_SHIFT) | 27;
-        s.lrs[3] = hw27; // state 0: invalid
-        assert!(!s.holds_hw(27, 4));
-        s.lrs[3] = hw27 | (1 << LR_STATE_SHIFT);
-        assert!(s.holds_hw(27, 4));
-        assert!(!s.holds_hw(27, 3), "only implemented LRs count");
-        assert!(!s.holds_hw(26, 4));
+        let hw = |pintid: u64| LR_HW | (pintid << LR_PINTID_SHIFT) | pintid;
+        s.lrs[3] = hw(27); // state 0: invalid
+        assert_eq!(s.hw_ppis_held(LINKED, 4), 0);
+        s.lrs[3] = hw(27) | (1 << LR_STATE_SHIFT);
+        assert_eq!(s.hw_ppis_held(LINKED, 4), 1 << 27);
+        assert_eq!(s.hw_ppis_held(LINKED, 3), 0, "only implemented LRs count");
+        assert_eq!(
+            s.hw_ppis_held(1 << 23, 4),
+            0,
+            "only the linked PPIs asked about"
+        );
+        // The PMU's overflow (23) active in another LR: both are held.
+        s.lrs[0] = hw(23) | (2 << LR_STATE_SHIFT);
+        assert_eq!(s.hw_ppis_held(LINKED, 4), LINKED);
         s.lrs[3] = (27u64 << LR_PINTID_SHIFT) | 27 | (2 << LR_STATE_SHIFT);
-        assert!(!s.holds_hw(27, 4), "not hardware-linked");
+        assert_eq!(s.hw_ppis_held(LINKED, 4), 1 << 23, "27 not hardware-linked");
+        // An SPI linked to a physical SPI is none of these.
+        s.lrs[1] = hw(40) | (1 << LR_STATE_SHIFT);
+        assert_eq!(s.hw_ppis_held(u32::MAX, 4), 1 << 23);
     }
 }

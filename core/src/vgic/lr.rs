@@ -43,7 +43,7 @@
 //! one keeps its latch until the LR frees, because HW=1 LRs cannot be pending+active.
 
 use super::irq::{Irq, Trigger, LR_STATE_ACTIVE, LR_STATE_PENDING};
-use super::state::{BitIter, CpuState, State};
+use super::state::{BitIter, CpuState, State, HOLD_WIPE_LRS};
 use super::{MAX_LRS, NR_PRIVATE, NR_SGIS, SPI_BASE};
 
 /// `CpuState::pend[0]` bits of the PPIs (INTIDs 16-31).
@@ -286,7 +286,8 @@ impl State {
         let grp1 = self.grp1;
         let implemented = lrs.mask();
         if let Some(cpu) = self.cpus.get_mut(vcpu) {
-            if !cpu.wipe_lrs && cpu.dirty == 0 && cpu.pend_words == 0 && intid < SPI_BASE {
+            // Not after a reset (LRs to wipe), not asleep (GICR_WAKER): one compare.
+            if cpu.hold == 0 && cpu.dirty == 0 && cpu.pend_words == 0 && intid < SPI_BASE {
                 let occupied = cpu.occupied & implemented;
                 // An LR holding an SPI needs the general sync (a partial sync is still a sync).
                 let others = if occupied != 0 {
@@ -325,7 +326,7 @@ impl State {
         let Some(cpu) = self.cpus.get_mut(vcpu) else {
             return false;
         };
-        if cpu.wipe_lrs {
+        if cpu.hold & HOLD_WIPE_LRS != 0 {
             return false;
         }
         let occupied = cpu.occupied & lrs.mask();
@@ -366,6 +367,8 @@ impl State {
             return;
         };
         let grp1 = self.grp1;
+        // A redistributor asleep (GICR_WAKER) releases what is pending at the CPU interface.
+        let asleep = self.cpus[vcpu].asleep();
         let old = lrs.read(i);
         let Some(irq) = self.lr_irq(vcpu, i, intid) else {
             self.free_lr(vcpu, i);
@@ -378,7 +381,7 @@ impl State {
         if core::mem::take(&mut irq.clear_pending_req) {
             state &= !LR_STATE_PENDING;
         }
-        let allowed = grp1 && irq.group1 && irq.enabled;
+        let allowed = grp1 && irq.group1 && irq.enabled && !asleep;
         if state == LR_STATE_PENDING && !allowed {
             // Not yet acknowledged and no longer signalled: take it back. An edge (or
             // hardware) interrupt stays pending in software; a level one follows its line.
@@ -524,7 +527,8 @@ impl State {
         let Some(cpu) = self.cpus.get_mut(vcpu) else {
             return false;
         };
-        let (total, placed, evicted) = if cpu.pend_words == 0 {
+        // Asleep (GICR_WAKER): the redistributor forwards nothing; the index keeps it.
+        let (total, placed, evicted) = if cpu.pend_words == 0 || cpu.asleep() {
             (0, 0, false)
         } else if cpu.pend_words == 1 && cpu.pend[0].is_power_of_two() {
             match cpu.fill_private(vcpu, n, grp1, lrs) {
@@ -550,7 +554,7 @@ impl State {
     fn sync_and_reconcile(&mut self, vcpu: usize, lrs: &mut impl ListRegs) -> Option<usize> {
         let n = lrs.count().min(MAX_LRS);
         let cpu = self.cpus.get_mut(vcpu)?;
-        if core::mem::take(&mut cpu.wipe_lrs) {
+        if cpu.take_wipe_lrs() {
             for i in 0..n {
                 lrs.write(i, 0);
             }
@@ -637,6 +641,9 @@ impl State {
     }
 
     /// Whether `vcpu` has an interrupt to take: deliverable in software or pending in an LR.
+    /// One its redistributor holds while asleep (GICR_WAKER) counts: that is the
+    /// WakeRequest a sleeping PE's power controller gets, so a vCPU suspended with its
+    /// redistributor asleep is woken (a WFI may end for any reason).
     pub fn has_pending_cpu(&self, vcpu: usize) -> bool {
         let Some(cpu) = self.cpus.get(vcpu) else {
             return false;

@@ -12,7 +12,8 @@
 //!   the whole GICR region ([`VGic::REDIST_STRIDE`] per vCPU).
 //! - `ICC_SGI1R_EL1` trap: [`VGic::send_sgi`].
 //! - Devices and EL2 interrupts: [`VGic::set_spi_level`] (emulated level lines such as the
-//!   PL011), [`VGic::inject_hw`] (hardware-linked: virtual timer PPI 27 → physical 27).
+//!   PL011), [`VGic::inject_hw`] (hardware-linked: virtual timer PPI 27 → physical 27,
+//!   the PMU's overflow PPI 23 → physical 23).
 //! - Every call that can create work returns a [`VcpuMask`]: `hyp` IPIs those vCPUs that
 //!   run on other CPUs so they exit and flush.
 //! - The exit path's shortcuts: [`VGic::send_sgi_local`] (an SGI the vCPU sends itself)
@@ -83,6 +84,12 @@
 //!   next flush (a not-yet-acknowledged LR of a disabled interrupt is withdrawn); ISPENDR
 //!   latches and merges (edge: pending+active in place); ISACTIVER is ignored. Reads show
 //!   software state OR'd with the LR state as of the last sync.
+//! - GICR_WAKER (§12.10.28): while a vCPU's redistributor is asleep (ProcessorSleep =
+//!   1, its reset value; ChildrenAsleep reads the same) nothing goes into that vCPU's
+//!   LRs: SGIs, PPIs and SPIs routed to it stay pending at the redistributor, and what
+//!   sits in its LRs still only pending is taken back. Waking it delivers them. A held
+//!   interrupt still ends a WFI (`has_pending`), as the redistributor's WakeRequest
+//!   would wake a powered-down PE.
 //! - An interrupt made active by ISACTIVER (not through an LR) is not delivered until
 //!   ICACTIVER clears it. A level line that drops while its LR is pending is not withdrawn;
 //!   the guest may see one spurious interrupt (Linux tolerates it).

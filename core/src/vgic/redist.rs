@@ -29,6 +29,9 @@ pub const GICR_PIDR2: u64 = 0xFFE8;
 pub const GICR_CIDR0: u64 = 0xFFF0;
 
 /// GICR_WAKER (§12.10.28): Linux clears ProcessorSleep and polls ChildrenAsleep == 0.
+/// While ProcessorSleep is 1 the redistributor holds every interrupt that arrives for
+/// its PE pending and forwards none to the CPU interface, and releases (takes back)
+/// those pending there; ChildrenAsleep follows ProcessorSleep at once.
 pub const WAKER_PROCESSOR_SLEEP: u32 = 1 << 1;
 pub const WAKER_CHILDREN_ASLEEP: u32 = 1 << 2;
 
@@ -89,7 +92,7 @@ impl RegFile for Redist<'_> {
             GICR_CTLR | GICR_STATUSR => 0,
             GICR_IIDR => IIDR_VALUE,
             GICR_WAKER => {
-                if self.st.cpus[self.cpu].sleep {
+                if self.st.cpus[self.cpu].asleep() {
                     WAKER_PROCESSOR_SLEEP | WAKER_CHILDREN_ASLEEP
                 } else {
                     0
@@ -111,8 +114,27 @@ impl RegFile for Redist<'_> {
     fn write_word(&mut self, offset: u64, value: u32) -> VcpuMask {
         match offset {
             GICR_WAKER => {
-                self.st.cpus[self.cpu].sleep = value & WAKER_PROCESSOR_SLEEP != 0;
-                VcpuMask::EMPTY
+                let cpu = &mut self.st.cpus[self.cpu];
+                let sleep = value & WAKER_PROCESSOR_SLEEP != 0;
+                if sleep == cpu.asleep() {
+                    return VcpuMask::EMPTY;
+                }
+                cpu.set_asleep(sleep);
+                // Falling asleep, what waits unacknowledged in its LRs goes back
+                // (reconcile takes it out); waking, what was held (still in the `pend`
+                // index: nothing prunes it while asleep) goes in. Either way its next
+                // flush acts, if there is anything to act on.
+                let work = if sleep {
+                    cpu.dirty |= cpu.occupied;
+                    cpu.occupied != 0
+                } else {
+                    cpu.pend_words != 0
+                };
+                if work {
+                    VcpuMask::one(self.cpu)
+                } else {
+                    VcpuMask::EMPTY
+                }
             }
             SGI_ICFGR0 => VcpuMask::EMPTY,
             SGI_ICFGR1 => irqregs::write_config(self.st, self.cpu, 16, value),

@@ -36,12 +36,11 @@ pub const IROUTER_MASK: u64 =
 pub struct CpuState {
     /// SGIs 0-15 and PPIs 16-31 (banked per redistributor).
     pub private: [Irq; NR_PRIVATE],
-    /// GICR_WAKER.ProcessorSleep (ChildrenAsleep mirrors it).
-    pub sleep: bool,
+    /// `HOLD_*` bits: what keeps the exit path's one-pass raise off this vCPU (one
+    /// byte, so that path tests both with one compare).
+    pub hold: u8,
     /// INTID held by each list register, as far as we know (`None` = free).
     pub lrs: [Option<u32>; MAX_LRS],
-    /// The hardware LRs may hold stale entries (after a reset): zero them all at next flush.
-    pub wipe_lrs: bool,
     /// Bit `i` set = `lrs[i]` is `Some`.
     pub occupied: u16,
     /// LRs the next flush must reconcile (see module docs).
@@ -59,6 +58,14 @@ pub struct CpuState {
 /// INTIDs 0..1024 in 32-bit words.
 pub const PEND_WORDS: usize = 32;
 
+/// `CpuState::hold`: the hardware LRs may hold stale entries (after a reset): zero them
+/// all at the next flush.
+pub const HOLD_WIPE_LRS: u8 = 1 << 0;
+/// `CpuState::hold`: GICR_WAKER.ProcessorSleep (ChildrenAsleep mirrors it). While set,
+/// nothing goes into this vCPU's LRs and pending ones are taken back; interrupts stay
+/// pending (and indexed in `pend`) until it is cleared.
+pub const HOLD_ASLEEP: u8 = 1 << 1;
+
 impl CpuState {
     /// Record that `intid` may be deliverable to this vCPU.
     #[inline]
@@ -74,6 +81,24 @@ impl CpuState {
         self.pend[w] &= !(1 << (intid % 32));
     }
 
+    /// Whether the redistributor is asleep (GICR_WAKER.ProcessorSleep).
+    #[inline]
+    pub fn asleep(&self) -> bool {
+        self.hold & HOLD_ASLEEP != 0
+    }
+
+    pub fn set_asleep(&mut self, asleep: bool) {
+        self.hold = (self.hold & !HOLD_ASLEEP) | if asleep { HOLD_ASLEEP } else { 0 };
+    }
+
+    /// Whether the hardware LRs are to be wiped at the next flush; clears the request.
+    #[inline]
+    pub fn take_wipe_lrs(&mut self) -> bool {
+        let wipe = self.hold & HOLD_WIPE_LRS != 0;
+        self.hold &= !HOLD_WIPE_LRS;
+        wipe
+    }
+
     pub fn new() -> CpuState {
         let mut private = [Irq::new(Trigger::Level); NR_PRIVATE];
         // SGIs are always edge-triggered (GICR_ICFGR0 is read-only 0xAAAA_AAAA).
@@ -82,9 +107,8 @@ impl CpuState {
         }
         CpuState {
             private,
-            sleep: true,
+            hold: HOLD_WIPE_LRS | HOLD_ASLEEP,
             lrs: [None; MAX_LRS],
-            wipe_lrs: true,
             occupied: 0,
             dirty: 0,
             unzeroed: 0,

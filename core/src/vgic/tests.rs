@@ -641,10 +641,16 @@ fn active_state_registers() {
     assert_eq!(l.valid(), vec![5]);
 }
 
+/// Clear GICR_WAKER.ProcessorSleep of `cpu` (what `linux_cpu_init` does first).
+fn wake(g: &VGic, cpu: usize) -> VcpuMask {
+    g.redist_write(cpu, rd(cpu) + GICR_WAKER, 4, 0)
+}
+
 #[test]
 fn group_enable_gates_delivery() {
     let g = VGic::new(1, 32);
     let mut l = FakeLrs::new(4);
+    wake(&g, 0);
     g.redist_write(0, SGI + ISENABLER, 4, 0xffff);
     g.send_sgi(0, sgi1r(1, 1));
     assert!(!g.has_pending(0), "EnableGrp1 off");
@@ -675,9 +681,150 @@ fn reset_vcpu_wipes_its_lrs_and_redistributor() {
     assert_eq!(g.redist_read(0, rd(1) + GICR_WAKER, 4), 6);
     assert_eq!(g.redist_read(0, rd(1) + SGI + ISENABLER, 4), 0);
     run_exit(&g, 1, &mut l);
-    // The SPI (line still high) comes back; the SGI was lost with the reset.
+    // Its redistributor is asleep again: the SPI (line still high) waits until the
+    // guest wakes it; the SGI was lost with the reset.
+    assert!(l.valid().is_empty());
+    assert_eq!(wake(&g, 1), VcpuMask::one(1));
+    run_exit(&g, 1, &mut l);
     assert_eq!(l.valid(), vec![32]);
     assert_eq!(l.lr[1..], [0, 0, 0]);
+}
+
+/// Set GICR_WAKER.ProcessorSleep of `cpu`, as Linux's gic_cpu_pm_notifier does before
+/// a power-down (Group 1 already off at the CPU interface).
+fn sleep(g: &VGic, cpu: usize) -> VcpuMask {
+    g.redist_write(
+        cpu,
+        rd(cpu) + GICR_WAKER,
+        4,
+        u64::from(WAKER_PROCESSOR_SLEEP),
+    )
+}
+
+fn ispendr0(g: &VGic, cpu: usize) -> u64 {
+    g.redist_read(0, rd(cpu) + SGI + ISPENDR, 4)
+}
+
+#[test]
+fn a_sleeping_redistributor_holds_sgis_and_ppis_until_it_wakes() {
+    let g = booted(2, 32);
+    let mut l = FakeLrs::new(4);
+    // Nothing in its LRs to take back: no work for it.
+    assert_eq!(sleep(&g, 1), VcpuMask::EMPTY);
+    // ChildrenAsleep follows ProcessorSleep at once.
+    assert_eq!(
+        g.redist_read(0, rd(1) + GICR_WAKER, 4),
+        u64::from(WAKER_PROCESSOR_SLEEP | WAKER_CHILDREN_ASLEEP)
+    );
+    assert_eq!(sleep(&g, 1), VcpuMask::EMPTY, "already asleep");
+    // vCPU 0 sends SGI 2; vCPU 1's timer fires (hardware-linked PPI 27).
+    g.redist_write(1, rd(1) + SGI + ISENABLER, 4, 1 << 27);
+    g.send_sgi(0, sgi1r(2, 0b10));
+    g.inject_hw(1, 27, 27);
+    for _ in 0..3 {
+        run_exit(&g, 1, &mut l);
+        assert!(
+            l.valid().is_empty(),
+            "forwarded while asleep: {:?}",
+            l.valid()
+        );
+    }
+    // Held pending at the redistributor: the guest sees them pending, and they count
+    // as a wake-up for WFI (the redistributor's WakeRequest).
+    assert_eq!(ispendr0(&g, 1), 1 << 2 | 1 << 27);
+    assert!(g.has_pending(1));
+    // Awake again: both go in, and nothing was lost on the way.
+    assert_eq!(wake(&g, 1), VcpuMask::one(1));
+    assert_eq!(g.redist_read(0, rd(1) + GICR_WAKER, 4), 0);
+    assert!(g.needs_flush(1));
+    run_exit(&g, 1, &mut l);
+    assert_eq!(l.valid(), vec![2, 27]);
+    assert_eq!(l.ack_eoi(), Some(2));
+    assert_eq!(l.ack_eoi(), Some(27));
+    run_exit(&g, 1, &mut l);
+    assert!(!g.has_pending(1));
+    // Asleep and awake again with nothing held: no work either way.
+    assert_eq!(sleep(&g, 1), VcpuMask::EMPTY);
+    assert_eq!(wake(&g, 1), VcpuMask::EMPTY);
+    // vCPU 0 was never affected.
+    g.send_sgi(0, sgi1r(3, 0b01));
+    let mut l0 = FakeLrs::new(4);
+    run_exit(&g, 0, &mut l0);
+    assert_eq!(l0.valid(), vec![3]);
+}
+
+#[test]
+fn falling_asleep_takes_back_what_the_cpu_interface_has_not_acknowledged() {
+    let g = booted(1, 32);
+    let mut l = FakeLrs::new(4);
+    g.send_sgi(0, sgi1r(1, 1));
+    g.send_sgi(0, sgi1r(4, 1));
+    run_exit(&g, 0, &mut l);
+    assert_eq!(l.valid(), vec![1, 4]);
+    // The guest acknowledges SGI 1 (active), not SGI 4 (still pending in its LR).
+    assert_eq!(l.ack(), Some(1));
+    assert_eq!(sleep(&g, 0), VcpuMask::one(0), "its LRs to release");
+    run_exit(&g, 0, &mut l);
+    // SGI 4 is back at the redistributor, pending; the active SGI 1 stays to be
+    // completed.
+    assert_eq!(l.valid(), vec![1]);
+    assert_eq!(ispendr0(&g, 0), 1 << 4);
+    l.eoi(1);
+    run_exit(&g, 0, &mut l);
+    g.sync(0, &mut l);
+    assert!(l.valid().is_empty());
+    // A new edge of SGI 1 while asleep is held too.
+    g.send_sgi(0, sgi1r(1, 1));
+    run_exit(&g, 0, &mut l);
+    assert!(l.valid().is_empty());
+    wake(&g, 0);
+    run_exit(&g, 0, &mut l);
+    assert_eq!(l.valid(), vec![1, 4]);
+}
+
+#[test]
+fn the_exit_paths_one_pass_raise_holds_too() {
+    // The self-SGI and timer shortcuts (`*_local`) must not slip past a sleeping
+    // redistributor.
+    let g = booted(2, 32);
+    let mut l = FakeLrs::new(4);
+    g.redist_write(0, rd(0) + SGI + ISENABLER, 4, 1 << 27);
+    sleep(&g, 0);
+    run_exit(&g, 0, &mut l);
+    let r = g.send_sgi_local(0, sgi1r(5, 1), &mut l);
+    assert!(r.flushed);
+    let r = g.inject_hw_local(0, 27, 27, &mut l);
+    assert!(r.flushed);
+    assert!(l.valid().is_empty(), "{:?}", l.valid());
+    assert_eq!(ispendr0(&g, 0), 1 << 5 | 1 << 27);
+    wake(&g, 0);
+    run_exit(&g, 0, &mut l);
+    assert_eq!(l.valid(), vec![5, 27]);
+}
+
+#[test]
+fn an_spi_routed_to_a_sleeping_vcpu_waits_for_it() {
+    let g = booted(2, 64);
+    let mut l = FakeLrs::new(4);
+    enable_spi(&g, 40, 1);
+    sleep(&g, 1);
+    g.set_spi_level(40, true);
+    run_exit(&g, 1, &mut l);
+    assert!(l.valid().is_empty());
+    assert!(g.has_pending(1));
+    wake(&g, 1);
+    run_exit(&g, 1, &mut l);
+    assert_eq!(l.valid(), vec![40]);
+}
+
+#[test]
+fn only_processor_sleep_is_writable_in_gicr_waker() {
+    let g = booted(1, 32);
+    // ChildrenAsleep is read-only: writing it alone wakes nothing up or down.
+    g.redist_write(0, rd(0) + GICR_WAKER, 4, u64::from(WAKER_CHILDREN_ASLEEP));
+    assert_eq!(g.redist_read(0, rd(0) + GICR_WAKER, 4), 0);
+    g.redist_write(0, rd(0) + GICR_WAKER, 4, 0xffff_ffff);
+    assert_eq!(g.redist_read(0, rd(0) + GICR_WAKER, 4), 6);
 }
 
 #[test]
@@ -748,6 +895,8 @@ enum Op {
     Guest(usize, u8),
     Exit(usize),
     Reset(usize),
+    /// GICR_WAKER.ProcessorSleep of a vCPU set (true) or cleared.
+    Sleep(usize, bool),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -767,6 +916,7 @@ fn op() -> impl Strategy<Value = Op> {
         (0usize..3, 0u8..4).prop_map(|(v, a)| Op::Guest(v, a)),
         (0usize..3).prop_map(Op::Exit),
         (0usize..4).prop_map(Op::Reset),
+        (0usize..3, any::<bool>()).prop_map(|(v, a)| Op::Sleep(v, a)),
     ]
 }
 
@@ -807,6 +957,10 @@ proptest! {
                     g.has_pending(v);
                 }
                 Op::Reset(v) => g.reset_vcpu(v),
+                Op::Sleep(v, asleep) => {
+                    let waker = if asleep { WAKER_PROCESSOR_SLEEP } else { 0 };
+                    g.redist_write(v, rd(v) + GICR_WAKER, 4, u64::from(waker));
+                }
             }
         }
         // Draining: a guest that acks and EOIs everything ends with empty LRs and,
@@ -876,6 +1030,10 @@ fn apply(g: &VGic, lrs: &mut [FakeLrs; 3], op: &Op) {
         }
         Op::Exit(v) => run_exit(g, v, &mut lrs[v]),
         Op::Reset(v) => g.reset_vcpu(v),
+        Op::Sleep(v, asleep) => {
+            let waker = if asleep { WAKER_PROCESSOR_SLEEP } else { 0 };
+            g.redist_write(v, rd(v) + GICR_WAKER, 4, u64::from(waker));
+        }
     }
 }
 

@@ -45,6 +45,8 @@ pub static CHECKS: &[Check] = &[
     ("el1_physical_timer", el1_physical_timer),
     ("aarch32_el0", aarch32_el0),
     ("vtimer_level_resampled", vtimer_level_resampled),
+    ("pmu_overflow_irq", pmu_overflow_irq),
+    ("sgi_held_while_asleep", sgi_held_while_asleep),
     ("bad_access", bad_access),
     ("bad_access_beyond_ipa", bad_access_beyond_ipa),
     ("cpu_on_race", crate::race::cpu_on_race),
@@ -667,6 +669,183 @@ fn timer_fired_while_disabled(before_enable: impl FnOnce()) -> Result<bool, crat
     );
     let ms = if still_on { 1000 } else { 20 };
     Ok(wait_irq(ms, || exceptions::timer_fired_at(0) != 0))
+}
+
+// PMU registers' fields (Arm ARM D13 / D24.5).
+const PMCR_E: u64 = 1 << 0;
+/// PMCR_EL0.LP: 64-bit event counters (from PMUv3p5); cleared, so counter 0 overflows at
+/// 2^32.
+const PMCR_LP: u64 = 1 << 7;
+const PMU_EVENT_SW_INCR: u64 = 0x00;
+/// Counter 0's bit in PMCNTEN/PMINTEN/PMOVS/PMSWINC.
+const COUNTER0: u64 = 1;
+
+/// ID_AA64DFR0_EL1.PMUVer, if it is a PMUv3.
+fn pmuv3() -> Option<u64> {
+    let pmuver = (read_sysreg!("id_aa64dfr0_el1") >> 8) & 0xf;
+    (pmuver != 0 && pmuver != 0xf).then_some(pmuver)
+}
+
+/// Make event counter 0 (counting software increments, its overflow interrupt enabled)
+/// overflow: one increment from 0xffff_ffff.
+fn pmu_overflow_now() {
+    write_sysreg!("pmselr_el0", 0);
+    arch::isb();
+    write_sysreg!("pmxevtyper_el0", PMU_EVENT_SW_INCR);
+    write_sysreg!("pmxevcntr_el0", 0xffff_ffff);
+    write_sysreg!("pmintenset_el1", COUNTER0);
+    write_sysreg!("pmcntenset_el0", COUNTER0);
+    arch::isb();
+    write_sysreg!("pmswinc_el0", COUNTER0);
+    arch::isb();
+}
+
+/// The PMU's overflow interrupt is the guest's: its device tree describes the PMU
+/// (`arm,armv8-pmuv3`, a level-high PPI), an overflow raises that PPI on the vCPU that
+/// owns the PMU and on no other, once: cleared in the handler, it is not delivered
+/// again. It is level-sensitive: an overflow that happened while the PPI was disabled
+/// and was cleared before the enable is not delivered; one still there is.
+fn pmu_overflow_irq() -> CheckResult {
+    need_gic()?;
+    let Some(pmuver) = pmuv3() else {
+        skip!("no PMUv3 (ID_AA64DFR0_EL1.PMUVer)");
+    };
+    let Some([kind, ppi, flags]) =
+        crate::fdt::first_interrupt(crate::boot_info().dtb, b"arm,armv8-pmuv3")
+    else {
+        bail!(
+            "PMUVer {pmuver:#x}, but the device tree has no arm,armv8-pmuv3 node with interrupts"
+        );
+    };
+    ensure!(
+        kind == 1 && ppi < 16 && flags & 0xf == 4,
+        "PMU interrupts = <{kind} {ppi} {flags:#x}>, want a level-high PPI <1 n 4>"
+    );
+    let intid = 16 + ppi;
+    println!("# pmu_overflow_irq: PMUVer {pmuver:#x}, overflow interrupt INTID {intid}");
+    // vCPU 1, if it is up, has the same PPI enabled: it must never see vCPU 0's overflow.
+    let watch = smp::in_wfi_mode() && smp::RUNNING.load(Acquire);
+    exceptions::PMU_INTID.store(intid, Release);
+    for cpu in 0..=usize::from(watch) {
+        exceptions::clear_pmu_irqs(cpu);
+        exceptions::clear_seen(cpu, intid);
+        gic::set_private_enabled(cpu, intid, true)?;
+    }
+    let pmcr = read_sysreg!("pmcr_el0");
+    write_sysreg!("pmcr_el0", (pmcr & !PMCR_LP) | PMCR_E);
+    let result = pmu_overflow_cases(intid, watch);
+    write_sysreg!("pmintenclr_el1", COUNTER0);
+    write_sysreg!("pmcntenclr_el0", COUNTER0);
+    write_sysreg!("pmovsclr_el0", u64::MAX);
+    write_sysreg!("pmcr_el0", pmcr);
+    arch::isb();
+    for cpu in 0..=usize::from(watch) {
+        gic::set_private_enabled(cpu, intid, false)?;
+    }
+    exceptions::PMU_INTID.store(0, Release);
+    result
+}
+
+fn pmu_overflow_cases(intid: u32, watch: bool) -> CheckResult {
+    let ovs = || read_sysreg!("pmovsset_el0") & COUNTER0;
+    // Delivered, on its INTID, once.
+    pmu_overflow_now();
+    let taken = wait_irq(1000, || exceptions::pmu_irqs(0) != 0);
+    ensure!(
+        taken,
+        "no PMU overflow interrupt (INTID {intid}) within 1 s of counter 0 overflowing (PMOVSSET_EL0 = {:#x})",
+        read_sysreg!("pmovsset_el0")
+    );
+    ensure!(
+        exceptions::seen(0, intid),
+        "PMU handled but INTID {intid} not recorded"
+    );
+    ensure!(
+        exceptions::pmu_overflows_seen(0) & COUNTER0 != 0,
+        "the PMU interrupt came without counter 0's overflow flag set"
+    );
+    let again = wait_irq(20, || exceptions::pmu_irqs(0) > 1);
+    ensure!(
+        !again,
+        "the PMU interrupt was delivered again after the handler cleared the overflow"
+    );
+    ensure!(
+        !watch || (exceptions::pmu_irqs(1) == 0 && !exceptions::seen(1, intid)),
+        "vCPU 1 took vCPU 0's PMU overflow interrupt"
+    );
+    // Overflowed while its PPI was disabled, cleared before the enable: not delivered.
+    gic::set_private_enabled(0, intid, false)?;
+    exceptions::clear_pmu_irqs(0);
+    pmu_overflow_now();
+    let early = wait_irq(5, || exceptions::pmu_irqs(0) != 0);
+    let flagged = ovs();
+    write_sysreg!("pmovsclr_el0", COUNTER0);
+    arch::isb();
+    gic::set_private_enabled(0, intid, true)?;
+    ensure!(!early, "PMU interrupt taken while its PPI was disabled");
+    ensure!(
+        flagged != 0,
+        "counter 0 did not overflow (PMOVSSET_EL0 clear)"
+    );
+    ensure!(
+        !wait_irq(20, || exceptions::pmu_irqs(0) != 0),
+        "PMU interrupt delivered after its overflow was cleared while the PPI was disabled"
+    );
+    // ... still overflowed at the enable: delivered.
+    gic::set_private_enabled(0, intid, false)?;
+    pmu_overflow_now();
+    let _ = wait_irq(5, || false);
+    gic::set_private_enabled(0, intid, true)?;
+    ensure!(
+        wait_irq(1000, || exceptions::pmu_irqs(0) != 0),
+        "PMU interrupt not delivered within 1 s of enabling its PPI, with the overflow still set"
+    );
+    ensure!(
+        !watch || exceptions::pmu_irqs(1) == 0,
+        "vCPU 1 took vCPU 0's PMU overflow interrupt"
+    );
+    Ok(())
+}
+
+/// A redistributor the guest put to sleep (GICR_WAKER.ProcessorSleep) holds an SGI
+/// pending instead of forwarding it to the CPU interface, and delivers it once woken.
+fn sgi_held_while_asleep() -> CheckResult {
+    need_gic()?;
+    const SGI: u32 = 6;
+    exceptions::clear_seen(0, SGI);
+    // Linux's order (gic_cpu_pm_notifier): Group 1 off at the CPU interface, then the
+    // redistributor to sleep. Group 1 is turned back on (IRQs stay masked) so that an
+    // SGI forwarded to the CPU interface would show in ICC_HPPIR1_EL1.
+    let group1 = |on: u64| {
+        write_sysreg!("icc_igrpen1_el1", on);
+        arch::isb();
+    };
+    group1(0);
+    let asleep = gic::set_asleep(0, true);
+    group1(1);
+    gic::send_sgi(SGI, 0);
+    arch::isb();
+    let hppir = read_sysreg!("icc_hppir1_el1") & 0xff_ffff;
+    let pending = gic::pending_private(0);
+    // Awake again before anything can fail, so the checks after this one have a GIC.
+    group1(0);
+    let awake = gic::set_asleep(0, false);
+    group1(1);
+    asleep?;
+    awake?;
+    ensure!(
+        hppir == u64::from(gic::INTID_SPECIAL_LAST),
+        "ICC_HPPIR1_EL1 = {hppir}: SGI {SGI} reached the CPU interface while its redistributor slept, want 1023"
+    );
+    ensure!(
+        pending & (1 << SGI) != 0,
+        "GICR_ISPENDR0 = {pending:#x}: SGI {SGI} not pending at the sleeping redistributor"
+    );
+    ensure!(
+        wait_irq(1000, || exceptions::seen(0, SGI)),
+        "SGI {SGI}, held while the redistributor slept, not taken within 1 s of waking it"
+    );
+    Ok(())
 }
 
 fn describe_abort(f: &Fault) -> crate::msg::Msg {

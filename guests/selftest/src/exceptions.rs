@@ -6,7 +6,8 @@
 //!   record; any other one abandons the running check through `check_recover`, so a
 //!   faulting check fails alone and the run goes on.
 //! * IRQs are acknowledged with ICC_IAR1_EL1 and completed with ICC_EOIR1_EL1 (EOImode 0);
-//!   each vCPU records which INTIDs it saw and when its virtual timer fired. vCPU 1 also
+//!   each vCPU records which INTIDs it saw, when its virtual timer fired and which PMU
+//!   overflows it took (cleared at the source before the EOI). vCPU 1 also
 //!   plays its part of the IPI ping-pong and the WFI watchdog here.
 //! * On vCPU 1 any synchronous exception is recorded for the primary to report and vCPU 1
 //!   parks.
@@ -148,6 +149,27 @@ pub fn clear_ptimer_fired() {
     PTIMER_AT.store(0, Release);
 }
 
+/// The PMU's overflow INTID, from the device tree (0: none, or not looked up yet).
+pub static PMU_INTID: AtomicU32 = AtomicU32::new(0);
+/// How many PMU overflow interrupts each vCPU took, and the PMOVSSET_EL0 bits it found
+/// (and cleared) in them.
+static PMU_IRQS: [AtomicU32; NR_VCPUS] = [const { AtomicU32::new(0) }; NR_VCPUS];
+static PMU_OVS: [AtomicU64; NR_VCPUS] = [const { AtomicU64::new(0) }; NR_VCPUS];
+
+pub fn pmu_irqs(cpu: usize) -> u32 {
+    PMU_IRQS[cpu].load(Acquire)
+}
+
+pub fn pmu_overflows_seen(cpu: usize) -> u64 {
+    PMU_OVS[cpu].load(Acquire)
+}
+
+/// Forget `cpu`'s PMU interrupts. Call while it cannot be taking one.
+pub fn clear_pmu_irqs(cpu: usize) {
+    PMU_IRQS[cpu].store(0, Release);
+    PMU_OVS[cpu].store(0, Release);
+}
+
 /// CNTVCT when each vCPU handled its virtual timer IRQ (0: not yet).
 static TIMER_AT: [AtomicU64; NR_VCPUS] = [const { AtomicU64::new(0) }; NR_VCPUS];
 static IN_HANDLER: [AtomicBool; NR_VCPUS] = [const { AtomicBool::new(false) }; NR_VCPUS];
@@ -286,6 +308,15 @@ fn irq(cpu: usize) {
         if cpu == 0 {
             PTIMER_AT.store(read_sysreg!("cntpct_el0"), Release);
         }
+    }
+    let pmu = PMU_INTID.load(Acquire);
+    if pmu != 0 && intid == pmu {
+        // Level-sensitive: clear the overflow at its source before the EOI.
+        let ovs = read_sysreg!("pmovsset_el0");
+        write_sysreg!("pmovsclr_el0", ovs);
+        arch::isb();
+        PMU_OVS[cpu].store(PMU_OVS[cpu].load(Relaxed) | ovs, Release);
+        PMU_IRQS[cpu].store(PMU_IRQS[cpu].load(Relaxed).wrapping_add(1), Release);
     }
     if cpu == 1 && intid == smp::SGI_PING {
         gic::send_sgi(smp::SGI_PONG, 0);

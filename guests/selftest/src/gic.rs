@@ -12,9 +12,13 @@ pub use rt::gic::{ack, eoi, INTID_SPECIAL_FIRST, INTID_SPECIAL_LAST};
 use rt::gic::{
     Stuck, ENABLED_PRIVATE, GICD_CTLR_ARE_NS, GICD_CTLR_ENABLE_G1, GICD_CTLR_ENABLE_G1A,
     GICD_PIDR2, GICD_TYPER, GICR_CTLR, GICR_CTLR_RWP, GICR_ICENABLER0, GICR_IGROUPR0,
-    GICR_ISENABLER0, GICR_SGI_OFFSET, GICR_TYPER, GICR_TYPER_LAST, ICC_SRE_SRE, PMR_ALLOW_ALL,
+    GICR_ISENABLER0, GICR_SGI_OFFSET, GICR_TYPER, GICR_TYPER_LAST, GICR_WAKER,
+    GICR_WAKER_CHILDREN_ASLEEP, GICR_WAKER_PROCESSOR_SLEEP, ICC_SRE_SRE, PMR_ALLOW_ALL,
     RWP_TIMEOUT_MS,
 };
+
+/// GICR_ISPENDR0 in the SGI_base frame (IHI 0069 12.11.32).
+const GICR_ISPENDR0: usize = 0x0200;
 
 const PIDR2_ARCHREV_SHIFT: u32 = 4;
 const GICR_TYPER_AFF_SHIFT: u32 = 32;
@@ -118,4 +122,32 @@ pub fn set_private_enabled(cpu: usize, intid: u32, enabled: bool) -> Result<(), 
     };
     arch::mmio_write32(sgi_base(cpu) + reg, 1 << intid);
     rt::gic::wait_clear(rd_base(cpu) + GICR_CTLR, GICR_CTLR_RWP, "GICR_CTLR.RWP").map_err(stuck)
+}
+
+/// Put `cpu`'s redistributor to sleep (GICR_WAKER.ProcessorSleep = 1) or wake it, and
+/// wait until ChildrenAsleep follows, as Linux's gic_enable_redist does.
+pub fn set_asleep(cpu: usize, asleep: bool) -> Result<(), Msg> {
+    let rd = rd_base(cpu);
+    let waker = mmio_read32(rd + GICR_WAKER);
+    let waker = if asleep {
+        waker | GICR_WAKER_PROCESSOR_SLEEP
+    } else {
+        waker & !GICR_WAKER_PROCESSOR_SLEEP
+    };
+    arch::mmio_write32(rd + GICR_WAKER, waker);
+    let followed = arch::wait_until(RWP_TIMEOUT_MS, || {
+        (mmio_read32(rd + GICR_WAKER) & GICR_WAKER_CHILDREN_ASLEEP != 0) == asleep
+    });
+    ensure!(
+        followed,
+        "GICR_WAKER = {:#x}: ChildrenAsleep did not follow ProcessorSleep = {} within {RWP_TIMEOUT_MS} ms",
+        mmio_read32(rd + GICR_WAKER),
+        u32::from(asleep)
+    );
+    Ok(())
+}
+
+/// GICR_ISPENDR0 of `cpu`: which SGIs and PPIs its redistributor has pending.
+pub fn pending_private(cpu: usize) -> u32 {
+    mmio_read32(sgi_base(cpu) + GICR_ISPENDR0)
 }

@@ -22,6 +22,7 @@ mod checks;
 mod debugregs;
 mod el0;
 mod exceptions;
+mod fdt;
 mod gic;
 mod msg;
 mod platform;

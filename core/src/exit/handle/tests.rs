@@ -136,9 +136,11 @@ impl Guest {
     }
 
     /// What Linux's GICv3 driver does before it can take SGIs on every vCPU: enable
-    /// group 1 with affinity routing, put SGIs 0–15 in group 1 and enable them.
+    /// group 1 with affinity routing, wake each redistributor, put SGIs 0–15 in group 1
+    /// and enable them.
     fn enable_sgis(&mut self) {
         const GICD_CTLR_ARE_G1: u32 = 0x12;
+        const GICR_WAKER: u64 = 0x14;
         const SGI_FRAME: u64 = 0x1_0000;
         const IGROUPR0: u64 = SGI_FRAME + 0x80;
         const ISENABLER0: u64 = SGI_FRAME + 0x100;
@@ -149,6 +151,7 @@ impl Guest {
         );
         for vcpu in 0..self.vm.nr_vcpus() {
             let frame = layout::gic_redist(self.vm.nr_vcpus()).base + vcpu as u64 * 0x2_0000;
+            self.write32(vcpu, frame + GICR_WAKER, 0);
             for i in 0..4 {
                 self.write32(vcpu, frame + IPRIORITYR + 4 * i, 0xa0a0_a0a0);
             }

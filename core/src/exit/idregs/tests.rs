@@ -522,3 +522,255 @@ proptest! {
         }
     }
 }
+
+// ---- several CPUs ------------------------------------------------------------------
+
+/// Every field of every register, for the combination tests.
+fn every_field() -> impl Iterator<Item = Field> {
+    (0..ID_SPACE_LEN).flat_map(|i| {
+        (0..64).step_by(4).map(move |shift| Field {
+            reg: IdReg::at(i),
+            shift,
+        })
+    })
+}
+
+fn regs_from(words: &[u64]) -> IdRegs {
+    let mut r = IdRegs::ZERO;
+    r.0.copy_from_slice(words);
+    r
+}
+
+#[test]
+fn two_cpus_that_differ_combine_field_by_field() {
+    // A big and a little core: each has something the other lacks.
+    let big = with_fields(&[
+        (ISAR0_ATOMIC, 2),
+        (ISAR0_AES, 2),
+        (ISAR1_LRCPC, 2),
+        (PFR0_SVE, 1),
+        (ZFR0_SVEVER, 1),
+        (MMFR0_PARANGE, 5),
+        (MMFR0_ASIDBITS, 2),
+        (MMFR1_SPECSEI, 0),
+        (DFR0_BRPS, 5),
+        (DFR0_DEBUGVER, 8),
+        (DFR0_PMUVER, 6),
+        (ISAR1_APA, 5),
+        (ISAR1_GPA, 1),
+        (PFR0_EL0, 1),
+    ]);
+    let little = with_fields(&[
+        (ISAR0_ATOMIC, 2),
+        (ISAR0_AES, 1),
+        (ISAR1_LRCPC, 1),
+        (MMFR0_PARANGE, 2),
+        (MMFR0_ASIDBITS, 2),
+        (MMFR1_SPECSEI, 1),
+        (DFR0_BRPS, 3),
+        (DFR0_DEBUGVER, 9),
+        (DFR0_PMUVER, 5),
+        (ISAR1_API, 5),
+        (ISAR1_GPI, 1),
+        (PFR0_EL0, 2),
+    ]);
+    let both = combine(&big, &little);
+    assert_eq!(both, combine(&little, &big), "the order does not matter");
+    for (f, want) in [
+        (ISAR0_ATOMIC, 2), // the same on both
+        (ISAR0_AES, 1),    // the lower: AES without PMULL
+        (ISAR1_LRCPC, 1),  // LDAPR but not the 8.4 forms
+        (PFR0_SVE, 0),     // only one has SVE
+        (ZFR0_SVEVER, 0),
+        (MMFR0_PARANGE, 2), // the smaller physical address range
+        (DFR0_BRPS, 3),     // the fewer breakpoints
+        (MMFR1_SPECSEI, 1), // higher is safer: SErrors from speculative reads expected
+        (DFR0_DEBUGVER, 6), // exact: Armv8.0 debug when they differ
+        (DFR0_PMUVER, 0),   // exact: no PMU when they differ
+        (ISAR1_APA, 0),     // different address authentication algorithms: none
+        (ISAR1_API, 0),
+        (ISAR1_GPA, 0), // generic authentication: the lower of each
+        (ISAR1_GPI, 0),
+        (PFR0_EL0, 1), // AArch32 at EL0 only on the little core: AArch64 only
+    ] {
+        assert_eq!(both.field(f), want, "{f:?}");
+    }
+    // Through the view: what the guest reads.
+    let view = machine_view(&[big, little], &bothy_base(), 39);
+    assert_eq!(view.field(ISAR0_AES), 1);
+    assert_eq!(view.field(PFR0_SVE), 0);
+    assert_eq!(view.get(reg::ID_AA64ZFR0_EL1), 0);
+    assert_eq!(view.field(MMFR0_PARANGE), 2);
+    assert_eq!(view.field(DFR0_DEBUGVER), 6);
+    assert_eq!(view.field(DFR0_PMUVER), 0);
+    assert_eq!((view.field(ISAR1_APA), view.field(ISAR1_API)), (0, 0));
+    assert_eq!(view.field(PFR0_EL0), 1);
+    assert_eq!(
+        view.get(reg::ID_PFR0_EL1),
+        0,
+        "no AArch32 registers without AArch32"
+    );
+    // One CPU alone: exactly its own view.
+    assert_eq!(
+        machine_view(&[big], &bothy_base(), 39),
+        sanitise(&big, &bothy_traps(&big), 39)
+    );
+}
+
+#[test]
+fn signed_fields_combine_as_signed_numbers() {
+    // FP: 0xF none, 0 FP, 1 FP with half precision. The lower as signed numbers.
+    for (a, b, want) in [
+        (0x0, 0x1, 0x0),
+        (0x1, 0x0, 0x0),
+        (0xf, 0x0, 0xf),
+        (0x1, 0xf, 0xf),
+        (0x1, 0x1, 0x1),
+        (0xf, 0xf, 0xf),
+    ] {
+        for f in [
+            PFR0_FP,
+            PFR0_ADVSIMD,
+            MMFR0_TGRAN4,
+            MMFR0_TGRAN64,
+            DFR0_DOUBLELOCK,
+        ] {
+            let both = combine(&with_fields(&[(f, a)]), &with_fields(&[(f, b)]));
+            assert_eq!(both.field(f), want, "{f:?} {a:#x} {b:#x}");
+        }
+        // An unsigned field of the same values takes the plain lower.
+        let both = combine(
+            &with_fields(&[(ISAR0_AES, a)]),
+            &with_fields(&[(ISAR0_AES, b)]),
+        );
+        assert_eq!(both.field(ISAR0_AES), a.min(b));
+    }
+    // What a guest reads: a CPU without FP/SIMD or the 4 KiB granule takes them away.
+    let with = with_fields(&[(PFR0_FP, 1), (PFR0_ADVSIMD, 1), (MMFR0_TGRAN4, 0)]);
+    let without = with_fields(&[(PFR0_FP, 0xf), (PFR0_ADVSIMD, 0xf), (MMFR0_TGRAN4, 0xf)]);
+    let view = machine_view(&[with, without], &bothy_base(), 39);
+    for f in [PFR0_FP, PFR0_ADVSIMD, MMFR0_TGRAN4] {
+        assert_eq!(view.field(f), 0xf, "{f:?}");
+    }
+}
+
+#[test]
+fn each_cpu_traps_its_own_features_and_the_view_hides_what_any_traps() {
+    // Only the first CPU has RAS, LORegions, an AMU and PMUv3p5.
+    let first = with_fields(&[
+        (PFR0_RAS, 1),
+        (MMFR1_LO, 1),
+        (PFR0_AMU, 1),
+        (DFR0_PMUVER, 6),
+        (MMFR2_IESB, 1),
+    ]);
+    let second = with_fields(&[(DFR0_PMUVER, 4), (MMFR2_IESB, 1)]);
+    let base = bothy_base();
+    let t1 = cpu_traps(&base, &first);
+    let t2 = cpu_traps(&base, &second);
+    // TERR, TLOR, TAM and HCCD are RES0 where the feature is missing: only the first
+    // CPU sets them, and it must (or its RAS records, AMU and EL2 cycles leak).
+    assert_eq!(
+        t1.hcr & (1 << bits::HCR_TERR | 1 << bits::HCR_TLOR),
+        1 << bits::HCR_TERR | 1 << bits::HCR_TLOR
+    );
+    assert_eq!(t1.cptr & 1 << bits::CPTR_TAM, 1 << bits::CPTR_TAM);
+    assert_eq!(t1.mdcr & bits::MDCR_HCCD, bits::MDCR_HCCD);
+    assert_eq!(t2, cpu_traps(&base, &IdRegs::ZERO));
+    let view = machine_view(&[first, second], &base, 39);
+    for f in [PFR0_RAS, MMFR1_LO, PFR0_AMU, MMFR2_IESB, DFR0_PMUVER] {
+        assert_eq!(view.field(f), 0, "{f:?}");
+    }
+    // With every CPU having RAS the view still hides it: it is trapped everywhere.
+    let view = machine_view(&[first, first], &base, 39);
+    assert_eq!(view.field(PFR0_RAS), 0);
+    assert_eq!(view.field(MMFR2_IESB), 0);
+}
+
+#[test]
+fn the_boot_report_names_what_the_machine_has_and_vms_do_not_see() {
+    let host = qemu_max();
+    assert_eq!(
+        machine_hidden(&[host, host], &bothy_base()),
+        ["SCXTNUM", "RAS", "LORegions", "SME"]
+    );
+    // QEMU virt,mte=on: MTE too, named first.
+    let mut mte = host;
+    mte.set_field(PFR1_MTE, 2);
+    assert_eq!(
+        machine_hidden(&[mte], &bothy_base()),
+        ["MTE", "SCXTNUM", "RAS", "LORegions", "SME"]
+    );
+    // A feature only one CPU has is not on the machine: not named.
+    assert_eq!(
+        machine_hidden(&[mte, host], &bothy_base()),
+        ["SCXTNUM", "RAS", "LORegions", "SME"]
+    );
+    // Pointer authentication trapped: named once for its two trap bits.
+    let pauth = with_fields(&[(ISAR1_APA, 1)]);
+    assert_eq!(
+        hidden_features(&pauth, &Traps::default()),
+        ["pointer authentication"]
+    );
+    assert!(hidden_features(&IdRegs::ZERO, &Traps::default()).is_empty());
+}
+
+#[test]
+fn qemu_max_on_every_cpu_gives_the_boot_cpus_view() {
+    let host = qemu_max();
+    let one = sanitise(&host, &bothy_traps(&host), 39);
+    for n in 1..=4 {
+        assert_eq!(
+            machine_view(&vec![host; n], &bothy_base(), 39),
+            one,
+            "{n} CPUs"
+        );
+    }
+}
+
+proptest! {
+    /// The combination never promises more than either CPU, field by field, and is the
+    /// same whichever order the CPUs come in.
+    #[test]
+    fn the_combination_never_exceeds_either_cpu(
+        a in proptest::collection::vec(any::<u64>(), ID_SPACE_LEN),
+        b in proptest::collection::vec(any::<u64>(), ID_SPACE_LEN),
+        c in proptest::collection::vec(any::<u64>(), ID_SPACE_LEN),
+    ) {
+        let (a, b, c) = (regs_from(&a), regs_from(&b), regs_from(&c));
+        let ab = combine(&a, &b);
+        for f in every_field() {
+            let rule = combine_rule(f);
+            prop_assert!(rule.no_more(ab.field(f), a.field(f)), "{:?} {:?}", f, rule);
+            prop_assert!(rule.no_more(ab.field(f), b.field(f)), "{:?} {:?}", f, rule);
+        }
+        prop_assert_eq!(ab, combine(&b, &a));
+        prop_assert_eq!(combine(&a, &a), a);
+        prop_assert_eq!(combine(&ab, &c), combine(&a, &combine(&b, &c)));
+    }
+
+    /// What a VM reads on two CPUs promises no more than what it would read on either
+    /// alone (that CPU's own view, with its own traps), whatever the registers and
+    /// `hyp`'s own trap bits.
+    #[test]
+    fn the_machine_view_never_exceeds_either_cpus_view(
+        a in proptest::collection::vec(any::<u64>(), ID_SPACE_LEN),
+        b in proptest::collection::vec(any::<u64>(), ID_SPACE_LEN),
+        hcr: u64, cptr: u64, mdcr: u64, ipa_bits in 0u32..70,
+    ) {
+        let (a, b) = (regs_from(&a), regs_from(&b));
+        let base = Traps { hcr, cptr, mdcr };
+        let view = machine_view(&[a, b], &base, ipa_bits);
+        prop_assert_eq!(view, machine_view(&[b, a], &base, ipa_bits));
+        for own in [a, b] {
+            let alone = sanitise(&own, &cpu_traps(&base, &own), ipa_bits);
+            for f in every_field() {
+                let rule = combine_rule(f);
+                prop_assert!(
+                    rule.no_more(view.field(f), alone.field(f)),
+                    "{:?} {:?}: {:#x} on both, {:#x} alone", f, rule, view.field(f), alone.field(f)
+                );
+            }
+        }
+    }
+}

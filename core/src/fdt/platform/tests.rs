@@ -54,8 +54,10 @@ fn qemu_virt_gicv3() {
             psci: Some(Psci {
                 conduit: Conduit::Smc
             }),
+            pmu: Some(Pmu { ppi: 7 }),
         }
     );
+    assert_eq!(p.pmu.unwrap().intid(), 23, "QEMU virt's PMU overflow INTID");
 }
 
 #[test]
@@ -444,4 +446,68 @@ fn timer_and_psci_errors() {
         error(&blob),
         "PSCI node psci: method \"svc\" is neither \"smc\" nor \"hvc\""
     );
+}
+
+fn with_pmu(compatible: &[&str], interrupts: &[u32]) -> Option<Pmu> {
+    let blob = full_platform(|w| {
+        w.begin_node("pmu");
+        w.property_cells("interrupts", interrupts);
+        w.property_stringlist("compatible", compatible);
+        w.end_node();
+    });
+    discover(&blob).unwrap().pmu
+}
+
+#[test]
+fn pmu_is_found_only_as_one_level_high_ppi() {
+    assert_eq!(
+        discover(&full_platform(|_| {})).unwrap().pmu,
+        None,
+        "no node"
+    );
+    assert_eq!(
+        with_pmu(&["arm,armv8-pmuv3"], &[1, 7, 4]),
+        Some(Pmu { ppi: 7 })
+    );
+    // A core-specific compatible; a GICv2-style CPU mask in the flags is ignored.
+    assert_eq!(
+        with_pmu(&["arm,cortex-a72-pmu"], &[1, 9, 0xf04]),
+        Some(Pmu { ppi: 9 })
+    );
+    assert_eq!(
+        with_pmu(&["arm,armv8-pmuv3"], &[1, 7, 0]),
+        Some(Pmu { ppi: 7 })
+    );
+    // Per-CPU SPIs (interrupt-affinity boards), an edge-triggered PPI, a PPI number out
+    // of range, no interrupts, malformed interrupts, another PMU: not offered.
+    assert_eq!(with_pmu(&["arm,armv8-pmuv3"], &[0, 40, 4, 0, 41, 4]), None);
+    assert_eq!(with_pmu(&["arm,armv8-pmuv3"], &[1, 7, 1]), None);
+    assert_eq!(with_pmu(&["arm,armv8-pmuv3"], &[1, 16, 4]), None);
+    assert_eq!(with_pmu(&["arm,armv8-pmuv3"], &[]), None);
+    assert_eq!(
+        with_pmu(&["arm,armv8-pmuv3"], &[1, 7]),
+        None,
+        "not whole specifiers"
+    );
+    assert_eq!(
+        with_pmu(&["arm,neoverse-n1-pmu"], &[1, 7, 4]),
+        Some(Pmu { ppi: 7 })
+    );
+    assert_eq!(
+        with_pmu(&["arm,dsu-pmu"], &[1, 7, 4]),
+        None,
+        "not the CPU's PMU"
+    );
+}
+
+#[test]
+fn a_disabled_pmu_is_not_offered() {
+    let blob = full_platform(|w| {
+        w.begin_node("pmu");
+        w.property_cells("interrupts", &[1, 7, 4]);
+        w.property_string("compatible", "arm,armv8-pmuv3");
+        w.property_string("status", "disabled");
+        w.end_node();
+    });
+    assert_eq!(discover(&blob).unwrap().pmu, None);
 }

@@ -449,12 +449,14 @@ extern "C" {
 }
 
 /// This CPU's GICv3 virtual CPU interface (ICH_*_EL2), with its redistributor for the
-/// hardware-linked timer interrupt's active state.
+/// active state of the hardware-linked PPIs.
 pub struct HwCpuIf {
     pub lr_count: usize,
     pub aprs: usize,
     pub redist: u64,
-    pub vtimer_intid: u32,
+    /// The PPIs Bothy injects hardware-linked (bit n = INTID n): the virtual timer's,
+    /// and the PMU's overflow when guests have a PMU.
+    pub hw_ppis: u32,
 }
 
 impl CpuInterface for HwCpuIf {
@@ -480,9 +482,10 @@ impl CpuInterface for HwCpuIf {
             s.ap1r[2] = read_ich_ap1r2_el2();
             s.ap1r[3] = read_ich_ap1r3_el2();
         }
-        // The timer interrupt in flight belongs to this vCPU, not to the next one.
-        if s.holds_hw(self.vtimer_intid, self.lr_count) {
-            gic::set_private_active(self.redist, self.vtimer_intid, false);
+        // The timer or PMU interrupt in flight belongs to this vCPU, not to the next one.
+        let held = s.hw_ppis_held(self.hw_ppis, self.lr_count);
+        if held != 0 {
+            gic::set_private_active(self.redist, held, false);
         }
         isb();
     }
@@ -505,12 +508,15 @@ impl CpuInterface for HwCpuIf {
             write_ich_lr(i, s.lrs[i]);
         }
         // A hardware-linked LR needs its physical interrupt active here, so the guest's
-        // deactivation lands on it and the timer cannot fire again at EL2 meanwhile.
-        gic::set_private_active(
-            self.redist,
-            self.vtimer_intid,
-            s.holds_hw(self.vtimer_intid, self.lr_count),
-        );
+        // deactivation lands on it and its source cannot fire again at EL2 meanwhile;
+        // the others must not be (a previous vCPU's, or one EL2 left active).
+        let held = s.hw_ppis_held(self.hw_ppis, self.lr_count);
+        if self.hw_ppis & !held != 0 {
+            gic::set_private_active(self.redist, self.hw_ppis & !held, false);
+        }
+        if held != 0 {
+            gic::set_private_active(self.redist, held, true);
+        }
         write_ich_hcr_el2(s.hcr);
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! Bothy owns the distributor and every CPU's redistributor. It enables only
 //! what it needs: the kick SGI (another CPU wants this one to look at its vCPU),
-//! the vGIC maintenance PPI, the virtual-timer PPI (delivered to the guest
-//! through a hardware-linked list register) and the console UART's SPI.
+//! the vGIC maintenance PPI, the virtual-timer PPI and the PMU's overflow PPI
+//! (both delivered to the guest through hardware-linked list registers), the EL2
+//! timer's PPI and the console UART's SPI.
 //! `ICC_CTLR_EL1.EOImode = 1` splits priority drop from deactivation, which is
 //! what lets the guest's virtual EOI deactivate the physical timer interrupt.
 //! Register offsets: GICv3 architecture specification (IHI 0069), chapter 12.
@@ -139,15 +140,16 @@ pub fn init_cpu(redist: u64, private_enable_mask: u32) {
     isb();
 }
 
-/// Set or clear the active state of private interrupt `intid` (0..32) in this CPU's
-/// redistributor (a hardware-linked timer interrupt moving with its vCPU).
-pub fn set_private_active(redist: u64, intid: u32, active: bool) {
+/// Set or clear the active state of the private interrupts in `mask` (bit n = INTID n)
+/// in this CPU's redistributor (hardware-linked interrupts moving with their vCPU: the
+/// virtual timer's, the PMU's).
+pub fn set_private_active(redist: u64, mask: u32, active: bool) {
     let reg = if active {
         GICD_ISACTIVER
     } else {
         GICD_ICACTIVER
     };
-    write32(redist + GICR_SGI_FRAME + reg, 1 << (intid & 31));
+    write32(redist + GICR_SGI_FRAME + reg, mask);
 }
 
 /// Acknowledge the highest-priority pending interrupt (SPURIOUS when none).
