@@ -42,6 +42,7 @@ const REQUIRED: &[&str] = &[
     "cpu_on_race",
     "cpu_off",
     "cpu_on_again",
+    "debug_registers_per_vcpu",
     "cpu_on_bad_entry",
     "pmu_does_not_see_el2",
 ];

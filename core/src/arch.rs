@@ -139,6 +139,19 @@ pub trait Arch {
     /// vCPU's emulated physical timer comes due then): an earlier EL2 timer stays.
     fn look_at(&mut self, at: Ticks);
 
+    /// The exiting vCPU's first access to a debug register trapped
+    /// ([`crate::exit::debug`]): give it the CPU's debug registers. Its values (zero:
+    /// it held none) go into the breakpoint and watchpoint registers, the OS lock and the
+    /// double lock, and its accesses stop trapping; the exit policy then has it execute
+    /// the instruction again. `false` if it held them already (the access trapped for
+    /// another reason, and would trap again): nothing is done.
+    ///
+    /// `hyp`: [`crate::exit::debug::claim`] on this CPU's registers: unless
+    /// MDCR_EL2.TDA is clear, MSR of each `DBGBVR/DBGBCR/DBGWVR/DBGWCR<n>_EL1` the CPU has,
+    /// OSLAR_EL1 and OSDLR_EL1 with 0, then MDCR_EL2.TDA and TDOSA cleared (no barrier:
+    /// the `ERET` that resumes the vCPU synchronises them).
+    fn claim_debug(&mut self) -> bool;
+
     /// The exiting vCPU did something Bothy answered with an exception injected into it
     /// (an access outside its RAM and devices, an undefined or trapped instruction):
     /// `hyp` counts it per VM and reports it, rate-limited, so a hostile or broken guest
@@ -185,6 +198,8 @@ pub enum ArchOp {
     },
     /// [`Arch::look_at`].
     LookAt(Ticks),
+    /// [`Arch::claim_debug`].
+    ClaimDebug,
 }
 
 /// An [`Arch`] for tests: appends each maintenance call and wake-up to `log`, keeps the
@@ -202,6 +217,8 @@ pub struct FakeArch {
     /// What [`Arch::counter`] reads.
     pub now: Ticks,
     pub lrs: crate::vgic::lr::FakeListRegs,
+    /// The vCPU holds the debug registers ([`Arch::claim_debug`] succeeded).
+    pub debug_claimed: bool,
     /// Physical INTIDs whose hardware-linked source no longer asserts its level.
     pub low_lines: alloc::vec::Vec<u32>,
     pub console: alloc::vec::Vec<u8>,
@@ -284,6 +301,11 @@ impl Arch for FakeArch {
 
     fn console_out(&mut self, byte: u8) {
         self.console.push(byte);
+    }
+
+    fn claim_debug(&mut self) -> bool {
+        self.log.push(ArchOp::ClaimDebug);
+        !core::mem::replace(&mut self.debug_claimed, true)
     }
 
     fn guest_fault(&mut self, fault: GuestFault) {

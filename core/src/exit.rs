@@ -24,6 +24,7 @@ pub mod ec {
 }
 
 pub mod aarch32;
+pub mod debug;
 pub mod handle;
 pub mod idregs;
 pub mod serror;

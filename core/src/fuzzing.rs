@@ -616,7 +616,8 @@ fn after_exit(vm: &VmModel, v: usize, cpu: &mut Cpu, action: Action) {
             ArchOp::TlbiVmid(_)
             | ArchOp::TlbiIpa(..)
             | ArchOp::HwLine { .. }
-            | ArchOp::LookAt(_) => {}
+            | ArchOp::LookAt(_)
+            | ArchOp::ClaimDebug => {}
         }
     }
     cpu.hw.console.clear();

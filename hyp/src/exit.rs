@@ -472,6 +472,7 @@ fn reset_vcpu_state(vm: &Vm, vcpu: usize) {
     sysreg::write_cntkctl_el1(0);
     vm.ptimer_reset(vcpu);
     crate::arch::aarch64::context::reset_pmu(ctx.features);
+    crate::arch::aarch64::context::reset_debug(ctx.features);
     let mut lrs = ctx.lrs;
     for i in 0..bothy_core::vgic::ListRegs::count(&lrs) {
         bothy_core::vgic::ListRegs::write(&mut lrs, i, 0);
@@ -860,6 +861,13 @@ impl Arch for ExitHw {
         let scope = ExitScope::enter();
         let (vm, _) = loaded(machine::this_cpu(), &scope);
         crate::console::guest_byte(vm.index(), byte);
+    }
+
+    /// The first trapped debug-register access of the vCPU this CPU runs.
+    #[cold]
+    #[inline(never)]
+    fn claim_debug(&mut self) -> bool {
+        crate::arch::aarch64::context::claim_debug(machine::this_cpu().features)
     }
 
     #[cold]

@@ -359,7 +359,7 @@ fn dump_cpus_if_debugging(name: &str) {
     let Ok(port) = std::env::var("BOTHY_TEST_GDB") else {
         return;
     };
-    let elf = repo().join("hyp/target/aarch64-unknown-none/release/bothy-hyp");
+    let elf = repo().join("hyp/target/aarch64-unknown-none-softfloat/release/bothy-hyp");
     let out = Command::new("gdb-multiarch")
         .args(["-batch", "-ex", "set pagination off"])
         .args(["-ex", &format!("target remote :{port}")])

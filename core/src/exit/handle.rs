@@ -20,6 +20,7 @@
 //! | `MSR ICC_SGI1R_EL1` | SGIs sent (other vCPUs woken), [`Action::Resume`] |
 //! | physical timer registers | read as zero, writes ignored |
 //! | ID registers (HCR_EL2.TID3) | read the VM's sanitised view ([`super::idregs`]); a write is undefined |
+//! | debug registers (MDCR_EL2.TDA/TDOSA/TDRA) | the first access claims them for the vCPU and runs again, untrapped; MDRAR and the DCC read 0 ([`super::debug`]) |
 //!
 //! After any exit that resumes, [`finish`] stops the vCPU if its VM no longer runs and
 //! otherwise refills its list registers if the vGIC has work for it. `hyp`'s IRQ path
@@ -40,6 +41,7 @@
 //! `mmio_gicd_typer`, `sgi_self`): the policy moved here from `hyp` without costing an
 //! instruction, and must stay that way.
 
+use super::debug::{self, DebugShape};
 use super::{
     aarch32, data_abort_srt, decode, decode_lower_data_abort, decode_sysreg_trap, ec,
     exception_class, inject, sysreg as trapped, sysreg_rt, sysreg_syndrome, sysreg_write_syndrome,
@@ -497,8 +499,8 @@ fn uart_access(
 }
 
 /// Trapped system registers: SGIs are sent, the EL1 physical timer is emulated
-/// (`dev/ptimer.rs`), ID registers read the VM's view ([`super::idregs`]), anything else
-/// is undefined for the guest.
+/// (`dev/ptimer.rs`), ID registers read the VM's view ([`super::idregs`]), debug
+/// registers are claimed ([`super::debug`]), anything else is undefined for the guest.
 #[inline(never)]
 fn sysreg_access(
     vm: &VmModel,
@@ -530,6 +532,19 @@ fn sysreg_access(
         // The ID space (HCR_EL2.TID3): the VM's sanitised view. Its registers are
         // read-only, so a write falls through to undefined, as on hardware.
         frame.set_reg(access.reg, value);
+    } else if let Some(answer) = debug::answer(&access, DebugShape::of_view(&vm.id_regs)) {
+        // Debug registers (MDCR_EL2.TDA/TDOSA/TDRA, [`super::debug`]).
+        match answer {
+            // Not stepped over: the guest executes it again, untrapped.
+            debug::Answer::Claim if hw.claim_debug() => return,
+            debug::Answer::Zero if access.read => frame.set_reg(access.reg, 0),
+            debug::Answer::Zero => {}
+            // Or a claim trapped again: running it once more would only trap again.
+            debug::Answer::Claim | debug::Answer::Undefined => {
+                inject_sync(frame, inject::undefined_esr(), 0, hw);
+                return;
+            }
+        }
     } else {
         inject_sync(frame, inject::undefined_esr(), 0, hw);
         return;

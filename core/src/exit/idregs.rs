@@ -67,8 +67,9 @@
 //! | MDCR_EL2.TTRF | trace filter controls | DFR0.TraceFilt |
 //!
 //! Debug is not in the table: breakpoints and watchpoints are mandatory, so the ID
-//! registers cannot say "none", and Bothy leaves them untrapped (DebugVer capped at
-//! Armv8.8, the counts the host's). The PMU is shown (PMUVer capped at PMUv3p8, an
+//! registers cannot say "none"; Bothy traps them only until a vCPU uses them, then
+//! switches them with it ([`super::debug`]; DebugVer capped at Armv8.8, the counts
+//! the host's, which are the ones switched). The PMU is shown (PMUVer capped at PMUv3p8, an
 //! IMPLEMENTATION DEFINED PMU read as none) because Bothy does not trap it; `required`
 //! also asks for MDCR_EL2.HCCD on PMUv3p5 and later, where HPMD alone no longer keeps
 //! the cycle counter from counting at EL2. The GIC field reads GICv3 (the virtual CPU

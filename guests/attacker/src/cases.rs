@@ -663,6 +663,69 @@ fn trapped_registers() -> CheckResult {
         s0 == version,
         "SMC #0 PSCI_VERSION = {s0:#x}, HVC #0 says {version:#x}"
     );
+    debug_registers_are_its_own()
+}
+
+/// The breakpoint and watchpoint registers (trapped until a vCPU's first access, then
+/// switched with it) are this vCPU's alone: at first they read zero, never what the
+/// victim (which fills all of its own and checks them every round) left in the CPU;
+/// then, filled with the attacker's values, they read back as such for 300 ms while
+/// the victim and the two hogs share the CPUs with this vCPU. Before they were
+/// switched, each VM read the other's.
+fn debug_registers_are_its_own() -> CheckResult {
+    use crate::debugregs::{self as dbg, KINDS};
+    for (kind, n) in dbg::all() {
+        let v = dbg::read(kind, n);
+        ensure!(
+            v != dbg::victim(kind, n),
+            "{}{n} reads the victim's {v:#x}",
+            KINDS[kind]
+        );
+        ensure!(
+            v == 0,
+            "{}{n} reads {v:#x} before this VM wrote it, want 0",
+            KINDS[kind]
+        );
+    }
+    for (kind, n) in dbg::all() {
+        dbg::write(kind, n, dbg::attacker(kind, n));
+    }
+    let end = arch::now() + arch::ms_to_ticks(300);
+    let (gap, mut last) = (arch::ms_to_ticks(2), arch::now());
+    let (mut rounds, mut gaps) = (0u64, 0u64);
+    let wrong = loop {
+        if let Some(w) = dbg::first_wrong(dbg::attacker) {
+            break Some(w);
+        }
+        rounds += 1;
+        let now = arch::now();
+        if now - last > gap {
+            gaps += 1;
+        }
+        last = now;
+        if now >= end {
+            break None;
+        }
+    };
+    for (kind, n) in dbg::all() {
+        dbg::write(kind, n, 0);
+    }
+    if let Some((kind, n, v)) = wrong {
+        let whose = if v == dbg::victim(kind, n) {
+            "the victim's "
+        } else {
+            ""
+        };
+        bail!(
+            "{}{n} read {whose}{v:#x} after {rounds} good rounds, {gaps} pauses of over 2 ms, wrote {:#x}",
+            KINDS[kind],
+            dbg::attacker(kind, n)
+        );
+    }
+    let (b, w) = dbg::counts();
+    println!(
+        "# trapped_registers: {b} breakpoints and {w} watchpoints its own for {rounds} rounds, across {gaps} pauses of over 2 ms (switched out)"
+    );
     Ok(())
 }
 

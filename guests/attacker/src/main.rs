@@ -29,6 +29,7 @@
 #![allow(clippy::result_large_err)]
 
 mod cases;
+mod debugregs;
 mod exceptions;
 mod msg;
 mod psci;

@@ -1,10 +1,12 @@
 //! The victim: a VM that only wants to be left alone, and says whether it was.
 //!
-//! It fills [`FILL`] bytes of its RAM above its image with a pattern that depends on the
-//! address (so a page mapped twice or moved shows as well as a write), brings up its GIC
-//! and ticks its virtual timer every [`PERIOD_MS`]. Between ticks it sleeps in WFI.
-//! Every [`CHECK_MS`] it re-checks one [`CHUNK`] of the pattern (the whole of it every
-//! `FILL / CHUNK` rounds) and the tick record, and prints `VICTIM ok <round>`; when it
+//! It fills every breakpoint and watchpoint register with values of its own
+//! ([`debugregs::victim`]) and [`FILL`] bytes of its RAM above its image with a pattern
+//! that depends on the address (so a page mapped twice or moved shows as well as a
+//! write), brings up its GIC and ticks its virtual timer every [`PERIOD_MS`]. Between
+//! ticks it sleeps in WFI. Every [`CHECK_MS`] it re-checks one [`CHUNK`] of the pattern
+//! (the whole of it every `FILL / CHUNK` rounds), the debug registers and the tick
+//! record, and prints `VICTIM ok <round>`; when it
 //! reads `stop` on its console it checks the whole pattern and the tick rate once more,
 //! prints `VICTIM summary: ok` (or `VICTIM summary: FAILED`) and powers off.
 //!
@@ -17,7 +19,7 @@ use core::sync::atomic::{AtomicU64, Ordering::*};
 
 use crate::arch::{self, mmio_read32, write_sysreg};
 use crate::uart::println;
-use crate::{psci, GICD_BASE, GICR_BASE, RAM_BASE, UART_BASE};
+use crate::{debugregs, psci, GICD_BASE, GICR_BASE, RAM_BASE, UART_BASE};
 
 const PERIOD_MS: u64 = 10;
 const CHECK_MS: u64 = 100;
@@ -84,6 +86,10 @@ impl Run {
 
 pub fn run() -> ! {
     let mut run = Run { failures: 0 };
+    // Breakpoints and watchpoints: all of them the victim's, checked every round.
+    for (kind, n) in debugregs::all() {
+        debugregs::write(kind, n, debugregs::victim(kind, n));
+    }
     let (start, end) = region();
     let dtb = crate::dtb();
     if start < RAM_BASE || (end > dtb && start < dtb + (2 << 20)) {
@@ -131,6 +137,7 @@ pub fn run() -> ! {
         } else {
             next_chunk + CHUNK
         };
+        check_debug_registers(&mut run, round);
         let now = arch::now();
         let gap_ms = (now - LAST_TICK.load(Acquire)) * 1000 / freq;
         if gap_ms > STALL_MS {
@@ -164,6 +171,7 @@ pub fn run() -> ! {
             pattern(a)
         ));
     }
+    check_debug_registers(&mut run, round);
     let elapsed = arch::now() - t0;
     let due = elapsed / period;
     let ticks = TICKS.load(Acquire);
@@ -188,6 +196,22 @@ pub fn run() -> ! {
     let r = psci::system_off();
     println!("VICTIM fail SYSTEM_OFF returned {r}");
     rt::exceptions::park()
+}
+
+/// The breakpoint and watchpoint registers still hold what the victim wrote.
+fn check_debug_registers(run: &mut Run, round: u64) {
+    if let Some((kind, n, v)) = debugregs::first_wrong(debugregs::victim) {
+        let whose = if v == debugregs::attacker(kind, n) {
+            "the attacker's "
+        } else {
+            ""
+        };
+        run.fail(format_args!(
+            "{}{n} reads {whose}{v:#x}, wrote {:#x} (round {round})",
+            debugregs::KINDS[kind],
+            debugregs::victim(kind, n)
+        ));
+    }
 }
 
 /// Sleep in WFI (the timer ticks wake it) until the counter reaches `until`.

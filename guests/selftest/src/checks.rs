@@ -52,6 +52,10 @@ pub static CHECKS: &[Check] = &[
     ("cpu_on_race", crate::race::cpu_on_race),
     ("cpu_off", cpu_off),
     ("cpu_on_again", cpu_on_again),
+    (
+        "debug_registers_per_vcpu",
+        crate::debugregs::debug_registers_per_vcpu,
+    ),
     ("cpu_on_bad_entry", cpu_on_bad_entry),
     ("pmu_does_not_see_el2", pmu_does_not_see_el2),
 ];

@@ -19,6 +19,7 @@
 #![allow(clippy::result_large_err)]
 
 mod checks;
+mod debugregs;
 mod el0;
 mod exceptions;
 mod fdt;

@@ -734,6 +734,85 @@ fn id_registers_read_the_vms_view_and_writes_are_undefined() {
     assert_eq!(g.vm.id_regs, view);
 }
 
+#[test]
+fn a_first_debug_register_access_claims_them_and_runs_again() {
+    use crate::exit::idregs::{field, IdRegs};
+    let mut g = Guest::new(1);
+    let mut view = IdRegs::ZERO;
+    view.set_field(field::DFR0_BRPS, 5);
+    view.set_field(field::DFR0_WRPS, 3);
+    g.vm.id_regs = view;
+    // MSR DBGBVR0_EL1, x3 / MRS x3, DBGWCR3_EL1 / MSR MDSCR_EL1 / MSR OSLAR_EL1: each
+    // claims the registers and is not stepped over, so the guest executes it again.
+    for (enc, read) in [
+        ((2, 0, 0, 0, 4), false),
+        ((2, 0, 0, 3, 7), true),
+        ((2, 0, 0, 2, 2), false),
+        ((2, 0, 1, 0, 4), false),
+    ] {
+        g.hw.log.clear();
+        g.hw.debug_claimed = false;
+        g.frame.x[3] = 0xdead;
+        assert_eq!(g.exit(0, sysreg_esr(enc, 3, read)), Action::Resume);
+        assert_eq!(g.hw.log, [ArchOp::ClaimDebug], "{enc:?}");
+        assert_eq!((g.frame.elr, g.frame.x[3]), (ELR, 0xdead), "{enc:?}");
+    }
+    assert_eq!(g.exits.get(ExitKind::Sysreg), 4);
+    // Once it holds them, an access that traps all the same (something else traps it)
+    // would trap forever if run again: undefined.
+    g.frame.elr = ELR;
+    assert_eq!(
+        g.exit(0, sysreg_esr((2, 0, 0, 1, 4), 3, true)),
+        Action::Resume
+    );
+    assert_eq!(g.frame.elr, VBAR + 0x200);
+    assert_eq!(g.hw.el1[El1Reg::Esr as usize], inject::undefined_esr());
+    // Through x19..x29: every register first, like any other system register.
+    assert_eq!(
+        g.fast_exit(0, sysreg_esr((2, 0, 0, 0, 4), 20, false)),
+        Action::NeedsAllRegisters
+    );
+}
+
+#[test]
+fn debug_registers_the_guest_does_not_get() {
+    use crate::exit::idregs::{field, IdRegs};
+    let mut g = Guest::new(1);
+    let mut view = IdRegs::ZERO;
+    view.set_field(field::DFR0_BRPS, 5);
+    view.set_field(field::DFR0_WRPS, 3);
+    g.vm.id_regs = view;
+    // MDRAR_EL1 (no ROM table) and the DCC (MDCCSR_EL0, DBGDTR_EL0) read 0 and are
+    // stepped over; a DCC write is ignored. None of them claims anything.
+    for (enc, read) in [
+        ((2, 0, 1, 0, 0), true),
+        ((2, 3, 0, 1, 0), true),
+        ((2, 3, 0, 4, 0), true),
+        ((2, 3, 0, 5, 0), false),
+    ] {
+        g.frame.elr = ELR;
+        g.frame.x[3] = 0xdead;
+        assert_eq!(g.exit(0, sysreg_esr(enc, 3, read)), Action::Resume);
+        let x3 = if read { 0 } else { 0xdead };
+        assert_eq!((g.frame.elr, g.frame.x[3]), (ELR + 4, x3), "{enc:?}");
+    }
+    assert!(g.hw.log.is_empty(), "{:?}", g.hw.log);
+    // Breakpoint 6 and watchpoint 4 do not exist; OSLAR_EL1 cannot be read: undefined.
+    for (enc, read) in [
+        ((2, 0, 0, 6, 4), true),
+        ((2, 0, 0, 4, 6), false),
+        ((2, 0, 1, 0, 4), true),
+    ] {
+        g.frame.elr = ELR;
+        g.frame.spsr = SPSR_EL1H;
+        g.hw.log.clear();
+        assert_eq!(g.exit(0, sysreg_esr(enc, 3, read)), Action::Resume);
+        assert_eq!(g.frame.elr, VBAR + 0x200, "{enc:?}");
+        assert_eq!(g.hw.el1[El1Reg::Esr as usize], inject::undefined_esr());
+        assert!(!g.hw.log.contains(&ArchOp::ClaimDebug), "{enc:?}");
+    }
+}
+
 proptest! {
     /// No exit a guest can cause panics, and each ends where the architecture says: the
     /// instruction retried or stepped over, or the guest at one of its EL1 sync

@@ -12,11 +12,14 @@
 //! the predicates, FFR and ZCR_EL1 need SVE instructions. SME streaming state (ZA,
 //! PSTATE.SM) is not switched: see docs/STATUS.md.
 //!
-//! Not switched either (docs/STATUS.md): debug breakpoints/watchpoints and the PMU,
-//! which guests do not get to use across a switch yet.
+//! Breakpoints and watchpoints (with the OS lock and double lock) move only while a
+//! vCPU holds them: until its first access they trap (MDCR_EL2.TDA/TDOSA) and a
+//! switch moves none of them. `bothy_core::exit::debug` decides when; [`HwDebug`] moves
+//! them.
 
 use super::gic;
 use super::sysreg::*;
+use bothy_core::exit::debug::{self, DebugHw, DebugRegs, DebugShape, MAX_POINTS};
 use bothy_core::vgic::{CpuInterface, V3CpuIf, MAX_LRS};
 use core::arch::global_asm;
 
@@ -30,6 +33,8 @@ pub struct Features {
     pub pmu_counters: Option<usize>,
     /// ICH_APxR<n> registers implemented (1, 2 or 4).
     pub aprs: usize,
+    /// Breakpoints and watchpoints, and whether MDCR_EL2.TDCC exists.
+    pub debug: DebugShape,
 }
 
 impl Features {
@@ -55,6 +60,7 @@ impl Features {
                 6 => 2,
                 _ => 1,
             },
+            debug: DebugShape::from_id(read_id_aa64dfr0_el1(), read_id_aa64mmfr0_el1()),
         }
     }
 }
@@ -173,6 +179,134 @@ pub fn reset_pmu(f: Features) {
     }
 }
 
+/// This CPU's self-hosted debug registers, moved as `bothy_core::exit::debug` says.
+struct HwDebug;
+
+/// OSLSR_EL1.OSLK (OSLAR_EL1.OSLA, which sets it, is bit 0); OSDLR_EL1.DLK.
+const OSLSR_OSLK: u64 = 1 << 1;
+const OSDLR_DLK: u64 = 1 << 0;
+
+impl DebugHw for HwDebug {
+    #[inline(always)]
+    fn mdcr(&self) -> u64 {
+        read_mdcr_el2()
+    }
+
+    #[inline(always)]
+    fn set_mdcr(&mut self, value: u64) {
+        write_mdcr_el2(value);
+    }
+
+    // Out of line: only vCPUs that use breakpoints get here.
+    #[cold]
+    #[inline(never)]
+    fn save(&mut self, shape: DebugShape, regs: &mut DebugRegs) {
+        let (b, w) = points(shape);
+        // SAFETY: `regs` is a whole `DebugRegs` (repr(C), the offsets the routine is
+        // assembled with); it reads breakpoints 0..b and watchpoints 0..w, at most 16
+        // each, which this CPU has (ID_AA64DFR0_EL1.BRPs/WRPs).
+        unsafe { bothy_debug_save(regs, b, w) };
+        regs.os_lock = read_oslsr_el1() & OSLSR_OSLK != 0;
+        regs.double_lock = read_osdlr_el1() & OSDLR_DLK != 0;
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn load(&mut self, shape: DebugShape, regs: &DebugRegs) {
+        let (b, w) = points(shape);
+        // SAFETY: as in `save`; the registers written are the guest's own, and debug
+        // exceptions are never taken from EL2 with the debug target at EL1 (MDCR_EL2.TDE
+        // clear).
+        unsafe { bothy_debug_load(regs, b, w) };
+        write_oslar_el1(u64::from(regs.os_lock));
+        write_osdlr_el1(u64::from(regs.double_lock));
+    }
+}
+
+/// The breakpoints and watchpoints the routines move, at most [`MAX_POINTS`] each.
+fn points(shape: DebugShape) -> (usize, usize) {
+    (
+        usize::from(shape.breakpoints).min(MAX_POINTS),
+        usize::from(shape.watchpoints).min(MAX_POINTS),
+    )
+}
+
+// bothy_debug_save/load(x0 = DebugRegs*, x1 = breakpoints, x2 = watchpoints; 0..=16):
+// a branch into a run of four instructions per breakpoint (and per watchpoint), from
+// number 15 down to 0, so n of them cost 4n + 3 instructions: the loop the compiler
+// makes of them (a jump table per register) cost about four times that on each switch
+// of a vCPU that uses breakpoints.
+global_asm!(
+    r#"
+    .section .text.bothy_debug, "ax"
+    .global bothy_debug_save
+bothy_debug_save:
+    adr     x9, 1f
+    sub     x9, x9, x1, lsl #4
+    br      x9
+    .irp    i, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0
+    mrs     x10, dbgbvr\i\()_el1
+    str     x10, [x0, #(\i * 8 + {bvr})]
+    mrs     x10, dbgbcr\i\()_el1
+    str     x10, [x0, #(\i * 8 + {bcr})]
+    .endr
+1:  adr     x9, 2f
+    sub     x9, x9, x2, lsl #4
+    br      x9
+    .irp    i, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0
+    mrs     x10, dbgwvr\i\()_el1
+    str     x10, [x0, #(\i * 8 + {wvr})]
+    mrs     x10, dbgwcr\i\()_el1
+    str     x10, [x0, #(\i * 8 + {wcr})]
+    .endr
+2:  ret
+
+    .global bothy_debug_load
+bothy_debug_load:
+    adr     x9, 1f
+    sub     x9, x9, x1, lsl #4
+    br      x9
+    .irp    i, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0
+    ldr     x10, [x0, #(\i * 8 + {bvr})]
+    msr     dbgbvr\i\()_el1, x10
+    ldr     x10, [x0, #(\i * 8 + {bcr})]
+    msr     dbgbcr\i\()_el1, x10
+    .endr
+1:  adr     x9, 2f
+    sub     x9, x9, x2, lsl #4
+    br      x9
+    .irp    i, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0
+    ldr     x10, [x0, #(\i * 8 + {wvr})]
+    msr     dbgwvr\i\()_el1, x10
+    ldr     x10, [x0, #(\i * 8 + {wcr})]
+    msr     dbgwcr\i\()_el1, x10
+    .endr
+2:  ret
+"#,
+    bvr = const core::mem::offset_of!(DebugRegs, bvr),
+    bcr = const core::mem::offset_of!(DebugRegs, bcr),
+    wvr = const core::mem::offset_of!(DebugRegs, wvr),
+    wcr = const core::mem::offset_of!(DebugRegs, wcr),
+);
+
+extern "C" {
+    fn bothy_debug_save(regs: *mut DebugRegs, breakpoints: usize, watchpoints: usize);
+    fn bothy_debug_load(regs: *const DebugRegs, breakpoints: usize, watchpoints: usize);
+}
+
+/// The running vCPU's first trapped debug-register access: it gets the CPU's debug
+/// registers, zero (`bothy_core::arch::Arch::claim_debug`); `false` if it had them.
+pub fn claim_debug(f: Features) -> bool {
+    debug::claim(&mut HwDebug, f.debug)
+}
+
+/// A vCPU's reset: its debug registers trapped again, MDSCR_EL1 zero (debug exceptions
+/// off, so nothing left in the CPU can fire for it).
+pub fn reset_debug(f: Features) {
+    debug::reset(&mut HwDebug, f.debug);
+    write_mdscr_el1(0);
+}
+
 /// Everything of one vCPU that [`VcpuContext::save`] takes out of a CPU.
 #[derive(Clone, Copy, Debug)]
 pub struct VcpuContext {
@@ -181,6 +315,10 @@ pub struct VcpuContext {
     pmu: PmuRegs,
     sve_preds: [u8; SVE_PRED_BYTES],
     pub gic: V3CpuIf,
+    /// Its breakpoints and watchpoints, meaningful while `debug_claimed`.
+    debug: DebugRegs,
+    /// It holds the debug registers: they are loaded (and untrapped) when it runs.
+    debug_claimed: bool,
 }
 
 impl Default for VcpuContext {
@@ -191,6 +329,8 @@ impl Default for VcpuContext {
             pmu: PmuRegs::default(),
             sve_preds: [0; SVE_PRED_BYTES],
             gic: V3CpuIf::default(),
+            debug: DebugRegs::default(),
+            debug_claimed: false,
         }
     }
 }
@@ -441,6 +581,25 @@ impl VcpuContext {
             self.pmu.save(counters);
         }
         cpuif.put(&mut self.gic);
+        self.put_debug(f);
+    }
+
+    /// Its debug registers saved if it holds them (MDCR_EL2.TDA clear); nothing moves
+    /// for a vCPU that does not (never touched them, or went back to trapped).
+    #[inline(always)]
+    fn put_debug(&mut self, f: Features) {
+        self.debug_claimed = debug::put(&mut HwDebug, f.debug, &mut self.debug, self.el1.mdscr);
+    }
+
+    /// Its debug registers loaded if it holds them, and MDCR_EL2's traps set to match.
+    /// Then MDSCR_EL1 once more, now under its own OS lock (which makes some of its bits
+    /// writable); a vCPU that does not hold them has those bits clear.
+    #[inline(always)]
+    fn load_debug(&self, f: Features) {
+        debug::load(&mut HwDebug, f.debug, &self.debug, self.debug_claimed);
+        if self.debug_claimed {
+            write_mdscr_el1(self.el1.mdscr);
+        }
     }
 
     /// Load this vCPU's state into this CPU (the reverse of [`Self::save`]).
@@ -493,6 +652,7 @@ impl VcpuContext {
             self.pmu.restore(counters);
         }
         cpuif.load(&self.gic);
+        self.load_debug(f);
         // The timer last, with the interrupt interface ready for what it raises.
         write_cntv_cval_el0(e.cntv_cval);
         write_cntv_ctl_el0(e.cntv_ctl);

@@ -87,6 +87,7 @@ sysreg!(read_vttbr_el2, write_vttbr_el2, "vttbr_el2", arch_only);
 sysreg!(read_vpidr_el2, write_vpidr_el2, "vpidr_el2");
 sysreg!(read_vmpidr_el2, write_vmpidr_el2, "vmpidr_el2");
 sysreg!(read_cptr_el2, write_cptr_el2, "cptr_el2", arch_only);
+// Its TDA/TDOSA bits follow the running vCPU (context.rs): read-modify-write only.
 sysreg!(read_mdcr_el2, write_mdcr_el2, "mdcr_el2", arch_only);
 sysreg!(read_cnthctl_el2, write_cnthctl_el2, "cnthctl_el2", arch_only);
 sysreg!(read_cntvoff_el2, write_cntvoff_el2, "cntvoff_el2");
@@ -270,6 +271,15 @@ list_registers!(
     8 => "S3_4_C12_C13_0", 9 => "S3_4_C12_C13_1", 10 => "S3_4_C12_C13_2", 11 => "S3_4_C12_C13_3",
     12 => "S3_4_C12_C13_4", 13 => "S3_4_C12_C13_5", 14 => "S3_4_C12_C13_6", 15 => "S3_4_C12_C13_7",
 );
+
+// Self-hosted debug: a guest's OS lock and double lock, moved with its breakpoints and
+// watchpoints (context.rs's assembly) only while a vCPU holds them
+// (bothy_core::exit::debug). MDCR_EL2's TDA bit says whether the running vCPU does:
+// change MDCR_EL2 read-modify-write only. OSLAR (write-only) and OSLSR (read-only) by
+// encoding, so no accessor names an access the register does not have.
+sysreg!(read_oslsr_el1, _write_oslsr_unused, "S2_0_C1_C1_4");
+sysreg!(_read_oslar_unused, write_oslar_el1, "S2_0_C1_C0_4");
+sysreg!(read_osdlr_el1, write_osdlr_el1, "osdlr_el1");
 
 // RAS: the SError an `esb` deferred while SErrors were masked.
 sysreg!(read_disr_el1, write_disr_el1, "S3_0_C12_C1_1");

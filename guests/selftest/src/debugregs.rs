@@ -1,0 +1,370 @@
+//! `debug_registers_per_vcpu`: a hardware breakpoint, a watchpoint and the OS lock
+//! belong to the vCPU that programs them. A CPU has one set of debug registers, so a
+//! hypervisor must move them with its vCPUs (Bothy does so lazily: trapped until a
+//! vCPU's first access, then switched with it).
+//!
+//! Every vCPU of the VM (up to [`MAX`]) writes values of its own into DBGBVR0_EL1,
+//! DBGBCR0_EL1, DBGWVR0_EL1 and DBGWCR0_EL1 (enable bits clear: nothing fires) and locks
+//! the OS lock on odd vCPUs, then all of them read everything back for [`SPIN_MS`] while
+//! keeping their CPUs busy. With more vCPUs than CPUs (4 on QEMU's 2 in
+//! `cli/tests/selftest_guest.rs`) each is switched out and in many times; each must read
+//! its own values every time. Then vCPU 1, which left its values and the OS lock
+//! locked, is started again (a reset) and must read zeros and the OS lock unlocked, as
+//! KVM resets them (bare QEMU resets the OS lock locked, its cold-reset value, so this
+//! last part fails there).
+//!
+//! vCPUs 1.. run a few instructions of assembly with interrupts masked and need no
+//! stack, like race.rs; vCPU 0 is the check itself. The MMU is off, so the shared block
+//! is plain loads and stores with one writer per word.
+
+use core::sync::atomic::{AtomicU64, Ordering::*};
+
+use crate::arch::{self, read_sysreg, write_sysreg};
+use crate::msg::{bail, ensure, msg, CheckResult, Msg};
+use crate::psci::{self, call};
+use crate::uart::println;
+
+/// vCPUs taking part (0 and up to three helpers).
+pub const MAX: usize = 4;
+/// How long they all read back.
+const SPIN_MS: u64 = 300;
+/// A gap this long between two of vCPU 0's reads: it was switched out meanwhile.
+const GAP_MS: u64 = 2;
+
+/// What a helper reports; its assembly addresses it by field offset.
+#[repr(C)]
+pub struct Spin {
+    /// Set by vCPU 0: stop reading.
+    stop: AtomicU64,
+    ready: [AtomicU64; MAX],
+    loops: [AtomicU64; MAX],
+    /// 0, or which read came back wrong: 1 DBGBVR0, 2 DBGBCR0, 3 DBGWVR0, 4 DBGWCR0,
+    /// 5 OSLSR_EL1.OSLK.
+    bad: [AtomicU64; MAX],
+    /// What that read gave.
+    seen: [AtomicU64; MAX],
+    done: [AtomicU64; MAX],
+    /// vCPU 1 after its reset: DBGBVR0, DBGBCR0, DBGWVR0, DBGWCR0, OSLSR_EL1, done.
+    fresh: [AtomicU64; 6],
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const ZERO: AtomicU64 = AtomicU64::new(0);
+static SPIN: Spin = Spin {
+    stop: ZERO,
+    ready: [ZERO; MAX],
+    loops: [ZERO; MAX],
+    bad: [ZERO; MAX],
+    seen: [ZERO; MAX],
+    done: [ZERO; MAX],
+    fresh: [ZERO; 6],
+};
+
+/// vCPU `v`'s DBGBVR0, DBGBCR0, DBGWVR0, DBGWCR0 (the assembly computes the same):
+/// addresses below bit 47 (so no sign extension), the breakpoint for EL1 and EL0 on
+/// even vCPUs and EL1 only on odd ones, the watchpoint on byte `v` of its doubleword,
+/// for loads and stores at EL1 and EL0; E (bit 0) clear in both.
+const fn values(v: u64) -> [u64; 4] {
+    [
+        0xb00 << 32 | v << 16,
+        0x1e2 | ((v & 1) ^ 1) << 2,
+        0xa00 << 32 | v << 16,
+        0x20 << v | 0x1e,
+    ]
+}
+
+const WHICH: [&str; 6] = ["", "DBGBVR0", "DBGBCR0", "DBGWVR0", "DBGWCR0", "OSLSR.OSLK"];
+
+core::arch::global_asm!(
+    r#"
+.section .text.debugregs, "ax"
+// vCPUs 1..: x0 = the vCPU's index. Program, read back until told to stop, CPU_OFF
+// (leaving its values, and odd ones the OS lock locked, for the reset to clear).
+.global debug_spinner
+debug_spinner:
+    msr     daifset, #0xf
+    adrp    x19, {spin}
+    add     x19, x19, :lo12:{spin}
+    add     x20, x19, x0, lsl #3
+    mov     x10, #0xb00
+    lsl     x10, x10, #32
+    orr     x10, x10, x0, lsl #16
+    and     x9, x0, #1
+    eor     x9, x9, #1
+    mov     x11, #0x1e2
+    orr     x11, x11, x9, lsl #2
+    mov     x12, #0xa00
+    lsl     x12, x12, #32
+    orr     x12, x12, x0, lsl #16
+    mov     x9, #0x20
+    lsl     x13, x9, x0
+    orr     x13, x13, #0x1e
+    and     x14, x0, #1
+    msr     dbgbvr0_el1, x10
+    msr     dbgbcr0_el1, x11
+    msr     dbgwvr0_el1, x12
+    msr     dbgwcr0_el1, x13
+    msr     oslar_el1, x14
+    isb
+    mov     x9, #1
+    str     x9, [x20, #{ready}]
+    dsb     sy
+    sev
+    mov     x21, #0
+1:  mrs     x9, dbgbvr0_el1
+    mov     x15, #1
+    cmp     x9, x10
+    b.ne    8f
+    mrs     x9, dbgbcr0_el1
+    mov     x15, #2
+    cmp     x9, x11
+    b.ne    8f
+    mrs     x9, dbgwvr0_el1
+    mov     x15, #3
+    cmp     x9, x12
+    b.ne    8f
+    mrs     x9, dbgwcr0_el1
+    mov     x15, #4
+    cmp     x9, x13
+    b.ne    8f
+    mrs     x9, oslsr_el1
+    ubfx    x9, x9, #1, #1
+    mov     x15, #5
+    cmp     x9, x14
+    b.ne    8f
+    add     x21, x21, #1
+    str     x21, [x20, #{loops}]
+    ldr     x9, [x19, #{stop}]
+    cbz     x9, 1b
+    b       9f
+8:  str     x9, [x20, #{seen}]
+    str     x15, [x20, #{bad}]
+9:  mov     x9, #1
+    str     x9, [x20, #{done}]
+    dsb     sy
+    sev
+    movz    x0, #0x0002
+    movk    x0, #0x8400, lsl #16
+    hvc     #0
+2:  wfi
+    b       2b
+
+// vCPU 1 once more, after its reset: report what it finds, CPU_OFF.
+.global debug_fresh
+debug_fresh:
+    msr     daifset, #0xf
+    adrp    x19, {spin}
+    add     x19, x19, :lo12:{spin}
+    mrs     x9, dbgbvr0_el1
+    str     x9, [x19, #{fresh}]
+    mrs     x9, dbgbcr0_el1
+    str     x9, [x19, #{fresh} + 8]
+    mrs     x9, dbgwvr0_el1
+    str     x9, [x19, #{fresh} + 16]
+    mrs     x9, dbgwcr0_el1
+    str     x9, [x19, #{fresh} + 24]
+    mrs     x9, oslsr_el1
+    str     x9, [x19, #{fresh} + 32]
+    mov     x9, #1
+    str     x9, [x19, #{fresh} + 40]
+    dsb     sy
+    sev
+    movz    x0, #0x0002
+    movk    x0, #0x8400, lsl #16
+    hvc     #0
+3:  wfi
+    b       3b
+"#,
+    spin = sym SPIN,
+    stop = const core::mem::offset_of!(Spin, stop),
+    ready = const core::mem::offset_of!(Spin, ready),
+    loops = const core::mem::offset_of!(Spin, loops),
+    bad = const core::mem::offset_of!(Spin, bad),
+    seen = const core::mem::offset_of!(Spin, seen),
+    done = const core::mem::offset_of!(Spin, done),
+    fresh = const core::mem::offset_of!(Spin, fresh),
+);
+
+extern "C" {
+    fn debug_spinner();
+    fn debug_fresh();
+}
+
+fn entry(f: unsafe extern "C" fn()) -> u64 {
+    f as *const () as u64
+}
+
+fn affinity(v: u64) -> Result<i64, Msg> {
+    call(psci::PSCI_AFFINITY_INFO_64, v, 0, 0).map_err(|e| msg!("AFFINITY_INFO({v}): {e}"))
+}
+
+fn cpu_on(v: u64, f: unsafe extern "C" fn()) -> CheckResult {
+    let r = call(psci::PSCI_CPU_ON_64, v, entry(f), v).map_err(|e| msg!("CPU_ON({v}): {e}"))?;
+    ensure!(
+        r == psci::SUCCESS,
+        "CPU_ON({v}) = {r} {}, want 0 SUCCESS",
+        psci::name(r)
+    );
+    Ok(())
+}
+
+/// Wait up to 1 s for vCPU `v` to be OFF.
+fn wait_off(v: u64) -> CheckResult {
+    let mut last = Ok(psci::AFF_ON);
+    let off = arch::wait_until(1000, || {
+        last = affinity(v);
+        !matches!(last, Ok(psci::AFF_ON))
+    });
+    let a = last?;
+    ensure!(
+        off && a == psci::AFF_OFF,
+        "AFFINITY_INFO({v}) = {a} 1 s after it was done, want 1 OFF"
+    );
+    Ok(())
+}
+
+/// vCPU 0's own registers, as read now.
+fn own() -> [u64; 5] {
+    [
+        read_sysreg!("dbgbvr0_el1"),
+        read_sysreg!("dbgbcr0_el1"),
+        read_sysreg!("dbgwvr0_el1"),
+        read_sysreg!("dbgwcr0_el1"),
+        (read_sysreg!("oslsr_el1") >> 1) & 1,
+    ]
+}
+
+fn set_own(v: [u64; 4], os_lock: u64) {
+    write_sysreg!("dbgbvr0_el1", v[0]);
+    write_sysreg!("dbgbcr0_el1", v[1]);
+    write_sysreg!("dbgwvr0_el1", v[2]);
+    write_sysreg!("dbgwcr0_el1", v[3]);
+    write_sysreg!("oslar_el1", os_lock);
+    arch::isb();
+}
+
+fn publish() {
+    arch::dsb_sy();
+    arch::sev();
+}
+
+pub fn debug_registers_per_vcpu() -> CheckResult {
+    let n = crate::race::nr_vcpus()?.min(MAX);
+    for v in 1..n as u64 {
+        let a = affinity(v)?;
+        ensure!(
+            a == psci::AFF_OFF,
+            "precondition: AFFINITY_INFO({v}) = {a}, want 1 OFF"
+        );
+    }
+    for word in [&SPIN.stop].into_iter().chain(SPIN.ready.iter()) {
+        word.store(0, Release);
+    }
+    for i in 0..MAX {
+        for word in [&SPIN.loops[i], &SPIN.bad[i], &SPIN.seen[i], &SPIN.done[i]] {
+            word.store(0, Release);
+        }
+    }
+    for word in &SPIN.fresh {
+        word.store(0, Release);
+    }
+    publish();
+
+    // Everyone programs its own values; vCPU 0 leaves the OS lock unlocked.
+    let mine = values(0);
+    set_own(mine, 0);
+    let mut started = 1;
+    let mut result = Ok(());
+    for v in 1..n as u64 {
+        if let Err(e) = cpu_on(v, debug_spinner) {
+            result = Err(e);
+            break;
+        }
+        started += 1;
+    }
+    let ready = arch::wait_until(3000, || {
+        (1..started).all(|v| SPIN.ready[v].load(Acquire) != 0)
+    });
+
+    // All read back for SPIN_MS (vCPU 0 counts how often it was switched out).
+    let freq = arch::counter_freq();
+    let (start, gap) = (arch::now(), freq * GAP_MS / 1000);
+    let (mut last, mut gaps, mut reads) = (start, 0u64, 0u64);
+    let mut wrong = None;
+    while ready && result.is_ok() && arch::now() - start < freq * SPIN_MS / 1000 {
+        let got = own();
+        reads += 1;
+        let want = [mine[0], mine[1], mine[2], mine[3], 0];
+        if let Some(i) = (0..5).find(|&i| got[i] != want[i]) {
+            wrong = Some((i, got[i], want[i]));
+            break;
+        }
+        let now = arch::now();
+        if now - last > gap {
+            gaps += 1;
+        }
+        last = now;
+    }
+    SPIN.stop.store(1, Release);
+    publish();
+    let done = arch::wait_until(3000, || {
+        (1..started).all(|v| SPIN.done[v].load(Acquire) != 0)
+    });
+    for v in 1..started as u64 {
+        let off = wait_off(v);
+        result = result.and(off);
+    }
+    // Zero again: vCPU 0 stops holding the debug registers at its next switch.
+    set_own([0; 4], 0);
+
+    result?;
+    ensure!(
+        ready,
+        "the other vCPUs did not all program theirs within 3 s"
+    );
+    ensure!(done, "the other vCPUs did not all stop within 3 s");
+    if let Some((i, got, want)) = wrong {
+        bail!(
+            "vCPU 0 read {} = {got:#x} after {reads} good reads and {gaps} pauses of over 2 ms, wrote {want:#x}",
+            WHICH[i + 1]
+        );
+    }
+    for v in 1..started {
+        let (bad, seen) = (SPIN.bad[v].load(Acquire), SPIN.seen[v].load(Acquire));
+        let loops = SPIN.loops[v].load(Acquire);
+        if bad != 0 {
+            let i = (bad as usize).min(5);
+            let want = match i {
+                5 => (v & 1) as u64,
+                _ => values(v as u64)[i - 1],
+            };
+            bail!(
+                "vCPU {v} read {} = {seen:#x} after {loops} good reads, wrote {want:#x}",
+                WHICH[i]
+            );
+        }
+        ensure!(loops > 0, "vCPU {v} never read its registers back");
+    }
+
+    // A reset (CPU_ON again) starts vCPU 1 with zeros and the OS lock unlocked.
+    if n > 1 {
+        cpu_on(1, debug_fresh)?;
+        let fresh = arch::wait_until(3000, || SPIN.fresh[5].load(Acquire) != 0);
+        wait_off(1)?;
+        ensure!(fresh, "vCPU 1 did not report after its reset within 3 s");
+        let got: [u64; 5] = core::array::from_fn(|i| SPIN.fresh[i].load(Acquire));
+        ensure!(
+            got[..4] == [0; 4] && (got[4] >> 1) & 1 == 0,
+            "vCPU 1 after a reset reads DBGBVR0/BCR0/WVR0/WCR0 {:#x}/{:#x}/{:#x}/{:#x}, OSLSR {:#x}: want zeros, unlocked",
+            got[0],
+            got[1],
+            got[2],
+            got[3],
+            got[4]
+        );
+    }
+    println!(
+        "# debug_registers_per_vcpu: {n} vCPUs, vCPU 0 read its own {reads} times, across {gaps} pauses of over 2 ms (switched out)"
+    );
+    Ok(())
+}
