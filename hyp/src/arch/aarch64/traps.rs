@@ -8,7 +8,8 @@
 //! interrupts and SErrors taken to EL2, SMC trapped, EL1 in AArch64, ZCR_EL2 at the
 //! 128-bit vectors `context.rs` saves. A CPU adds only the trap bits its ID registers
 //! ask for (`bothy_core::exit::idregs::required`), and [`CpuTraps::new`] refuses any it
-//! does not know to be a trap that only ever adds exits.
+//! does not know to be safe to add: a trap (it only adds exits) or MDCR_EL2.HCCD (it
+//! only stops the cycle counter at EL2).
 
 use super::sysreg::*;
 use bothy_core::exit::idregs::{bits, Traps};
@@ -86,8 +87,8 @@ pub struct CpuTraps {
 
 impl CpuTraps {
     /// Bothy's bits plus `extra` (`bothy_core::exit::idregs::required` for the CPU).
-    /// `Err` holds the bits of `extra` not known here to be traps that only add exits (a
-    /// new pairing in the ID-register table that needs listing here).
+    /// `Err` holds the bits of `extra` not known here to be safe to add (a new pairing in
+    /// the ID-register table that needs listing here).
     pub fn new(extra: &Traps) -> Result<CpuTraps, Traps> {
         let unknown = Traps {
             hcr: extra.hcr & !HCR_EXTRA,
