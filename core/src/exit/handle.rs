@@ -142,7 +142,7 @@ pub fn sync_exit<const ALL_SAVED: bool, const FROM_A32: bool>(
     // SMCCC is `HVC #0`: class and immediate in one compare. Other immediates are not
     // SMCCC calls (Gunyah's own ABI, `HVC #0x6000+n`, will be routed beside them) and
     // take the general path, which refuses them.
-    let flushed = if esr as u32 & HVC_CLASS_AND_IMM == HVC_0 {
+    let flushed = if esr & HVC_CLASS_AND_IMM == HVC_0 {
         exits.count(ExitKind::Hypercall);
         match hypercall(vm, vcpu, frame, hw) {
             Action::Resume => false,
@@ -219,11 +219,13 @@ fn wake(hw: &mut impl Arch, mask: VcpuMask) {
     }
 }
 
-/// ESR_EL2's exception class and, for HVC/SMC, the immediate (ISS[15:0]).
-/// (32 bits: ESR_EL2[63:32] is RES0 here, and the mask is then one logical immediate.)
-const HVC_CLASS_AND_IMM: u32 = (0x3f << 26) | 0xffff;
+/// ESR_EL2's exception class and, for HVC/SMC, the immediate (ISS[15:0]), with
+/// ESR_EL2[63:32] (ISS2, RES0 for an HVC): one logical immediate, where masking the low
+/// 32 bits alone compiles to two `and`s. An HVC #0 with ISS2 bits set would miss this
+/// compare and be answered by the general path instead, the same way.
+const HVC_CLASS_AND_IMM: u64 = !(0x3ff << 16);
 /// ... of `HVC #0`.
-const HVC_0: u32 = ec::HVC64 << 26;
+const HVC_0: u64 = (ec::HVC64 as u64) << 26;
 
 /// An HVC or SMC with a non-zero immediate: not an SMCCC call. The caller gets
 /// NOT_SUPPORTED in X0 (X1–X3 zero), as for an unknown function.
