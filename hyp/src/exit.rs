@@ -622,23 +622,53 @@ fn wake(vm: &Vm, vcpu: usize) {
 
 /// A synchronous exit (hypercall, trapped instruction, stage-2 abort).
 pub extern "C" fn handle_sync_exit(frame: &mut GuestFrame) -> Resume {
-    sync_exit::<false>(frame)
+    let esr = sysreg::read_esr_el2();
+    // Two functions, both reached by a tail call: each sets up the stack frame its
+    // own path needs (the others' has the data abort's decode inlined, and is larger).
+    if handle::is_smccc_call(esr) {
+        hypercall_exit(frame)
+    } else {
+        sync_exit_a64(frame, esr)
+    }
+}
+
+#[inline(never)]
+fn sync_exit_a64(frame: &mut GuestFrame, esr: u64) -> Resume {
+    sync_exit::<false>(frame, esr)
 }
 
 /// A synchronous exit from 32-bit user code (a trapped WFI or device access).
 pub extern "C" fn handle_sync_exit_a32(frame: &mut GuestFrame) -> Resume {
-    sync_exit::<true>(frame)
+    sync_exit::<true>(frame, sysreg::read_esr_el2())
 }
 
-#[inline(always)]
-fn sync_exit<const FROM_A32: bool>(frame: &mut GuestFrame) -> Resume {
+/// `HVC #0` from AArch64: an SMCCC call.
+#[inline(never)]
+fn hypercall_exit(frame: &mut GuestFrame) -> Resume {
     let ctx = machine::this_cpu();
     let scope = ExitScope::enter();
     let (vm, vcpu) = loaded(ctx, &scope);
-    let esr = sysreg::read_esr_el2();
+    let exits = exits(ctx, &scope);
+    let action = handle::hypercall_exit(vm, vcpu, exits, frame, &mut ExitHw);
+    if action == Action::Resume {
+        return Resume::Saved;
+    }
+    carry_out(ctx, vm, vcpu, action)
+}
+
+#[inline(always)]
+fn sync_exit<const FROM_A32: bool>(frame: &mut GuestFrame, esr: u64) -> Resume {
+    let ctx = machine::this_cpu();
+    let scope = ExitScope::enter();
+    let (vm, vcpu) = loaded(ctx, &scope);
     let mut hw = ExitHw;
     let exits = exits(ctx, &scope);
-    let action = handle::sync_exit::<false, FROM_A32>(vm, vcpu, exits, frame, esr, &mut hw);
+    let action = if FROM_A32 {
+        handle::sync_exit::<false, true>(vm, vcpu, exits, frame, esr, &mut hw)
+    } else {
+        // `handle_sync_exit` has answered SMCCC calls.
+        handle::sync_exit_not_smccc::<false, false>(vm, vcpu, exits, frame, esr, &mut hw)
+    };
     if action == Action::Resume {
         return Resume::Saved;
     }

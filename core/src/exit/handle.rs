@@ -134,21 +134,32 @@ pub fn sync_exit<const ALL_SAVED: bool, const FROM_A32: bool>(
     esr: u64,
     hw: &mut impl Arch,
 ) -> Action {
-    // Each exit is counted once: in the arm that handles it, after any early return
-    // that sends it back to be handled with all registers saved.
     // Tested in order of frequency (a `match` would compile to a compare tree that
     // reaches the hypercall after the others).
-    let class = exception_class(esr);
     // SMCCC is `HVC #0`: class and immediate in one compare. Other immediates are not
     // SMCCC calls (Gunyah's own ABI, `HVC #0x6000+n`, will be routed beside them) and
     // take the general path, which refuses them.
-    let flushed = if esr & HVC_CLASS_AND_IMM == HVC_0 {
-        exits.count(ExitKind::Hypercall);
-        match hypercall(vm, vcpu, frame, hw) {
-            Action::Resume => false,
-            other => return other,
-        }
-    } else if class == ec::DABT_LOWER {
+    if is_smccc_call(esr) {
+        return hypercall_exit(vm, vcpu, exits, frame, hw);
+    }
+    sync_exit_not_smccc::<ALL_SAVED, FROM_A32>(vm, vcpu, exits, frame, esr, hw)
+}
+
+/// [`sync_exit`] for an exit that is not [`is_smccc_call`] (`hyp` tests that first,
+/// so that each has a stack frame of its own size).
+#[inline(always)]
+pub fn sync_exit_not_smccc<const ALL_SAVED: bool, const FROM_A32: bool>(
+    vm: &VmModel,
+    vcpu: usize,
+    exits: &ExitCounters,
+    frame: &mut GuestFrame,
+    esr: u64,
+    hw: &mut impl Arch,
+) -> Action {
+    // Each exit is counted once: in the arm that handles it, after any early return
+    // that sends it back to be handled with all registers saved.
+    let class = exception_class(esr);
+    let flushed = if class == ec::DABT_LOWER {
         if !ALL_SAVED && unsaved(data_abort_srt(esr)) {
             return Action::NeedsAllRegisters;
         }
@@ -174,6 +185,31 @@ pub fn sync_exit<const ALL_SAVED: bool, const FROM_A32: bool>(
         }
     };
     finish(vm, vcpu, flushed, hw)
+}
+
+/// Whether ESR_EL2 `esr` is an `HVC #0`, an SMCCC call: the exit [`sync_exit`] tests
+/// first. `hyp` tests it itself and calls [`hypercall_exit`] or
+/// [`sync_exit_not_smccc`], so that the hypercall's path has a stack frame of its own,
+/// as small as it needs.
+#[inline(always)]
+pub fn is_smccc_call(esr: u64) -> bool {
+    esr & HVC_CLASS_AND_IMM == HVC_0
+}
+
+/// [`sync_exit`] for an exit that [`is_smccc_call`].
+#[inline(always)]
+pub fn hypercall_exit(
+    vm: &VmModel,
+    vcpu: usize,
+    exits: &ExitCounters,
+    frame: &mut GuestFrame,
+    hw: &mut impl Arch,
+) -> Action {
+    exits.count(ExitKind::Hypercall);
+    match hypercall(vm, vcpu, frame, hw) {
+        Action::Resume => finish(vm, vcpu, false, hw),
+        other => other,
+    }
 }
 
 /// The end of an exit that keeps the vCPU on its CPU: stop it if its VM no longer
@@ -343,7 +379,7 @@ fn step_over<const FROM_A32: bool>(frame: &mut GuestFrame, esr: u64) {
 }
 
 /// A stage-2 data abort: an emulated device, or an abort for the guest.
-#[inline(never)]
+#[inline(always)]
 fn data_abort<const FROM_A32: bool>(
     vm: &VmModel,
     vcpu: usize,
