@@ -245,7 +245,13 @@ fn decode_sysreg(iss: u64) -> SysRegAccess {
 impl MmioAccess {
     /// The value a load delivers into its register, given the raw bytes read
     /// (zero- or sign-extended per the syndrome, truncated to 32 bits for W registers).
+    #[inline(always)]
     pub fn load_result(&self, raw: u64) -> u64 {
+        // The usual device read, `LDR Wt`, first: 32 bits zero-extended are the result
+        // whether Wt or Xt is named.
+        if self.size == 4 && !self.sign_extend {
+            return u64::from(raw as u32);
+        }
         // One arm per load instruction form; this runs on every emulated read.
         let extended = match (self.size, self.sign_extend) {
             (1, false) => u64::from(raw as u8),

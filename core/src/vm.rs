@@ -139,6 +139,14 @@ impl VmModel {
         VmState::from_u8(self.state.load(Ordering::Acquire))
     }
 
+    /// Whether the VM is `Running`, read without ordering: for the exit path, which
+    /// issues an acquire fence before it acts on a VM that is not (the same ordering as
+    /// [`VmModel::state`], and an `ldrb` with an offset where an `ldarb` takes none).
+    #[inline(always)]
+    pub fn is_running_relaxed(&self) -> bool {
+        self.state.load(Ordering::Relaxed) == VmState::Running as u8
+    }
+
     /// Move from Running to `to`; false if someone else changed the state first (so
     /// exactly one of several racing stops reports and finishes it).
     pub fn leave_running(&self, to: VmState) -> bool {

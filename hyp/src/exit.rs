@@ -630,23 +630,53 @@ fn wake(vm: &Vm, vcpu: usize) {
 
 /// A synchronous exit (hypercall, trapped instruction, stage-2 abort).
 pub extern "C" fn handle_sync_exit(frame: &mut GuestFrame) -> Resume {
-    sync_exit::<false>(frame)
+    let esr = sysreg::read_esr_el2();
+    // Two functions, both reached by a tail call: each sets up the stack frame its
+    // own path needs (the others' has the data abort's decode inlined, and is larger).
+    if handle::is_smccc_call(esr) {
+        hypercall_exit(frame)
+    } else {
+        sync_exit_a64(frame, esr)
+    }
+}
+
+#[inline(never)]
+fn sync_exit_a64(frame: &mut GuestFrame, esr: u64) -> Resume {
+    sync_exit::<false>(frame, esr)
 }
 
 /// A synchronous exit from 32-bit user code (a trapped WFI or device access).
 pub extern "C" fn handle_sync_exit_a32(frame: &mut GuestFrame) -> Resume {
-    sync_exit::<true>(frame)
+    sync_exit::<true>(frame, sysreg::read_esr_el2())
 }
 
-#[inline(always)]
-fn sync_exit<const FROM_A32: bool>(frame: &mut GuestFrame) -> Resume {
+/// `HVC #0` from AArch64: an SMCCC call.
+#[inline(never)]
+fn hypercall_exit(frame: &mut GuestFrame) -> Resume {
     let ctx = machine::this_cpu();
     let scope = ExitScope::enter();
     let (vm, vcpu) = loaded(ctx, &scope);
-    let esr = sysreg::read_esr_el2();
+    let exits = exits(ctx, &scope);
+    let action = handle::hypercall_exit(vm, vcpu, exits, frame, &mut ExitHw);
+    if action == Action::Resume {
+        return Resume::Saved;
+    }
+    carry_out(ctx, vm, vcpu, action)
+}
+
+#[inline(always)]
+fn sync_exit<const FROM_A32: bool>(frame: &mut GuestFrame, esr: u64) -> Resume {
+    let ctx = machine::this_cpu();
+    let scope = ExitScope::enter();
+    let (vm, vcpu) = loaded(ctx, &scope);
     let mut hw = ExitHw;
-    let exits = exits(ctx, vm, vcpu, &scope);
-    let action = handle::sync_exit::<false, FROM_A32>(vm, vcpu, exits, frame, esr, &mut hw);
+    let exits = exits(ctx, &scope);
+    let action = if FROM_A32 {
+        handle::sync_exit::<false, true>(vm, vcpu, exits, frame, esr, &mut hw)
+    } else {
+        // `handle_sync_exit` has answered SMCCC calls.
+        handle::sync_exit_not_smccc::<false, false>(vm, vcpu, exits, frame, esr, &mut hw)
+    };
     if action == Action::Resume {
         return Resume::Saved;
     }
@@ -658,7 +688,7 @@ pub extern "C" fn handle_irq_exit(_frame: &mut GuestFrame) -> Resume {
     let ctx = machine::this_cpu();
     let scope = ExitScope::enter();
     let (vm, vcpu) = loaded(ctx, &scope);
-    exits(ctx, vm, vcpu, &scope).count(ExitKind::Irq);
+    exits(ctx, &scope).count(ExitKind::Irq);
     // One interrupt per exit: another one pending brings the CPU straight back.
     let taken = take_physical_irq(machine(), Some((vm, vcpu))).unwrap_or(0);
     if taken & TICK != 0 {
@@ -681,7 +711,7 @@ pub extern "C" fn handle_other_exit(kind: u64, _frame: &mut GuestFrame) -> Resum
     let ctx = machine::this_cpu();
     let scope = ExitScope::enter();
     let (vm, vcpu) = loaded(ctx, &scope);
-    exits(ctx, vm, vcpu, &scope).count(ExitKind::Other);
+    exits(ctx, &scope).count(ExitKind::Other);
     let flushed = other_exit(kind, vm, vcpu);
     match handle::finish(vm, vcpu, flushed, &mut ExitHw) {
         Action::Resume => Resume::Saved,
@@ -701,7 +731,7 @@ pub extern "C" fn handle_exit_all(frame: &mut GuestFrame, why: u64) {
         let (vm, vcpu) = loaded(ctx, &scope);
         let esr = sysreg::read_esr_el2();
         let mut hw = ExitHw;
-        let exits = exits(ctx, vm, vcpu, &scope);
+        let exits = exits(ctx, &scope);
         let action = if aarch32::is_aarch32(frame.spsr) {
             handle::sync_exit::<true, true>(vm, vcpu, exits, frame, esr, &mut hw)
         } else {
@@ -891,14 +921,8 @@ impl Arch for ExitHw {
 
 /// The exit counters of the vCPU this CPU runs.
 #[inline(always)]
-fn exits<'s>(ctx: &CpuContext, vm: &'s Vm, vcpu: usize, scope: &'s ExitScope) -> &'s ExitCounters {
-    // Counters for a vCPU that is not there (cannot happen: `loaded` names a vCPU of
-    // its VM): counted nowhere, rather than a bounds check on every exit.
-    static NOWHERE: ExitCounters = ExitCounters::new();
-    match ctx.loaded.exits(scope) {
-        Some(exits) => exits,
-        None => vm.vcpus.get(vcpu).map_or(&NOWHERE, |v| &v.exits),
-    }
+fn exits<'s>(ctx: &CpuContext, scope: &'s ExitScope) -> &'s ExitCounters {
+    ctx.loaded.exits(scope)
 }
 
 /// The vCPU this CPU runs (an exit comes from it).
@@ -938,7 +962,7 @@ pub extern "C" fn handle_deferred_serror(syndrome: u64, _frame: &mut GuestFrame)
     let ctx = machine::this_cpu();
     let scope = ExitScope::enter();
     let (vm, vcpu) = loaded(ctx, &scope);
-    exits(ctx, vm, vcpu, &scope).count(ExitKind::Other);
+    exits(ctx, &scope).count(ExitKind::Other);
     if guest_serror(vm, vcpu, syndrome) {
         return Resume::Saved;
     }

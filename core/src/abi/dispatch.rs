@@ -72,27 +72,19 @@ pub enum Interface {
 }
 
 /// Arguments of a call: `X1..X7`, truncated to 32 bits on access for SMC32 IDs.
-/// Borrowed, not copied: most calls read one argument or none.
+/// Borrowed, not copied: most calls read one argument or none. One word, passed in a
+/// register (the convention is read from `X0` when an argument is).
 #[derive(Clone, Copy, Debug)]
 struct Args<'a> {
     regs: &'a [u64; 8],
-    smc64: bool,
 }
 
-impl<'a> Args<'a> {
-    #[inline(always)]
-    fn decode(id: FunctionId, regs: &'a [u64; 8]) -> Self {
-        Args {
-            regs,
-            smc64: id.is_smc64(),
-        }
-    }
-
+impl Args<'_> {
     /// Argument `n` (1-based, as in `Xn`).
     #[inline(always)]
     fn x(&self, n: usize) -> u64 {
         let value = self.regs[n];
-        if self.smc64 {
+        if FunctionId::from_x0(self.regs[0]).is_smc64() {
             value
         } else {
             value & u64::from(u32::MAX)
@@ -100,7 +92,8 @@ impl<'a> Args<'a> {
     }
 }
 
-type Handler = fn(&CallContext, &Args) -> Outcome;
+/// By value: the caller's two words and the argument pointer go in registers.
+type Handler = fn(CallContext, Args) -> Outcome;
 
 /// One declared call: the single source of truth for dispatch and feature discovery.
 pub struct Call {
@@ -198,71 +191,101 @@ const N_CALLS: usize = 14;
 /// Every call Bothy answers, in declaration order (for docs and feature queries).
 pub static CALLS: &[Call] = &CALL_TABLE;
 
-/// Fast-call IDs of the two owners Bothy serves, by (SMC64, owner, function number):
-/// a direct index into [`CALL_TABLE`], derived from it at compile time so the
-/// declaration stays the single source of truth and the hot path never scans.
-const INDEX_FN_BITS: u32 = 5;
-const INDEX_LEN: usize = 1 << (INDEX_FN_BITS + 2);
+/// Where a call's ID leads: a direct-mapped table of [`SLOTS`] entries indexed by a
+/// hash of the ID, derived from [`CALL_TABLE`] at compile time (so the declaration
+/// stays the single source of truth) and checked there to give every declared call a
+/// slot of its own. The hash is `(id + (id >> shift)) % SLOTS`, two instructions; the
+/// first shift that separates the declared IDs is taken. An entry holds the full ID
+/// (an ID that only shares the slot is not the call), the declaration's index and its
+/// handler, so a hypercall costs one load of the ID, a compare and a call.
+const SLOT_BITS: u32 = 6;
+const SLOTS: usize = 1 << SLOT_BITS;
 const NO_CALL: u8 = u8::MAX;
 
-/// ID bits [31:24] (fast, SMC64, owner) → which quarter of [`INDEX`] serves them.
-const PREFIX_SLOT: [u8; 256] = {
-    let mut slots = [NO_CALL; 256];
-    let fast = (smccc::FN_FAST_CALL >> smccc::FN_OWNER_SHIFT) as usize;
-    let smc64 = (smccc::FN_SMC64 >> smccc::FN_OWNER_SHIFT) as usize;
-    let arch = smccc::OWNER_ARCH as usize;
-    let standard = smccc::OWNER_STANDARD_SECURE as usize;
-    slots[fast | arch] = 0;
-    slots[fast | standard] = 1;
-    slots[fast | smc64 | arch] = 2;
-    slots[fast | smc64 | standard] = 3;
-    slots
-};
-
-#[inline(always)]
-const fn index_key(id: u32) -> Option<usize> {
-    let slot = PREFIX_SLOT[(id >> smccc::FN_OWNER_SHIFT) as usize];
-    let function = id & smccc::FN_NUMBER_MASK;
-    if slot == NO_CALL || function >= 1 << INDEX_FN_BITS {
-        return None;
-    }
-    Some(((slot as usize) << INDEX_FN_BITS) | function as usize)
+#[derive(Clone, Copy)]
+struct Slot {
+    id: u32,
+    /// Index into [`CALL_TABLE`]; [`NO_CALL`] for an empty slot.
+    call: u8,
+    /// The call's handler; `not_supported` for an empty slot (whatever ID reaches it).
+    handler: Handler,
 }
 
-const INDEX: [u8; INDEX_LEN] = {
-    let mut index = [NO_CALL; INDEX_LEN];
+#[inline(always)]
+const fn slot_of(id: u32, shift: u32) -> usize {
+    (id.wrapping_add(id >> shift) as usize) % SLOTS
+}
+
+/// The first shift under which no two declared calls share a slot.
+const HASH_SHIFT: u32 = {
+    let mut shift = 1;
+    loop {
+        assert!(
+            shift < 32,
+            "no hash shift separates the declared calls: raise SLOT_BITS"
+        );
+        let mut used = [false; SLOTS];
+        let mut i = 0;
+        while i < N_CALLS {
+            let slot = slot_of(CALL_TABLE[i].id, shift);
+            if used[slot] {
+                break;
+            }
+            used[slot] = true;
+            i += 1;
+        }
+        if i == N_CALLS {
+            break shift;
+        }
+        shift += 1;
+    }
+};
+
+static DISPATCH: [Slot; SLOTS] = {
+    let empty = Slot {
+        id: 0,
+        call: NO_CALL,
+        handler: not_supported,
+    };
+    let mut slots = [empty; SLOTS];
     let mut i = 0;
     while i < N_CALLS {
-        match index_key(CALL_TABLE[i].id) {
-            Some(key) => {
-                assert!(index[key] == NO_CALL, "two calls share an index slot");
-                index[key] = i as u8;
-            }
-            None => panic!("a declared call is outside the indexed ID space"),
-        }
+        let c = &CALL_TABLE[i];
+        slots[slot_of(c.id, HASH_SHIFT)] = Slot {
+            id: c.id,
+            call: i as u8,
+            handler: c.handler,
+        };
         i += 1;
     }
-    index
+    slots
 };
 
 /// The declaration of `id`, if Bothy implements it.
 #[inline]
 pub fn lookup(id: u32) -> Option<&'static Call> {
-    // `% INDEX_LEN` (a mask) is a no-op on a key `index_key` made; it spares every
-    // hypercall a bounds check.
-    let slot = INDEX[index_key(id)? % INDEX_LEN];
-    // The key ignores the reserved bits [23:16]; the full ID must still match.
-    CALL_TABLE.get(usize::from(slot)).filter(|c| c.id == id)
+    let slot = &DISPATCH[slot_of(id, HASH_SHIFT)];
+    if slot.id != id {
+        return None;
+    }
+    CALL_TABLE.get(usize::from(slot.call))
 }
 
 /// Handles one call. `regs` are the caller's `X0..X7`.
-#[inline]
+#[inline(always)]
 pub fn dispatch(ctx: &CallContext, regs: &[u64; 8]) -> Outcome {
-    let id = FunctionId::from_x0(regs[0]);
-    match lookup(id.0) {
-        Some(c) => (c.handler)(ctx, &Args::decode(id, regs)),
-        None => ret(smccc::NOT_SUPPORTED),
+    let id = FunctionId::from_x0(regs[0]).0;
+    let slot = &DISPATCH[slot_of(id, HASH_SHIFT)];
+    if slot.id == id {
+        (slot.handler)(*ctx, Args { regs })
+    } else {
+        ret(smccc::NOT_SUPPORTED)
     }
+}
+
+/// An empty slot's handler.
+fn not_supported(_: CallContext, _: Args) -> Outcome {
+    ret(smccc::NOT_SUPPORTED)
 }
 
 /// A single-value result in `X0`, zero in `X1..X3`.
@@ -274,26 +297,26 @@ fn ret_value(value: u64) -> Outcome {
     Outcome::Return(value)
 }
 
-fn smccc_version(_: &CallContext, _: &Args) -> Outcome {
+fn smccc_version(_: CallContext, _: Args) -> Outcome {
     ret_value(u64::from(smccc::VERSION_1_1))
 }
 
 /// DEN0028 §7.3: only Arm Architecture Service IDs are answered here; PSCI functions are
 /// discovered through `PSCI_FEATURES`.
-fn smccc_arch_features(_: &CallContext, a: &Args) -> Outcome {
+fn smccc_arch_features(_: CallContext, a: Args) -> Outcome {
     match lookup(a.x(1) as u32) {
         Some(c) if c.interface == Interface::SmcccArch => ret_value(u64::from(c.feature_flags)),
         _ => ret(smccc::NOT_SUPPORTED),
     }
 }
 
-fn psci_version(_: &CallContext, _: &Args) -> Outcome {
+fn psci_version(_: CallContext, _: Args) -> Outcome {
     ret_value(u64::from(psci::VERSION_1_1))
 }
 
 /// DEN0022 §5.1.14: PSCI functions and `SMCCC_VERSION` (the SMCCC's own discovery path
 /// goes through `PSCI_FEATURES(SMCCC_VERSION)`).
-fn psci_features(_: &CallContext, a: &Args) -> Outcome {
+fn psci_features(_: CallContext, a: Args) -> Outcome {
     match lookup(a.x(1) as u32) {
         Some(c) if c.interface == Interface::Psci || c.id == SMCCC_VERSION => {
             ret_value(u64::from(c.feature_flags))
@@ -304,19 +327,19 @@ fn psci_features(_: &CallContext, a: &Args) -> Outcome {
 
 /// Any `power_state` is treated as standby: the vCPU waits for an interrupt and returns
 /// SUCCESS with its context intact, which PSCI permits for every requested state.
-fn cpu_suspend(_: &CallContext, _: &Args) -> Outcome {
+fn cpu_suspend(_: CallContext, _: Args) -> Outcome {
     Outcome::Suspend
 }
 
 /// The vCPU stays `On` until the hypervisor has taken it off its CPU and calls
 /// [`VcpuPower::power_off`]: a `CPU_ON` from another vCPU that saw it `Off` earlier
 /// would race the vCPU still leaving (and have its start point erased).
-fn cpu_off(_ctx: &CallContext, _: &Args) -> Outcome {
+fn cpu_off(_ctx: CallContext, _: Args) -> Outcome {
     Outcome::StopVcpu
 }
 
 /// Maps a `target_cpu`/`target_affinity` argument to a vCPU of this VM.
-fn target_vcpu(ctx: &CallContext, mpidr: u64) -> Option<usize> {
+fn target_vcpu(ctx: CallContext, mpidr: u64) -> Option<usize> {
     if mpidr & !MPIDR_AFFINITY_MASK != 0 {
         return None;
     }
@@ -329,7 +352,7 @@ fn target_vcpu(ctx: &CallContext, mpidr: u64) -> Option<usize> {
 /// then entry point, then the target's state. The first caller turns the target On, so
 /// racing callers get exactly one SUCCESS and ALREADY_ON for the rest (never
 /// ON_PENDING: see `power.rs`).
-fn cpu_on(ctx: &CallContext, a: &Args) -> Outcome {
+fn cpu_on(ctx: CallContext, a: Args) -> Outcome {
     let Some(target) = target_vcpu(ctx, a.x(1)) else {
         return ret(INVALID_PARAMETERS);
     };
@@ -346,7 +369,7 @@ fn cpu_on(ctx: &CallContext, a: &Args) -> Outcome {
 
 /// `AFFINITY_INFO(target_affinity, lowest_affinity_level)`: PSCI 1.x only requires
 /// level 0 (one vCPU); Bothy has no cluster power domains to report.
-fn affinity_info(ctx: &CallContext, a: &Args) -> Outcome {
+fn affinity_info(ctx: CallContext, a: Args) -> Outcome {
     if a.x(2) != 0 {
         return ret(INVALID_PARAMETERS);
     }
@@ -359,15 +382,15 @@ fn affinity_info(ctx: &CallContext, a: &Args) -> Outcome {
     }
 }
 
-fn migrate_info_type(_: &CallContext, _: &Args) -> Outcome {
+fn migrate_info_type(_: CallContext, _: Args) -> Outcome {
     ret_value(MIGRATE_INFO_TYPE_NOT_PRESENT)
 }
 
-fn system_off(_: &CallContext, _: &Args) -> Outcome {
+fn system_off(_: CallContext, _: Args) -> Outcome {
     Outcome::SystemOff
 }
 
-fn system_reset(_: &CallContext, _: &Args) -> Outcome {
+fn system_reset(_: CallContext, _: Args) -> Outcome {
     Outcome::SystemReset
 }
 

@@ -55,6 +55,7 @@ use crate::lifecycle::VmState;
 use crate::vgic::VcpuMask;
 use crate::vm::{ExitCounters, ExitKind, VmModel};
 use core::num::NonZeroU64;
+use core::sync::atomic::{fence, Ordering};
 
 /// A vCPU's general-purpose registers and return state as an exit leaves them (the
 /// layout `hyp`'s vector code reads and writes).
@@ -133,21 +134,32 @@ pub fn sync_exit<const ALL_SAVED: bool, const FROM_A32: bool>(
     esr: u64,
     hw: &mut impl Arch,
 ) -> Action {
-    // Each exit is counted once: in the arm that handles it, after any early return
-    // that sends it back to be handled with all registers saved.
     // Tested in order of frequency (a `match` would compile to a compare tree that
     // reaches the hypercall after the others).
-    let class = exception_class(esr);
     // SMCCC is `HVC #0`: class and immediate in one compare. Other immediates are not
     // SMCCC calls (Gunyah's own ABI, `HVC #0x6000+n`, will be routed beside them) and
     // take the general path, which refuses them.
-    let flushed = if esr as u32 & HVC_CLASS_AND_IMM == HVC_0 {
-        exits.count(ExitKind::Hypercall);
-        match hypercall(vm, vcpu, frame, hw) {
-            Action::Resume => false,
-            other => return other,
-        }
-    } else if class == ec::DABT_LOWER {
+    if is_smccc_call(esr) {
+        return hypercall_exit(vm, vcpu, exits, frame, hw);
+    }
+    sync_exit_not_smccc::<ALL_SAVED, FROM_A32>(vm, vcpu, exits, frame, esr, hw)
+}
+
+/// [`sync_exit`] for an exit that is not [`is_smccc_call`] (`hyp` tests that first,
+/// so that each has a stack frame of its own size).
+#[inline(always)]
+pub fn sync_exit_not_smccc<const ALL_SAVED: bool, const FROM_A32: bool>(
+    vm: &VmModel,
+    vcpu: usize,
+    exits: &ExitCounters,
+    frame: &mut GuestFrame,
+    esr: u64,
+    hw: &mut impl Arch,
+) -> Action {
+    // Each exit is counted once: in the arm that handles it, after any early return
+    // that sends it back to be handled with all registers saved.
+    let class = exception_class(esr);
+    let flushed = if class == ec::DABT_LOWER {
         if !ALL_SAVED && unsaved(data_abort_srt(esr)) {
             return Action::NeedsAllRegisters;
         }
@@ -175,19 +187,48 @@ pub fn sync_exit<const ALL_SAVED: bool, const FROM_A32: bool>(
     finish(vm, vcpu, flushed, hw)
 }
 
+/// Whether ESR_EL2 `esr` is an `HVC #0`, an SMCCC call: the exit [`sync_exit`] tests
+/// first. `hyp` tests it itself and calls [`hypercall_exit`] or
+/// [`sync_exit_not_smccc`], so that the hypercall's path has a stack frame of its own,
+/// as small as it needs.
+#[inline(always)]
+pub fn is_smccc_call(esr: u64) -> bool {
+    esr & HVC_CLASS_AND_IMM == HVC_0
+}
+
+/// [`sync_exit`] for an exit that [`is_smccc_call`].
+#[inline(always)]
+pub fn hypercall_exit(
+    vm: &VmModel,
+    vcpu: usize,
+    exits: &ExitCounters,
+    frame: &mut GuestFrame,
+    hw: &mut impl Arch,
+) -> Action {
+    exits.count(ExitKind::Hypercall);
+    match hypercall(vm, vcpu, frame, hw) {
+        Action::Resume => finish(vm, vcpu, false, hw),
+        other => other,
+    }
+}
+
 /// The end of an exit that keeps the vCPU on its CPU: stop it if its VM no longer
 /// runs, and refill its list registers if the vGIC has work for it. `flushed`: this
 /// exit already refilled them.
 #[inline(always)]
 pub fn finish(vm: &VmModel, vcpu: usize, flushed: bool, hw: &mut impl Arch) -> Action {
-    if vm.state() != VmState::Running {
+    // Both flags are read relaxed, with the acquire fence on the branch that acts on
+    // what was read: the ordering of acquire loads, one instruction each cheaper.
+    if !vm.is_running_relaxed() {
+        fence(Ordering::Acquire);
         return Action::Stop;
     }
     // A handler that flushed is the last thing its exit does for this vCPU, so work
     // added since came from another CPU, which kicks this one: the kick's interrupt
     // is taken as soon as the guest is entered, and that exit flushes. So only an
     // exit that did not flush asks.
-    if !flushed && vm.vgic.needs_flush(vcpu) {
+    if !flushed && vm.vgic.needs_flush_relaxed(vcpu) {
+        fence(Ordering::Acquire);
         serve_list_registers(vm, vcpu, hw);
     }
     Action::Resume
@@ -214,11 +255,13 @@ fn wake(hw: &mut impl Arch, mask: VcpuMask) {
     }
 }
 
-/// ESR_EL2's exception class and, for HVC/SMC, the immediate (ISS[15:0]).
-/// (32 bits: ESR_EL2[63:32] is RES0 here, and the mask is then one logical immediate.)
-const HVC_CLASS_AND_IMM: u32 = (0x3f << 26) | 0xffff;
+/// ESR_EL2's exception class and, for HVC/SMC, the immediate (ISS[15:0]), with
+/// ESR_EL2[63:32] (ISS2, RES0 for an HVC): one logical immediate, where masking the low
+/// 32 bits alone compiles to two `and`s. An HVC #0 with ISS2 bits set would miss this
+/// compare and be answered by the general path instead, the same way.
+const HVC_CLASS_AND_IMM: u64 = !(0x3ff << 16);
 /// ... of `HVC #0`.
-const HVC_0: u32 = ec::HVC64 << 26;
+const HVC_0: u64 = (ec::HVC64 as u64) << 26;
 
 /// An HVC or SMC with a non-zero immediate: not an SMCCC call. The caller gets
 /// NOT_SUPPORTED in X0 (X1–X3 zero), as for an unknown function.
@@ -336,7 +379,7 @@ fn step_over<const FROM_A32: bool>(frame: &mut GuestFrame, esr: u64) {
 }
 
 /// A stage-2 data abort: an emulated device, or an abort for the guest.
-#[inline(never)]
+#[inline(always)]
 fn data_abort<const FROM_A32: bool>(
     vm: &VmModel,
     vcpu: usize,

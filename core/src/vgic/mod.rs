@@ -201,10 +201,14 @@ pub struct VGic {
     flags: [AtomicU32; MAX_VCPUS],
     nr_vcpus: usize,
     nr_spis: u32,
-    /// GICD_TYPER, fixed at construction (the most-read register: Linux and the
-    /// benchmark poll it).
-    typer: u32,
+    /// GICD_TYPER, GICD_IIDR, GICD_TYPER2 and GICD_STATUSR (offsets 0x4..=0x10),
+    /// fixed at construction: a read of one is an index into this (GICD_TYPER is the
+    /// most-read register: Linux and the benchmark poll it).
+    dist_id: [u32; 4],
 }
+
+/// The offset of [`VGic::dist_id`]'s first register.
+const DIST_ID_FIRST: u64 = dist::GICD_TYPER;
 
 impl VGic {
     /// Size of the GICD window.
@@ -230,7 +234,7 @@ impl VGic {
             }),
             nr_vcpus,
             nr_spis,
-            typer: dist::gicd_typer(nr_spis, nr_vcpus),
+            dist_id: [dist::gicd_typer(nr_spis, nr_vcpus), IIDR_VALUE, 0, 0],
         }
     }
 
@@ -285,10 +289,12 @@ impl VGic {
     /// GICD registers whose value never changes: read without the lock.
     #[inline(always)]
     fn dist_const(&self, offset: u64) -> Option<u32> {
+        // GICD_TYPER..=GICD_STATUSR, word-aligned: one subtract and one test.
+        let id = offset.wrapping_sub(DIST_ID_FIRST);
+        if id & !0b1100 == 0 {
+            return self.dist_id.get((id / 4) as usize).copied();
+        }
         Some(match offset {
-            dist::GICD_TYPER => self.typer,
-            dist::GICD_IIDR => IIDR_VALUE,
-            dist::GICD_TYPER2 | dist::GICD_STATUSR => 0,
             dist::GICD_PIDR2 => PIDR2_GICV3,
             dist::GICD_CIDR0..=0xFFFC if offset.is_multiple_of(4) => {
                 ID_CIDR[((offset - dist::GICD_CIDR0) / 4) as usize]
@@ -592,6 +598,14 @@ impl VGic {
     pub fn needs_flush(&self, vcpu: usize) -> bool {
         // MAX_VCPUS is a power of two: a vCPU beyond the VM reads an unused zero slot.
         self.flags[vcpu % MAX_VCPUS].load(Ordering::Acquire) != 0
+    }
+
+    /// [`VGic::needs_flush`] without ordering, for the exit path: a caller that finds
+    /// work issues an acquire fence before acting on it (the same ordering as the
+    /// `Acquire` load, one instruction cheaper there).
+    #[inline(always)]
+    pub fn needs_flush_relaxed(&self, vcpu: usize) -> bool {
+        self.flags[vcpu % MAX_VCPUS].load(Ordering::Relaxed) != 0
     }
 
     /// Reset one vCPU's redistributor and LRs (PSCI CPU_ON, VM reset). The hardware LRs are

@@ -48,7 +48,8 @@ pub fn get() -> Option<&'static CpuContext> {
 pub struct LoadedVcpu {
     vm: AtomicPtr<Vm>,
     vcpu: AtomicUsize,
-    /// Its exit counters, so counting an exit is a load and an add.
+    /// Its exit counters, so counting an exit is a load and an add. Never null: with
+    /// no vCPU loaded it points at [`NOWHERE`].
     exits: AtomicPtr<ExitCounters>,
     /// VMs let go of during the current scheduling pass (at most two: one `clear` and
     /// one `set` of an empty slot retire nothing more).
@@ -56,6 +57,14 @@ pub struct LoadedVcpu {
 }
 
 const RETIRED_SLOTS: usize = 4;
+
+/// Where the exits of no vCPU are counted (a CPU with none loaded takes no exit from a
+/// guest): keeps [`LoadedVcpu::exits`] a valid pointer, so an exit does not test it.
+static NOWHERE: ExitCounters = ExitCounters::new();
+
+const fn nowhere() -> *mut ExitCounters {
+    (&raw const NOWHERE).cast_mut()
+}
 
 /// The span in which references from [`LoadedVcpu::get`] are valid: one exit handler
 /// or scheduling pass on this CPU. Not `Send`, and never stored: make one on the
@@ -74,14 +83,14 @@ impl LoadedVcpu {
         LoadedVcpu {
             vm: AtomicPtr::new(core::ptr::null_mut()),
             vcpu: AtomicUsize::new(0),
-            exits: AtomicPtr::new(core::ptr::null_mut()),
+            exits: AtomicPtr::new(nowhere()),
             retired: [const { AtomicPtr::new(core::ptr::null_mut()) }; RETIRED_SLOTS],
         }
     }
 
     /// This CPU now holds `vcpu` of `vm`.
     pub fn set(&self, vm: Arc<Vm>, vcpu: usize) {
-        let exits = vm.vcpus.get(vcpu).map_or(core::ptr::null_mut(), |v| {
+        let exits = vm.vcpus.get(vcpu).map_or(nowhere(), |v| {
             &v.exits as *const ExitCounters as *mut ExitCounters
         });
         self.exits.store(exits, Ordering::Relaxed);
@@ -94,7 +103,7 @@ impl LoadedVcpu {
 
     /// This CPU holds no vCPU's registers any more.
     pub fn clear(&self) {
-        self.exits.store(core::ptr::null_mut(), Ordering::Relaxed);
+        self.exits.store(nowhere(), Ordering::Relaxed);
         let old = self.vm.swap(core::ptr::null_mut(), Ordering::Relaxed);
         self.retire(old);
     }
@@ -113,14 +122,15 @@ impl LoadedVcpu {
         // than free it under a reference; a destroyed VM's few KiB stay allocated.
     }
 
-    /// The loaded vCPU's exit counters.
+    /// The loaded vCPU's exit counters ([`NOWHERE`] if none is loaded).
     #[inline(always)]
-    pub fn exits<'s>(&self, _scope: &'s ExitScope) -> Option<&'s ExitCounters> {
+    pub fn exits<'s>(&self, _scope: &'s ExitScope) -> &'s ExitCounters {
         let exits = self.exits.load(Ordering::Relaxed);
-        // SAFETY: null, or taken in `set` from a vCPU of the VM this CPU holds a strong
-        // reference to; that reference is dropped only by `release_retired`, after
-        // every scope of the pass has ended (the counters are atomics, `Sync`).
-        unsafe { exits.as_ref() }
+        // SAFETY: never null: `NOWHERE` (a static), or taken in `set` from a vCPU of the
+        // VM this CPU holds a strong reference to; that reference is dropped only by
+        // `release_retired`, after every scope of the pass has ended (the counters are
+        // atomics, `Sync`).
+        unsafe { &*exits }
     }
 
     #[inline(always)]
