@@ -25,16 +25,15 @@
 #![no_std]
 #![no_main]
 #![deny(unsafe_op_in_unsafe_fn)]
-// `Msg` is a 248-byte inline buffer on purpose (no allocator); failures are rare.
+// `Msg` (rt::msg) is a 256-byte inline buffer on purpose (no allocator); failures are rare.
 #![allow(clippy::result_large_err)]
 
 mod cases;
 mod exceptions;
-mod msg;
 mod psci;
 mod victim;
 
-pub(crate) use rt::{arch, uart};
+pub(crate) use rt::{arch, msg, uart};
 
 use core::sync::atomic::{AtomicUsize, Ordering::*};
 

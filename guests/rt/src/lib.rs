@@ -13,6 +13,7 @@
 pub mod arch;
 pub mod exceptions;
 pub mod gic;
+pub mod msg;
 pub mod uart;
 
 core::arch::global_asm!(include_str!("entry.S"), options(raw));

@@ -15,7 +15,7 @@
 #![no_std]
 #![no_main]
 #![deny(unsafe_op_in_unsafe_fn)]
-// `Msg` is a 248-byte inline buffer on purpose (no allocator); failures are rare.
+// `Msg` (rt::msg) is a 256-byte inline buffer on purpose (no allocator); failures are rare.
 #![allow(clippy::result_large_err)]
 
 mod checks;
@@ -23,13 +23,12 @@ mod el0;
 mod exceptions;
 mod fdt;
 mod gic;
-mod msg;
 mod platform;
 mod psci;
 mod race;
 mod smp;
 
-pub(crate) use rt::{arch, uart};
+pub(crate) use rt::{arch, msg, uart};
 
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicUsize, Ordering::*};
