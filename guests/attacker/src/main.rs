@@ -51,11 +51,6 @@ pub const GICR_BASE: usize = 0x080A_0000;
 pub const RAM_BASE: usize = 0x4000_0000;
 
 static DTB: AtomicUsize = AtomicUsize::new(0);
-static IMAGE_BASE: AtomicUsize = AtomicUsize::new(0);
-
-pub fn image_base() -> usize {
-    IMAGE_BASE.load(Relaxed)
-}
 
 pub fn dtb() -> usize {
     DTB.load(Relaxed)
@@ -64,7 +59,6 @@ pub fn dtb() -> usize {
 #[no_mangle]
 extern "C" fn primary_main(dtb: usize, base: usize) -> ! {
     DTB.store(dtb, Relaxed);
-    IMAGE_BASE.store(base, Relaxed);
     if bootarg(b"attacker.role=victim") {
         exceptions::VICTIM.store(true, Relaxed);
         println!("# bothy attacker guest: role victim, image at {base:#x}, DTB at {dtb:#x}");
@@ -105,5 +99,5 @@ fn rt_console() -> rt::uart::Pl011 {
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
     println!("# panic on vCPU {}: {info}", arch::cpu_id());
-    exceptions::panic_recover()
+    rt::guard::panic_recover(arch::cpu_id().min(exceptions::NR_VCPUS - 1))
 }

@@ -13,6 +13,7 @@
 pub mod arch;
 pub mod exceptions;
 pub mod gic;
+pub mod guard;
 pub mod msg;
 pub mod uart;
 
@@ -32,7 +33,14 @@ core::arch::global_asm!(
 );
 
 extern "C" {
+    static _start: u8;
     static _end: u8;
+}
+
+/// Start of the image (the arm64 Image header, `_start` of entry.S): its load address.
+pub fn image_base() -> usize {
+    // `_start` is a label; only its (PC-relative) address is used.
+    core::ptr::addr_of!(_start) as usize
 }
 
 /// End of the image (`_end` of link.ld, .bss included), at its load address.

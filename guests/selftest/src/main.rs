@@ -8,8 +8,8 @@
 //!
 //! Boot (guests/rt: entry.S): Image header, self-relocation of .rela.dyn (linked at 0,
 //! loaded at any 2 MiB-aligned address), .bss zeroing, stack, VBAR_EL1, FP/SIMD on; MMU
-//! stays off (see README.md). Each check runs under `run_guarded` (a setjmp, guard.S), so
-//! an unexpected exception or a panic inside one check fails that check and the next one
+//! stays off (see README.md). Each check runs under `rt::guard::run` (a setjmp), so an
+//! unexpected exception or a panic inside one check fails that check and the next one
 //! runs.
 
 #![no_std]
@@ -36,14 +36,8 @@ use core::sync::atomic::{AtomicUsize, Ordering::*};
 use crate::msg::CheckResult;
 use crate::uart::println;
 
-core::arch::global_asm!(include_str!("guard.S"), options(raw));
 core::arch::global_asm!(include_str!("regs.S"), options(raw));
 core::arch::global_asm!(include_str!("el0.S"), options(raw));
-
-extern "C" {
-    /// Calls `f`; returns 0 when it returns, 1 when `check_recover` abandoned it.
-    fn run_guarded(f: extern "C" fn()) -> u64;
-}
 
 /// What entry.S (guests/rt) found at boot.
 #[derive(Clone, Copy)]
@@ -67,15 +61,10 @@ static BOOT: BootCell = BootCell(UnsafeCell::new(BootInfo {
     x1_x3: 0,
     relocs_unknown: 0,
 }));
-static IMAGE_BASE: AtomicUsize = AtomicUsize::new(0);
 
 pub fn boot_info() -> BootInfo {
     // SAFETY: see BootCell.
     unsafe { *BOOT.0.get() }
-}
-
-pub fn image_base() -> usize {
-    IMAGE_BASE.load(Relaxed)
 }
 
 /// Index of the running check, and its result (primary vCPU only).
@@ -105,7 +94,6 @@ extern "C" fn primary_main(dtb: usize, base: usize, x1_x3: u64, relocs_unknown: 
             relocs_unknown,
         }
     };
-    IMAGE_BASE.store(base, Relaxed);
     println!(
         "# bothy selftest: EL{}, image at {base:#x} (+{:#x}), DTB at {dtb:#x}, MPIDR {:#x}, CNTFRQ {} Hz",
         arch::current_el(),
@@ -119,47 +107,32 @@ extern "C" fn primary_main(dtb: usize, base: usize, x1_x3: u64, relocs_unknown: 
         CURRENT.store(i, SeqCst);
         // SAFETY: see ResultCell.
         unsafe { *RESULT.0.get() = None };
-        exceptions::IN_CHECK.store(true, SeqCst);
-        // SAFETY: run_current is a plain extern "C" fn; run_guarded restores our
-        // callee-saved registers and stack if the check is abandoned.
-        let abandoned = unsafe { run_guarded(run_current) } != 0;
-        exceptions::IN_CHECK.store(false, SeqCst);
+        let outcome = rt::guard::run(run_current);
         arch::irqs_mask();
-        exceptions::clear_expect();
         arch::write_sysreg!("cntv_ctl_el0", 0);
 
         // SAFETY: see ResultCell.
         let result = unsafe { (*RESULT.0.get()).take() };
-        match (abandoned, result) {
-            (false, Some(Ok(()))) => {
+        match (outcome, result) {
+            (Ok(()), Some(Ok(()))) => {
                 passed += 1;
                 println!("TEST {name} ok");
             }
-            (false, Some(Err(why))) if why.skipped => {
+            (Ok(()), Some(Err(why))) if why.skipped => {
                 skipped += 1;
                 println!("TEST {name} skipped ({why})");
             }
-            (false, Some(Err(why))) => {
+            (Ok(()), Some(Err(why))) => {
                 failed += 1;
                 println!("TEST {name} fail {why}");
             }
-            (false, None) => {
+            (Ok(()), None) => {
                 failed += 1;
                 println!("TEST {name} fail returned without a result");
             }
-            (true, _) => {
+            (Err(abort), _) => {
                 failed += 1;
-                match exceptions::take_abort() {
-                    exceptions::Abort::Sync(f) => {
-                        println!("TEST {name} fail unexpected synchronous exception: {f}")
-                    }
-                    exceptions::Abort::Vector(k, f) => {
-                        println!("TEST {name} fail unexpected exception at vector {k}: {f}")
-                    }
-                    exceptions::Abort::Panic => {
-                        println!("TEST {name} fail panic (see '# panic' above)")
-                    }
-                }
+                println!("TEST {name} fail {abort}");
             }
         }
     }
@@ -202,5 +175,5 @@ fn dtb_contains(needle: &[u8]) -> bool {
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
     println!("# panic on vCPU {}: {info}", arch::cpu_id());
-    exceptions::panic_recover()
+    rt::guard::panic_recover(arch::cpu_id().min(platform::NR_VCPUS - 1))
 }

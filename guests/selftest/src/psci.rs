@@ -3,7 +3,8 @@
 //! vCPU that survives an HVC that traps as UNDEFINED (bare QEMU without EL2 does this
 //! for every function ID it does not implement).
 
-use crate::exceptions::{guarded, Fault};
+use rt::exceptions::Fault;
+use rt::guard::guarded;
 
 pub const SMCCC_VERSION: u32 = 0x8000_0000;
 pub const SMCCC_ARCH_FEATURES: u32 = 0x8000_0001;

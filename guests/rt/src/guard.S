@@ -1,4 +1,4 @@
-// The check runner's setjmp/longjmp (the rest of the boot path is guests/rt/src/entry.S).
+// The check runner's setjmp/longjmp (rt::guard, guard.rs, is the Rust side and says why).
 
 .section .text.guard, "ax"
 // u64 run_guarded(extern "C" fn()): call it; return 0 when it returns, or 1 when
