@@ -30,10 +30,9 @@
 
 mod cases;
 mod exceptions;
-mod psci;
 mod victim;
 
-pub(crate) use rt::{arch, msg, uart};
+pub(crate) use rt::{arch, msg, psci, uart};
 
 use core::sync::atomic::{AtomicUsize, Ordering::*};
 

@@ -15,6 +15,7 @@ pub mod exceptions;
 pub mod gic;
 pub mod guard;
 pub mod msg;
+pub mod psci;
 pub mod uart;
 
 core::arch::global_asm!(include_str!("entry.S"), options(raw));

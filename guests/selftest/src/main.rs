@@ -24,11 +24,10 @@ mod exceptions;
 mod fdt;
 mod gic;
 mod platform;
-mod psci;
 mod race;
 mod smp;
 
-pub(crate) use rt::{arch, msg, uart};
+pub(crate) use rt::{arch, msg, psci, uart};
 
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicUsize, Ordering::*};
