@@ -8,7 +8,7 @@
 //!   (`rt::guard::injected_faults`): those are the ones Bothy injects and reports, which
 //!   the QEMU test compares with Bothy's rate-limited reports.
 //! * Exceptions from EL0 (the AArch32 case) are recorded with the vector they came
-//!   through, and the vCPU goes back to EL1 through `el0_return` (low.S).
+//!   through, and end the trip to EL0 (`rt::el0`).
 //! * IRQs are acknowledged and completed (EOImode 0). Each vCPU counts the SGIs it took
 //!   by INTID; the virtual timer calls the victim's tick (or is masked for the attacker).
 //!
@@ -21,7 +21,6 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::*};
 use crate::arch::{self, write_sysreg};
 use rt::exceptions::{
     Fault, Frame, KIND_IRQ_LOWER_A32, KIND_IRQ_LOWER_A64, KIND_IRQ_SPX, KIND_SYNC_SPX,
-    SPSR_EL1H_MASKED,
 };
 use rt::gic::{self, VTIMER_INTID};
 use rt::guard;
@@ -30,14 +29,8 @@ const CNTV_CTL_ENABLE: u64 = 1;
 const CNTV_CTL_IMASK: u64 = 2;
 pub const NR_VCPUS: usize = 3;
 
-extern "C" {
-    /// low.S: return from `enter_el0`.
-    fn el0_return() -> !;
-}
-
 // ---- EL0 trips (vCPU 0) --------------------------------------------------------------
 
-static IN_EL0: AtomicBool = AtomicBool::new(false);
 static EL0_KIND: AtomicU64 = AtomicU64::new(0);
 static EL0_ESR: AtomicU64 = AtomicU64::new(0);
 static EL0_FAR: AtomicU64 = AtomicU64::new(0);
@@ -52,14 +45,9 @@ pub struct El0Exit {
 /// Run the code at `entry` at EL0 in mode `spsr` with r0..r2 set, until its first
 /// synchronous exception (which is returned).
 pub fn run_el0(entry: u64, spsr: u64, r0: u64, r1: u64, r2: u64) -> El0Exit {
-    extern "C" {
-        fn enter_el0(entry: u64, spsr: u64, r0: u64, r1: u64, r2: u64);
-    }
-    IN_EL0.store(true, SeqCst);
-    // SAFETY: enter_el0 saves our callee-saved registers and SP and erets; the handler
-    // sends the first synchronous exception from EL0 to el0_return, which restores them.
-    unsafe { enter_el0(entry, spsr, r0, r1, r2) };
-    IN_EL0.store(false, SeqCst);
+    // SAFETY: the pieces of low.S touch only r0..r2 and the addresses in them, and
+    // `from_el0` ends the trip at the first exception from EL0.
+    unsafe { rt::el0::run(entry, spsr, &[r0, r1, r2, 0, 0, 0, 0, 0]) };
     El0Exit {
         kind: EL0_KIND.load(Acquire),
         fault: Fault {
@@ -89,7 +77,7 @@ extern "C" fn el1_exception(frame: &mut Frame, kind: u64) {
     guard::handler(cpu, kind, || match kind {
         KIND_IRQ_SPX | KIND_IRQ_LOWER_A64 | KIND_IRQ_LOWER_A32 => irq(cpu),
         KIND_SYNC_SPX => guard::sync(cpu, frame),
-        _ if cpu == 0 && IN_EL0.load(SeqCst) => from_el0(frame, kind),
+        _ if cpu == 0 && rt::el0::running() => from_el0(frame, kind),
         _ => guard::unexpected(cpu, frame, kind),
     });
 }
@@ -101,8 +89,7 @@ fn from_el0(frame: &mut Frame, kind: u64) {
     EL0_ESR.store(f.esr, Release);
     EL0_FAR.store(f.far, Release);
     EL0_ELR.store(f.elr, Release);
-    frame.elr = el0_return as *const () as u64;
-    frame.spsr = SPSR_EL1H_MASKED;
+    rt::el0::back_to_el1(frame);
 }
 
 fn irq(cpu: usize) {

@@ -1,47 +1,7 @@
-// Hand-written pieces: the trip to EL0 and back, the hogs' entry, and the AArch32 code
-// the EL0 case runs (the boot path and the case runner's setjmp/longjmp are in guests/rt).
+// Hand-written pieces: the hogs' entry and the AArch32 code the EL0 case runs (the boot
+// path, the case runner's setjmp/longjmp and the trip to EL0 and back are in guests/rt).
 
 .section .text.low, "ax"
-// void enter_el0(u64 entry, u64 spsr, u64 r0, u64 r1, u64 r2): eret to `entry` in the
-// mode `spsr` names (EL0, AArch32 here) with r0-r2 set; comes back through `el0_return`
-// when the exception handler sends the first exception from EL0 there. The callee-saved
-// registers and SP are kept in their own buffer: AArch32 leaves the upper halves and
-// x15 up UNKNOWN.
-.global enter_el0
-enter_el0:
-    adrp    x9, el0_buf
-    add     x9, x9, :lo12:el0_buf
-    stp     x19, x20, [x9, #0]
-    stp     x21, x22, [x9, #16]
-    stp     x23, x24, [x9, #32]
-    stp     x25, x26, [x9, #48]
-    stp     x27, x28, [x9, #64]
-    stp     x29, x30, [x9, #80]
-    mov     x10, sp
-    str     x10, [x9, #96]
-    msr     elr_el1, x0
-    msr     spsr_el1, x1
-    mov     x0, x2
-    mov     x1, x3
-    mov     x2, x4
-    isb
-    eret
-
-// Back at EL1h (reached by eret from the handler): return from enter_el0.
-.global el0_return
-el0_return:
-    adrp    x9, el0_buf
-    add     x9, x9, :lo12:el0_buf
-    ldp     x19, x20, [x9, #0]
-    ldp     x21, x22, [x9, #16]
-    ldp     x23, x24, [x9, #32]
-    ldp     x25, x26, [x9, #48]
-    ldp     x27, x28, [x9, #64]
-    ldp     x29, x30, [x9, #80]
-    ldr     x10, [x9, #96]
-    mov     sp, x10
-    ret
-
 // PSCI CPU_ON entry of a hog vCPU, x0 = its index (1 or 2): guests/rt's secondary_entry
 // has one stack for one secondary, and the attacker has two. Same EL1 setup as rt's.
 .equ SCTLR_EL1_MMU_OFF, 0x30d00800
@@ -95,7 +55,5 @@ a32_load_code:
 
 .section .bss.low, "aw", %nobits
 .balign 16
-el0_buf:
-    .skip   112
 hog_stacks:
     .skip   0x8000

@@ -11,6 +11,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod arch;
+pub mod el0;
 pub mod exceptions;
 pub mod gic;
 pub mod guard;

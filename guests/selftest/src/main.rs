@@ -36,7 +36,6 @@ use crate::msg::CheckResult;
 use crate::uart::println;
 
 core::arch::global_asm!(include_str!("regs.S"), options(raw));
-core::arch::global_asm!(include_str!("el0.S"), options(raw));
 
 /// What entry.S (guests/rt) found at boot.
 #[derive(Clone, Copy)]

@@ -1,9 +1,12 @@
-// Running a snippet of 32-bit user code (AArch32 EL0) from the primary vCPU, and
-// coming back: a setjmp/longjmp across an exception return (see el0.rs).
+// Running a snippet of user code (EL0, AArch32 in the guests so far) from the primary
+// vCPU, and coming back: a setjmp/longjmp across an exception return (rt::el0, el0.rs,
+// is the Rust side and says why).
 
 .section .text.el0, "ax"
 // u64 run_el0(x0 = entry, x1 = SPSR, x2 = &[u64; 8] initial R0-R7): drop to EL0 and
-// return when the snippet's SVC (or any unexpected exception from it) calls el0_return.
+// return 0 once the handler has sent the exception that ends the trip to el0_return.
+// x8-x10 are zeroed. The callee-saved registers and SP are saved here for el0_return to
+// restore: after AArch32 code the upper halves of x0-x14 and all of x15 up are UNKNOWN.
 .global run_el0
 run_el0:
     adrp    x9, el0_jmp_buf
