@@ -3,28 +3,14 @@
 
 .section .text.low, "ax"
 // PSCI CPU_ON entry of a hog vCPU, x0 = its index (1 or 2): guests/rt's secondary_entry
-// has one stack for one secondary, and the attacker has two. Same EL1 setup as rt's.
-.equ SCTLR_EL1_MMU_OFF, 0x30d00800
+// has one stack, for one secondary, and the attacker runs two at once. Each gets 16 KiB
+// here; rt's secondary_entry_on_stack does the rest (EL1 set-up, secondary_main(x0)).
 .global hog_entry
 hog_entry:
-    msr     daifset, #0xf
-    movz    x9, #(SCTLR_EL1_MMU_OFF & 0xffff)
-    movk    x9, #(SCTLR_EL1_MMU_OFF >> 16), lsl #16
-    msr     sctlr_el1, x9
-    isb
-    msr     spsel, #1
-    adrp    x9, hog_stacks
-    add     x9, x9, :lo12:hog_stacks
-    add     x9, x9, x0, lsl #14     // top of stack x0 (16 KiB each, index 1..2)
-    mov     sp, x9
-    adrp    x9, vectors
-    add     x9, x9, :lo12:vectors
-    msr     vbar_el1, x9
-    mov     x9, #(3 << 20)          // CPACR_EL1.FPEN: no FP/SIMD traps
-    msr     cpacr_el1, x9
-    isb
-    bl      secondary_main
-    b       park
+    adrp    x1, hog_stacks
+    add     x1, x1, :lo12:hog_stacks
+    add     x1, x1, x0, lsl #14     // top of stack x0 (16 KiB each, index 1..2)
+    b       secondary_entry_on_stack
 
 // AArch32 code for EL0 (assembled as data: this is an AArch64 assembler). Each piece
 // ends in `svc #0`; an `svc #1` right after a 16-bit instruction catches a hypervisor
