@@ -71,19 +71,9 @@ extern "C" fn primary_main(dtb: usize, base: usize) -> ! {
 /// Whether the DTB holds `needle`: a crude look for a switch in `/chosen/bootargs` (the
 /// only string in the guest's DTB a system file sets). Nothing else is read from it.
 pub fn bootarg(needle: &[u8]) -> bool {
-    const MAX_DTB: usize = 2 << 20;
-    let dtb = dtb();
-    if dtb == 0 || needle.is_empty() {
-        return false;
-    }
     // SAFETY: x0 at entry named the DTB the hypervisor placed in guest RAM (MMU off: the
-    // address is the IPA); its header's totalsize (big-endian, offset 4) bounds it, and
-    // the read is capped at 2 MiB in case the header is garbage.
-    let bytes = unsafe {
-        let total = u32::from_be(core::ptr::read_volatile((dtb + 4) as *const u32)) as usize;
-        core::slice::from_raw_parts(dtb as *const u8, total.min(MAX_DTB))
-    };
-    bytes.windows(needle.len()).any(|w| w == needle)
+    // address is the IPA); the victim's pattern stays clear of it (victim.rs).
+    unsafe { rt::fdt::Fdt::at(dtb()) }.is_some_and(|fdt| fdt.contains(needle))
 }
 
 /// The console for `print!`/`println!` (rt's hook): the PL011 at [`UART_BASE`].

@@ -13,6 +13,7 @@
 pub mod arch;
 pub mod el0;
 pub mod exceptions;
+pub mod fdt;
 pub mod gic;
 pub mod guard;
 pub mod msg;

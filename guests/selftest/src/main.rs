@@ -153,21 +153,11 @@ extern "C" fn primary_main(dtb: usize, base: usize, x1_x3: u64, relocs_unknown: 
 }
 
 /// Whether the DTB's bytes contain `needle`: a crude look for a switch in the
-/// bootargs (the selftest reads nothing else from the DTB, on purpose).
+/// bootargs (the selftest reads nothing else from the DTB but the PMU's interrupt).
 fn dtb_contains(needle: &[u8]) -> bool {
-    const MAX_DTB: usize = 2 << 20;
-    let dtb = boot_info().dtb;
-    if dtb == 0 || needle.is_empty() {
-        return false;
-    }
     // SAFETY: x0 at entry named the DTB the hypervisor placed in guest RAM (MMU off: the
-    // address is the IPA); its header's totalsize (big-endian, offset 4) bounds it, and
-    // the read is capped at 2 MiB in case the header is garbage.
-    let bytes = unsafe {
-        let total = u32::from_be(core::ptr::read_volatile((dtb + 4) as *const u32)) as usize;
-        core::slice::from_raw_parts(dtb as *const u8, total.min(MAX_DTB))
-    };
-    bytes.windows(needle.len()).any(|w| w == needle)
+    // address is the IPA); nothing writes it.
+    unsafe { rt::fdt::Fdt::at(boot_info().dtb) }.is_some_and(|fdt| fdt.contains(needle))
 }
 
 #[panic_handler]
