@@ -1,6 +1,6 @@
 // Running a snippet of user code (EL0, AArch32 in the guests so far) from the primary
 // vCPU, and coming back: a setjmp/longjmp across an exception return (rt::el0, el0.rs,
-// is the Rust side and says why).
+// is the Rust side and says why; the JMPBUF_ macros are in jmpbuf.S).
 
 .section .text.el0, "ax"
 // u64 run_el0(x0 = entry, x1 = SPSR, x2 = &[u64; 8] initial R0-R7): drop to EL0 and
@@ -9,16 +9,7 @@
 // restore: after AArch32 code the upper halves of x0-x14 and all of x15 up are UNKNOWN.
 .global run_el0
 run_el0:
-    adrp    x9, el0_jmp_buf
-    add     x9, x9, :lo12:el0_jmp_buf
-    stp     x19, x20, [x9, #0]
-    stp     x21, x22, [x9, #16]
-    stp     x23, x24, [x9, #32]
-    stp     x25, x26, [x9, #48]
-    stp     x27, x28, [x9, #64]
-    stp     x29, x30, [x9, #80]
-    mov     x10, sp
-    str     x10, [x9, #96]
+    JMPBUF_SAVE el0_jmp_buf
     msr     elr_el1, x0
     msr     spsr_el1, x1
     mov     x10, x2
@@ -36,16 +27,7 @@ run_el0:
 // the exception handler (EL1h, interrupts masked).
 .global el0_return
 el0_return:
-    adrp    x9, el0_jmp_buf
-    add     x9, x9, :lo12:el0_jmp_buf
-    ldp     x19, x20, [x9, #0]
-    ldp     x21, x22, [x9, #16]
-    ldp     x23, x24, [x9, #32]
-    ldp     x25, x26, [x9, #48]
-    ldp     x27, x28, [x9, #64]
-    ldp     x29, x30, [x9, #80]
-    ldr     x10, [x9, #96]
-    mov     sp, x10
+    JMPBUF_RESTORE el0_jmp_buf
     mov     x0, #0
     ret
 

@@ -28,8 +28,7 @@ use core::sync::atomic::{AtomicBool, Ordering::SeqCst};
 
 use crate::exceptions::{Frame, SPSR_EL1H_MASKED};
 
-core::arch::global_asm!(include_str!("el0.S"), options(raw));
-
+// el0.S is assembled in lib.rs, after the jmpbuf.S macros it uses.
 extern "C" {
     /// el0.S: drop to EL0 at `entry` with `spsr` and R0-R7 = `regs`; returns 0 through
     /// `el0_return`.

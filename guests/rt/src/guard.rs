@@ -53,8 +53,7 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::*};
 use crate::exceptions::{park, Fault, Frame, KIND_SYNC_SPX, SPSR_EL1H_MASKED};
 use crate::{println, read_sysreg};
 
-core::arch::global_asm!(include_str!("guard.S"), options(raw));
-
+// guard.S is assembled in lib.rs, after the jmpbuf.S macros it uses.
 extern "C" {
     /// guard.S: call `f`; 0 when it returns, 1 when `check_recover` abandoned it.
     fn run_guarded(f: extern "C" fn()) -> u64;

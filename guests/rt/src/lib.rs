@@ -35,6 +35,15 @@ core::arch::global_asm!(
     options(raw)
 );
 
+// The check guard's and the EL0 trip's setjmp/longjmp (guard.rs, el0.rs), in one block:
+// both use the save/restore macros of jmpbuf.S, which may be defined only once.
+core::arch::global_asm!(
+    include_str!("jmpbuf.S"),
+    include_str!("guard.S"),
+    include_str!("el0.S"),
+    options(raw)
+);
+
 extern "C" {
     static _start: u8;
     static _end: u8;
