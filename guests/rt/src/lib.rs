@@ -1,6 +1,8 @@
-//! Guest runtime shared by the Bothy test guests (guests/selftest, guests/bench): boot
-//! path, exception vectors, system-register/MMIO helpers, GICv3 bring-up steps and PL011
-//! output. See README.md for the hooks a guest defines.
+//! Guest runtime shared by the Bothy test guests (guests/selftest, guests/attacker,
+//! guests/bench): boot path, exception vectors, the check guard, trips to EL0, PSCI calls,
+//! check messages, device-tree reading, system-register/MMIO helpers, GICv3 bring-up
+//! steps and PL011 output, one module per mechanism. See README.md for the hooks a guest
+//! defines.
 //!
 //! Boot (entry.S): arm64 Image header, self-relocation of .rela.dyn (linked at 0, loaded
 //! at any 2 MiB-aligned address), .bss zeroing, stacks (64 KiB for the primary, 32 KiB
