@@ -93,11 +93,9 @@ fn from_el0(frame: &mut Frame, kind: u64) {
 }
 
 fn irq(cpu: usize) {
-    let iar = gic::ack();
-    let intid = iar & 0xff_ffff;
-    if (gic::INTID_SPECIAL_FIRST..=gic::INTID_SPECIAL_LAST).contains(&intid) {
+    let Some((iar, intid)) = gic::ack_intid() else {
         return;
-    }
+    };
     if intid == VTIMER_INTID {
         if VICTIM.load(Relaxed) {
             crate::victim::tick();

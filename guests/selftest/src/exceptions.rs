@@ -100,11 +100,9 @@ extern "C" fn el1_exception(frame: &mut Frame, kind: u64) {
 }
 
 fn irq(cpu: usize) {
-    let iar = gic::ack();
-    let intid = iar & 0xff_ffff;
-    if (gic::INTID_SPECIAL_FIRST..=gic::INTID_SPECIAL_LAST).contains(&intid) {
+    let Some((iar, intid)) = gic::ack_intid() else {
         return;
-    }
+    };
     if intid == VTIMER_INTID {
         // Level-triggered: mask at the source before EOI so it does not fire again.
         write_sysreg!("cntv_ctl_el0", CNTV_CTL_ENABLE | CNTV_CTL_IMASK);
