@@ -5,6 +5,5 @@ include!(concat!(env!("CARGO_MANIFEST_DIR"), "/../rt/build_link.rs"));
 
 fn main() {
     link_guest();
-    println!("cargo:rerun-if-changed=src/guard.S");
     println!("cargo:rerun-if-changed=src/regs.S");
 }

@@ -1,7 +1,7 @@
 //! The attacker's cases, in the order they run, and the runner. Each case does what a
 //! hostile guest would and returns `Ok(())` when Bothy answered as it must, or a
 //! one-line reason. A case that faults unexpectedly or panics is abandoned and fails
-//! alone (`run_guarded`, low.S). vCPUs 1 and 2 are started first and spin for the whole
+//! alone (`rt::guard::run`). vCPUs 1 and 2 are started first and spin for the whole
 //! run (CPU hogs: with the victim that makes four vCPUs on two CPUs, so the victim is
 //! time-shared with the attacker), taking the SGIs the SGI case sends them.
 //!
@@ -12,15 +12,17 @@ use core::arch::asm;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering::*};
 
 use crate::arch::{self, mmio_read32, mmio_read64, mmio_write32, read_sysreg, write_sysreg};
-use crate::exceptions::{
-    self, guarded, run_el0, sgis_taken, Fault, DFSC_EXT_ABORT, EC_DABT_CUR, EC_DABT_LOW, EC_SVC32,
-    EC_UNKNOWN, ESR_FNV, KIND_SYNC_LOWER_A32,
-};
+use crate::exceptions::{self, run_el0, sgis_taken};
 use crate::msg::{bail, ensure, CheckResult};
 use crate::psci::{self, hvc};
 use crate::uart::{print, println};
 use crate::{GICD_BASE, GICR_BASE, RAM_BASE, UART_BASE};
+use rt::exceptions::{
+    Fault, DFSC_EXT_ABORT, EC_DABT_CUR, EC_DABT_LOW, EC_SVC32, EC_UNKNOWN, ESR_FNV,
+    KIND_SYNC_LOWER_A32,
+};
 use rt::gic::{GICR_SGI_OFFSET, GICR_STRIDE};
+use rt::guard::{self, guarded};
 
 /// (name, gate bootarg or none, case).
 type Case = (&'static str, Option<&'static str>, fn() -> CheckResult);
@@ -56,11 +58,6 @@ static CASES: &[Case] = &[
 static mut CURRENT: usize = 0;
 static mut RESULT: Option<CheckResult> = None;
 
-extern "C" {
-    /// low.S: calls `f`; returns 0 when it returns, 1 when `check_recover` abandoned it.
-    fn run_guarded(f: extern "C" fn()) -> u64;
-}
-
 extern "C" fn run_current() {
     // SAFETY: vCPU 0 only, and the runner is not reading them while a case runs.
     unsafe {
@@ -83,37 +80,32 @@ pub fn run() -> ! {
             CURRENT = i;
             RESULT = None;
         }
-        exceptions::IN_CASE.store(true, SeqCst);
-        // SAFETY: run_current is a plain extern "C" fn; run_guarded restores our
-        // callee-saved registers and stack if the case is abandoned.
-        let abandoned = unsafe { run_guarded(run_current) } != 0;
-        exceptions::IN_CASE.store(false, SeqCst);
+        let outcome = guard::run(run_current);
         arch::irqs_mask();
-        exceptions::clear_expect();
         write_sysreg!("cntv_ctl_el0", 0);
         // SAFETY: see CURRENT.
         let result = unsafe { (*core::ptr::addr_of_mut!(RESULT)).take() };
-        match (abandoned, result) {
-            (false, Some(Ok(()))) => {
+        match (outcome, result) {
+            (Ok(()), Some(Ok(()))) => {
                 ok += 1;
                 println!("TEST {name} ok");
             }
-            (false, Some(Err(why))) => {
+            (Ok(()), Some(Err(why))) => {
                 failed += 1;
                 println!("TEST {name} FAILED: {why}");
             }
-            (false, None) => {
+            (Ok(()), None) => {
                 failed += 1;
                 println!("TEST {name} FAILED: returned without a result");
             }
-            (true, _) => {
+            (Err(abort), _) => {
                 failed += 1;
-                println!("TEST {name} FAILED: {}", exceptions::abort_reason());
+                println!("TEST {name} FAILED: {abort}");
             }
         }
     }
     HOG_STOP.store(true, Release);
-    println!("# injected faults: {}", exceptions::injected_faults());
+    println!("# injected faults: {}", guard::injected_faults());
     println!("TEST summary: {ok} ok, {failed} failed");
     let r = psci::system_off();
     println!("TEST system_off FAILED: returned {r}");

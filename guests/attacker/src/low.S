@@ -1,109 +1,16 @@
-// Hand-written pieces: the case runner's setjmp/longjmp, the trip to EL0 and back, and
-// the AArch32 code the EL0 case runs (the rest of the boot path is guests/rt/src/entry.S).
+// Hand-written pieces: the hogs' entry and the AArch32 code the EL0 case runs (the boot
+// path, the case runner's setjmp/longjmp and the trip to EL0 and back are in guests/rt).
 
 .section .text.low, "ax"
-// u64 run_guarded(extern "C" fn()): call it; return 0 when it returns, or 1 when
-// `check_recover` abandons it (unexpected exception or panic inside a case).
-// Primary vCPU only: one jump buffer.
-.global run_guarded
-run_guarded:
-    adrp    x9, jmp_buf
-    add     x9, x9, :lo12:jmp_buf
-    stp     x19, x20, [x9, #0]
-    stp     x21, x22, [x9, #16]
-    stp     x23, x24, [x9, #32]
-    stp     x25, x26, [x9, #48]
-    stp     x27, x28, [x9, #64]
-    stp     x29, x30, [x9, #80]
-    mov     x10, sp
-    str     x10, [x9, #96]
-    blr     x0
-    adrp    x9, jmp_buf
-    add     x9, x9, :lo12:jmp_buf
-    ldr     x30, [x9, #88]
-    mov     x0, #0
-    ret
-
-// Resume run_guarded's caller with 1. Reached by eret from the exception handler or
-// called from the panic handler.
-.global check_recover
-check_recover:
-    adrp    x9, jmp_buf
-    add     x9, x9, :lo12:jmp_buf
-    ldp     x19, x20, [x9, #0]
-    ldp     x21, x22, [x9, #16]
-    ldp     x23, x24, [x9, #32]
-    ldp     x25, x26, [x9, #48]
-    ldp     x27, x28, [x9, #64]
-    ldp     x29, x30, [x9, #80]
-    ldr     x10, [x9, #96]
-    mov     sp, x10
-    mov     x0, #1
-    ret
-
-// void enter_el0(u64 entry, u64 spsr, u64 r0, u64 r1, u64 r2): eret to `entry` in the
-// mode `spsr` names (EL0, AArch32 here) with r0-r2 set; comes back through `el0_return`
-// when the exception handler sends the first exception from EL0 there. The callee-saved
-// registers and SP are kept in their own buffer: AArch32 leaves the upper halves and
-// x15 up UNKNOWN.
-.global enter_el0
-enter_el0:
-    adrp    x9, el0_buf
-    add     x9, x9, :lo12:el0_buf
-    stp     x19, x20, [x9, #0]
-    stp     x21, x22, [x9, #16]
-    stp     x23, x24, [x9, #32]
-    stp     x25, x26, [x9, #48]
-    stp     x27, x28, [x9, #64]
-    stp     x29, x30, [x9, #80]
-    mov     x10, sp
-    str     x10, [x9, #96]
-    msr     elr_el1, x0
-    msr     spsr_el1, x1
-    mov     x0, x2
-    mov     x1, x3
-    mov     x2, x4
-    isb
-    eret
-
-// Back at EL1h (reached by eret from the handler): return from enter_el0.
-.global el0_return
-el0_return:
-    adrp    x9, el0_buf
-    add     x9, x9, :lo12:el0_buf
-    ldp     x19, x20, [x9, #0]
-    ldp     x21, x22, [x9, #16]
-    ldp     x23, x24, [x9, #32]
-    ldp     x25, x26, [x9, #48]
-    ldp     x27, x28, [x9, #64]
-    ldp     x29, x30, [x9, #80]
-    ldr     x10, [x9, #96]
-    mov     sp, x10
-    ret
-
 // PSCI CPU_ON entry of a hog vCPU, x0 = its index (1 or 2): guests/rt's secondary_entry
-// has one stack for one secondary, and the attacker has two. Same EL1 setup as rt's.
-.equ SCTLR_EL1_MMU_OFF, 0x30d00800
+// has one stack, for one secondary, and the attacker runs two at once. Each gets 16 KiB
+// here; rt's secondary_entry_on_stack does the rest (EL1 set-up, secondary_main(x0)).
 .global hog_entry
 hog_entry:
-    msr     daifset, #0xf
-    movz    x9, #(SCTLR_EL1_MMU_OFF & 0xffff)
-    movk    x9, #(SCTLR_EL1_MMU_OFF >> 16), lsl #16
-    msr     sctlr_el1, x9
-    isb
-    msr     spsel, #1
-    adrp    x9, hog_stacks
-    add     x9, x9, :lo12:hog_stacks
-    add     x9, x9, x0, lsl #14     // top of stack x0 (16 KiB each, index 1..2)
-    mov     sp, x9
-    adrp    x9, vectors
-    add     x9, x9, :lo12:vectors
-    msr     vbar_el1, x9
-    mov     x9, #(3 << 20)          // CPACR_EL1.FPEN: no FP/SIMD traps
-    msr     cpacr_el1, x9
-    isb
-    bl      secondary_main
-    b       park
+    adrp    x1, hog_stacks
+    add     x1, x1, :lo12:hog_stacks
+    add     x1, x1, x0, lsl #14     // top of stack x0 (16 KiB each, index 1..2)
+    b       secondary_entry_on_stack
 
 // AArch32 code for EL0 (assembled as data: this is an AArch64 assembler). Each piece
 // ends in `svc #0`; an `svc #1` right after a 16-bit instruction catches a hypervisor
@@ -134,9 +41,5 @@ a32_load_code:
 
 .section .bss.low, "aw", %nobits
 .balign 16
-jmp_buf:
-    .skip   112
-el0_buf:
-    .skip   112
 hog_stacks:
     .skip   0x8000

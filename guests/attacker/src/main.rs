@@ -25,17 +25,15 @@
 #![no_std]
 #![no_main]
 #![deny(unsafe_op_in_unsafe_fn)]
-// `Msg` is a 248-byte inline buffer on purpose (no allocator); failures are rare.
+// `Msg` (rt::msg) is a 256-byte inline buffer on purpose (no allocator); failures are rare.
 #![allow(clippy::result_large_err)]
 
 mod cases;
 mod debugregs;
 mod exceptions;
-mod msg;
-mod psci;
 mod victim;
 
-pub(crate) use rt::{arch, uart};
+pub(crate) use rt::{arch, msg, psci, uart};
 
 use core::sync::atomic::{AtomicUsize, Ordering::*};
 
@@ -53,11 +51,6 @@ pub const GICR_BASE: usize = 0x080A_0000;
 pub const RAM_BASE: usize = 0x4000_0000;
 
 static DTB: AtomicUsize = AtomicUsize::new(0);
-static IMAGE_BASE: AtomicUsize = AtomicUsize::new(0);
-
-pub fn image_base() -> usize {
-    IMAGE_BASE.load(Relaxed)
-}
 
 pub fn dtb() -> usize {
     DTB.load(Relaxed)
@@ -66,7 +59,6 @@ pub fn dtb() -> usize {
 #[no_mangle]
 extern "C" fn primary_main(dtb: usize, base: usize) -> ! {
     DTB.store(dtb, Relaxed);
-    IMAGE_BASE.store(base, Relaxed);
     if bootarg(b"attacker.role=victim") {
         exceptions::VICTIM.store(true, Relaxed);
         println!("# bothy attacker guest: role victim, image at {base:#x}, DTB at {dtb:#x}");
@@ -80,19 +72,9 @@ extern "C" fn primary_main(dtb: usize, base: usize) -> ! {
 /// Whether the DTB holds `needle`: a crude look for a switch in `/chosen/bootargs` (the
 /// only string in the guest's DTB a system file sets). Nothing else is read from it.
 pub fn bootarg(needle: &[u8]) -> bool {
-    const MAX_DTB: usize = 2 << 20;
-    let dtb = dtb();
-    if dtb == 0 || needle.is_empty() {
-        return false;
-    }
     // SAFETY: x0 at entry named the DTB the hypervisor placed in guest RAM (MMU off: the
-    // address is the IPA); its header's totalsize (big-endian, offset 4) bounds it, and
-    // the read is capped at 2 MiB in case the header is garbage.
-    let bytes = unsafe {
-        let total = u32::from_be(core::ptr::read_volatile((dtb + 4) as *const u32)) as usize;
-        core::slice::from_raw_parts(dtb as *const u8, total.min(MAX_DTB))
-    };
-    bytes.windows(needle.len()).any(|w| w == needle)
+    // address is the IPA); the victim's pattern stays clear of it (victim.rs).
+    unsafe { rt::fdt::Fdt::at(dtb()) }.is_some_and(|fdt| fdt.contains(needle))
 }
 
 /// The console for `print!`/`println!` (rt's hook): the PL011 at [`UART_BASE`].
@@ -107,5 +89,5 @@ fn rt_console() -> rt::uart::Pl011 {
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
     println!("# panic on vCPU {}: {info}", arch::cpu_id());
-    exceptions::panic_recover()
+    rt::guard::panic_recover(arch::cpu_id().min(exceptions::NR_VCPUS - 1))
 }

@@ -85,7 +85,7 @@ extern "C" fn el1_exception(frame: &mut Frame, kind: u64, entry_ticks: u64) {
                 read_sysreg!("esr_el1"),
                 read_sysreg!("far_el1"),
                 frame.elr,
-                frame.elr.wrapping_sub(crate::image_base() as u64)
+                frame.elr.wrapping_sub(rt::image_base() as u64)
             );
             if cpu == 0 {
                 crate::power_off();

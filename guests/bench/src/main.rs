@@ -22,7 +22,7 @@ pub(crate) use rt::{arch, uart};
 
 use core::cell::UnsafeCell;
 use core::fmt;
-use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering::*};
+use core::sync::atomic::{AtomicU32, Ordering::*};
 
 use crate::arch::write_sysreg;
 use crate::exceptions::{count, timer_at, FAULTS, FAULT_OK, LAST_ESR, PRIMARY_MPIDR};
@@ -50,12 +50,6 @@ const BENCH_PRIORITY: u32 = 0xa0;
 const UART_BENCH_BYTE: u8 = b' ';
 /// How long to wait for the second vCPU to come up after CPU_ON.
 const SECONDARY_TIMEOUT_MS: u64 = 1000;
-
-static IMAGE_BASE: AtomicUsize = AtomicUsize::new(0);
-
-pub fn image_base() -> usize {
-    IMAGE_BASE.load(Relaxed)
-}
 
 /// Sample buffer; the primary vCPU only, never from an exception handler.
 struct Samples(UnsafeCell<[u64; MAX_ITERS]>);
@@ -336,7 +330,6 @@ pub fn power_off() -> ! {
 
 #[no_mangle]
 extern "C" fn primary_main(dtb: usize, base: usize) -> ! {
-    IMAGE_BASE.store(base, Relaxed);
     let me = arch::mpidr_aff();
     PRIMARY_MPIDR.store(me, Relaxed);
     let info = fdt::parse(dtb);

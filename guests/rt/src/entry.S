@@ -3,7 +3,8 @@
 //
 // Hooks the guest defines (extern "C"):
 //   primary_main(dtb, image_base, x1|x2|x3 at entry, unknown relocation count) -> !
-//   secondary_main(context_id) -> !           (entered through PSCI CPU_ON at secondary_entry)
+//   secondary_main(context_id) -> !           (entered through PSCI CPU_ON at secondary_entry,
+//                                              or secondary_entry_on_stack via the guest's own)
 //   el1_exception(frame, kind[, entry_ticks])  (called by vectors.S)
 //
 // Entered at EL1, MMU and D-cache off, x0 = DTB physical address, x1..x3 = 0 (Linux
@@ -92,19 +93,28 @@ primary_entry:
     b       park
 
 // PSCI CPU_ON entry of a secondary vCPU: x0 = context_id. The primary has already relocated
-// the image and zeroed .bss.
+// the image and zeroed .bss. One stack: one secondary running at a time.
 .global secondary_entry
 secondary_entry:
+    adrp    x1, stack1_top
+    add     x1, x1, :lo12:stack1_top
+    // Fall through.
+
+// The same on a stack the guest picked: x0 = context_id, x1 = top of the stack. A guest
+// that runs several secondaries at once gives CPU_ON its own entry, which picks a stack
+// per vCPU without touching memory (adrp/add only: SCTLR_EL1 is not set yet) and
+// branches here.
+.global secondary_entry_on_stack
+secondary_entry_on_stack:
     msr     daifset, #0xf
     mov     x19, x0
+    mov     x20, x1
     movz    x9, #(SCTLR_EL1_MMU_OFF & 0xffff)
     movk    x9, #(SCTLR_EL1_MMU_OFF >> 16), lsl #16
     msr     sctlr_el1, x9
     isb
     msr     spsel, #1
-    adrp    x9, stack1_top
-    add     x9, x9, :lo12:stack1_top
-    mov     sp, x9
+    mov     sp, x20
     bl      cpu_common_init
     mov     x0, x19
     bl      secondary_main

@@ -155,6 +155,15 @@ pub fn ack() -> u32 {
     iar
 }
 
+/// [`ack`], split for an IRQ handler: `(iar, intid)`, `iar` for the [`eoi`] and `intid`
+/// its INTID field (bits 23:0); `None` for a special INTID (1020-1023: nothing to handle,
+/// and no EOI).
+pub fn ack_intid() -> Option<(u32, u32)> {
+    let iar = ack();
+    let intid = iar & 0xff_ffff;
+    (!(INTID_SPECIAL_FIRST..=INTID_SPECIAL_LAST).contains(&intid)).then_some((iar, intid))
+}
+
 pub fn eoi(iar: u32) {
     write_sysreg!("icc_eoir1_el1", iar as u64);
     isb();

@@ -11,15 +11,15 @@
 use core::sync::atomic::{AtomicBool, Ordering::*};
 
 use crate::arch::{self, mmio_read32, read_sysreg, write_sysreg};
-use crate::exceptions::{
-    self, guarded, Fault, DFSC_EXT_ABORT, EC_DABT_CUR, EC_DABT_LOW, EC_UNKNOWN, ESR_FNV,
-};
+use crate::exceptions;
 use crate::gic;
 use crate::msg::{bail, ensure, skip, CheckResult};
 use crate::platform::*;
 use crate::psci::{self, call, call_raw, CallError};
 use crate::smp;
 use crate::uart::println;
+use rt::exceptions::{Fault, DFSC_EXT_ABORT, EC_DABT_CUR, EC_DABT_LOW, EC_UNKNOWN, ESR_FNV};
+use rt::guard::guarded;
 
 pub type Check = (&'static str, fn() -> CheckResult);
 

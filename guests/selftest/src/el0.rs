@@ -3,7 +3,7 @@
 //! architecture says, not kill the VM.
 //!
 //! [`run_a32`] drops to EL0 in A32 or T32 state with R0–R7 set, runs a hand-encoded
-//! snippet and comes back when the snippet executes `SVC #0` (el0.S: a setjmp/longjmp
+//! snippet and comes back when the snippet executes `SVC #0` (`rt::el0`: a setjmp/longjmp
 //! around the exception return). Exceptions from the snippet arrive at this kernel's
 //! "lower EL using AArch32" vectors (kinds 12 and 13 of guests/rt), handled by [`sync`]:
 //! the SVC ends the run; an expected data abort is counted and stepped over; anything
@@ -19,21 +19,13 @@
 use core::sync::atomic::{AtomicU64, Ordering::*};
 
 use crate::arch::read_sysreg;
-use rt::exceptions::Frame;
-
-extern "C" {
-    fn run_el0(entry: u64, spsr: u64, regs: &[u64; 8]) -> u64;
-    fn el0_return() -> !;
-}
+use rt::el0::back_to_el1;
+use rt::exceptions::{Frame, EC_DABT_LOW, EC_SVC32};
 
 /// T32, user mode, A/I/F masked: the pending SGI must not be taken at EL0.
 const SPSR_T32_USR_MASKED: u64 = 0x1f0;
 const SPSR_A32_USR_MASKED: u64 = 0x1d0;
-/// SPSR_EL1 for el0_return: EL1h with D/A/I/F masked, as the checks run.
-const SPSR_EL1H_MASKED: u64 = 0x3c5;
 const PSR_T: u64 = 1 << 5;
-const EC_SVC32: u64 = 0x11;
-const EC_DABT_LOW: u64 = 0x24;
 
 /// `str r1,[r0]; adds r5,#1; wfi; adds r5,#1; ldr r2,[r3]; adds r5,#1; svc #0`,
 /// every one a 16-bit T32 instruction.
@@ -90,11 +82,9 @@ pub fn run_a32(thumb: bool, uart_dr: u64, byte: u8, bad_address: u64) -> Run {
         (A32_SNIPPET.as_ptr() as u64, SPSR_A32_USR_MASKED)
     };
     let regs = [uart_dr, u64::from(byte), 0, bad_address, 0, 0, 0, 0];
-    // SAFETY: run_el0 saves the callee-saved registers and stack, erets to a snippet
-    // that touches only the registers given and the addresses in them, and comes back
-    // through el0_return (the exception handler below sends every exception of the
-    // snippet there or back to the snippet).
-    unsafe { run_el0(entry, spsr, &regs) };
+    // SAFETY: the snippet touches only the registers given and the addresses in them,
+    // and `sync` below ends the trip at its SVC or at any exception it does not expect.
+    unsafe { rt::el0::run(entry, spsr, &regs) };
     Run {
         r5_at_svc: R5_AT_SVC.load(SeqCst),
         aborts: ABORTS.load(SeqCst),
@@ -124,9 +114,4 @@ pub fn sync(frame: &mut Frame) {
             back_to_el1(frame);
         }
     }
-}
-
-fn back_to_el1(frame: &mut Frame) {
-    frame.elr = el0_return as *const () as u64;
-    frame.spsr = SPSR_EL1H_MASKED;
 }

@@ -8,7 +8,7 @@
 use crate::arch::{self, mmio_read32, mmio_read64, read_sysreg};
 use crate::msg::{ensure, msg, Msg};
 use crate::platform::{GICD_BASE, GICR_BASE, GICR_STRIDE};
-pub use rt::gic::{ack, eoi, INTID_SPECIAL_FIRST, INTID_SPECIAL_LAST};
+pub use rt::gic::{ack_intid, eoi, INTID_SPECIAL_LAST};
 use rt::gic::{
     Stuck, ENABLED_PRIVATE, GICD_CTLR_ARE_NS, GICD_CTLR_ENABLE_G1, GICD_CTLR_ENABLE_G1A,
     GICD_PIDR2, GICD_TYPER, GICR_CTLR, GICR_CTLR_RWP, GICR_ICENABLER0, GICR_IGROUPR0,

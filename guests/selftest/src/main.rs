@@ -8,14 +8,14 @@
 //!
 //! Boot (guests/rt: entry.S): Image header, self-relocation of .rela.dyn (linked at 0,
 //! loaded at any 2 MiB-aligned address), .bss zeroing, stack, VBAR_EL1, FP/SIMD on; MMU
-//! stays off (see README.md). Each check runs under `run_guarded` (a setjmp, guard.S), so
-//! an unexpected exception or a panic inside one check fails that check and the next one
+//! stays off (see README.md). Each check runs under `rt::guard::run` (a setjmp), so an
+//! unexpected exception or a panic inside one check fails that check and the next one
 //! runs.
 
 #![no_std]
 #![no_main]
 #![deny(unsafe_op_in_unsafe_fn)]
-// `Msg` is a 248-byte inline buffer on purpose (no allocator); failures are rare.
+// `Msg` (rt::msg) is a 256-byte inline buffer on purpose (no allocator); failures are rare.
 #![allow(clippy::result_large_err)]
 
 mod checks;
@@ -24,13 +24,11 @@ mod el0;
 mod exceptions;
 mod fdt;
 mod gic;
-mod msg;
 mod platform;
-mod psci;
 mod race;
 mod smp;
 
-pub(crate) use rt::{arch, uart};
+pub(crate) use rt::{arch, msg, psci, uart};
 
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicUsize, Ordering::*};
@@ -38,14 +36,7 @@ use core::sync::atomic::{AtomicUsize, Ordering::*};
 use crate::msg::CheckResult;
 use crate::uart::println;
 
-core::arch::global_asm!(include_str!("guard.S"), options(raw));
 core::arch::global_asm!(include_str!("regs.S"), options(raw));
-core::arch::global_asm!(include_str!("el0.S"), options(raw));
-
-extern "C" {
-    /// Calls `f`; returns 0 when it returns, 1 when `check_recover` abandoned it.
-    fn run_guarded(f: extern "C" fn()) -> u64;
-}
 
 /// What entry.S (guests/rt) found at boot.
 #[derive(Clone, Copy)]
@@ -69,15 +60,10 @@ static BOOT: BootCell = BootCell(UnsafeCell::new(BootInfo {
     x1_x3: 0,
     relocs_unknown: 0,
 }));
-static IMAGE_BASE: AtomicUsize = AtomicUsize::new(0);
 
 pub fn boot_info() -> BootInfo {
     // SAFETY: see BootCell.
     unsafe { *BOOT.0.get() }
-}
-
-pub fn image_base() -> usize {
-    IMAGE_BASE.load(Relaxed)
 }
 
 /// Index of the running check, and its result (primary vCPU only).
@@ -107,7 +93,6 @@ extern "C" fn primary_main(dtb: usize, base: usize, x1_x3: u64, relocs_unknown: 
             relocs_unknown,
         }
     };
-    IMAGE_BASE.store(base, Relaxed);
     println!(
         "# bothy selftest: EL{}, image at {base:#x} (+{:#x}), DTB at {dtb:#x}, MPIDR {:#x}, CNTFRQ {} Hz",
         arch::current_el(),
@@ -121,47 +106,32 @@ extern "C" fn primary_main(dtb: usize, base: usize, x1_x3: u64, relocs_unknown: 
         CURRENT.store(i, SeqCst);
         // SAFETY: see ResultCell.
         unsafe { *RESULT.0.get() = None };
-        exceptions::IN_CHECK.store(true, SeqCst);
-        // SAFETY: run_current is a plain extern "C" fn; run_guarded restores our
-        // callee-saved registers and stack if the check is abandoned.
-        let abandoned = unsafe { run_guarded(run_current) } != 0;
-        exceptions::IN_CHECK.store(false, SeqCst);
+        let outcome = rt::guard::run(run_current);
         arch::irqs_mask();
-        exceptions::clear_expect();
         arch::write_sysreg!("cntv_ctl_el0", 0);
 
         // SAFETY: see ResultCell.
         let result = unsafe { (*RESULT.0.get()).take() };
-        match (abandoned, result) {
-            (false, Some(Ok(()))) => {
+        match (outcome, result) {
+            (Ok(()), Some(Ok(()))) => {
                 passed += 1;
                 println!("TEST {name} ok");
             }
-            (false, Some(Err(why))) if why.skipped => {
+            (Ok(()), Some(Err(why))) if why.skipped => {
                 skipped += 1;
                 println!("TEST {name} skipped ({why})");
             }
-            (false, Some(Err(why))) => {
+            (Ok(()), Some(Err(why))) => {
                 failed += 1;
                 println!("TEST {name} fail {why}");
             }
-            (false, None) => {
+            (Ok(()), None) => {
                 failed += 1;
                 println!("TEST {name} fail returned without a result");
             }
-            (true, _) => {
+            (Err(abort), _) => {
                 failed += 1;
-                match exceptions::take_abort() {
-                    exceptions::Abort::Sync(f) => {
-                        println!("TEST {name} fail unexpected synchronous exception: {f}")
-                    }
-                    exceptions::Abort::Vector(k, f) => {
-                        println!("TEST {name} fail unexpected exception at vector {k}: {f}")
-                    }
-                    exceptions::Abort::Panic => {
-                        println!("TEST {name} fail panic (see '# panic' above)")
-                    }
-                }
+                println!("TEST {name} fail {abort}");
             }
         }
     }
@@ -184,25 +154,15 @@ extern "C" fn primary_main(dtb: usize, base: usize, x1_x3: u64, relocs_unknown: 
 }
 
 /// Whether the DTB's bytes contain `needle`: a crude look for a switch in the
-/// bootargs (the selftest reads nothing else from the DTB, on purpose).
+/// bootargs (the selftest reads nothing else from the DTB but the PMU's interrupt).
 fn dtb_contains(needle: &[u8]) -> bool {
-    const MAX_DTB: usize = 2 << 20;
-    let dtb = boot_info().dtb;
-    if dtb == 0 || needle.is_empty() {
-        return false;
-    }
     // SAFETY: x0 at entry named the DTB the hypervisor placed in guest RAM (MMU off: the
-    // address is the IPA); its header's totalsize (big-endian, offset 4) bounds it, and
-    // the read is capped at 2 MiB in case the header is garbage.
-    let bytes = unsafe {
-        let total = u32::from_be(core::ptr::read_volatile((dtb + 4) as *const u32)) as usize;
-        core::slice::from_raw_parts(dtb as *const u8, total.min(MAX_DTB))
-    };
-    bytes.windows(needle.len()).any(|w| w == needle)
+    // address is the IPA); nothing writes it.
+    unsafe { rt::fdt::Fdt::at(boot_info().dtb) }.is_some_and(|fdt| fdt.contains(needle))
 }
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
     println!("# panic on vCPU {}: {info}", arch::cpu_id());
-    exceptions::panic_recover()
+    rt::guard::panic_recover(arch::cpu_id().min(platform::NR_VCPUS - 1))
 }

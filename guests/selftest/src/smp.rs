@@ -10,7 +10,6 @@
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::*};
 
 use crate::arch::{self, write_sysreg};
-use crate::exceptions;
 use crate::gic;
 use crate::msg::{bail, msg, Msg};
 use crate::psci;
@@ -145,7 +144,7 @@ fn cpu_off() {
 
 /// Why vCPU 1 is not answering, for failure messages.
 pub fn why_silent() -> Msg {
-    match exceptions::sec_fault() {
+    match rt::guard::secondary_fault() {
         Some(f) => msg!("vCPU 1 took an exception: {f}"),
         None => msg!("no exception recorded on vCPU 1"),
     }

@@ -1,9 +1,24 @@
-//! SMCCC / PSCI over HVC, as seen by the guest: function IDs and return codes
+//! SMCCC / PSCI over HVC, as a guest makes the calls: function IDs and return codes
 //! (Arm DEN0028 SMCCC, DEN0022 PSCI), a raw call, and a guarded call for the primary
 //! vCPU that survives an HVC that traps as UNDEFINED (bare QEMU without EL2 does this
 //! for every function ID it does not implement).
+//!
+//! Why it exists: starting and stopping vCPUs (CPU_ON, CPU_OFF, AFFINITY_INFO) and
+//! powering the VM off at the end of a run (SYSTEM_OFF) is how every test guest talks to
+//! the hypervisor, and both the selftest and the attacker also check the answers
+//! themselves. The IDs and codes are the ABI, so they are written down once.
+//!
+//! What the guests rely on:
+//! * [`hvc_raw`] is one `hvc #0` with x0..x3 in and out; x4..x17 are treated as clobbered
+//!   (SMCCC 1.0 lets the callee use them), nothing else is.
+//! * [`hvc`] gives X0 as `i64` unchanged, [`call`] the result as the calling convention
+//!   says (W0 sign-extended for an SMC32 ID): the attacker compares raw X0 with the
+//!   codes below, the selftest judges results per convention.
+//! * [`call`] and [`call_raw`] run under `rt::guard::guarded`, so they belong to the
+//!   primary vCPU inside a check.
 
-use crate::exceptions::{guarded, Fault};
+use crate::exceptions::Fault;
+use crate::guard::guarded;
 
 pub const SMCCC_VERSION: u32 = 0x8000_0000;
 pub const SMCCC_ARCH_FEATURES: u32 = 0x8000_0001;
@@ -30,6 +45,7 @@ pub const AFF_OFF: i64 = 1;
 const SMC64: u32 = 1 << 30;
 
 /// `hvc #0` with x0..x3; returns x0..x3. x4..x17 are treated as clobbered (SMCCC 1.0).
+/// Any vCPU.
 pub fn hvc_raw(id: u32, a1: u64, a2: u64, a3: u64) -> [u64; 4] {
     let (r0, r1, r2, r3);
     // SAFETY: a hypercall; the hypervisor (or QEMU's built-in PSCI) owns its effects.
@@ -48,6 +64,16 @@ pub fn hvc_raw(id: u32, a1: u64, a2: u64, a3: u64) -> [u64; 4] {
         )
     };
     [r0, r1, r2, r3]
+}
+
+/// `hvc #0` with x0..x3; X0 as `i64` (not narrowed for SMC32 IDs). Any vCPU.
+pub fn hvc(id: u32, a1: u64, a2: u64, a3: u64) -> i64 {
+    hvc_raw(id, a1, a2, a3)[0] as i64
+}
+
+/// SYSTEM_OFF; returns (X0) only if the hypervisor refused it.
+pub fn system_off() -> i64 {
+    hvc(PSCI_SYSTEM_OFF, 0, 0, 0)
 }
 
 /// x0 as a signed result: sign-extended W0 for SMC32 IDs, X0 for SMC64 IDs.
@@ -86,6 +112,7 @@ pub fn call_raw(id: u32, a1: u64, a2: u64, a3: u64) -> Result<[u64; 4], CallErro
     }
 }
 
+/// The PSCI name of a return code (`?` for none).
 pub fn name(code: i64) -> &'static str {
     match code {
         0 => "SUCCESS",
