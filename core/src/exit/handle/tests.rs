@@ -734,14 +734,20 @@ fn id_registers_read_the_vms_view_and_writes_are_undefined() {
     assert_eq!(g.vm.id_regs, view);
 }
 
-#[test]
-fn a_first_debug_register_access_claims_them_and_runs_again() {
+/// One vCPU whose ID registers promise 6 breakpoints and 4 watchpoints.
+fn guest_with_breakpoints() -> Guest {
     use crate::exit::idregs::{field, IdRegs};
     let mut g = Guest::new(1);
     let mut view = IdRegs::ZERO;
     view.set_field(field::DFR0_BRPS, 5);
     view.set_field(field::DFR0_WRPS, 3);
     g.vm.id_regs = view;
+    g
+}
+
+#[test]
+fn a_first_debug_register_access_claims_them_and_runs_again() {
+    let mut g = guest_with_breakpoints();
     // MSR DBGBVR0_EL1, x3 / MRS x3, DBGWCR3_EL1 / MSR MDSCR_EL1 / MSR OSLAR_EL1: each
     // claims the registers and is not stepped over, so the guest executes it again.
     for (enc, read) in [
@@ -776,12 +782,7 @@ fn a_first_debug_register_access_claims_them_and_runs_again() {
 
 #[test]
 fn debug_registers_the_guest_does_not_get() {
-    use crate::exit::idregs::{field, IdRegs};
-    let mut g = Guest::new(1);
-    let mut view = IdRegs::ZERO;
-    view.set_field(field::DFR0_BRPS, 5);
-    view.set_field(field::DFR0_WRPS, 3);
-    g.vm.id_regs = view;
+    let mut g = guest_with_breakpoints();
     // MDRAR_EL1 (no ROM table) and the DCC (MDCCSR_EL0, DBGDTR_EL0) read 0 and are
     // stepped over; a DCC write is ignored. None of them claims anything.
     for (enc, read) in [
