@@ -5,7 +5,8 @@
 //! level-sensitive), SGIs held by a redistributor the guest put to sleep (GICR_WAKER),
 //! WFI, 32-bit
 //! user code, aborts on out-of-range accesses, NOT_SUPPORTED for unknown hypercalls,
-//! x19–x29 surviving exits that do and do not name them, and the ID registers hiding
+//! x19–x29 surviving exits that do and do not name them, V0–V31/FPCR/FPSR and debug
+//! registers staying each vCPU's own across switches, and the ID registers hiding
 //! what Bothy traps. Every check must report `ok` under Bothy: with 2 vCPUs all but
 //! `cpu_on_race`, which needs 4 and reports itself skipped, and with 4 vCPUs on QEMU's
 //! 2 CPUs every one.
@@ -43,6 +44,7 @@ const REQUIRED: &[&str] = &[
     "cpu_off",
     "cpu_on_again",
     "debug_registers_per_vcpu",
+    "fp_registers_per_vcpu",
     "cpu_on_bad_entry",
     "pmu_does_not_see_el2",
 ];
@@ -83,6 +85,14 @@ fn every_check_passes_with(vcpus: u32) {
             ),
         }
     }
+    if vcpus > 2 {
+        // More vCPUs than QEMU's 2 CPUs: the FP check must have been switched out.
+        let pauses = fp_pauses(&out);
+        assert!(
+            pauses > 0,
+            "fp_registers_per_vcpu was never switched out:\n{out}"
+        );
+    }
     assert!(summary.contains(" 0 failed"), "summary: {summary}");
     assert!(
         summary.contains(&format!(" {} skipped", skipped.len())),
@@ -93,6 +103,20 @@ fn every_check_passes_with(vcpus: u32) {
         c.wait(Duration::from_secs(60)).success(),
         "bothy run failed"
     );
+}
+
+/// The pauses `fp_registers_per_vcpu` reports: rounds of its read-back more than 2 ms
+/// apart, i.e. times a vCPU was switched out with its FP/SIMD values live.
+fn fp_pauses(out: &str) -> u64 {
+    let line = out
+        .lines()
+        .find_map(|l| Some(&l[l.find("# fp_registers_per_vcpu:")?..]))
+        .unwrap_or_else(|| panic!("no fp_registers_per_vcpu report:\n{out}"));
+    line.split("; ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unreadable fp_registers_per_vcpu report: {line}"))
 }
 
 #[test]

@@ -56,6 +56,10 @@ pub static CHECKS: &[Check] = &[
         "debug_registers_per_vcpu",
         crate::debugregs::debug_registers_per_vcpu,
     ),
+    (
+        "fp_registers_per_vcpu",
+        crate::fpregs::fp_registers_per_vcpu,
+    ),
     ("cpu_on_bad_entry", cpu_on_bad_entry),
     ("pmu_does_not_see_el2", pmu_does_not_see_el2),
 ];

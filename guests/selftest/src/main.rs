@@ -23,6 +23,7 @@ mod debugregs;
 mod el0;
 mod exceptions;
 mod fdt;
+mod fpregs;
 mod gic;
 mod platform;
 mod race;
