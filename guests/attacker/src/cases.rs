@@ -785,26 +785,33 @@ fn pmu_cycles_across_hypercalls() -> CheckResult {
 /// vCPU 1) that ran meanwhile on the same CPU, nor Bothy idling. Compared with a 5 ms
 /// busy wait, it must count less.
 /// Found that Bothy did not switch PMU state between vCPUs; fixed (hyp's context.rs).
+/// Under TCG the cycle counter follows the host's clock, so a host that deschedules
+/// QEMU while this vCPU is at EL1 adds that time too: the best of three trials is kept
+/// (a real leak shows in every one; host noise in one now and then).
 fn pmu_cycles_across_wfi() -> CheckResult {
+    const TRIALS: usize = 3;
     if !have_pmu() {
         println!("# pmu_cycles_across_wfi: no PMUv3, nothing to check");
         return Ok(());
     }
-    let busy5 = cycles(0, || {
-        let end = arch::now() + arch::ms_to_ticks(5);
-        while arch::now() < end {}
-    });
-    let slept = cycles(0, || {
-        let end = arch::now() + arch::ms_to_ticks(50);
-        write_sysreg!("cntv_cval_el0", end);
-        write_sysreg!("cntv_ctl_el0", 1);
-        arch::isb();
-        // IRQs masked: the pending timer still ends WFI.
-        while arch::now() < end {
-            arch::wfi();
-        }
-        write_sysreg!("cntv_ctl_el0", 0);
-    });
+    let (mut busy5, mut slept) = (0, u64::MAX);
+    for _ in 0..TRIALS {
+        busy5 = busy5.max(cycles(0, || {
+            let end = arch::now() + arch::ms_to_ticks(5);
+            while arch::now() < end {}
+        }));
+        slept = slept.min(cycles(0, || {
+            let end = arch::now() + arch::ms_to_ticks(50);
+            write_sysreg!("cntv_cval_el0", end);
+            write_sysreg!("cntv_ctl_el0", 1);
+            arch::isb();
+            // IRQs masked: the pending timer still ends WFI.
+            while arch::now() < end {
+                arch::wfi();
+            }
+            write_sysreg!("cntv_ctl_el0", 0);
+        }));
+    }
     println!("# pmu_cycles_across_wfi: {slept} cycles over a 50 ms WFI, {busy5} for 5 ms busy");
     ensure!(
         slept < busy5 / 10,
