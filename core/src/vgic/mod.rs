@@ -470,20 +470,7 @@ impl VGic {
         if !st.is_spi(intid) {
             return VcpuMask::EMPTY;
         }
-        let Some(irq) = st.irq_mut(0, intid) else {
-            return VcpuMask::EMPTY;
-        };
-        if irq.level == level {
-            return VcpuMask::EMPTY;
-        }
-        irq.level = level;
-        let edge = level && irq.trigger == Trigger::Edge;
-        irq.latch |= edge;
-        if !level {
-            return VcpuMask::EMPTY;
-        }
-        let kick = st.kick_for(0, intid, edge);
-        self.mark(kick)
+        self.drive_line(&mut st, 0, intid, level)
     }
 
     /// Drive the input line of PPI `intid` of `vcpu`: an interrupt Bothy emulates in
@@ -495,6 +482,12 @@ impl VGic {
             return VcpuMask::EMPTY;
         }
         let mut st = self.state.lock();
+        self.drive_line(&mut st, vcpu, intid, level)
+    }
+
+    /// An input line of `intid` (as `vcpu` sees it) goes to `level`: an edge-triggered
+    /// one latches on the rising edge; a rise may make it deliverable.
+    fn drive_line(&self, st: &mut State, vcpu: usize, intid: u32, level: bool) -> VcpuMask {
         let Some(irq) = st.irq_mut(vcpu, intid) else {
             return VcpuMask::EMPTY;
         };
