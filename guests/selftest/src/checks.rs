@@ -278,14 +278,10 @@ fn cpu_on_errors() -> CheckResult {
     Ok(())
 }
 
-fn affinity(mpidr: u64) -> Result<i64, crate::msg::Msg> {
-    call(psci::PSCI_AFFINITY_INFO_64, mpidr, 0, 0).map_err(|e| hvc_fail("AFFINITY_INFO", e))
-}
-
 fn affinity_info() -> CheckResult {
-    let a = affinity(0)?;
+    let a = smp::affinity(0)?;
     ensure!(a == psci::AFF_ON, "AFFINITY_INFO(0) = {a}, want 0 ON");
-    let a = affinity(1)?;
+    let a = smp::affinity(1)?;
     ensure!(
         a == psci::AFF_OFF,
         "AFFINITY_INFO(1) before CPU_ON = {a}, want 1 OFF"
@@ -310,7 +306,7 @@ fn check_boot_report(magic: u64) -> CheckResult {
 fn secondary_boot() -> CheckResult {
     smp::start(BOOT_MAGIC)?;
     check_boot_report(BOOT_MAGIC)?;
-    let a = affinity(1)?;
+    let a = smp::affinity(1)?;
     ensure!(
         a == psci::AFF_ON,
         "AFFINITY_INFO(1) after boot = {a}, want 0 ON"
@@ -904,25 +900,7 @@ fn bad_access_beyond_ipa() -> CheckResult {
 
 /// Poll AFFINITY_INFO(1) until OFF (it may report ON_PENDING/ON briefly after CPU_OFF).
 fn wait_vcpu1_off() -> CheckResult {
-    let mut last = 0;
-    let mut err = None;
-    let off = arch::wait_until(1000, || match affinity(1) {
-        Ok(a) => {
-            last = a;
-            a == psci::AFF_OFF
-        }
-        Err(e) => {
-            err = Some(e);
-            true
-        }
-    });
-    if let Some(e) = err {
-        return Err(e);
-    }
-    ensure!(
-        off,
-        "AFFINITY_INFO(1) still {last} 1 s after CPU_OFF, want 1 OFF"
-    );
+    smp::wait_off(1)?;
     if smp::OFF_RETURNED_SET.load(Acquire) {
         bail!(
             "CPU_OFF returned to vCPU 1 with {:#x}",
@@ -943,7 +921,7 @@ fn cpu_off() -> CheckResult {
 }
 
 fn cpu_on_again() -> CheckResult {
-    let a = affinity(1)?;
+    let a = smp::affinity(1)?;
     ensure!(
         a == psci::AFF_OFF,
         "precondition: AFFINITY_INFO(1) = {a}, want 1 OFF (cpu_off failed?)"
@@ -954,7 +932,7 @@ fn cpu_on_again() -> CheckResult {
 }
 
 fn cpu_on_bad_entry() -> CheckResult {
-    let a = affinity(1)?;
+    let a = smp::affinity(1)?;
     ensure!(
         a == psci::AFF_OFF,
         "precondition: AFFINITY_INFO(1) = {a}, want 1 OFF"

@@ -20,8 +20,8 @@
 use core::sync::atomic::{AtomicU64, Ordering::*};
 
 use crate::arch::{self, read_sysreg, write_sysreg};
-use crate::msg::{bail, ensure, msg, CheckResult, Msg};
-use crate::psci::{self, call};
+use crate::msg::{bail, ensure, CheckResult};
+use crate::smp;
 use crate::uart::println;
 
 /// vCPUs taking part (0 and up to three helpers).
@@ -190,39 +190,6 @@ extern "C" {
     fn debug_fresh();
 }
 
-fn entry(f: unsafe extern "C" fn()) -> u64 {
-    f as *const () as u64
-}
-
-fn affinity(v: u64) -> Result<i64, Msg> {
-    call(psci::PSCI_AFFINITY_INFO_64, v, 0, 0).map_err(|e| msg!("AFFINITY_INFO({v}): {e}"))
-}
-
-fn cpu_on(v: u64, f: unsafe extern "C" fn()) -> CheckResult {
-    let r = call(psci::PSCI_CPU_ON_64, v, entry(f), v).map_err(|e| msg!("CPU_ON({v}): {e}"))?;
-    ensure!(
-        r == psci::SUCCESS,
-        "CPU_ON({v}) = {r} {}, want 0 SUCCESS",
-        psci::name(r)
-    );
-    Ok(())
-}
-
-/// Wait up to 1 s for vCPU `v` to be OFF.
-fn wait_off(v: u64) -> CheckResult {
-    let mut last = Ok(psci::AFF_ON);
-    let off = arch::wait_until(1000, || {
-        last = affinity(v);
-        !matches!(last, Ok(psci::AFF_ON))
-    });
-    let a = last?;
-    ensure!(
-        off && a == psci::AFF_OFF,
-        "AFFINITY_INFO({v}) = {a} 1 s after it was done, want 1 OFF"
-    );
-    Ok(())
-}
-
 /// vCPU 0's own registers, as read now.
 fn own() -> [u64; 5] {
     [
@@ -250,13 +217,7 @@ fn publish() {
 
 pub fn debug_registers_per_vcpu() -> CheckResult {
     let n = crate::race::nr_vcpus()?.min(MAX);
-    for v in 1..n as u64 {
-        let a = affinity(v)?;
-        ensure!(
-            a == psci::AFF_OFF,
-            "precondition: AFFINITY_INFO({v}) = {a}, want 1 OFF"
-        );
-    }
+    smp::all_off(1..n as u64)?;
     for word in [&SPIN.stop].into_iter().chain(SPIN.ready.iter()) {
         word.store(0, Release);
     }
@@ -276,7 +237,7 @@ pub fn debug_registers_per_vcpu() -> CheckResult {
     let mut started = 1;
     let mut result = Ok(());
     for v in 1..n as u64 {
-        if let Err(e) = cpu_on(v, debug_spinner) {
+        if let Err(e) = smp::cpu_on(v, debug_spinner) {
             result = Err(e);
             break;
         }
@@ -311,7 +272,7 @@ pub fn debug_registers_per_vcpu() -> CheckResult {
         (1..started).all(|v| SPIN.done[v].load(Acquire) != 0)
     });
     for v in 1..started as u64 {
-        let off = wait_off(v);
+        let off = smp::wait_off(v);
         result = result.and(off);
     }
     // Zero again: vCPU 0 stops holding the debug registers at its next switch.
@@ -348,9 +309,9 @@ pub fn debug_registers_per_vcpu() -> CheckResult {
 
     // A reset (CPU_ON again) starts vCPU 1 with zeros and the OS lock unlocked.
     if n > 1 {
-        cpu_on(1, debug_fresh)?;
+        smp::cpu_on(1, debug_fresh)?;
         let fresh = arch::wait_until(3000, || SPIN.fresh[5].load(Acquire) != 0);
-        wait_off(1)?;
+        smp::wait_off(1)?;
         ensure!(fresh, "vCPU 1 did not report after its reset within 3 s");
         let got: [u64; 5] = core::array::from_fn(|i| SPIN.fresh[i].load(Acquire));
         ensure!(

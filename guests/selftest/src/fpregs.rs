@@ -21,7 +21,7 @@ use core::sync::atomic::{AtomicU64, Ordering::*};
 
 use crate::arch;
 use crate::msg::{bail, ensure, msg, CheckResult, Msg};
-use crate::psci::{self, call};
+use crate::smp;
 use crate::uart::println;
 
 /// vCPUs taking part (0 and up to three helpers).
@@ -234,25 +234,6 @@ extern "C" {
     fn fp_spinner();
 }
 
-fn affinity(v: u64) -> Result<i64, Msg> {
-    call(psci::PSCI_AFFINITY_INFO_64, v, 0, 0).map_err(|e| msg!("AFFINITY_INFO({v}): {e}"))
-}
-
-/// Wait up to 1 s for vCPU `v` to be OFF.
-fn wait_off(v: u64) -> CheckResult {
-    let mut last = Ok(psci::AFF_ON);
-    let off = arch::wait_until(1000, || {
-        last = affinity(v);
-        !matches!(last, Ok(psci::AFF_ON))
-    });
-    let a = last?;
-    ensure!(
-        off && a == psci::AFF_OFF,
-        "AFFINITY_INFO({v}) = {a} 1 s after it was done, want 1 OFF"
-    );
-    Ok(())
-}
-
 /// What a wrong read was, and what it should have been.
 fn describe(v: u64, bad: u64) -> (Msg, u64) {
     match bad {
@@ -265,13 +246,7 @@ fn describe(v: u64, bad: u64) -> (Msg, u64) {
 
 pub fn fp_registers_per_vcpu() -> CheckResult {
     let n = crate::race::nr_vcpus()?.min(MAX);
-    for v in 1..n as u64 {
-        let a = affinity(v)?;
-        ensure!(
-            a == psci::AFF_OFF,
-            "precondition: AFFINITY_INFO({v}) = {a}, want 1 OFF"
-        );
-    }
+    smp::all_off(1..n as u64)?;
     for i in 0..MAX {
         for word in [
             &SPIN.ready[i],
@@ -294,18 +269,11 @@ pub fn fp_registers_per_vcpu() -> CheckResult {
     let mut started = 1;
     let mut result = Ok(());
     for v in 1..n as u64 {
-        let entry = fp_spinner as *const () as u64;
-        match call(psci::PSCI_CPU_ON_64, v, entry, v) {
-            Ok(psci::SUCCESS) => started += 1,
-            Ok(r) => {
-                result = Err(msg!("CPU_ON({v}) = {r} {}, want 0 SUCCESS", psci::name(r)));
-                break;
-            }
-            Err(e) => {
-                result = Err(msg!("CPU_ON({v}): {e}"));
-                break;
-            }
+        if let Err(e) = smp::cpu_on(v, fp_spinner) {
+            result = Err(e);
+            break;
         }
+        started += 1;
     }
 
     let rounds: u64;
@@ -325,7 +293,7 @@ pub fn fp_registers_per_vcpu() -> CheckResult {
         (1..started).all(|v| SPIN.done[v].load(Acquire) != 0)
     });
     for v in 1..started as u64 {
-        let off = wait_off(v);
+        let off = smp::wait_off(v);
         result = result.and(off);
     }
     result?;

@@ -141,10 +141,6 @@ extern "C" {
     fn race_target();
 }
 
-fn entry(f: unsafe extern "C" fn()) -> u64 {
-    f as *const () as u64
-}
-
 fn wfe() {
     // SAFETY: a hint; state is unchanged.
     unsafe { core::arch::asm!("wfe", options(nomem, nostack)) };
@@ -165,48 +161,26 @@ pub fn vcpu1_calls() -> u32 {
         wfe();
     }
     if RACE.abort.load(Acquire) == 0 {
-        let r = psci::hvc_raw(psci::PSCI_CPU_ON_64, TARGET, entry(race_target), TAGS[1]);
+        let r = psci::hvc_raw(
+            psci::PSCI_CPU_ON_64,
+            TARGET,
+            smp::entry(race_target),
+            TAGS[1],
+        );
         RACE.result1.store(r[0], Release);
     }
     0
-}
-
-fn affinity(mpidr: u64) -> Result<i64, Msg> {
-    call(psci::PSCI_AFFINITY_INFO_64, mpidr, 0, 0).map_err(|e| msg!("AFFINITY_INFO: {e}"))
 }
 
 /// How many vCPUs this VM has: PSCI names vCPUs 0..n (Aff0 = index) and refuses the
 /// next one with INVALID_PARAMETERS.
 pub fn nr_vcpus() -> Result<usize, Msg> {
     for v in 1..MAX_VCPUS {
-        if affinity(v)? == psci::INVALID_PARAMETERS {
+        if smp::affinity(v)? == psci::INVALID_PARAMETERS {
             return Ok(v as usize);
         }
     }
     Ok(MAX_VCPUS as usize)
-}
-
-/// Wait up to 1 s for `vcpu` to be OFF.
-fn wait_off(vcpu: u64) -> CheckResult {
-    let (mut last, mut err) = (0, None);
-    let off = arch::wait_until(1000, || match affinity(vcpu) {
-        Ok(a) => {
-            last = a;
-            a == psci::AFF_OFF
-        }
-        Err(e) => {
-            err = Some(e);
-            true
-        }
-    });
-    if let Some(e) = err {
-        return Err(e);
-    }
-    ensure!(
-        off,
-        "AFFINITY_INFO({vcpu}) still {last} 1 s after it was let go, want 1 OFF"
-    );
-    Ok(())
 }
 
 /// Call the race off: vCPUs waiting for `go` go on without calling.
@@ -221,13 +195,7 @@ pub fn cpu_on_race() -> CheckResult {
     if n < 4 {
         skip!("needs 4 vCPUs");
     }
-    for v in [HELPER, TARGET] {
-        let a = affinity(v)?;
-        ensure!(
-            a == psci::AFF_OFF,
-            "precondition: AFFINITY_INFO({v}) = {a}, want 1 OFF"
-        );
-    }
+    smp::all_off([HELPER, TARGET])?;
     ensure!(
         smp::RUNNING.load(Acquire) && smp::in_wfi_mode(),
         "needs vCPU 1 answering its mailbox (an earlier check failed)"
@@ -249,7 +217,7 @@ pub fn cpu_on_race() -> CheckResult {
     publish();
 
     // The third caller, vCPU 2.
-    let r = call(psci::PSCI_CPU_ON_64, HELPER, entry(race_caller), 0)
+    let r = call(psci::PSCI_CPU_ON_64, HELPER, smp::entry(race_caller), 0)
         .map_err(|e| msg!("CPU_ON({HELPER}): {e}"))?;
     ensure!(
         r == psci::SUCCESS,
@@ -269,23 +237,28 @@ pub fn cpu_on_race() -> CheckResult {
     };
     if !arch::wait_until(1000, || RACE.ready1.load(Acquire) != 0) {
         call_off();
-        let _ = wait_off(HELPER);
+        let _ = smp::wait_off(HELPER);
         bail!("vCPU 1 did not get ready for the race within 1 s");
     }
 
     // Everyone waits on `go`: call together.
     RACE.go.store(1, Release);
     publish();
-    let r0 = call(psci::PSCI_CPU_ON_64, TARGET, entry(race_target), TAGS[0])
-        .map_err(|e| msg!("CPU_ON({TARGET}): {e}"))?;
+    let r0 = call(
+        psci::PSCI_CPU_ON_64,
+        TARGET,
+        smp::entry(race_target),
+        TAGS[0],
+    )
+    .map_err(|e| msg!("CPU_ON({TARGET}): {e}"))?;
     let acked = smp::wait_ack(seq, smp::CMD_RACE);
     let done2 = arch::wait_until(1000, || RACE.done2.load(Acquire) != 0);
     // ON from the moment a CPU_ON succeeded, whether or not it runs yet.
-    let aff = affinity(TARGET)?;
+    let aff = smp::affinity(TARGET)?;
     let booted = arch::wait_until(3000, || RACE.target_boots.load(Acquire) != 0);
     RACE.release.store(1, Release);
     publish();
-    let off = wait_off(TARGET).and(wait_off(HELPER));
+    let off = smp::wait_off(TARGET).and(smp::wait_off(HELPER));
 
     acked?;
     ensure!(done2, "vCPU {HELPER} did not finish its CPU_ON within 1 s");

@@ -11,7 +11,7 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::*};
 
 use crate::arch::{self, write_sysreg};
 use crate::gic;
-use crate::msg::{bail, msg, Msg};
+use crate::msg::{bail, ensure, msg, CheckResult, Msg};
 use crate::psci;
 
 /// SGI the primary sends vCPU 1 in `ipi_between_vcpus`.
@@ -57,7 +57,55 @@ extern "C" {
 
 /// Physical address of vCPU 1's entry (MMU off: VA = PA).
 pub fn entry_point() -> u64 {
-    secondary_entry as *const () as u64
+    entry(secondary_entry)
+}
+
+/// A CPU_ON entry point: an assembly routine's address (MMU off: VA = PA).
+pub fn entry(f: unsafe extern "C" fn()) -> u64 {
+    f as *const () as u64
+}
+
+pub fn affinity(v: u64) -> Result<i64, Msg> {
+    psci::call(psci::PSCI_AFFINITY_INFO_64, v, 0, 0).map_err(|e| msg!("AFFINITY_INFO({v}): {e}"))
+}
+
+/// A check's precondition: each vCPU in `vcpus` is OFF.
+pub fn all_off(vcpus: impl IntoIterator<Item = u64>) -> CheckResult {
+    for v in vcpus {
+        let a = affinity(v)?;
+        ensure!(
+            a == psci::AFF_OFF,
+            "precondition: AFFINITY_INFO({v}) = {a}, want 1 OFF"
+        );
+    }
+    Ok(())
+}
+
+/// Start vCPU `v` at the routine `f`, with its index as the context; SUCCESS or why not.
+pub fn cpu_on(v: u64, f: unsafe extern "C" fn()) -> CheckResult {
+    let r =
+        psci::call(psci::PSCI_CPU_ON_64, v, entry(f), v).map_err(|e| msg!("CPU_ON({v}): {e}"))?;
+    ensure!(
+        r == psci::SUCCESS,
+        "CPU_ON({v}) = {r} {}, want 0 SUCCESS",
+        psci::name(r)
+    );
+    Ok(())
+}
+
+/// Wait up to 1 s for vCPU `v` to be OFF (it may report ON briefly after CPU_OFF).
+pub fn wait_off(v: u64) -> CheckResult {
+    let mut last = Ok(psci::AFF_ON);
+    let off = arch::wait_until(1000, || {
+        last = affinity(v);
+        !matches!(last, Ok(a) if a != psci::AFF_OFF)
+    });
+    let a = last?;
+    ensure!(
+        off,
+        "AFFINITY_INFO({v}) still {a} 1 s after it was let go, want 1 OFF"
+    );
+    Ok(())
 }
 
 #[no_mangle]
