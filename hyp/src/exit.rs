@@ -635,6 +635,10 @@ pub extern "C" fn handle_sync_exit(frame: &mut GuestFrame) -> Resume {
     // own path needs (the others' has the data abort's decode inlined, and is larger).
     if handle::is_smccc_call(esr) {
         hypercall_exit(frame)
+    } else if handle::is_data_abort(esr) {
+        data_abort_exit(frame, esr)
+    } else if handle::is_sgi1r_write(esr) {
+        sgi_exit(frame, esr)
     } else {
         sync_exit_a64(frame, esr)
     }
@@ -658,6 +662,34 @@ fn hypercall_exit(frame: &mut GuestFrame) -> Resume {
     let (vm, vcpu) = loaded(ctx, &scope);
     let exits = exits(ctx, &scope);
     let action = handle::hypercall_exit(vm, vcpu, exits, frame, &mut ExitHw);
+    if action == Action::Resume {
+        return Resume::Saved;
+    }
+    carry_out(ctx, vm, vcpu, action)
+}
+
+/// A stage-2 data abort from AArch64 (MMIO to an emulated device, most often).
+#[inline(never)]
+fn data_abort_exit(frame: &mut GuestFrame, esr: u64) -> Resume {
+    let ctx = machine::this_cpu();
+    let scope = ExitScope::enter();
+    let (vm, vcpu) = loaded(ctx, &scope);
+    let exits = exits(ctx, &scope);
+    let action = handle::data_abort_exit(vm, vcpu, exits, frame, esr, &mut ExitHw);
+    if action == Action::Resume {
+        return Resume::Saved;
+    }
+    carry_out(ctx, vm, vcpu, action)
+}
+
+/// `MSR ICC_SGI1R_EL1` from AArch64.
+#[inline(never)]
+fn sgi_exit(frame: &mut GuestFrame, esr: u64) -> Resume {
+    let ctx = machine::this_cpu();
+    let scope = ExitScope::enter();
+    let (vm, vcpu) = loaded(ctx, &scope);
+    let exits = exits(ctx, &scope);
+    let action = handle::sgi_exit(vm, vcpu, exits, frame, esr, &mut ExitHw);
     if action == Action::Resume {
         return Resume::Saved;
     }

@@ -188,12 +188,65 @@ pub fn sync_exit_not_smccc<const ALL_SAVED: bool, const FROM_A32: bool>(
 }
 
 /// Whether ESR_EL2 `esr` is an `HVC #0`, an SMCCC call: the exit [`sync_exit`] tests
-/// first. `hyp` tests it itself and calls [`hypercall_exit`] or
-/// [`sync_exit_not_smccc`], so that the hypercall's path has a stack frame of its own,
-/// as small as it needs.
+/// first. `hyp` tests it itself and calls [`hypercall_exit`] (or tests for the next hot
+/// exits, [`is_data_abort`] and [`is_sgi1r_write`], and then calls
+/// [`sync_exit_not_smccc`]), so that each hot path has a stack frame of its own, as
+/// small as it needs.
 #[inline(always)]
 pub fn is_smccc_call(esr: u64) -> bool {
     esr & HVC_CLASS_AND_IMM == HVC_0
+}
+
+/// Whether ESR_EL2 `esr` is a stage-2 data abort (a lower EL's): the exit
+/// [`data_abort_exit`] takes (an emulated device's register, most often). `hyp` tests
+/// it after [`is_smccc_call`], before [`is_sgi1r_write`].
+#[inline(always)]
+pub fn is_data_abort(esr: u64) -> bool {
+    exception_class(esr) == ec::DABT_LOWER
+}
+
+/// [`sync_exit`] for an exit that [`is_data_abort`] (from AArch64). One whose transfer
+/// register is one of x19–x29 asks for [`Action::NeedsAllRegisters`].
+#[inline(always)]
+pub fn data_abort_exit(
+    vm: &VmModel,
+    vcpu: usize,
+    exits: &ExitCounters,
+    frame: &mut GuestFrame,
+    esr: u64,
+    hw: &mut impl Arch,
+) -> Action {
+    if unsaved(data_abort_srt(esr)) {
+        return Action::NeedsAllRegisters;
+    }
+    exits.count(ExitKind::Mmio);
+    data_abort::<false>(vm, vcpu, frame, esr, hw);
+    finish(vm, vcpu, false, hw)
+}
+
+/// Whether ESR_EL2 `esr` is the guest's `MSR ICC_SGI1R_EL1, Xt` from AArch64 with an
+/// `Xt` that an ordinary exit saves (not one of x19–x29): the exit [`sgi_exit`] takes.
+/// `hyp` tests it after [`is_smccc_call`], so that sending an SGI, the most frequent exit
+/// of an SMP guest after hypercalls and MMIO, has a stack frame of its own too.
+#[inline(always)]
+pub fn is_sgi1r_write(esr: u64) -> bool {
+    sysreg_syndrome(esr) == SGI1R_WRITE && !unsaved(sysreg_rt(esr))
+}
+
+/// [`sync_exit`] for an exit that [`is_sgi1r_write`] (from AArch64, all registers it
+/// needs saved).
+#[inline(always)]
+pub fn sgi_exit(
+    vm: &VmModel,
+    vcpu: usize,
+    exits: &ExitCounters,
+    frame: &mut GuestFrame,
+    esr: u64,
+    hw: &mut impl Arch,
+) -> Action {
+    exits.count(ExitKind::Sysreg);
+    let flushed = sgi1r_write_inline(vm, vcpu, frame, sysreg_rt(esr), hw);
+    finish(vm, vcpu, flushed, hw)
 }
 
 /// [`sync_exit`] for an exit that [`is_smccc_call`].
@@ -354,6 +407,18 @@ fn wait_for_interrupt(vm: &VmModel, vcpu: usize, hw: &mut impl Arch) -> Action {
 /// `MSR ICC_SGI1R_EL1, Xt`. Returns whether this vCPU's list registers were flushed.
 #[inline(never)]
 fn sgi1r_write(
+    vm: &VmModel,
+    vcpu: usize,
+    frame: &mut GuestFrame,
+    rt: usize,
+    hw: &mut impl Arch,
+) -> bool {
+    sgi1r_write_inline(vm, vcpu, frame, rt, hw)
+}
+
+/// [`sgi1r_write`], inlined into [`sgi_exit`].
+#[inline(always)]
+fn sgi1r_write_inline(
     vm: &VmModel,
     vcpu: usize,
     frame: &mut GuestFrame,

@@ -60,8 +60,8 @@ pub fn read_bits(st: &State, vcpu: usize, reg: BitReg, first: u32) -> u32 {
             return acc;
         };
         let set = match reg {
-            BitReg::Group => irq.group1,
-            BitReg::SetEnable | BitReg::ClearEnable => irq.enabled,
+            BitReg::Group => irq.group1(),
+            BitReg::SetEnable | BitReg::ClearEnable => irq.enabled(),
             BitReg::SetPending | BitReg::ClearPending => irq.pending_view(),
             BitReg::SetActive | BitReg::ClearActive => irq.active_view(),
         };
@@ -89,39 +89,39 @@ pub fn write_bits(st: &mut State, vcpu: usize, reg: BitReg, first: u32, value: u
         // `lr_dirty`: the owning vCPU's flush has to revisit the LR holding this interrupt.
         let lr_dirty = match reg {
             BitReg::Group => {
-                irq.group1 = one;
+                irq.set_group1(one);
                 irq.pending_in_lr()
             }
             // All the set/clear registers ignore zero bits.
             _ if !one => continue,
             BitReg::SetEnable => {
-                irq.enabled = true;
+                irq.set_enabled(true);
                 false
             }
             BitReg::ClearEnable => {
-                irq.enabled = false;
+                irq.set_enabled(false);
                 irq.pending_in_lr()
             }
             BitReg::SetPending => {
-                irq.latch = true;
+                irq.set_latch(true);
                 true
             }
             BitReg::ClearPending => {
-                irq.latch = false;
+                irq.set_latch(false);
                 let in_lr = irq.pending_in_lr();
-                irq.clear_pending_req |= in_lr;
+                irq.set_clear_pending_req(irq.clear_pending_req() || in_lr);
                 in_lr
             }
             BitReg::SetActive => {
                 if irq.lr.is_none() {
-                    irq.active = true;
+                    irq.set_active(true);
                 }
                 false
             }
             BitReg::ClearActive => {
-                irq.active = false;
+                irq.set_active(false);
                 let in_lr = irq.lr.is_some() && irq.active_view();
-                irq.clear_active_req |= in_lr;
+                irq.set_clear_active_req(irq.clear_active_req() || in_lr);
                 in_lr
             }
         };

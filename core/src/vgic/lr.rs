@@ -243,8 +243,7 @@ impl State {
             if let Some(irq) = self.lr_irq(vcpu, i, intid) {
                 irq.lr = None;
                 irq.lr_state = 0;
-                irq.clear_pending_req = false;
-                irq.clear_active_req = false;
+                irq.drop_clear_reqs();
                 if irq.deliverable(grp1) {
                     if intid < SPI_BASE {
                         if let Some(cpu) = self.cpus.get_mut(vcpu) {
@@ -293,6 +292,9 @@ impl State {
         if let Some(cpu) = self.cpus.get_mut(vcpu) {
             // Not after a reset (LRs to wipe), not asleep (GICR_WAKER): one compare.
             if cpu.hold == 0 && cpu.dirty == 0 && cpu.pend_words == 0 && intid < SPI_BASE {
+                if cpu.occupied == 1 && cpu.reraise_in_lr0(intid, hw, grp1, lrs) {
+                    return Some(true);
+                }
                 let occupied = cpu.occupied & implemented;
                 // An LR holding an SPI needs the general sync (a partial sync is still a sync).
                 let others = if occupied != 0 {
@@ -306,6 +308,28 @@ impl State {
             }
         }
         None
+    }
+
+    /// The quickest case of [`State::raise_private_fast`]: `intid` comes again for the
+    /// vCPU after the guest finished the last instance, which still holds LR 0 (see
+    /// [`CpuState::reraise_in_lr0`]) and nothing else is in an LR, waiting or dirty.
+    /// True when done (LR 0 holds the new instance, an LR is left occupied); false, with
+    /// nothing changed, otherwise.
+    #[inline(always)]
+    pub(super) fn reraise_in_lr0(
+        &mut self,
+        vcpu: usize,
+        intid: u32,
+        hw: Option<u32>,
+        lrs: &mut impl ListRegs,
+    ) -> bool {
+        let grp1 = self.grp1;
+        match self.cpus.get_mut(vcpu) {
+            Some(cpu) if cpu.hold == 0 && cpu.dirty == 0 && cpu.pend_words == 0 => {
+                cpu.occupied == 1 && cpu.reraise_in_lr0(intid, hw, grp1, lrs)
+            }
+            _ => false,
+        }
     }
 
     /// What [`State::raise_private_fast`] does, by the general calls, for any state.
@@ -380,31 +404,33 @@ impl State {
             return;
         };
         let mut state = lr_state(old);
-        if core::mem::take(&mut irq.clear_active_req) {
+        if irq.clear_active_req() {
+            irq.set_clear_active_req(false);
             state &= !LR_STATE_ACTIVE;
         }
-        if core::mem::take(&mut irq.clear_pending_req) {
+        if irq.clear_pending_req() {
+            irq.set_clear_pending_req(false);
             state &= !LR_STATE_PENDING;
         }
-        let allowed = grp1 && irq.group1 && irq.enabled && !asleep;
+        let allowed = grp1 && irq.group1() && irq.enabled() && !asleep;
         if state == LR_STATE_PENDING && !allowed {
             // Not yet acknowledged and no longer signalled: take it back. An edge (or
             // hardware) interrupt stays pending in software; a level one follows its line.
             state = 0;
-            irq.latch |= irq.trigger == Trigger::Edge || irq.hw.is_some();
+            irq.latch_if(irq.trigger == Trigger::Edge || irq.hw.is_some());
         }
-        if irq.latch && allowed {
+        if irq.latch() && allowed {
             if state & LR_STATE_PENDING != 0 {
-                irq.latch = false; // merges with the pending copy already in the LR
+                irq.set_latch(false); // merges with the pending copy already in the LR
             } else if state == LR_STATE_ACTIVE && irq.hw.is_none() && irq.trigger == Trigger::Edge {
                 state |= LR_STATE_PENDING;
-                irq.latch = false;
+                irq.set_latch(false);
             }
         }
         // With a latch still waiting, or the interrupt no longer allowed, a later reconcile
         // may act once the guest moves the LR's state (say pending+active → pending) even
         // though nobody touches the interrupt: keep the LR on the list.
-        let again = irq.latch || !allowed;
+        let again = irq.latch() || !allowed;
         if state == 0 {
             self.free_lr(vcpu, i);
             return;
@@ -425,7 +451,7 @@ impl State {
         };
         // Entering the LR stands for acknowledgement: it consumes the edge latch (and a
         // level interrupt's software-pending state; its line keeps it pending if high).
-        irq.latch = false;
+        irq.set_latch(false);
         irq.lr = Some(i as u8);
         irq.lr_vcpu = vcpu as u8;
         irq.lr_state = LR_STATE_PENDING;
@@ -607,11 +633,11 @@ impl State {
                 continue;
             };
             if irq.trigger == Trigger::Level
-                && irq.latch
+                && irq.latch()
                 && irq.lr.is_none()
                 && !pcpu.line_high(pintid)
             {
-                irq.latch = false;
+                irq.set_latch(false);
                 cpu.clear_pend(intid);
             }
         }
@@ -648,7 +674,7 @@ impl State {
     fn evict(&mut self, vcpu: usize, i: usize) {
         if let Some(intid) = self.cpus[vcpu].lrs[i] {
             if let Some(irq) = self.lr_irq(vcpu, i, intid) {
-                irq.latch |= irq.trigger == Trigger::Edge || irq.hw.is_some();
+                irq.latch_if(irq.trigger == Trigger::Edge || irq.hw.is_some());
             }
         }
         self.free_lr(vcpu, i);
@@ -719,8 +745,7 @@ impl CpuState {
             }
             irq.lr = None;
             irq.lr_state = 0;
-            irq.clear_pending_req = false;
-            irq.clear_active_req = false;
+            irq.drop_clear_reqs();
             if irq.deliverable(grp1) {
                 self.set_pend(intid);
             }
@@ -731,6 +756,42 @@ impl CpuState {
         self.occupied &= !bit;
         self.dirty &= !bit;
         self.unzeroed |= bit;
+        true
+    }
+
+    /// [`State::reraise_in_lr0`] within the vCPU: LR 0 is the only occupied LR, it holds `intid`
+    /// itself, and the guest is done with it (ICH_ELRSR_EL2 says it is empty): the steady
+    /// state of a vCPU that keeps sending itself one SGI, or of its timer. Syncing would
+    /// free LR 0 and placing would take the first free LR, LR 0 again, so the new
+    /// instance is written over the finished one and the shadow keeps its entry. False,
+    /// with nothing changed, in any other state (and when `intid` is not deliverable).
+    #[inline(always)]
+    fn reraise_in_lr0(
+        &mut self,
+        intid: u32,
+        hw: Option<u32>,
+        grp1: bool,
+        lrs: &mut impl ListRegs,
+    ) -> bool {
+        let irq = &mut self.private[intid as usize % NR_PRIVATE];
+        // A private interrupt that claims LR 0 is what the shadow says LR 0 holds
+        // (`place_private` and `place` set both, freeing clears both; the vGIC's
+        // property tests check it after every step).
+        let finished_in_lr0 = irq.lr == Some(0) && lrs.elrsr() & 1 != 0;
+        debug_assert!(!finished_in_lr0 || self.lrs[0] == Some(intid));
+        // What `deliverable` asks once the instance has left the LR (the edge this call
+        // latches makes it pending).
+        let deliverable = grp1 && irq.enabled_and_idle();
+        if !(finished_in_lr0 && deliverable) {
+            return false;
+        }
+        if hw.is_some() {
+            irq.hw = hw;
+        }
+        irq.lr_state = LR_STATE_PENDING;
+        irq.drop_clear_reqs();
+        lrs.write(0, encode(intid, irq));
+        lrs.set_hcr(HCR_EN);
         true
     }
 
@@ -756,7 +817,7 @@ impl CpuState {
         if hw.is_some() {
             irq.hw = hw;
         }
-        irq.latch = true;
+        irq.set_latch(true);
         if irq.deliverable(grp1) {
             self.place_private(vcpu, free.trailing_zeros() as usize, intid, lrs);
         }
@@ -801,7 +862,7 @@ impl CpuState {
         let i = i % MAX_LRS;
         let irq = &mut self.private[intid as usize % NR_PRIVATE];
         // Entering the LR stands for acknowledgement: it consumes the edge latch.
-        irq.latch = false;
+        irq.set_latch(false);
         irq.lr = Some(i as u8);
         irq.lr_vcpu = vcpu as u8;
         irq.lr_state = LR_STATE_PENDING;

@@ -48,21 +48,15 @@ impl Sgi1r {
     /// SGI to itself (its own bit, its own block, no affinity or IRM). True implies
     /// `decode(v).targets(from, nr_vcpus) == VcpuMask::one(from)`; a false answer
     /// only means "take the general path" (a list also naming absent vCPUs, say).
-    #[inline]
+    #[inline(always)]
     pub fn only_to_self(v: u64, from: usize, nr_vcpus: usize) -> bool {
-        const AFF_FIELDS: u64 = AFF_MASK << SGI1R_AFF1_SHIFT
-            | AFF_MASK << SGI1R_AFF2_SHIFT
-            | AFF_MASK << SGI1R_AFF3_SHIFT;
-        // RS 4 and up name vCPUs past MAX_VCPUS (64): with those bits clear, `rs ==
-        // from / 16` bounds `from` too, for free in the same masked test.
-        const _: () = assert!((super::MAX_VCPUS / 16).is_power_of_two());
-        const RS_PAST_MAX_VCPUS: u64 =
-            (SGI1R_RS_MASK & !((super::MAX_VCPUS as u64 / 16) - 1)) << SGI1R_RS_SHIFT;
-        let rs = ((v >> SGI1R_RS_SHIFT) & SGI1R_RS_MASK) as usize;
-        v & (SGI1R_IRM | AFF_FIELDS | RS_PAST_MAX_VCPUS) == 0
-            && from < nr_vcpus
-            && rs == from / 16
-            && v & SGI1R_TARGET_LIST_MASK == 1 << (from % 16)
+        // Every bit but the INTID's must be the canonical self-SGI's: the sender's bit
+        // in its block of 16 (RS), no affinity, no IRM. A value with RES0 bits set is
+        // not recognised (the general path ignores them). `from < nr_vcpus <= 64`
+        // keeps RS within its field.
+        const _: () = assert!(super::MAX_VCPUS / 16 <= SGI1R_RS_MASK as usize + 1);
+        let canonical = ((from / 16) as u64) << SGI1R_RS_SHIFT | 1 << (from % 16);
+        from < nr_vcpus && v & !(SGI1R_INTID_MASK << SGI1R_INTID_SHIFT) == canonical
     }
 
     /// The vCPUs (of `nr_vcpus`) this request targets when sent by `from`.

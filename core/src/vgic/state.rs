@@ -234,7 +234,7 @@ impl State {
         let Some(irq) = cpu.private.get_mut(intid as usize) else {
             return VcpuMask::EMPTY;
         };
-        irq.latch = true;
+        irq.set_latch(true);
         if let Some(lr) = irq.lr {
             // A private interrupt only ever sits in its own vCPU's LRs.
             let holder = usize::from(irq.lr_vcpu);
@@ -313,8 +313,7 @@ impl State {
             if let Some(irq) = self.irq_mut(vcpu, intid) {
                 irq.lr = None;
                 irq.lr_state = 0;
-                irq.clear_pending_req = false;
-                irq.clear_active_req = false;
+                irq.drop_clear_reqs();
             }
         }
         self.cpus[vcpu] = CpuState::new();

@@ -119,6 +119,10 @@ fn enable_spi(g: &VGic, intid: u32, vcpu: u64) {
     );
 }
 
+fn enable_private(g: &VGic, vcpu: usize, intid: u32) {
+    g.redist_write(vcpu, rd(vcpu) + SGI + ISENABLER, 4, 1 << intid);
+}
+
 fn sgi1r(intid: u64, target_list: u64) -> u64 {
     intid << 24 | target_list
 }
@@ -803,6 +807,48 @@ fn the_exit_paths_one_pass_raise_holds_too() {
 }
 
 #[test]
+fn a_repeated_self_sgi_or_timer_reuses_its_finished_lr() {
+    // The steady state of `sgi_self` and `vtimer_irq`: the previous instance, finished
+    // by the guest, still holds LR 0 in the shadow. The new one goes over it.
+    let g = booted(1, 32);
+    let mut l = FakeLrs::new(4);
+    g.redist_write(0, rd(0) + SGI + ISENABLER, 4, 1 << 27);
+    run_exit(&g, 0, &mut l);
+    // Round 0 places through the general path; later rounds must write the same LR.
+    let mut first = 0;
+    for round in 0..3 {
+        assert!(g.send_sgi_local(0, sgi1r(5, 1), &mut l).flushed);
+        assert_eq!(l.valid(), vec![5], "round {round}");
+        first = if round == 0 { l.lr[0] } else { first };
+        assert_eq!(l.lr[0], first, "round {round}");
+        assert_eq!(ispendr0(&g, 0), 1 << 5);
+        assert_eq!(l.ack_eoi(), Some(5));
+    }
+    for round in 0..3 {
+        assert!(g.inject_hw_local(0, 27, 27, &mut l).flushed);
+        assert_eq!(l.valid(), vec![27], "round {round}");
+        first = if round == 0 { l.lr[0] } else { first };
+        assert_eq!(l.lr[0], first, "round {round}");
+        assert_ne!(l.lr[0] & LR_HW, 0, "still hardware-linked");
+        assert_eq!(ispendr0(&g, 0), 1 << 27);
+        assert_eq!(l.ack_eoi(), Some(27));
+    }
+    // Not while the guest still holds it: the edge latches behind the active copy.
+    assert!(g.send_sgi_local(0, sgi1r(5, 1), &mut l).flushed);
+    assert_eq!(l.ack(), Some(5));
+    assert!(g.send_sgi_local(0, sgi1r(5, 1), &mut l).flushed);
+    assert_eq!(l.valid(), vec![5]);
+    assert_eq!(lr_state(l.lr[0]), LR_STATE_PENDING | LR_STATE_ACTIVE);
+    // Nor once it is disabled: it stays pending in software.
+    l.eoi(5);
+    assert_eq!(l.ack_eoi(), Some(5));
+    g.redist_write(0, rd(0) + SGI + ICENABLER, 4, 1 << 5);
+    assert!(g.send_sgi_local(0, sgi1r(5, 1), &mut l).flushed);
+    assert!(l.valid().is_empty());
+    assert_eq!(ispendr0(&g, 0), 1 << 5);
+}
+
+#[test]
 fn an_spi_routed_to_a_sleeping_vcpu_waits_for_it() {
     let g = booted(2, 64);
     let mut l = FakeLrs::new(4);
@@ -872,6 +918,13 @@ fn check_consistent(g: &VGic, vcpu: usize, l: &FakeLrs) -> Result<(), TestCaseEr
             prop_assert_eq!(usize::from(irq.lr_vcpu), vcpu);
         }
     }
+    // And the other way: a private interrupt that claims an LR is what the shadow
+    // says that LR holds (the exit path's LR-reuse shortcut relies on it).
+    for (intid, irq) in st.cpus[vcpu].private.iter().enumerate() {
+        if let Some(i) = irq.lr {
+            prop_assert_eq!(st.cpus[vcpu].lrs[usize::from(i)], Some(intid as u32));
+        }
+    }
     let mut seen = Vec::new();
     for &v in &l.lr {
         if lr_state(v) != 0 {
@@ -897,6 +950,13 @@ enum Op {
     Reset(usize),
     /// GICR_WAKER.ProcessorSleep of a vCPU set (true) or cleared.
     Sleep(usize, bool),
+    /// vCPU `v` raises private interrupt `intid` for itself (an SGI, or with `hw` a
+    /// hardware-linked PPI like its timer) and takes it at once: acknowledge and EOI.
+    Taken {
+        v: usize,
+        intid: u32,
+        hw: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -911,6 +971,14 @@ fn op() -> impl Strategy<Value = Op> {
         (0usize..4, any::<u64>()).prop_map(|(f, v)| Op::Sgi(f, v)),
         // Well-formed SGIs (random words almost never name Aff1-3 = 0).
         (0usize..4, 0u64..16, 0u64..8).prop_map(|(f, i, t)| Op::Sgi(f, sgi1r(i, t))),
+        // Raised and taken at once, from a small set, so that one often comes again
+        // after the guest finished the last (the exit path's LR-reuse shortcut).
+        (0usize..3, 0u32..3).prop_map(|(v, intid)| Op::Taken {
+            v,
+            intid,
+            hw: false
+        }),
+        (0usize..3, 26u32..28).prop_map(|(v, intid)| Op::Taken { v, intid, hw: true }),
         (0u32..1100, any::<bool>()).prop_map(|(i, l)| Op::Level(i, l)),
         (0usize..4, 0u32..100).prop_map(|(v, i)| Op::Hw(v, i)),
         (0usize..3, 0u8..4).prop_map(|(v, a)| Op::Guest(v, a)),
@@ -961,6 +1029,7 @@ proptest! {
                     let waker = if asleep { WAKER_PROCESSOR_SLEEP } else { 0 };
                     g.redist_write(v, rd(v) + GICR_WAKER, 4, u64::from(waker));
                 }
+                ref taken @ Op::Taken { .. } => apply(&g, &mut lrs, taken),
             }
         }
         // Draining: a guest that acks and EOIs everything ends with empty LRs and,
@@ -1034,6 +1103,16 @@ fn apply(g: &VGic, lrs: &mut [FakeLrs; 3], op: &Op) {
             let waker = if asleep { WAKER_PROCESSOR_SLEEP } else { 0 };
             g.redist_write(v, rd(v) + GICR_WAKER, 4, u64::from(waker));
         }
+        Op::Taken { v, intid, hw } => {
+            enable_private(g, v, intid);
+            if hw {
+                g.inject_hw(v, intid, intid);
+            } else {
+                g.send_sgi(v, sgi1r(u64::from(intid), 1 << v));
+            }
+            run_exit(g, v, &mut lrs[v]);
+            lrs[v].ack_eoi();
+        }
     }
 }
 
@@ -1070,6 +1149,20 @@ proptest! {
                         local.sync(v, &mut ll[v]);
                         local.flush(v, &mut ll[v]);
                     }
+                }
+                Op::Taken { v, intid, hw } => {
+                    apply(&plain, &mut pl, &op);
+                    enable_private(&local, v, intid);
+                    let r = if hw {
+                        local.inject_hw_local(v, intid, intid, &mut ll[v])
+                    } else {
+                        local.send_sgi_local(v, sgi1r(u64::from(intid), 1 << v), &mut ll[v])
+                    };
+                    if !r.flushed && local.needs_flush(v) {
+                        local.sync(v, &mut ll[v]);
+                        local.flush(v, &mut ll[v]);
+                    }
+                    ll[v].ack_eoi();
                 }
                 ref other => {
                     apply(&plain, &mut pl, other);
