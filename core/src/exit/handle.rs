@@ -282,9 +282,17 @@ pub fn finish(vm: &VmModel, vcpu: usize, flushed: bool, hw: &mut impl Arch) -> A
     // exit that did not flush asks.
     if !flushed && vm.vgic.needs_flush_relaxed(vcpu) {
         fence(Ordering::Acquire);
-        serve_list_registers(vm, vcpu, hw);
+        serve_list_registers_after_exit(vm, vcpu, hw);
     }
     Action::Resume
+}
+
+/// [`serve_list_registers`] at the end of an exit (see [`VGic::flush_after_exit`]).
+///
+/// [`VGic::flush_after_exit`]: crate::vgic::VGic::flush_after_exit
+#[inline(never)]
+fn serve_list_registers_after_exit(vm: &VmModel, vcpu: usize, hw: &mut impl Arch) {
+    vm.vgic.flush_after_exit(vcpu, hw);
 }
 
 /// Fold the list registers back into the vGIC and refill them (asking `hw` whether a
@@ -395,8 +403,7 @@ fn leave_running(vm: &VmModel, to: VmState) -> Action {
 fn wait_for_interrupt(vm: &VmModel, vcpu: usize, hw: &mut impl Arch) -> Action {
     // The emulated physical timer may have come due since it was last looked at.
     let (_own, ptimer_due) = vm.ptimer_update(vcpu, hw.counter());
-    serve_list_registers(vm, vcpu, hw);
-    if vm.vgic.has_pending(vcpu) || vm.state() != VmState::Running {
+    if vm.vgic.flush_and_has_pending(vcpu, hw) || vm.state() != VmState::Running {
         return Action::Resume;
     }
     // Woken by whichever timer is due first.

@@ -133,6 +133,12 @@ impl Irq {
             && self.lr.is_none()
     }
 
+    /// Whether it will be [`Irq::deliverable`] once out of the LR it sits in.
+    #[inline(always)]
+    pub fn deliverable_once_out(&self, grp1_enabled: bool) -> bool {
+        self.pending() && self.enabled() && self.group1() && grp1_enabled && !self.active()
+    }
+
     /// Pending as the guest sees it through ISPENDR.
     pub fn pending_view(&self) -> bool {
         self.pending() || (self.lr.is_some() && self.lr_state & LR_STATE_PENDING != 0)

@@ -608,10 +608,48 @@ impl VGic {
         if vcpu >= self.nr_vcpus {
             return;
         }
+        let busy = self.state.lock().flush_cpu(vcpu, pcpu);
+        self.set_flags(vcpu, if busy { FLAG_LRS_BUSY } else { 0 });
+    }
+
+    /// [`VGic::flush`] for the end of an exit of `vcpu`, whose likeliest state then is
+    /// list registers holding interrupts the guest has finished: tries that case's
+    /// shortcut (`State::retire_finished`) first. (The scheduler's flushes, of a vCPU
+    /// given new work while off its CPU or idle, go straight to the general flush.)
+    pub fn flush_after_exit(&self, vcpu: usize, pcpu: &mut impl PhysCpu) {
+        if vcpu >= self.nr_vcpus {
+            return;
+        }
         let mut st = self.state.lock();
+        self.flush_locked(&mut st, vcpu, pcpu);
+    }
+
+    /// [`VGic::flush_after_exit`], then [`VGic::has_pending`], under one lock: what a
+    /// WFI asks.
+    pub fn flush_and_has_pending(&self, vcpu: usize, pcpu: &mut impl PhysCpu) -> bool {
+        if vcpu >= self.nr_vcpus {
+            return false;
+        }
+        let mut st = self.state.lock();
+        if self.flush_locked(&mut st, vcpu, pcpu) {
+            // Nothing is left in an LR or waiting: the quickest answer.
+            return false;
+        }
+        st.has_pending_cpu(vcpu)
+    }
+
+    /// `flush_after_exit` with the state lock held. True when the shortcut found the
+    /// vCPU with nothing left to deliver.
+    #[inline(always)]
+    fn flush_locked(&self, st: &mut State, vcpu: usize, pcpu: &mut impl PhysCpu) -> bool {
         // Everyone who sets WORK holds the lock, so clearing it at the end loses nothing.
+        if st.retire_finished(vcpu, &mut pcpu.list_regs()) {
+            self.set_flags(vcpu, 0);
+            return true;
+        }
         let busy = st.flush_cpu(vcpu, pcpu);
         self.set_flags(vcpu, if busy { FLAG_LRS_BUSY } else { 0 });
+        false
     }
 
     /// After an exit that may have changed LR state (maintenance interrupt, WFI, or just

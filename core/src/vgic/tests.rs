@@ -1180,6 +1180,72 @@ proptest! {
 }
 
 proptest! {
+    /// `flush_after_exit`'s shortcut for LRs the guest has finished
+    /// (`State::retire_finished`) ends exactly where the general `flush` ends: same list registers, ICH_HCR_EL2, flags,
+    /// pending view and ISPENDR/ISACTIVER reads. A WFI's `flush_and_has_pending`
+    /// answers as `flush` + `has_pending`.
+    #[test]
+    fn flush_shortcut_matches_the_general_flush(
+        boot in any::<bool>(),
+        ops in proptest::collection::vec(op(), 0..300),
+    ) {
+        let general = if boot { booted(3, 64) } else { VGic::new(3, 64) };
+        let short = if boot { booted(3, 64) } else { VGic::new(3, 64) };
+        let new_lrs = || [FakeLrs::new(4), FakeLrs::new(2), FakeLrs::new(16)];
+        let (mut gl, mut sl) = (new_lrs(), new_lrs());
+        for (n, op) in ops.iter().enumerate() {
+            match *op {
+                Op::Exit(v) => {
+                    if general.needs_flush(v) {
+                        general.sync(v, &mut gl[v]);
+                        general.flush(v, &mut gl[v]);
+                    }
+                    if short.needs_flush(v) {
+                        if n % 2 == 0 {
+                            short.flush_after_exit(v, &mut sl[v]);
+                        } else {
+                            let pending = short.flush_and_has_pending(v, &mut sl[v]);
+                            prop_assert_eq!(pending, general.has_pending(v));
+                        }
+                    }
+                }
+                Op::Taken { v, intid, hw } => {
+                    for (g, l, general_flush) in [(&general, &mut gl, true), (&short, &mut sl, false)] {
+                        enable_private(g, v, intid);
+                        if hw {
+                            g.inject_hw(v, intid, intid);
+                        } else {
+                            g.send_sgi(v, sgi1r(u64::from(intid), 1 << v));
+                        }
+                        if general_flush {
+                            g.sync(v, &mut l[v]);
+                            g.flush(v, &mut l[v]);
+                        } else {
+                            g.flush_after_exit(v, &mut l[v]);
+                        }
+                        l[v].ack_eoi();
+                    }
+                }
+                ref other => {
+                    apply(&general, &mut gl, other);
+                    apply(&short, &mut sl, other);
+                }
+            }
+            for v in 0..3 {
+                prop_assert_eq!(&gl[v].lr, &sl[v].lr, "vCPU {} LRs after {:?}", v, op);
+                prop_assert_eq!(gl[v].hcr, sl[v].hcr);
+                prop_assert_eq!(general.needs_flush(v), short.needs_flush(v));
+                prop_assert_eq!(general.has_pending(v), short.has_pending(v));
+                prop_assert_eq!(ispendr0(&general, v), ispendr0(&short, v));
+            }
+            if let Op::Exit(v) = *op {
+                check_consistent(&short, v, &sl[v])?;
+            }
+        }
+    }
+}
+
+proptest! {
     /// The exit path's quick "SGI to myself" test never claims more than the full decode,
     /// and recognises the canonical self-SGI.
     #[test]
