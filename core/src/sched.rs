@@ -247,6 +247,11 @@ pub struct Scheduler {
     /// The VM whose stop the last call finished (its last running vCPU left its CPU),
     /// for [`Self::take_finished_stop`].
     finished: Option<usize>,
+    /// At least as many as the shared vCPUs with a wake-up deadline (`wake_at`, which
+    /// only a Blocked vCPU has): with none, [`Self::deadline`] skips its walk over
+    /// every vCPU, which is on every switch. `block` counts one up and the walk counts
+    /// them all, so the wake-ups and stops that take a deadline away need not.
+    timed: usize,
 }
 
 impl Scheduler {
@@ -270,6 +275,7 @@ impl Scheduler {
             kicks: 0,
             stopping: Vec::new(),
             finished: None,
+            timed: 0,
         }
     }
 
@@ -531,6 +537,9 @@ impl Scheduler {
             return Decision::keep(v);
         }
         e.wake_at = wake_at;
+        if wake_at.is_some() && e.placement == Placement::Shared {
+            self.timed = self.timed.saturating_add(1);
+        }
         self.leave(cpu, now, RunState::Blocked);
         self.pick(cpu, now)
     }
@@ -675,17 +684,26 @@ impl Scheduler {
 
     /// Blocked vCPUs whose deadline has passed become runnable; the CPUs that should
     /// run them are collected for [`Self::take_kicks`].
+    /// Counts the shared ones still waiting for theirs afresh (`timed`).
     fn expire(&mut self, now: Ticks) {
+        let mut timed = 0;
         for i in 0..self.vcpus.len() {
-            let due = self.vcpus.get(i).is_some_and(|e| {
-                e.state == RunState::Blocked && e.wake_at.is_some_and(|t| t <= now)
-            });
-            if due {
-                if let Some(cpu) = self.wake(VcpuId(i)) {
-                    self.kicks |= 1u64.checked_shl(cpu as u32).unwrap_or(0);
+            let Some(e) = self.vcpus.get(i) else { break };
+            let (blocked, shared) = (
+                e.state == RunState::Blocked,
+                e.placement == Placement::Shared,
+            );
+            match e.wake_at {
+                Some(t) if blocked && t <= now => {
+                    if let Some(cpu) = self.wake(VcpuId(i)) {
+                        self.kicks |= 1u64.checked_shl(cpu as u32).unwrap_or(0);
+                    }
                 }
+                Some(_) if blocked && shared => timed += 1,
+                _ => {}
             }
         }
+        self.timed = timed;
     }
 
     /// The CPUs to interrupt because [`Self::tick`] woke vCPUs for them (bit per CPU;
@@ -697,18 +715,26 @@ impl Scheduler {
     /// When `cpu` should next call [`Self::tick`]: its slice end while it runs a shared
     /// vCPU, and the earliest wake-up deadline of a blocked shared vCPU. None on a
     /// dedicated CPU (no tick) or when nothing is due.
-    pub fn deadline(&self, cpu: usize) -> Option<Ticks> {
+    pub fn deadline(&mut self, cpu: usize) -> Option<Ticks> {
         let c = self.cpus.get(cpu)?;
         if c.dedicated.is_some() {
             return None;
         }
         let slice = c.current.map(|_| c.slice_end);
-        let wake = self
-            .vcpus
-            .iter()
-            .filter(|e| e.state == RunState::Blocked && e.placement == Placement::Shared)
-            .filter_map(|e| e.wake_at)
-            .min();
+        if self.timed == 0 {
+            return slice;
+        }
+        let mut timed = 0;
+        let mut wake = None;
+        for e in &self.vcpus {
+            if let (RunState::Blocked, Placement::Shared, Some(t)) =
+                (e.state, e.placement, e.wake_at)
+            {
+                timed += 1;
+                wake = earliest(wake, Some(t));
+            }
+        }
+        self.timed = timed;
         earliest(slice, wake)
     }
 
