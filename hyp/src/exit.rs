@@ -90,7 +90,10 @@ impl Reason {
     /// The recorded reason, reset to `Tick` (what a bare look amounts to).
     fn take(ctx: &CpuContext) -> Reason {
         let wake_at = ctx.wake_at.load(Ordering::Relaxed);
-        match ctx.reason.swap(0, Ordering::Relaxed) {
+        // Only this CPU writes it: a load and a store, not an atomic swap.
+        let kind = ctx.reason.load(Ordering::Relaxed);
+        ctx.reason.store(0, Ordering::Relaxed);
+        match kind {
             1 => Reason::Block(None),
             2 => Reason::Block(Some(wake_at)),
             3 => Reason::Yield,
@@ -293,7 +296,12 @@ fn leave(
         if let Some(saved) = saved {
             saved.arch.save(ctx.features, &mut cpuif);
         }
-        ctx.loaded.clear();
+        // With a vCPU to restore, `arrive` names it as loaded at once (nothing reads
+        // `loaded` in between): left as it is till then, a switch between two vCPUs of
+        // one VM neither drops nor takes a reference to it.
+        if d.restore.is_none() {
+            ctx.loaded.clear();
+        }
     }
     Left::FrameSaved
 }
@@ -353,7 +361,7 @@ fn arrive<'s>(
                     if d.flush_tlb {
                         sysreg::flush_local_guest_context();
                     }
-                    ctx.loaded.set(vm.clone(), v);
+                    ctx.loaded.set(vm, v);
                     machine::trap_wfe(!target.dedicated);
                 }
                 copy_frame(frame, &saved.frame);
@@ -445,13 +453,16 @@ fn arm_tick(deadline: Option<Ticks>) {
 /// the kernel entry, one started by PSCI CPU_ON to the entry point it was given. (PSCI
 /// has reported it On since that CPU_ON; only its registers are set here.)
 fn start_if_pending(vm: &Vm, v: usize, vcpu: &Vcpu, frame: &mut GuestFrame) {
-    if vcpu.boot.swap(false, Ordering::AcqRel) {
+    // Looked at before the swaps: almost always false, and a load is cheaper.
+    if vcpu.boot.load(Ordering::Relaxed) && vcpu.boot.swap(false, Ordering::AcqRel) {
         reset_vcpu_state(vm, v);
         *frame = GuestFrame::default();
         frame.x[0] = vm.boot.dtb;
         frame.elr = vm.boot.kernel;
         frame.spsr = inject::SPSR_EL1H_MASKED;
-    } else if !vcpu.psci_start.swap(false, Ordering::AcqRel) {
+    } else if !vcpu.psci_start.load(Ordering::Relaxed)
+        || !vcpu.psci_start.swap(false, Ordering::AcqRel)
+    {
         // The common case: no lock taken.
     } else if let Some((entry, context)) = vm.power.take_pending_start(v) {
         reset_vcpu_state(vm, v);
