@@ -520,27 +520,31 @@ impl Scheduler {
     /// The vCPU running on `cpu` waits for an interrupt (WFI with nothing pending),
     /// until `wake_at` at the latest. Returns what the CPU does next.
     pub fn block(&mut self, cpu: usize, now: Ticks, wake_at: Option<Ticks>) -> Decision {
-        let Some(v) = self.current(cpu) else {
+        // Each entry looked up once (this is on every blocking WFI): what `leave` does,
+        // done here with the entry in hand.
+        let Some(c) = self.cpus.get_mut(cpu) else {
+            return Decision::keep_idle();
+        };
+        let Some(v) = c.current else {
             return self.pick(cpu, now);
         };
-        if self.stopping_vcpu(v) {
-            return self.off_current(cpu, now);
-        }
         // `current` names an entry of `vcpus`; were it not to, it keeps running.
         let Some(e) = self.vcpus.get_mut(v.0) else {
             return Decision::keep(v);
         };
-        if core::mem::take(&mut e.wake_pending) {
-            return Decision::keep(v);
+        if self.stopping.get(e.vm).copied().unwrap_or(false) {
+            return self.off_current(cpu, now);
         }
-        if wake_at.is_some_and(|t| t <= now) {
+        if core::mem::take(&mut e.wake_pending) || wake_at.is_some_and(|t| t <= now) {
             return Decision::keep(v);
         }
         e.wake_at = wake_at;
         if wake_at.is_some() && e.placement == Placement::Shared {
             self.timed = self.timed.saturating_add(1);
         }
-        self.leave(cpu, now, RunState::Blocked);
+        e.run_ticks += now.saturating_sub(e.since);
+        e.state = RunState::Blocked;
+        c.current = None;
         self.pick(cpu, now)
     }
 
@@ -772,37 +776,36 @@ impl Scheduler {
             (None, _) => Self::pop_runnable(queue, vcpus),
         };
         // Whatever `pick` chose is runnable, so in `vcpus`.
-        let Some((v, vm)) = next.and_then(|v| Some((v, vcpus.get(v.0)?.vm))) else {
+        let Some((v, e)) = next.and_then(|v| Some((v, vcpus.get_mut(v.0)?))) else {
             return Decision::keep_idle();
         };
+        let vm = e.vm;
+        e.state = RunState::Running(cpu);
+        e.loaded_on = Some(cpu);
+        e.last_cpu = Some(cpu);
+        e.ran_on |= 1u64.checked_shl(cpu as u32).unwrap_or(0);
+        e.since = now;
+        e.wake_pending = false;
         let (save, restore) = if c.loaded == Some(v) {
             (None, None)
         } else {
             (c.loaded, Some(v))
         };
-        let flush_tlb = restore.is_some()
-            && c.last_of_vm
-                .get(vm)
-                .copied()
-                .flatten()
-                .is_some_and(|last| last != v);
-        if let Some(slot) = c.last_of_vm.get_mut(vm) {
-            *slot = Some(v);
-        }
-        c.current = Some(v);
-        c.loaded = Some(v);
-        c.slice_end = now + *slice;
+        // `save` is not `v`: its registers leave, `v`'s arrive.
         if let Some(old) = save.and_then(|old| vcpus.get_mut(old.0)) {
             old.loaded_on = None;
         }
-        if let Some(e) = vcpus.get_mut(v.0) {
-            e.state = RunState::Running(cpu);
-            e.loaded_on = Some(cpu);
-            e.last_cpu = Some(cpu);
-            e.ran_on |= 1u64.checked_shl(cpu as u32).unwrap_or(0);
-            e.since = now;
-            e.wake_pending = false;
-        }
+        let flush_tlb = match c.last_of_vm.get_mut(vm) {
+            Some(last) => {
+                let other = last.is_some_and(|last| last != v);
+                *last = Some(v);
+                restore.is_some() && other
+            }
+            None => false,
+        };
+        c.current = Some(v);
+        c.loaded = Some(v);
+        c.slice_end = now + *slice;
         Decision {
             run: Some(v),
             save,
