@@ -169,12 +169,10 @@ fn schedule(frame: &mut GuestFrame) {
     let now = sysreg::read_cntpct_el0();
     let mut s = m.sched.lock();
     let mut finished_vm = None;
+    // A `Decision` held across a call (kick_mask) is moved through `memcpy` after it:
+    // each arm returns the scheduler's answer as it is, and the kicks come after.
     let d = match reason {
-        Reason::Tick => {
-            let d = s.tick(cpu, now);
-            kick_mask(s.take_kicks());
-            d
-        }
+        Reason::Tick => s.tick(cpu, now),
         Reason::Yield => s.yield_cpu(cpu, now),
         Reason::Block(wake_at) => s.block(cpu, now, wake_at),
         Reason::Off | Reason::PowerOff => {
@@ -186,6 +184,10 @@ fn schedule(frame: &mut GuestFrame) {
             d
         }
     };
+    if reason == Reason::Tick {
+        // Deadlines the tick found expired may have given other CPUs work.
+        kick_mask(s.take_kicks());
+    }
     let stopping = matches!(reason, Reason::Off | Reason::PowerOff);
     // Taken on every pass, so a finish can never be left for a later one.
     let finished_stop = s.take_finished_stop();
