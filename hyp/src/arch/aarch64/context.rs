@@ -357,6 +357,11 @@ pub struct VcpuContext {
     pmu: PmuRegs,
     sve_preds: [u8; SVE_PRED_BYTES],
     pub gic: V3CpuIf,
+    /// The hardware-linked PPIs `gic`'s list registers hold, found when they were saved
+    /// from `gic_held_lrs` list registers (the saved ones change only then): a restore
+    /// on a CPU with as many need not scan them again.
+    gic_held: u32,
+    gic_held_lrs: usize,
     /// Its breakpoints and watchpoints, meaningful while `debug_claimed`.
     debug: DebugRegs,
     /// It holds the debug registers: they are loaded (and untrapped) when it runs.
@@ -371,6 +376,8 @@ impl Default for VcpuContext {
             pmu: PmuRegs::default(),
             sve_preds: [0; SVE_PRED_BYTES],
             gic: V3CpuIf::default(),
+            gic_held: 0,
+            gic_held_lrs: 0,
             debug: DebugRegs::default(),
             debug_claimed: false,
         }
@@ -553,6 +560,18 @@ impl CpuInterface for HwCpuIf {
     type Saved = V3CpuIf;
 
     fn put(&mut self, s: &mut V3CpuIf) {
+        let _ = self.put_held(s);
+    }
+
+    fn load(&mut self, s: &V3CpuIf) {
+        self.load_held(s, s.hw_ppis_held(self.hw_ppis, self.lr_count));
+    }
+}
+
+impl HwCpuIf {
+    /// [`CpuInterface::put`], which also returns the hardware-linked PPIs the saved list
+    /// registers hold (what [`Self::load_held`] takes back on a CPU with as many).
+    fn put_held(&mut self, s: &mut V3CpuIf) -> u32 {
         s.hcr = read_ich_hcr_el2();
         write_ich_hcr_el2(0);
         s.vmcr = read_ich_vmcr_el2();
@@ -577,9 +596,11 @@ impl CpuInterface for HwCpuIf {
             gic::set_private_active(self.redist, held, false);
         }
         isb();
+        held
     }
 
-    fn load(&mut self, s: &V3CpuIf) {
+    /// [`CpuInterface::load`], given `s.hw_ppis_held` over this CPU's list registers.
+    fn load_held(&mut self, s: &V3CpuIf, held: u32) {
         write_ich_vmcr_el2(s.vmcr);
         write_ich_ap0r0_el2(s.ap0r[0]);
         write_ich_ap1r0_el2(s.ap1r[0]);
@@ -598,7 +619,6 @@ impl CpuInterface for HwCpuIf {
         // A hardware-linked LR needs its physical interrupt active here, so the guest's
         // deactivation lands on it and its source cannot fire again at EL2 meanwhile;
         // the others must not be (a previous vCPU's, or one EL2 left active).
-        let held = s.hw_ppis_held(self.hw_ppis, self.lr_count);
         if self.hw_ppis & !held != 0 {
             gic::set_private_active(self.redist, self.hw_ppis & !held, false);
         }
@@ -668,7 +688,8 @@ impl VcpuContext {
         if let Some(counters) = f.pmu_counters {
             self.pmu.save(counters);
         }
-        cpuif.put(&mut self.gic);
+        self.gic_held = cpuif.put_held(&mut self.gic);
+        self.gic_held_lrs = cpuif.lr_count;
         self.put_debug(f);
     }
 
@@ -739,7 +760,11 @@ impl VcpuContext {
         if let Some(counters) = f.pmu_counters {
             self.pmu.restore(counters);
         }
-        cpuif.load(&self.gic);
+        if self.gic_held_lrs == cpuif.lr_count {
+            cpuif.load_held(&self.gic, self.gic_held);
+        } else {
+            cpuif.load(&self.gic);
+        }
         self.load_debug(f);
         // The timer last, with the interrupt interface ready for what it raises.
         write_cntv_cval_el0(e.cntv_cval);
