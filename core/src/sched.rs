@@ -247,6 +247,11 @@ pub struct Scheduler {
     /// The VM whose stop the last call finished (its last running vCPU left its CPU),
     /// for [`Self::take_finished_stop`].
     finished: Option<usize>,
+    /// At least as many as the shared vCPUs with a wake-up deadline (`wake_at`, which
+    /// only a Blocked vCPU has): with none, [`Self::deadline`] skips its walk over
+    /// every vCPU, which is on every switch. `block` counts one up and the walk counts
+    /// them all, so the wake-ups and stops that take a deadline away need not.
+    timed: usize,
 }
 
 impl Scheduler {
@@ -270,6 +275,7 @@ impl Scheduler {
             kicks: 0,
             stopping: Vec::new(),
             finished: None,
+            timed: 0,
         }
     }
 
@@ -514,24 +520,31 @@ impl Scheduler {
     /// The vCPU running on `cpu` waits for an interrupt (WFI with nothing pending),
     /// until `wake_at` at the latest. Returns what the CPU does next.
     pub fn block(&mut self, cpu: usize, now: Ticks, wake_at: Option<Ticks>) -> Decision {
-        let Some(v) = self.current(cpu) else {
+        // Each entry looked up once (this is on every blocking WFI): what `leave` does,
+        // done here with the entry in hand.
+        let Some(c) = self.cpus.get_mut(cpu) else {
+            return Decision::keep_idle();
+        };
+        let Some(v) = c.current else {
             return self.pick(cpu, now);
         };
-        if self.stopping_vcpu(v) {
-            return self.off_current(cpu, now);
-        }
         // `current` names an entry of `vcpus`; were it not to, it keeps running.
         let Some(e) = self.vcpus.get_mut(v.0) else {
             return Decision::keep(v);
         };
-        if core::mem::take(&mut e.wake_pending) {
-            return Decision::keep(v);
+        if self.stopping.get(e.vm).copied().unwrap_or(false) {
+            return self.off_current(cpu, now);
         }
-        if wake_at.is_some_and(|t| t <= now) {
+        if core::mem::take(&mut e.wake_pending) || wake_at.is_some_and(|t| t <= now) {
             return Decision::keep(v);
         }
         e.wake_at = wake_at;
-        self.leave(cpu, now, RunState::Blocked);
+        if wake_at.is_some() && e.placement == Placement::Shared {
+            self.timed = self.timed.saturating_add(1);
+        }
+        e.run_ticks += now.saturating_sub(e.since);
+        e.state = RunState::Blocked;
+        c.current = None;
         self.pick(cpu, now)
     }
 
@@ -675,17 +688,26 @@ impl Scheduler {
 
     /// Blocked vCPUs whose deadline has passed become runnable; the CPUs that should
     /// run them are collected for [`Self::take_kicks`].
+    /// Counts the shared ones still waiting for theirs afresh (`timed`).
     fn expire(&mut self, now: Ticks) {
+        let mut timed = 0;
         for i in 0..self.vcpus.len() {
-            let due = self.vcpus.get(i).is_some_and(|e| {
-                e.state == RunState::Blocked && e.wake_at.is_some_and(|t| t <= now)
-            });
-            if due {
-                if let Some(cpu) = self.wake(VcpuId(i)) {
-                    self.kicks |= 1u64.checked_shl(cpu as u32).unwrap_or(0);
+            let Some(e) = self.vcpus.get(i) else { break };
+            let (blocked, shared) = (
+                e.state == RunState::Blocked,
+                e.placement == Placement::Shared,
+            );
+            match e.wake_at {
+                Some(t) if blocked && t <= now => {
+                    if let Some(cpu) = self.wake(VcpuId(i)) {
+                        self.kicks |= 1u64.checked_shl(cpu as u32).unwrap_or(0);
+                    }
                 }
+                Some(_) if blocked && shared => timed += 1,
+                _ => {}
             }
         }
+        self.timed = timed;
     }
 
     /// The CPUs to interrupt because [`Self::tick`] woke vCPUs for them (bit per CPU;
@@ -697,18 +719,26 @@ impl Scheduler {
     /// When `cpu` should next call [`Self::tick`]: its slice end while it runs a shared
     /// vCPU, and the earliest wake-up deadline of a blocked shared vCPU. None on a
     /// dedicated CPU (no tick) or when nothing is due.
-    pub fn deadline(&self, cpu: usize) -> Option<Ticks> {
+    pub fn deadline(&mut self, cpu: usize) -> Option<Ticks> {
         let c = self.cpus.get(cpu)?;
         if c.dedicated.is_some() {
             return None;
         }
         let slice = c.current.map(|_| c.slice_end);
-        let wake = self
-            .vcpus
-            .iter()
-            .filter(|e| e.state == RunState::Blocked && e.placement == Placement::Shared)
-            .filter_map(|e| e.wake_at)
-            .min();
+        if self.timed == 0 {
+            return slice;
+        }
+        let mut timed = 0;
+        let mut wake = None;
+        for e in &self.vcpus {
+            if let (RunState::Blocked, Placement::Shared, Some(t)) =
+                (e.state, e.placement, e.wake_at)
+            {
+                timed += 1;
+                wake = earliest(wake, Some(t));
+            }
+        }
+        self.timed = timed;
         earliest(slice, wake)
     }
 
@@ -746,37 +776,36 @@ impl Scheduler {
             (None, _) => Self::pop_runnable(queue, vcpus),
         };
         // Whatever `pick` chose is runnable, so in `vcpus`.
-        let Some((v, vm)) = next.and_then(|v| Some((v, vcpus.get(v.0)?.vm))) else {
+        let Some((v, e)) = next.and_then(|v| Some((v, vcpus.get_mut(v.0)?))) else {
             return Decision::keep_idle();
         };
+        let vm = e.vm;
+        e.state = RunState::Running(cpu);
+        e.loaded_on = Some(cpu);
+        e.last_cpu = Some(cpu);
+        e.ran_on |= 1u64.checked_shl(cpu as u32).unwrap_or(0);
+        e.since = now;
+        e.wake_pending = false;
         let (save, restore) = if c.loaded == Some(v) {
             (None, None)
         } else {
             (c.loaded, Some(v))
         };
-        let flush_tlb = restore.is_some()
-            && c.last_of_vm
-                .get(vm)
-                .copied()
-                .flatten()
-                .is_some_and(|last| last != v);
-        if let Some(slot) = c.last_of_vm.get_mut(vm) {
-            *slot = Some(v);
-        }
-        c.current = Some(v);
-        c.loaded = Some(v);
-        c.slice_end = now + *slice;
+        // `save` is not `v`: its registers leave, `v`'s arrive.
         if let Some(old) = save.and_then(|old| vcpus.get_mut(old.0)) {
             old.loaded_on = None;
         }
-        if let Some(e) = vcpus.get_mut(v.0) {
-            e.state = RunState::Running(cpu);
-            e.loaded_on = Some(cpu);
-            e.last_cpu = Some(cpu);
-            e.ran_on |= 1u64.checked_shl(cpu as u32).unwrap_or(0);
-            e.since = now;
-            e.wake_pending = false;
-        }
+        let flush_tlb = match c.last_of_vm.get_mut(vm) {
+            Some(last) => {
+                let other = last.is_some_and(|last| last != v);
+                *last = Some(v);
+                restore.is_some() && other
+            }
+            None => false,
+        };
+        c.current = Some(v);
+        c.loaded = Some(v);
+        c.slice_end = now + *slice;
         Decision {
             run: Some(v),
             save,

@@ -90,7 +90,10 @@ impl Reason {
     /// The recorded reason, reset to `Tick` (what a bare look amounts to).
     fn take(ctx: &CpuContext) -> Reason {
         let wake_at = ctx.wake_at.load(Ordering::Relaxed);
-        match ctx.reason.swap(0, Ordering::Relaxed) {
+        // Only this CPU writes it: a load and a store, not an atomic swap.
+        let kind = ctx.reason.load(Ordering::Relaxed);
+        ctx.reason.store(0, Ordering::Relaxed);
+        match kind {
             1 => Reason::Block(None),
             2 => Reason::Block(Some(wake_at)),
             3 => Reason::Yield,
@@ -166,12 +169,10 @@ fn schedule(frame: &mut GuestFrame) {
     let now = sysreg::read_cntpct_el0();
     let mut s = m.sched.lock();
     let mut finished_vm = None;
+    // A `Decision` held across a call (kick_mask) is moved through `memcpy` after it:
+    // each arm returns the scheduler's answer as it is, and the kicks come after.
     let d = match reason {
-        Reason::Tick => {
-            let d = s.tick(cpu, now);
-            kick_mask(s.take_kicks());
-            d
-        }
+        Reason::Tick => s.tick(cpu, now),
         Reason::Yield => s.yield_cpu(cpu, now),
         Reason::Block(wake_at) => s.block(cpu, now, wake_at),
         Reason::Off | Reason::PowerOff => {
@@ -183,6 +184,10 @@ fn schedule(frame: &mut GuestFrame) {
             d
         }
     };
+    if reason == Reason::Tick {
+        // Deadlines the tick found expired may have given other CPUs work.
+        kick_mask(s.take_kicks());
+    }
     let stopping = matches!(reason, Reason::Off | Reason::PowerOff);
     // Taken on every pass, so a finish can never be left for a later one.
     let finished_stop = s.take_finished_stop();
@@ -293,7 +298,12 @@ fn leave(
         if let Some(saved) = saved {
             saved.arch.save(ctx.features, &mut cpuif);
         }
-        ctx.loaded.clear();
+        // With a vCPU to restore, `arrive` names it as loaded at once (nothing reads
+        // `loaded` in between): left as it is till then, a switch between two vCPUs of
+        // one VM neither drops nor takes a reference to it.
+        if d.restore.is_none() {
+            ctx.loaded.clear();
+        }
     }
     Left::FrameSaved
 }
@@ -353,7 +363,7 @@ fn arrive<'s>(
                     if d.flush_tlb {
                         sysreg::flush_local_guest_context();
                     }
-                    ctx.loaded.set(vm.clone(), v);
+                    ctx.loaded.set(vm, v);
                     machine::trap_wfe(!target.dedicated);
                 }
                 copy_frame(frame, &saved.frame);
@@ -445,13 +455,16 @@ fn arm_tick(deadline: Option<Ticks>) {
 /// the kernel entry, one started by PSCI CPU_ON to the entry point it was given. (PSCI
 /// has reported it On since that CPU_ON; only its registers are set here.)
 fn start_if_pending(vm: &Vm, v: usize, vcpu: &Vcpu, frame: &mut GuestFrame) {
-    if vcpu.boot.swap(false, Ordering::AcqRel) {
+    // Looked at before the swaps: almost always false, and a load is cheaper.
+    if vcpu.boot.load(Ordering::Relaxed) && vcpu.boot.swap(false, Ordering::AcqRel) {
         reset_vcpu_state(vm, v);
         *frame = GuestFrame::default();
         frame.x[0] = vm.boot.dtb;
         frame.elr = vm.boot.kernel;
         frame.spsr = inject::SPSR_EL1H_MASKED;
-    } else if !vcpu.psci_start.swap(false, Ordering::AcqRel) {
+    } else if !vcpu.psci_start.load(Ordering::Relaxed)
+        || !vcpu.psci_start.swap(false, Ordering::AcqRel)
+    {
         // The common case: no lock taken.
     } else if let Some((entry, context)) = vm.power.take_pending_start(v) {
         reset_vcpu_state(vm, v);

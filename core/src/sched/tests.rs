@@ -52,6 +52,23 @@ impl Machine {
     }
 
     fn check(&self) {
+        // `deadline` trusts the count of vCPUs with a deadline not to be low; only a
+        // blocked vCPU has one.
+        let timed = self
+            .s
+            .vcpus
+            .iter()
+            .filter(|e| e.wake_at.is_some() && e.placement == Placement::Shared)
+            .count();
+        assert!(
+            self.s.timed >= timed,
+            "{} vCPUs with a deadline, counted {}",
+            timed,
+            self.s.timed
+        );
+        for e in &self.s.vcpus {
+            assert!(e.wake_at.is_none() || e.state == RunState::Blocked, "{e:?}");
+        }
         for (cpu, held) in self.hw.iter().enumerate() {
             assert_eq!(self.s.loaded(cpu), *held, "loaded view of cpu {cpu}");
         }
@@ -655,6 +672,19 @@ proptest! {
                     }
                 }
                 Op::Advance(t) => m.now += Ticks::from(t),
+            }
+            m.check();
+            for cpu in 0..3 {
+                // What `deadline` computed before it kept a count of timed vCPUs.
+                let slow = m.s.cpus[cpu].dedicated.is_none().then(|| {
+                    let c = &m.s.cpus[cpu];
+                    let wake = m.s.vcpus.iter()
+                        .filter(|e| e.state == RunState::Blocked && e.placement == Placement::Shared)
+                        .filter_map(|e| e.wake_at)
+                        .min();
+                    earliest(c.current.map(|_| c.slice_end), wake)
+                }).flatten();
+                prop_assert_eq!(m.s.deadline(cpu), slow, "deadline of cpu {}", cpu);
             }
             if let Some(vm) = m.s.take_finished_stop() {
                 prop_assert!(stopping[vm], "VM {vm}'s stop finished but none was under way");

@@ -115,6 +115,7 @@ const SVE_PRED_BYTES: usize = 17 * 32;
 /// controls move with the vCPU; otherwise a vCPU would count what other vCPUs (of other
 /// VMs) do on its CPU, and read what they left. Zero (all off) for a new vCPU.
 #[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
 struct PmuRegs {
     pmcr: u64,
     cnten: u64,
@@ -131,6 +132,9 @@ struct PmuRegs {
 /// PMCR_EL0 bits that hold state (E, D, X, DP, LC, LP); P and C are actions.
 const PMCR_STATE: u64 = 0b1111_1001;
 
+/// The most event counters PMCR_EL0.N can name (counter 31 is the cycle counter).
+const MAX_EVENT_COUNTERS: usize = 31;
+
 impl PmuRegs {
     fn save(&mut self, counters: usize) {
         self.pmcr = read_pmcr_el0() & PMCR_STATE;
@@ -141,12 +145,10 @@ impl PmuRegs {
         self.selr = read_pmselr_el0();
         self.ccntr = read_pmccntr_el0();
         self.ccfiltr = read_pmccfiltr_el0();
-        for n in 0..counters.min(31) {
-            write_pmselr_el0(n as u64);
-            isb();
-            self.evcntr[n] = read_pmxevcntr_el0();
-            self.evtyper[n] = read_pmxevtyper_el0();
-        }
+        // SAFETY: `self` is a whole `PmuRegs` (repr(C), the offsets the routine is
+        // assembled with); it reads PMEVCNTR/PMEVTYPER<n>_EL0 for n below `counters`
+        // (at most 31), which this CPU implements (PMCR_EL0.N). EL2 does not trap them.
+        unsafe { bothy_pmu_counters_save(self, counters.min(MAX_EVENT_COUNTERS)) };
     }
 
     fn restore(&self, counters: usize) {
@@ -155,12 +157,9 @@ impl PmuRegs {
         write_pmcntenclr_el0(u64::MAX);
         write_pmintenclr_el1(u64::MAX);
         write_pmovsclr_el0(u64::MAX);
-        for n in 0..counters.min(31) {
-            write_pmselr_el0(n as u64);
-            isb();
-            write_pmxevtyper_el0(self.evtyper[n]);
-            write_pmxevcntr_el0(self.evcntr[n]);
-        }
+        // SAFETY: as in `save`; the values written are this vCPU's own (or zero), and
+        // nothing counts or interrupts while PMCR_EL0.E and the enables are clear.
+        unsafe { bothy_pmu_counters_load(self, counters.min(MAX_EVENT_COUNTERS)) };
         write_pmccfiltr_el0(self.ccfiltr);
         write_pmccntr_el0(self.ccntr);
         write_pmselr_el0(self.selr);
@@ -170,6 +169,49 @@ impl PmuRegs {
         write_pmcntenset_el0(self.cnten);
         write_pmcr_el0(self.pmcr);
     }
+}
+
+// bothy_pmu_counters_save/load(x0 = PmuRegs*, x1 = event counters, 0..=31): like the
+// debug routines below, a branch into a run of four instructions per counter, from 30
+// down to 0. Each counter by its own register (PMEVCNTR<n>_EL0, PMEVTYPER<n>_EL0), not
+// through PMSELR_EL0 and PMXEV*: that needed an ISB per counter, and the loop cost
+// twice as much on every switch.
+global_asm!(
+    r#"
+    .section .text.bothy_pmu, "ax"
+    .global bothy_pmu_counters_save
+bothy_pmu_counters_save:
+    adr     x9, 1f
+    sub     x9, x9, x1, lsl #4
+    br      x9
+    .irp    i, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 19, 18, 17, 16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0
+    mrs     x10, pmevcntr\i\()_el0
+    str     x10, [x0, #(\i * 8 + {cntr})]
+    mrs     x10, pmevtyper\i\()_el0
+    str     x10, [x0, #(\i * 8 + {typer})]
+    .endr
+1:  ret
+
+    .global bothy_pmu_counters_load
+bothy_pmu_counters_load:
+    adr     x9, 1f
+    sub     x9, x9, x1, lsl #4
+    br      x9
+    .irp    i, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 19, 18, 17, 16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0
+    ldr     x10, [x0, #(\i * 8 + {typer})]
+    msr     pmevtyper\i\()_el0, x10
+    ldr     x10, [x0, #(\i * 8 + {cntr})]
+    msr     pmevcntr\i\()_el0, x10
+    .endr
+1:  ret
+"#,
+    cntr = const core::mem::offset_of!(PmuRegs, evcntr),
+    typer = const core::mem::offset_of!(PmuRegs, evtyper),
+);
+
+extern "C" {
+    fn bothy_pmu_counters_save(regs: *mut PmuRegs, counters: usize);
+    fn bothy_pmu_counters_load(regs: *const PmuRegs, counters: usize);
 }
 
 /// Turn the PMU off and zero it, as at a vCPU's reset.
@@ -315,6 +357,11 @@ pub struct VcpuContext {
     pmu: PmuRegs,
     sve_preds: [u8; SVE_PRED_BYTES],
     pub gic: V3CpuIf,
+    /// The hardware-linked PPIs `gic`'s list registers hold, found when they were saved
+    /// from `gic_held_lrs` list registers (the saved ones change only then): a restore
+    /// on a CPU with as many need not scan them again.
+    gic_held: u32,
+    gic_held_lrs: usize,
     /// Its breakpoints and watchpoints, meaningful while `debug_claimed`.
     debug: DebugRegs,
     /// It holds the debug registers: they are loaded (and untrapped) when it runs.
@@ -329,6 +376,8 @@ impl Default for VcpuContext {
             pmu: PmuRegs::default(),
             sve_preds: [0; SVE_PRED_BYTES],
             gic: V3CpuIf::default(),
+            gic_held: 0,
+            gic_held_lrs: 0,
             debug: DebugRegs::default(),
             debug_claimed: false,
         }
@@ -448,6 +497,54 @@ extern "C" {
     fn bothy_sve_preds_restore(buf: *const u8);
 }
 
+// bothy_lrs_put(x0 = u64[16], x1 = list registers, 0..=16): read each ICH_LR<n>_EL2
+// into x0[n] and clear it; bothy_lrs_load(x0, x1): write them back. A branch into a
+// run of three (two) instructions per register, from 15 down to 0, as the debug
+// routines above: a loop over `read_ich_lr(i)` is a jump table per register, four
+// times the cost on every switch.
+global_asm!(
+    r#"
+    .section .text.bothy_lrs, "ax"
+    .global bothy_lrs_put
+bothy_lrs_put:
+    adr     x9, 1f
+    add     x10, x1, x1, lsl #1
+    sub     x9, x9, x10, lsl #2
+    br      x9
+    .irp    i, 7, 6, 5, 4, 3, 2, 1, 0
+    mrs     x10, S3_4_C12_C13_\i
+    str     x10, [x0, #((\i + 8) * 8)]
+    msr     S3_4_C12_C13_\i, xzr
+    .endr
+    .irp    i, 7, 6, 5, 4, 3, 2, 1, 0
+    mrs     x10, S3_4_C12_C12_\i
+    str     x10, [x0, #(\i * 8)]
+    msr     S3_4_C12_C12_\i, xzr
+    .endr
+1:  ret
+
+    .global bothy_lrs_load
+bothy_lrs_load:
+    adr     x9, 1f
+    sub     x9, x9, x1, lsl #3
+    br      x9
+    .irp    i, 7, 6, 5, 4, 3, 2, 1, 0
+    ldr     x10, [x0, #((\i + 8) * 8)]
+    msr     S3_4_C12_C13_\i, x10
+    .endr
+    .irp    i, 7, 6, 5, 4, 3, 2, 1, 0
+    ldr     x10, [x0, #(\i * 8)]
+    msr     S3_4_C12_C12_\i, x10
+    .endr
+1:  ret
+"#
+);
+
+extern "C" {
+    fn bothy_lrs_put(lrs: *mut u64, count: usize);
+    fn bothy_lrs_load(lrs: *const u64, count: usize);
+}
+
 /// This CPU's GICv3 virtual CPU interface (ICH_*_EL2), with its redistributor for the
 /// active state of the hardware-linked PPIs.
 pub struct HwCpuIf {
@@ -463,13 +560,24 @@ impl CpuInterface for HwCpuIf {
     type Saved = V3CpuIf;
 
     fn put(&mut self, s: &mut V3CpuIf) {
+        let _ = self.put_held(s);
+    }
+
+    fn load(&mut self, s: &V3CpuIf) {
+        self.load_held(s, s.hw_ppis_held(self.hw_ppis, self.lr_count));
+    }
+}
+
+impl HwCpuIf {
+    /// [`CpuInterface::put`], which also returns the hardware-linked PPIs the saved list
+    /// registers hold (what [`Self::load_held`] takes back on a CPU with as many).
+    fn put_held(&mut self, s: &mut V3CpuIf) -> u32 {
         s.hcr = read_ich_hcr_el2();
         write_ich_hcr_el2(0);
         s.vmcr = read_ich_vmcr_el2();
-        for i in 0..self.lr_count.min(MAX_LRS) {
-            s.lrs[i] = read_ich_lr(i);
-            write_ich_lr(i, 0);
-        }
+        // SAFETY: `s.lrs` has room for MAX_LRS (16) registers; the routine reads and
+        // clears the first `lr_count`, which this CPU implements (ICH_VTR_EL2.ListRegs).
+        unsafe { bothy_lrs_put(s.lrs.as_mut_ptr(), self.lr_count.min(MAX_LRS).min(16)) };
         s.ap0r[0] = read_ich_ap0r0_el2();
         s.ap1r[0] = read_ich_ap1r0_el2();
         if self.aprs > 1 {
@@ -488,9 +596,11 @@ impl CpuInterface for HwCpuIf {
             gic::set_private_active(self.redist, held, false);
         }
         isb();
+        held
     }
 
-    fn load(&mut self, s: &V3CpuIf) {
+    /// [`CpuInterface::load`], given `s.hw_ppis_held` over this CPU's list registers.
+    fn load_held(&mut self, s: &V3CpuIf, held: u32) {
         write_ich_vmcr_el2(s.vmcr);
         write_ich_ap0r0_el2(s.ap0r[0]);
         write_ich_ap1r0_el2(s.ap1r[0]);
@@ -504,13 +614,11 @@ impl CpuInterface for HwCpuIf {
             write_ich_ap1r2_el2(s.ap1r[2]);
             write_ich_ap1r3_el2(s.ap1r[3]);
         }
-        for i in 0..self.lr_count.min(MAX_LRS) {
-            write_ich_lr(i, s.lrs[i]);
-        }
+        // SAFETY: as in `put`; the values are this vCPU's own list registers.
+        unsafe { bothy_lrs_load(s.lrs.as_ptr(), self.lr_count.min(MAX_LRS).min(16)) };
         // A hardware-linked LR needs its physical interrupt active here, so the guest's
         // deactivation lands on it and its source cannot fire again at EL2 meanwhile;
         // the others must not be (a previous vCPU's, or one EL2 left active).
-        let held = s.hw_ppis_held(self.hw_ppis, self.lr_count);
         if self.hw_ppis & !held != 0 {
             gic::set_private_active(self.redist, self.hw_ppis & !held, false);
         }
@@ -580,7 +688,8 @@ impl VcpuContext {
         if let Some(counters) = f.pmu_counters {
             self.pmu.save(counters);
         }
-        cpuif.put(&mut self.gic);
+        self.gic_held = cpuif.put_held(&mut self.gic);
+        self.gic_held_lrs = cpuif.lr_count;
         self.put_debug(f);
     }
 
@@ -651,7 +760,11 @@ impl VcpuContext {
         if let Some(counters) = f.pmu_counters {
             self.pmu.restore(counters);
         }
-        cpuif.load(&self.gic);
+        if self.gic_held_lrs == cpuif.lr_count {
+            cpuif.load_held(&self.gic, self.gic_held);
+        } else {
+            cpuif.load(&self.gic);
+        }
         self.load_debug(f);
         // The timer last, with the interrupt interface ready for what it raises.
         write_cntv_cval_el0(e.cntv_cval);

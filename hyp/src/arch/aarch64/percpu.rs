@@ -88,23 +88,31 @@ impl LoadedVcpu {
         }
     }
 
-    /// This CPU now holds `vcpu` of `vm`.
-    pub fn set(&self, vm: Arc<Vm>, vcpu: usize) {
+    /// This CPU now holds `vcpu` of `vm`. It takes a strong reference of its own only
+    /// if it held another VM's vCPU (or none): a switch between two vCPUs of one VM
+    /// neither clones nor retires one.
+    ///
+    /// Plain loads and stores, no read-modify-write: only this CPU writes these.
+    pub fn set(&self, vm: &Arc<Vm>, vcpu: usize) {
         let exits = vm.vcpus.get(vcpu).map_or(nowhere(), |v| {
             &v.exits as *const ExitCounters as *mut ExitCounters
         });
         self.exits.store(exits, Ordering::Relaxed);
         self.vcpu.store(vcpu, Ordering::Relaxed);
-        let old = self
-            .vm
-            .swap(Arc::into_raw(vm) as *mut Vm, Ordering::Relaxed);
+        let old = self.vm.load(Ordering::Relaxed);
+        if core::ptr::eq(old, Arc::as_ptr(vm)) {
+            return;
+        }
+        self.vm
+            .store(Arc::into_raw(vm.clone()) as *mut Vm, Ordering::Relaxed);
         self.retire(old);
     }
 
     /// This CPU holds no vCPU's registers any more.
     pub fn clear(&self) {
         self.exits.store(nowhere(), Ordering::Relaxed);
-        let old = self.vm.swap(core::ptr::null_mut(), Ordering::Relaxed);
+        let old = self.vm.load(Ordering::Relaxed);
+        self.vm.store(core::ptr::null_mut(), Ordering::Relaxed);
         self.retire(old);
     }
 
