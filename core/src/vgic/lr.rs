@@ -589,49 +589,55 @@ impl State {
         cpu.occupied & lr_mask(n) != 0
     }
 
-    /// `flush_cpu` in its most frequent state after the guest took an interrupt: every
-    /// occupied LR holds a private interrupt the guest has finished (ICH_ELRSR_EL2) and
-    /// that will not be pending once out of it, and nothing else is waiting, dirty or
-    /// held. Frees and zeroes those LRs and writes ICH_HCR_EL2 as `flush_cpu` would,
-    /// without its general sync, reconcile and fill. True when done (no LR is left
-    /// occupied); false, with nothing changed, in any other state.
+    /// `flush_cpu` in its most frequent states after the guest took an interrupt: every
+    /// occupied LR holds a private interrupt, and nothing else is waiting, dirty or held.
+    /// LRs the guest has finished (ICH_ELRSR_EL2) are freed and zeroed, provided their
+    /// interrupt will not be pending once out (it would be a candidate to place); the
+    /// others (still active: an SGI sent from inside a handler) get their state read
+    /// back. ICH_HCR_EL2 is written as `flush_cpu` would, without its general sync,
+    /// reconcile and fill. `Some(whether an LR is left occupied)` when done, `None`,
+    /// with nothing changed, in any other state.
     #[inline(always)]
-    pub(super) fn retire_finished(&mut self, vcpu: usize, lrs: &mut impl ListRegs) -> bool {
+    pub(super) fn flush_quiet(&mut self, vcpu: usize, lrs: &mut impl ListRegs) -> Option<bool> {
         let grp1 = self.grp1;
-        let Some(cpu) = self.cpus.get_mut(vcpu) else {
-            return false;
-        };
+        let cpu = self.cpus.get_mut(vcpu)?;
         let occupied = cpu.occupied;
-        if cpu.hold != 0 || cpu.dirty != 0 || cpu.pend_words != 0 {
-            return false;
+        if cpu.hold != 0 || cpu.dirty != 0 || cpu.pend_words != 0 || occupied & !lrs.mask() != 0 {
+            return None;
         }
-        if occupied & !(lrs.elrsr() & lrs.mask()) != 0 {
-            return false;
-        }
+        let finished = occupied & lrs.elrsr();
         // Looked at first, changed after: a decline leaves everything as it was.
         for i in BitIter(u32::from(occupied)) {
             let i = i as usize % MAX_LRS;
-            let retirable = cpu.lrs[i].is_some_and(|intid| {
+            let quiet = cpu.lrs[i].is_some_and(|intid| {
                 let irq = &cpu.private[intid as usize % NR_PRIVATE];
-                intid < SPI_BASE && irq.lr == Some(i as u8) && !irq.deliverable_once_out(grp1)
+                intid < SPI_BASE
+                    && irq.lr == Some(i as u8)
+                    && (finished & (1 << i) == 0 || !irq.deliverable_once_out(grp1))
             });
-            if !retirable {
-                return false;
+            if !quiet {
+                return None;
             }
         }
         for i in BitIter(u32::from(occupied)) {
             let i = i as usize % MAX_LRS;
-            if let Some(intid) = cpu.lrs[i].take() {
-                let irq = &mut cpu.private[intid as usize % NR_PRIVATE];
-                irq.lr = None;
-                irq.lr_state = 0;
-                irq.drop_clear_reqs();
+            let Some(intid) = cpu.lrs[i] else {
+                continue;
+            };
+            let irq = &mut cpu.private[intid as usize % NR_PRIVATE];
+            if finished & (1 << i) == 0 {
+                irq.lr_state = lr_state(lrs.read(i));
+                continue;
             }
+            irq.lr = None;
+            irq.lr_state = 0;
+            irq.drop_clear_reqs();
+            cpu.lrs[i] = None;
             lrs.write(i, 0);
         }
-        cpu.occupied = 0;
+        cpu.occupied = occupied & !finished;
         lrs.set_hcr(HCR_EN);
-        true
+        Some(cpu.occupied != 0)
     }
 
     /// The first half of `flush_cpu`: wipe stale LRs, sync, reconcile the dirty ones.

@@ -614,7 +614,7 @@ impl VGic {
 
     /// [`VGic::flush`] for the end of an exit of `vcpu`, whose likeliest state then is
     /// list registers holding interrupts the guest has finished: tries that case's
-    /// shortcut (`State::retire_finished`) first. (The scheduler's flushes, of a vCPU
+    /// shortcut (`State::flush_quiet`) first. (The scheduler's flushes, of a vCPU
     /// given new work while off its CPU or idle, go straight to the general flush.)
     pub fn flush_after_exit(&self, vcpu: usize, pcpu: &mut impl PhysCpu) {
         if vcpu >= self.nr_vcpus {
@@ -631,25 +631,26 @@ impl VGic {
             return false;
         }
         let mut st = self.state.lock();
-        if self.flush_locked(&mut st, vcpu, pcpu) {
-            // Nothing is left in an LR or waiting: the quickest answer.
+        if !self.flush_locked(&mut st, vcpu, pcpu) {
+            // Nothing is left in an LR: nothing was waiting either (the shortcut's rule).
             return false;
         }
         st.has_pending_cpu(vcpu)
     }
 
-    /// `flush_after_exit` with the state lock held. True when the shortcut found the
-    /// vCPU with nothing left to deliver.
+    /// `flush_after_exit` with the state lock held. Returns false when no LR is left
+    /// occupied and nothing waits for one (the shortcut's finding); true otherwise, or
+    /// when it could not tell.
     #[inline(always)]
     fn flush_locked(&self, st: &mut State, vcpu: usize, pcpu: &mut impl PhysCpu) -> bool {
         // Everyone who sets WORK holds the lock, so clearing it at the end loses nothing.
-        if st.retire_finished(vcpu, &mut pcpu.list_regs()) {
-            self.set_flags(vcpu, 0);
-            return true;
+        if let Some(busy) = st.flush_quiet(vcpu, &mut pcpu.list_regs()) {
+            self.set_flags(vcpu, if busy { FLAG_LRS_BUSY } else { 0 });
+            return busy;
         }
         let busy = st.flush_cpu(vcpu, pcpu);
         self.set_flags(vcpu, if busy { FLAG_LRS_BUSY } else { 0 });
-        false
+        true
     }
 
     /// After an exit that may have changed LR state (maintenance interrupt, WFI, or just

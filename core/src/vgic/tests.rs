@@ -1181,7 +1181,7 @@ proptest! {
 
 proptest! {
     /// `flush_after_exit`'s shortcut for LRs the guest has finished
-    /// (`State::retire_finished`) ends exactly where the general `flush` ends: same list registers, ICH_HCR_EL2, flags,
+    /// (`State::flush_quiet`) ends exactly where the general `flush` ends: same list registers, ICH_HCR_EL2, flags,
     /// pending view and ISPENDR/ISACTIVER reads. A WFI's `flush_and_has_pending`
     /// answers as `flush` + `has_pending`.
     #[test]
