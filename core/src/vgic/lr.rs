@@ -640,6 +640,33 @@ impl State {
         Some(cpu.occupied != 0)
     }
 
+    /// `flush_cpu` when the vCPU's LRs are empty and one private interrupt, not
+    /// hardware-linked, is all that waits for it: the state of a vCPU woken by an SGI
+    /// while off its CPU. Places it in LR 0 as `fill_private` would. True when done (an
+    /// LR is left occupied); false, with nothing changed, in any other state.
+    #[inline(always)]
+    pub(super) fn place_lone_private(&mut self, vcpu: usize, lrs: &mut impl ListRegs) -> bool {
+        let grp1 = self.grp1;
+        let Some(cpu) = self.cpus.get_mut(vcpu) else {
+            return false;
+        };
+        if cpu.occupied != 0 || cpu.hold != 0 || cpu.pend_words != 1 {
+            return false;
+        }
+        let waiting = cpu.pend[0];
+        let intid = waiting.trailing_zeros();
+        let irq = &cpu.private[intid as usize % NR_PRIVATE];
+        // (A dirty LR is an occupied one, and hardware-linked PPIs are resampled first.)
+        if !waiting.is_power_of_two() || irq.hw.is_some() || !irq.deliverable(grp1) {
+            return false;
+        }
+        cpu.place_private(vcpu, 0, intid, lrs);
+        cpu.pend[0] = 0;
+        cpu.pend_words = 0;
+        lrs.set_hcr(HCR_EN);
+        true
+    }
+
     /// The first half of `flush_cpu`: wipe stale LRs, sync, reconcile the dirty ones.
     /// Returns how many LRs are used, `None` for a vCPU outside the VM.
     fn sync_and_reconcile(&mut self, vcpu: usize, lrs: &mut impl ListRegs) -> Option<usize> {
