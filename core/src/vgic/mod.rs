@@ -376,11 +376,12 @@ impl VGic {
             return VcpuMask::EMPTY;
         }
         let mut st = self.state.lock();
-        if targets == VcpuMask::one(from_vcpu) {
-            // To itself (the usual IPI-to-self): one interrupt, no target loop.
-            let kick = st.raise_private(from_vcpu, sgi.intid);
+        if targets.0.is_power_of_two() {
+            // One target (the usual IPI): one interrupt, no target loop.
+            let target = targets.0.trailing_zeros() as usize;
+            let kick = st.raise_private(target, sgi.intid);
             if kick == targets {
-                self.mark_one(from_vcpu);
+                self.mark_one(target);
                 return kick;
             }
             return self.mark(kick);
