@@ -334,6 +334,10 @@ fn arrive<'s>(
     let (mut d, mut target) = first;
     let mut fresh: Decision;
     let mut fresh_target: Target;
+    // The vCPU this CPU holds has sat in the idle loop below: its list registers are
+    // as its last exit (a WFI, which flushed them) or the loop's own flush left them,
+    // and the guest has not run since, so only new work (WORK) needs a flush.
+    let mut idled = false;
     loop {
         if let Some(id) = d.run {
             let run = target.run.as_ref();
@@ -379,7 +383,12 @@ fn arrive<'s>(
             // Its emulated physical timer may have come due while it was off this CPU.
             let (_own, ptimer_due) = vm.ptimer_update(v, sysreg::read_cntpct_el0());
             arm_tick(earliest(deadline, ptimer_due));
-            if vm.vgic.needs_flush(v) {
+            let flush = if in_slot && idled {
+                vm.vgic.has_work(v)
+            } else {
+                vm.vgic.needs_flush(v)
+            };
+            if flush {
                 service_list_registers(vm, v);
             }
             return;
@@ -405,7 +414,8 @@ fn arrive<'s>(
             // (its timers fire here: the virtual one into its own list registers).
             if let Some((vm, v)) = loaded {
                 let _ = vm.ptimer_update(v, sysreg::read_cntpct_el0());
-                if vm.vgic.needs_flush(v) {
+                idled = same_vcpu(owner, Some((vm, v)));
+                if vm.vgic.has_work(v) {
                     service_list_registers(vm, v);
                 }
                 if vm.vgic.has_pending(v) {

@@ -693,6 +693,13 @@ impl VGic {
         self.flags[vcpu % MAX_VCPUS].load(Ordering::Acquire) != 0
     }
 
+    /// Whether `vcpu` has been given work since its last flush (WORK), leaving aside
+    /// LRS_BUSY, which only matters once the guest has run: for a CPU that idles with
+    /// the vCPU, whose last exit flushed.
+    pub fn has_work(&self, vcpu: usize) -> bool {
+        self.flags[vcpu % MAX_VCPUS].load(Ordering::Acquire) & FLAG_WORK != 0
+    }
+
     /// [`VGic::needs_flush`] without ordering, for the exit path: a caller that finds
     /// work issues an acquire fence before acting on it (the same ordering as the
     /// `Acquire` load, one instruction cheaper there).
