@@ -654,8 +654,8 @@ fn wake(vm: &Vm, vcpu: usize) {
 /// A synchronous exit (hypercall, trapped instruction, stage-2 abort).
 pub extern "C" fn handle_sync_exit(frame: &mut GuestFrame) -> Resume {
     let esr = sysreg::read_esr_el2();
-    // Two functions, both reached by a tail call: each sets up the stack frame its
-    // own path needs (the others' has the data abort's decode inlined, and is larger).
+    // Four functions, each reached by a tail call and each setting up the stack frame
+    // its own path needs (the rest's is the largest).
     if handle::is_smccc_call(esr) {
         hypercall_exit(frame)
     } else if handle::is_data_abort(esr) {
@@ -680,39 +680,39 @@ pub extern "C" fn handle_sync_exit_a32(frame: &mut GuestFrame) -> Resume {
 /// `HVC #0` from AArch64: an SMCCC call.
 #[inline(never)]
 fn hypercall_exit(frame: &mut GuestFrame) -> Resume {
-    let ctx = machine::this_cpu();
-    let scope = ExitScope::enter();
-    let (vm, vcpu) = loaded(ctx, &scope);
-    let exits = exits(ctx, &scope);
-    let action = handle::hypercall_exit(vm, vcpu, exits, frame, &mut ExitHw);
-    if action == Action::Resume {
-        return Resume::Saved;
-    }
-    carry_out(ctx, vm, vcpu, action)
+    hot_exit(frame, |vm, vcpu, exits, frame| {
+        handle::hypercall_exit(vm, vcpu, exits, frame, &mut ExitHw)
+    })
 }
 
 /// A stage-2 data abort from AArch64 (MMIO to an emulated device, most often).
 #[inline(never)]
 fn data_abort_exit(frame: &mut GuestFrame, esr: u64) -> Resume {
-    let ctx = machine::this_cpu();
-    let scope = ExitScope::enter();
-    let (vm, vcpu) = loaded(ctx, &scope);
-    let exits = exits(ctx, &scope);
-    let action = handle::data_abort_exit(vm, vcpu, exits, frame, esr, &mut ExitHw);
-    if action == Action::Resume {
-        return Resume::Saved;
-    }
-    carry_out(ctx, vm, vcpu, action)
+    hot_exit(frame, |vm, vcpu, exits, frame| {
+        handle::data_abort_exit(vm, vcpu, exits, frame, esr, &mut ExitHw)
+    })
 }
 
 /// `MSR ICC_SGI1R_EL1` from AArch64.
 #[inline(never)]
 fn sgi_exit(frame: &mut GuestFrame, esr: u64) -> Resume {
+    hot_exit(frame, |vm, vcpu, exits, frame| {
+        handle::sgi_exit(vm, vcpu, exits, frame, esr, &mut ExitHw)
+    })
+}
+
+/// The shell of each hot exit above: find the vCPU this CPU runs, let core's `handle`
+/// decide, and carry out anything but a plain resume. Inlined into each, so that each
+/// keeps the stack frame its own path needs.
+#[inline(always)]
+fn hot_exit(
+    frame: &mut GuestFrame,
+    handle: impl FnOnce(&Vm, usize, &ExitCounters, &mut GuestFrame) -> Action,
+) -> Resume {
     let ctx = machine::this_cpu();
     let scope = ExitScope::enter();
     let (vm, vcpu) = loaded(ctx, &scope);
-    let exits = exits(ctx, &scope);
-    let action = handle::sgi_exit(vm, vcpu, exits, frame, esr, &mut ExitHw);
+    let action = handle(vm, vcpu, exits(ctx, &scope), frame);
     if action == Action::Resume {
         return Resume::Saved;
     }
