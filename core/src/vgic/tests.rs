@@ -1116,6 +1116,34 @@ fn apply(g: &VGic, lrs: &mut [FakeLrs; 3], op: &Op) {
     }
 }
 
+/// One side of a differential test: a 3-vCPU vGIC (booted as Linux would, or fresh)
+/// and list registers of three sizes for its vCPUs.
+fn twin(boot: bool) -> (VGic, [FakeLrs; 3]) {
+    let g = if boot {
+        booted(3, 64)
+    } else {
+        VGic::new(3, 64)
+    };
+    (g, [FakeLrs::new(4), FakeLrs::new(2), FakeLrs::new(16)])
+}
+
+/// Both sides of a differential test look the same to every vCPU after `op`: list
+/// registers, ICH_HCR_EL2, flags, pending view, GICR_ISPENDR0.
+fn same_view(
+    (a, al): (&VGic, &[FakeLrs; 3]),
+    (b, bl): (&VGic, &[FakeLrs; 3]),
+    op: &Op,
+) -> Result<(), TestCaseError> {
+    for v in 0..3 {
+        prop_assert_eq!(&al[v].lr, &bl[v].lr, "vCPU {} LRs after {:?}", v, op);
+        prop_assert_eq!(al[v].hcr, bl[v].hcr);
+        prop_assert_eq!(a.needs_flush(v), b.needs_flush(v));
+        prop_assert_eq!(a.has_pending(v), b.has_pending(v));
+        prop_assert_eq!(ispendr0(a, v), ispendr0(b, v));
+    }
+    Ok(())
+}
+
 proptest! {
     /// hyp raises a vCPU's own SGIs and its timer PPI with the `*_local` calls, which
     /// flush at once under one lock. That must end exactly where the plain call followed
@@ -1126,10 +1154,7 @@ proptest! {
         boot in any::<bool>(),
         ops in proptest::collection::vec(op(), 0..300),
     ) {
-        let plain = if boot { booted(3, 64) } else { VGic::new(3, 64) };
-        let local = if boot { booted(3, 64) } else { VGic::new(3, 64) };
-        let new_lrs = || [FakeLrs::new(4), FakeLrs::new(2), FakeLrs::new(16)];
-        let (mut pl, mut ll) = (new_lrs(), new_lrs());
+        let ((plain, mut pl), (local, mut ll)) = (twin(boot), twin(boot));
         for op in ops {
             match op {
                 Op::Sgi(f, v) if f < 3 => {
@@ -1169,12 +1194,7 @@ proptest! {
                     apply(&local, &mut ll, other);
                 }
             }
-            for v in 0..3 {
-                prop_assert_eq!(&pl[v].lr, &ll[v].lr, "vCPU {} LRs after {:?}", v, op);
-                prop_assert_eq!(pl[v].hcr, ll[v].hcr);
-                prop_assert_eq!(plain.needs_flush(v), local.needs_flush(v));
-                prop_assert_eq!(plain.has_pending(v), local.has_pending(v));
-            }
+            same_view((&plain, &pl), (&local, &ll), &op)?;
         }
     }
 }
@@ -1190,10 +1210,7 @@ proptest! {
         boot in any::<bool>(),
         ops in proptest::collection::vec(op(), 0..300),
     ) {
-        let general = if boot { booted(3, 64) } else { VGic::new(3, 64) };
-        let short = if boot { booted(3, 64) } else { VGic::new(3, 64) };
-        let new_lrs = || [FakeLrs::new(4), FakeLrs::new(2), FakeLrs::new(16)];
-        let (mut gl, mut sl) = (new_lrs(), new_lrs());
+        let ((general, mut gl), (short, mut sl)) = (twin(boot), twin(boot));
         for (n, op) in ops.iter().enumerate() {
             match *op {
                 Op::Exit(v) => {
@@ -1234,13 +1251,7 @@ proptest! {
                     apply(&short, &mut sl, other);
                 }
             }
-            for v in 0..3 {
-                prop_assert_eq!(&gl[v].lr, &sl[v].lr, "vCPU {} LRs after {:?}", v, op);
-                prop_assert_eq!(gl[v].hcr, sl[v].hcr);
-                prop_assert_eq!(general.needs_flush(v), short.needs_flush(v));
-                prop_assert_eq!(general.has_pending(v), short.has_pending(v));
-                prop_assert_eq!(ispendr0(&general, v), ispendr0(&short, v));
-            }
+            same_view((&general, &gl), (&short, &sl), op)?;
             if let Op::Exit(v) = *op {
                 check_consistent(&short, v, &sl[v])?;
             }
