@@ -152,6 +152,20 @@ pub trait Arch {
     /// the `ERET` that resumes the vCPU synchronises them).
     fn claim_debug(&mut self) -> bool;
 
+    /// The exiting vCPU's first access to a PMU register trapped
+    /// ([`crate::exit::pmu`]): give it the CPU's PMU. Its saved PMU registers (what it
+    /// left when it last held the PMU, or the reset values) are loaded, and its accesses
+    /// stop trapping; the exit policy then has it execute the instruction again. `false`
+    /// if it held the PMU already, or the CPU has none: nothing is done.
+    ///
+    /// `hyp`: [`crate::exit::pmu::claim`] on this CPU's PMU with the vCPU's saved
+    /// context (its `saved` lock, which only this CPU takes while the vCPU runs here):
+    /// unless MDCR_EL2.TPM is clear, the context's restore (PMCR_EL0 and the enables
+    /// cleared, the counters, event types, PMCCFILTR, PMCCNTR, PMSELR, PMUSERENR,
+    /// PMOVSSET, PMINTENSET, PMCNTENSET written, PMCR_EL0 last), then MDCR_EL2.TPM and
+    /// TPMCR cleared (no barrier: the `ERET` that resumes the vCPU synchronises them).
+    fn claim_pmu(&mut self) -> bool;
+
     /// The exiting vCPU did something Bothy answered with an exception injected into it
     /// (an access outside its RAM and devices, an undefined or trapped instruction):
     /// `hyp` counts it per VM and reports it, rate-limited, so a hostile or broken guest
@@ -200,6 +214,8 @@ pub enum ArchOp {
     LookAt(Ticks),
     /// [`Arch::claim_debug`].
     ClaimDebug,
+    /// [`Arch::claim_pmu`].
+    ClaimPmu,
 }
 
 /// An [`Arch`] for tests: appends each maintenance call and wake-up to `log`, keeps the
@@ -219,6 +235,8 @@ pub struct FakeArch {
     pub lrs: crate::vgic::lr::FakeListRegs,
     /// The vCPU holds the debug registers ([`Arch::claim_debug`] succeeded).
     pub debug_claimed: bool,
+    /// The vCPU holds the PMU ([`Arch::claim_pmu`] succeeded).
+    pub pmu_claimed: bool,
     /// Physical INTIDs whose hardware-linked source no longer asserts its level.
     pub low_lines: alloc::vec::Vec<u32>,
     pub console: alloc::vec::Vec<u8>,
@@ -306,6 +324,11 @@ impl Arch for FakeArch {
     fn claim_debug(&mut self) -> bool {
         self.log.push(ArchOp::ClaimDebug);
         !core::mem::replace(&mut self.debug_claimed, true)
+    }
+
+    fn claim_pmu(&mut self) -> bool {
+        self.log.push(ArchOp::ClaimPmu);
+        !core::mem::replace(&mut self.pmu_claimed, true)
     }
 
     fn guest_fault(&mut self, fault: GuestFault) {

@@ -27,6 +27,7 @@ pub mod aarch32;
 pub mod debug;
 pub mod handle;
 pub mod idregs;
+pub mod pmu;
 pub mod serror;
 
 const ESR_EC_SHIFT: u32 = 26;

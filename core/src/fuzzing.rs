@@ -617,7 +617,8 @@ fn after_exit(vm: &VmModel, v: usize, cpu: &mut Cpu, action: Action) {
             | ArchOp::TlbiIpa(..)
             | ArchOp::HwLine { .. }
             | ArchOp::LookAt(_)
-            | ArchOp::ClaimDebug => {}
+            | ArchOp::ClaimDebug
+            | ArchOp::ClaimPmu => {}
         }
     }
     cpu.hw.console.clear();

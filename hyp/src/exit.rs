@@ -955,6 +955,22 @@ impl Arch for ExitHw {
         crate::arch::aarch64::context::claim_debug(machine::this_cpu().features)
     }
 
+    /// The first trapped PMU access of the vCPU this CPU runs: its saved PMU registers
+    /// (kept in its context while it was trapped) are loaded. Its `saved` lock is free:
+    /// only the CPU that runs a vCPU takes it, and this one takes it only to switch.
+    #[cold]
+    #[inline(never)]
+    fn claim_pmu(&mut self) -> bool {
+        let scope = ExitScope::enter();
+        let ctx = machine::this_cpu();
+        let (vm, v) = loaded(ctx, &scope);
+        let Some(vcpu) = vm.vcpus.get(v) else {
+            return false;
+        };
+        let saved = vcpu.saved.lock();
+        crate::arch::aarch64::context::claim_pmu(ctx.features, &saved.arch)
+    }
+
     #[cold]
     #[inline(never)]
     fn guest_fault(&mut self, fault: GuestFault) {

@@ -1,9 +1,11 @@
 //! The PMU's overflow interrupt, delivered to the vCPU whose PMU overflowed.
 //!
-//! Guests use the PMU directly: nothing traps, and a vCPU's PMU registers move with it
-//! (`hyp`'s `arch/aarch64/context.rs`), so the CPU that holds a vCPU's registers holds
-//! its PMU, and an overflow there is that vCPU's. The PMU signals overflows on a PPI
-//! (INTID 23 on QEMU `virt`; [`Pmu`], from the host's device tree, which [`offered`]
+//! Guests use the PMU directly once they hold it ([`crate::exit::pmu`]: a vCPU's first
+//! access claims it, and its PMU registers move with it from then on), so the CPU that
+//! holds a vCPU's registers holds its PMU, and an overflow there is that vCPU's. A vCPU
+//! that does not hold the PMU runs on one that is stopped (PMCR_EL0.E and the interrupt
+//! enables clear), whose line is low: it has no overflow. The PMU signals overflows on a
+//! PPI (INTID 23 on QEMU `virt`; [`Pmu`], from the host's device tree, which [`offered`]
 //! turns into the guests' `arm,armv8-pmuv3` node) whose level is high while PMCR_EL0.E
 //! is set and some counter has both its overflow flag (PMOVSSET_EL0) and its interrupt
 //! enable (PMINTENSET_EL1) set: [`overflow_asserted`], the Arm ARM's
@@ -11,15 +13,16 @@
 //!
 //! ## Hardware-linked, as the virtual timer
 //! There were two ways to give the guest that level. KVM computes it in software, from
-//! PMOVSSET & PMINTENSET & PMCNTENSET under PMCR.E, but KVM traps every PMU register and
-//! emulates the counters through perf, so it sees every change. Bothy traps none: the
-//! overflow happens in hardware without an exit, and the guest clears it (PMOVSCLR_EL0)
-//! without one, so a level kept in software would need the physical PPI masked after
-//! each firing and an EOI maintenance exit to learn when to look again: a hardware link
-//! done by hand, at an exit more per overflow. So the physical PPI is taken at EL2 and
-//! injected as the same virtual PPI through a hardware-linked list register ([`fired`]),
-//! exactly as the virtual timer's: the guest's EOI deactivates the physical interrupt,
-//! and the PMU asserts it again at once if the overflow is still there.
+//! PMOVSSET & PMINTENSET & PMCNTENSET under PMCR.E, but KVM traps every PMU register
+//! and emulates the counters through perf, so it sees every change. Bothy traps none
+//! while a vCPU holds the PMU: the overflow happens in hardware without an exit, and
+//! the guest clears it (PMOVSCLR_EL0) without one, so a level kept in software would
+//! need the physical PPI masked after each firing and an EOI maintenance exit to learn
+//! when to look again: a hardware link done by hand, at an exit more per overflow. So
+//! the physical PPI is taken at EL2 and injected as the same virtual PPI through a
+//! hardware-linked list register ([`fired`]), exactly as the virtual timer's: the
+//! guest's EOI deactivates the physical interrupt, and the PMU asserts it again at once
+//! if the overflow is still there.
 //!
 //! The rest is the timer's machinery, which is generic over the hardware-linked INTID:
 //! - **A level that went away is not delivered.** An overflow that fired while it could

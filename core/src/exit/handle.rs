@@ -615,7 +615,8 @@ fn uart_access(
 
 /// Trapped system registers: SGIs are sent, the EL1 physical timer is emulated
 /// (`dev/ptimer.rs`), ID registers read the VM's view ([`super::idregs`]), debug
-/// registers are claimed ([`super::debug`]), anything else is undefined for the guest.
+/// registers and the PMU are claimed ([`super::debug`], [`super::pmu`]), anything else is
+/// undefined for the guest.
 #[inline(never)]
 fn sysreg_access(
     vm: &VmModel,
@@ -660,6 +661,15 @@ fn sysreg_access(
                 return;
             }
         }
+    } else if let Some(super::pmu::Answer::Claim) = super::pmu::answer(&access) {
+        // PMU registers (MDCR_EL2.TPM/TPMCR, [`super::pmu`]): not stepped over, the
+        // guest executes it again against its own PMU. A claim of a PMU it holds
+        // already (something else trapped it) or of a CPU without one: running it again
+        // would only trap again.
+        if !hw.claim_pmu() {
+            inject_sync(frame, inject::undefined_esr(), 0, hw);
+        }
+        return;
     } else {
         inject_sync(frame, inject::undefined_esr(), 0, hw);
         return;

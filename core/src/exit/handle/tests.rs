@@ -839,3 +839,33 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_first_pmu_register_access_claims_it_and_runs_again() {
+    let mut g = Guest::new(1);
+    // MRS x3, PMCR_EL0 / MSR PMINTENSET_EL1, x3 / MRS x3, PMEVCNTR5_EL0 /
+    // MSR PMCCFILTR_EL0, x3: each claims the PMU and is not stepped over.
+    for (enc, read) in [
+        ((3, 3, 9, 12, 0), true),
+        ((3, 0, 9, 14, 1), false),
+        ((3, 3, 14, 8, 5), true),
+        ((3, 3, 14, 15, 7), false),
+    ] {
+        g.hw.log.clear();
+        g.hw.pmu_claimed = false;
+        g.frame.x[3] = 0xdead;
+        assert_eq!(g.exit(0, sysreg_esr(enc, 3, read)), Action::Resume);
+        assert_eq!(g.hw.log, [ArchOp::ClaimPmu], "{enc:?}");
+        assert_eq!((g.frame.elr, g.frame.x[3]), (ELR, 0xdead), "{enc:?}");
+    }
+    // Once it holds the PMU, an access that traps all the same would trap forever if
+    // run again: undefined.
+    g.frame.spsr = SPSR_EL1H;
+    assert_eq!(
+        g.exit(0, sysreg_esr((3, 3, 9, 12, 0), 3, true)),
+        Action::Resume
+    );
+    assert_eq!(g.frame.elr, VBAR + 0x200);
+    assert_eq!(g.hw.el1[El1Reg::Esr as usize], inject::undefined_esr());
+    assert!(!g.hw.log.contains(&ArchOp::ClaimDebug));
+}

@@ -15,11 +15,14 @@
 //! Breakpoints and watchpoints (with the OS lock and double lock) move only while a
 //! vCPU holds them: until its first access they trap (MDCR_EL2.TDA/TDOSA) and a
 //! switch moves none of them. `bothy_core::exit::debug` decides when; [`HwDebug`] moves
-//! them.
+//! them. The PMU likewise (MDCR_EL2.TPM/TPMCR; `bothy_core::exit::pmu`, [`HwPmu`]),
+//! except that a vCPU that goes back to trapped keeps its saved values for its next
+//! claim.
 
 use super::gic;
 use super::sysreg::*;
 use bothy_core::exit::debug::{self, DebugHw, DebugRegs, DebugShape, MAX_POINTS};
+use bothy_core::exit::pmu::{self, PmuHw, PmuRegs, MAX_EVENT_COUNTERS, PMCR_STATE};
 use bothy_core::vgic::{CpuInterface, V3CpuIf, MAX_LRS};
 use core::arch::global_asm;
 
@@ -111,47 +114,44 @@ struct FpRegs {
 /// P0–P15 and FFR at up to a 2048-bit vector length (2 bytes each at 128 bits).
 const SVE_PRED_BYTES: usize = 17 * 32;
 
-/// A vCPU's PMU: guests use the PMU directly (nothing traps), so its counters and
-/// controls move with the vCPU; otherwise a vCPU would count what other vCPUs (of other
-/// VMs) do on its CPU, and read what they left. Zero (all off) for a new vCPU.
-#[derive(Clone, Copy, Debug, Default)]
-#[repr(C)]
-struct PmuRegs {
-    pmcr: u64,
-    cnten: u64,
-    inten: u64,
-    ovs: u64,
-    userenr: u64,
-    selr: u64,
-    ccntr: u64,
-    ccfiltr: u64,
-    evcntr: [u64; 31],
-    evtyper: [u64; 31],
-}
+/// This CPU's PMU, moved as `bothy_core::exit::pmu` says: guests use it directly once
+/// they hold it, so its counters and controls move with the vCPU that does; otherwise a
+/// vCPU would count what other vCPUs (of other VMs) do on its CPU, and read what they
+/// left.
+struct HwPmu;
 
-/// PMCR_EL0 bits that hold state (E, D, X, DP, LC, LP); P and C are actions.
-const PMCR_STATE: u64 = 0b1111_1001;
-
-/// The most event counters PMCR_EL0.N can name (counter 31 is the cycle counter).
-const MAX_EVENT_COUNTERS: usize = 31;
-
-impl PmuRegs {
-    fn save(&mut self, counters: usize) {
-        self.pmcr = read_pmcr_el0() & PMCR_STATE;
-        self.cnten = read_pmcntenset_el0();
-        self.inten = read_pmintenset_el1();
-        self.ovs = read_pmovsset_el0();
-        self.userenr = read_pmuserenr_el0();
-        self.selr = read_pmselr_el0();
-        self.ccntr = read_pmccntr_el0();
-        self.ccfiltr = read_pmccfiltr_el0();
-        // SAFETY: `self` is a whole `PmuRegs` (repr(C), the offsets the routine is
-        // assembled with); it reads PMEVCNTR/PMEVTYPER<n>_EL0 for n below `counters`
-        // (at most 31), which this CPU implements (PMCR_EL0.N). EL2 does not trap them.
-        unsafe { bothy_pmu_counters_save(self, counters.min(MAX_EVENT_COUNTERS)) };
+impl PmuHw for HwPmu {
+    #[inline(always)]
+    fn mdcr(&self) -> u64 {
+        read_mdcr_el2()
     }
 
-    fn restore(&self, counters: usize) {
+    #[inline(always)]
+    fn set_mdcr(&mut self, value: u64) {
+        write_mdcr_el2(value);
+    }
+
+    // Out of line: only vCPUs that use the PMU get here.
+    #[cold]
+    #[inline(never)]
+    fn save(&mut self, counters: usize, regs: &mut PmuRegs) {
+        regs.pmcr = read_pmcr_el0() & PMCR_STATE;
+        regs.cnten = read_pmcntenset_el0();
+        regs.inten = read_pmintenset_el1();
+        regs.ovs = read_pmovsset_el0();
+        regs.userenr = read_pmuserenr_el0();
+        regs.selr = read_pmselr_el0();
+        regs.ccntr = read_pmccntr_el0();
+        regs.ccfiltr = read_pmccfiltr_el0();
+        // SAFETY: `regs` is a whole `PmuRegs` (repr(C), the offsets the routine is
+        // assembled with); it reads PMEVCNTR/PMEVTYPER<n>_EL0 for n below `counters`
+        // (at most 31), which this CPU implements (PMCR_EL0.N). EL2 does not trap them.
+        unsafe { bothy_pmu_counters_save(regs, counters.min(MAX_EVENT_COUNTERS)) };
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn load(&mut self, counters: usize, regs: &PmuRegs) {
         // Everything off while the counters are loaded, then on as the vCPU had it.
         write_pmcr_el0(0);
         write_pmcntenclr_el0(u64::MAX);
@@ -159,15 +159,25 @@ impl PmuRegs {
         write_pmovsclr_el0(u64::MAX);
         // SAFETY: as in `save`; the values written are this vCPU's own (or zero), and
         // nothing counts or interrupts while PMCR_EL0.E and the enables are clear.
-        unsafe { bothy_pmu_counters_load(self, counters.min(MAX_EVENT_COUNTERS)) };
-        write_pmccfiltr_el0(self.ccfiltr);
-        write_pmccntr_el0(self.ccntr);
-        write_pmselr_el0(self.selr);
-        write_pmuserenr_el0(self.userenr);
-        write_pmovsset_el0(self.ovs);
-        write_pmintenset_el1(self.inten);
-        write_pmcntenset_el0(self.cnten);
-        write_pmcr_el0(self.pmcr);
+        unsafe { bothy_pmu_counters_load(regs, counters.min(MAX_EVENT_COUNTERS)) };
+        write_pmccfiltr_el0(regs.ccfiltr);
+        write_pmccntr_el0(regs.ccntr);
+        write_pmselr_el0(regs.selr);
+        write_pmuserenr_el0(regs.userenr);
+        write_pmovsset_el0(regs.ovs);
+        write_pmintenset_el1(regs.inten);
+        write_pmcntenset_el0(regs.cnten);
+        write_pmcr_el0(regs.pmcr);
+    }
+
+    // Only when a vCPU that does not hold the PMU follows one that did.
+    #[cold]
+    #[inline(never)]
+    fn quiesce(&mut self) {
+        write_pmcr_el0(0);
+        write_pmcntenclr_el0(u64::MAX);
+        write_pmintenclr_el1(u64::MAX);
+        write_pmuserenr_el0(0);
     }
 }
 
@@ -214,10 +224,23 @@ extern "C" {
     fn bothy_pmu_counters_load(regs: *const PmuRegs, counters: usize);
 }
 
-/// Turn the PMU off and zero it, as at a vCPU's reset.
+/// A vCPU's reset: the PMU off and zeroed, and held by the vCPU
+/// (`bothy_core::exit::pmu::reset`: its saved context is not at hand here, so it is not
+/// trapped with the previous incarnation's values; its next switch away finds the PMU
+/// idle and traps it again with zeros saved).
 pub fn reset_pmu(f: Features) {
     if let Some(counters) = f.pmu_counters {
-        PmuRegs::default().restore(counters);
+        pmu::reset(&mut HwPmu, counters);
+    }
+}
+
+/// The running vCPU's first trapped PMU access: it gets the CPU's PMU, loaded from
+/// `ctx` (its saved context) (`bothy_core::arch::Arch::claim_pmu`); `false` if it held
+/// it already or the CPU has no PMU.
+pub fn claim_pmu(f: Features, ctx: &VcpuContext) -> bool {
+    match f.pmu_counters {
+        Some(counters) => pmu::claim(&mut HwPmu, counters, &ctx.pmu),
+        None => false,
     }
 }
 
@@ -354,7 +377,6 @@ pub fn reset_debug(f: Features) {
 pub struct VcpuContext {
     el1: El1Regs,
     fp: FpRegs,
-    pmu: PmuRegs,
     sve_preds: [u8; SVE_PRED_BYTES],
     pub gic: V3CpuIf,
     /// The hardware-linked PPIs `gic`'s list registers hold, found when they were saved
@@ -366,6 +388,11 @@ pub struct VcpuContext {
     debug: DebugRegs,
     /// It holds the debug registers: they are loaded (and untrapped) when it runs.
     debug_claimed: bool,
+    /// Its PMU registers: live in the CPU while `pmu_claimed` and it runs, else as it
+    /// left them (what a claim loads).
+    pmu: PmuRegs,
+    /// It holds the PMU: its registers are loaded (and untrapped) when it runs.
+    pmu_claimed: bool,
 }
 
 impl Default for VcpuContext {
@@ -373,13 +400,14 @@ impl Default for VcpuContext {
         VcpuContext {
             el1: El1Regs::default(),
             fp: FpRegs::default(),
-            pmu: PmuRegs::default(),
             sve_preds: [0; SVE_PRED_BYTES],
             gic: V3CpuIf::default(),
             gic_held: 0,
             gic_held_lrs: 0,
             debug: DebugRegs::default(),
             debug_claimed: false,
+            pmu: PmuRegs::RESET,
+            pmu_claimed: false,
         }
     }
 }
@@ -685,8 +713,9 @@ impl VcpuContext {
             // caps guests to (ZCR_EL2.LEN = 0), and more; SVE is not trapped at EL2.
             unsafe { bothy_sve_preds_save(self.sve_preds.as_mut_ptr()) };
         }
+        // Saved only if it holds the PMU; nothing moves for a vCPU that does not.
         if let Some(counters) = f.pmu_counters {
-            self.pmu.save(counters);
+            self.pmu_claimed = pmu::put(&mut HwPmu, counters, &mut self.pmu);
         }
         self.gic_held = cpuif.put_held(&mut self.gic);
         self.gic_held_lrs = cpuif.lr_count;
@@ -757,8 +786,10 @@ impl VcpuContext {
             // SAFETY: as in `save`; the buffer was filled by it (or is zero).
             unsafe { bothy_sve_preds_restore(self.sve_preds.as_ptr()) };
         }
+        // Loaded if it holds the PMU; else the traps set, and a PMU the CPU's last vCPU
+        // held stopped.
         if let Some(counters) = f.pmu_counters {
-            self.pmu.restore(counters);
+            pmu::load(&mut HwPmu, counters, &self.pmu, self.pmu_claimed);
         }
         if self.gic_held_lrs == cpuif.lr_count {
             cpuif.load_held(&self.gic, self.gic_held);

@@ -58,10 +58,11 @@ const PMCR_N_SHIFT: u32 = 11;
 const PMCR_N_MASK: u64 = 0x1f;
 /// MDCR_EL2.HPMD: no event counting at EL2 (a guest must not time or profile Bothy).
 const MDCR_EL2_HPMD: u64 = 1 << 17;
-/// MDCR_EL2 bits a CPU may add: PMU, SPE and trace-filter traps, and HCCD (no cycle
-/// counting at EL2 from PMUv3p5).
-const MDCR_EXTRA: u64 =
-    1 << bits::MDCR_TPM | 1 << bits::MDCR_TPMS | 1 << bits::MDCR_TTRF | bits::MDCR_HCCD;
+/// MDCR_EL2 bits a CPU may add: SPE and trace-filter traps, and HCCD (no cycle
+/// counting at EL2 from PMUv3p5). Not TPM/TPMCR: those are the lazy PMU switch's
+/// (`bothy_core::exit::pmu`, in `context.rs`), which clears them when a vCPU claims the
+/// PMU, so a CPU could not keep the PMU hidden with them.
+const MDCR_EXTRA: u64 = 1 << bits::MDCR_TPMS | 1 << bits::MDCR_TTRF | bits::MDCR_HCCD;
 
 /// CNTHCTL_EL2: EL1 may read the physical counter; the EL1 physical timer traps.
 const CNTHCTL_EL1PCTEN: u64 = 1 << 0;
@@ -116,9 +117,11 @@ pub fn init_cpu(traps: &CpuTraps, sve: bool) {
     if sve {
         write_zcr_el2(0);
     }
-    // All PMU counters belong to the guest (HPMN = PMCR_EL0.N), the PMU does not
-    // trap, and none counts events at EL2 (HPMD, and HCCD for the cycle counter from
-    // PMUv3p5).
+    // All PMU counters belong to the guest (HPMN = PMCR_EL0.N), and none counts events
+    // at EL2 (HPMD, and HCCD for the cycle counter from PMUv3p5). TPM and TPMCR start
+    // clear, so the first vCPU loaded here that does not hold the PMU stops whatever
+    // firmware left in it as it sets them (`bothy_core::exit::pmu::load`); from then on
+    // `context.rs` sets and clears them as vCPUs come and claim the PMU.
     write_mdcr_el2(((read_pmcr_el0() >> PMCR_N_SHIFT) & PMCR_N_MASK) | traps.mdcr);
     write_cnthctl_el2(CNTHCTL_EL1PCTEN);
 }
