@@ -21,6 +21,7 @@
 //! | physical timer registers | read as zero, writes ignored |
 //! | ID registers (HCR_EL2.TID3) | read the VM's sanitised view ([`super::idregs`]); a write is undefined |
 //! | debug registers (MDCR_EL2.TDA/TDOSA/TDRA) | the first access claims them for the vCPU and runs again, untrapped; MDRAR and the DCC read 0 ([`super::debug`]) |
+//! | PMU registers (MDCR_EL2.TPM, while the vCPU does not hold the PMU) | the first access claims it for the vCPU and runs again, untrapped ([`super::pmu`]) |
 //!
 //! After any exit that resumes, [`finish`] stops the vCPU if its VM no longer runs and
 //! otherwise refills its list registers if the vGIC has work for it. `hyp`'s IRQ path

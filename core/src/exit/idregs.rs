@@ -62,7 +62,7 @@
 //! | CPTR_EL2.TSM | SME: ZA and streaming mode are not switched | PFR1.SME, SMFR0 |
 //! | CPTR_EL2.TAM | activity monitors count for the whole CPU | PFR0.AMU |
 //! | CPTR_EL2.TTA | trace unit registers | DFR0.TraceVer |
-//! | MDCR_EL2.TPM | the PMU (not set: guests own it, HPMD keeps EL2 out) | DFR0.PMUVer, PMSS |
+//! | MDCR_EL2.TPM | the PMU (not set for good: set only until a vCPU uses the PMU, [`super::pmu`]; HPMD keeps EL2 out) | DFR0.PMUVer, PMSS |
 //! | MDCR_EL2.TPMS | statistical profiling | DFR0.PMSVer |
 //! | MDCR_EL2.TTRF | trace filter controls | DFR0.TraceFilt |
 //!
@@ -70,7 +70,8 @@
 //! registers cannot say "none"; Bothy traps them only until a vCPU uses them, then
 //! switches them with it ([`super::debug`]; DebugVer capped at Armv8.8, the counts
 //! the host's, which are the ones switched). The PMU is shown (PMUVer capped at PMUv3p8, an
-//! IMPLEMENTATION DEFINED PMU read as none) because Bothy does not trap it; `required`
+//! IMPLEMENTATION DEFINED PMU read as none) because Bothy gives it to every vCPU (trapped
+//! only until the vCPU's first access, then switched with it, [`super::pmu`]); `required`
 //! also asks for MDCR_EL2.HCCD on PMUv3p5 and later, where HPMD alone no longer keeps
 //! the cycle counter from counting at EL2. The GIC field reads GICv3 (the virtual CPU
 //! interface Bothy gives), not GICv4.1.
