@@ -317,6 +317,24 @@ fn wake(hw: &mut impl Arch, mask: VcpuMask) {
     }
 }
 
+/// [`wake`] the vCPUs in `mask` but `vcpu`, the one exiting, for a device access: its own
+/// new work (an SPI routed to itself, a UART interrupt) goes into its list registers at
+/// this exit's [`finish`] (the vGIC's WORK flag makes it flush), and a scheduler wake of
+/// a running vCPU would only leave a pending wake behind, which makes its next WFI
+/// return at once. The test for an empty mask is inline, the rest a call: most device
+/// accesses wake nobody.
+#[inline(always)]
+fn wake_others(hw: &mut impl Arch, vcpu: usize, mask: VcpuMask) {
+    if !mask.is_empty() {
+        wake_others_in(hw, vcpu, mask);
+    }
+}
+
+#[inline(never)]
+fn wake_others_in(hw: &mut impl Arch, vcpu: usize, mask: VcpuMask) {
+    wake(hw, VcpuMask(mask.0 & !VcpuMask::one(vcpu).0));
+}
+
 /// ESR_EL2's exception class and, for HVC/SMC, the immediate (ISS[15:0]), with
 /// ESR_EL2[63:32] (ISS2, RES0 for an HVC): one logical immediate, where masking the low
 /// 32 bits alone compiles to two `and`s. An HVC #0 with ISS2 bits set would miss this
@@ -573,7 +591,7 @@ fn mmio<const FROM_A32: bool>(
             None
         }
         Device::GicRedist => Some(vm.vgic.redist_read(vcpu, offset, access.size)),
-        Device::Uart => uart_access(vm, offset, access, value(), hw),
+        Device::Uart => uart_access(vm, vcpu, offset, access, value(), hw),
     };
     if let Some(raw) = result {
         // `!= 31` then a plain index (`reg` is 5 bits, so no bounds check either): two
@@ -582,13 +600,14 @@ fn mmio<const FROM_A32: bool>(
             frame.x[usize::from(access.reg & 31)] = access.load_result(raw);
         }
     }
-    wake(hw, kicks);
+    wake_others(hw, vcpu, kicks);
     step_over::<FROM_A32>(frame, esr);
 }
 
 #[inline(never)]
 fn uart_access(
     vm: &VmModel,
+    vcpu: usize,
     offset: u64,
     access: MmioAccess,
     value: u64,
@@ -610,7 +629,7 @@ fn uart_access(
     // order (that loses the interrupt).
     let kicks = vm.vgic.set_line_level(vm.uart_line, model.irq_level());
     drop(model);
-    wake(hw, kicks);
+    wake_others(hw, vcpu, kicks);
     result
 }
 

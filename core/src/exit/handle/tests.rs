@@ -405,6 +405,27 @@ fn a_self_sgi_is_in_the_list_registers_when_the_guest_resumes() {
 }
 
 #[test]
+fn an_spi_made_pending_by_its_own_target_wakes_nobody() {
+    // The target's copy goes into its list registers at the end of the exit that made
+    // it pending; a scheduler wake of that running vCPU would only make its next WFI
+    // return at once. Made pending from another vCPU, the target is woken.
+    const ISENABLER1: u64 = 0x104;
+    const ISPENDR1: u64 = 0x204;
+    const SPI_40: u32 = 1 << (40 - 32);
+    let mut g = Guest::new(2);
+    g.enable_sgis();
+    let dist = layout::GIC_DIST.base;
+    g.write32(0, dist + ISENABLER1, SPI_40);
+    g.hw.log.clear();
+    assert_eq!(g.write32(0, dist + ISPENDR1, SPI_40), Action::Resume);
+    assert!(g.hw.woken().is_empty(), "{:?}", g.hw.woken());
+    assert_eq!(g.hw.lrs.valid(), [40]);
+    g.hw.lrs.ack_eoi();
+    assert_eq!(g.write32(1, dist + ISPENDR1, SPI_40), Action::Resume);
+    assert_eq!(g.hw.woken(), [VcpuMask::one(0)]);
+}
+
+#[test]
 fn mmio_reads_and_writes_reach_the_device_on_the_bus() {
     let mut g = Guest::new(2);
     // ldr w3, [GICD_TYPER]
