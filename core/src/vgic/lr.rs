@@ -606,18 +606,31 @@ impl State {
             return None;
         }
         let finished = occupied & lrs.elrsr();
-        // Looked at first, changed after: a decline leaves everything as it was.
+        // Looked at first, changed after: a decline leaves everything as it was. The
+        // state of each LR the guest still holds, 2 bits per LR.
+        let mut held = 0u32;
         for i in BitIter(u32::from(occupied)) {
             let i = i as usize % MAX_LRS;
+            let state = if finished & (1 << i) == 0 {
+                lr_state(lrs.read(i))
+            } else {
+                0
+            };
             let quiet = cpu.lrs[i].is_some_and(|intid| {
                 let irq = &cpu.private[intid as usize % NR_PRIVATE];
-                intid < SPI_BASE
-                    && irq.lr == Some(i as u8)
-                    && (finished & (1 << i) == 0 || !irq.deliverable_once_out(grp1))
+                // Not empty, yet in no state: a level interrupt's EOI waiting for its
+                // maintenance interrupt, which the general sync frees and may refill.
+                let settled = if finished & (1 << i) == 0 {
+                    state != 0
+                } else {
+                    !irq.deliverable_once_out(grp1)
+                };
+                intid < SPI_BASE && irq.lr == Some(i as u8) && settled
             });
             if !quiet {
                 return None;
             }
+            held |= u32::from(state) << (2 * i);
         }
         for i in BitIter(u32::from(occupied)) {
             let i = i as usize % MAX_LRS;
@@ -626,7 +639,7 @@ impl State {
             };
             let irq = &mut cpu.private[intid as usize % NR_PRIVATE];
             if finished & (1 << i) == 0 {
-                irq.lr_state = lr_state(lrs.read(i));
+                irq.lr_state = (held >> (2 * i)) as u8 & 0b11;
                 continue;
             }
             irq.lr = None;

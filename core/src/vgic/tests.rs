@@ -957,6 +957,13 @@ enum Op {
         intid: u32,
         hw: bool,
     },
+    /// The input line of PPI `intid` of vCPU `v` (an emulated level source, such as the
+    /// EL1 physical timer) goes to `level`.
+    PrivateLevel {
+        v: usize,
+        intid: u32,
+        level: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -979,6 +986,11 @@ fn op() -> impl Strategy<Value = Op> {
             hw: false
         }),
         (0usize..3, 26u32..28).prop_map(|(v, intid)| Op::Taken { v, intid, hw: true }),
+        (0usize..3, 29u32..31, any::<bool>()).prop_map(|(v, intid, level)| Op::PrivateLevel {
+            v,
+            intid,
+            level
+        }),
         (0u32..1100, any::<bool>()).prop_map(|(i, l)| Op::Level(i, l)),
         (0usize..4, 0u32..100).prop_map(|(v, i)| Op::Hw(v, i)),
         (0usize..3, 0u8..4).prop_map(|(v, a)| Op::Guest(v, a)),
@@ -1029,7 +1041,9 @@ proptest! {
                     let waker = if asleep { WAKER_PROCESSOR_SLEEP } else { 0 };
                     g.redist_write(v, rd(v) + GICR_WAKER, 4, u64::from(waker));
                 }
-                ref taken @ Op::Taken { .. } => apply(&g, &mut lrs, taken),
+                ref other @ (Op::Taken { .. } | Op::PrivateLevel { .. }) => {
+                    apply(&g, &mut lrs, other)
+                }
             }
         }
         // Draining: a guest that acks and EOIs everything ends with empty LRs and,
@@ -1102,6 +1116,10 @@ fn apply(g: &VGic, lrs: &mut [FakeLrs; 3], op: &Op) {
         Op::Sleep(v, asleep) => {
             let waker = if asleep { WAKER_PROCESSOR_SLEEP } else { 0 };
             g.redist_write(v, rd(v) + GICR_WAKER, 4, u64::from(waker));
+        }
+        Op::PrivateLevel { v, intid, level } => {
+            enable_private(g, v, intid);
+            g.set_private_level(v, intid, level);
         }
         Op::Taken { v, intid, hw } => {
             enable_private(g, v, intid);
