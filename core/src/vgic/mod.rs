@@ -56,8 +56,16 @@
 //!   When the only candidate is one private interrupt (an SGI, the timer) it goes straight
 //!   into the first free LR (`fill_private`), and a freed LR that is refilled in the same
 //!   flush is written once, not zeroed first.
-//! - SGIs and `inject_hw` touch one interrupt and set one index bit; an SGI to the sender
-//!   itself and a PPI injection skip the target loop and mark one vCPU's flags.
+//! - Three shortcuts skip the general flush in its most frequent states, each compared
+//!   with it by a differential proptest: at the end of an exit, LRs holding only private
+//!   interrupts the guest finished (or still holds) are folded back directly
+//!   ([`VGic::flush_after_exit`], `State::flush_quiet`); a vCPU with empty LRs and one
+//!   private interrupt waiting gets it in LR 0 (`State::place_lone_private`); the self-SGI
+//!   and timer paths write a new instance over the finished one still in LR 0
+//!   (`State::reraise_in_lr0`).
+//! - SGIs and `inject_hw` touch one interrupt and set one index bit; an SGI to one vCPU
+//!   (the sender itself or another) and a PPI injection skip the target loop and mark one
+//!   vCPU's flags.
 //! - Reads of registers whose value never changes (GICD_TYPER/IIDR/TYPER2/STATUSR/PIDR2/
 //!   CIDRn, GICR_TYPER/IIDR/PIDR2) are answered without the lock.
 //!
@@ -604,7 +612,8 @@ impl VGic {
     /// Before entering `vcpu`, which runs on `pcpu`: fold back, reconcile and fill its
     /// LRs (a hardware-linked level interrupt waiting in software only if its source
     /// still asserts it), and program ICH_HCR_EL2 (En, plus UIE when interrupts are left
-    /// waiting for an LR).
+    /// waiting for an LR). One private interrupt waiting for empty LRs, the vCPU woken
+    /// by an SGI, goes straight into LR 0 (`State::place_lone_private`).
     pub fn flush(&self, vcpu: usize, pcpu: &mut impl PhysCpu) {
         if vcpu >= self.nr_vcpus {
             return;

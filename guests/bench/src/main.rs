@@ -239,7 +239,7 @@ fn sgi_wfi_once(sgi1r: u64, intid: u32) -> Result<u64, Fail> {
 ///   vCPU at once could hand the CPU back after the PONG, before SGI_SEND was taken).
 /// - The hand-over leaves the primary with the SGI_PONG it has just taken, which a
 ///   hypervisor may clean up at the vCPU's next exit (Bothy syncs its list register
-///   then: about 200 instructions). That exit is an untimed `hvc` (PSCI_VERSION) before
+///   then: about 120 instructions). That exit is an untimed `hvc` (PSCI_VERSION) before
 ///   the window, so the sample does not pay for the measurement's own interrupt.
 /// - Only a hypervisor that switches to vCPU 1 as soon as the `msr` wakes it (or a time
 ///   slice that ends inside the window) can put vCPU 1's run in a sample. The counter read
