@@ -27,6 +27,7 @@ pub mod aarch32;
 pub mod debug;
 pub mod handle;
 pub mod idregs;
+pub mod mdcr;
 pub mod pmu;
 pub mod serror;
 

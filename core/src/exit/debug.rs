@@ -78,6 +78,7 @@
 //! WRPs), ID_AA64MMFR0_EL1 (FGT).
 
 use super::idregs::{reg, IdRegs};
+use super::mdcr::{self as mdcr_el2, MdcrEl2};
 use super::SysRegAccess;
 
 /// MDCR_EL2 bits that trap a guest's debug register accesses to EL2.
@@ -197,10 +198,7 @@ impl DebugRegs {
 
 /// The moves `hyp` makes with a CPU's debug registers (MRS/MSR in `hyp`, fields in
 /// tests); the functions below decide when.
-pub trait DebugHw {
-    /// MDCR_EL2.
-    fn mdcr(&self) -> u64;
-    fn set_mdcr(&mut self, value: u64);
+pub trait DebugHw: MdcrEl2 {
     /// Read `shape`'s breakpoints, watchpoints, OS lock and double lock into `regs`.
     fn save(&mut self, shape: DebugShape, regs: &mut DebugRegs);
     /// Write them from `regs`.
@@ -250,15 +248,11 @@ pub fn reset(hw: &mut impl DebugHw, shape: DebugShape) {
     set_traps(hw, shape, false);
 }
 
-/// MDCR_EL2's debug trap bits as [`DebugShape::traps`] says, the other bits kept; not
-/// written if already so.
+/// MDCR_EL2's debug trap bits as [`DebugShape::traps`] says, the other bits kept.
 #[inline(always)]
 fn set_traps(hw: &mut impl DebugHw, shape: DebugShape, claimed: bool) {
     let now = hw.mdcr();
-    let want = (now & !shape.trap_mask()) | shape.traps(claimed);
-    if want != now {
-        hw.set_mdcr(want);
-    }
+    mdcr_el2::set_bits(hw, now, shape.trap_mask(), shape.traps(claimed));
 }
 
 /// A debug register, as a trapped access names it.

@@ -74,6 +74,7 @@
 //! (TPM, TPMCR, HPMN), PMUSERENR_EL0, and the PMU's overflow interrupt
 //! (`CheckForPMUOverflow`: PMCR_EL0.E and PMOVSSET & PMINTENSET).
 
+use super::mdcr::{self as mdcr_el2, MdcrEl2};
 use super::SysRegAccess;
 
 /// MDCR_EL2 bits that trap a guest's PMU register accesses to EL2.
@@ -163,10 +164,7 @@ impl Default for PmuRegs {
 
 /// The moves `hyp` makes with a CPU's PMU (MRS/MSR in `hyp`, fields in tests); the
 /// functions below decide when. `counters` is the CPU's PMCR_EL0.N.
-pub trait PmuHw {
-    /// MDCR_EL2.
-    fn mdcr(&self) -> u64;
-    fn set_mdcr(&mut self, value: u64);
+pub trait PmuHw: MdcrEl2 {
     /// Read the PMU's registers (`counters` event counters) into `regs`.
     fn save(&mut self, counters: usize, regs: &mut PmuRegs);
     /// Write them from `regs`, nothing counting or interrupting until the last write
@@ -229,14 +227,10 @@ pub fn reset(hw: &mut impl PmuHw, counters: usize) {
     set_traps(hw, now, true);
 }
 
-/// MDCR_EL2 (`now`) with TPM and TPMCR set or cleared, the other bits kept; not written
-/// if already so.
+/// MDCR_EL2 (`now`) with TPM and TPMCR set or cleared, the other bits kept.
 #[inline(always)]
 fn set_traps(hw: &mut impl PmuHw, now: u64, claimed: bool) {
-    let want = (now & !mdcr::TRAPS) | (mdcr::TRAPS * u64::from(!claimed));
-    if want != now {
-        hw.set_mdcr(want);
-    }
+    mdcr_el2::set_bits(hw, now, mdcr::TRAPS, mdcr::TRAPS * u64::from(!claimed));
 }
 
 /// A PMU register, as a trapped access names it.

@@ -174,7 +174,7 @@ struct FakeDebugHw {
     loads: usize,
 }
 
-impl DebugHw for FakeDebugHw {
+impl MdcrEl2 for FakeDebugHw {
     fn mdcr(&self) -> u64 {
         self.mdcr
     }
@@ -182,6 +182,9 @@ impl DebugHw for FakeDebugHw {
         self.mdcr = value;
         self.mdcr_writes += 1;
     }
+}
+
+impl DebugHw for FakeDebugHw {
     fn save(&mut self, shape: DebugShape, regs: &mut DebugRegs) {
         self.saves += 1;
         let (b, w) = (

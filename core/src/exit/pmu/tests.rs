@@ -137,7 +137,7 @@ struct FakePmuHw {
     quiesces: usize,
 }
 
-impl PmuHw for FakePmuHw {
+impl MdcrEl2 for FakePmuHw {
     fn mdcr(&self) -> u64 {
         self.mdcr
     }
@@ -145,6 +145,9 @@ impl PmuHw for FakePmuHw {
         self.mdcr = value;
         self.mdcr_writes += 1;
     }
+}
+
+impl PmuHw for FakePmuHw {
     fn save(&mut self, counters: usize, regs: &mut PmuRegs) {
         self.saves += 1;
         let evcntr = regs.evcntr;

@@ -14,14 +14,15 @@
 //!
 //! Breakpoints and watchpoints (with the OS lock and double lock) move only while a
 //! vCPU holds them: until its first access they trap (MDCR_EL2.TDA/TDOSA) and a
-//! switch moves none of them. `bothy_core::exit::debug` decides when; [`HwDebug`] moves
-//! them. The PMU likewise (MDCR_EL2.TPM/TPMCR; `bothy_core::exit::pmu`, [`HwPmu`]),
+//! switch moves none of them. `bothy_core::exit::debug` decides when; [`HwMonitors`]
+//! moves them. The PMU likewise (MDCR_EL2.TPM/TPMCR; `bothy_core::exit::pmu`),
 //! except that a vCPU that goes back to trapped keeps its saved values for its next
 //! claim.
 
 use super::gic;
 use super::sysreg::*;
 use bothy_core::exit::debug::{self, DebugHw, DebugRegs, DebugShape, MAX_POINTS};
+use bothy_core::exit::mdcr::MdcrEl2;
 use bothy_core::exit::pmu::{self, PmuHw, PmuRegs, MAX_EVENT_COUNTERS, PMCR_STATE};
 use bothy_core::vgic::{CpuInterface, V3CpuIf, MAX_LRS};
 use core::arch::global_asm;
@@ -114,13 +115,14 @@ struct FpRegs {
 /// P0–P15 and FFR at up to a 2048-bit vector length (2 bytes each at 128 bits).
 const SVE_PRED_BYTES: usize = 17 * 32;
 
-/// This CPU's PMU, moved as `bothy_core::exit::pmu` says: guests use it directly once
-/// they hold it, so its counters and controls move with the vCPU that does; otherwise a
-/// vCPU would count what other vCPUs (of other VMs) do on its CPU, and read what they
-/// left.
-struct HwPmu;
+/// This CPU's self-hosted monitors, each group trapped through MDCR_EL2 until a vCPU
+/// claims it: the PMU, moved as `bothy_core::exit::pmu` says (guests use it directly
+/// once they hold it, so its counters and controls move with the vCPU that does;
+/// otherwise a vCPU would count what other vCPUs, of other VMs, do on its CPU, and read
+/// what they left), and the debug registers, moved as `bothy_core::exit::debug` says.
+struct HwMonitors;
 
-impl PmuHw for HwPmu {
+impl MdcrEl2 for HwMonitors {
     #[inline(always)]
     fn mdcr(&self) -> u64 {
         read_mdcr_el2()
@@ -130,6 +132,9 @@ impl PmuHw for HwPmu {
     fn set_mdcr(&mut self, value: u64) {
         write_mdcr_el2(value);
     }
+}
+
+impl PmuHw for HwMonitors {
 
     // Out of line: only vCPUs that use the PMU get here.
     #[cold]
@@ -230,7 +235,7 @@ extern "C" {
 /// idle and traps it again with zeros saved).
 pub fn reset_pmu(f: Features) {
     if let Some(counters) = f.pmu_counters {
-        pmu::reset(&mut HwPmu, counters);
+        pmu::reset(&mut HwMonitors, counters);
     }
 }
 
@@ -239,28 +244,16 @@ pub fn reset_pmu(f: Features) {
 /// it already or the CPU has no PMU.
 pub fn claim_pmu(f: Features, ctx: &VcpuContext) -> bool {
     match f.pmu_counters {
-        Some(counters) => pmu::claim(&mut HwPmu, counters, &ctx.pmu),
+        Some(counters) => pmu::claim(&mut HwMonitors, counters, &ctx.pmu),
         None => false,
     }
 }
-
-/// This CPU's self-hosted debug registers, moved as `bothy_core::exit::debug` says.
-struct HwDebug;
 
 /// OSLSR_EL1.OSLK (OSLAR_EL1.OSLA, which sets it, is bit 0); OSDLR_EL1.DLK.
 const OSLSR_OSLK: u64 = 1 << 1;
 const OSDLR_DLK: u64 = 1 << 0;
 
-impl DebugHw for HwDebug {
-    #[inline(always)]
-    fn mdcr(&self) -> u64 {
-        read_mdcr_el2()
-    }
-
-    #[inline(always)]
-    fn set_mdcr(&mut self, value: u64) {
-        write_mdcr_el2(value);
-    }
+impl DebugHw for HwMonitors {
 
     // Out of line: only vCPUs that use breakpoints get here.
     #[cold]
@@ -362,13 +355,13 @@ extern "C" {
 /// The running vCPU's first trapped debug-register access: it gets the CPU's debug
 /// registers, zero (`bothy_core::arch::Arch::claim_debug`); `false` if it had them.
 pub fn claim_debug(f: Features) -> bool {
-    debug::claim(&mut HwDebug, f.debug)
+    debug::claim(&mut HwMonitors, f.debug)
 }
 
 /// A vCPU's reset: its debug registers trapped again, MDSCR_EL1 zero (debug exceptions
 /// off, so nothing left in the CPU can fire for it).
 pub fn reset_debug(f: Features) {
-    debug::reset(&mut HwDebug, f.debug);
+    debug::reset(&mut HwMonitors, f.debug);
     write_mdscr_el1(0);
 }
 
@@ -715,7 +708,7 @@ impl VcpuContext {
         }
         // Saved only if it holds the PMU; nothing moves for a vCPU that does not.
         if let Some(counters) = f.pmu_counters {
-            self.pmu_claimed = pmu::put(&mut HwPmu, counters, &mut self.pmu);
+            self.pmu_claimed = pmu::put(&mut HwMonitors, counters, &mut self.pmu);
         }
         self.gic_held = cpuif.put_held(&mut self.gic);
         self.gic_held_lrs = cpuif.lr_count;
@@ -726,7 +719,7 @@ impl VcpuContext {
     /// for a vCPU that does not (never touched them, or went back to trapped).
     #[inline(always)]
     fn put_debug(&mut self, f: Features) {
-        self.debug_claimed = debug::put(&mut HwDebug, f.debug, &mut self.debug, self.el1.mdscr);
+        self.debug_claimed = debug::put(&mut HwMonitors, f.debug, &mut self.debug, self.el1.mdscr);
     }
 
     /// Its debug registers loaded if it holds them, and MDCR_EL2's traps set to match.
@@ -734,7 +727,7 @@ impl VcpuContext {
     /// writable); a vCPU that does not hold them has those bits clear.
     #[inline(always)]
     fn load_debug(&self, f: Features) {
-        debug::load(&mut HwDebug, f.debug, &self.debug, self.debug_claimed);
+        debug::load(&mut HwMonitors, f.debug, &self.debug, self.debug_claimed);
         if self.debug_claimed {
             write_mdscr_el1(self.el1.mdscr);
         }
@@ -789,7 +782,7 @@ impl VcpuContext {
         // Loaded if it holds the PMU; else the traps set, and a PMU the CPU's last vCPU
         // held stopped.
         if let Some(counters) = f.pmu_counters {
-            pmu::load(&mut HwPmu, counters, &self.pmu, self.pmu_claimed);
+            pmu::load(&mut HwMonitors, counters, &self.pmu, self.pmu_claimed);
         }
         if self.gic_held_lrs == cpuif.lr_count {
             cpuif.load_held(&self.gic, self.gic_held);
