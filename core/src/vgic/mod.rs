@@ -284,6 +284,21 @@ impl VGic {
         }
     }
 
+    /// A flush of `vcpu` is done (with the state lock held): its flags say only whether
+    /// an LR is left occupied (WORK is cleared: whoever sets it holds the lock).
+    #[inline(always)]
+    fn flushed(&self, vcpu: usize, lrs_busy: bool) {
+        self.set_flags(vcpu, if lrs_busy { FLAG_LRS_BUSY } else { 0 });
+    }
+
+    /// The general flush of `vcpu` (`State::flush_cpu`), with the state lock held.
+    /// Returns whether an LR is left occupied.
+    fn flush_general_locked(&self, st: &mut State, vcpu: usize, pcpu: &mut impl PhysCpu) -> bool {
+        let busy = st.flush_cpu(vcpu, pcpu);
+        self.flushed(vcpu, busy);
+        busy
+    }
+
     /// Set `vcpu`'s flags to `flags` (with the state lock held).
     fn set_flags(&self, vcpu: usize, flags: u32) {
         // `% MAX_VCPUS` (a mask): vcpu < nr_vcpus <= MAX_VCPUS already, and the exit path
@@ -447,7 +462,7 @@ impl VGic {
         // candidate waits on this path, so no hardware-linked level needs asking.
         if REUSE_FIRST {
             if st.reraise_in_lr0(vcpu, intid, phys_intid, &mut pcpu.list_regs()) {
-                return self.set_flags(vcpu, FLAG_LRS_BUSY);
+                return self.flushed(vcpu, true);
             }
             return self.raise_and_flush_locked(st, vcpu, intid, phys_intid, pcpu);
         }
@@ -486,7 +501,7 @@ impl VGic {
             drop(st);
             return self.raise_and_flush_general(vcpu, intid, phys_intid, pcpu);
         };
-        self.set_flags(vcpu, if busy { FLAG_LRS_BUSY } else { 0 });
+        self.flushed(vcpu, busy);
     }
 
     /// `raise_and_flush` for any state, by the general calls.
@@ -500,7 +515,7 @@ impl VGic {
     ) {
         let mut st = self.state.lock();
         let busy = st.raise_private_general(vcpu, intid, phys_intid, pcpu);
-        self.set_flags(vcpu, if busy { FLAG_LRS_BUSY } else { 0 });
+        self.flushed(vcpu, busy);
     }
 
     /// The input line of SPI number `spi` (INTID `spi + 32`), for a device to drive; `None`
@@ -621,18 +636,16 @@ impl VGic {
         let mut st = self.state.lock();
         // Everyone who sets WORK holds the lock, so clearing it at the end loses nothing.
         if st.place_lone_private(vcpu, &mut pcpu.list_regs()) {
-            return self.set_flags(vcpu, FLAG_LRS_BUSY);
+            return self.flushed(vcpu, true);
         }
-        let busy = st.flush_cpu(vcpu, pcpu);
-        self.set_flags(vcpu, if busy { FLAG_LRS_BUSY } else { 0 });
+        self.flush_general_locked(&mut st, vcpu, pcpu);
     }
 
     /// [`VGic::flush`] without its shortcut: the reference its tests compare with.
     #[cfg(test)]
     fn flush_general(&self, vcpu: usize, pcpu: &mut impl PhysCpu) {
         if vcpu < self.nr_vcpus {
-            let busy = self.state.lock().flush_cpu(vcpu, pcpu);
-            self.set_flags(vcpu, if busy { FLAG_LRS_BUSY } else { 0 });
+            self.flush_general_locked(&mut self.state.lock(), vcpu, pcpu);
         }
     }
 
@@ -667,13 +680,11 @@ impl VGic {
     /// when it could not tell.
     #[inline(always)]
     fn flush_locked(&self, st: &mut State, vcpu: usize, pcpu: &mut impl PhysCpu) -> bool {
-        // Everyone who sets WORK holds the lock, so clearing it at the end loses nothing.
         if let Some(busy) = st.flush_quiet(vcpu, &mut pcpu.list_regs()) {
-            self.set_flags(vcpu, if busy { FLAG_LRS_BUSY } else { 0 });
+            self.flushed(vcpu, busy);
             return busy;
         }
-        let busy = st.flush_cpu(vcpu, pcpu);
-        self.set_flags(vcpu, if busy { FLAG_LRS_BUSY } else { 0 });
+        self.flush_general_locked(st, vcpu, pcpu);
         true
     }
 

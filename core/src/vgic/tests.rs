@@ -849,6 +849,27 @@ fn a_repeated_self_sgi_or_timer_reuses_its_finished_lr() {
 }
 
 #[test]
+fn has_work_is_new_work_alone_not_an_occupied_lr() {
+    // A CPU idling with a vCPU (the guest not running) asks `has_work`; an exit, after
+    // the guest ran, asks `needs_flush`, which an occupied LR also answers yes to.
+    let g = booted(2, 32);
+    let mut l = FakeLrs::new(4);
+    run_exit(&g, 0, &mut l);
+    assert!(!g.has_work(0));
+    g.send_sgi(1, sgi1r(3, 1));
+    assert!(g.has_work(0));
+    g.flush(0, &mut l);
+    assert_eq!(l.valid(), vec![3]);
+    assert!(
+        g.needs_flush(0),
+        "an occupied LR is synced at the guest's next exit"
+    );
+    assert!(!g.has_work(0), "nothing new since the flush");
+    g.send_sgi(1, sgi1r(4, 1));
+    assert!(g.has_work(0));
+}
+
+#[test]
 fn an_spi_routed_to_a_sleeping_vcpu_waits_for_it() {
     let g = booted(2, 64);
     let mut l = FakeLrs::new(4);
