@@ -336,7 +336,7 @@ fn arrive<'s>(
     let mut fresh_target: Target;
     // The vCPU this CPU holds has sat in the idle loop below: its list registers are
     // as its last exit (a WFI, which flushed them) or the loop's own flush left them,
-    // and the guest has not run since, so only new work (WORK) needs a flush.
+    // and the guest has not run since.
     let mut idled = false;
     loop {
         if let Some(id) = d.run {
@@ -383,12 +383,7 @@ fn arrive<'s>(
             // Its emulated physical timer may have come due while it was off this CPU.
             let (_own, ptimer_due) = vm.ptimer_update(v, sysreg::read_cntpct_el0());
             arm_tick(earliest(deadline, ptimer_due));
-            let flush = if in_slot && idled {
-                vm.vgic.has_work(v)
-            } else {
-                vm.vgic.needs_flush(v)
-            };
-            if flush {
+            if vm.vgic.needs_flush_before_run(v, !(in_slot && idled)) {
                 service_list_registers(vm, v);
             }
             return;
@@ -415,7 +410,7 @@ fn arrive<'s>(
             if let Some((vm, v)) = loaded {
                 let _ = vm.ptimer_update(v, sysreg::read_cntpct_el0());
                 idled = same_vcpu(owner, Some((vm, v)));
-                if vm.vgic.has_work(v) {
+                if vm.vgic.needs_flush_before_run(v, false) {
                     service_list_registers(vm, v);
                 }
                 if vm.vgic.has_pending(v) {

@@ -713,11 +713,18 @@ impl VGic {
         self.flags[vcpu % MAX_VCPUS].load(Ordering::Acquire) != 0
     }
 
-    /// Whether `vcpu` has been given work since its last flush (WORK), leaving aside
-    /// LRS_BUSY, which only matters once the guest has run: for a CPU that idles with
-    /// the vCPU, whose last exit flushed.
-    pub fn has_work(&self, vcpu: usize) -> bool {
-        self.flags[vcpu % MAX_VCPUS].load(Ordering::Acquire) & FLAG_WORK != 0
+    /// Whether `vcpu` needs a flush before it runs (or, idle, to learn what is pending):
+    /// for new work (WORK) always; for an occupied LR (LRS_BUSY) only if the guest ran
+    /// since its LRs were last flushed (`guest_ran`), since only the guest moves them.
+    /// A CPU idling with the vCPU that blocked (its WFI exit flushed) passes false.
+    pub fn needs_flush_before_run(&self, vcpu: usize, guest_ran: bool) -> bool {
+        let flags = self.flags[vcpu % MAX_VCPUS].load(Ordering::Acquire);
+        let asks = if guest_ran {
+            FLAG_WORK | FLAG_LRS_BUSY
+        } else {
+            FLAG_WORK
+        };
+        flags & asks != 0
     }
 
     /// [`VGic::needs_flush`] without ordering, for the exit path: a caller that finds

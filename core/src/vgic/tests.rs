@@ -849,24 +849,27 @@ fn a_repeated_self_sgi_or_timer_reuses_its_finished_lr() {
 }
 
 #[test]
-fn has_work_is_new_work_alone_not_an_occupied_lr() {
-    // A CPU idling with a vCPU (the guest not running) asks `has_work`; an exit, after
-    // the guest ran, asks `needs_flush`, which an occupied LR also answers yes to.
+fn an_occupied_lr_needs_a_flush_only_after_the_guest_ran() {
+    // A CPU idling with a vCPU (the guest not running) flushes for new work alone; once
+    // the guest has run, an occupied LR is synced too.
     let g = booted(2, 32);
     let mut l = FakeLrs::new(4);
     run_exit(&g, 0, &mut l);
-    assert!(!g.has_work(0));
+    assert!(!g.needs_flush_before_run(0, true));
     g.send_sgi(1, sgi1r(3, 1));
-    assert!(g.has_work(0));
+    assert!(g.needs_flush_before_run(0, false));
     g.flush(0, &mut l);
     assert_eq!(l.valid(), vec![3]);
     assert!(
-        g.needs_flush(0),
-        "an occupied LR is synced at the guest's next exit"
+        g.needs_flush_before_run(0, true),
+        "the guest may have finished it"
     );
-    assert!(!g.has_work(0), "nothing new since the flush");
+    assert!(
+        !g.needs_flush_before_run(0, false),
+        "nothing new, nothing moved"
+    );
     g.send_sgi(1, sgi1r(4, 1));
-    assert!(g.has_work(0));
+    assert!(g.needs_flush_before_run(0, false));
 }
 
 #[test]
