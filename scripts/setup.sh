@@ -24,11 +24,23 @@ as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
 
+# A Debian mirror can be caught mid-sync ("File has unexpected size ... Mirror
+# sync in progress?"); apt-get update then exits 100 although every other index
+# arrived. Retry with a pause, and if one index still fails, go on: the steps
+# below resolve and download what they need and say so clearly if they cannot.
 apt_updated=0
 apt_update_once() {
     if [ "$apt_updated" -eq 0 ]; then
-        say "apt-get update"
-        as_root apt-get update -q
+        local attempt
+        for attempt in 1 2 3 4; do
+            say "apt-get update (attempt $attempt)"
+            if as_root apt-get update -q -o Acquire::Retries=3; then
+                apt_updated=1
+                return 0
+            fi
+            if [ "$attempt" -lt 4 ]; then sleep $((attempt * 20)); fi
+        done
+        say "apt-get update reported errors four times; going on with the indexes it has" >&2
         apt_updated=1
     fi
 }
