@@ -28,13 +28,14 @@ as_root() {
 # sync in progress?"); apt-get update then exits 100 although every other index
 # arrived. Retry with a pause, and if one index still fails, go on: the steps
 # below resolve and download what they need and say so clearly if they cannot.
+apt_retries=(-o Acquire::Retries=3)
 apt_updated=0
 apt_update_once() {
     if [ "$apt_updated" -eq 0 ]; then
         local attempt
         for attempt in 1 2 3 4; do
             say "apt-get update (attempt $attempt)"
-            if as_root apt-get update -q -o Acquire::Retries=3; then
+            if as_root apt-get update -q "${apt_retries[@]}"; then
                 apt_updated=1
                 return 0
             fi
@@ -57,7 +58,7 @@ command -v aarch64-linux-gnu-objdump >/dev/null || need_pkgs+=(binutils-aarch64-
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
     apt_update_once
     say "installing ${need_pkgs[*]}"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need_pkgs[@]}"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${apt_retries[@]}" "${need_pkgs[@]}"
 else
     say "qemu-system-aarch64, dtc and the DejaVu font present"
 fi
@@ -111,9 +112,9 @@ fetch() {
     deb="$(ls "$cache/debs/${pkg}"_*_"$arch".deb 2>/dev/null | head -n1 || true)"
     if [ -z "$deb" ]; then
         say "apt-get download $pkg:$arch -> $cache/debs/"
-        if ! (cd "$cache/debs" && apt-get download -q "$pkg:$arch"); then
+        if ! (cd "$cache/debs" && apt-get download -q "${apt_retries[@]}" "$pkg:$arch"); then
             apt_update_once
-            (cd "$cache/debs" && apt-get download -q "$pkg:$arch")
+            (cd "$cache/debs" && apt-get download -q "${apt_retries[@]}" "$pkg:$arch")
         fi
         deb="$(ls "$cache/debs/${pkg}"_*_"$arch".deb | head -n1)"
     else
