@@ -108,7 +108,7 @@ impl VmMemory {
         arch: &mut impl Arch,
     ) -> Result<Self, CreateError> {
         let vmid = vmids.alloc().ok_or(CreateError::NoVmid)?;
-        let created = Self::create_with(owner, spec, vmid, mem, owners, arch);
+        let created = Self::create_with(owner, spec, vmid, None, mem, owners, arch);
         if created.is_err() {
             // Allocated a moment ago: freeing it cannot be refused.
             let _ = vmids.free(vmid, arch);
@@ -117,10 +117,14 @@ impl VmMemory {
     }
 
     /// [`VmMemory::create`] with a VMID the caller allocated (and keeps if this fails).
+    /// `zeroed`: a free block the caller scrubbed a moment ago and nobody has written
+    /// since (the same locks held throughout); RAM that falls wholly inside it is not
+    /// scrubbed again.
     fn create_with(
         owner: Owner,
         spec: VmMemorySpec,
         vmid: Vmid,
+        zeroed: Option<Region>,
         mem: &mut impl PhysMemory,
         owners: &mut PageOwnership,
         arch: &mut impl Arch,
@@ -139,7 +143,9 @@ impl VmMemory {
             let _ = owners.release(block, owner);
             mem(block);
         };
-        mem.scrub(block);
+        if !zeroed.is_some_and(|z| z.contains_range(block.base, block.size)) {
+            mem.scrub(block);
+        }
         let mut stage2 = match Stage2::new(mem, spec.ipa_bits) {
             Ok(s) => s,
             Err(e) => {
@@ -169,7 +175,8 @@ impl VmMemory {
     }
 
     /// The same memory afresh (a VM restarting): a new VMID, then everything of this
-    /// one given back (as [`VmMemory::destroy`]), then RAM and tables built again. The
+    /// one given back (as [`VmMemory::destroy`]), then RAM and tables built again (RAM
+    /// that lands where the old RAM was is not scrubbed a second time). The
     /// new VMID is taken first so the old one is not handed straight back: a CPU still
     /// leaving the VM may refill TLB entries for the old VMID. Preconditions as for
     /// `destroy`. If no VMID is left, `self` comes back untouched with the error; if
@@ -189,11 +196,16 @@ impl VmMemory {
             return Err((Some(self), CreateError::NoVmid));
         };
         let (owner, spec) = (self.owner, self.spec);
-        if let Err(e) = self.destroy(mem, owners, vmids, arch) {
-            let _ = vmids.free(vmid, arch);
-            return Err((None, CreateError::Ownership(e)));
-        }
-        let created = Self::create_with(owner, spec, vmid, mem, owners, arch);
+        let freed = match self.destroy(mem, owners, vmids, arch) {
+            Ok(freed) => freed,
+            Err(e) => {
+                let _ = vmids.free(vmid, arch);
+                return Err((None, CreateError::Ownership(e)));
+            }
+        };
+        // `destroy` scrubbed the old RAM, and the allocator mostly hands the same block
+        // back: scrubbing it again would double a restart's longest step.
+        let created = Self::create_with(owner, spec, vmid, Some(freed.ram), mem, owners, arch);
         if created.is_err() {
             let _ = vmids.free(vmid, arch);
         }

@@ -217,6 +217,58 @@ fn rebuild_gives_fresh_memory_and_a_new_vmid_and_keeps_every_frame() {
 }
 
 #[test]
+fn a_rebuild_scrubs_its_ram_once() {
+    let mut m = Machine::new(VmidBits::Eight);
+    let vm = m.create(1, 8).unwrap();
+    let old_block = Region::new(vm.ram_pa(), 8 << 20);
+    m.mem.dirty(old_block);
+    m.mem.scrubs.clear();
+    let vm = vm
+        .rebuild(&mut m.mem, &mut m.owners, &mut m.vmids, &mut m.arch)
+        .unwrap();
+    let block = Region::new(vm.ram_pa(), 8 << 20);
+    assert_eq!(block, old_block, "the allocator hands the same block back");
+    assert_eq!(m.mem.scrubs, [old_block], "scrubbed when freed, not again");
+    assert!(m.mem.is_clean(block));
+
+    m.destroy(vm);
+
+    // Only RAM wholly inside the block known to be zero skips its scrub.
+    let spec = VmMemorySpec {
+        ram: Region::new(0x4000_0000, 2 << 20),
+        ram_align: 2 << 20,
+        ipa_bits: 39,
+    };
+    // Where the allocator puts 2 MiB now (it hands the same block out each time).
+    let probe = m.create(3, 2).unwrap();
+    let pa = probe.ram_pa();
+    m.destroy(probe);
+    for (zeroed, scrubbed) in [
+        (None, true),
+        (Some(Region::new(pa, 2 << 20)), false),
+        (Some(Region::new(pa - PAGE, 4 << 20)), false),
+        (Some(Region::new(pa + PAGE, 2 << 20)), true),
+        (Some(Region::new(pa, (2 << 20) - PAGE)), true),
+    ] {
+        m.mem.scrubs.clear();
+        let vmid = m.vmids.alloc().unwrap();
+        let vm = VmMemory::create_with(
+            Owner::Vm(3),
+            spec,
+            vmid,
+            zeroed,
+            &mut m.mem,
+            &mut m.owners,
+            &mut m.arch,
+        )
+        .unwrap();
+        assert_eq!(vm.ram_pa(), pa);
+        assert_eq!(!m.mem.scrubs.is_empty(), scrubbed, "zeroed {zeroed:x?}");
+        m.destroy(vm);
+    }
+}
+
+#[test]
 fn a_refused_create_leaves_nothing_behind() {
     let mut m = Machine::new(VmidBits::Eight);
     let start = m.mem.alloc.clone();
