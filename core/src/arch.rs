@@ -166,6 +166,16 @@ pub trait Arch {
     /// TPMCR cleared (no barrier: the `ERET` that resumes the vCPU synchronises them).
     fn claim_pmu(&mut self) -> bool;
 
+    /// The exiting vCPU's first use of pointer authentication trapped
+    /// ([`crate::exit::pauth`]: an enabled PAuth instruction, or an access to a key
+    /// register): give it the CPU's keys. Its saved keys are loaded and HCR_EL2.API and
+    /// APK set; the exit policy then has it execute the instruction again. `false` if it
+    /// held them already, or the CPU has no pointer authentication: nothing is done.
+    ///
+    /// `hyp`: [`crate::exit::pauth::claim`] on this CPU's keys with the vCPU's saved
+    /// context (its `saved` lock, which only this CPU takes while the vCPU runs here).
+    fn claim_pauth(&mut self) -> bool;
+
     /// The exiting vCPU did something Bothy answered with an exception injected into it
     /// (an access outside its RAM and devices, an undefined or trapped instruction):
     /// `hyp` counts it per VM and reports it, rate-limited, so a hostile or broken guest
@@ -216,6 +226,8 @@ pub enum ArchOp {
     ClaimDebug,
     /// [`Arch::claim_pmu`].
     ClaimPmu,
+    /// [`Arch::claim_pauth`].
+    ClaimPauth,
 }
 
 /// An [`Arch`] for tests: appends each maintenance call and wake-up to `log`, keeps the
@@ -237,6 +249,8 @@ pub struct FakeArch {
     pub debug_claimed: bool,
     /// The vCPU holds the PMU ([`Arch::claim_pmu`] succeeded).
     pub pmu_claimed: bool,
+    /// The vCPU holds the pointer-authentication keys ([`Arch::claim_pauth`] succeeded).
+    pub pauth_claimed: bool,
     /// Physical INTIDs whose hardware-linked source no longer asserts its level.
     pub low_lines: alloc::vec::Vec<u32>,
     pub console: alloc::vec::Vec<u8>,
@@ -329,6 +343,11 @@ impl Arch for FakeArch {
     fn claim_pmu(&mut self) -> bool {
         self.log.push(ArchOp::ClaimPmu);
         !core::mem::replace(&mut self.pmu_claimed, true)
+    }
+
+    fn claim_pauth(&mut self) -> bool {
+        self.log.push(ArchOp::ClaimPauth);
+        !core::mem::replace(&mut self.pauth_claimed, true)
     }
 
     fn guest_fault(&mut self, fault: GuestFault) {

@@ -28,6 +28,7 @@ pub mod debug;
 pub mod handle;
 pub mod idregs;
 pub mod mdcr;
+pub mod pauth;
 pub mod pmu;
 pub mod serror;
 

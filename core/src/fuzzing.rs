@@ -618,7 +618,8 @@ fn after_exit(vm: &VmModel, v: usize, cpu: &mut Cpu, action: Action) {
             | ArchOp::HwLine { .. }
             | ArchOp::LookAt(_)
             | ArchOp::ClaimDebug
-            | ArchOp::ClaimPmu => {}
+            | ArchOp::ClaimPmu
+            | ArchOp::ClaimPauth => {}
         }
     }
     cpu.hw.console.clear();

@@ -45,8 +45,8 @@
 use super::debug::{self, DebugShape};
 use super::{
     aarch32, data_abort_srt, decode, decode_lower_data_abort, decode_sysreg_trap, ec,
-    exception_class, inject, sysreg as trapped, sysreg_rt, sysreg_syndrome, sysreg_write_syndrome,
-    Exit, MmioAccess, SysRegAccess,
+    exception_class, inject, pauth, sysreg as trapped, sysreg_rt, sysreg_syndrome,
+    sysreg_write_syndrome, Exit, MmioAccess, SysRegAccess,
 };
 use crate::abi::{self, CallContext, Outcome, RETURN_SUCCESS};
 use crate::arch::{Arch, El1Reg, GuestFault};
@@ -520,6 +520,16 @@ fn other_sync_exit<const FROM_A32: bool>(
         step_over::<true>(frame, esr);
         return Action::Resume;
     }
+    if exception_class(esr) == pauth::ec::PAUTH {
+        // A pointer-authentication instruction (HCR_EL2.API, [`super::pauth`]): not
+        // stepped over, the guest executes it again with its own keys. A claim of keys
+        // it holds already (something else trapped it): running it again would only
+        // trap again.
+        if !hw.claim_pauth() {
+            inject_sync(frame, inject::undefined_esr(), 0, hw);
+        }
+        return Action::Resume;
+    }
     match decode(esr, hw.far_el2(), hw.hpfar_el2()) {
         Exit::Hvc { imm: 0 } => return hypercall(vm, vcpu, frame, hw),
         Exit::Smc { imm: 0 } => {
@@ -635,8 +645,8 @@ fn uart_access(
 
 /// Trapped system registers: SGIs are sent, the EL1 physical timer is emulated
 /// (`dev/ptimer.rs`), ID registers read the VM's view ([`super::idregs`]), debug
-/// registers and the PMU are claimed ([`super::debug`], [`super::pmu`]), anything else is
-/// undefined for the guest.
+/// registers, the PMU and the pointer-authentication keys are claimed ([`super::debug`],
+/// [`super::pmu`], [`super::pauth`]), anything else is undefined for the guest.
 #[inline(never)]
 fn sysreg_access(
     vm: &VmModel,
@@ -687,6 +697,12 @@ fn sysreg_access(
         // already (something else trapped it) or of a CPU without one: running it again
         // would only trap again.
         if !hw.claim_pmu() {
+            inject_sync(frame, inject::undefined_esr(), 0, hw);
+        }
+        return;
+    } else if pauth::is_key_register(&access) {
+        // Key registers (HCR_EL2.APK, [`super::pauth`]): likewise.
+        if !hw.claim_pauth() {
             inject_sync(frame, inject::undefined_esr(), 0, hw);
         }
         return;

@@ -60,6 +60,7 @@ pub static CHECKS: &[Check] = &[
         "fp_registers_per_vcpu",
         crate::fpregs::fp_registers_per_vcpu,
     ),
+    ("pauth_keys_per_vcpu", crate::pauthkeys::pauth_keys_per_vcpu),
     ("cpu_on_bad_entry", cpu_on_bad_entry),
     ("pmu_does_not_see_el2", pmu_does_not_see_el2),
 ];

@@ -25,6 +25,7 @@ mod exceptions;
 mod fdt;
 mod fpregs;
 mod gic;
+mod pauthkeys;
 mod platform;
 mod race;
 mod smp;

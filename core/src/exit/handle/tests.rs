@@ -890,3 +890,29 @@ fn a_first_pmu_register_access_claims_it_and_runs_again() {
     assert_eq!(g.hw.el1[El1Reg::Esr as usize], inject::undefined_esr());
     assert!(!g.hw.log.contains(&ArchOp::ClaimDebug));
 }
+
+#[test]
+fn a_first_pointer_authentication_use_claims_the_keys_and_runs_again() {
+    let mut g = Guest::new(1);
+    // PACIASP trapped by HCR_EL2.API (class 0x09, IL set), then MRS x3, APIAKeyLo_EL1
+    // and MSR APGAKeyHi_EL1, x3 trapped by APK: each claims the keys and is not stepped
+    // over.
+    let pac_trap = (0x09 << 26) | (1 << 25);
+    for esr in [
+        pac_trap,
+        sysreg_esr((3, 0, 2, 1, 0), 3, true),
+        sysreg_esr((3, 0, 2, 3, 1), 3, false),
+    ] {
+        g.hw.log.clear();
+        g.hw.pauth_claimed = false;
+        g.frame.x[3] = 0xdead;
+        assert_eq!(g.exit(0, esr), Action::Resume);
+        assert_eq!(g.hw.log, [ArchOp::ClaimPauth], "{esr:#x}");
+        assert_eq!((g.frame.elr, g.frame.x[3]), (ELR, 0xdead), "{esr:#x}");
+    }
+    // Held already, yet trapped: running it again would trap forever, so undefined.
+    g.frame.spsr = SPSR_EL1H;
+    assert_eq!(g.exit(0, pac_trap), Action::Resume);
+    assert_eq!(g.frame.elr, VBAR + 0x200);
+    assert_eq!(g.hw.el1[El1Reg::Esr as usize], inject::undefined_esr());
+}

@@ -17,12 +17,14 @@
 //! switch moves none of them. `bothy_core::exit::debug` decides when; [`HwMonitors`]
 //! moves them. The PMU likewise (MDCR_EL2.TPM/TPMCR; `bothy_core::exit::pmu`),
 //! except that a vCPU that goes back to trapped keeps its saved values for its next
-//! claim.
+//! claim, and the pointer-authentication keys (HCR_EL2.API/APK;
+//! `bothy_core::exit::pauth`, moved by [`HwKeys`]).
 
 use super::gic;
 use super::sysreg::*;
 use bothy_core::exit::debug::{self, DebugHw, DebugRegs, DebugShape, MAX_POINTS};
 use bothy_core::exit::mdcr::MdcrEl2;
+use bothy_core::exit::pauth::{self, PauthHw, PauthKeys};
 use bothy_core::exit::pmu::{self, PmuHw, PmuRegs, MAX_EVENT_COUNTERS, PMCR_STATE};
 use bothy_core::vgic::{CpuInterface, V3CpuIf, MAX_LRS};
 use core::arch::global_asm;
@@ -99,8 +101,6 @@ struct El1Regs {
     cntv_ctl: u64,
     cntv_cval: u64,
     zcr: u64,
-    /// APIA, APIB, APDA, APDB, APGA keys, lo/hi each.
-    keys: [u64; 10],
 }
 
 /// V0–V31, FPCR, FPSR, as `bothy_fp_save` lays them out.
@@ -249,6 +249,71 @@ pub fn claim_pmu(f: Features, ctx: &VcpuContext) -> bool {
     }
 }
 
+/// This CPU's pointer-authentication keys and the HCR_EL2 bits that trap them, moved as
+/// `bothy_core::exit::pauth` says.
+struct HwKeys;
+
+impl PauthHw for HwKeys {
+    #[inline(always)]
+    fn hcr(&self) -> u64 {
+        read_hcr_el2()
+    }
+
+    #[inline(always)]
+    fn set_hcr(&mut self, value: u64) {
+        // Only API and APK differ from what is there (`pauth::set_traps`): the traps
+        // that contain a guest stay as `traps.rs` set them.
+        write_hcr_el2(value);
+    }
+
+    // Out of line: only vCPUs that use pointer authentication get here.
+    #[inline(never)]
+    fn save(&mut self, keys: &mut PauthKeys) {
+        keys.0 = [
+            read_apiakeylo_el1(),
+            read_apiakeyhi_el1(),
+            read_apibkeylo_el1(),
+            read_apibkeyhi_el1(),
+            read_apdakeylo_el1(),
+            read_apdakeyhi_el1(),
+            read_apdbkeylo_el1(),
+            read_apdbkeyhi_el1(),
+            read_apgakeylo_el1(),
+            read_apgakeyhi_el1(),
+        ];
+    }
+
+    #[inline(never)]
+    fn load(&mut self, keys: &PauthKeys) {
+        let k = &keys.0;
+        write_apiakeylo_el1(k[0]);
+        write_apiakeyhi_el1(k[1]);
+        write_apibkeylo_el1(k[2]);
+        write_apibkeyhi_el1(k[3]);
+        write_apdakeylo_el1(k[4]);
+        write_apdakeyhi_el1(k[5]);
+        write_apdbkeylo_el1(k[6]);
+        write_apdbkeyhi_el1(k[7]);
+        write_apgakeylo_el1(k[8]);
+        write_apgakeyhi_el1(k[9]);
+    }
+}
+
+/// A vCPU's reset: the keys zeroed and held by the vCPU (`bothy_core::exit::pauth::reset`;
+/// its next switch away finds them zero and traps them again).
+pub fn reset_pauth(f: Features) {
+    if f.pauth {
+        pauth::reset(&mut HwKeys);
+    }
+}
+
+/// The running vCPU's first trapped use of pointer authentication: it gets the CPU's
+/// keys, loaded from `ctx` (its saved context) (`bothy_core::arch::Arch::claim_pauth`);
+/// `false` if it held them already or the CPU has no pointer authentication.
+pub fn claim_pauth(f: Features, ctx: &VcpuContext) -> bool {
+    f.pauth && pauth::claim(&mut HwKeys, &ctx.pauth)
+}
+
 /// OSLSR_EL1.OSLK (OSLAR_EL1.OSLA, which sets it, is bit 0); OSDLR_EL1.DLK.
 const OSLSR_OSLK: u64 = 1 << 1;
 const OSDLR_DLK: u64 = 1 << 0;
@@ -386,6 +451,11 @@ pub struct VcpuContext {
     pmu: PmuRegs,
     /// It holds the PMU: its registers are loaded (and untrapped) when it runs.
     pmu_claimed: bool,
+    /// Its pointer-authentication keys: live in the CPU while `pauth_claimed` and it
+    /// runs, else as it left them (what a claim loads).
+    pauth: PauthKeys,
+    /// It holds the keys: they are loaded (and untrapped) when it runs.
+    pauth_claimed: bool,
 }
 
 impl Default for VcpuContext {
@@ -401,6 +471,8 @@ impl Default for VcpuContext {
             debug_claimed: false,
             pmu: PmuRegs::RESET,
             pmu_claimed: false,
+            pauth: PauthKeys::RESET,
+            pauth_claimed: false,
         }
     }
 }
@@ -683,19 +755,9 @@ impl VcpuContext {
         e.cntv_cval = read_cntv_cval_el0();
         // Stop the timer first: its interrupt must not fire for the next vCPU.
         write_cntv_ctl_el0(0);
+        // Saved only if it holds the keys; nothing moves for a vCPU that does not.
         if f.pauth {
-            e.keys = [
-                read_apiakeylo_el1(),
-                read_apiakeyhi_el1(),
-                read_apibkeylo_el1(),
-                read_apibkeyhi_el1(),
-                read_apdakeylo_el1(),
-                read_apdakeyhi_el1(),
-                read_apdbkeylo_el1(),
-                read_apdbkeyhi_el1(),
-                read_apgakeylo_el1(),
-                read_apgakeyhi_el1(),
-            ];
+            self.pauth_claimed = pauth::put(&mut HwKeys, &mut self.pauth);
         }
         // SAFETY: `self.fp` is a valid, 16-byte aligned FpRegs the routine fills; EL2
         // does not trap FP/SIMD (CPTR_EL2.TFP clear, machine::setup_cpu).
@@ -760,17 +822,10 @@ impl VcpuContext {
         write_mdscr_el1(e.mdscr);
         write_csselr_el1(e.csselr);
         write_cntkctl_el1(e.cntkctl);
+        // Loaded if it holds the keys; else HCR_EL2.API/APK cleared, so it cannot
+        // read or use the keys the CPU's last vCPU left.
         if f.pauth {
-            write_apiakeylo_el1(e.keys[0]);
-            write_apiakeyhi_el1(e.keys[1]);
-            write_apibkeylo_el1(e.keys[2]);
-            write_apibkeyhi_el1(e.keys[3]);
-            write_apdakeylo_el1(e.keys[4]);
-            write_apdakeyhi_el1(e.keys[5]);
-            write_apdbkeylo_el1(e.keys[6]);
-            write_apdbkeyhi_el1(e.keys[7]);
-            write_apgakeylo_el1(e.keys[8]);
-            write_apgakeyhi_el1(e.keys[9]);
+            pauth::load(&mut HwKeys, &self.pauth, self.pauth_claimed);
         }
         // SAFETY: `self.fp` is a valid, aligned FpRegs; FP/SIMD is not trapped at EL2.
         unsafe { bothy_fp_restore(&self.fp) };

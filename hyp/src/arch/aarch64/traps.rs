@@ -1,7 +1,8 @@
 //! EL2's trap controls while guests run: HCR_EL2, CPTR_EL2, MDCR_EL2, CNTHCTL_EL2 and
 //! ZCR_EL2, set on each CPU as it comes up ([`init_cpu`]) and HCR_EL2.TWE again when a
 //! vCPU is loaded ([`set_hcr`]: a CPU becomes dedicated or shared as pinned VMs come
-//! and go).
+//! and go). The lazy switches in `context.rs` set and clear their own trap bits as
+//! vCPUs claim what they guard: MDCR_EL2.TPM/TPMCR and TDA/TDOSA, HCR_EL2.API/APK.
 //!
 //! Outside `arch` these registers are reached only through this file, and no value it
 //! writes turns off what keeps a guest contained: stage 2 (HCR_EL2.VM), physical
@@ -13,10 +14,12 @@
 
 use super::sysreg::*;
 use bothy_core::exit::idregs::{bits, Traps};
+use bothy_core::exit::pauth;
 
 // HCR_EL2 (Arm ARM D17.2.48): stage 2 on, physical IRQ/FIQ/SError to EL2,
 // trap WFI/WFE and SMC, broadcast maintenance inner shareable, AArch64 EL1,
-// and let the guest use pointer authentication without trapping. TID3 and the
+// and let the guest use pointer authentication without trapping (API/APK: set and
+// cleared per vCPU once running, as `bothy_core::exit::pauth` decides). TID3 and the
 // traps that hide features come from each CPU's `Traps`.
 const HCR_VM: u64 = 1 << 0;
 const HCR_SWIO: u64 = 1 << 1;
@@ -135,7 +138,11 @@ pub fn set_hcr(traps: &CpuTraps, trap_wfe: bool) {
     } else {
         traps.hcr & !HCR_TWE
     };
-    if read_hcr_el2() != hcr {
+    // API and APK are the lazy key switch's (`bothy_core::exit::pauth`, in
+    // `context.rs`): they stay as the loaded vCPU's claim left them.
+    let now = read_hcr_el2();
+    let hcr = (hcr & !pauth::hcr::BOTH) | (now & pauth::hcr::BOTH);
+    if now != hcr {
         write_hcr_el2(hcr);
         isb();
     }
