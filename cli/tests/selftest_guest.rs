@@ -6,9 +6,9 @@
 //! WFI, 32-bit
 //! user code, aborts on out-of-range accesses, NOT_SUPPORTED for unknown hypercalls,
 //! x19–x29 surviving exits that do and do not name them, V0–V31/FPCR/FPSR, debug
-//! registers and pointer-authentication keys staying each vCPU's own across switches
-//! (and zero after a reset), and the ID registers hiding
-//! what Bothy traps. Every check must report `ok` under Bothy: with 2 vCPUs all but
+//! registers, pointer-authentication keys and SVE predicates staying each vCPU's own
+//! across switches (and zero after a reset), and the ID registers hiding what Bothy
+//! traps. Every check must report `ok` under Bothy: with 2 vCPUs all but
 //! `cpu_on_race`, which needs 4 and reports itself skipped, and with 4 vCPUs on QEMU's
 //! 2 CPUs every one.
 
@@ -47,6 +47,7 @@ const REQUIRED: &[&str] = &[
     "debug_registers_per_vcpu",
     "fp_registers_per_vcpu",
     "pauth_keys_per_vcpu",
+    "sve_state_per_vcpu",
     "cpu_on_bad_entry",
     "pmu_does_not_see_el2",
 ];

@@ -176,6 +176,15 @@ pub trait Arch {
     /// context (its `saved` lock, which only this CPU takes while the vCPU runs here).
     fn claim_pauth(&mut self) -> bool;
 
+    /// The exiting vCPU's first SVE instruction or ZCR_EL1 access trapped
+    /// ([`crate::exit::sve`]): give it SVE's state. CPTR_EL2.TZ is lifted and its saved
+    /// predicates, FFR and ZCR_EL1 loaded; the exit policy then has it execute the
+    /// instruction again. `false` if it held them already, or the CPU has no SVE:
+    /// nothing is done.
+    ///
+    /// `hyp`: [`crate::exit::sve::claim`] on this CPU with the vCPU's saved context.
+    fn claim_sve(&mut self) -> bool;
+
     /// The exiting vCPU did something Bothy answered with an exception injected into it
     /// (an access outside its RAM and devices, an undefined or trapped instruction):
     /// `hyp` counts it per VM and reports it, rate-limited, so a hostile or broken guest
@@ -228,6 +237,8 @@ pub enum ArchOp {
     ClaimPmu,
     /// [`Arch::claim_pauth`].
     ClaimPauth,
+    /// [`Arch::claim_sve`].
+    ClaimSve,
 }
 
 /// An [`Arch`] for tests: appends each maintenance call and wake-up to `log`, keeps the
@@ -251,6 +262,8 @@ pub struct FakeArch {
     pub pmu_claimed: bool,
     /// The vCPU holds the pointer-authentication keys ([`Arch::claim_pauth`] succeeded).
     pub pauth_claimed: bool,
+    /// The vCPU holds SVE's state ([`Arch::claim_sve`] succeeded).
+    pub sve_claimed: bool,
     /// Physical INTIDs whose hardware-linked source no longer asserts its level.
     pub low_lines: alloc::vec::Vec<u32>,
     pub console: alloc::vec::Vec<u8>,
@@ -348,6 +361,11 @@ impl Arch for FakeArch {
     fn claim_pauth(&mut self) -> bool {
         self.log.push(ArchOp::ClaimPauth);
         !core::mem::replace(&mut self.pauth_claimed, true)
+    }
+
+    fn claim_sve(&mut self) -> bool {
+        self.log.push(ArchOp::ClaimSve);
+        !core::mem::replace(&mut self.sve_claimed, true)
     }
 
     fn guest_fault(&mut self, fault: GuestFault) {

@@ -31,6 +31,7 @@ pub mod mdcr;
 pub mod pauth;
 pub mod pmu;
 pub mod serror;
+pub mod sve;
 
 const ESR_EC_SHIFT: u32 = 26;
 const ESR_EC_MASK: u64 = 0x3f;

@@ -619,7 +619,8 @@ fn after_exit(vm: &VmModel, v: usize, cpu: &mut Cpu, action: Action) {
             | ArchOp::LookAt(_)
             | ArchOp::ClaimDebug
             | ArchOp::ClaimPmu
-            | ArchOp::ClaimPauth => {}
+            | ArchOp::ClaimPauth
+            | ArchOp::ClaimSve => {}
         }
     }
     cpu.hw.console.clear();

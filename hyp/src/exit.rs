@@ -491,6 +491,7 @@ fn reset_vcpu_state(vm: &Vm, vcpu: usize) {
     vm.ptimer_reset(vcpu);
     crate::arch::aarch64::context::reset_pmu(ctx.features);
     crate::arch::aarch64::context::reset_pauth(ctx.features);
+    crate::arch::aarch64::context::reset_sve(ctx.features);
     crate::arch::aarch64::context::reset_debug(ctx.features);
     let mut lrs = ctx.lrs;
     for i in 0..bothy_core::vgic::ListRegs::count(&lrs) {
@@ -965,6 +966,20 @@ impl Arch for ExitHw {
         };
         let saved = vcpu.saved.lock();
         crate::arch::aarch64::context::claim_pmu(ctx.features, &saved.arch)
+    }
+
+    /// As [`Self::claim_pmu`], for SVE's predicates, FFR and ZCR_EL1.
+    #[cold]
+    #[inline(never)]
+    fn claim_sve(&mut self) -> bool {
+        let scope = ExitScope::enter();
+        let ctx = machine::this_cpu();
+        let (vm, v) = loaded(ctx, &scope);
+        let Some(vcpu) = vm.vcpus.get(v) else {
+            return false;
+        };
+        let saved = vcpu.saved.lock();
+        crate::arch::aarch64::context::claim_sve(ctx.features, &saved.arch)
     }
 
     /// As [`Self::claim_pmu`], for the pointer-authentication keys.

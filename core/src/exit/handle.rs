@@ -45,7 +45,7 @@
 use super::debug::{self, DebugShape};
 use super::{
     aarch32, data_abort_srt, decode, decode_lower_data_abort, decode_sysreg_trap, ec,
-    exception_class, inject, pauth, sysreg as trapped, sysreg_rt, sysreg_syndrome,
+    exception_class, inject, pauth, sve, sysreg as trapped, sysreg_rt, sysreg_syndrome,
     sysreg_write_syndrome, Exit, MmioAccess, SysRegAccess,
 };
 use crate::abi::{self, CallContext, Outcome, RETURN_SUCCESS};
@@ -520,12 +520,17 @@ fn other_sync_exit<const FROM_A32: bool>(
         step_over::<true>(frame, esr);
         return Action::Resume;
     }
-    if exception_class(esr) == pauth::ec::PAUTH {
-        // A pointer-authentication instruction (HCR_EL2.API, [`super::pauth`]): not
-        // stepped over, the guest executes it again with its own keys. A claim of keys
-        // it holds already (something else trapped it): running it again would only
-        // trap again.
-        if !hw.claim_pauth() {
+    // A pointer-authentication instruction (HCR_EL2.API, [`super::pauth`]) or an SVE
+    // instruction (CPTR_EL2.TZ, [`super::sve`]): not stepped over, the guest executes
+    // it again with its own keys or SVE state. A claim of what it holds already
+    // (something else trapped it): running it again would only trap again.
+    let claimed = match exception_class(esr) {
+        pauth::ec::PAUTH => Some(hw.claim_pauth()),
+        sve::ec::SVE => Some(hw.claim_sve()),
+        _ => None,
+    };
+    if let Some(claimed) = claimed {
+        if !claimed {
             inject_sync(frame, inject::undefined_esr(), 0, hw);
         }
         return Action::Resume;

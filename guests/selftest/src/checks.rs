@@ -61,6 +61,7 @@ pub static CHECKS: &[Check] = &[
         crate::fpregs::fp_registers_per_vcpu,
     ),
     ("pauth_keys_per_vcpu", crate::pauthkeys::pauth_keys_per_vcpu),
+    ("sve_state_per_vcpu", crate::svepreds::sve_state_per_vcpu),
     ("cpu_on_bad_entry", cpu_on_bad_entry),
     ("pmu_does_not_see_el2", pmu_does_not_see_el2),
 ];

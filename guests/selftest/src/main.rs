@@ -29,6 +29,7 @@ mod pauthkeys;
 mod platform;
 mod race;
 mod smp;
+mod svepreds;
 
 pub(crate) use rt::{arch, msg, psci, uart};
 

@@ -916,3 +916,18 @@ fn a_first_pointer_authentication_use_claims_the_keys_and_runs_again() {
     assert_eq!(g.frame.elr, VBAR + 0x200);
     assert_eq!(g.hw.el1[El1Reg::Esr as usize], inject::undefined_esr());
 }
+
+#[test]
+fn a_first_sve_instruction_claims_its_state_and_runs_again() {
+    let mut g = Guest::new(1);
+    // An SVE instruction (or a ZCR_EL1 access) trapped by CPTR_EL2.TZ: class 0x19.
+    let sve_trap = (0x19 << 26) | (1 << 25);
+    assert_eq!(g.exit(0, sve_trap), Action::Resume);
+    assert_eq!(g.hw.log, [ArchOp::ClaimSve]);
+    assert_eq!(g.frame.elr, ELR, "not stepped over: it runs again");
+    // Held already, yet trapped: undefined.
+    g.frame.spsr = SPSR_EL1H;
+    assert_eq!(g.exit(0, sve_trap), Action::Resume);
+    assert_eq!(g.frame.elr, VBAR + 0x200);
+    assert_eq!(g.hw.el1[El1Reg::Esr as usize], inject::undefined_esr());
+}

@@ -18,13 +18,15 @@
 //! moves them. The PMU likewise (MDCR_EL2.TPM/TPMCR; `bothy_core::exit::pmu`),
 //! except that a vCPU that goes back to trapped keeps its saved values for its next
 //! claim, and the pointer-authentication keys (HCR_EL2.API/APK;
-//! `bothy_core::exit::pauth`, moved by [`HwKeys`]).
+//! `bothy_core::exit::pauth`, moved by [`HwKeys`]) and SVE's predicates, FFR and
+//! ZCR_EL1 (CPTR_EL2.TZ; `bothy_core::exit::sve`, moved by [`HwSve`]).
 
 use super::gic;
 use super::sysreg::*;
 use bothy_core::exit::debug::{self, DebugHw, DebugRegs, DebugShape, MAX_POINTS};
 use bothy_core::exit::mdcr::MdcrEl2;
 use bothy_core::exit::pauth::{self, PauthHw, PauthKeys};
+use bothy_core::exit::sve::{self, SveHw, SveRegs};
 use bothy_core::exit::pmu::{self, PmuHw, PmuRegs, MAX_EVENT_COUNTERS, PMCR_STATE};
 use bothy_core::vgic::{CpuInterface, V3CpuIf, MAX_LRS};
 use core::arch::global_asm;
@@ -100,7 +102,6 @@ struct El1Regs {
     cntkctl: u64,
     cntv_ctl: u64,
     cntv_cval: u64,
-    zcr: u64,
 }
 
 /// V0–V31, FPCR, FPSR, as `bothy_fp_save` lays them out.
@@ -112,8 +113,6 @@ struct FpRegs {
     fpsr: u64,
 }
 
-/// P0–P15 and FFR at up to a 2048-bit vector length (2 bytes each at 128 bits).
-const SVE_PRED_BYTES: usize = 17 * 32;
 
 /// This CPU's self-hosted monitors, each group trapped through MDCR_EL2 until a vCPU
 /// claims it: the PMU, moved as `bothy_core::exit::pmu` says (guests use it directly
@@ -299,6 +298,60 @@ impl PauthHw for HwKeys {
     }
 }
 
+/// This CPU's SVE predicates, FFR and ZCR_EL1 and the CPTR_EL2 bit that traps them,
+/// moved as `bothy_core::exit::sve` says (which lifts TZ, synchronised, before any
+/// move: TZ traps EL2's own SVE instructions too).
+struct HwSve;
+
+impl SveHw for HwSve {
+    #[inline(always)]
+    fn cptr(&self) -> u64 {
+        read_cptr_el2()
+    }
+
+    #[inline(always)]
+    fn set_cptr(&mut self, value: u64, sync: bool) {
+        // Only TZ differs from what `traps::init_cpu` wrote.
+        write_cptr_el2(value);
+        if sync {
+            isb();
+        }
+    }
+
+    // Out of line: only vCPUs that use SVE get here.
+    #[inline(never)]
+    fn save(&mut self, regs: &mut SveRegs) {
+        regs.zcr = read_zcr_el1();
+        // SAFETY: `preds` holds P0–P15 and FFR at the 128-bit vector length EL2 runs at
+        // (ZCR_EL2.LEN = 0, `traps::init_cpu`, before any vCPU is loaded): 2 bytes each;
+        // `sve::put` calls this only with CPTR_EL2.TZ clear.
+        unsafe { bothy_sve_preds_save(regs.preds.as_mut_ptr()) };
+    }
+
+    #[inline(never)]
+    fn load(&mut self, regs: &SveRegs) {
+        write_zcr_el1(regs.zcr);
+        // SAFETY: as in `save`; `sve::load`, `claim` and `reset` lift TZ (with an ISB)
+        // before they call this.
+        unsafe { bothy_sve_preds_restore(regs.preds.as_ptr()) };
+    }
+}
+
+/// A vCPU's reset: its predicates, FFR and ZCR_EL1 zeroed and held by it
+/// (`bothy_core::exit::sve::reset`).
+pub fn reset_sve(f: Features) {
+    if f.sve {
+        sve::reset(&mut HwSve);
+    }
+}
+
+/// The running vCPU's first trapped SVE instruction: it gets the CPU's SVE state, loaded
+/// from `ctx` (`bothy_core::arch::Arch::claim_sve`); `false` if it held it already or
+/// the CPU has no SVE.
+pub fn claim_sve(f: Features, ctx: &VcpuContext) -> bool {
+    f.sve && sve::claim(&mut HwSve, &ctx.sve)
+}
+
 /// A vCPU's reset: the keys zeroed and held by the vCPU (`bothy_core::exit::pauth::reset`;
 /// its next switch away finds them zero and traps them again).
 pub fn reset_pauth(f: Features) {
@@ -435,7 +488,11 @@ pub fn reset_debug(f: Features) {
 pub struct VcpuContext {
     el1: El1Regs,
     fp: FpRegs,
-    sve_preds: [u8; SVE_PRED_BYTES],
+    /// Its predicates, FFR and ZCR_EL1: live in the CPU while `sve_claimed` and it
+    /// runs, else as it left them (what a claim loads).
+    sve: SveRegs,
+    /// It holds SVE's state: loaded (and CPTR_EL2.TZ clear) when it runs.
+    sve_claimed: bool,
     pub gic: V3CpuIf,
     /// The hardware-linked PPIs `gic`'s list registers hold, found when they were saved
     /// from `gic_held_lrs` list registers (the saved ones change only then): a restore
@@ -463,7 +520,8 @@ impl Default for VcpuContext {
         VcpuContext {
             el1: El1Regs::default(),
             fp: FpRegs::default(),
-            sve_preds: [0; SVE_PRED_BYTES],
+            sve: SveRegs::RESET,
+            sve_claimed: false,
             gic: V3CpuIf::default(),
             gic_held: 0,
             gic_held_lrs: 0,
@@ -762,11 +820,9 @@ impl VcpuContext {
         // SAFETY: `self.fp` is a valid, 16-byte aligned FpRegs the routine fills; EL2
         // does not trap FP/SIMD (CPTR_EL2.TFP clear, machine::setup_cpu).
         unsafe { bothy_fp_save(&mut self.fp) };
+        // Saved only if it holds SVE's state; nothing moves for a vCPU that does not.
         if f.sve {
-            e.zcr = read_zcr_el1();
-            // SAFETY: the buffer holds 17 predicates at the 128-bit vector length EL2
-            // caps guests to (ZCR_EL2.LEN = 0), and more; SVE is not trapped at EL2.
-            unsafe { bothy_sve_preds_save(self.sve_preds.as_mut_ptr()) };
+            self.sve_claimed = sve::put(&mut HwSve, &mut self.sve);
         }
         // Saved only if it holds the PMU; nothing moves for a vCPU that does not.
         if let Some(counters) = f.pmu_counters {
@@ -829,10 +885,10 @@ impl VcpuContext {
         }
         // SAFETY: `self.fp` is a valid, aligned FpRegs; FP/SIMD is not trapped at EL2.
         unsafe { bothy_fp_restore(&self.fp) };
+        // Loaded if it holds SVE's state; else CPTR_EL2.TZ set, so it cannot read what
+        // the CPU's last vCPU left.
         if f.sve {
-            write_zcr_el1(e.zcr);
-            // SAFETY: as in `save`; the buffer was filled by it (or is zero).
-            unsafe { bothy_sve_preds_restore(self.sve_preds.as_ptr()) };
+            sve::load(&mut HwSve, &self.sve, self.sve_claimed);
         }
         // Loaded if it holds the PMU; else the traps set, and a PMU the CPU's last vCPU
         // held stopped.

@@ -2,7 +2,8 @@
 //! ZCR_EL2, set on each CPU as it comes up ([`init_cpu`]) and HCR_EL2.TWE again when a
 //! vCPU is loaded ([`set_hcr`]: a CPU becomes dedicated or shared as pinned VMs come
 //! and go). The lazy switches in `context.rs` set and clear their own trap bits as
-//! vCPUs claim what they guard: MDCR_EL2.TPM/TPMCR and TDA/TDOSA, HCR_EL2.API/APK.
+//! vCPUs claim what they guard: MDCR_EL2.TPM/TPMCR and TDA/TDOSA, HCR_EL2.API/APK,
+//! CPTR_EL2.TZ.
 //!
 //! Outside `arch` these registers are reached only through this file, and no value it
 //! writes turns off what keeps a guest contained: stage 2 (HCR_EL2.VM), physical
