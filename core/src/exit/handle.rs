@@ -520,21 +520,6 @@ fn other_sync_exit<const FROM_A32: bool>(
         step_over::<true>(frame, esr);
         return Action::Resume;
     }
-    // A pointer-authentication instruction (HCR_EL2.API, [`super::pauth`]) or an SVE
-    // instruction (CPTR_EL2.TZ, [`super::sve`]): not stepped over, the guest executes
-    // it again with its own keys or SVE state. A claim of what it holds already
-    // (something else trapped it): running it again would only trap again.
-    let claimed = match exception_class(esr) {
-        pauth::ec::PAUTH => Some(hw.claim_pauth()),
-        sve::ec::SVE => Some(hw.claim_sve()),
-        _ => None,
-    };
-    if let Some(claimed) = claimed {
-        if !claimed {
-            inject_sync(frame, inject::undefined_esr(), 0, hw);
-        }
-        return Action::Resume;
-    }
     match decode(esr, hw.far_el2(), hw.hpfar_el2()) {
         Exit::Hvc { imm: 0 } => return hypercall(vm, vcpu, frame, hw),
         Exit::Smc { imm: 0 } => {
@@ -563,6 +548,14 @@ fn other_sync_exit<const FROM_A32: bool>(
             far,
             hw,
         ),
+        // A pointer-authentication instruction (HCR_EL2.API, [`super::pauth`]) or an
+        // SVE instruction (CPTR_EL2.TZ, [`super::sve`]): not stepped over, the guest
+        // executes it again with its own keys or SVE state. A claim of what it holds
+        // already (something else trapped it): running it again would only trap again.
+        Exit::Other {
+            ec: pauth::ec::PAUTH,
+        } if hw.claim_pauth() => {}
+        Exit::Other { ec: sve::ec::SVE } if hw.claim_sve() => {}
         Exit::Other { .. } => inject_sync(frame, inject::undefined_esr(), 0, hw),
     }
     Action::Resume
