@@ -718,6 +718,58 @@ fn debug_registers_are_its_own() -> CheckResult {
     println!(
         "# trapped_registers: {b} breakpoints and {w} watchpoints its own for {rounds} rounds, across {gaps} pauses of over 2 ms (switched out)"
     );
+    lazy_registers_are_its_own()
+}
+
+/// The pointer-authentication keys and SVE predicates (each trapped until a vCPU's
+/// first use, then switched with it) are this vCPU's alone: at first they read zero,
+/// never what the victim (which sets its own and checks them every round) left in the
+/// CPU; then, set to the attacker's values, they read back as such for 300 ms while the
+/// victim and the two hogs share the CPUs with this vCPU.
+fn lazy_registers_are_its_own() -> CheckResult {
+    use crate::lazyregs::{self as lazy, ATTACKER_PREDS};
+    let (pauth, sve) = (lazy::has_pauth(), lazy::has_sve());
+    if pauth {
+        let keys = lazy::keys();
+        ensure!(
+            keys != lazy::victim_keys(),
+            "the PAuth keys read the victim's {keys:#x?}"
+        );
+        ensure!(
+            keys == [0; 4],
+            "the PAuth keys read {keys:#x?} before this VM set them, want 0"
+        );
+        lazy::set_keys(lazy::attacker_keys());
+    }
+    if sve {
+        let preds = lazy::preds();
+        ensure!(
+            preds == [0; 4],
+            "SVE predicates P0-P3 hold {preds:?} elements before this VM set them, want none (the victim's hold 9..=12)"
+        );
+        lazy::set_preds(ATTACKER_PREDS);
+    }
+    let end = arch::now() + arch::ms_to_ticks(300);
+    let mut rounds = 0u64;
+    let wrong = loop {
+        if pauth && lazy::keys() != lazy::attacker_keys() {
+            break Some("PAuth keys");
+        }
+        if sve && lazy::preds() != lazy::preds_of(ATTACKER_PREDS) {
+            break Some("SVE predicates");
+        }
+        rounds += 1;
+        if arch::now() >= end {
+            break None;
+        }
+    };
+    if pauth {
+        lazy::set_keys([0; 4]);
+    }
+    if let Some(what) = wrong {
+        bail!("its {what} changed after {rounds} good rounds");
+    }
+    println!("# trapped_registers: PAuth keys ({pauth}) and SVE predicates ({sve}) its own for {rounds} rounds");
     Ok(())
 }
 

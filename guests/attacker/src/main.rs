@@ -31,6 +31,7 @@
 mod cases;
 mod debugregs;
 mod exceptions;
+mod lazyregs;
 mod victim;
 
 pub(crate) use rt::{arch, msg, psci, uart};

@@ -1,7 +1,8 @@
 //! The victim: a VM that only wants to be left alone, and says whether it was.
 //!
 //! It fills every breakpoint and watchpoint register with values of its own
-//! ([`debugregs::victim`]) and [`FILL`] bytes of its RAM above its image with a pattern
+//! ([`debugregs::victim`]), its pointer-authentication keys and SVE predicates
+//! ([`lazyregs`]), and [`FILL`] bytes of its RAM above its image with a pattern
 //! that depends on the address (so a page mapped twice or moved shows as well as a
 //! write), brings up its GIC and ticks its virtual timer every [`PERIOD_MS`]. Between
 //! ticks it sleeps in WFI. Every [`CHECK_MS`] it re-checks one [`CHUNK`] of the pattern
@@ -19,7 +20,7 @@ use core::sync::atomic::{AtomicU64, Ordering::*};
 
 use crate::arch::{self, mmio_read32, write_sysreg};
 use crate::uart::println;
-use crate::{debugregs, psci, GICD_BASE, GICR_BASE, RAM_BASE, UART_BASE};
+use crate::{debugregs, lazyregs, psci, GICD_BASE, GICR_BASE, RAM_BASE, UART_BASE};
 
 const PERIOD_MS: u64 = 10;
 const CHECK_MS: u64 = 100;
@@ -90,6 +91,13 @@ pub fn run() -> ! {
     for (kind, n) in debugregs::all() {
         debugregs::write(kind, n, debugregs::victim(kind, n));
     }
+    // Pointer-authentication keys and SVE predicates likewise.
+    if lazyregs::has_pauth() {
+        lazyregs::set_keys(lazyregs::victim_keys());
+    }
+    if lazyregs::has_sve() {
+        lazyregs::set_preds(lazyregs::VICTIM_PREDS);
+    }
     let (start, end) = region();
     let dtb = crate::dtb();
     if start < RAM_BASE || (end > dtb && start < dtb + (2 << 20)) {
@@ -138,6 +146,8 @@ pub fn run() -> ! {
             next_chunk + CHUNK
         };
         check_debug_registers(&mut run, round);
+        check_lazy_registers(&mut run, round);
+        check_lazy_registers(&mut run, round);
         let now = arch::now();
         let gap_ms = (now - LAST_TICK.load(Acquire)) * 1000 / freq;
         if gap_ms > STALL_MS {
@@ -211,6 +221,31 @@ fn check_debug_registers(run: &mut Run, round: u64) {
             debugregs::KINDS[kind],
             debugregs::victim(kind, n)
         ));
+    }
+}
+
+/// The keys and predicates still hold what the victim wrote.
+fn check_lazy_registers(run: &mut Run, round: u64) {
+    if lazyregs::has_pauth() {
+        let keys = lazyregs::keys();
+        if keys != lazyregs::victim_keys() {
+            let whose = if keys == lazyregs::attacker_keys() {
+                "the attacker's "
+            } else {
+                ""
+            };
+            run.fail(format_args!(
+                "PAuth keys read {whose}{keys:#x?} (round {round})"
+            ));
+        }
+    }
+    if lazyregs::has_sve() {
+        let preds = lazyregs::preds();
+        if preds != lazyregs::preds_of(lazyregs::VICTIM_PREDS) {
+            run.fail(format_args!(
+                "SVE predicates P0-P3 hold {preds:?} elements (round {round})"
+            ));
+        }
     }
 }
 
