@@ -26,7 +26,7 @@
 //! quiescent and finishes: reloads and restarts it, or applies its `on_exit`. So its
 //! memory is never rewritten under a running vCPU.
 
-use crate::arch::aarch64::context::live_timer_deadline;
+use crate::arch::aarch64::context::{live_timer_deadline, Features, VcpuContext};
 use crate::arch::aarch64::lr::HwListRegs;
 use crate::arch::aarch64::percpu::ExitScope;
 use crate::arch::aarch64::vectors::{
@@ -633,6 +633,20 @@ fn fresh_memory(vm: &Vm) -> Result<(), alloc::string::String> {
     }
 }
 
+/// A lazy switch's claim (`context::claim_pmu` and the like) for the vCPU this CPU
+/// runs, with its saved context: what the claim loads. Its `saved` lock is free: only
+/// the CPU that runs a vCPU takes it, and this one takes it only to switch.
+fn claim_with_saved(claim: fn(Features, &VcpuContext) -> bool) -> bool {
+    let scope = ExitScope::enter();
+    let ctx = machine::this_cpu();
+    let (vm, v) = loaded(ctx, &scope);
+    let Some(vcpu) = vm.vcpus.get(v) else {
+        return false;
+    };
+    let saved = vcpu.saved.lock();
+    claim(ctx.features, &saved.arch)
+}
+
 /// `vcpu` of `vm` has new work: wake it, or kick the CPU running it.
 fn wake(vm: &Vm, vcpu: usize) {
     if let Some(v) = vm.vcpus.get(vcpu) {
@@ -953,47 +967,25 @@ impl Arch for ExitHw {
     }
 
     /// The first trapped PMU access of the vCPU this CPU runs: its saved PMU registers
-    /// (kept in its context while it was trapped) are loaded. Its `saved` lock is free:
-    /// only the CPU that runs a vCPU takes it, and this one takes it only to switch.
+    /// (kept in its context while it was trapped) are loaded.
     #[cold]
     #[inline(never)]
     fn claim_pmu(&mut self) -> bool {
-        let scope = ExitScope::enter();
-        let ctx = machine::this_cpu();
-        let (vm, v) = loaded(ctx, &scope);
-        let Some(vcpu) = vm.vcpus.get(v) else {
-            return false;
-        };
-        let saved = vcpu.saved.lock();
-        crate::arch::aarch64::context::claim_pmu(ctx.features, &saved.arch)
+        claim_with_saved(crate::arch::aarch64::context::claim_pmu)
     }
 
     /// As [`Self::claim_pmu`], for SVE's predicates, FFR and ZCR_EL1.
     #[cold]
     #[inline(never)]
     fn claim_sve(&mut self) -> bool {
-        let scope = ExitScope::enter();
-        let ctx = machine::this_cpu();
-        let (vm, v) = loaded(ctx, &scope);
-        let Some(vcpu) = vm.vcpus.get(v) else {
-            return false;
-        };
-        let saved = vcpu.saved.lock();
-        crate::arch::aarch64::context::claim_sve(ctx.features, &saved.arch)
+        claim_with_saved(crate::arch::aarch64::context::claim_sve)
     }
 
     /// As [`Self::claim_pmu`], for the pointer-authentication keys.
     #[cold]
     #[inline(never)]
     fn claim_pauth(&mut self) -> bool {
-        let scope = ExitScope::enter();
-        let ctx = machine::this_cpu();
-        let (vm, v) = loaded(ctx, &scope);
-        let Some(vcpu) = vm.vcpus.get(v) else {
-            return false;
-        };
-        let saved = vcpu.saved.lock();
-        crate::arch::aarch64::context::claim_pauth(ctx.features, &saved.arch)
+        claim_with_saved(crate::arch::aarch64::context::claim_pauth)
     }
 
     #[cold]
