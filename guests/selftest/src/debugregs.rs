@@ -3,62 +3,21 @@
 //! hypervisor must move them with its vCPUs (Bothy does so lazily: trapped until a
 //! vCPU's first access, then switched with it).
 //!
-//! Every vCPU of the VM (up to [`MAX`]) writes values of its own into DBGBVR0_EL1,
-//! DBGBCR0_EL1, DBGWVR0_EL1 and DBGWCR0_EL1 (enable bits clear: nothing fires) and locks
-//! the OS lock on odd vCPUs, then all of them read everything back for [`SPIN_MS`] while
-//! keeping their CPUs busy. With more vCPUs than CPUs (4 on QEMU's 2 in
-//! `cli/tests/selftest_guest.rs`) each is switched out and in many times; each must read
-//! its own values every time. Then vCPU 1, which left its values and the OS lock
-//! locked, is started again (a reset) and must read zeros and the OS lock unlocked, as
-//! KVM resets them (bare QEMU resets the OS lock locked, its cold-reset value, so this
-//! last part fails there).
-//!
-//! vCPUs 1.. run a few instructions of assembly with interrupts masked and need no
-//! stack, like race.rs; vCPU 0 is the check itself. The MMU is off, so the shared block
-//! is plain loads and stores with one writer per word.
-
-use core::sync::atomic::{AtomicU64, Ordering::*};
+//! Every vCPU of the VM (up to [`vcpuregs::MAX`]) writes values of its own into
+//! DBGBVR0_EL1, DBGBCR0_EL1, DBGWVR0_EL1 and DBGWCR0_EL1 (enable bits clear: nothing
+//! fires) and locks the OS lock on odd vCPUs, then all of them read everything back
+//! while being switched out and in ([`vcpuregs`] runs it); each must read its own
+//! values every time. Then vCPU 1, which left its values and the OS lock locked, is
+//! started again (a reset) and must read zeros and the OS lock unlocked, as KVM resets
+//! them (bare QEMU resets the OS lock locked, its cold-reset value, so this last part
+//! fails there).
 
 use crate::arch::{self, read_sysreg, write_sysreg};
-use crate::msg::{bail, ensure, CheckResult};
-use crate::smp;
+use crate::msg::{ensure, CheckResult};
 use crate::uart::println;
+use crate::vcpuregs::{self, Check, Spin};
 
-/// vCPUs taking part (0 and up to three helpers).
-pub const MAX: usize = 4;
-/// How long they all read back.
-const SPIN_MS: u64 = 300;
-/// A gap this long between two of vCPU 0's reads: it was switched out meanwhile.
-const GAP_MS: u64 = 2;
-
-/// What a helper reports; its assembly addresses it by field offset.
-#[repr(C)]
-pub struct Spin {
-    /// Set by vCPU 0: stop reading.
-    stop: AtomicU64,
-    ready: [AtomicU64; MAX],
-    loops: [AtomicU64; MAX],
-    /// 0, or which read came back wrong: 1 DBGBVR0, 2 DBGBCR0, 3 DBGWVR0, 4 DBGWCR0,
-    /// 5 OSLSR_EL1.OSLK.
-    bad: [AtomicU64; MAX],
-    /// What that read gave.
-    seen: [AtomicU64; MAX],
-    done: [AtomicU64; MAX],
-    /// vCPU 1 after its reset: DBGBVR0, DBGBCR0, DBGWVR0, DBGWCR0, OSLSR_EL1, done.
-    fresh: [AtomicU64; 6],
-}
-
-#[allow(clippy::declare_interior_mutable_const)]
-const ZERO: AtomicU64 = AtomicU64::new(0);
-static SPIN: Spin = Spin {
-    stop: ZERO,
-    ready: [ZERO; MAX],
-    loops: [ZERO; MAX],
-    bad: [ZERO; MAX],
-    seen: [ZERO; MAX],
-    done: [ZERO; MAX],
-    fresh: [ZERO; 6],
-};
+static SPIN: Spin = Spin::new();
 
 /// vCPU `v`'s DBGBVR0, DBGBCR0, DBGWVR0, DBGWCR0 (the assembly computes the same):
 /// addresses below bit 47 (so no sign extension), the breakpoint for EL1 and EL0 on
@@ -210,110 +169,32 @@ fn set_own(v: [u64; 4], os_lock: u64) {
     arch::isb();
 }
 
-fn publish() {
-    arch::dsb_sy();
-    arch::sev();
-}
-
 pub fn debug_registers_per_vcpu() -> CheckResult {
-    let n = crate::race::nr_vcpus()?.min(MAX);
-    smp::all_off(1..n as u64)?;
-    for word in [&SPIN.stop].into_iter().chain(SPIN.ready.iter()) {
-        word.store(0, Release);
-    }
-    for i in 0..MAX {
-        for word in [&SPIN.loops[i], &SPIN.bad[i], &SPIN.seen[i], &SPIN.done[i]] {
-            word.store(0, Release);
-        }
-    }
-    for word in &SPIN.fresh {
-        word.store(0, Release);
-    }
-    publish();
-
-    // Everyone programs its own values; vCPU 0 leaves the OS lock unlocked.
+    // vCPU 0 leaves the OS lock unlocked.
     let mine = values(0);
-    set_own(mine, 0);
-    let mut started = 1;
-    let mut result = Ok(());
-    for v in 1..n as u64 {
-        if let Err(e) = smp::cpu_on(v, debug_spinner) {
-            result = Err(e);
-            break;
-        }
-        started += 1;
-    }
-    let ready = arch::wait_until(3000, || {
-        (1..started).all(|v| SPIN.ready[v].load(Acquire) != 0)
-    });
-
-    // All read back for SPIN_MS (vCPU 0 counts how often it was switched out).
-    let freq = arch::counter_freq();
-    let (start, gap) = (arch::now(), freq * GAP_MS / 1000);
-    let (mut last, mut gaps, mut reads) = (start, 0u64, 0u64);
-    let mut wrong = None;
-    while ready && result.is_ok() && arch::now() - start < freq * SPIN_MS / 1000 {
-        let got = own();
-        reads += 1;
-        let want = [mine[0], mine[1], mine[2], mine[3], 0];
-        if let Some(i) = (0..5).find(|&i| got[i] != want[i]) {
-            wrong = Some((i, got[i], want[i]));
-            break;
-        }
-        let now = arch::now();
-        if now - last > gap {
-            gaps += 1;
-        }
-        last = now;
-    }
-    SPIN.stop.store(1, Release);
-    publish();
-    let done = arch::wait_until(3000, || {
-        (1..started).all(|v| SPIN.done[v].load(Acquire) != 0)
-    });
-    for v in 1..started as u64 {
-        let off = smp::wait_off(v);
-        result = result.and(off);
-    }
-    // Zero again: vCPU 0 stops holding the debug registers at its next switch.
-    set_own([0; 4], 0);
-
-    result?;
-    ensure!(
-        ready,
-        "the other vCPUs did not all program theirs within 3 s"
-    );
-    ensure!(done, "the other vCPUs did not all stop within 3 s");
-    if let Some((i, got, want)) = wrong {
-        bail!(
-            "vCPU 0 read {} = {got:#x} after {reads} good reads and {gaps} pauses of over 2 ms, wrote {want:#x}",
-            WHICH[i + 1]
-        );
-    }
-    for v in 1..started {
-        let (bad, seen) = (SPIN.bad[v].load(Acquire), SPIN.seen[v].load(Acquire));
-        let loops = SPIN.loops[v].load(Acquire);
-        if bad != 0 {
-            let i = (bad as usize).min(5);
-            let want = match i {
-                5 => (v & 1) as u64,
-                _ => values(v as u64)[i - 1],
-            };
-            bail!(
-                "vCPU {v} read {} = {seen:#x} after {loops} good reads, wrote {want:#x}",
-                WHICH[i]
-            );
-        }
-        ensure!(loops > 0, "vCPU {v} never read its registers back");
-    }
-
+    let want_own = [mine[0], mine[1], mine[2], mine[3], 0];
+    let out = vcpuregs::run(Check {
+        spin: &SPIN,
+        spinner: debug_spinner,
+        fresh: debug_fresh,
+        fresh_len: 5,
+        set_own: &mut || set_own(mine, 0),
+        check_own: &mut || {
+            let got = own();
+            (0..5)
+                .find(|&i| got[i] != want_own[i])
+                .map(|i| (i + 1, got[i], want_own[i]))
+        },
+        // Zero again: vCPU 0 stops holding the debug registers at its next switch.
+        put_back: &mut || set_own([0; 4], 0),
+        name: &|i| WHICH[i.min(5)],
+        want: &|v, i| match i {
+            5 => (v & 1) as u64,
+            _ => values(v as u64)[(i - 1).min(3)],
+        },
+    })?;
     // A reset (CPU_ON again) starts vCPU 1 with zeros and the OS lock unlocked.
-    if n > 1 {
-        smp::cpu_on(1, debug_fresh)?;
-        let fresh = arch::wait_until(3000, || SPIN.fresh[5].load(Acquire) != 0);
-        smp::wait_off(1)?;
-        ensure!(fresh, "vCPU 1 did not report after its reset within 3 s");
-        let got: [u64; 5] = core::array::from_fn(|i| SPIN.fresh[i].load(Acquire));
+    if let Some(got) = out.fresh {
         ensure!(
             got[..4] == [0; 4] && (got[4] >> 1) & 1 == 0,
             "vCPU 1 after a reset reads DBGBVR0/BCR0/WVR0/WCR0 {:#x}/{:#x}/{:#x}/{:#x}, OSLSR {:#x}: want zeros, unlocked",
@@ -325,7 +206,8 @@ pub fn debug_registers_per_vcpu() -> CheckResult {
         );
     }
     println!(
-        "# debug_registers_per_vcpu: {n} vCPUs, vCPU 0 read its own {reads} times, across {gaps} pauses of over 2 ms (switched out)"
+        "# debug_registers_per_vcpu: {} vCPUs, vCPU 0 read its own {} times, across {} pauses of over 2 ms (switched out)",
+        out.vcpus, out.reads, out.gaps
     );
     Ok(())
 }

@@ -30,6 +30,7 @@ mod platform;
 mod race;
 mod smp;
 mod svepreds;
+mod vcpuregs;
 
 pub(crate) use rt::{arch, msg, psci, uart};
 

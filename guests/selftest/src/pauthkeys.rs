@@ -5,57 +5,18 @@
 //! Every vCPU of the VM (up to [`MAX`]) writes keys of its own into APIAKeyLo/Hi and
 //! APGAKeyLo/Hi, computes `PACGA` of a fixed pair with them (the generic key signs it,
 //! whatever SCTLR_EL1 enables), then all of them read the keys back and sign the pair
-//! again for [`SPIN_MS`] while keeping their CPUs busy. With more vCPUs than CPUs (4 on
-//! QEMU's 2 in `cli/tests/selftest_guest.rs`) each is switched out and in many times;
-//! each must read its own keys and get its own signature every time. Then vCPU 1,
-//! which left its keys set, is started again (a reset) and must read zeros.
-//!
-//! vCPUs 1.. run a few instructions of assembly with interrupts masked and need no
-//! stack, like debugregs.rs; vCPU 0 is the check itself.
+//! again while being switched out and in ([`vcpuregs`] runs it); each must read its
+//! own keys and get its own signature every time. Then vCPU 1, which left its keys set,
+//! is started again (a reset) and must read zeros.
 
-use core::sync::atomic::{AtomicU64, Ordering::*};
+use core::sync::atomic::Ordering::*;
 
 use crate::arch::{self, read_sysreg, write_sysreg};
-use crate::msg::{bail, ensure, skip, CheckResult};
-use crate::smp;
+use crate::msg::{ensure, skip, CheckResult};
 use crate::uart::println;
+use crate::vcpuregs::{self, Check, Spin, MAX};
 
-/// vCPUs taking part (0 and up to three helpers).
-pub const MAX: usize = 4;
-/// How long they all read back.
-const SPIN_MS: u64 = 300;
-
-/// What a helper reports; its assembly addresses it by field offset.
-#[repr(C)]
-pub struct Spin {
-    /// Set by vCPU 0: stop reading.
-    stop: AtomicU64,
-    ready: [AtomicU64; MAX],
-    loops: [AtomicU64; MAX],
-    /// 0, or which read came back wrong: 1 APIAKeyLo, 2 APIAKeyHi, 3 APGAKeyLo,
-    /// 4 APGAKeyHi, 5 the signature.
-    bad: [AtomicU64; MAX],
-    /// What that read gave.
-    seen: [AtomicU64; MAX],
-    /// Its first signature, which every later one must equal.
-    pac: [AtomicU64; MAX],
-    done: [AtomicU64; MAX],
-    /// vCPU 1 after its reset: APIAKeyLo, APIAKeyHi, APGAKeyLo, APGAKeyHi, done.
-    fresh: [AtomicU64; 5],
-}
-
-#[allow(clippy::declare_interior_mutable_const)]
-const ZERO: AtomicU64 = AtomicU64::new(0);
-static SPIN: Spin = Spin {
-    stop: ZERO,
-    ready: [ZERO; MAX],
-    loops: [ZERO; MAX],
-    bad: [ZERO; MAX],
-    seen: [ZERO; MAX],
-    pac: [ZERO; MAX],
-    done: [ZERO; MAX],
-    fresh: [ZERO; 5],
-};
+static SPIN: Spin = Spin::new();
 
 /// vCPU `v`'s APIAKeyLo, APIAKeyHi, APGAKeyLo, APGAKeyHi (the assembly computes the
 /// same): distinct per vCPU and per register.
@@ -184,7 +145,7 @@ pauth_fresh:
     loops = const core::mem::offset_of!(Spin, loops),
     bad = const core::mem::offset_of!(Spin, bad),
     seen = const core::mem::offset_of!(Spin, seen),
-    pac = const core::mem::offset_of!(Spin, pac),
+    pac = const core::mem::offset_of!(Spin, extra),
     done = const core::mem::offset_of!(Spin, done),
     fresh = const core::mem::offset_of!(Spin, fresh),
 );
@@ -229,11 +190,6 @@ fn sign() -> u64 {
     pac
 }
 
-fn publish() {
-    arch::dsb_sy();
-    arch::sev();
-}
-
 pub fn pauth_keys_per_vcpu() -> CheckResult {
     // ID_AA64ISAR1_EL1.GPA (bits 27:24) or GPI (31:28), or ISAR2.GPA3 (11:8): PACGA.
     let isar1 = read_sysreg!("id_aa64isar1_el1");
@@ -241,117 +197,49 @@ pub fn pauth_keys_per_vcpu() -> CheckResult {
     if (isar1 >> 24) & 0xff == 0 && (isar2 >> 8) & 0xf == 0 {
         skip!("no generic pointer authentication (ID_AA64ISAR1_EL1.GPA/GPI, ISAR2.GPA3)");
     }
-    let n = crate::race::nr_vcpus()?.min(MAX);
-    smp::all_off(1..n as u64)?;
-    for word in [&SPIN.stop].into_iter().chain(SPIN.ready.iter()) {
-        word.store(0, Release);
-    }
-    for i in 0..MAX {
-        for word in [
-            &SPIN.loops[i],
-            &SPIN.bad[i],
-            &SPIN.seen[i],
-            &SPIN.pac[i],
-            &SPIN.done[i],
-        ] {
-            word.store(0, Release);
-        }
-    }
-    for word in &SPIN.fresh {
-        word.store(0, Release);
-    }
-    publish();
-
     let mine = values(0);
     set_own(mine);
     let my_pac = sign();
-    let mut started = 1;
-    let mut result = Ok(());
-    for v in 1..n as u64 {
-        if let Err(e) = smp::cpu_on(v, pauth_spinner) {
-            result = Err(e);
-            break;
-        }
-        started += 1;
-    }
-    let ready = arch::wait_until(3000, || {
-        (1..started).all(|v| SPIN.ready[v].load(Acquire) != 0)
-    });
-
-    let freq = arch::counter_freq();
-    let start = arch::now();
-    let mut reads = 0u64;
-    let mut wrong = None;
-    while ready && result.is_ok() && arch::now() - start < freq * SPIN_MS / 1000 {
-        let got = own();
-        reads += 1;
-        if let Some(i) = (0..4).find(|&i| got[i] != mine[i]) {
-            wrong = Some((i + 1, got[i], mine[i]));
-            break;
-        }
-        let pac = sign();
-        if pac != my_pac {
-            wrong = Some((5, pac, my_pac));
-            break;
-        }
-    }
-    SPIN.stop.store(1, Release);
-    publish();
-    let done = arch::wait_until(3000, || {
-        (1..started).all(|v| SPIN.done[v].load(Acquire) != 0)
-    });
-    for v in 1..started as u64 {
-        let off = smp::wait_off(v);
-        result = result.and(off);
-    }
-    // Zero again: vCPU 0 stops holding the keys at its next switch.
-    set_own([0; 4]);
-
-    result?;
-    ensure!(ready, "the other vCPUs did not all set theirs within 3 s");
-    ensure!(done, "the other vCPUs did not all stop within 3 s");
-    if let Some((i, got, want)) = wrong {
-        bail!(
-            "vCPU 0 read {} = {got:#x} after {reads} good reads, wanted {want:#x}",
-            WHICH[i]
-        );
-    }
-    let pacs: [u64; MAX] = core::array::from_fn(|v| SPIN.pac[v].load(Acquire));
-    for (v, &pac) in pacs.iter().enumerate().take(started).skip(1) {
-        let (bad, seen) = (SPIN.bad[v].load(Acquire), SPIN.seen[v].load(Acquire));
-        let loops = SPIN.loops[v].load(Acquire);
-        if bad != 0 {
-            let i = (bad as usize).min(5);
-            let want = match i {
-                5 => pac,
-                _ => values(v as u64)[i - 1],
-            };
-            bail!(
-                "vCPU {v} read {} = {seen:#x} after {loops} good reads, wanted {want:#x}",
-                WHICH[i]
-            );
-        }
-        ensure!(loops > 0, "vCPU {v} never read its keys back");
-    }
+    let out = vcpuregs::run(Check {
+        spin: &SPIN,
+        spinner: pauth_spinner,
+        fresh: pauth_fresh,
+        fresh_len: 4,
+        set_own: &mut || set_own(mine),
+        check_own: &mut || {
+            let got = own();
+            if let Some(i) = (0..4).find(|&i| got[i] != mine[i]) {
+                return Some((i + 1, got[i], mine[i]));
+            }
+            let pac = sign();
+            (pac != my_pac).then_some((5, pac, my_pac))
+        },
+        // Zero again: vCPU 0 stops holding the keys at its next switch.
+        put_back: &mut || set_own([0; 4]),
+        name: &|i| WHICH[i.min(5)],
+        want: &|v, i| match i {
+            5 => SPIN.extra[v].load(Acquire),
+            _ => values(v as u64)[(i - 1).min(3)],
+        },
+    })?;
     // Different keys sign differently: the check above could tell a neighbour's key.
+    let pacs: [u64; MAX] = core::array::from_fn(|v| SPIN.extra[v].load(Acquire));
     ensure!(
-        pacs[1..started].iter().all(|&pac| pac != my_pac),
+        pacs[1..out.vcpus].iter().all(|&pac| pac != my_pac),
         "vCPUs with different generic keys computed the same PACGA ({my_pac:#x}, {:#x?})",
-        &pacs[1..started]
+        &pacs[1..out.vcpus]
     );
-
     // A reset (CPU_ON again) starts vCPU 1 with zero keys.
-    if n > 1 {
-        smp::cpu_on(1, pauth_fresh)?;
-        let fresh = arch::wait_until(3000, || SPIN.fresh[4].load(Acquire) != 0);
-        smp::wait_off(1)?;
-        ensure!(fresh, "vCPU 1 did not report after its reset within 3 s");
-        let got: [u64; 4] = core::array::from_fn(|i| SPIN.fresh[i].load(Acquire));
+    if let Some(fresh) = out.fresh {
         ensure!(
-            got == [0; 4],
-            "vCPU 1 after a reset reads APIAKeyLo/Hi, APGAKeyLo/Hi {got:#x?}: want zeros"
+            fresh[..4] == [0; 4],
+            "vCPU 1 after a reset reads APIAKeyLo/Hi, APGAKeyLo/Hi {:#x?}: want zeros",
+            &fresh[..4]
         );
     }
-    println!("# pauth_keys_per_vcpu: {n} vCPUs, vCPU 0 read and signed with its own {reads} times");
+    println!(
+        "# pauth_keys_per_vcpu: {} vCPUs, vCPU 0 read and signed with its own {} times, across {} pauses of over 2 ms",
+        out.vcpus, out.reads, out.gaps
+    );
     Ok(())
 }

@@ -2,58 +2,20 @@
 //! them. A CPU has one set, so a hypervisor must move them with its vCPUs (Bothy does so
 //! lazily: trapped until a vCPU's first SVE instruction, then switched with it).
 //!
-//! Every vCPU of the VM (up to [`MAX`]) sets P0–P3 to its own patterns (`WHILELO`: the
+//! Every vCPU of the VM (up to [`vcpuregs::MAX`]) sets P0–P3 to its own patterns (`WHILELO`: the
 //! first 1 + 4v + i byte elements of P`i` active, counted back with `CNTP`; at the
 //! 128-bit vectors Bothy gives guests that is 1 to 16, distinct per vCPU and register)
-//! and ZCR_EL1.LEN to its index, then all of them read everything back for [`SPIN_MS`]
-//! while keeping their CPUs busy. With more vCPUs than CPUs (4 on QEMU's 2 in
-//! `cli/tests/selftest_guest.rs`) each is switched out and in many times; each must
-//! read its own every time. Then vCPU 1, which left its state set, is started again (a
-//! reset) and must read zeros.
-//!
-//! vCPUs 1.. run a few instructions of assembly with interrupts masked and need no
-//! stack, like debugregs.rs; vCPU 0 is the check itself, calling the same set and check
-//! routines.
-
-use core::sync::atomic::{AtomicU64, Ordering::*};
+//! and ZCR_EL1.LEN to its index, then all of them read everything back while being
+//! switched out and in ([`vcpuregs`] runs it); each must read its own every time. Then
+//! vCPU 1, which left its state set, is started again (a reset) and must read zeros.
+//! vCPU 0 calls the same set and check routines as the others' assembly.
 
 use crate::arch::{self, read_sysreg};
-use crate::msg::{bail, ensure, skip, CheckResult};
-use crate::smp;
+use crate::msg::{ensure, skip, CheckResult};
 use crate::uart::println;
+use crate::vcpuregs::{self, Check, Spin};
 
-/// vCPUs taking part (0 and up to three helpers).
-pub const MAX: usize = 4;
-/// How long they all read back.
-const SPIN_MS: u64 = 300;
-
-/// What a helper reports; its assembly addresses it by field offset.
-#[repr(C)]
-pub struct Spin {
-    /// Set by vCPU 0: stop reading.
-    stop: AtomicU64,
-    ready: [AtomicU64; MAX],
-    loops: [AtomicU64; MAX],
-    /// 0, or which read came back wrong: 1 + i for P`i`, 5 for ZCR_EL1.LEN.
-    bad: [AtomicU64; MAX],
-    /// What that read gave.
-    seen: [AtomicU64; MAX],
-    done: [AtomicU64; MAX],
-    /// vCPU 1 after its reset: active elements of P0–P3, ZCR_EL1, done.
-    fresh: [AtomicU64; 6],
-}
-
-#[allow(clippy::declare_interior_mutable_const)]
-const ZERO: AtomicU64 = AtomicU64::new(0);
-static SPIN: Spin = Spin {
-    stop: ZERO,
-    ready: [ZERO; MAX],
-    loops: [ZERO; MAX],
-    bad: [ZERO; MAX],
-    seen: [ZERO; MAX],
-    done: [ZERO; MAX],
-    fresh: [ZERO; 6],
-};
+static SPIN: Spin = Spin::new();
 
 const WHICH: [&str; 6] = ["", "P0", "P1", "P2", "P3", "ZCR_EL1.LEN"];
 
@@ -228,123 +190,66 @@ fn check_own(v: u64) -> (u64, u64) {
     (bad, seen)
 }
 
-fn publish() {
-    arch::dsb_sy();
-    arch::sev();
-}
-
 pub fn sve_state_per_vcpu() -> CheckResult {
     // ID_AA64PFR0_EL1.SVE (bits 35:32).
     if (read_sysreg!("id_aa64pfr0_el1") >> 32) & 0xf == 0 {
         skip!("no SVE (ID_AA64PFR0_EL1.SVE)");
     }
-    let n = crate::race::nr_vcpus()?.min(MAX);
-    smp::all_off(1..n as u64)?;
-    for word in [&SPIN.stop].into_iter().chain(SPIN.ready.iter()) {
-        word.store(0, Release);
-    }
-    for i in 0..MAX {
-        for word in [&SPIN.loops[i], &SPIN.bad[i], &SPIN.seen[i], &SPIN.done[i]] {
-            word.store(0, Release);
-        }
-    }
-    for word in &SPIN.fresh {
-        word.store(0, Release);
-    }
-    publish();
-
     let cpacr = read_sysreg!("cpacr_el1");
-    // SAFETY: sets P0–P3, P15, ZCR_EL1 and CPACR_EL1.ZEN, which no Rust code uses.
-    unsafe { sve_own_set(0) };
-    let mut started = 1;
-    let mut result = Ok(());
-    for v in 1..n as u64 {
-        if let Err(e) = smp::cpu_on(v, sve_spinner) {
-            result = Err(e);
-            break;
-        }
-        started += 1;
-    }
-    let ready = arch::wait_until(3000, || {
-        (1..started).all(|v| SPIN.ready[v].load(Acquire) != 0)
-    });
-
-    let freq = arch::counter_freq();
-    let start = arch::now();
-    let mut reads = 0u64;
-    let mut wrong = None;
-    while ready && result.is_ok() && arch::now() - start < freq * SPIN_MS / 1000 {
-        let (bad, seen) = check_own(0);
-        reads += 1;
-        if bad != 0 {
-            wrong = Some((bad, seen));
-            break;
-        }
-    }
-    SPIN.stop.store(1, Release);
-    publish();
-    let done = arch::wait_until(3000, || {
-        (1..started).all(|v| SPIN.done[v].load(Acquire) != 0)
-    });
-    for v in 1..started as u64 {
-        let off = smp::wait_off(v);
-        result = result.and(off);
-    }
-    // Zero again (vCPU 0 stops holding SVE's state at its next switch), then SVE off at
-    // EL1 as it was.
-    // SAFETY: as above.
-    unsafe {
-        core::arch::asm!(
-            ".arch_extension sve",
-            "pfalse p0.b",
-            "pfalse p1.b",
-            "pfalse p2.b",
-            "pfalse p3.b",
-            "pfalse p15.b",
-            "msr s3_0_c1_c2_0, xzr",
-            options(nomem, nostack),
-        )
-    };
-    crate::arch::write_sysreg!("cpacr_el1", cpacr);
-    arch::isb();
-
-    result?;
-    ensure!(ready, "the other vCPUs did not all set theirs within 3 s");
-    ensure!(done, "the other vCPUs did not all stop within 3 s");
-    if let Some((bad, seen)) = wrong {
-        let i = (bad as usize).min(5);
-        bail!(
-            "vCPU 0 read {} = {seen} after {reads} good reads, wanted {}",
-            WHICH[i],
-            if i == 5 { 0 } else { i }
-        );
-    }
-    for v in 1..started {
-        let (bad, seen) = (SPIN.bad[v].load(Acquire), SPIN.seen[v].load(Acquire));
-        let loops = SPIN.loops[v].load(Acquire);
-        if bad != 0 {
-            let i = (bad as usize).min(5);
-            let want = if i == 5 { v } else { 1 + 4 * v + i - 1 };
-            bail!(
-                "vCPU {v} read {} = {seen} after {loops} good reads, wanted {want}",
-                WHICH[i]
-            );
-        }
-        ensure!(loops > 0, "vCPU {v} never read its state back");
-    }
-
+    let out = vcpuregs::run(Check {
+        spin: &SPIN,
+        spinner: sve_spinner,
+        fresh: sve_fresh,
+        fresh_len: 5,
+        // SAFETY: sets P0–P3, P15, ZCR_EL1 and CPACR_EL1.ZEN, which no Rust code uses.
+        set_own: &mut || unsafe { sve_own_set(0) },
+        check_own: &mut || {
+            let (bad, seen) = check_own(0);
+            (bad != 0).then(|| (bad as usize, seen, want(0, bad as usize)))
+        },
+        put_back: &mut || {
+            // Zero again (vCPU 0 stops holding SVE's state at its next switch), then SVE
+            // off at EL1 as it was.
+            // SAFETY: as above.
+            unsafe {
+                core::arch::asm!(
+                    ".arch_extension sve",
+                    "pfalse p0.b",
+                    "pfalse p1.b",
+                    "pfalse p2.b",
+                    "pfalse p3.b",
+                    "pfalse p15.b",
+                    "msr s3_0_c1_c2_0, xzr",
+                    options(nomem, nostack),
+                )
+            };
+            crate::arch::write_sysreg!("cpacr_el1", cpacr);
+            arch::isb();
+        },
+        name: &|i| WHICH[i.min(5)],
+        want: &want,
+    })?;
     // A reset (CPU_ON again) starts vCPU 1 with no predicate set and ZCR_EL1 zero.
-    if n > 1 {
-        smp::cpu_on(1, sve_fresh)?;
-        let fresh = arch::wait_until(3000, || SPIN.fresh[5].load(Acquire) != 0);
-        smp::wait_off(1)?;
-        ensure!(fresh, "vCPU 1 did not report after its reset within 3 s");
-        let got: [u64; 5] = core::array::from_fn(|i| SPIN.fresh[i].load(Acquire));
+    if let Some(fresh) = out.fresh {
         ensure!(
-            got == [0; 5],
-            "vCPU 1 after a reset reads P0-P3 active elements and ZCR_EL1 {got:?}: want zeros"
+            fresh[..5] == [0; 5],
+            "vCPU 1 after a reset reads P0-P3 active elements and ZCR_EL1 {:?}: want zeros",
+            &fresh[..5]
         );
     }
-    println!("# sve_state_per_vcpu: {n} vCPUs, vCPU 0 read its own {reads} times");
+    println!(
+        "# sve_state_per_vcpu: {} vCPUs, vCPU 0 read its own {} times, across {} pauses of over 2 ms",
+        out.vcpus, out.reads, out.gaps
+    );
     Ok(())
+}
+
+/// What vCPU `v` set into read `i`: P`i - 1` holds 1 + 4v + (i - 1) elements, and
+/// ZCR_EL1.LEN (5) is `v`.
+fn want(v: usize, i: usize) -> u64 {
+    if i == 5 {
+        v as u64
+    } else {
+        (4 * v + i) as u64
+    }
 }
