@@ -98,15 +98,7 @@ debug_spinner:
     b       9f
 8:  str     x9, [x20, #{seen}]
     str     x15, [x20, #{bad}]
-9:  mov     x9, #1
-    str     x9, [x20, #{done}]
-    dsb     sy
-    sev
-    movz    x0, #0x0002
-    movk    x0, #0x8400, lsl #16
-    hvc     #0
-2:  wfi
-    b       2b
+9:  b       vcpuregs_done
 
 // vCPU 1 once more, after its reset: report what it finds, CPU_OFF.
 .global debug_fresh
@@ -124,15 +116,8 @@ debug_fresh:
     str     x9, [x19, #{fresh} + 24]
     mrs     x9, oslsr_el1
     str     x9, [x19, #{fresh} + 32]
-    mov     x9, #1
-    str     x9, [x19, #{fresh} + 40]
-    dsb     sy
-    sev
-    movz    x0, #0x0002
-    movk    x0, #0x8400, lsl #16
-    hvc     #0
-3:  wfi
-    b       3b
+    mov     x10, #40
+    b       vcpuregs_reported
 "#,
     spin = sym SPIN,
     stop = const core::mem::offset_of!(Spin, stop),
@@ -140,7 +125,6 @@ debug_fresh:
     loops = const core::mem::offset_of!(Spin, loops),
     bad = const core::mem::offset_of!(Spin, bad),
     seen = const core::mem::offset_of!(Spin, seen),
-    done = const core::mem::offset_of!(Spin, done),
     fresh = const core::mem::offset_of!(Spin, fresh),
 );
 

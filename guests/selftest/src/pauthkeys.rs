@@ -103,15 +103,7 @@ pauth_spinner:
     b       9f
 8:  str     x9, [x20, #{seen}]
     str     x15, [x20, #{bad}]
-9:  mov     x9, #1
-    str     x9, [x20, #{done}]
-    dsb     sy
-    sev
-    movz    x0, #0x0002
-    movk    x0, #0x8400, lsl #16
-    hvc     #0
-2:  wfi
-    b       2b
+9:  b       vcpuregs_done
 
 // vCPU 1 once more, after its reset: report what it finds, CPU_OFF.
 .global pauth_fresh
@@ -127,15 +119,8 @@ pauth_fresh:
     str     x9, [x19, #{fresh} + 16]
     mrs     x9, s3_0_c2_c3_1
     str     x9, [x19, #{fresh} + 24]
-    mov     x9, #1
-    str     x9, [x19, #{fresh} + 32]
-    dsb     sy
-    sev
-    movz    x0, #0x0002
-    movk    x0, #0x8400, lsl #16
-    hvc     #0
-3:  wfi
-    b       3b
+    mov     x10, #32
+    b       vcpuregs_reported
 "#,
     spin = sym SPIN,
     a = const SIGNED.0,
@@ -146,7 +131,6 @@ pauth_fresh:
     bad = const core::mem::offset_of!(Spin, bad),
     seen = const core::mem::offset_of!(Spin, seen),
     pac = const core::mem::offset_of!(Spin, extra),
-    done = const core::mem::offset_of!(Spin, done),
     fresh = const core::mem::offset_of!(Spin, fresh),
 );
 

@@ -112,15 +112,7 @@ sve_spinner:
     b       9f
 8:  str     x1, [x20, #{seen}]
     str     x0, [x20, #{bad}]
-9:  mov     x9, #1
-    str     x9, [x20, #{done}]
-    dsb     sy
-    sev
-    movz    x0, #0x0002
-    movk    x0, #0x8400, lsl #16
-    hvc     #0
-2:  wfi
-    b       2b
+9:  b       vcpuregs_done
 
 // vCPU 1 once more, after its reset: SVE enabled at EL1 (the reset cleared CPACR_EL1),
 // then report what it finds (nothing written first), CPU_OFF.
@@ -145,15 +137,8 @@ sve_fresh:
     str     x9, [x19, #{fresh} + 24]
     mrs     x9, s3_0_c1_c2_0
     str     x9, [x19, #{fresh} + 32]
-    mov     x9, #1
-    str     x9, [x19, #{fresh} + 40]
-    dsb     sy
-    sev
-    movz    x0, #0x0002
-    movk    x0, #0x8400, lsl #16
-    hvc     #0
-3:  wfi
-    b       3b
+    mov     x10, #40
+    b       vcpuregs_reported
 "#,
     spin = sym SPIN,
     stop = const core::mem::offset_of!(Spin, stop),
@@ -161,7 +146,6 @@ sve_fresh:
     loops = const core::mem::offset_of!(Spin, loops),
     bad = const core::mem::offset_of!(Spin, bad),
     seen = const core::mem::offset_of!(Spin, seen),
-    done = const core::mem::offset_of!(Spin, done),
     fresh = const core::mem::offset_of!(Spin, fresh),
 );
 

@@ -82,6 +82,35 @@ impl Spin {
     }
 }
 
+core::arch::global_asm!(
+    r#"
+.section .text.vcpuregs, "ax"
+// The ends every check's assembly branches to (no stack, interrupts masked).
+// vcpuregs_done: x20 = the Spin + 8 * the vCPU's index. Raise its `done`, CPU_OFF.
+.global vcpuregs_done
+vcpuregs_done:
+    mov     x9, #1
+    str     x9, [x20, #{done}]
+    b       1f
+// vcpuregs_reported: x19 = the Spin, x10 = the byte offset in `fresh` of the word after
+// the last one reported. Raise it, CPU_OFF.
+.global vcpuregs_reported
+vcpuregs_reported:
+    mov     x9, #1
+    add     x10, x10, #{fresh}
+    str     x9, [x19, x10]
+1:  dsb     sy
+    sev
+    movz    x0, #0x0002
+    movk    x0, #0x8400, lsl #16
+    hvc     #0
+2:  wfi
+    b       2b
+"#,
+    done = const core::mem::offset_of!(Spin, done),
+    fresh = const core::mem::offset_of!(Spin, fresh),
+);
+
 fn publish() {
     arch::dsb_sy();
     arch::sev();
