@@ -27,6 +27,8 @@ pub mod aarch32;
 pub mod debug;
 pub mod handle;
 pub mod idregs;
+#[cfg(test)]
+mod lazy_sim;
 pub mod mdcr;
 pub mod pauth;
 pub mod pmu;
