@@ -165,6 +165,10 @@ fn schedule(frame: &mut GuestFrame) {
     let cpu = ctx.slot;
     let scope = ExitScope::enter();
     let reason = Reason::take(ctx);
+    if reason == Reason::Tick && crate::restart::pending() {
+        // A slice ended: one piece of a VM's restart, so it progresses on busy CPUs.
+        crate::restart::work(cpu);
+    }
     let current = ctx.loaded.get(&scope);
     let now = sysreg::read_cntpct_el0();
     let mut s = m.sched.lock();
@@ -403,7 +407,10 @@ fn arrive<'s>(
             // Idle: no translation of a guest's may stay installed (its memory may be
             // given back while this CPU sleeps).
             mmu::use_stage2(m.parked_vttbr);
-            sysreg::wfi();
+            // Nothing to run: a piece of another VM's restart, if one waits, or sleep.
+            if !(crate::restart::pending() && crate::restart::work(cpu)) {
+                sysreg::wfi();
+            }
             let _ = drain_physical_irqs(m, loaded);
             // The vCPU this CPU idles with may have been given an interrupt meanwhile
             // (its timers fire here: the virtual one into its own list registers).
@@ -560,8 +567,18 @@ pub fn stop_vm(vm: &Vm) {
 #[cold]
 #[inline(never)]
 pub fn finish_reset(vm: &Vm) {
-    if let Err(e) =
-        fresh_memory(vm).and_then(|()| vm.load_images().map_err(|e| alloc::format!("{e}")))
+    // Its RAM is scrubbed in pieces first (`restart.rs`), which then comes back here.
+    if !crate::restart::begin(vm) {
+        reload_and_start(vm, false);
+    }
+}
+
+/// The rest of a restart, once `vm`'s RAM is scrubbed (`scrubbed`) or with the scrub
+/// done here: fresh tables and VMID, its images reloaded, vCPU 0 started. The caller
+/// holds `vm.lifecycle` and `vm` is `Resetting`.
+pub fn reload_and_start(vm: &Vm, scrubbed: bool) {
+    if let Err(e) = fresh_memory(vm, scrubbed)
+        .and_then(|()| vm.load_images().map_err(|e| alloc::format!("{e}")))
     {
         vm.set_state(VmState::Crashed);
         println!("error: VM {} cannot be restarted: {e}", vm.name);
@@ -598,7 +615,7 @@ pub fn finish_reset(vm: &Vm) {
 /// machine's memory record proves nothing leaked. No vCPU of the VM runs (it is
 /// quiescent); idle CPUs have parked their VTTBR, and this CPU parks it if it still
 /// holds the VM's. Other CPUs load the new VTTBR when they next run one of its vCPUs.
-fn fresh_memory(vm: &Vm) -> Result<(), alloc::string::String> {
+fn fresh_memory(vm: &Vm, scrubbed: bool) -> Result<(), alloc::string::String> {
     let m = machine();
     if mmu::stage2_is(vm.vttbr.load(Ordering::Acquire)) {
         mmu::use_stage2(m.parked_vttbr);
@@ -612,6 +629,7 @@ fn fresh_memory(vm: &Vm) -> Result<(), alloc::string::String> {
     };
     let rebuilt = mmu::rebuild_vm_memory(
         old,
+        scrubbed,
         &mut mm.allocator,
         &mut mm.owners,
         &mut mm.vmids,

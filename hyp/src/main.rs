@@ -23,6 +23,7 @@ mod console;
 mod exit;
 mod machine;
 mod prompt;
+mod restart;
 mod vm;
 
 use arch::aarch64::entry::{DtbError, FirmwareDtb, Payload};

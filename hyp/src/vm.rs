@@ -34,7 +34,7 @@ use bothy_core::mem::{
 use bothy_core::sched::VcpuId;
 use bothy_core::vm::{ExitCounters, VmHandle, VmModel};
 use bothy_core::Region;
-use core::sync::atomic::AtomicBool;
+use core::sync::atomic::{AtomicBool, AtomicU64};
 use spin::Mutex;
 
 /// Guest IPA space: 39 bits lets stage-2 start at level 1 without concatenated tables.
@@ -69,6 +69,9 @@ pub struct Vm {
     /// CPU that finishes a stop does so after the scheduler's lock is released, and the
     /// prompt must not reload or give back memory under it.
     pub lifecycle: Mutex<()>,
+    /// Numbers its restarts, so that a piece of a cancelled restart's RAM scrub does
+    /// nothing (`restart.rs`).
+    pub scrub_gen: AtomicU64,
     /// What a reset reloads: the manifest's images (in the payload) and the generated DTB.
     kernel: &'static [u8],
     initrd: Option<&'static [u8]>,
@@ -254,6 +257,7 @@ pub fn build(
         on_exit: spec.on_exit,
         counted: AtomicBool::new(true),
         lifecycle: Mutex::new(()),
+        scrub_gen: AtomicU64::new(0),
         kernel,
         initrd,
         dtb,

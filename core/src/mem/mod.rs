@@ -11,6 +11,8 @@
 //!   shared to (what stage-2 may map for whom);
 //! - `vm_memory.rs`: [`VmMemory`], a VM's RAM, stage-2 tables and VMID, created and
 //!   destroyed as one, every frame given back;
+//! - `scrub.rs`: [`scrub::ScrubJob`], a restarting VM's RAM zeroed in pieces that
+//!   CPUs take when they have nothing better to do;
 //! - `guest_ram.rs`: [`GuestRam`], the one place an IPA range a guest names (or Bothy
 //!   computed for it) becomes a physical range, checked to be the VM's RAM.
 //!
@@ -26,6 +28,7 @@ mod guest_ram;
 mod idmap;
 mod ownership;
 mod pgtable;
+pub mod scrub;
 pub mod stacks;
 mod stage2;
 mod vm_memory;

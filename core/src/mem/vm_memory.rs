@@ -176,7 +176,9 @@ impl VmMemory {
 
     /// The same memory afresh (a VM restarting): a new VMID, then everything of this
     /// one given back (as [`VmMemory::destroy`]), then RAM and tables built again (RAM
-    /// that lands where the old RAM was is not scrubbed a second time). The
+    /// that lands where the old RAM was is not scrubbed a second time). `scrubbed`: the
+    /// caller has zeroed this VM's RAM already (in pieces, [`super::scrub`]) and nothing
+    /// has written it since, so the old RAM is not scrubbed again either. The
     /// new VMID is taken first so the old one is not handed straight back: a CPU still
     /// leaving the VM may refill TLB entries for the old VMID. Preconditions as for
     /// `destroy`. If no VMID is left, `self` comes back untouched with the error; if
@@ -187,6 +189,7 @@ impl VmMemory {
     #[allow(clippy::result_large_err)]
     pub fn rebuild(
         self,
+        scrubbed: bool,
         mem: &mut impl PhysMemory,
         owners: &mut PageOwnership,
         vmids: &mut VmidAllocator,
@@ -196,7 +199,7 @@ impl VmMemory {
             return Err((Some(self), CreateError::NoVmid));
         };
         let (owner, spec) = (self.owner, self.spec);
-        let freed = match self.destroy(mem, owners, vmids, arch) {
+        let freed = match self.destroy_with(scrubbed, mem, owners, vmids, arch) {
             Ok(freed) => freed,
             Err(e) => {
                 let _ = vmids.free(vmid, arch);
@@ -227,11 +230,25 @@ impl VmMemory {
         vmids: &mut VmidAllocator,
         arch: &mut impl Arch,
     ) -> Result<Destroyed, OwnershipError> {
+        self.destroy_with(false, mem, owners, vmids, arch)
+    }
+
+    /// [`VmMemory::destroy`], skipping the scrub of RAM the caller has zeroed already.
+    fn destroy_with(
+        self,
+        scrubbed: bool,
+        mem: &mut impl PhysMemory,
+        owners: &mut PageOwnership,
+        vmids: &mut VmidAllocator,
+        arch: &mut impl Arch,
+    ) -> Result<Destroyed, OwnershipError> {
         // Allocated by `create` and freed only here: cannot be refused.
         let _ = vmids.free(self.vmid, arch);
         let tables = self.stage2.destroy(mem);
         let ram = Region::new(self.ram_pa, self.spec.ram.size);
-        mem.scrub(ram);
+        if !scrubbed {
+            mem.scrub(ram);
+        }
         owners.release(ram, self.owner)?;
         mem.free_ram(ram);
         Ok(Destroyed { ram, tables })

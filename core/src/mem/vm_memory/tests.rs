@@ -184,7 +184,7 @@ fn rebuild_gives_fresh_memory_and_a_new_vmid_and_keeps_every_frame() {
     let tables = m.mem.tables.len();
     m.arch.log.clear();
     let vm = vm
-        .rebuild(&mut m.mem, &mut m.owners, &mut m.vmids, &mut m.arch)
+        .rebuild(false, &mut m.mem, &mut m.owners, &mut m.vmids, &mut m.arch)
         .unwrap();
     assert_ne!(
         vm.vmid(),
@@ -210,7 +210,7 @@ fn rebuild_gives_fresh_memory_and_a_new_vmid_and_keeps_every_frame() {
         held.push(v);
     }
     let (back, e) = vm
-        .rebuild(&mut m.mem, &mut m.owners, &mut m.vmids, &mut m.arch)
+        .rebuild(false, &mut m.mem, &mut m.owners, &mut m.vmids, &mut m.arch)
         .unwrap_err();
     assert_eq!(e, CreateError::NoVmid);
     assert_eq!(back.map(|v| v.ram_pa()), Some(block.base));
@@ -224,13 +224,23 @@ fn a_rebuild_scrubs_its_ram_once() {
     m.mem.dirty(old_block);
     m.mem.scrubs.clear();
     let vm = vm
-        .rebuild(&mut m.mem, &mut m.owners, &mut m.vmids, &mut m.arch)
+        .rebuild(false, &mut m.mem, &mut m.owners, &mut m.vmids, &mut m.arch)
         .unwrap();
     let block = Region::new(vm.ram_pa(), 8 << 20);
     assert_eq!(block, old_block, "the allocator hands the same block back");
     assert_eq!(m.mem.scrubs, [old_block], "scrubbed when freed, not again");
     assert!(m.mem.is_clean(block));
 
+    // Scrubbed by the caller already (in pieces): not at all here.
+    m.mem.dirty(block);
+    m.mem.scrub(block);
+    m.mem.scrubs.clear();
+    let vm = vm
+        .rebuild(true, &mut m.mem, &mut m.owners, &mut m.vmids, &mut m.arch)
+        .unwrap();
+    assert_eq!(Region::new(vm.ram_pa(), 8 << 20), block);
+    assert_eq!(m.mem.scrubs, [], "nothing scrubbed twice");
+    assert!(m.mem.is_clean(block));
     m.destroy(vm);
 
     // Only RAM wholly inside the block known to be zero skips its scrub.
@@ -332,7 +342,7 @@ proptest! {
                 let i = ix.index(live.len());
                 let vm = live.swap_remove(i);
                 let old = vm.vmid();
-                match vm.rebuild(&mut m.mem, &mut m.owners, &mut m.vmids, &mut m.arch) {
+                match vm.rebuild(false, &mut m.mem, &mut m.owners, &mut m.vmids, &mut m.arch) {
                     Ok(vm) => {
                         prop_assert_ne!(vm.vmid(), old);
                         let block = Region::new(vm.ram_pa(), vm.ram_ipa().size);

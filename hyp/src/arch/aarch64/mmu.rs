@@ -67,12 +67,13 @@ pub fn create_vm_memory(
 #[allow(clippy::result_large_err)]
 pub fn rebuild_vm_memory(
     memory: VmMemory,
+    scrubbed: bool,
     allocator: &mut RegionAllocator,
     owners: &mut PageOwnership,
     vmids: &mut VmidAllocator,
     arch: &mut impl Arch,
 ) -> Result<VmMemory, (Option<VmMemory>, CreateError)> {
-    memory.rebuild(&mut Frames::new(allocator), owners, vmids, arch)
+    memory.rebuild(scrubbed, &mut Frames::new(allocator), owners, vmids, arch)
 }
 
 /// `VmMemory::destroy`: the VM's RAM, tables and VMID back to `allocator` and `vmids`.
@@ -134,6 +135,18 @@ impl PhysMemory for Frames<'_> {
         mmio::zero_phys(block.base, block.size as usize);
         // A guest starts with its caches off: the zeroes must be in RAM.
         clean_dcache_range(block.base, block.size);
+    }
+}
+
+/// Zero `piece` of a VM's RAM (and clean it to the point of coherency, as a scrub does),
+/// if it lies in `memory`'s RAM block, which Bothy's allocator handed out for the VM
+/// (`restart.rs` scrubs a restarting VM's RAM this way, a piece at a time, with none of
+/// its vCPUs running).
+pub fn scrub_vm_ram(memory: &VmMemory, piece: Region) {
+    let ram = Region::new(memory.ram_pa(), memory.ram_ipa().size);
+    if ram.contains_range(piece.base, piece.size) {
+        mmio::zero_phys(piece.base, piece.size as usize);
+        clean_dcache_range(piece.base, piece.size);
     }
 }
 
