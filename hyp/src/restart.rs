@@ -6,8 +6,10 @@
 //! [`begin`] posts the VM's job and kicks the other CPUs. A CPU takes one piece at a
 //! time ([`work`]): in its idle loop instead of sleeping, and at the end of each slice
 //! on a time-shared CPU, so the job progresses even when every CPU is busy. A CPU
-//! pinned to a vCPU takes none (its vCPU must not wait behind another VM's restart),
-//! unless every CPU is pinned (then the restarting VM's own CPUs are the idle ones).
+//! pinned to a vCPU takes none while that vCPU can run (it must not wait behind
+//! another VM's restart); a restarting pinned VM's own CPUs, whose vCPUs are off, do.
+//! A time-shared VM implies a time-shared CPU (the system file must leave one), so
+//! every restart has CPUs that work on it.
 //! The CPU that finishes the last piece finishes the restart.
 //!
 //! Each piece is scrubbed under the VM's `memory` lock and only if the VM is still in
@@ -23,6 +25,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use bothy_core::lifecycle::VmState;
 use bothy_core::mem::scrub::{ScrubJob, PIECE};
+use bothy_core::sched::RunState;
 use bothy_core::Region;
 use core::sync::atomic::{AtomicUsize, Ordering};
 use spin::Mutex;
@@ -128,10 +131,11 @@ fn current(vm: &Vm, gen: u64) -> bool {
     vm.state() == VmState::Resetting && vm.scrub_gen.load(Ordering::Acquire) == gen
 }
 
-/// A CPU pinned to a vCPU works only if every CPU is pinned.
+/// A CPU pinned to a vCPU works only while that vCPU is off (it has nothing to run:
+/// the CPUs of a restarting pinned VM are such).
 fn may_work(cpu: usize) -> bool {
     let s = machine().sched.lock();
-    s.dedicated(cpu).is_none() || (0..s.nr_cpus()).all(|c| s.dedicated(c).is_some())
+    s.dedicated(cpu).is_none_or(|v| s.state(v) == RunState::Off)
 }
 
 /// Zero `piece` of `vm`'s RAM, if `vm` is still in restart `gen` and `piece` is its RAM.
