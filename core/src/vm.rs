@@ -24,7 +24,7 @@ use crate::lifecycle::VmState;
 use crate::prompt::ExitCounts;
 use crate::vgic::{IrqLine, VGic, VcpuMask, MAX_VCPUS};
 use crate::Region;
-use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use spin::Mutex;
 
 /// A VM as its exits see it.
@@ -49,6 +49,11 @@ pub struct VmModel {
     pub id_regs: IdRegs,
     /// Each vCPU's emulated EL1 physical timer (`dev/ptimer.rs`).
     ptimers: alloc::vec::Vec<Mutex<PtimerSlot>>,
+    /// Per vCPU: its physical timer is enabled or its line is high, so time passing can
+    /// change something. Written under the timer's lock; read without it by
+    /// [`Self::ptimer_update`] and [`Self::ptimer_deadline`], which every vCPU switch
+    /// and idle look call, while most guests never enable this timer.
+    ptimers_live: alloc::vec::Vec<AtomicBool>,
     /// The INTID of its interrupt (the physical-timer PPI of the guest's device tree):
     /// `hyp` sets it from the platform's when it builds the VM.
     pub ptimer_intid: u32,
@@ -114,6 +119,7 @@ impl VmModel {
             ptimers: (0..vcpus)
                 .map(|_| Mutex::new(PtimerSlot::default()))
                 .collect(),
+            ptimers_live: (0..vcpus).map(|_| AtomicBool::new(false)).collect(),
             ptimer_intid: PTIMER_INTID_DEFAULT,
             state: AtomicU8::new(VmState::Running as u8),
         })
@@ -196,18 +202,45 @@ impl VmModel {
             }
             None => timer.timer.read(reg, now),
         };
-        (value, self.drive_ptimer_line(vcpu, &mut timer, now))
+        let kicks = self.drive_ptimer_line(vcpu, &mut timer, now);
+        self.note_ptimer_live(vcpu, &timer);
+        (value, kicks)
+    }
+
+    /// Under the timer's lock: whether time passing can change anything for it.
+    fn note_ptimer_live(&self, vcpu: usize, timer: &PtimerSlot) {
+        if let Some(live) = self.ptimers_live.get(vcpu) {
+            live.store(timer.timer.enabled() || timer.line, Ordering::Release);
+        }
+    }
+
+    /// Whether `vcpu`'s physical timer is off with its line low (nothing to update).
+    #[inline(always)]
+    fn ptimer_idle(&self, vcpu: usize) -> bool {
+        self.ptimers_live
+            .get(vcpu)
+            .is_none_or(|live| !live.load(Ordering::Acquire))
     }
 
     /// Bring `vcpu`'s physical-timer line up to date at `now` (time passes without a
     /// trap): the vCPUs to wake if it rose, and when it will rise next, if it will. One
     /// uncontended lock when nothing changed (the vGIC is told only of changes).
+    #[inline(always)]
     pub fn ptimer_update(&self, vcpu: usize, now: u64) -> (VcpuMask, Option<u64>) {
+        if self.ptimer_idle(vcpu) {
+            return (VcpuMask::EMPTY, None);
+        }
+        self.ptimer_update_live(vcpu, now)
+    }
+
+    #[inline(never)]
+    fn ptimer_update_live(&self, vcpu: usize, now: u64) -> (VcpuMask, Option<u64>) {
         let Some(slot) = self.ptimers.get(vcpu) else {
             return (VcpuMask::EMPTY, None);
         };
         let mut timer = slot.lock();
         let kicks = self.drive_ptimer_line(vcpu, &mut timer, now);
+        self.note_ptimer_live(vcpu, &timer);
         (kicks, timer.timer.deadline(now))
     }
 
@@ -223,14 +256,25 @@ impl VmModel {
     }
 
     /// When `vcpu`'s physical timer next raises its line, if it will.
+    #[inline(always)]
     pub fn ptimer_deadline(&self, vcpu: usize, now: u64) -> Option<u64> {
+        if self.ptimer_idle(vcpu) {
+            return None;
+        }
+        self.ptimer_deadline_live(vcpu, now)
+    }
+
+    #[inline(never)]
+    fn ptimer_deadline_live(&self, vcpu: usize, now: u64) -> Option<u64> {
         self.ptimers.get(vcpu)?.lock().timer.deadline(now)
     }
 
     /// `vcpu` starts afresh (reset, CPU_ON): its physical timer is off.
     pub fn ptimer_reset(&self, vcpu: usize) {
         if let Some(slot) = self.ptimers.get(vcpu) {
-            *slot.lock() = PtimerSlot::default();
+            let mut timer = slot.lock();
+            *timer = PtimerSlot::default();
+            self.note_ptimer_live(vcpu, &timer);
             let _ = self.vgic.set_private_level(vcpu, self.ptimer_intid, false);
         }
     }
@@ -356,6 +400,38 @@ mod tests {
             reported,
             [1, 2, 3, 4, 5, 6, 7, 8, 16, 32, 64, 128, 256, 512, 1024]
         );
+    }
+
+    /// The skip taken by every switch and idle look while a vCPU's physical timer is off
+    /// gives what the locked path would at every step: the line rising and falling, the
+    /// deadline, and a reset.
+    #[test]
+    fn an_idle_physical_timer_is_skipped_without_changing_any_answer() {
+        use crate::dev::ptimer::TimerReg;
+        let vm = VmModel::new(2, Region::new(layout::RAM_BASE, 64 << 20)).unwrap();
+        let level = |vm: &VmModel| vm.ptimers[0].lock().line;
+        assert!(vm.ptimer_idle(0));
+        assert_eq!(vm.ptimer_update(0, 100), (VcpuMask::EMPTY, None));
+        // Enabled, due at 500: live, with a deadline, and the line rises when due.
+        vm.ptimer_access(0, TimerReg::Cval, Some(500), 100);
+        assert!(vm.ptimer_idle(0), "CVAL alone enables nothing");
+        vm.ptimer_access(0, TimerReg::Ctl, Some(1), 100);
+        assert!(!vm.ptimer_idle(0));
+        assert_eq!(vm.ptimer_deadline(0, 100), Some(500));
+        assert_eq!(vm.ptimer_update(0, 200).1, Some(500));
+        assert!(!level(&vm));
+        vm.ptimer_update(0, 600);
+        assert!(level(&vm), "due: the line rose");
+        // Disabled while high: the access lowers the line, and only then is it idle.
+        vm.ptimer_access(0, TimerReg::Ctl, Some(0), 700);
+        assert!(!level(&vm));
+        assert!(vm.ptimer_idle(0));
+        assert_eq!(vm.ptimer_update(0, 800), (VcpuMask::EMPTY, None));
+        // Another vCPU's timer is its own; a reset leaves it idle.
+        vm.ptimer_access(1, TimerReg::Ctl, Some(1), 0);
+        assert!(!vm.ptimer_idle(1) && vm.ptimer_idle(0));
+        vm.ptimer_reset(1);
+        assert!(vm.ptimer_idle(1));
     }
 
     #[test]

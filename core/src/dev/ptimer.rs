@@ -41,6 +41,12 @@ impl PhysTimer {
         self.ctl & CTL_ENABLE != 0 && now >= self.cval
     }
 
+    /// Whether the guest has enabled it (CTL.ENABLE): a disabled timer's line is low and
+    /// stays low until the guest writes CTL.
+    pub fn enabled(&self) -> bool {
+        self.ctl & CTL_ENABLE != 0
+    }
+
     /// The interrupt line's level at `now`.
     pub fn level(&self, now: u64) -> bool {
         self.condition(now) && self.ctl & CTL_IMASK == 0
