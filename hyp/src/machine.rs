@@ -37,7 +37,7 @@ use bothy_core::mem::{PageOwnership, RegionAllocator, VmidAllocator, VmidBits, V
 use bothy_core::sched::{Scheduler, VcpuId};
 use bothy_core::vm::VmTable;
 use bothy_core::Region;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use spin::{Mutex, Once, RwLock};
 
 /// Most VMs at once (the VM table's size; VM slots are 16-bit).
@@ -184,6 +184,9 @@ pub struct CpuContext {
     /// wake-up deadline that goes with a block.
     pub reason: AtomicU64,
     pub wake_at: AtomicU64,
+    /// HCR_EL2.TWE as [`trap_wfe`] last wrote it (0 or 1; 2 before the first write), so
+    /// that loading a vCPU writes HCR_EL2 only when a CPU turns dedicated or shared.
+    pub wfe_trapped: AtomicU8,
 }
 
 impl CpuContext {
@@ -526,6 +529,7 @@ fn setup_cpu(cpu: usize) {
         traps: m.cpus[cpu].traps,
         reason: AtomicU64::new(0),
         wake_at: AtomicU64::new(0),
+        wfe_trapped: AtomicU8::new(2),
     });
     percpu::install(ctx);
     crate::arch::aarch64::vectors::install();
@@ -727,7 +731,12 @@ fn give_back_memory(m: &Machine, vm: &Vm) {
 /// is not trapped at all. Set up with the CPU, and again when a vCPU is loaded (a CPU
 /// becomes dedicated or shared as pinned VMs are created and destroyed).
 pub fn trap_wfe(trap: bool) {
-    traps::set_hcr(&this_cpu().traps, trap);
+    let ctx = this_cpu();
+    // Only this CPU writes its HCR_EL2.TWE (here): the last value written is the value.
+    if ctx.wfe_trapped.load(Ordering::Relaxed) != u8::from(trap) {
+        traps::set_hcr(&ctx.traps, trap);
+        ctx.wfe_trapped.store(u8::from(trap), Ordering::Relaxed);
+    }
 }
 
 /// Ask physical CPU `cpu` to look at its vCPU.
