@@ -18,13 +18,15 @@
 //! scheduler (`bothy_core::sched`, one lock) what to run and carries it out in
 //! [`schedule`]: copy the leaving vCPU's frame out, save its EL1/FP/vGIC/timer state
 //! only if the decision says another vCPU's is to be loaded, copy the next frame in.
-//! A CPU with nothing to run idles in [`arrive`] (WFI, interrupts, ask again).
+//! A CPU with nothing to run idles in [`arrive`] (WFI, interrupts, ask again), or
+//! scrubs a piece of a restarting VM's RAM if one waits (`restart.rs`).
 //!
 //! A VM stops (SYSTEM_OFF, SYSTEM_RESET, a fault, its last vCPU off) in two steps:
 //! its state leaves `Running` and its vCPUs are stopped (running ones are kicked and
 //! stop at their next exit); the CPU on which the last of them stops finds the VM
-//! quiescent and finishes: reloads and restarts it, or applies its `on_exit`. So its
-//! memory is never rewritten under a running vCPU.
+//! quiescent and finishes: restarts it (its RAM scrubbed in pieces by whichever CPUs
+//! have time, then reloaded by the one that scrubs the last piece), or applies its
+//! `on_exit`. So its memory is never rewritten under a running vCPU.
 
 use crate::arch::aarch64::context::{live_timer_deadline, Features, VcpuContext};
 use crate::arch::aarch64::lr::HwListRegs;
