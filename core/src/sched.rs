@@ -429,6 +429,18 @@ impl Scheduler {
         self.cpus.get(cpu).and_then(|c| c.dedicated)
     }
 
+    /// Whether `cpu` may spend time on background work (a piece of a restarting VM's
+    /// scrub, `mem::scrub`) when it has nothing to run or its slice ends: a shared CPU
+    /// may; a pinned one only while its vCPU is off (a restarting pinned VM's CPUs), so
+    /// a pinned vCPU that can run never waits behind another VM's work. A time-shared
+    /// VM implies a shared CPU ([`Self::check`]), so every VM's restart has one.
+    pub fn may_do_background_work(&self, cpu: usize) -> bool {
+        match self.cpus.get(cpu) {
+            Some(c) => c.dedicated.is_none_or(|v| self.state(v) == RunState::Off),
+            None => false,
+        }
+    }
+
     pub fn snapshot(&self, v: VcpuId, now: Ticks) -> Option<VcpuSnapshot> {
         let e = self.vcpus.get(v.0)?;
         let running = match e.state {

@@ -5,11 +5,10 @@
 //!
 //! [`begin`] posts the VM's job and kicks the other CPUs. A CPU takes one piece at a
 //! time ([`work`]): in its idle loop instead of sleeping, and at the end of each slice
-//! on a time-shared CPU, so the job progresses even when every CPU is busy. A CPU
-//! pinned to a vCPU takes none while that vCPU can run (it must not wait behind
-//! another VM's restart); a restarting pinned VM's own CPUs, whose vCPUs are off, do.
-//! A time-shared VM implies a time-shared CPU (the system file must leave one), so
-//! every restart has CPUs that work on it.
+//! on a time-shared CPU, so the job progresses even when every CPU is busy. Which
+//! CPUs may is the scheduler's decision (`Scheduler::may_do_background_work`: not a
+//! pinned CPU whose vCPU can run); which piece, and whether a restart was cancelled,
+//! the queue's (`bothy_core::mem::scrub::ScrubQueue`).
 //! The CPU that finishes the last piece finishes the restart.
 //!
 //! Each piece is scrubbed under the VM's `memory` lock and only if the VM is still in
@@ -22,24 +21,25 @@ use crate::exit;
 use crate::machine::{self, machine};
 use crate::vm::Vm;
 use alloc::sync::Arc;
-use alloc::vec::Vec;
 use bothy_core::lifecycle::VmState;
-use bothy_core::mem::scrub::{ScrubJob, PIECE};
-use bothy_core::sched::RunState;
+use bothy_core::mem::scrub::ScrubQueue;
 use bothy_core::Region;
 use core::sync::atomic::{AtomicUsize, Ordering};
 use spin::Mutex;
 
-struct Job {
-    vm: Arc<Vm>,
-    /// `Vm::scrub_gen` of the restart that posted it.
-    gen: u64,
-    job: ScrubJob,
+/// A VM as a [`ScrubQueue`] owner: the same VM, not an equal one.
+#[derive(Clone)]
+struct VmRef(Arc<Vm>);
+
+impl PartialEq for VmRef {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
-/// Jobs posted and not finished; `PENDING` is their number, read without the lock on
-/// every idle look and slice end.
-static JOBS: Mutex<Vec<Job>> = Mutex::new(Vec::new());
+/// Restarts posted and not finished; `PENDING` is their number, read without the lock
+/// on every idle look and slice end.
+static JOBS: Mutex<ScrubQueue<VmRef>> = Mutex::new(ScrubQueue::new());
 static PENDING: AtomicUsize = AtomicUsize::new(0);
 
 /// Post `vm`'s restart (it is `Resetting` and none of its vCPUs runs). False if there
@@ -62,12 +62,7 @@ pub fn begin(vm: &Vm) -> bool {
     let gen = vm.scrub_gen.fetch_add(1, Ordering::AcqRel) + 1;
     {
         let mut jobs = JOBS.lock();
-        jobs.retain(|j| !Arc::ptr_eq(&j.vm, &arc));
-        jobs.push(Job {
-            vm: arc,
-            gen,
-            job: ScrubJob::new(ram, PIECE),
-        });
+        jobs.post(VmRef(arc), gen, ram);
         PENDING.store(jobs.len(), Ordering::Release);
     }
     let me = machine::current_cpu();
@@ -88,39 +83,30 @@ pub fn pending() -> bool {
 #[cold]
 #[inline(never)]
 pub fn work(cpu: usize) -> bool {
-    if !pending() || !may_work(cpu) {
+    if !pending() || !machine().sched.lock().may_do_background_work(cpu) {
         return false;
     }
     let taken = {
         let mut jobs = JOBS.lock();
-        // A restart cancelled meanwhile (the VM no longer resetting, or restarted
-        // afresh) has nothing left to do.
-        jobs.retain(|j| current(&j.vm, j.gen));
+        let piece = jobs.take(|vm, gen| current(&vm.0, gen));
         PENDING.store(jobs.len(), Ordering::Release);
-        jobs.iter_mut()
-            .find(|j| !j.job.all_handed_out())
-            .and_then(|j| Some((j.vm.clone(), j.gen, j.job.take()?)))
+        piece
     };
-    let Some((vm, gen, piece)) = taken else {
+    let Some(piece) = taken else {
         return false;
     };
-    scrub(&vm, gen, piece);
+    scrub(&piece.owner.0, piece.gen, piece.region);
     let finished = {
         let mut jobs = JOBS.lock();
-        // Only this restart's job counts the piece (`finish` is not asked of others).
-        let last = jobs
-            .iter_mut()
-            .position(|j| Arc::ptr_eq(&j.vm, &vm) && j.gen == gen && j.job.finish(piece));
-        if let Some(i) = last {
-            jobs.swap_remove(i);
-        }
+        let last = jobs.finish(&piece);
         PENDING.store(jobs.len(), Ordering::Release);
-        last.is_some()
+        last
     };
+    let vm = &piece.owner.0;
     if finished {
         let _finishing = vm.lifecycle.lock();
-        if current(&vm, gen) && machine::exists(&vm) {
-            exit::reload_and_start(&vm, true);
+        if current(vm, piece.gen) && machine::exists(vm) {
+            exit::reload_and_start(vm, true);
         }
     }
     true
@@ -131,21 +117,14 @@ fn current(vm: &Vm, gen: u64) -> bool {
     vm.state() == VmState::Resetting && vm.scrub_gen.load(Ordering::Acquire) == gen
 }
 
-/// A CPU pinned to a vCPU works only while that vCPU is off (it has nothing to run:
-/// the CPUs of a restarting pinned VM are such).
-fn may_work(cpu: usize) -> bool {
-    let s = machine().sched.lock();
-    s.dedicated(cpu).is_none_or(|v| s.state(v) == RunState::Off)
-}
-
 /// Zero `piece` of `vm`'s RAM, if `vm` is still in restart `gen` and `piece` is its RAM.
 fn scrub(vm: &Vm, gen: u64, piece: Region) {
     let memory = vm.memory.lock();
     let Some(mem) = memory.as_ref() else {
         return;
     };
-    let ram = Region::new(mem.ram_pa(), mem.ram_ipa().size);
-    if current(vm, gen) && ram.contains_range(piece.base, piece.size) {
+    if current(vm, gen) {
+        // `scrub_vm_ram` zeroes only inside the VM's RAM block.
         crate::arch::aarch64::mmu::scrub_vm_ram(mem, piece);
     }
 }

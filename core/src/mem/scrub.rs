@@ -5,9 +5,11 @@
 //! zeroed (and cleaned to the point of coherency) before its images are loaded again.
 //! Done in one go, that is hundreds of MiB on the CPU that finished the VM's stop,
 //! which meanwhile runs no vCPU of any other VM. A [`ScrubJob`] cuts the RAM into
-//! pieces of [`PIECE`] bytes that CPUs take one at a time where they have nothing
-//! better to do: an idle CPU before it sleeps, a time-shared CPU at the end of a slice
-//! (so a CPU busy with vCPUs still makes progress, one piece per slice). Several CPUs
+//! pieces of [`PIECE`] bytes ([`ScrubQueue`] holds the waiting restarts) that CPUs take
+//! one at a time where they have nothing better to do
+//! ([`crate::sched::Scheduler::may_do_background_work`]): an idle CPU before it
+//! sleeps, a time-shared CPU at the end of a slice (so a CPU busy with vCPUs still
+//! makes progress, one piece per slice). Several CPUs
 //! may work on one job: [`ScrubJob::take`] hands each piece out once, and
 //! [`ScrubJob::finish`] says which call finished the last one, so exactly one CPU goes
 //! on to rebuild the VM's tables and reload its images.
@@ -67,9 +69,77 @@ impl ScrubJob {
     pub fn all_handed_out(&self) -> bool {
         self.handed == self.region.size
     }
+}
 
-    pub fn region(&self) -> Region {
-        self.region
+/// A piece of a posted restart: whose (`owner`), which restart (`gen`), and where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Piece<K> {
+    pub owner: K,
+    pub gen: u64,
+    pub region: Region,
+}
+
+/// The restarts waiting for their RAM to be scrubbed, one per owner (a VM), each
+/// numbered by its owner's restart count (`gen`). A restart is cancelled by its owner
+/// leaving it (stopped, destroyed, restarted afresh: `current` says no any more), and a
+/// piece of a cancelled restart finishes nothing. `hyp` keeps one under a lock and
+/// scrubs the pieces outside it.
+#[derive(Debug)]
+pub struct ScrubQueue<K> {
+    jobs: alloc::vec::Vec<(K, u64, ScrubJob)>,
+}
+
+impl<K: Clone + PartialEq> ScrubQueue<K> {
+    pub const fn new() -> Self {
+        ScrubQueue {
+            jobs: alloc::vec::Vec::new(),
+        }
+    }
+
+    /// `owner`'s restart `gen`, over `region`: replaces any earlier one of `owner`.
+    pub fn post(&mut self, owner: K, gen: u64, region: Region) {
+        self.jobs.retain(|(o, _, _)| *o != owner);
+        self.jobs.push((owner, gen, ScrubJob::new(region, PIECE)));
+    }
+
+    /// Restarts waiting (some of which `take` may find cancelled).
+    pub fn len(&self) -> usize {
+        self.jobs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.jobs.is_empty()
+    }
+
+    /// The next piece to scrub, after dropping the restarts `current(owner, gen)` says
+    /// are cancelled.
+    pub fn take(&mut self, current: impl Fn(&K, u64) -> bool) -> Option<Piece<K>> {
+        self.jobs.retain(|(o, gen, _)| current(o, *gen));
+        self.jobs.iter_mut().find_map(|(owner, gen, job)| {
+            Some(Piece {
+                region: job.take()?,
+                owner: owner.clone(),
+                gen: *gen,
+            })
+        })
+    }
+
+    /// `piece` is scrubbed. True, for exactly one piece of each restart not cancelled,
+    /// when it was the restart's last: the restart is removed, and the caller finishes it.
+    pub fn finish(&mut self, piece: &Piece<K>) -> bool {
+        let last = self.jobs.iter_mut().position(|(o, gen, job)| {
+            *o == piece.owner && *gen == piece.gen && job.finish(piece.region)
+        });
+        if let Some(i) = last {
+            self.jobs.swap_remove(i);
+        }
+        last.is_some()
+    }
+}
+
+impl<K: Clone + PartialEq> Default for ScrubQueue<K> {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -106,6 +176,32 @@ mod tests {
         let mut job = ScrubJob::new(Region::new(0x4000_0000, 0), PIECE);
         assert_eq!(job.take(), None);
         assert!(job.all_handed_out());
+    }
+
+    #[test]
+    fn a_cancelled_or_reposted_restart_finishes_nothing() {
+        let ram = Region::new(0x4000_0000, 2 * PIECE);
+        let mut q = ScrubQueue::new();
+        q.post('a', 1, ram);
+        q.post('b', 1, Region::new(0x8000_0000, PIECE));
+        let first = q.take(|_, _| true).unwrap();
+        assert_eq!(
+            (first.owner, first.gen, first.region.base),
+            ('a', 1, ram.base)
+        );
+        // VM a restarts afresh (restart 2) while piece 1 of restart 1 is out.
+        q.post('a', 2, ram);
+        assert_eq!(q.len(), 2, "one restart per owner");
+        assert!(!q.finish(&first), "a stale piece counts for nothing");
+        // Cancelled (b stopped): dropped at the next take.
+        let current = |o: &char, gen: u64| *o == 'a' && gen == 2;
+        let p1 = q.take(current).unwrap();
+        let p2 = q.take(current).unwrap();
+        assert_eq!(q.take(current), None, "all handed out, and b is gone");
+        assert_eq!((p1.gen, p2.gen), (2, 2));
+        assert!(!q.finish(&p2));
+        assert!(q.finish(&p1), "the last piece of restart 2 finishes it");
+        assert!(q.is_empty());
     }
 
     proptest! {

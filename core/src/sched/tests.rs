@@ -160,6 +160,23 @@ fn configuration_errors() {
 }
 
 #[test]
+fn only_shared_cpus_and_pinned_cpus_of_off_vcpus_do_background_work() {
+    let mut s = Scheduler::new(3, SLICE);
+    let pinned = s.add_vcpu(0, Placement::Pinned(1)).unwrap();
+    s.add_vcpu(1, Placement::Shared).unwrap();
+    assert!(s.may_do_background_work(0), "a shared CPU");
+    assert!(s.may_do_background_work(1), "pinned, its vCPU still off");
+    let _ = s.start(pinned);
+    assert!(!s.may_do_background_work(1), "pinned, its vCPU can run");
+    assert!(s.stop_vm(0).quiescent);
+    assert!(
+        s.may_do_background_work(1),
+        "its VM stopped: the vCPU is off"
+    );
+    assert!(!s.may_do_background_work(3), "no such CPU");
+}
+
+#[test]
 fn pins_name_device_tree_cpus_and_the_rest_share() {
     // Online CPUs by slot: the boot CPU (DT 2) first, then DT 0 and 3.
     let online = [2, 0, 3];
